@@ -1,0 +1,89 @@
+"""Settings from env vars (`FUNNEL_` prefix, `__` for nesting), a `.env` file and `config/funnel.toml`.
+
+Precedence, highest first: init arguments, environment, `.env`, `config/funnel.toml`, defaults.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class SmtpSettings(BaseModel):
+    """The relay. With no host, `funnel run` starts a local sink that writes `.eml` files."""
+
+    host: str | None = None
+    port: int = 587
+    username: str | None = None
+    password: SecretStr | None = None
+    security: str = Field(default="starttls", pattern="^(none|starttls|ssl)$")
+    timeout_s: float = 30.0
+    connections: int = Field(default=4, ge=1, le=64)
+    rate_per_s: float = Field(default=50.0, gt=0)
+
+
+class SenderSettings(BaseModel):
+    name: str = "Greenleaf Consulting"
+    address: str = "hello@greenleaf.example"
+    reply_to: str | None = None
+    postal_address: str = "Greenleaf Consulting Ltd, 12 Orchard Row, Bristol BS1 4QA, United Kingdom"
+    website: str = "https://greenleaf.example"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FUNNEL_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+        toml_file="config/funnel.toml",
+    )
+
+    data_dir: Path = Path("data")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default: a SQLite file in the data directory."
+    )
+    funnels_dir: Path = Path("funnels")
+    emails_dir: Path = Path("emails")
+    tick_seconds: float = Field(default=5.0, gt=0)
+    batch_size: int = Field(default=500, ge=1)
+    base_url: str = "http://127.0.0.1:8000"
+    secret_key: SecretStr = SecretStr("change-me-in-production")
+    smtp: SmtpSettings = SmtpSettings()
+    sender: SenderSettings = SenderSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            dotenv_settings,
+            TomlConfigSettingsSource(settings_cls),
+            file_secret_settings,
+        )
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'funnel.db'}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
