@@ -1,0 +1,599 @@
+"""Email templates: Markdown or HTML with Jinja2 in `emails/`, compiled in a sandbox and rendered to
+a subject, an HTML part with inlined CSS, a plain-text part and the list of named links.
+
+A template is `emails/<name>.md` or `emails/<name>.html`, with YAML front matter between `---` lines;
+an optional `emails/<name>.txt` is its hand-written plain-text part. The body is rendered first and
+placed in a layout (`emails/_layouts/<layout>.html`) through its `{{ content }}` slot; partials in
+`emails/_partials/` are included with `{% include %}`. Sending (MIME, SMTP) is not done here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import css_inline
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from markdown_it import MarkdownIt
+from markupsafe import Markup
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from engine.definition import ID_PATTERN, TEMPLATE_PATTERN
+from engine.yamlfile import YamlSyntaxError, read_yaml
+
+BODY_SUFFIXES = (".md", ".html")
+LAYOUTS_DIR = "_layouts"
+PARTIALS_DIR = "_partials"
+
+# Bounds on what a template expression may build: a template is content, not a program.
+MAX_POWER_EXPONENT = 64
+MAX_REPEAT_LENGTH = 10_000
+
+
+class TemplateError(Exception):
+    """A problem a template author can fix, located as `emails/<file>:<line>: <message>`."""
+
+    def __init__(self, path: str, line: int, message: str) -> None:
+        super().__init__(f"{path}:{line}: {message}")
+        self.path = path
+        self.line = line
+        self.message = message
+
+
+class FrontMatter(BaseModel):
+    """The `---` block at the top of an email template."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    subject: str = Field(min_length=1, description="Subject line; Jinja2 allowed.")
+    preheader: str | None = Field(default=None, description="Inbox preview text; Jinja2 allowed.")
+    from_: str | None = Field(default=None, alias="from", description="Overrides the sender address.")
+    reply_to: str | None = Field(default=None, description="Overrides the Reply-To address.")
+    layout: str = Field(default="base", pattern=r"^[a-z0-9][a-z0-9_-]*$", description="`emails/_layouts/<name>.html`.")
+
+    @field_validator("subject", "preheader", "from_", "reply_to")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        if value is not None and ("\r" in value or "\n" in value.strip()):
+            raise ValueError("expected a single line (a header value cannot contain line breaks)")
+        return value.strip() if value is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class Sender:
+    """Who sends the funnel's emails; the postal address is required in every marketing email."""
+
+    name: str
+    postal_address: str
+    website: str
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedEmail:
+    template: str
+    subject: str
+    preheader: str
+    html: str
+    text: str
+    links: tuple[tuple[str, str], ...]  # (name, url) in order of first use; click tracking wraps these
+    from_: str | None = None
+    reply_to: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EmailTemplate:
+    """One parsed and compiled template. `source` is the body file; `text_source` the optional .txt."""
+
+    name: str
+    source: str  # display path, e.g. `emails/lead-magnet/report-delivery.md`
+    kind: str  # "md" or "html"
+    front: FrontMatter
+    front_lines: Mapping[str, int]  # front matter key -> line in the file
+    body: jinja2.Template
+    subject: jinja2.Template
+    preheader: jinja2.Template | None
+    layout: jinja2.Template
+    text: jinja2.Template | None
+
+
+# --------------------------------------------------------------------------------------------------
+# What templates see
+# --------------------------------------------------------------------------------------------------
+
+
+class Record(Mapping[str, Any]):
+    """A read-only bag of fields (`lead`, `sender`, `funnel`) that knows its own name, so a missing
+    field is reported as `lead.first_name`, not as a Python type. Empty values count as missing,
+    which makes `lead.first_name | default("there")` cover blanks too."""
+
+    def __init__(self, label: str, fields: Mapping[str, Any]) -> None:
+        self._label = label
+        self._fields = {k: v for k, v in fields.items() if v is not None and v != ""}
+
+    def __getitem__(self, key: str) -> Any:
+        return self._fields[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._fields)
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+    def __repr__(self) -> str:
+        return f"<{self._label}>"
+
+
+class TrustedURL(str):
+    """A URL the engine or the template author chose (not lead data): Markdown leaves it as written."""
+
+    __slots__ = ()
+
+
+def lead_fields(email: str, attributes: Mapping[str, Any]) -> dict[str, Any]:
+    """The `lead` a template sees: its email and its attributes side by side (`lead.company`)."""
+    return {**attributes, "email": email}
+
+
+def sample_context(sender: Sender | None = None) -> dict[str, Any]:
+    """A context for previews and checks, with a lead who has every usual field."""
+    return {
+        "lead": lead_fields(
+            "alex@example.com",
+            {"first_name": "Alex", "last_name": "Morgan", "company": "Example Ltd", "employees": 40},
+        ),
+        "sender": sender or Sender("Example Sender", "1 Example Street, London EC1A 1AA", "https://example.com"),
+        "funnel": {"id": "example", "name": "Example funnel"},
+        "unsubscribe_url": "https://example.com/u/sample-token",
+        "preferences_url": "https://example.com/p/sample-token",
+    }
+
+
+class _LinkRecorder:
+    """The `link(name, url)` function of one rendering: returns the URL and remembers it by name."""
+
+    def __init__(self) -> None:
+        self.links: dict[str, str] = {}
+
+    def __call__(self, name: str, url: str) -> TrustedURL:
+        if not isinstance(name, str) or not re.fullmatch(ID_PATTERN, name):
+            raise ValueError(f"link name must be lowercase kebab-case like 'book-call', found {name!r}")
+        if not isinstance(url, str) or not re.match(r"^(https?://|mailto:)\S+$", url):
+            raise ValueError(f"link {name!r} must point to an http(s) or mailto URL, found {url!r}")
+        known = self.links.setdefault(name, url)
+        if known != url:
+            raise ValueError(f"link {name!r} is used for two URLs: {known} and {url}")
+        return TrustedURL(url)
+
+
+# --------------------------------------------------------------------------------------------------
+# The sandbox
+# --------------------------------------------------------------------------------------------------
+
+_MD_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
+
+
+def _markdown_escape(text: str) -> str:
+    """Backslash-escape ASCII punctuation (valid everywhere in CommonMark text and link targets), so
+    lead data inserted into Markdown stays text: no links, emphasis or HTML of its own."""
+    return _MD_PUNCTUATION.sub(r"\\\1", " ".join(text.splitlines()))
+
+
+@jinja2.pass_context
+def _finalize(context: jinja2.runtime.Context, value: Any) -> Any:
+    # HTML templates are autoescaped by Jinja2; Markdown templates escape for Markdown instead (the
+    # Markdown renderer then escapes for HTML).
+    if context.name and context.name.endswith(".md") and not isinstance(value, Markup | TrustedURL):
+        return _markdown_escape(str(value))
+    return value
+
+
+class _Undefined(jinja2.StrictUndefined):
+    @property
+    def _undefined_message(self) -> str:
+        obj = self._undefined_obj
+        if self._undefined_hint is None and isinstance(obj, Record):
+            return (
+                f"{obj._label}.{self._undefined_name} has no value; give it a fallback, e.g. "
+                f'{{{{ {obj._label}.{self._undefined_name} | default("...") }}}}'
+            )
+        return str(super()._undefined_message)
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and isinstance(right, int | float) and abs(right) > MAX_POWER_EXPONENT:
+            raise SecurityError(f"exponent {right} is too large for a template")
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if isinstance(seq, str | list | tuple) and isinstance(times, int):
+                    if len(seq) * times > MAX_REPEAT_LENGTH:
+                        raise SecurityError("repetition too large for a template")
+        return super().call_binop(context, operator, left, right)
+
+
+class _Loader(jinja2.BaseLoader):
+    """Loads bodies with their front matter replaced by blank lines, so Jinja2's line numbers are the
+    file's. Virtual names `<file>#subject` and `<file>#preheader` hold front matter values, placed on
+    their own line for the same reason."""
+
+    def __init__(self, library: TemplateLibrary) -> None:
+        self.library = library
+
+    def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
+        file, _, field = template.partition("#")
+        path = self.library.emails_dir / file
+        if not path.is_file() or ".." in Path(file).parts:
+            raise jinja2.TemplateNotFound(template)
+        text = path.read_text(encoding="utf-8")
+        mtime = path.stat().st_mtime
+        display = self.library.display(file)
+        if field:
+            parsed = _split_front_matter(text, display)
+            value = getattr(parsed[0], field)
+            source = "\n" * (parsed[1][field] - 1) + value
+        elif path.suffix in BODY_SUFFIXES and not file.startswith(("_layouts/", "_partials/")):
+            source = _blank_front_matter(text)
+        else:
+            source = text
+        return source, display, lambda: path.is_file() and path.stat().st_mtime == mtime
+
+
+# --------------------------------------------------------------------------------------------------
+# Front matter
+# --------------------------------------------------------------------------------------------------
+
+_FRONT = re.compile(r"\A---[ \t]*\r?\n(.*?)^---[ \t]*\r?$\n?", re.DOTALL | re.MULTILINE)
+
+
+def _blank_front_matter(text: str) -> str:
+    match = _FRONT.match(text)
+    if match is None:
+        return text
+    return "\n" * match.group(0).count("\n") + text[match.end() :]
+
+
+def _split_front_matter(text: str, display: str) -> tuple[FrontMatter, dict[str, int]]:
+    match = _FRONT.match(text)
+    if match is None:
+        raise TemplateError(display, 1, "expected front matter between '---' lines, with at least a subject")
+    try:
+        doc = read_yaml(Path(display), "\n" + match.group(1))  # the leading newline stands for '---'
+    except YamlSyntaxError as exc:
+        raise TemplateError(display, exc.position.line, exc.message) from None
+    data = doc.data if doc.data is not None else {}
+    if not isinstance(data, dict):
+        raise TemplateError(display, 2, "expected front matter keys such as 'subject: ...'")
+    lines = {("from_" if k == "from" else str(k)): doc.key_position((k,)).line for k in data}
+    try:
+        front = FrontMatter.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc = tuple(error["loc"])
+        line = doc.key_position(loc).line if loc else 1
+        key = ".".join(str(p) for p in loc)
+        if error["type"] == "extra_forbidden":
+            known = ", ".join(f.alias or k for k, f in FrontMatter.model_fields.items())
+            message = f"unknown front matter key '{key}' (known keys: {known})"
+        elif error["type"] == "missing":
+            message = f"front matter needs '{key}'"
+        else:
+            message = f"front matter '{key}': {error['msg']}"
+        raise TemplateError(display, line, message) from None
+    return front, lines
+
+
+# --------------------------------------------------------------------------------------------------
+# The library
+# --------------------------------------------------------------------------------------------------
+
+
+class TemplateLibrary:
+    """The templates of one `emails/` folder. Loading is cached; rendering is safe to repeat."""
+
+    def __init__(self, emails_dir: Path) -> None:
+        self.emails_dir = emails_dir
+        self._cache: dict[str, EmailTemplate] = {}
+        self._env = _Sandbox(
+            loader=_Loader(self),
+            # Subjects and preheaders (`#` names) are header text, not HTML.
+            autoescape=lambda name: bool(name) and "#" not in name and name.endswith(".html"),
+            undefined=_Undefined,
+            finalize=_finalize,
+            auto_reload=True,
+            keep_trailing_newline=True,
+        )
+        self._markdown = MarkdownIt("commonmark", {"html": False, "typographer": True}).enable(
+            ["replacements", "smartquotes", "table", "strikethrough"]
+        )
+        self._inliner = css_inline.CSSInliner(load_remote_stylesheets=False, keep_at_rules=True)
+
+    def display(self, relative: str) -> str:
+        return (self.emails_dir / relative).as_posix()
+
+    # -- discovery -----------------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        if not self.emails_dir.is_dir():
+            return []
+        found = set()
+        for path in self.emails_dir.rglob("*"):
+            rel = path.relative_to(self.emails_dir)
+            if path.suffix in BODY_SUFFIXES and path.is_file() and not rel.parts[0].startswith("_"):
+                found.add(rel.with_suffix("").as_posix())
+        return sorted(found)
+
+    def exists(self, name: str) -> bool:
+        return self._body_file(name) is not None
+
+    def _body_file(self, name: str) -> str | None:
+        if not re.fullmatch(TEMPLATE_PATTERN, name):
+            return None
+        for suffix in BODY_SUFFIXES:
+            if (self.emails_dir / f"{name}{suffix}").is_file():
+                return f"{name}{suffix}"
+        return None
+
+    # -- loading -------------------------------------------------------------------------------
+
+    def load(self, name: str) -> EmailTemplate:
+        cached = self._cache.get(name)
+        if cached is not None:
+            return cached
+        file = self._body_file(name)
+        if file is None:
+            raise TemplateError(self.display(f"{name}.md"), 1, f"no template '{name}' (.md or .html)")
+        others = [f"{name}{s}" for s in BODY_SUFFIXES if f"{name}{s}" != file]
+        if any((self.emails_dir / o).is_file() for o in others):
+            raise TemplateError(self.display(file), 1, f"template '{name}' exists as both .md and .html")
+        display = self.display(file)
+        front, lines = _split_front_matter((self.emails_dir / file).read_text(encoding="utf-8"), display)
+        layout_file = f"{LAYOUTS_DIR}/{front.layout}.html"
+        if not (self.emails_dir / layout_file).is_file():
+            raise TemplateError(
+                display, lines.get("layout", 1), f"layout '{front.layout}' not found ({self.display(layout_file)})"
+            )
+        text_file = f"{name}.txt"
+        with self._located(display, lines):
+            template = EmailTemplate(
+                name=name,
+                source=display,
+                kind=file.rpartition(".")[2],
+                front=front,
+                front_lines=lines,
+                body=self._env.get_template(file),
+                subject=self._env.get_template(f"{file}#subject"),
+                preheader=self._env.get_template(f"{file}#preheader") if front.preheader else None,
+                layout=self._env.get_template(layout_file),
+                text=self._env.get_template(text_file) if (self.emails_dir / text_file).is_file() else None,
+            )
+        self._cache[name] = template
+        return template
+
+    def subject(self, name: str) -> str:
+        """The subject as written (Jinja2 unrendered), for timelines and listings."""
+        return self.load(name).front.subject
+
+    # -- rendering -----------------------------------------------------------------------------
+
+    def render(self, name: str, context: Mapping[str, Any]) -> RenderedEmail:
+        template = self.load(name)
+        recorder = _LinkRecorder()
+        values = _template_values(context, recorder)
+        with self._located(template.source, template.front_lines):
+            subject = _one_line(template.subject.render(values))
+            preheader = _one_line(template.preheader.render(values)) if template.preheader else ""
+            body = template.body.render(values)
+            content = self._markdown.render(body) if template.kind == "md" else body.strip()
+            page = template.layout.render({**values, "subject": subject, "preheader": preheader,
+                                           "content": Markup(content)})
+            text = template.text.render(values).strip() + "\n" if template.text else html_to_text(page)
+        return RenderedEmail(
+            template=name,
+            subject=subject,
+            preheader=preheader,
+            html=self._inliner.inline(page),
+            text=text,
+            links=tuple(recorder.links.items()),
+            from_=template.front.from_,
+            reply_to=template.front.reply_to,
+        )
+
+    def check(self, name: str, sender: Sender | None = None) -> list[TemplateError]:
+        """Every problem found by compiling the template and rendering it for two sample leads: one
+        with only an email (a field used without a fallback is an error) and one with every usual field."""
+        try:
+            self.load(name)
+        except TemplateError as exc:
+            return [exc]
+        full = sample_context(sender)
+        bare = {**full, "lead": lead_fields(full["lead"]["email"], {})}
+        errors: dict[str, TemplateError] = {}
+        for context in (bare, full):
+            try:
+                rendered = self.render(name, context)
+            except TemplateError as exc:
+                errors.setdefault(str(exc), exc)
+                continue
+            source = self.load(name).source
+            for part, body in (("HTML", rendered.html), ("plain-text", rendered.text)):
+                if full["unsubscribe_url"] not in body:
+                    error = TemplateError(source, 1, f"the {part} part has no unsubscribe link ({{{{ unsubscribe_url }}}})")
+                    errors.setdefault(str(error), error)
+        return list(errors.values())
+
+    def _located(self, display: str, lines: Mapping[str, int]) -> _Locator:
+        return _Locator(self, display, lines)
+
+
+class _Locator:
+    """Turns any failure inside Jinja2 into a TemplateError at the template file and line."""
+
+    def __init__(self, library: TemplateLibrary, display: str, lines: Mapping[str, int]) -> None:
+        self.library = library
+        self.display = display
+        self.lines = lines
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if exc is None or isinstance(exc, TemplateError) or not isinstance(exc, Exception):
+            return
+        if isinstance(exc, jinja2.TemplateSyntaxError):
+            path = (exc.filename or self.display).partition("#")[0]
+            raise TemplateError(path, exc.lineno, f"template syntax: {exc.message}") from None
+        if isinstance(exc, jinja2.TemplateNotFound):
+            raise TemplateError(self.display, _frame_line(tb, self.library) or 1,
+                                f"template '{exc.name}' not found") from None
+        path, line = self.display, 1
+        frame = _template_frame(tb, self.library)
+        if frame is not None:
+            path, line = frame
+        message = exc.message if isinstance(exc, jinja2.TemplateError) and exc.message else str(exc)
+        raise TemplateError(path, line, message) from None
+
+
+def _template_frame(tb: TracebackType | None, library: TemplateLibrary) -> tuple[str, int] | None:
+    """The innermost traceback frame that is template code (Jinja2 rewrites them to template lines)."""
+    prefix = library.display("")
+    found: tuple[str, int] | None = None
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if filename.startswith(prefix):
+            found = (filename.partition("#")[0], tb.tb_lineno)
+        tb = tb.tb_next
+    return found
+
+
+def _frame_line(tb: TracebackType | None, library: TemplateLibrary) -> int | None:
+    frame = _template_frame(tb, library)
+    return frame[1] if frame else None
+
+
+def _template_values(context: Mapping[str, Any], recorder: _LinkRecorder) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key, value in context.items():
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            value = Record(key, dataclasses.asdict(value))
+        elif isinstance(value, Mapping) and not isinstance(value, Record):
+            value = Record(key, value)
+        elif key.endswith("_url") and isinstance(value, str):
+            value = TrustedURL(value)
+        values[key] = value
+    values["link"] = recorder
+    return values
+
+
+def _one_line(text: str) -> str:
+    # Lead data in a subject must never start a new header line.
+    return " ".join(text.split())
+
+
+# --------------------------------------------------------------------------------------------------
+# Plain text from HTML
+# --------------------------------------------------------------------------------------------------
+
+_BLOCKS = {"p", "div", "table", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol", "blockquote", "hr",
+           "section", "header", "footer", "pre"}
+_SKIP = {"head", "style", "script", "title"}
+
+
+class _TextMaker(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.out: list[str] = []
+        self.skip = 0  # depth inside elements that have no text form
+        self.stack: list[tuple[str, bool]] = []
+        self.href: list[str | None] = []
+        self.link_text: list[str] = []
+        self.lists: list[list[int]] = []  # one counter per open list; [-1] for bullets
+
+    def _hidden(self, tag: str, attrs: dict[str, str | None]) -> bool:
+        style = (attrs.get("style") or "").replace(" ", "").lower()
+        return tag in _SKIP or "display:none" in style or attrs.get("aria-hidden") == "true"
+
+    def handle_starttag(self, tag: str, attrs_list: list[tuple[str, str | None]]) -> None:
+        attrs = dict(attrs_list)
+        if tag in {"br", "hr", "img", "meta", "link", "input"}:
+            if self.skip == 0 and tag == "br":
+                self.out.append("\n")
+            elif self.skip == 0 and tag == "hr":
+                self.out.append("\n\n---\n\n")
+            return
+        hidden = self._hidden(tag, attrs)
+        self.stack.append((tag, hidden))
+        if hidden:
+            self.skip += 1
+        if self.skip:
+            return
+        if tag in _BLOCKS or tag == "li":
+            self.out.append("\n\n" if tag != "li" else "\n")
+        if tag == "ul":
+            self.lists.append([-1])
+        elif tag == "ol":
+            self.lists.append([0])
+        elif tag == "li":
+            counter = self.lists[-1] if self.lists else [-1]
+            if counter[0] >= 0:
+                counter[0] += 1
+                self.out.append(f"{counter[0]}. ")
+            else:
+                self.out.append("- ")
+        elif tag == "a":
+            self.href.append(attrs.get("href"))
+            self.link_text.append("")
+            self.out.append("\0")  # where the link's text starts
+
+    def handle_endtag(self, tag: str) -> None:
+        if not self.stack or tag not in {t for t, _ in self.stack}:
+            return
+        while self.stack:
+            open_tag, hidden = self.stack.pop()
+            if hidden:
+                self.skip -= 1
+            elif self.skip == 0:
+                self._close(open_tag)
+            if open_tag == tag:
+                break
+
+    def _close(self, tag: str) -> None:
+        if tag == "a" and self.href:
+            href = self.href.pop()
+            start = len(self.out) - 1 - self.out[::-1].index("\0")
+            text = " ".join("".join(self.out[start + 1 :]).split())
+            del self.out[start:]
+            if href and href != text and not href.startswith("#"):
+                shown = href.removeprefix("mailto:")
+                self.out.append(f"{text} ({shown})" if text and text != shown else shown)
+            else:
+                self.out.append(text)
+        elif tag in ("ul", "ol") and self.lists:
+            self.lists.pop()
+        if tag in _BLOCKS:
+            self.out.append("\n\n")
+
+    def handle_data(self, data: str) -> None:
+        if self.skip == 0:
+            self.out.append(re.sub(r"\s+", " ", data))
+
+    def text(self) -> str:
+        raw = "".join(self.out).replace("\0", "")
+        lines = [line.strip() for line in raw.split("\n")]
+        return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip() + "\n"
+
+
+def html_to_text(html: str) -> str:
+    """A readable plain-text part: paragraphs and list items kept, links as `text (url)`, no tags."""
+    maker = _TextMaker()
+    maker.feed(html)
+    maker.close()
+    return maker.text()
