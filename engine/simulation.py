@@ -156,7 +156,7 @@ def _email_links(funnel: Funnel, emails_dir: Path | None) -> dict[str, tuple[str
     """The named links of each email, so simulated clicks pick links that are really in the email."""
     if emails_dir is None or not emails_dir.is_dir():
         return {}
-    from engine.templates import TemplateLibrary
+    from engine.templates import TemplateLibrary, sample_context
 
     library = TemplateLibrary(emails_dir)
     links: dict[str, tuple[str, ...]] = {}
@@ -165,7 +165,7 @@ def _email_links(funnel: Funnel, emails_dir: Path | None) -> dict[str, tuple[str
             template = getattr(step, "send", None)
             if template and template not in links and library.exists(template):
                 try:
-                    rendered = library.render(template, library.sample_context())
+                    rendered = library.render(template, sample_context())
                 except Exception:  # noqa: BLE001 - a broken template must not stop a simulation
                     continue
                 links[template] = tuple(dict.fromkeys(name for name, _ in rendered.links))
