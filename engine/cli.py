@@ -32,7 +32,7 @@ def validate(
 
     result = load_funnels(paths or [Path("funnels")], emails_dir=emails)
     for error in result.errors:
-        err.print(str(error), markup=False, highlight=False)
+        err.print(str(error), markup=False, highlight=False, soft_wrap=True)
     if result.errors:
         err.print(f"[red]{len(result.errors)} error(s)[/red] in {len(result.files)} file(s)")
         raise typer.Exit(1)
@@ -60,7 +60,7 @@ def _load(paths: list[Path], emails: Path) -> list[Funnel]:
     result = load_funnels(paths, emails_dir=emails)
     if result.errors:
         for error in result.errors:
-            err.print(str(error), markup=False, highlight=False)
+            err.print(str(error), markup=False, highlight=False, soft_wrap=True)
         err.print(f"[red]{len(result.errors)} error(s)[/red]: fix the funnel files first (`funnel validate`)")
         raise typer.Exit(1)
     return list(result.funnels)
@@ -157,18 +157,18 @@ def test_scenarios(
         try:
             outcomes = run_file(file, funnels)
         except ScenarioError as exc:
-            err.print(str(exc), markup=False, highlight=False)
+            err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
             failed += 1
             continue
         for outcome in outcomes:
             mark = "[green]PASS[/green]" if outcome.passed else "[red]FAIL[/red]"
             console.print(f"{mark} {file}: {outcome.scenario}", highlight=False)
             for failure in outcome.failures:
-                console.print(f"     {failure}", markup=False, highlight=False)
+                console.print(f"     {failure}", markup=False, highlight=False, soft_wrap=True)
             if (verbose or not outcome.passed) and outcome.run is not None:
                 zone = ZoneInfo(outcome.run.lead.timezone or "UTC")
                 for line in timeline_lines(outcome.run, zone, _subjects(emails)):
-                    console.print(f"       {line}", markup=False, highlight=False)
+                    console.print(f"       {line}", markup=False, highlight=False, soft_wrap=True)
             passed += outcome.passed
             failed += not outcome.passed
     console.print(f"{passed} scenarios passed, {failed} failed")
