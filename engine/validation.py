@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 import types
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -144,7 +145,9 @@ def _load_file(path: Path) -> tuple[Funnel | None, YamlDocument | None, list[Fun
         return None, None, [FunnelError(path, exc.position.line, exc.position.column, exc.message)]
     except (OSError, UnicodeDecodeError) as exc:
         return None, None, [FunnelError(path, 1, 1, f"cannot read the file: {exc}")]
-    errors = [_error(doc, loc, msg, key=True) for loc, msg in _duplicate_keys(doc.root, ())]
+    errors = [
+        FunnelError(path, pos.line, pos.column, msg) for pos, msg in _duplicate_keys(doc.root, (), doc.data)
+    ]
     try:
         funnel = Funnel.model_validate(doc.data)
     except ValidationError as exc:
@@ -158,7 +161,7 @@ def _error(doc: YamlDocument, loc: Loc, message: str, key: bool = False) -> Funn
     return FunnelError(doc.path, pos.line, pos.column, message)
 
 
-def _duplicate_keys(node: Node | None, loc: Loc) -> Iterator[tuple[Loc, str]]:
+def _duplicate_keys(node: Node | None, loc: Loc, data: Any) -> Iterator[tuple[Position, str]]:
     # PyYAML keeps the last of two equal keys without a word; a marketer would lose a step silently.
     if isinstance(node, MappingNode):
         seen: set[str] = set()
@@ -166,15 +169,15 @@ def _duplicate_keys(node: Node | None, loc: Loc) -> Iterator[tuple[Loc, str]]:
             if isinstance(key, ScalarNode):
                 if key.value in seen:
                     yield (
-                        (*loc, key.value),
-                        f"{describe(loc)}: duplicate key '{key.value}': expected each key once,"
+                        Position(key.start_mark.line + 1, key.start_mark.column + 1),
+                        f"{describe(loc, data)}: duplicate key '{key.value}': expected each key once,"
                         " found it twice",
                     )
                 seen.add(key.value)
-                yield from _duplicate_keys(value, (*loc, key.value))
+                yield from _duplicate_keys(value, (*loc, key.value), data)
     elif isinstance(node, SequenceNode):
         for i, item in enumerate(node.value):
-            yield from _duplicate_keys(item, (*loc, i))
+            yield from _duplicate_keys(item, (*loc, i), data)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -323,7 +326,7 @@ def _messages(doc: YamlDocument, s: _Shaped) -> list[FunnelError]:
     if kind == "extra_forbidden" and loc:
         return [_error(doc, loc, _unknown_key(doc, loc[:-1], str(loc[-1]), _keys_of(s.model)), key=True)]
     if kind == "missing" and loc:
-        return [_error(doc, loc[:-1], _missing(loc, s.model), key=True)]
+        return [_error(doc, loc[:-1], _missing(doc, loc, s.model), key=True)]
     if kind in _UNION_ERRORS:
         return _union_failure(doc, loc, kind, s.leaf, e["input"])
     return [_error(doc, loc, f"{describe(loc, doc.data)}: {_expected_found(e)}")]
@@ -335,7 +338,13 @@ def _expected_found(e: Any) -> str:
     found = show(e["input"])
     if kind in ("value_error", "assertion_error"):
         text = str(ctx.get("error", e["msg"]))
-        return text if "found" in text else f"{text}, found {found}"
+        if "found" in text:
+            return text
+        if isinstance(e["input"], dict):
+            # A model-level rule names the keys it is about; say which of them were written.
+            named = [k for k in dict.fromkeys(re.findall(r"'([a-z_]+)'", text)) if k in e["input"]]
+            found = " and ".join(f"'{k}'" for k in named) if named else "none of them"
+        return f"{text}, found {found}"
     if kind == "string_pattern_mismatch":
         wanted = _PATTERNS.get(str(ctx.get("pattern")), f"text matching {ctx.get('pattern')}")
         return f"expected {wanted}, found {found}"
@@ -365,7 +374,7 @@ def _unknown_key(doc: YamlDocument, parent: Loc, key: str, allowed: Sequence[str
     return text + (f" (did you mean '{close[0]}'?)" if close else "")
 
 
-def _missing(loc: Loc, model: type[BaseModel] | None) -> str:
+def _missing(doc: YamlDocument, loc: Loc, model: type[BaseModel] | None) -> str:
     key = str(loc[-1])
     hint = ""
     if model is not None:
@@ -376,7 +385,7 @@ def _missing(loc: Loc, model: type[BaseModel] | None) -> str:
                 if key in (name, info.alias) and info.description:
                     hint = f"a '{key}': {info.description[0].lower()}{info.description[1:].rstrip('.')}"
     hint = hint or f"a '{key}'"
-    return f"{describe(loc[:-1])}: missing key '{key}': expected {hint}, found none"
+    return f"{describe(loc[:-1], doc.data)}: missing key '{key}': expected {hint}, found none"
 
 
 def _union_failure(doc: YamlDocument, loc: Loc, kind: str, union: Any, value: Any) -> list[FunnelError]:
@@ -475,7 +484,7 @@ def describe(loc: Loc, data: Any = None) -> str:
         if isinstance(part, str) and part in _NAMED and isinstance(nxt, int) and not dotted:
             item = _get(child, nxt)
             ident = item.get("id") if isinstance(item, dict) else None
-            if isinstance(ident, str) and ident:
+            if isinstance(ident, str) and re.match(ID_PATTERN, ident):
                 words.append(f"{_NAMED[part]} '{ident}'")
                 node = item
                 i += 2
@@ -714,11 +723,12 @@ def _instant_loops(funnel: Funnel, data: Any) -> list[Found]:
     graph = {n: [(normal(t), loc, g) for t, loc, g in outs] for n, outs in edges.items()}
     found: list[Found] = []
     for component in _cycles(graph):
-        inner = [(loc, g) for n in component for t, loc, g in graph[n] if t in component]
+        ordered = sorted(component, key=lambda n: (stage_index[n[0]], n[1]))
+        inner = [(loc, g) for n in ordered for t, loc, g in graph[n] if t in component]
         loc, _ = next(((loc, g) for loc, g in inner if g), inner[0])
         path = " -> ".join(
             f"{s}/{funnel.stage(s).steps[i].id}" if i < len(funnel.stage(s).steps) else f"{s}/(end)"
-            for s, i in sorted(component, key=lambda n: (stage_index[n[0]], n[1]))
+            for s, i in ordered
         )
         found.append(
             (
