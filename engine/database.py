@@ -1,0 +1,97 @@
+"""Connecting to the database and bringing its schema up to date.
+
+SQLite is the embedded default, PostgreSQL (psycopg 3) the choice for several workers. Every write goes
+through `engine.begin()`: on SQLite that transaction starts with `BEGIN IMMEDIATE`, which takes the
+single writer lock up front, so a transaction that reads due work and then writes it cannot be
+overtaken by another writer between the two (SQLite's stand-in for `SELECT ... FOR UPDATE`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.pool import ConnectionPoolEntry
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+# Execution option for connections that only read: on SQLite they begin a deferred transaction and so
+# never wait for the writer (WAL gives them a snapshot). No effect on PostgreSQL.
+READ_ONLY = "funnel_read_only"
+
+
+def create_engine_for(url: str | URL, **kwargs: Any) -> Engine:
+    """An engine configured for this product: WAL and a busy timeout on SQLite, psycopg 3 on PostgreSQL."""
+    parsed = _normalise(make_url(url))
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(parsed, **kwargs)
+    return sa.create_engine(parsed, pool_pre_ping=True, **kwargs)
+
+
+def _normalise(url: URL) -> URL:
+    # A bare `postgresql://` URL would pick psycopg2, which is not a dependency.
+    if url.drivername in ("postgresql", "postgres"):
+        return url.set(drivername="postgresql+psycopg")
+    return url
+
+
+def _sqlite_engine(url: URL, **kwargs: Any) -> Engine:
+    database = url.database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        # Let SQLAlchemy's `begin` event emit BEGIN itself instead of the driver's implicit one.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: sa.Connection) -> None:
+        read_only = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+    return engine
+
+
+def alembic_config(connection: sa.Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["connection"] = connection
+    return config
+
+
+def upgrade(url: str | URL, revision: str = "head") -> None:
+    """Apply the migrations up to `revision` (idempotent: an up-to-date database is left as is)."""
+    engine = create_engine_for(url)
+    try:
+        with engine.begin() as connection:
+            command.upgrade(alembic_config(connection), revision)
+    finally:
+        engine.dispose()
+
+
+def current_revision(url: str | URL) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    engine = create_engine_for(url)
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
