@@ -511,7 +511,6 @@ class Funnel(Model):
     exits: list[ExitRule] = Field(default_factory=list)
 
     # Memos for the core's lookups; private attributes may be set on a frozen model.
-    _lookup: tuple[dict[str, Stage], dict[tuple[str, str], tuple[int, Any]]] | None = PrivateAttr(None)
     _version: str | None = PrivateAttr(None)
 
     @field_validator("stages")
@@ -540,11 +539,15 @@ class Funnel(Model):
         return ids[i + 1] if i + 1 < len(ids) else None
 
     def _index(self) -> tuple[dict[str, Stage], dict[tuple[str, str], tuple[int, Any]]]:
-        if self._lookup is None:
+        # Looked up on every step the core takes: kept outside pydantic's attribute machinery.
+        entry = _INDEX.get(id(self))
+        if entry is None or entry[0] is not self:
             stages = {s.id: s for s in self.stages}
             steps = {(s.id, st.id): (i, st) for s in self.stages for i, st in enumerate(s.steps)}
-            self._lookup = (stages, steps)
-        return self._lookup
+            if len(_INDEX) > 256:
+                _INDEX.clear()
+            entry = _INDEX[id(self)] = (self, (stages, steps))
+        return entry[1]
 
     @property
     def version(self) -> str:
@@ -557,6 +560,10 @@ class Funnel(Model):
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+
+# id(funnel) -> (funnel, lookups); holding the funnel keeps its id from being reused.
+_INDEX: dict[int, tuple[Funnel, tuple[dict[str, Stage], dict[tuple[str, str], tuple[int, Any]]]]] = {}
 
 
 def describe_duration(delta: timedelta) -> str:
