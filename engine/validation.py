@@ -211,7 +211,7 @@ _PATTERNS = {
     r"^https?://\S+$": "an http:// or https:// URL",
     r"^[A-Za-z_][A-Za-z0-9_.]*$": "a field name such as 'company_size' or 'address.country'",
 }
-_LABELS = {"str": "text", "int": "a number", "float": "a number", "bool": "true or false"}
+_LABELS = {"str": "text", "int": "a number", "float": "a number", "bool": "a boolean (true/false)"}
 
 
 @dataclass(frozen=True)
@@ -380,11 +380,14 @@ def _missing(doc: YamlDocument, loc: Loc, model: type[BaseModel] | None) -> str:
     if model is not None:
         if model is WaitFor and key == "timeout":
             hint = "a 'timeout': how long to wait for the event before following on_timeout, such as '3d'"
+        elif key == "id":
+            hint = f"an 'id': {_PATTERNS[ID_PATTERN]}"
         else:
             for name, info in model.model_fields.items():
                 if key in (name, info.alias) and info.description:
-                    hint = f"a '{key}': {info.description[0].lower()}{info.description[1:].rstrip('.')}"
-    hint = hint or f"a '{key}'"
+                    text = info.description.replace("`", "'").rstrip(".")
+                    hint = f"a value for '{key}' ({text[0].lower()}{text[1:]})"
+    hint = hint or f"a value for '{key}'"
     return f"{describe(loc[:-1], doc.data)}: missing key '{key}': expected {hint}, found none"
 
 

@@ -255,3 +255,21 @@ def test_cli_validate_passes_a_valid_folder() -> None:
     outcome = CliRunner().invoke(app, ["validate", str(VALID), "--emails", str(EMAILS)])
     assert outcome.exit_code == 0, outcome.output
     assert "ok nurture" in outcome.output
+
+
+def test_a_step_with_two_actions_or_none_says_which(tmp_path: Path) -> None:
+    path = tmp_path / "steps.yaml"
+    text = (BROKEN / "unknown-step-key.yaml").read_text(encoding="utf-8")
+    path.write_text(
+        text.replace(
+            "        sned: lead-magnet/report\n", "        send: lead-magnet/report\n        wait: 2d\n"
+        )
+        + "      - id: nothing\n",
+        encoding="utf-8",
+    )
+    messages = [(e.line, e.column, e.message) for e in load(path).errors]
+    actions = "send, wait, wait_until, wait_for, branch, update, move_to, webhook, exit"
+    assert messages == [
+        (10, 9, f"stage 'inquiry' step 'report': expected exactly one of {actions}, found 'send' and 'wait'"),
+        (13, 9, f"stage 'inquiry' step 'nothing': expected exactly one of {actions}, found none"),
+    ]
