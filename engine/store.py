@@ -112,10 +112,9 @@ def upsert_lead(
                     tags=sorted(set(tags or ())),
                     score=0,
                     timezone=timezone,
-                    consent_status="subscribed",
                     created_at=now,
                     updated_at=now,
-                    **consent_values,
+                    **{"consent_status": "subscribed", **consent_values},
                 )
                 .on_conflict_do_nothing(index_elements=["email"])
                 .returning(leads.c.id)
