@@ -20,7 +20,8 @@ from typing import Any
 
 import css_inline
 import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -33,7 +34,7 @@ LAYOUTS_DIR = "_layouts"
 PARTIALS_DIR = "_partials"
 
 # Bounds on what a template expression may build: a template is content, not a program.
-MAX_POWER_EXPONENT = 64
+MAX_POWER_BITS = 4096
 MAX_REPEAT_LENGTH = 10_000
 
 
@@ -56,7 +57,9 @@ class FrontMatter(BaseModel):
     preheader: str | None = Field(default=None, description="Inbox preview text; Jinja2 allowed.")
     from_: str | None = Field(default=None, alias="from", description="Overrides the sender address.")
     reply_to: str | None = Field(default=None, description="Overrides the Reply-To address.")
-    layout: str = Field(default="base", pattern=r"^[a-z0-9][a-z0-9_-]*$", description="`emails/_layouts/<name>.html`.")
+    layout: str = Field(
+        default="base", pattern=r"^[a-z0-9][a-z0-9_-]*$", description="`emails/_layouts/<name>.html`."
+    )
 
     @field_validator("subject", "preheader", "from_", "reply_to")
     @classmethod
@@ -148,7 +151,8 @@ def sample_context(sender: Sender | None = None) -> dict[str, Any]:
             "alex@example.com",
             {"first_name": "Alex", "last_name": "Morgan", "company": "Example Ltd", "employees": 40},
         ),
-        "sender": sender or Sender("Example Sender", "1 Example Street, London EC1A 1AA", "https://example.com"),
+        "sender": sender
+        or Sender("Example Sender", "1 Example Street, London EC1A 1AA", "https://example.com"),
         "funnel": {"id": "example", "name": "Example funnel"},
         "unsubscribe_url": "https://example.com/u/sample-token",
         "preferences_url": "https://example.com/p/sample-token",
@@ -182,7 +186,7 @@ _MD_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
 def _markdown_escape(text: str) -> str:
     """Backslash-escape ASCII punctuation (valid everywhere in CommonMark text and link targets), so
     lead data inserted into Markdown stays text: no links, emphasis or HTML of its own."""
-    return _MD_PUNCTUATION.sub(r"\\\1", " ".join(text.splitlines()))
+    return _MD_PUNCTUATION.sub(r"\\\1", re.sub(r"\s*[\r\n]+\s*", " ", text))
 
 
 @jinja2.pass_context
@@ -210,13 +214,18 @@ class _Sandbox(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**"})
 
     def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
-        if operator == "**" and isinstance(right, int | float) and abs(right) > MAX_POWER_EXPONENT:
-            raise SecurityError(f"exponent {right} is too large for a template")
+        if (
+            operator == "**"
+            and isinstance(left, int)
+            and isinstance(right, int)
+            and max(abs(left).bit_length(), 1) * abs(right) > MAX_POWER_BITS
+        ):
+            raise SecurityError("number too large for a template")
         if operator == "*":
             for seq, times in ((left, right), (right, left)):
-                if isinstance(seq, str | list | tuple) and isinstance(times, int):
-                    if len(seq) * times > MAX_REPEAT_LENGTH:
-                        raise SecurityError("repetition too large for a template")
+                sized = isinstance(seq, str | list | tuple) and isinstance(times, int)
+                if sized and len(seq) * times > MAX_REPEAT_LENGTH:
+                    raise SecurityError("repetition too large for a template")
         return super().call_binop(context, operator, left, right)
 
 
@@ -228,7 +237,9 @@ class _Loader(jinja2.BaseLoader):
     def __init__(self, library: TemplateLibrary) -> None:
         self.library = library
 
-    def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str, Callable[[], bool]]:
         file, _, field = template.partition("#")
         path = self.library.emails_dir / file
         if not path.is_file() or ".." in Path(file).parts:
@@ -359,7 +370,9 @@ class TemplateLibrary:
         layout_file = f"{LAYOUTS_DIR}/{front.layout}.html"
         if not (self.emails_dir / layout_file).is_file():
             raise TemplateError(
-                display, lines.get("layout", 1), f"layout '{front.layout}' not found ({self.display(layout_file)})"
+                display,
+                lines.get("layout", 1),
+                f"layout '{front.layout}' not found ({self.display(layout_file)})",
             )
         text_file = f"{name}.txt"
         with self._located(display, lines):
@@ -393,8 +406,11 @@ class TemplateLibrary:
             preheader = _one_line(template.preheader.render(values)) if template.preheader else ""
             body = template.body.render(values)
             content = self._markdown.render(body) if template.kind == "md" else body.strip()
-            page = template.layout.render({**values, "subject": subject, "preheader": preheader,
-                                           "content": Markup(content)})
+            # The body is already safe: autoescaped by Jinja2, or escaped by the Markdown renderer.
+            body_html = Markup(content)  # noqa: S704
+            page = template.layout.render(
+                {**values, "subject": subject, "preheader": preheader, "content": body_html}
+            )
             text = template.text.render(values).strip() + "\n" if template.text else html_to_text(page)
         return RenderedEmail(
             template=name,
@@ -426,7 +442,9 @@ class TemplateLibrary:
             source = self.load(name).source
             for part, body in (("HTML", rendered.html), ("plain-text", rendered.text)):
                 if full["unsubscribe_url"] not in body:
-                    error = TemplateError(source, 1, f"the {part} part has no unsubscribe link ({{{{ unsubscribe_url }}}})")
+                    error = TemplateError(
+                        source, 1, f"the {part} part has no unsubscribe link ({{{{ unsubscribe_url }}}})"
+                    )
                     errors.setdefault(str(error), error)
         return list(errors.values())
 
@@ -445,15 +463,18 @@ class _Locator:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if exc is None or isinstance(exc, TemplateError) or not isinstance(exc, Exception):
             return
         if isinstance(exc, jinja2.TemplateSyntaxError):
             path = (exc.filename or self.display).partition("#")[0]
             raise TemplateError(path, exc.lineno, f"template syntax: {exc.message}") from None
         if isinstance(exc, jinja2.TemplateNotFound):
-            raise TemplateError(self.display, _frame_line(tb, self.library) or 1,
-                                f"template '{exc.name}' not found") from None
+            raise TemplateError(
+                self.display, _frame_line(tb, self.library) or 1, f"template '{exc.name}' not found"
+            ) from None
         path, line = self.display, 1
         frame = _template_frame(tb, self.library)
         if frame is not None:
@@ -502,8 +523,26 @@ def _one_line(text: str) -> str:
 # Plain text from HTML
 # --------------------------------------------------------------------------------------------------
 
-_BLOCKS = {"p", "div", "table", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol", "blockquote", "hr",
-           "section", "header", "footer", "pre"}
+_BLOCKS = {
+    "p",
+    "div",
+    "table",
+    "tr",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "ul",
+    "ol",
+    "blockquote",
+    "hr",
+    "section",
+    "header",
+    "footer",
+    "pre",
+}
 _SKIP = {"head", "style", "script", "title"}
 
 

@@ -1,0 +1,319 @@
+"""Email templates: the example emails render, authors get file:line errors, and the sandbox holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.definition import Funnel, SendStep
+from engine.templates import Sender, TemplateError, TemplateLibrary, html_to_text, lead_fields, sample_context
+from engine.yamlfile import read_yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+EMAILS = ROOT / "emails"
+SENDER = Sender("Greenleaf Consulting", "12 Orchard Row, Bristol BS1 4DJ", "https://greenleaf.example")
+
+LAYOUT = """<html><head><style>p { color: #123456; }</style></head><body>
+{% if preheader %}<div style="display:none" aria-hidden="true">{{ preheader }}</div>{% endif %}
+{{ content }}
+{% include "_partials/footer.html" %}
+</body></html>
+"""
+FOOTER = '<p><a href="{{ unsubscribe_url }}">Unsubscribe</a> {{ sender.postal_address }}</p>\n'
+
+
+def context(**lead: Any) -> dict[str, Any]:
+    ctx = sample_context(SENDER)
+    ctx["lead"] = lead_fields(lead.pop("email", "sam@example.com"), lead)
+    return ctx
+
+
+@pytest.fixture
+def emails(tmp_path: Path) -> Path:
+    root = tmp_path / "emails"
+    (root / "_layouts").mkdir(parents=True)
+    (root / "_partials").mkdir()
+    (root / "_layouts" / "base.html").write_text(LAYOUT)
+    (root / "_partials" / "footer.html").write_text(FOOTER)
+    (root / "t").mkdir()
+    return root
+
+
+def write(emails: Path, name: str, text: str) -> TemplateLibrary:
+    (emails / name).write_text(text)
+    return TemplateLibrary(emails)
+
+
+# --------------------------------------------------------------------------------------------------
+# The example emails
+# --------------------------------------------------------------------------------------------------
+
+LIBRARY = TemplateLibrary(EMAILS)
+
+
+def funnel_templates() -> list[str]:
+    funnel = Funnel.model_validate(read_yaml(ROOT / "funnels" / "lead-magnet.yaml").data)
+    return sorted({s.send for stage in funnel.stages for s in stage.steps if isinstance(s, SendStep)})
+
+
+def test_every_email_of_the_example_funnel_exists_and_is_listed() -> None:
+    assert set(funnel_templates()) <= set(LIBRARY.names())
+    assert len(funnel_templates()) >= 12
+
+
+@pytest.mark.parametrize("name", funnel_templates())
+def test_example_email_renders_with_and_without_lead_details(name: str) -> None:
+    assert LIBRARY.check(name, SENDER) == []
+    full = LIBRARY.render(name, context(first_name="Sam", company="Acme Ltd", employees=12))
+    bare = LIBRARY.render(name, context())
+    assert full.subject and "\n" not in full.subject
+    assert full.preheader
+    assert "Sam" in full.html and "Hi Sam," in full.text
+    assert "Hi there," in bare.text
+    for part in (full.html, full.text):
+        assert "https://example.com/u/sample-token" in part  # unsubscribe
+        assert "https://example.com/p/sample-token" in part  # preferences
+        assert "12 Orchard Row, Bristol BS1 4DJ" in part
+    assert full.links, "every example email links somewhere, by name"
+    assert "<" not in full.text
+    words = len(full.text.split("Priya Shah")[0].split())  # the body, before the signature
+    assert 120 <= words <= 300
+
+
+def test_report_delivery_links_the_report_and_keeps_its_hand_written_text() -> None:
+    email = LIBRARY.render("lead-magnet/report-delivery", context(first_name="Sam"))
+    report = "https://greenleaf.example/reports/real-cost-of-not-recycling.pdf"
+    assert email.links == (("report", report),)
+    assert f'href="{report}"' in email.html
+    assert email.text.startswith('Hi Sam,\n\nThanks for asking for "The real cost of not recycling"')
+    assert report in email.text
+
+
+def test_css_is_inlined_and_the_plain_text_part_is_derived(emails: Path) -> None:
+    lib = write(
+        emails,
+        "t/hello.md",
+        "---\nsubject: Hi\n---\nHello **{{ lead.first_name }}**, see [our prices]"
+        "({{ link('pricing', 'https://x.example/pricing?a=1&b=2') }}).\n\n- one\n- two\n",
+    )
+    email = lib.render("t/hello", context(first_name="Sam"))
+    assert '<p style="color: #123456;">' in email.html
+    assert "<style>" not in email.html
+    assert 'href="https://x.example/pricing?a=1&amp;b=2"' in email.html
+    assert email.text == (
+        "Hello Sam, see our prices (https://x.example/pricing?a=1&b=2).\n\n- one\n- two\n\n"
+        f"Unsubscribe (https://example.com/u/sample-token) {SENDER.postal_address}\n"
+    )
+    assert email.links == (("pricing", "https://x.example/pricing?a=1&b=2"),)
+
+
+def test_html_to_text_keeps_structure_and_drops_hidden_parts() -> None:
+    html = (
+        '<html><head><title>T</title><style>p{}</style></head><body><div style="display: none">preview</div>'
+        '<h1>Title</h1><p>One<br>two &amp; <a href="https://a.example/">three</a></p>'
+        '<ol><li>first</li><li>second</li></ol><p><a href="https://b.example/">https://b.example/</a></p></body></html>'
+    )
+    assert html_to_text(html) == (
+        "Title\n\nOne\ntwo & three (https://a.example/)\n\n1. first\n2. second\n\nhttps://b.example/\n"
+    )
+
+
+def test_html_templates_and_layout_choice(emails: Path) -> None:
+    (emails / "_layouts" / "plain.html").write_text(
+        "<div>{{ content }}</div>{% include '_partials/footer.html' %}"
+    )
+    lib = write(
+        emails,
+        "t/page.html",
+        "---\nsubject: S\nlayout: plain\nfrom: Team <team@x.example>\n"
+        "reply_to: help@x.example\n---\n<p>Hi {{ lead.first_name }}</p>\n",
+    )
+    email = lib.render("t/page", context(first_name="Sam"))
+    assert email.html.startswith("<html><head></head><body><div><p>Hi Sam</p></div>")
+    assert (email.from_, email.reply_to) == ("Team <team@x.example>", "help@x.example")
+    assert lib.names() == ["t/page"]
+    assert lib.exists("t/page") and not lib.exists("t/missing") and not lib.exists("../etc/passwd")
+
+
+def test_subject_renders_lead_data_as_one_plain_line(emails: Path) -> None:
+    lib = write(
+        emails,
+        "t/s.html",
+        "---\nsubject: 'Hi {{ lead.first_name }} & co'\npreheader: '{{ lead.company }}'\n---\n<p>x</p>\n",
+    )
+    email = lib.render("t/s", context(first_name="Sam\r\nBcc: victim@example.com", company="<b>A</b>"))
+    assert email.subject == "Hi Sam Bcc: victim@example.com & co"
+    assert email.preheader == "<b>A</b>"
+    assert lib.subject("t/s") == "Hi {{ lead.first_name }} & co"
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors an author can act on
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "message"),
+    [
+        ("Hello\n", 1, "expected front matter between '---' lines"),
+        ("---\npreheader: p\n---\nHello\n", 2, "front matter needs 'subject'"),
+        ("---\nsubject: S\ncolour: green\n---\nHello\n", 3, "unknown front matter key 'colour'"),
+        ("---\nsubject: S\nlayout: fancy\n---\nHello\n", 3, "layout 'fancy' not found"),
+        ("---\nsubject: [unclosed\n---\nHello\n", 3, "invalid YAML"),
+        ("---\nsubject: S\n---\nHello\n\n{% if x %}\n", 6, "template syntax"),
+        ("---\nsubject: S\n\npreheader: '{{ oops'\n---\nHello\n", 4, "template syntax"),
+    ],
+)
+def test_load_errors_name_file_and_line(emails: Path, text: str, line: int, message: str) -> None:
+    lib = write(emails, "t/bad.md", text)
+    with pytest.raises(TemplateError) as caught:
+        lib.load("t/bad")
+    assert str(caught.value).startswith(f"{(emails / 't/bad.md').as_posix()}:{line}: ")
+    assert message in caught.value.message
+    assert lib.check("t/bad")[0].line == line
+
+
+def test_unknown_template_and_ambiguous_template(emails: Path) -> None:
+    lib = write(emails, "t/twice.md", "---\nsubject: S\n---\nx\n")
+    (emails / "t" / "twice.html").write_text("---\nsubject: S\n---\nx\n")
+    with pytest.raises(TemplateError, match=r"both \.md and \.html"):
+        lib.load("t/twice")
+    with pytest.raises(TemplateError, match="no template 't/nope'"):
+        lib.load("t/nope")
+
+
+def test_check_reports_a_variable_without_value_or_fallback(emails: Path) -> None:
+    lib = write(
+        emails,
+        "t/strict.md",
+        "---\nsubject: S\n---\nHi {{ lead.first_name | default('there') }},\n\n"
+        "Your plan for {{ lead.company }} is ready.\n",
+    )
+    errors = lib.check("t/strict")
+    assert [str(e) for e in errors] == [
+        f"{(emails / 't/strict.md').as_posix()}:6: lead.company has no value; give it a fallback, e.g. "
+        '{{ lead.company | default("...") }}'
+    ]
+    with pytest.raises(TemplateError):
+        lib.render("t/strict", context())
+    assert "Acme" in lib.render("t/strict", context(company="Acme")).html
+
+
+def test_undefined_in_a_partial_names_the_partial(emails: Path) -> None:
+    (emails / "_partials" / "sig.md").write_text("Cheers,\n{{ sender.nickname }}\n")
+    lib = write(emails, "t/p.md", "---\nsubject: S\n---\nx\n\n{% include '_partials/sig.md' %}\n")
+    [error] = lib.check("t/p")
+    assert (error.path, error.line) == ((emails / "_partials/sig.md").as_posix(), 2)
+    assert "sender.nickname has no value" in error.message
+
+
+def test_check_requires_an_unsubscribe_link_in_both_parts(emails: Path) -> None:
+    (emails / "_layouts" / "bare.html").write_text("{{ content }}")
+    lib = write(emails, "t/no-unsub.md", "---\nsubject: S\nlayout: bare\n---\nHello\n")
+    messages = [e.message for e in lib.check("t/no-unsub")]
+    assert messages == [
+        "the HTML part has no unsubscribe link ({{ unsubscribe_url }})",
+        "the plain-text part has no unsubscribe link ({{ unsubscribe_url }})",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        ("link('Bad Name', 'https://x.example')", "kebab-case"),
+        ("link('x', 'javascript:alert(1)')", "or mailto URL"),
+        ("link('x', 'https://a.example') ~ link('x', 'https://b.example')", "two URLs"),
+    ],
+)
+def test_bad_links_are_errors(emails: Path, call: str, message: str) -> None:
+    lib = write(emails, "t/l.md", "---\nsubject: S\n---\n\n{{ " + call + " }}\n")
+    with pytest.raises(TemplateError, match=message) as caught:
+        lib.render("t/l", context())
+    assert caught.value.line == 5
+
+
+def test_a_link_used_twice_is_recorded_once(emails: Path) -> None:
+    lib = write(
+        emails,
+        "t/l.md",
+        "---\nsubject: S\n---\n[a]({{ link('book-call', 'https://x.example/b') }}) "
+        "[b]({{ link('book-call', 'https://x.example/b') }}) "
+        "[c]({{ link('pricing', 'https://x.example/p') }})\n",
+    )
+    assert lib.render("t/l", context()).links == (
+        ("book-call", "https://x.example/b"),
+        ("pricing", "https://x.example/p"),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# The sandbox and escaping
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "{{ ''.__class__.__mro__ }}",
+        "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+        "{{ cycler.__init__.__globals__ }}",
+        "{{ lipsum.__globals__['os'] }}",
+        "{{ lead._fields }}",
+        "{{ link.__self__ }}",
+        "{{ range(10**9) | list }}",
+        "{{ 'x' * 10**8 }}",
+        "{{ 2 ** 10000000 }}",
+        "{{ ((10 ** 60) ** 60) ** 60 }}",
+        "{{ lead.update({'email': 'x'}) }}",
+        "{% set l = [] %}{{ l.append(1) }}",
+    ],
+)
+@pytest.mark.parametrize("suffix", [".md", ".html"])
+def test_template_injection_fails_safely(emails: Path, payload: str, suffix: str) -> None:
+    lib = write(emails, f"t/evil{suffix}", f"---\nsubject: S\n---\n{payload}\n")
+    with pytest.raises(TemplateError) as caught:
+        lib.render("t/evil", context())
+    assert caught.value.line == 4
+    for leak in ("<class", "<function", "<module", "0x", "sample-token", "sample@", "{'"):
+        assert leak not in caught.value.message
+
+
+def test_lead_data_is_escaped_in_html_templates(emails: Path) -> None:
+    lib = write(
+        emails, "t/x.html", '---\nsubject: S\n---\n<p title="{{ lead.company }}">{{ lead.first_name }}</p>\n'
+    )
+    html = lib.render("t/x", context(first_name="<script>alert(1)</script>", company='" onmouseover="x')).html
+    assert "<script>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert 'title="&#34; onmouseover=&#34;x"' in html or 'title="&quot; onmouseover=&quot;x"' in html
+
+
+def test_lead_data_in_markdown_stays_text(emails: Path) -> None:
+    lib = write(
+        emails, "t/x.md", "---\nsubject: S\n---\nHi {{ lead.first_name }}, from {{ lead.company }}.\n"
+    )
+    email = lib.render(
+        "t/x",
+        context(
+            first_name="<img src=x onerror=alert(1)> **Sam**",
+            company="[Win](https://evil.example) & co\n\n# Big",
+        ),
+    )
+    assert "<img" not in email.html and "<strong>" not in email.html and 'evil.example"' not in email.html
+    assert "<h1>" not in email.html
+    assert "&lt;img src=x onerror=alert(1)&gt; **Sam**" in email.html
+    assert "[Win](https://evil.example) &amp; co # Big" in email.html
+    assert email.links == ()
+
+
+def test_markdown_authors_cannot_write_raw_html_either(emails: Path) -> None:
+    lib = write(emails, "t/x.md", "---\nsubject: S\n---\n<script>alert(1)</script>\n")
+    assert "<script>" not in lib.render("t/x", context()).html
+
+
+def test_loading_is_cached(emails: Path) -> None:
+    lib = write(emails, "t/c.md", "---\nsubject: One\n---\nx\n")
+    assert lib.load("t/c") is lib.load("t/c")
+    assert lib.subject("t/c") == "One"
