@@ -10,7 +10,7 @@ import hashlib
 import json
 import re
 from datetime import time, timedelta
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -55,7 +55,7 @@ TemplateName = Annotated[
 def _duration(value: Any) -> Any:
     if isinstance(value, str):
         return parse_duration(value)
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, int | float) and not isinstance(value, bool):
         raise ValueError(f"expected a duration with a unit such as '2d' or '36h', found {value!r}")
     return value
 
@@ -388,11 +388,20 @@ class Stage(Model):
         return self.name or self.id.replace("-", " ").capitalize()
 
 
+def _one_or_many(value: Any) -> Any:
+    # `from: inquiry` reads as naturally as `from: [inquiry]`.
+    if isinstance(value, str) and value != "*":
+        return [value]
+    return value
+
+
 class Transition(Model):
     """A move that can fire at any moment: on an event, or after time in a stage without progress."""
 
     id: Id
-    from_: list[Id] | Literal["*"] = Field(default="*", alias="from")
+    from_: Annotated[list[Id] | Literal["*"], BeforeValidator(_one_or_many)] = Field(
+        default="*", alias="from", description="Stage ids the transition applies to (one id, a list, or `*`)."
+    )
     to: Id
     on: EventMatch | None = None
     after: Duration | None = Field(default=None, description="Time spent in the `from` stage.")
@@ -467,7 +476,7 @@ class ExitRule(EventMatch):
 
 
 class SendWindow(Model):
-    days: list[Weekday] = Field(default_factory=lambda: list(WEEKDAYS), min_length=1)
+    days: list[Weekday] = Field(default_factory=lambda: cast(list[Weekday], list(WEEKDAYS)), min_length=1)
     start: ClockTime = time(0, 0)
     end: ClockTime = time(23, 59)
 

@@ -95,7 +95,7 @@ EXPECTED: dict[str, list[tuple[int, int, tuple[str, ...]]]] = {
         (14, 15, ("step 'report' send: expected a template path", "found 'Lead Magnet/Report'")),
         (16, 15, ("step 'w1' wait: expected a duration with a unit", "found 3")),
         (17, 9, ("unknown key 'extra' in stage 'inquiry' step 'w1': expected one of id, wait",)),
-        (20, 11, ("transition 'demo' from: expected a list or '*'", "found 'inquiry'")),
+        (19, 5, ("transition 'demo': expected exactly one of 'on' (an event) or 'after'", "found none")),
     ],
 }
 
