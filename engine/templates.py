@@ -21,6 +21,7 @@ from typing import Any
 import css_inline
 import jinja2
 from jinja2.exceptions import SecurityError
+from jinja2.loaders import split_template_path
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markdown_it import MarkdownIt
 from markupsafe import Markup
@@ -241,8 +242,9 @@ class _Loader(jinja2.BaseLoader):
         self, environment: jinja2.Environment, template: str
     ) -> tuple[str, str, Callable[[], bool]]:
         file, _, field = template.partition("#")
-        path = self.library.emails_dir / file
-        if not path.is_file() or ".." in Path(file).parts:
+        # split_template_path refuses `..`; joining the pieces keeps absolute names inside the folder.
+        path = self.library.emails_dir.joinpath(*split_template_path(file))
+        if not path.is_file():
             raise jinja2.TemplateNotFound(template)
         text = path.read_text(encoding="utf-8")
         mtime = path.stat().st_mtime

@@ -280,6 +280,15 @@ def test_template_injection_fails_safely(emails: Path, payload: str, suffix: str
         assert leak not in caught.value.message
 
 
+@pytest.mark.parametrize("target", ["/etc/hostname", "../../etc/hostname", "_partials/../../outside.txt"])
+def test_includes_stay_inside_the_emails_folder(emails: Path, target: str) -> None:
+    (emails.parent / "outside.txt").write_text("secret")
+    lib = write(emails, "t/inc.html", f"---\nsubject: S\n---\n{{% include '{target}' %}}\n")
+    with pytest.raises(TemplateError, match="not found") as caught:
+        lib.render("t/inc", context())
+    assert caught.value.line == 4
+
+
 def test_lead_data_is_escaped_in_html_templates(emails: Path) -> None:
     lib = write(
         emails, "t/x.html", '---\nsubject: S\n---\n<p title="{{ lead.company }}">{{ lead.first_name }}</p>\n'
