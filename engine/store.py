@@ -40,6 +40,13 @@ def _insert(conn: sa.Connection, table: sa.Table) -> Insert:
     return sqlite.insert(table)
 
 
+def _wrote(conn: sa.Connection, stmt: Insert) -> bool:
+    """Whether an INSERT ... ON CONFLICT wrote a row. Asked with RETURNING, because a driver's
+    rowcount is not reliable for these statements (psycopg reports -1 for some)."""
+    table = stmt.table
+    return conn.execute(stmt.returning(table.c.id)).first() is not None
+
+
 def _locking(conn: sa.Connection, stmt: sa.Select[Any], *, skip_locked: bool = False) -> sa.Select[Any]:
     # SQLite has no row locks; its transaction already holds the single writer lock.
     if conn.dialect.name == "postgresql":
@@ -205,7 +212,8 @@ def record_events(
     events = tables.events
     inserted = 0
     for item in new_events:
-        result = conn.execute(
+        inserted += _wrote(
+            conn,
             _insert(conn, events)
             .values(
                 event_id=item.event_id,
@@ -216,9 +224,8 @@ def record_events(
                 received_at=now,
                 source=item.source,
             )
-            .on_conflict_do_nothing(index_elements=["event_id"])
+            .on_conflict_do_nothing(index_elements=["event_id"]),
         )
-        inserted += result.rowcount
     return inserted, len(new_events) - inserted
 
 
@@ -444,7 +451,7 @@ def _queue_email(
             index_elements=["lead_id", "funnel_id", "step"], set_=values, where=o.c.status == "skipped"
         )
     )
-    return conn.execute(stmt).rowcount == 1
+    return _wrote(conn, stmt)
 
 
 def _record_skip(
@@ -468,7 +475,7 @@ def _record_skip(
         )
         .on_conflict_do_nothing(index_elements=["lead_id", "funnel_id", "step"])
     )
-    return conn.execute(stmt).rowcount == 1
+    return _wrote(conn, stmt)
 
 
 def _record_transition(
@@ -507,7 +514,7 @@ def _queue_webhook(
         )
         .on_conflict_do_nothing(index_elements=["lead_id", "funnel_id", "step"])
     )
-    return int(conn.execute(stmt).rowcount)
+    return int(_wrote(conn, stmt))
 
 
 def _record_goal(conn: sa.Connection, lead_id: int, funnel_id: str, c: journey.GoalReached) -> int:
@@ -516,7 +523,7 @@ def _record_goal(conn: sa.Connection, lead_id: int, funnel_id: str, c: journey.G
         .values(lead_id=lead_id, funnel_id=funnel_id, goal=c.goal, at=c.at, within_window=c.within_window)
         .on_conflict_do_nothing(index_elements=["lead_id", "funnel_id", "goal"])
     )
-    return int(conn.execute(stmt).rowcount)
+    return int(_wrote(conn, stmt))
 
 
 @dataclass(frozen=True, slots=True)
@@ -654,7 +661,7 @@ def suppress(conn: sa.Connection, email: str, reason: str, *, now: datetime | No
         .values(email_hash=email_hash(email), reason=reason, created_at=_now(now))
         .on_conflict_do_nothing(index_elements=["email_hash"])
     )
-    return bool(conn.execute(stmt).rowcount == 1)
+    return _wrote(conn, stmt)
 
 
 def is_suppressed(conn: sa.Connection, email: str) -> bool:
@@ -674,7 +681,7 @@ def save_funnel_version(conn: sa.Connection, funnel: Funnel, *, now: datetime | 
         )
         .on_conflict_do_nothing(index_elements=["funnel_id", "version"])
     )
-    return bool(conn.execute(stmt).rowcount == 1)
+    return _wrote(conn, stmt)
 
 
 def get_funnel_definition(conn: sa.Connection, funnel_id: str, version: str) -> dict[str, Any] | None:

@@ -67,12 +67,16 @@ class _LocalPostgres:
     def _run(self, *args: str) -> None:
         cmd = list(args)
         if self.as_root:
-            cmd = ["runuser", "-u", "postgres", "--", *cmd] if shutil.which("runuser") else [
-                "su",
-                "postgres",
-                "-c",
-                " ".join(f"'{a}'" for a in cmd),
-            ]
+            cmd = (
+                ["runuser", "-u", "postgres", "--", *cmd]
+                if shutil.which("runuser")
+                else [
+                    "su",
+                    "postgres",
+                    "-c",
+                    " ".join(f"'{a}'" for a in cmd),
+                ]
+            )
         result = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=120)
         if result.returncode != 0:
             log = self.root / "server.log"
@@ -117,8 +121,9 @@ class _LocalPostgres:
 
     @property
     def url(self) -> URL:
-        return URL.create("postgresql+psycopg", username="postgres", host="127.0.0.1", port=self.port,
-                          database="postgres")
+        return URL.create(
+            "postgresql+psycopg", username="postgres", host="127.0.0.1", port=self.port, database="postgres"
+        )
 
 
 @pytest.fixture(scope="session")
@@ -161,13 +166,23 @@ def postgres_template(postgres_admin: Engine, postgres_admin_url: URL) -> Iterat
         conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file, copied per test (the migrations themselves run once per session)."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "funnel.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A migrated, empty database URL on each backend."""
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'data' / 'funnel.db'}"
-        upgrade(url)
-        yield url
+        path = tmp_path / "data" / "funnel.db"
+        path.parent.mkdir()
+        # WAL mode is recorded in the file; the template was closed cleanly, so one file is the database.
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+        yield f"sqlite:///{path}"
         return
     template: str = request.getfixturevalue("postgres_template")
     admin: Engine = request.getfixturevalue("postgres_admin")
