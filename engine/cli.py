@@ -176,22 +176,172 @@ def test_scenarios(
         raise typer.Exit(1)
 
 
+def _parse_time(text: str | None, option: str) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        err.print(f"{option}: expected an ISO time such as 2026-11-23T09:00:00+00:00, found {text!r}")
+        raise typer.Exit(2) from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+DEMO_LEADS = (
+    ("sam.taylor@acme-packaging.example", "Sam", "Acme Packaging", 35, "Europe/London"),
+    ("priya.shah@northwind-foods.example", "Priya", "Northwind Foods", 240, "Europe/London"),
+    ("luis.ortega@bayside-cafe.example", "Luis", "Bayside Cafe", 8, "America/Los_Angeles"),
+)
+
+
+def _demo_signups(runner: object, now: datetime) -> int:
+    """Three sample leads fill in the example funnel's form, once (event ids make it idempotent)."""
+    from engine import store
+
+    engine = runner.engine  # type: ignore[attr-defined]
+    recorded = 0
+    with engine.begin() as conn:
+        for i, (email, first, company, employees, zone) in enumerate(DEMO_LEADS, 1):
+            lead_id = store.upsert_lead(
+                conn, email, attributes={"first_name": first, "company": company, "employees": employees},
+                timezone=zone, consent="subscribed", consent_source="demo", now=now,
+            )
+            new = store.NewEvent(f"demo-signup-{i}", lead_id, "form_submitted", now,
+                                 {"form": "cost-of-not-recycling"}, "demo")
+            recorded += store.record_events(conn, [new], now=now)[0]
+    return recorded
+
+
 @app.command()
 def run(
-    once: bool = typer.Option(False, "--once", help="Process everything due, then exit."),
-    emails: Path = typer.Option(Path("emails"), help="Folder of email templates."),
-    funnels_dir: Path = typer.Option(Path("funnels"), "--funnels", help="Folder of funnel files."),
+    once: bool = typer.Option(False, "--once", help="Process everything due now, then exit."),
+    now: str | None = typer.Option(None, "--now", help="Pretend the clock says this ISO time (replays, tests)."),
+    demo: bool = typer.Option(False, "--demo", help="Sign up three sample leads to the example funnel first."),
 ) -> None:
-    """Run the engine on the funnels in `funnels/`."""
-    funnels = _load([funnels_dir], emails)
-    for definition in funnels:
-        console.print(f"[green]ok[/green] {definition.id} version {definition.version}")
-    from engine.simulation import simulate as run_simulation
-    from engine.simulation_output import print_simulation
+    """Run the engine: the scheduler ticks, leads move, emails go out (to a local sink if no relay is set)."""
+    import asyncio
+    import logging
 
-    for definition in funnels:
-        result = run_simulation(definition, leads=1000, days=30, emails_dir=emails, sample_lead=1)
-        print_simulation(console, result, subjects=_subjects(emails))
+    from engine.runner import Clock, Runner
+    from engine.settings import get_settings
+
+    settings = get_settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # the sink's per-command chatter
+    funnels = _load([settings.funnels_dir], settings.emails_dir)
+    runner = Runner(settings, funnels, Clock(_parse_time(now, "--now")))
+    try:
+        for definition in funnels:
+            console.print(f"[green]loaded[/green] {definition.id} (version {definition.version})")
+        where = f"{settings.smtp.host}:{settings.smtp.port}" if settings.smtp.host else (
+            f"the local sink, stored as .eml files in {settings.data_dir / 'outbox'}"
+        )
+        console.print(f"database: {settings.effective_database_url}\nemails go to {where}")
+        if demo:
+            count = _demo_signups(runner, runner.clock())
+            console.print(f"demo: {count} sample signup(s) recorded")
+        if once:
+            totals = asyncio.run(runner.run_once())
+            t, m = totals.tick, totals.mail
+            console.print(
+                f"events {t.events}, steps {t.advanced}, enrolled {t.enrolled}, transitions {t.transitions}, "
+                f"emails sent {m.sent}, deferred {m.deferred}, failed {m.failed}, unknown {m.unknown}, "
+                f"skipped {m.skipped}"
+            )
+        else:
+            console.print(f"ticking every {settings.tick_seconds:g} s; list emails with `funnel outbox`; Ctrl-C stops")
+            asyncio.run(runner.run_forever())
+    finally:
+        runner.close()
+
+
+@app.command()
+def event(
+    email: str = typer.Argument(..., help="The lead's email address (created if new)."),
+    name: str = typer.Argument(..., help="Event name, e.g. form_submitted, email_clicked, purchase_completed."),
+    prop: list[str] = typer.Option([], "--prop", help="A property as key=value; repeat for more."),
+    event_id: str | None = typer.Option(None, "--id", help="Idempotency key; replaying an id changes nothing."),
+    at: str | None = typer.Option(None, "--at", help="When it happened (ISO time; default now)."),
+) -> None:
+    """Record one event for a lead; the engine reacts within a tick."""
+    import re
+    import uuid
+
+    from engine import store
+    from engine.database import create_engine_for, upgrade
+    from engine.settings import get_settings
+
+    if not re.fullmatch(r"[a-z][a-z0-9_.]*", name):
+        err.print(f"event name: expected snake_case such as 'email_clicked', found {name!r}")
+        raise typer.Exit(2)
+    properties: dict[str, str] = {}
+    for item in prop:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            err.print(f"--prop: expected key=value, found {item!r}")
+            raise typer.Exit(2)
+        properties[key] = value
+    settings = get_settings()
+    when = _parse_time(at, "--at") or datetime.now(UTC)
+    upgrade(settings.effective_database_url)
+    engine = create_engine_for(settings.effective_database_url)
+    try:
+        with engine.begin() as conn:
+            lead_id = store.find_lead_id(conn, email) or store.upsert_lead(conn, email, now=when)
+            new = store.NewEvent(event_id or str(uuid.uuid4()), lead_id, name, when, properties, "cli")
+            inserted, _ = store.record_events(conn, [new], now=when)
+    except ValueError as exc:
+        err.print(str(exc))
+        raise typer.Exit(2) from None
+    finally:
+        engine.dispose()
+    console.print(f"recorded {name} for {email}" if inserted else f"already recorded (event id {event_id}); nothing changed")
+
+
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply the migrations (done automatically by `funnel run`)."""
+    from engine.database import current_revision, upgrade
+    from engine.settings import get_settings
+
+    url = get_settings().effective_database_url
+    upgrade(url)
+    console.print(f"database at revision {current_revision(url)}")
+
+
+@app.command()
+def outbox(
+    message: str | None = typer.Argument(None, help="Show this message (a file name from the list)."),
+    limit: int = typer.Option(20, "--limit", "-n", help="How many of the newest messages to list."),
+) -> None:
+    """List the emails the local sink received (newest first), or show one."""
+    from email import message_from_bytes
+    from email.policy import default
+
+    from rich.table import Table
+
+    from engine.settings import get_settings
+
+    folder = get_settings().data_dir / "outbox"
+    files = sorted(folder.glob("*.eml"), reverse=True) if folder.is_dir() else []
+    if message is not None:
+        matches = [f for f in files if f.name.startswith(message)]
+        if not matches:
+            err.print(f"no message {message!r} in {folder}")
+            raise typer.Exit(1)
+        console.print(matches[0].read_text(errors="replace"), markup=False, highlight=False)
+        return
+    table = Table(title=f"{len(files)} message(s) in {folder}")
+    for col in ("file", "time", "to", "subject", "funnel / step"):
+        table.add_column(col)
+    for f in files[:limit]:
+        msg = message_from_bytes(f.read_bytes(), policy=default)
+        table.add_row(f.name, str(msg["Date"]), str(msg["To"]), str(msg["Subject"]), str(msg["X-Funnel"] or ""))
+    console.print(table)
 
 
 def main() -> None:

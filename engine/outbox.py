@@ -1,0 +1,155 @@
+"""The outbox queries of the send pipeline: lease a batch, mark one message `sending` right before DATA,
+record the outcome. A lease is not a send: a worker that dies holding a lease loses nothing, the lease
+expires and another worker takes the message. A message in `sending` whose worker died is `unknown`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from engine.tables import leads, outbox, suppressions
+
+LEASE = timedelta(minutes=2)
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    id: int
+    lead_id: int
+    email: str
+    consent_status: str
+    attributes: dict[str, Any]
+    funnel_id: str
+    step: str
+    template: str
+    stage: str
+    transactional: bool
+    attempts: int
+    suppressed: bool
+
+
+def email_hash(email: str) -> str:
+    return hashlib.sha256(email.strip().lower().encode()).hexdigest()
+
+
+def lease_batch(conn: sa.Connection, now: datetime, limit: int) -> list[OutboxItem]:
+    """Queued or deferred messages that are due and not leased by a live worker, oldest first."""
+    ready = sa.and_(
+        outbox.c.status.in_(("queued", "deferred")),
+        sa.or_(outbox.c.next_attempt_at.is_(None), outbox.c.next_attempt_at <= now),
+        sa.or_(outbox.c.claimed_at.is_(None), outbox.c.claimed_at < now - LEASE),
+    )
+    pick = sa.select(outbox.c.id).where(ready).order_by(outbox.c.next_attempt_at, outbox.c.id).limit(limit)
+    if conn.dialect.name == "postgresql":
+        pick = pick.with_for_update(skip_locked=True)
+    ids = [r[0] for r in conn.execute(pick)]
+    if not ids:
+        return []
+    conn.execute(sa.update(outbox).where(outbox.c.id.in_(ids)).values(claimed_at=now))
+    rows = conn.execute(
+        sa.select(
+            outbox.c.id,
+            outbox.c.lead_id,
+            leads.c.email,
+            leads.c.consent_status,
+            leads.c.attributes,
+            outbox.c.funnel_id,
+            outbox.c.step,
+            outbox.c.template,
+            outbox.c.stage,
+            outbox.c.transactional,
+            outbox.c.attempts,
+        )
+        .join(leads, leads.c.id == outbox.c.lead_id)
+        .where(outbox.c.id.in_(ids))
+        .order_by(outbox.c.id)
+    ).all()
+    hashes = {email_hash(r.email) for r in rows}
+    hits = conn.execute(sa.select(suppressions.c.email_hash).where(suppressions.c.email_hash.in_(hashes)))
+    suppressed = {h for (h,) in hits}
+    return [
+        OutboxItem(
+            id=r.id,
+            lead_id=r.lead_id,
+            email=r.email,
+            consent_status=r.consent_status,
+            attributes=dict(r.attributes or {}),
+            funnel_id=r.funnel_id,
+            step=r.step,
+            template=r.template,
+            stage=r.stage,
+            transactional=r.transactional,
+            attempts=r.attempts,
+            suppressed=email_hash(r.email) in suppressed,
+        )
+        for r in rows
+    ]
+
+
+def consent_now(conn: sa.Connection, lead_id: int) -> tuple[str | None, bool]:
+    """The lead's consent and suppression as they are at this instant (checked again right before DATA)."""
+    row = conn.execute(sa.select(leads.c.email, leads.c.consent_status).where(leads.c.id == lead_id)).first()
+    if row is None:
+        return None, True
+    hit = conn.execute(
+        sa.select(suppressions.c.id).where(suppressions.c.email_hash == email_hash(row.email))
+    ).first()
+    return row.consent_status, hit is not None
+
+
+def mark_sending(conn: sa.Connection, message_id: int, now: datetime, smtp_message_id: str) -> bool:
+    """Queued/deferred -> sending. False if someone else got there first (then this worker must not send)."""
+    result = conn.execute(
+        sa.update(outbox)
+        .where(outbox.c.id == message_id, outbox.c.status.in_(("queued", "deferred")))
+        .values(status="sending", claimed_at=now, attempts=outbox.c.attempts + 1, message_id=smtp_message_id)
+    )
+    return result.rowcount == 1
+
+
+def finish(conn: sa.Connection, message_id: int, status: str, now: datetime, **fields: Any) -> None:
+    values: dict[str, Any] = {"status": status, **fields}
+    if status == "sent":
+        values["sent_at"] = now
+    conn.execute(sa.update(outbox).where(outbox.c.id == message_id).values(**values))
+
+
+def defer(conn: sa.Connection, message_id: int, until: datetime, error: str, count_attempt: bool) -> None:
+    values: dict[str, Any] = {
+        "status": "deferred",
+        "next_attempt_at": until,
+        "claimed_at": None,
+        "last_error": error[:2000],
+    }
+    if count_attempt:
+        values["attempts"] = outbox.c.attempts + 1
+    conn.execute(sa.update(outbox).where(outbox.c.id == message_id).values(**values))
+
+
+def suppress(conn: sa.Connection, email: str, reason: str, now: datetime) -> None:
+    stmt: Any
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        stmt = pg_insert(suppressions).on_conflict_do_nothing()
+    else:
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        stmt = sqlite_insert(suppressions).on_conflict_do_nothing()
+    conn.execute(stmt.values(email_hash=email_hash(email), reason=reason, created_at=now))
+
+
+def sweep_stale_sending(conn: sa.Connection, older_than: datetime) -> int:
+    """Messages left in `sending` by a worker that died: the server may or may not have them. They become
+    `unknown` for an operator to decide; never sent again automatically (at most once)."""
+    result = conn.execute(
+        sa.update(outbox)
+        .where(outbox.c.status == "sending", outbox.c.claimed_at < older_than)
+        .values(status="unknown", last_error="worker stopped between DATA and the server's reply")
+    )
+    return int(result.rowcount or 0)

@@ -1,0 +1,128 @@
+"""`funnel run`: wires the store, the worker, the mailer and the local sink, and lets APScheduler tick.
+
+APScheduler only drives the loop (invariant 8): a missed or doubled tick changes nothing, because every
+tick asks the database what is due. There is no scheduler job per lead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from engine.database import create_engine_for, upgrade
+from engine.definition import Funnel
+from engine.mailer import DispatchResult, Mailer
+from engine.mailsink import start_sink
+from engine.settings import Settings
+from engine.templates import TemplateLibrary
+from engine.worker import TickResult, Worker
+
+log = logging.getLogger("engine.runner")
+
+
+@dataclass
+class Totals:
+    tick: TickResult
+    mail: DispatchResult
+
+
+class Clock:
+    """The engine's clock: real UTC time, optionally shifted (to replay downtime or test `--now`)."""
+
+    def __init__(self, fixed: datetime | None = None) -> None:
+        self.offset = (fixed - datetime.now(UTC)) if fixed else timedelta(0)
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+
+class Runner:
+    def __init__(self, settings: Settings, funnels: Sequence[Funnel], clock: Callable[[], datetime]) -> None:
+        self.settings = settings
+        self.clock = clock
+        url = settings.effective_database_url
+        if url.startswith("sqlite"):
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        upgrade(url)
+        self.engine = create_engine_for(url)
+        self.worker = Worker(self.engine, {f.id: f for f in funnels}, settings.batch_size)
+        self.worker.publish()
+        self.mailer = Mailer(self.engine, settings, TemplateLibrary(settings.emails_dir))
+        self.sink = None
+        if settings.smtp.host:
+            self.smtp_host, self.smtp_port = settings.smtp.host, settings.smtp.port
+        else:
+            self.sink = start_sink(settings.data_dir / "outbox")
+            self.smtp_host, self.smtp_port = "127.0.0.1", int(self.sink.port)
+            # The local sink speaks plain SMTP on loopback.
+            settings.smtp.security = "none"
+
+    def close(self) -> None:
+        if self.sink is not None:
+            self.sink.stop()
+        self.engine.dispose()
+
+    async def step(self) -> Totals:
+        now = self.clock()
+        tick = await asyncio.to_thread(self.worker.tick, now)
+        mail = await self.mailer.dispatch(now, self.smtp_host, self.smtp_port, self.settings.batch_size)
+        if tick.work or mail.work:
+            log.info(
+                "tick events=%d advanced=%d enrolled=%d transitions=%d "
+                "sent=%d deferred=%d failed=%d unknown=%d",
+                tick.events, tick.advanced, tick.enrolled, tick.transitions,
+                mail.sent, mail.deferred, mail.failed, mail.unknown,
+            )
+        for error in tick.errors + mail.errors:
+            log.error("%s", error)
+        return Totals(tick, mail)
+
+    async def run_once(self) -> Totals:
+        """Process everything due now (events, steps, emails) until nothing is left, then return."""
+        total = Totals(TickResult(), DispatchResult())
+        for _ in range(100_000):
+            step = await self.step()
+            total.tick.add(step.tick)
+            for name in ("sent", "deferred", "failed", "unknown", "skipped"):
+                setattr(total.mail, name, getattr(total.mail, name) + getattr(step.mail, name))
+            if step.tick.work == 0 and (step.mail.work - step.mail.deferred) == 0:
+                break
+        return total
+
+    async def run_forever(self) -> None:
+        scheduler = AsyncIOScheduler(timezone=UTC)
+        busy = asyncio.Lock()
+
+        async def tick() -> None:
+            if busy.locked():
+                return
+            async with busy:
+                try:
+                    await self.step()
+                except Exception:
+                    log.exception("tick failed")
+
+        scheduler.add_job(
+            tick,
+            "interval",
+            seconds=self.settings.tick_seconds,
+            next_run_time=datetime.now(UTC),
+            max_instances=1,
+            coalesce=True,
+            id="tick",
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        scheduler.start()
+        try:
+            await stop.wait()
+        finally:
+            scheduler.shutdown(wait=False)

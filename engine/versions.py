@@ -1,0 +1,74 @@
+"""Editing a live funnel: where a lead in flight goes when the definition changes under it.
+
+Pure. Leads keep their place by stage and step id. A removed step hands the lead to the next step of
+its stage that still exists (by the old order when the old definition is known); a removed stage hands
+it to the next stage of the old order that still exists, else the new funnel's entry stage. Waits in
+progress keep their wake time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from engine.definition import Funnel
+from engine.journey import Enrollment
+
+
+@dataclass(frozen=True)
+class Migration:
+    enrollment: Enrollment
+    change: str  # "kept", "step-removed", "stage-removed", "exited"
+    detail: str = ""
+
+
+def _surviving_step(old: Funnel | None, new: Funnel, stage: str, step: str) -> str | None:
+    new_steps = [s.id for s in new.stage(stage).steps]
+    if old is not None and stage in old.stage_ids():
+        old_steps = [s.id for s in old.stage(stage).steps]
+        if step in old_steps:
+            for later in old_steps[old_steps.index(step) + 1 :]:
+                if later in new_steps:
+                    return later
+            return None
+    return new_steps[0] if new_steps else None
+
+
+def _surviving_stage(old: Funnel | None, new: Funnel, stage: str) -> str:
+    new_ids = new.stage_ids()
+    if old is not None and stage in old.stage_ids():
+        old_ids = old.stage_ids()
+        for later in old_ids[old_ids.index(stage) + 1 :]:
+            if later in new_ids:
+                return later
+    return new.entry.stage or new_ids[0]
+
+
+def migrate_enrollment(state: Enrollment, new: Funnel, old: Funnel | None = None) -> Migration:
+    if state.version == new.version or state.status != "active":
+        return Migration(replace(state, version=new.version), "kept")
+    stage_ids = new.stage_ids()
+    if state.stage not in stage_ids:
+        target = _surviving_stage(old, new, state.stage)
+        first = new.stage(target).steps[0].id if new.stage(target).steps else None
+        moved = replace(
+            state,
+            version=new.version,
+            stage=target,
+            step=first,
+            phase="ready",
+            due=state.due,
+            wake_at=state.due,
+            stage_entered_at=state.due,
+            spent_timers=frozenset(),
+        )
+        return Migration(moved, "stage-removed", f"{state.stage} -> {target}")
+    if state.step is None:
+        return Migration(replace(state, version=new.version), "kept")
+    try:
+        new.step(state.stage, state.step)
+        return Migration(replace(state, version=new.version), "kept")
+    except KeyError:
+        pass
+    nxt = _surviving_step(old, new, state.stage, state.step)
+    moved = replace(state, version=new.version, step=nxt, phase="ready", wake_at=state.due)
+    return Migration(moved, "step-removed", f"{state.step} -> {nxt or 'end of stage'}")

@@ -1,0 +1,160 @@
+"""The tick: events and due enrollments through the pure core, each decision committed with its
+consequences (new state, stage transitions, outbox rows) in one transaction.
+
+The scheduler only calls `tick`; correctness never depends on when or how often. Two workers may
+tick at once: PostgreSQL hands each a disjoint batch (SKIP LOCKED) and row locks serialise the rest;
+SQLite has a single writer, so each transaction is the lock.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+
+import sqlalchemy as sa
+
+from engine import journey, store
+from engine.definition import Funnel
+from engine.versions import migrate_enrollment
+
+log = logging.getLogger("engine.worker")
+
+
+@dataclass
+class TickResult:
+    events: int = 0
+    advanced: int = 0
+    enrolled: int = 0
+    transitions: int = 0
+    emails_queued: int = 0
+    migrated: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def work(self) -> int:
+        return self.events + self.advanced
+
+    def add(self, other: TickResult) -> None:
+        self.events += other.events
+        self.advanced += other.advanced
+        self.enrolled += other.enrolled
+        self.transitions += other.transitions
+        self.emails_queued += other.emails_queued
+        self.migrated += other.migrated
+        self.errors.extend(other.errors)
+
+
+class Worker:
+    def __init__(self, engine: sa.Engine, funnels: Mapping[str, Funnel], batch_size: int = 500) -> None:
+        self.engine = engine
+        self.funnels = dict(funnels)
+        self.batch_size = batch_size
+
+    def publish(self) -> None:
+        """Record the loaded definitions (content-hashed) so `funnel plan` and ops can compare versions."""
+        with self.engine.begin() as conn:
+            for funnel in self.funnels.values():
+                store.save_funnel_version(conn, funnel)
+
+    def tick(self, now: datetime) -> TickResult:
+        """One pass: pending events first (they may change what is due), then due enrollments."""
+        result = TickResult()
+        result.add(self.process_events(now))
+        result.add(self.process_due(now))
+        return result
+
+    def run_until_idle(self, now: datetime, max_ticks: int = 10_000) -> TickResult:
+        total = TickResult()
+        for _ in range(max_ticks):
+            result = self.tick(now)
+            total.add(result)
+            if result.work == 0:
+                break
+        return total
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def process_events(self, now: datetime) -> TickResult:
+        result = TickResult()
+        with self.engine.begin() as conn:
+            pending = store.claim_pending_events(conn, self.batch_size)
+            for row in pending:
+                lead = store.get_lead(conn, row.lead_id)
+                if lead is None:  # erased since: nothing left to move
+                    store.mark_event_processed(conn, row.pk, now)
+                    continue
+                for funnel in self.funnels.values():
+                    lead = self._event_in_funnel(conn, funnel, row, lead, now, result)
+                store.mark_event_processed(conn, row.pk, now)
+                result.events += 1
+        return result
+
+    def _event_in_funnel(
+        self,
+        conn: sa.Connection,
+        funnel: Funnel,
+        row: store.PendingEvent,
+        lead: journey.Lead,
+        now: datetime,
+        result: TickResult,
+    ) -> journey.Lead:
+        # The row lock serialises this with a tick that claimed the same enrollment.
+        state = store.get_enrollment(conn, row.lead_id, funnel.id, for_update=True)
+        # An event is handled at the time it happened, but never before what the lead has already
+        # lived through in this funnel (the core's timeline only moves forward) nor after now.
+        at = min(row.event.at, now)
+        if state is not None and state.status == "active":
+            state = self._current(funnel, state, result)
+            at = max(at, state.stage_entered_at, state.due)
+            decision = journey.on_event(funnel, lead, state, replace(row.event, at=at))
+        else:
+            cause = journey.entry_trigger(funnel, lead, row.event)
+            if cause is None or not journey.may_reenter(funnel, state, at):
+                return lead
+            if state is not None and state.exited_at is not None:
+                at = max(at, state.exited_at)
+            decision = journey.enroll(funnel, lead, at, cause, previous=state)
+            result.enrolled += 1
+        self._apply(conn, row.lead_id, decision, now, result)
+        return decision.lead
+
+    # -- due enrollments --------------------------------------------------------------------------
+
+    def process_due(self, now: datetime) -> TickResult:
+        result = TickResult()
+        with self.engine.begin() as conn:
+            claimed = store.claim_due_enrollments(conn, now, self.batch_size)
+            if not claimed:
+                return result
+            leads = store.load_leads(conn, [c.lead_id for c in claimed])
+            for item in claimed:
+                funnel = self.funnels.get(item.enrollment.funnel)
+                lead = leads.get(item.lead_id)
+                if funnel is None or lead is None:
+                    # A funnel file removed while leads were in it: the rows stay as they are, to be
+                    # picked up again when the funnel is back.
+                    result.errors.append(f"no funnel {item.enrollment.funnel!r} loaded for a due enrollment")
+                    continue
+                state = self._current(funnel, item.enrollment, result)
+                decision = journey.on_clock(funnel, lead, state, now)
+                self._apply(conn, item.lead_id, decision, now, result)
+                result.advanced += 1
+        return result
+
+    # -- shared ---------------------------------------------------------------------------------
+
+    def _current(self, funnel: Funnel, state: journey.Enrollment, result: TickResult) -> journey.Enrollment:
+        """Move an enrollment made under an older definition onto the loaded one (by step id)."""
+        if state.version == funnel.version:
+            return state
+        result.migrated += 1
+        return migrate_enrollment(state, funnel).enrollment
+
+    def _apply(
+        self, conn: sa.Connection, lead_id: int, decision: journey.Decision, now: datetime, result: TickResult
+    ) -> None:
+        applied = store.apply_decision(conn, lead_id, decision, now=now)
+        result.transitions += applied.transitions
+        result.emails_queued += len(applied.queued)
