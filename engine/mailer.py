@@ -91,8 +91,15 @@ def _may_send(consent: str | None, suppressed: bool, transactional: bool) -> boo
 
 
 class Mailer:
-    def __init__(self, engine: sa.Engine, settings: Settings, templates: TemplateLibrary) -> None:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        settings: Settings,
+        templates: TemplateLibrary,
+        funnel_names: dict[str, str] | None = None,
+    ) -> None:
         self.engine = engine
+        self.funnel_names = funnel_names or {}
         self.settings = settings
         self.templates = templates
         self.links = Links(settings)
@@ -140,7 +147,7 @@ class Mailer:
         context: dict[str, Any] = {
             "lead": lead_fields(item.email, item.attributes),
             "sender": self.sender,
-            "funnel": {"id": item.funnel_id},
+            "funnel": {"id": item.funnel_id, "name": self.funnel_names.get(item.funnel_id, item.funnel_id)},
             "unsubscribe_url": self.links.unsubscribe_url(item.email, item.funnel_id),
             "preferences_url": self.links.preferences_url(item.email),
         }

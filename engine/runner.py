@@ -53,7 +53,9 @@ class Runner:
         self.engine = create_engine_for(url)
         self.worker = Worker(self.engine, {f.id: f for f in funnels}, settings.batch_size)
         self.worker.publish()
-        self.mailer = Mailer(self.engine, settings, TemplateLibrary(settings.emails_dir))
+        self.mailer = Mailer(
+            self.engine, settings, TemplateLibrary(settings.emails_dir), {f.id: f.name for f in funnels}
+        )
         self.sink = None
         if settings.smtp.host:
             self.smtp_host, self.smtp_port = settings.smtp.host, settings.smtp.port

@@ -41,6 +41,7 @@ from engine.definition import (
     WaitUntilStep,
 )
 from engine.durations import format_duration
+from engine.templates import TemplateLibrary
 from engine.yamlfile import Position, YamlDocument, YamlSyntaxError, read_yaml
 
 Loc = tuple[str | int, ...]
@@ -794,6 +795,8 @@ class _Templates:
     def __init__(self, emails_dir: Path | None) -> None:
         self.emails_dir = emails_dir
         self.reported_missing_dir = False
+        self.checked: set[str] = set()
+        self.library: TemplateLibrary | None = None
 
     def check(self, funnel: Funnel, doc: YamlDocument) -> list[FunnelError]:
         if self.emails_dir is None:
@@ -827,7 +830,18 @@ class _Templates:
                             f" {' or '.join(str(c) for c in candidates)}, found neither",
                         )
                     )
+                elif step.send not in self.checked:
+                    out.extend(self._render_check(step.send))
         return out
+
+    def _render_check(self, name: str) -> list[FunnelError]:
+        """Render the template for sample leads (strict undefined): a variable with no value and no
+        fallback, a syntax error or a missing unsubscribe link is found here, not when sending."""
+        assert self.emails_dir is not None
+        self.checked.add(name)
+        if self.library is None:
+            self.library = TemplateLibrary(self.emails_dir)
+        return [FunnelError(Path(e.path), e.line, 1, e.message) for e in self.library.check(name)]
 
 
 # --------------------------------------------------------------------------------------------------
