@@ -69,6 +69,15 @@ def _sqlite_engine(url: URL, **kwargs: Any) -> Engine:
     return engine
 
 
+def connect_read_only(engine: Engine) -> sa.Connection:
+    """A connection for reads only (dashboards, reports): on SQLite it never waits for the writer.
+
+    Use as `with connect_read_only(engine) as conn: ...`; a write through it may fail with "database is
+    locked" on SQLite, because a deferred transaction cannot wait to become the writer.
+    """
+    return engine.connect().execution_options(**{READ_ONLY: True})
+
+
 def alembic_config(connection: sa.Connection | None = None) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
 from engine import store, tables
-from engine.database import alembic_config, create_engine_for, current_revision, upgrade
+from engine.database import alembic_config, connect_read_only, create_engine_for, current_revision, upgrade
 
 
 def test_migrations_reach_head_and_match_the_table_models(db_url: str, db: Engine) -> None:
@@ -59,7 +60,7 @@ def test_datetimes_come_back_as_the_same_instant_in_utc(db: Engine) -> None:
 
 def test_naive_datetimes_are_refused(db: Engine) -> None:
     with pytest.raises(sa.exc.StatementError, match="naive"), db.begin() as conn:
-        store.upsert_lead(conn, "naive@example.com", now=datetime(2026, 1, 1))  # noqa: DTZ001
+        store.upsert_lead(conn, "naive@example.com", now=datetime(2026, 1, 1))
 
 
 def test_sqlite_text_timestamps_compare_in_time_order(db: Engine) -> None:
@@ -81,3 +82,15 @@ def test_sqlite_text_timestamps_compare_in_time_order(db: Engine) -> None:
             sa.select(events.c.event_id).where(events.c.occurred_at > base).order_by(events.c.occurred_at)
         ).scalars()
         assert list(later) == ["a", "c"]
+
+
+def test_a_reader_does_not_wait_for_the_writer(db: Engine) -> None:
+    with db.begin() as writer:
+        store.upsert_lead(writer, "w@example.com", now=datetime(2026, 1, 1, tzinfo=UTC))
+    with db.begin() as writer:  # holds the write lock (SQLite) until the end of the block
+        store.upsert_lead(writer, "uncommitted@example.com", now=datetime(2026, 1, 1, tzinfo=UTC))
+        started = time.monotonic()
+        with connect_read_only(db) as reader:
+            assert store.find_lead_id(reader, "w@example.com") is not None
+            assert store.find_lead_id(reader, "uncommitted@example.com") is None
+        assert time.monotonic() - started < 5
