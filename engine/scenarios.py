@@ -93,14 +93,10 @@ class Scenario(_Model):
     until: str = "+60d"
     expect: list[Expectation] = Field(min_length=1)
 
-    @model_validator(mode="before")
+    @field_validator("start", "until", mode="before")
     @classmethod
     def _times(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            for key in ("start", "until"):
-                if key in value:
-                    _when(value[key])
-        return value
+        return _when(value)
 
 
 class ScenarioFile(_Model):
@@ -135,7 +131,7 @@ def load_scenarios(path: Path) -> ScenarioFile:
         lines = []
         for e in exc.errors():
             pos = doc.position(tuple(e["loc"]))
-            where = ".".join(str(p) for p in e["loc"])
+            where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"]).lstrip(".")
             lines.append(f"{path}:{pos.line}:{pos.column}: {where}: {e['msg'].removeprefix('Value error, ')}")
         raise ScenarioError("\n".join(lines)) from None
 

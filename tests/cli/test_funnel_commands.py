@@ -1,0 +1,77 @@
+"""The definition-side commands as a marketer runs them: real processes, real files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def funnel(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_validate_passes_on_the_shipped_funnels() -> None:
+    result = funnel("validate", "funnels/")
+    assert result.returncode == 0, result.stderr
+    assert "ok lead-magnet" in result.stdout
+
+
+def test_simulate_ten_thousand_leads_prints_stage_counts_and_elapsed_time() -> None:
+    result = funnel("simulate", "lead-magnet", "--leads", "10000", "--days", "30", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["leads"] == 10000 and summary["days"] == 30
+    assert summary["elapsed_s"] > 0
+    in_funnel = sum(summary["stages"].values()) + sum(summary["exited"].values())
+    assert in_funnel == 10000
+    assert set(summary["stages"]) == {"inquiry", "comparison", "conversion", "onboarding", "advocacy"}
+    assert "simulated 10000 leads over 30 days in" in result.stdout
+
+
+def test_simulate_prints_one_leads_timeline_in_local_time() -> None:
+    result = funnel("simulate", "lead-magnet", "--leads", "20", "--lead", "3")
+    assert result.returncode == 0, result.stderr
+    assert "Timeline of lead-000003@sim.example" in result.stdout
+    assert "transition  (new) -> inquiry" in result.stdout
+    assert "Your report" in result.stdout  # the delivery email, by its subject
+
+
+def test_shipped_scenarios_pass() -> None:
+    result = funnel("test")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert " 0 failed" in result.stdout
+
+
+def test_a_broken_expectation_fails_with_what_was_expected_and_found(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "funnels", tmp_path / "funnels")
+    shutil.copytree(ROOT / "emails", tmp_path / "emails")
+    scenarios = tmp_path / "funnels" / "lead-magnet.scenarios.yaml"
+    text = scenarios.read_text()
+    # Move one expected send time by an hour: the scenario must now fail, naming both times.
+    marker = '"2026-11-23 09:00"'
+    assert marker in text, "the shipped scenarios expect a Monday 09:00 nurture email"
+    scenarios.write_text(text.replace(marker, '"2026-11-23 10:00"', 1))
+    result = funnel("test", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "FAIL" in result.stdout
+    assert "expected at 2026-11-23 10:00" in result.stdout and "found at 2026-11-23 09:00" in result.stdout
+
+
+def test_a_malformed_scenario_file_names_file_line_and_column(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "funnels", tmp_path / "funnels")
+    shutil.copytree(ROOT / "emails", tmp_path / "emails")
+    bad = tmp_path / "funnels" / "bad.scenarios.yaml"
+    bad.write_text(
+        "funnel: lead-magnet\nscenarios:\n  - name: x\n    start: tomorrow\n    expect:\n      - {email: deliver-report}\n"
+    )
+    result = funnel("test", str(bad), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "bad.scenarios.yaml:4:12:" in result.stderr
+    assert "found 'tomorrow'" in result.stderr
