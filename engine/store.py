@@ -68,13 +68,7 @@ def _is(column: sa.ColumnElement[Any], *values: str) -> sa.ColumnElement[bool]:
 
 def normalise_email(email: str) -> str:
     value = email.strip().lower()
-    if (
-        "\r" in value
-        or "\n" in value
-        or value.count("@") != 1
-        or value.startswith("@")
-        or value.endswith("@")
-    ):
+    if "\r" in value or "\n" in value or value.count("@") != 1 or value.startswith("@") or value.endswith("@"):
         raise ValueError(f"expected an email address like name@example.com, found {email!r}")
     return value
 
@@ -106,9 +100,7 @@ def upsert_lead(
         consent_values = {"consent_status": consent, "consent_source": consent_source, "consent_at": now}
     for _ in range(2):  # a concurrent insert of the same address makes the first try a no-op
         row = conn.execute(
-            _locking(
-                conn, sa.select(leads.c.id, leads.c.attributes, leads.c.tags).where(leads.c.email == address)
-            )
+            _locking(conn, sa.select(leads.c.id, leads.c.attributes, leads.c.tags).where(leads.c.email == address))
         ).first()
         if row is None:
             inserted = conn.execute(
@@ -242,9 +234,7 @@ def claim_pending_events(conn: sa.Connection, limit: int) -> list[PendingEvent]:
         PendingEvent(
             pk=row.id,
             lead_id=row.lead_id,
-            event=journey.Event(
-                id=row.event_id, name=row.name, at=row.occurred_at, properties=row.properties
-            ),
+            event=journey.Event(id=row.event_id, name=row.name, at=row.occurred_at, properties=row.properties),
             received_at=row.received_at,
             source=row.source,
         )
@@ -291,9 +281,7 @@ def _to_enrollment(row: sa.Row[Any]) -> journey.Enrollment:
 def due_enrollments_query(conn: sa.Connection, now: datetime, limit: int) -> sa.Select[Any]:
     """The tick's claim: a range scan of the partial index `ix_enrollments_wake_active`."""
     e = tables.enrollments
-    stmt = (
-        sa.select(e).where(_is(e.c.status, "active"), e.c.wake_at <= now).order_by(e.c.wake_at).limit(limit)
-    )
+    stmt = sa.select(e).where(_is(e.c.status, "active"), e.c.wake_at <= now).order_by(e.c.wake_at).limit(limit)
     return _locking(conn, stmt, skip_locked=True)
 
 
@@ -301,14 +289,11 @@ def claim_due_enrollments(conn: sa.Connection, now: datetime, limit: int) -> lis
     """Active enrollments whose wake time has come, earliest first, locked until the caller's commit.
     Another worker's claim skips them (PostgreSQL) or waits for the commit (SQLite)."""
     return [
-        DueEnrollment(row.lead_id, _to_enrollment(row))
-        for row in conn.execute(due_enrollments_query(conn, now, limit))
+        DueEnrollment(row.lead_id, _to_enrollment(row)) for row in conn.execute(due_enrollments_query(conn, now, limit))
     ]
 
 
-def get_enrollments(
-    conn: sa.Connection, lead_id: int, *, for_update: bool = False
-) -> list[journey.Enrollment]:
+def get_enrollments(conn: sa.Connection, lead_id: int, *, for_update: bool = False) -> list[journey.Enrollment]:
     e = tables.enrollments
     stmt = sa.select(e).where(e.c.lead_id == lead_id).order_by(e.c.funnel_id)
     return [_to_enrollment(row) for row in conn.execute(_locking(conn, stmt) if for_update else stmt)]
@@ -361,13 +346,9 @@ def apply_decision(
     transitions = webhooks = goals = 0
     for command in decision.commands:
         if isinstance(command, journey.SendEmail):
-            (queued if _queue_email(conn, lead_id, state.funnel, command, now) else duplicates).append(
-                command.step
-            )
+            (queued if _queue_email(conn, lead_id, state.funnel, command, now) else duplicates).append(command.step)
         elif isinstance(command, journey.SkipEmail):
-            (skipped if _record_skip(conn, lead_id, state.funnel, command, now) else duplicates).append(
-                command.step
-            )
+            (skipped if _record_skip(conn, lead_id, state.funnel, command, now) else duplicates).append(command.step)
         elif isinstance(command, journey.RecordTransition):
             _record_transition(conn, lead_id, state, command)
             transitions += 1
@@ -408,9 +389,7 @@ def _update_lead(conn: sa.Connection, lead_id: int, updates: list[journey.Update
     """Apply the updates as deltas to the current row, so decisions of other funnels for the same
     lead in the same tick are not overwritten."""
     leads = tables.leads
-    row = conn.execute(
-        _locking(conn, sa.select(leads.c.attributes, leads.c.tags).where(leads.c.id == lead_id))
-    ).one()
+    row = conn.execute(_locking(conn, sa.select(leads.c.attributes, leads.c.tags).where(leads.c.id == lead_id))).one()
     attributes = dict(row.attributes)
     tags = set(row.tags)
     score = 0
@@ -427,9 +406,7 @@ def _update_lead(conn: sa.Connection, lead_id: int, updates: list[journey.Update
     )
 
 
-def _queue_email(
-    conn: sa.Connection, lead_id: int, funnel_id: str, c: journey.SendEmail, now: datetime
-) -> bool:
+def _queue_email(conn: sa.Connection, lead_id: int, funnel_id: str, c: journey.SendEmail, now: datetime) -> bool:
     """True when this created the message. A step whose earlier row was only a recorded skip may take
     the row once (e.g. a lead who re-enters after opting back in); any other row wins."""
     o = tables.outbox
@@ -454,9 +431,7 @@ def _queue_email(
     return _wrote(conn, stmt)
 
 
-def _record_skip(
-    conn: sa.Connection, lead_id: int, funnel_id: str, c: journey.SkipEmail, now: datetime
-) -> bool:
+def _record_skip(conn: sa.Connection, lead_id: int, funnel_id: str, c: journey.SkipEmail, now: datetime) -> bool:
     o = tables.outbox
     stmt = (
         _insert(conn, o)
@@ -496,9 +471,7 @@ def _record_transition(
     )
 
 
-def _queue_webhook(
-    conn: sa.Connection, lead_id: int, funnel_id: str, c: journey.CallWebhook, now: datetime
-) -> int:
+def _queue_webhook(conn: sa.Connection, lead_id: int, funnel_id: str, c: journey.CallWebhook, now: datetime) -> int:
     stmt = (
         _insert(conn, tables.webhook_calls)
         .values(
@@ -537,9 +510,7 @@ class TransitionRecord:
     exit_reason: str | None
 
 
-def get_transitions(
-    conn: sa.Connection, lead_id: int, funnel_id: str | None = None
-) -> list[TransitionRecord]:
+def get_transitions(conn: sa.Connection, lead_id: int, funnel_id: str | None = None) -> list[TransitionRecord]:
     """The lead's stage history, oldest first: why it is where it is."""
     t = tables.stage_transitions
     stmt = sa.select(t).where(t.c.lead_id == lead_id).order_by(t.c.at, t.c.id)
@@ -620,9 +591,7 @@ def mark_outbox(conn: sa.Connection, outbox_id: int, status: str, **fields: Any)
         raise ValueError(f"expected an outbox status among {', '.join(OUTBOX_STATUSES)}, found {status!r}")
     unknown = set(fields) - _MARKABLE
     if unknown:
-        raise ValueError(
-            f"expected outbox columns among {', '.join(sorted(_MARKABLE))}, found {sorted(unknown)}"
-        )
+        raise ValueError(f"expected outbox columns among {', '.join(sorted(_MARKABLE))}, found {sorted(unknown)}")
     o = tables.outbox
     result = conn.execute(sa.update(o).where(o.c.id == outbox_id).values(status=status, **fields))
     return bool(result.rowcount == 1)
@@ -686,9 +655,7 @@ def save_funnel_version(conn: sa.Connection, funnel: Funnel, *, now: datetime | 
 
 def get_funnel_definition(conn: sa.Connection, funnel_id: str, version: str) -> dict[str, Any] | None:
     f = tables.funnel_versions
-    found = conn.execute(
-        sa.select(f.c.definition).where(f.c.funnel_id == funnel_id, f.c.version == version)
-    ).scalar()
+    found = conn.execute(sa.select(f.c.definition).where(f.c.funnel_id == funnel_id, f.c.version == version)).scalar()
     return cast(dict[str, Any], found) if found is not None else None
 
 
