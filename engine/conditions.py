@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.definition import (
     AllCondition,
     AnyCondition,
     AttrCondition,
-    EventMatch,
     NotCondition,
     TagCondition,
 )
@@ -19,6 +18,16 @@ if TYPE_CHECKING:
     from engine.journey import Lead
 
 _MISSING = object()
+
+
+class EventFilter(Protocol):
+    """Anything that names an event and filters its properties: an event match, a goal, a trigger."""
+
+    @property
+    def event(self) -> str: ...
+
+    @property
+    def where(self) -> Mapping[str, Any]: ...
 
 
 def lead_field(lead: Lead, name: str) -> Any:
@@ -72,7 +81,7 @@ def _attr(cond: AttrCondition, lead: Lead) -> bool:
     op, expected = cond.operator
     value = lead_field(lead, cond.attr)
     if op == "exists":
-        return (value is not _MISSING and value is not None) == expected
+        return bool((value is not _MISSING and value is not None) == expected)
     if value is _MISSING or value is None:
         # A missing field satisfies only the negative tests.
         return op in ("not_equals", "not_in")
@@ -116,7 +125,7 @@ def evaluate(cond: Condition, lead: Lead) -> bool:
     raise AssertionError(f"unknown condition {cond!r}")
 
 
-def event_matches(match: EventMatch, name: str, properties: Mapping[str, Any]) -> bool:
+def event_matches(match: EventFilter, name: str, properties: Mapping[str, Any]) -> bool:
     if match.event != name:
         return False
     for key, expected in match.where.items():

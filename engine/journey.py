@@ -16,10 +16,11 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
-from engine.conditions import evaluate, event_matches
+from engine.conditions import EventFilter, evaluate, event_matches
 from engine.definition import (
     BranchStep,
-    EventMatch,
+    ConditionTrigger,
+    EventTrigger,
     ExitStep,
     Funnel,
     MoveStep,
@@ -36,7 +37,9 @@ from engine.definition import (
 from engine.localtime import next_local_time, window_open_at, zone
 
 # A funnel can loop with `goto`, but every loop must wait somewhere; validation refuses loops without a
-# wait, and this bound keeps a bad definition that slipped through from spinning forever.
+# wait, and this bound keeps a bad definition that slipped through from spinning forever. It counts the
+# steps and stage changes at one logical instant: a catch-up after downtime legitimately runs many
+# rounds of a waiting loop, each at a later instant, and must not trip it.
 MAX_STEPS_PER_DECISION = 200
 
 
@@ -181,13 +184,10 @@ def entry_trigger(funnel: Funnel, lead: Lead, event: Event | None) -> Cause | No
     """Which entry trigger lets this lead in now: an event trigger for `event`, or a condition trigger
     on the lead's fields (checked when a lead is created or updated, with `event=None`)."""
     for trigger in funnel.entry.triggers:
-        kind = type(trigger).__name__
-        if kind == "EventTrigger" and event is not None:
-            if event_matches(trigger, event.name, event.properties):  # type: ignore[arg-type]
-                return Cause("event", event.id)
-        elif kind == "ConditionTrigger" and event is None:
-            if evaluate(trigger.condition, lead):  # type: ignore[union-attr]
-                return Cause("entry", "condition")
+        if isinstance(trigger, EventTrigger) and event is not None and _matches(trigger, event):
+            return Cause("event", event.id)
+        if isinstance(trigger, ConditionTrigger) and event is None and evaluate(trigger.condition, lead):
+            return Cause("entry", "condition")
     return None
 
 
@@ -200,9 +200,7 @@ def may_reenter(funnel: Funnel, previous: Enrollment | None, now: datetime) -> b
     return cooldown is None or previous.exited_at is None or now - previous.exited_at >= cooldown
 
 
-def enroll(
-    funnel: Funnel, lead: Lead, at: datetime, cause: Cause, previous: Enrollment | None = None
-) -> Decision:
+def enroll(funnel: Funnel, lead: Lead, at: datetime, cause: Cause, previous: Enrollment | None = None) -> Decision:
     """Put a lead in the funnel's entry stage and run its first steps. Emails already sent in an
     earlier enrollment stay sent: at most one email per (lead, funnel, step), even across re-entry."""
     stage = funnel.entry.stage or funnel.stages[0].id
@@ -272,6 +270,10 @@ class _Run:
         self.state = state
         self.commands: list[Command] = []
         self.budget = MAX_STEPS_PER_DECISION
+        self.budget_at: datetime | None = None  # the logical instant the budget is being spent at
+        # The stage's sequence has ended and its on_end is still to follow. `execute` follows it in its
+        # loop, so stages without steps that lead into each other cannot recurse without bound.
+        self.sequence_ended = False
         self.tz = zone(lead.timezone or funnel.timezone)
         self.now = state.due  # the clock as the input tells it; set by the entry points
 
@@ -283,11 +285,8 @@ class _Run:
         self.commands.append(command)
 
     def decision(self) -> Decision:
-        state = self.state
-        if state.status == "active":
-            state = replace(state, wake_at=self._next_wake())
-        else:
-            state = replace(state, wake_at=None)
+        assert not self.sequence_ended, "every stage entry is followed by execute"
+        state = replace(self.state, wake_at=self._next_wake())  # None once exited: no timers
         return Decision(state, self.lead, tuple(self.commands))
 
     # -- time ----------------------------------------------------------------------------------
@@ -302,8 +301,9 @@ class _Run:
         for t in self.funnel.transitions:
             if t.after is not None and t.applies_to(s.stage) and t.to != s.stage and t.id not in s.spent_timers:
                 timers.append((s.stage_entered_at + t.after, 0, t))
-        if s.step is not None and s.phase == "waiting" and s.wake_at is not None:
-            timers.append((s.wake_at, 1, None))
+        step_wake = self._step_wake()
+        if step_wake is not None:
+            timers.append((step_wake, 1, None))
         return timers
 
     def _next_wake(self) -> datetime | None:
@@ -326,13 +326,21 @@ class _Run:
                 self.execute(at)
             else:
                 self._wake_step(at)
-            if self.budget <= 0:
-                return
 
     # -- stage moves ---------------------------------------------------------------------------
 
+    def _spend(self, at: datetime) -> bool:
+        """Count one step or stage change at logical time `at`; False once the instant's budget is gone."""
+        if self.budget_at is None or at > self.budget_at:
+            self.budget_at, self.budget = at, MAX_STEPS_PER_DECISION
+        self.budget -= 1
+        return self.budget > 0
+
     def transition(self, to: str | None, cause: Cause, at: datetime, exit_reason: str | None = None) -> None:
         s = self.state
+        self.sequence_ended = False
+        if to is not None and not self._spend(at):
+            to, cause, exit_reason = None, Cause("guard", s.step or s.stage), "step-limit"
         self.emit(RecordTransition(s.stage, to, cause, at, exit_reason))
         if to is None:
             self.state = replace(
@@ -357,8 +365,7 @@ class _Run:
             wake_at=None,
             spent_timers=frozenset(),
         )
-        if first is None:
-            self._end_of_sequence(stage, at)
+        self.sequence_ended = first is None
 
     def _end_of_sequence(self, stage: Stage, at: datetime) -> None:
         on_end = stage.on_end
@@ -387,7 +394,7 @@ class _Run:
             self.state = replace(s, step=stage.steps[index + 1].id, phase="ready", due=at, wake_at=None)
         else:
             self.state = replace(s, step=None, phase="ready", due=at, wake_at=None)
-            self._end_of_sequence(stage, at)
+            self.sequence_ended = True
 
     def _follow(self, outcome: Outcome, cause: Cause, at: datetime) -> None:
         if outcome.goto is not None:
@@ -399,8 +406,27 @@ class _Run:
         else:
             self._advance(at)
 
-    def _wait(self, until: datetime) -> None:
-        self.state = replace(self.state, phase="waiting", wake_at=until)
+    def _wait(self) -> None:
+        self.state = replace(self.state, phase="waiting")
+
+    def _step_wake(self) -> datetime | None:
+        """When the waiting step ends. Derived from the step and the time it became due, not read from
+        `wake_at`: that one is the earliest of all timers, and a stage timeout judged false must not
+        make a wait end early."""
+        s = self.state
+        if s.step is None or s.phase != "waiting":
+            return None
+        _, step = self.funnel.step(s.stage, s.step)
+        at = s.due
+        if isinstance(step, WaitStep):
+            return at + step.wait
+        if isinstance(step, WaitUntilStep):
+            return next_local_time(at, step.wait_until.time, step.wait_until.days, self.tz)
+        if isinstance(step, WaitForStep):
+            return at + step.wait_for.timeout
+        window = self.funnel.send_window
+        assert isinstance(step, SendStep) and window is not None, "only sends wait for a window"
+        return window_open_at(at, window.days, window.start, window.end, self.tz)
 
     def _wake_step(self, at: datetime) -> None:
         s = self.state
@@ -419,26 +445,26 @@ class _Run:
 
     def execute(self, at: datetime, window_checked: bool = False) -> None:
         """Run ready steps at logical time `at` until one waits or the sequence ends."""
-        while self.state.status == "active" and self.state.step is not None and self.state.phase == "ready":
-            self.budget -= 1
-            if self.budget <= 0:
-                self.exit("step-limit", Cause("guard", self.state.step), at)
-                return
+        while self.state.status == "active":
             s = self.state
-            _, step = self.funnel.step(s.stage, s.step)
             at = s.due
+            if self.sequence_ended:
+                self.sequence_ended = False
+                self._end_of_sequence(self.funnel.stage(s.stage), at)
+                continue
+            if s.step is None or s.phase != "ready":
+                return
+            if not self._spend(at):
+                self.exit("step-limit", Cause("guard", s.step), at)
+                return
+            _, step = self.funnel.step(s.stage, s.step)
             if isinstance(step, SendStep):
                 if not self._send(step, at, window_checked):
                     return
                 window_checked = False
                 self._advance(at)
-            elif isinstance(step, WaitStep):
-                self._wait(at + step.wait)
-            elif isinstance(step, WaitUntilStep):
-                w = step.wait_until
-                self._wait(next_local_time(at, w.time, w.days, self.tz))
-            elif isinstance(step, WaitForStep):
-                self._wait(at + step.wait_for.timeout)
+            elif isinstance(step, WaitStep | WaitUntilStep | WaitForStep):
+                self._wait()
             elif isinstance(step, BranchStep):
                 taken = step.branch.then if evaluate(step.branch.if_, self.lead) else step.branch.else_
                 self._follow(taken, Cause("step", step.id), at)
@@ -462,7 +488,7 @@ class _Run:
         if window is not None and not step.transactional and not window_checked:
             opens = window_open_at(at, window.days, window.start, window.end, self.tz)
             if opens != at:
-                self._wait(opens)
+                self._wait()
                 return False
         if self.now - at > self.funnel.allowed_lateness:
             self.emit(SkipEmail(step.id, step.send, s.stage, at, "late"))
@@ -508,11 +534,16 @@ class _Run:
                 self.execute(at)
                 return
         for t in funnel.transitions:
-            if t.on is not None and t.applies_to(self.state.stage) and t.to != self.state.stage:
-                if _matches(t.on, event) and (t.if_ is None or evaluate(t.if_, self.lead)):
-                    self.transition(t.to, Cause("event", event.id), at)
-                    self.execute(at)
-                    return
+            if (
+                t.on is not None
+                and t.applies_to(self.state.stage)
+                and t.to != self.state.stage
+                and _matches(t.on, event)
+                and (t.if_ is None or evaluate(t.if_, self.lead))
+            ):
+                self.transition(t.to, Cause("event", event.id), at)
+                self.execute(at)
+                return
         s = self.state
         if s.step is not None and s.phase == "waiting":
             _, step = funnel.step(s.stage, s.step)
@@ -522,5 +553,5 @@ class _Run:
                 self.execute(at)
 
 
-def _matches(match: EventMatch, event: Event) -> bool:
+def _matches(match: EventFilter, event: Event) -> bool:
     return event_matches(match, event.name, event.properties)

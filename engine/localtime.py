@@ -1,9 +1,10 @@
 """Local wall-clock maths: send windows and "next Tuesday 09:00" in a lead's time zone.
 
 Everything here takes and returns aware UTC datetimes; local time exists only inside.
-A local time that does not exist (spring forward) is read with the offset before the change, which
-lands just after the gap; a local time that happens twice (fall back) is the first occurrence, and a
-wait never fires twice on the same local date.
+A local time that does not exist (spring forward) resolves to the end of the gap, the first instant
+whose wall time has reached it; a local time that happens twice (fall back) is its first occurrence
+for waits, and a wait never fires twice on the same local date. A send window is the instants whose
+local wall time lies in [start, end), so on a fall-back day it opens at the last occurrence of start.
 """
 
 from __future__ import annotations
@@ -21,9 +22,30 @@ def zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
 
 
-def at_local(day: date, clock: time, tz: ZoneInfo) -> datetime:
-    """The UTC instant of a local date and clock time (fold=0: first occurrence, gaps shift forward)."""
-    return datetime.combine(day, clock, tzinfo=tz).astimezone(UTC)
+def at_local(day: date, clock: time, tz: ZoneInfo, fold: int = 0) -> datetime:
+    """The UTC instant of a local date and clock time: its first occurrence (fold=0) or its last
+    (fold=1) when the clock goes back; the end of the gap when the clock skipped it."""
+    wall = datetime.combine(day, clock, tzinfo=tz)
+    first = wall.astimezone(UTC)
+    second = wall.replace(fold=1).astimezone(UTC)
+    if second < first:
+        # A gap: fold=1 reads the wall time with the offset after the change and lands before the gap,
+        # fold=0 with the offset before it and overshoots the gap's end by the gap's length.
+        return _offset_change(second, first, tz)
+    return first if fold == 0 else second
+
+
+def _offset_change(before: datetime, after: datetime, tz: ZoneInfo) -> datetime:
+    """The instant in (before, after] where the UTC offset changes to after's (zones change on whole
+    seconds)."""
+    target = after.astimezone(tz).utcoffset()
+    while after - before > timedelta(seconds=1):
+        mid = before + timedelta(seconds=(after - before).total_seconds() // 2)
+        if mid.astimezone(tz).utcoffset() == target:
+            after = mid
+        else:
+            before = mid
+    return after
 
 
 def local_date(instant: datetime, tz: ZoneInfo) -> date:
@@ -44,12 +66,22 @@ def next_local_time(after: datetime, clock: time, days: Sequence[str] | None, tz
     raise AssertionError("an allowed weekday occurs within any 15 days")
 
 
+def window_on(day: date, start: time, end: time, tz: ZoneInfo) -> tuple[datetime, datetime]:
+    """A day's send window as UTC instants [opens, closes): only instants whose wall time is in
+    [start, end), even when the clock goes back through the window's edges."""
+    opens = at_local(day, start, tz, fold=1)
+    closes = at_local(day, end, tz)
+    if closes < opens:
+        closes = at_local(day, end, tz, fold=1)
+    return opens, closes
+
+
 def in_window(instant: datetime, days: Sequence[str], start: time, end: time, tz: ZoneInfo) -> bool:
     local = instant.astimezone(tz)
     if WEEKDAY_INDEX_BY_NUMBER[local.weekday()] not in days:
         return False
-    day = local.date()
-    return at_local(day, start, tz) <= instant < at_local(day, end, tz)
+    opens, closes = window_on(local.date(), start, end, tz)
+    return opens <= instant < closes
 
 
 def window_open_at(instant: datetime, days: Sequence[str], start: time, end: time, tz: ZoneInfo) -> datetime:
@@ -58,7 +90,7 @@ def window_open_at(instant: datetime, days: Sequence[str], start: time, end: tim
     day = local_date(instant, tz)
     for _ in range(15):
         if day.weekday() in allowed:
-            opens, closes = at_local(day, start, tz), at_local(day, end, tz)
+            opens, closes = window_on(day, start, end, tz)
             if instant < opens:
                 return opens
             if instant < closes:
