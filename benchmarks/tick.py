@@ -71,14 +71,14 @@ def load(engine: sa.Engine, size: int, funnel_id: str, version: str, first_step:
                         "funnel_id": funnel_id,
                         "version": version,
                         "status": "active",
-                        "stage": "inquiry",
+                        "stage": "comparison",
                         "step": first_step,
                         "phase": "waiting",
                         "due": entered,
                         "wake_at": NOW - timedelta(minutes=1) if (start + i) % 100 == 0 else later,
                         "entered_at": entered,
                         "stage_entered_at": entered,
-                        "sent": ["deliver-report"],
+                        "sent": ["deliver-report", "nurture-benefits"],
                         "spent_timers": [],
                         "updated_at": entered,
                     }
@@ -94,7 +94,7 @@ def bench(size: int, url: str | None, batch: int) -> dict[str, float | str | boo
         upgrade(db_url)
         engine = create_engine_for(db_url)
         funnel = load_funnels([ROOT / "funnels"], emails_dir=ROOT / "emails").funnels[0]
-        wait_step = next(st.id for st in funnel.stage("inquiry").steps if st.id != "deliver-report")
+        wait_step = "wait-before-hidden-costs"
         t0 = time.perf_counter()
         load(engine, size, funnel.id, funnel.version, wait_step)
         load_s = time.perf_counter() - t0

@@ -11,6 +11,9 @@ per-row objects to flush, statements the reader can match to the SQL in docs/dat
 
 from __future__ import annotations
 
+import functools
+import re
+
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +38,11 @@ def _now(now: datetime | None) -> datetime:
 
 def _insert(conn: sa.Connection, table: sa.Table) -> Insert:
     """INSERT with ON CONFLICT support; both backends speak the same clause."""
-    if conn.dialect.name == "postgresql":
+    return _insert_for(conn.dialect.name, table)
+
+
+def _insert_for(dialect: str, table: sa.Table) -> Insert:
+    if dialect == "postgresql":
         return postgresql.insert(table)
     return sqlite.insert(table)
 
@@ -359,29 +366,66 @@ def apply_decision(
     return Applied(tuple(queued), tuple(skipped), tuple(duplicates), transitions, webhooks, goals)
 
 
+_ENROLLMENT_STATE = (
+    "version", "status", "stage", "step", "phase", "due", "wake_at", "entered_at", "stage_entered_at",
+    "sent", "spent_timers", "goal_reached_at", "exit_reason", "exited_at", "updated_at",
+)
+
+
+def _prepared(stmt: Any, dialect: str) -> sa.TextClause:
+    """An INSERT ... ON CONFLICT compiled once into typed SQL text. SQLAlchemy does not cache the
+    dialects' ON CONFLICT inserts (`inherit_cache = False`), and compiling one costs more than running
+    it; these statements run for every lead a tick moves."""
+    named = postgresql.dialect(paramstyle="named") if dialect == "postgresql" else sqlite.dialect(paramstyle="named")
+    compiled = stmt.compile(dialect=named)
+    table: sa.Table = stmt.table
+    types = {c.name: c.type for c in table.columns}
+    # Column parameters come from the caller; anything else (a WHERE constant) is bound here.
+    params = [
+        sa.bindparam(name, type_=types[name]) if name in types else sa.bindparam(name, value=value)
+        for name, value in compiled.params.items()
+    ]
+    # text() cannot read PostgreSQL's `:name::JSONB` cast; spell it as CAST(:name AS JSONB).
+    sql = re.sub(r":(\w+)::(\w+)", r"CAST(:\1 AS \2)", str(compiled))
+    text = sa.text(sql).bindparams(*params)
+    returning = getattr(stmt, "_returning", ())
+    return text.columns(*returning) if returning else text  # type: ignore[return-value]
+
+
+@functools.cache
+def _enrollment_upsert(dialect: str) -> sa.TextClause:
+    stmt = _insert_for(dialect, tables.enrollments)
+    stmt = stmt.values({c.name: sa.bindparam(c.name) for c in tables.enrollments.columns if c.name != "id"})
+    return _prepared(
+        stmt.on_conflict_do_update(
+            index_elements=["lead_id", "funnel_id"], set_={k: stmt.excluded[k] for k in _ENROLLMENT_STATE}
+        ),
+        dialect,
+    )
+
+
 def _save_enrollment(conn: sa.Connection, lead_id: int, state: journey.Enrollment, now: datetime) -> None:
-    e = tables.enrollments
-    values = {
-        "version": state.version,
-        "status": state.status,
-        "stage": state.stage,
-        "step": state.step,
-        "phase": state.phase,
-        "due": state.due,
-        "wake_at": state.wake_at,
-        "entered_at": state.entered_at,
-        "stage_entered_at": state.stage_entered_at,
-        "sent": sorted(state.sent),
-        "spent_timers": sorted(state.spent_timers),
-        "goal_reached_at": state.goal_reached_at,
-        "exit_reason": state.exit_reason,
-        "exited_at": state.exited_at,
-        "updated_at": now,
-    }
     conn.execute(
-        _insert(conn, e)
-        .values(lead_id=lead_id, funnel_id=state.funnel, **values)
-        .on_conflict_do_update(index_elements=["lead_id", "funnel_id"], set_=values)
+        _enrollment_upsert(conn.dialect.name),
+        {
+            "lead_id": lead_id,
+            "funnel_id": state.funnel,
+            "version": state.version,
+            "status": state.status,
+            "stage": state.stage,
+            "step": state.step,
+            "phase": state.phase,
+            "due": state.due,
+            "wake_at": state.wake_at,
+            "entered_at": state.entered_at,
+            "stage_entered_at": state.stage_entered_at,
+            "sent": sorted(state.sent),
+            "spent_timers": sorted(state.spent_timers),
+            "goal_reached_at": state.goal_reached_at,
+            "exit_reason": state.exit_reason,
+            "exited_at": state.exited_at,
+            "updated_at": now,
+        },
     )
 
 
@@ -406,11 +450,32 @@ def _update_lead(conn: sa.Connection, lead_id: int, updates: list[journey.Update
     )
 
 
+_QUEUED = ("template", "stage", "transactional", "status", "due_at", "attempts", "next_attempt_at", "created_at",
+           "skip_reason")
+
+
+@functools.cache
+def _queue_email_stmt(dialect: str) -> sa.TextClause:
+    o = tables.outbox
+    stmt = _insert_for(dialect, o)
+    stmt = stmt.values({k: sa.bindparam(k) for k in ("lead_id", "funnel_id", "step", *_QUEUED)})
+    return _prepared(
+        stmt.on_conflict_do_update(
+            index_elements=["lead_id", "funnel_id", "step"],
+            set_={k: stmt.excluded[k] for k in _QUEUED},
+            where=o.c.status == "skipped",
+        ).returning(o.c.id),
+        dialect,
+    )
+
+
 def _queue_email(conn: sa.Connection, lead_id: int, funnel_id: str, c: journey.SendEmail, now: datetime) -> bool:
     """True when this created the message. A step whose earlier row was only a recorded skip may take
     the row once (e.g. a lead who re-enters after opting back in); any other row wins."""
-    o = tables.outbox
-    values = {
+    params = {
+        "lead_id": lead_id,
+        "funnel_id": funnel_id,
+        "step": c.step,
         "template": c.template,
         "stage": c.stage,
         "transactional": c.transactional,
@@ -421,14 +486,7 @@ def _queue_email(conn: sa.Connection, lead_id: int, funnel_id: str, c: journey.S
         "created_at": now,
         "skip_reason": None,
     }
-    stmt = (
-        _insert(conn, o)
-        .values(lead_id=lead_id, funnel_id=funnel_id, step=c.step, **values)
-        .on_conflict_do_update(
-            index_elements=["lead_id", "funnel_id", "step"], set_=values, where=o.c.status == "skipped"
-        )
-    )
-    return _wrote(conn, stmt)
+    return conn.execute(_queue_email_stmt(conn.dialect.name), params).first() is not None
 
 
 def _record_skip(conn: sa.Connection, lead_id: int, funnel_id: str, c: journey.SkipEmail, now: datetime) -> bool:
@@ -457,7 +515,8 @@ def _record_transition(
     conn: sa.Connection, lead_id: int, state: journey.Enrollment, c: journey.RecordTransition
 ) -> None:
     conn.execute(
-        sa.insert(tables.stage_transitions).values(
+        tables.stage_transitions.insert(),
+        dict(
             lead_id=lead_id,
             funnel_id=state.funnel,
             version=state.version,
@@ -467,7 +526,7 @@ def _record_transition(
             cause_ref=c.cause.ref,
             at=c.at,
             exit_reason=c.exit_reason,
-        )
+        ),
     )
 
 
