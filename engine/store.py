@@ -12,9 +12,8 @@ per-row objects to flush, statements the reader can match to the SQL in docs/dat
 from __future__ import annotations
 
 import functools
-import re
-
 import hashlib
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -376,7 +375,11 @@ def _prepared(stmt: Any, dialect: str) -> sa.TextClause:
     """An INSERT ... ON CONFLICT compiled once into typed SQL text. SQLAlchemy does not cache the
     dialects' ON CONFLICT inserts (`inherit_cache = False`), and compiling one costs more than running
     it; these statements run for every lead a tick moves."""
-    named = postgresql.dialect(paramstyle="named") if dialect == "postgresql" else sqlite.dialect(paramstyle="named")
+    named: sa.Dialect = (
+        postgresql.dialect(paramstyle="named")  # type: ignore[no-untyped-call]
+        if dialect == "postgresql"
+        else sqlite.dialect(paramstyle="named")
+    )
     compiled = stmt.compile(dialect=named)
     table: sa.Table = stmt.table
     types = {c.name: c.type for c in table.columns}
