@@ -80,15 +80,15 @@ def _funnel(ref: str, emails: Path, funnels_dir: Path = Path("funnels")) -> Funn
 
 
 def _subjects(emails: Path) -> dict[str, str]:
-    from engine.templates import TemplateLibrary
+    from engine.templates import TemplateError, TemplateLibrary
 
     library = TemplateLibrary(emails)
     out = {}
     for name in library.names():
         try:
             out[name] = library.subject(name)
-        except Exception:  # noqa: BLE001 - a timeline without a subject is still a timeline
-            continue
+        except TemplateError:
+            continue  # a timeline without this subject is still a timeline; `validate` reports it
     return out
 
 
@@ -106,9 +106,9 @@ def simulate(
     as_json: bool = typer.Option(False, "--json", help="End with one JSON object of the figures."),
 ) -> None:
     """Run the funnel on a virtual clock with many leads; print stage counts per day and conversions."""
-    from engine.simulation_output import print_simulation
     from engine.simulation import DEFAULT_MIX, load_mix
     from engine.simulation import simulate as run_simulation
+    from engine.simulation_output import print_simulation
 
     definition = _funnel(funnel, emails)
     mix = load_mix(events) if events else DEFAULT_MIX
@@ -295,7 +295,55 @@ def event(
         raise typer.Exit(2) from None
     finally:
         engine.dispose()
-    console.print(f"recorded {name} for {email}" if inserted else f"already recorded (event id {event_id}); nothing changed")
+    if inserted:
+        console.print(f"recorded {name} for {email}")
+    else:
+        console.print(f"already recorded (event id {event_id}); nothing changed")
+
+
+@app.command()
+def plan(
+    paths: list[Path] = typer.Argument(None, help="Edited funnel files or folders (default: funnels/)."),
+    emails: Path = typer.Option(Path("emails"), help="Folder of email templates."),
+) -> None:
+    """Before publishing an edited funnel: how many leads wait at each changed or removed step and
+    stage, and where they will go."""
+    from rich.table import Table
+
+    from engine import store
+    from engine.database import connect_read_only, create_engine_for, upgrade
+    from engine.definition import Funnel as FunnelModel
+    from engine.plan import plan as make_plan
+    from engine.settings import get_settings
+
+    edited = _load(paths or [Path("funnels")], emails)
+    url = get_settings().effective_database_url
+    upgrade(url)
+    engine = create_engine_for(url)
+    try:
+        with connect_read_only(engine) as conn:
+            positions = store.positions(conn)
+            old: dict[str, FunnelModel | None] = {}
+            for p in positions:
+                if p.version not in old:
+                    raw = store.get_funnel_definition(conn, p.funnel_id, p.version)
+                    old[p.version] = FunnelModel.model_validate(raw) if raw else None
+    finally:
+        engine.dispose()
+    for definition in edited:
+        lines = make_plan(positions, old, definition)
+        table = Table(title=f"{definition.id}: leads in flight against version {definition.version}")
+        for col in ("stage", "step", "leads", "change", "goes to"):
+            table.add_column(col, justify="right" if col == "leads" else "left")
+        affected = 0
+        for line in lines:
+            style = None if line.change == "unchanged" else "yellow"
+            affected += line.leads if line.change != "unchanged" else 0
+            table.add_row(line.stage, line.step or "(end of sequence)", str(line.leads), line.change,
+                          line.goes_to, style=style)
+        console.print(table)
+        total = sum(line.leads for line in lines)
+        console.print(f"{definition.id}: {total} lead(s) in flight, {affected} affected by the edit")
 
 
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)

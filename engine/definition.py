@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PlainSerializer,
     PrivateAttr,
     StringConstraints,
     Tag,
@@ -63,6 +64,8 @@ def _duration(value: Any) -> Any:
 Duration = Annotated[
     timedelta,
     BeforeValidator(_duration),
+    # Written back as a marketer writes it, so stored definitions (funnel versions) load again.
+    PlainSerializer(format_duration, return_type=str, when_used="json"),
     WithJsonSchema(
         {
             "type": "string",
@@ -90,6 +93,7 @@ def _clock(value: Any) -> Any:
 ClockTime = Annotated[
     time,
     BeforeValidator(_clock),
+    PlainSerializer(lambda t: t.strftime("%H:%M"), return_type=str, when_used="json"),
     WithJsonSchema(
         {"type": "string", "pattern": r"^([01]\d|2[0-3]):[0-5]\d$", "description": "Local time, `HH:MM`."}
     ),

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from engine.definition import EventName, Funnel, Id, Scalar, TimeZoneName
 from engine.durations import parse_duration
-from engine.journey import Event, GoalReached, Lead, RecordTransition, SendEmail
+from engine.journey import Event, GoalReached, Lead, RecordTransition, SendEmail, SkipEmail
 from engine.virtualclock import LeadRun, drive, entry_event
 from engine.yamlfile import YamlSyntaxError, read_yaml
 
@@ -185,8 +185,8 @@ def _check(e: Expectation, run: LeadRun, clock: _Clock) -> str | None:
         if e.no_email is not None:
             return f"email '{step}' should never be sent, found it sent at {clock.show(sent[0].at)}" if sent else None
         if not sent:
-            skipped = [c for c in commands if type(c).__name__ == "SkipEmail" and getattr(c, "step", None) == step]
-            why = f" (skipped: {skipped[0].reason})" if skipped else ""  # type: ignore[attr-defined]
+            skipped = [c for c in commands if isinstance(c, SkipEmail) and c.step == step]
+            why = f" (skipped: {skipped[0].reason})" if skipped else ""
             return f"email '{step}' should be sent, found it never sent{why}"
         when = sent[0].at
         if e.at is not None and when != clock(e.at):

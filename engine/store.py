@@ -743,3 +743,28 @@ def explain_due_claim(conn: sa.Connection, now: datetime, limit: int) -> str:
     """The database's plan for the tick's claim, one line per plan node."""
     rows = conn.execute(_Explain(due_enrollments_query(conn, now, limit))).all()
     return "\n".join(str(row[-1]) for row in rows)
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """How many active leads of a funnel wait at one place (for `funnel plan`)."""
+
+    funnel_id: str
+    version: str
+    stage: str
+    step: str | None
+    phase: str
+    leads: int
+
+
+def positions(conn: sa.Connection, funnel_id: str | None = None) -> list[Position]:
+    e = tables.enrollments
+    stmt = (
+        sa.select(e.c.funnel_id, e.c.version, e.c.stage, e.c.step, e.c.phase, sa.func.count())
+        .where(_is(e.c.status, "active"))
+        .group_by(e.c.funnel_id, e.c.version, e.c.stage, e.c.step, e.c.phase)
+        .order_by(e.c.funnel_id, e.c.stage, e.c.step)
+    )
+    if funnel_id is not None:
+        stmt = stmt.where(e.c.funnel_id == funnel_id)
+    return [Position(*row) for row in conn.execute(stmt)]

@@ -69,7 +69,8 @@ def test_a_malformed_scenario_file_names_file_line_and_column(tmp_path: Path) ->
     shutil.copytree(ROOT / "emails", tmp_path / "emails")
     bad = tmp_path / "funnels" / "bad.scenarios.yaml"
     bad.write_text(
-        "funnel: lead-magnet\nscenarios:\n  - name: x\n    start: tomorrow\n    expect:\n      - {email: deliver-report}\n"
+        "funnel: lead-magnet\nscenarios:\n  - name: x\n    start: tomorrow\n"
+        "    expect:\n      - {email: deliver-report}\n"
     )
     result = funnel("test", str(bad), cwd=tmp_path)
     assert result.returncode == 1
