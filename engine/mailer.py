@@ -29,6 +29,7 @@ log = logging.getLogger("engine.mailer")
 HARD_BOUNCE = {550, 551, 553}
 MAX_BACKOFF = timedelta(hours=6)
 MAX_ATTEMPTS = 12
+LEASE_CHUNK = 20
 
 
 @dataclass
@@ -124,17 +125,26 @@ class Mailer:
         with self.engine.begin() as conn:
             return outbox.sweep_stale_sending(conn, now - grace)
 
+    def lease(self) -> timedelta:
+        """How long leased messages stay with this worker: enough for a chunk's envelopes even when
+        each one runs into the SMTP timeout once. A killed worker's chunk waits this long, no more."""
+        return timedelta(seconds=self.settings.smtp.timeout_s * 4 + 5)
+
     async def dispatch(self, now: datetime, host: str, port: int, limit: int = 200) -> DispatchResult:
         result = DispatchResult()
         result.unknown += self.sweep(now)
-        with self.engine.begin() as conn:
-            items = outbox.lease_batch(conn, now, limit)
-        if not items:
-            return result
         smtp: aiosmtplib.SMTP | None = None
+        left = limit
         try:
-            for item in items:
-                smtp = await self._deliver(item, now, host, port, smtp, result)
+            # Leased a few at a time, so a short lease covers what this worker is about to do.
+            while left > 0:
+                with self.engine.begin() as conn:
+                    items = outbox.lease_batch(conn, now, min(left, LEASE_CHUNK), self.lease())
+                if not items:
+                    break
+                left -= len(items)
+                for item in items:
+                    smtp = await self._deliver(item, now, host, port, smtp, result)
         finally:
             if smtp is not None and smtp.is_connected:
                 try:
@@ -162,7 +172,8 @@ class Mailer:
         smtp: aiosmtplib.SMTP | None,
         result: DispatchResult,
     ) -> aiosmtplib.SMTP | None:
-        consent, suppressed = item.consent_status, item.suppressed
+        consent: str | None = item.consent_status
+        suppressed = item.suppressed
         if suppressed or (consent not in ("subscribed",) and not (item.transactional and consent == "pending")):
             with self.engine.begin() as conn:
                 outbox.finish(conn, item.id, "skipped", now, skip_reason="no-consent", claimed_at=None)
@@ -211,30 +222,37 @@ class Mailer:
             await smtp.data(payload)
         except aiosmtplib.SMTPDataError as exc:
             # The server answered: it did not take the message, so the outcome is clear.
-            self._refused(item, exc.code, exc.message, now, result)
+            self._refused(item, exc.code, exc.message, now, result, expect=("sending",))
             return smtp if smtp.is_connected else None
         except (aiosmtplib.SMTPException, OSError) as exc:
             with self.engine.begin() as conn:
-                outbox.finish(conn, item.id, "unknown", now, last_error=f"after DATA: {exc}")
+                outbox.finish(conn, item.id, "unknown", now, expect=("sending",), last_error=f"after DATA: {exc}")
             result.unknown += 1
             return None
         with self.engine.begin() as conn:
-            outbox.finish(conn, item.id, "sent", now, last_error=None)
+            # A 250 settles it, even for a message the sweep already gave up on as `unknown`.
+            outbox.finish(conn, item.id, "sent", now, expect=("sending", "unknown"), last_error=None)
         result.sent += 1
         return smtp
 
     def _refused(
-        self, item: outbox.OutboxItem, code: int, text: str, now: datetime, result: DispatchResult
+        self,
+        item: outbox.OutboxItem,
+        code: int,
+        text: str,
+        now: datetime,
+        result: DispatchResult,
+        expect: tuple[str, ...] = outbox.PENDING,
     ) -> None:
         error = f"{code} {text}"
         with self.engine.begin() as conn:
             if 400 <= code < 500 and item.attempts + 1 < MAX_ATTEMPTS:
-                outbox.defer(conn, item.id, now + backoff(item.attempts + 1), error, True)
+                outbox.defer(conn, item.id, now + backoff(item.attempts + 1), error, True, expect=expect)
                 result.deferred += 1
             elif code in HARD_BOUNCE:
-                outbox.finish(conn, item.id, "bounced", now, last_error=error, claimed_at=None)
+                outbox.finish(conn, item.id, "bounced", now, expect=expect, last_error=error, claimed_at=None)
                 outbox.suppress(conn, item.email, "bounced", now)
                 result.failed += 1
             else:
-                outbox.finish(conn, item.id, "failed", now, last_error=error, claimed_at=None)
+                outbox.finish(conn, item.id, "failed", now, expect=expect, last_error=error, claimed_at=None)
                 result.failed += 1

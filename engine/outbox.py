@@ -15,6 +15,8 @@ import sqlalchemy as sa
 from engine.tables import leads, outbox, suppressions
 
 LEASE = timedelta(minutes=2)
+# Not handed to the SMTP server yet: the only states a worker may act on before DATA.
+PENDING = ("queued", "deferred")
 
 
 @dataclass(frozen=True)
@@ -37,12 +39,16 @@ def email_hash(email: str) -> str:
     return hashlib.sha256(email.strip().lower().encode()).hexdigest()
 
 
-def lease_batch(conn: sa.Connection, now: datetime, limit: int) -> list[OutboxItem]:
-    """Queued or deferred messages that are due and not leased by a live worker, oldest first."""
+def lease_batch(conn: sa.Connection, now: datetime, limit: int, lease: timedelta = LEASE) -> list[OutboxItem]:
+    """Queued or deferred messages that are due and not leased by a live worker, oldest first.
+
+    A lease only spares two workers the same envelope work; it is not what makes a send happen once
+    (`mark_sending` is). So it can be short: a worker killed while holding one delays its messages by
+    `lease`, no more."""
     ready = sa.and_(
-        outbox.c.status.in_(("queued", "deferred")),
+        outbox.c.status.in_(PENDING),
         sa.or_(outbox.c.next_attempt_at.is_(None), outbox.c.next_attempt_at <= now),
-        sa.or_(outbox.c.claimed_at.is_(None), outbox.c.claimed_at < now - LEASE),
+        sa.or_(outbox.c.claimed_at.is_(None), outbox.c.claimed_at < now - lease),
     )
     pick = sa.select(outbox.c.id).where(ready).order_by(outbox.c.next_attempt_at, outbox.c.id).limit(limit)
     if conn.dialect.name == "postgresql":
@@ -106,20 +112,42 @@ def mark_sending(conn: sa.Connection, message_id: int, now: datetime, smtp_messa
     """Queued/deferred -> sending. False if someone else got there first (then this worker must not send)."""
     result = conn.execute(
         sa.update(outbox)
-        .where(outbox.c.id == message_id, outbox.c.status.in_(("queued", "deferred")))
+        .where(outbox.c.id == message_id, outbox.c.status.in_(PENDING))
         .values(status="sending", claimed_at=now, attempts=outbox.c.attempts + 1, message_id=smtp_message_id)
     )
     return result.rowcount == 1
 
 
-def finish(conn: sa.Connection, message_id: int, status: str, now: datetime, **fields: Any) -> None:
+def finish(
+    conn: sa.Connection,
+    message_id: int,
+    status: str,
+    now: datetime,
+    *,
+    expect: tuple[str, ...] = PENDING,
+    **fields: Any,
+) -> bool:
+    """Record an outcome, only if the message is still in one of the `expect`ed states. A worker whose
+    lease ran out may learn its outcome after another worker sent the message: its stale verdict
+    must not turn `sent` back into something that is retried or reported wrongly."""
     values: dict[str, Any] = {"status": status, **fields}
     if status == "sent":
         values["sent_at"] = now
-    conn.execute(sa.update(outbox).where(outbox.c.id == message_id).values(**values))
+    result = conn.execute(
+        sa.update(outbox).where(outbox.c.id == message_id, outbox.c.status.in_(expect)).values(**values)
+    )
+    return result.rowcount == 1
 
 
-def defer(conn: sa.Connection, message_id: int, until: datetime, error: str, count_attempt: bool) -> None:
+def defer(
+    conn: sa.Connection,
+    message_id: int,
+    until: datetime,
+    error: str,
+    count_attempt: bool,
+    *,
+    expect: tuple[str, ...] = PENDING,
+) -> bool:
     values: dict[str, Any] = {
         "status": "deferred",
         "next_attempt_at": until,
@@ -128,7 +156,10 @@ def defer(conn: sa.Connection, message_id: int, until: datetime, error: str, cou
     }
     if count_attempt:
         values["attempts"] = outbox.c.attempts + 1
-    conn.execute(sa.update(outbox).where(outbox.c.id == message_id).values(**values))
+    result = conn.execute(
+        sa.update(outbox).where(outbox.c.id == message_id, outbox.c.status.in_(expect)).values(**values)
+    )
+    return result.rowcount == 1
 
 
 def suppress(conn: sa.Connection, email: str, reason: str, now: datetime) -> None:
