@@ -80,6 +80,11 @@ class Worker:
         result = TickResult()
         with self.engine.begin() as conn:
             pending = store.claim_pending_events(conn, self.batch_size)
+            # A per-lead mutex: two workers holding two events of a lead not yet enrolled would both
+            # find no enrollment row to lock and both enrol it. Taken in id order, so two workers
+            # never wait on each other in a cycle.
+            for lead_id in sorted({row.lead_id for row in pending}):
+                store.get_lead(conn, lead_id, for_update=True)
             for row in pending:
                 lead = store.get_lead(conn, row.lead_id)
                 if lead is None:  # erased since: nothing left to move
