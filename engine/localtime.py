@@ -91,9 +91,10 @@ def window_open_at(instant: datetime, days: Sequence[str], start: time, end: tim
     for _ in range(15):
         if day.weekday() in allowed:
             opens, closes = window_on(day, start, end, tz)
-            if instant < opens:
+            # A window that lies wholly in a spring-forward gap is empty that day.
+            if instant < opens < closes:
                 return opens
-            if instant < closes:
+            if opens <= instant < closes:
                 return instant
         day += timedelta(days=1)
     raise AssertionError("an allowed weekday occurs within any 15 days")
