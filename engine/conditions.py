@@ -32,13 +32,16 @@ class EventFilter(Protocol):
 
 def lead_field(lead: Lead, name: str) -> Any:
     """A lead field by name: the built-ins `score`, `timezone`, `email_domain`, else an attribute
-    (dotted names reach into nested attribute objects)."""
+    (dotted names reach into nested attribute objects unless a flat key has that exact name)."""
     if name == "score":
         return lead.score
     if name == "timezone":
         return lead.timezone
     if name == "email_domain":
         return lead.id.rpartition("@")[2].lower() if "@" in lead.id else _MISSING
+    if name in lead.attributes:
+        # A flat key that has a dot in it (a CSV column such as `utm.source`) is read as written.
+        return lead.attributes[name]
     value: Any = lead.attributes
     for part in name.split("."):
         if isinstance(value, Mapping) and part in value:
