@@ -102,9 +102,7 @@ def steps(draw: st.DrawFn, step_id: str, stage_step_ids: list[str], stage_ids: l
     if kind == "wait_until":
         wait_until: dict[str, Any] = {"time": draw(clock_times())}
         if draw(st.booleans()):
-            wait_until["days"] = draw(
-                st.lists(st.sampled_from(WEEKDAYS), min_size=1, max_size=3, unique=True)
-            )
+            wait_until["days"] = draw(st.lists(st.sampled_from(WEEKDAYS), min_size=1, max_size=3, unique=True))
         return {"id": step_id, "wait_until": wait_until}
     if kind == "wait_for":
         return {
@@ -258,9 +256,7 @@ def start_times() -> st.SearchStrategy[datetime]:
         st.sampled_from(DST_DAYS_2026),
         st.integers(0, 6 * 24 * 60),
     )
-    anywhere = st.integers(0, 364 * 24 * 60).map(
-        lambda m: datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=m)
-    )
+    anywhere = st.integers(0, 364 * 24 * 60).map(lambda m: datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=m))
     return st.one_of(near_dst, anywhere)
 
 
