@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +20,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
+# `funnel run` is long-lived: its lines must reach a log collector or a pipe as they happen.
+if hasattr(sys.stdout, "reconfigure"):
+    sys.stdout.reconfigure(line_buffering=True)
 err = Console(stderr=True)
 
 

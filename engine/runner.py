@@ -24,6 +24,9 @@ from engine.templates import TemplateLibrary
 from engine.worker import TickResult, Worker
 
 log = logging.getLogger("engine.runner")
+# A tick still running when the next is due is skipped on purpose (max_instances=1); not news.
+logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
+logging.getLogger("apscheduler.executors").setLevel(logging.ERROR)
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """Acceptance fixtures: a throwaway project (funnels, emails, database) driven through the real `funnel`
 command in subprocesses, sending to a real SMTP server in this process.
 
-PostgreSQL comes from the store tests' session server (`tests/db/conftest.py`): its fixtures are
-imported here, and each test gets a fresh database cloned from the migrated template.
+PostgreSQL comes from the session server of `tests/conftest.py`; each test gets a fresh database cloned
+from the migrated template.
 """
 
 from __future__ import annotations
@@ -21,10 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
 from engine.database import create_engine_for
-from tests.db.conftest import postgres_admin, postgres_admin_url, postgres_template
 from tests.smtp_server import RecordingSmtpServer
-
-__all__ = ["postgres_admin", "postgres_admin_url", "postgres_template"]
 
 LAYOUT = """<!doctype html>
 <html><body>

@@ -1,4 +1,4 @@
-"""Backends for the store tests: every test taking `db_url` (or `db`) runs on SQLite and on PostgreSQL.
+"""Database backends for the whole suite: every test taking `db_url` (or `db`) runs on SQLite and on PostgreSQL.
 
 PostgreSQL: `FUNNEL_TEST_POSTGRES_URL` names a server where databases may be created; without it the
 session starts its own PostgreSQL from the installed binaries (`initdb` in a temporary directory,
