@@ -72,14 +72,19 @@ class Event:
 class Cause:
     """Why a transition happened: an event (its id), a timeout, the end of a sequence, a step, ..."""
 
-    kind: Literal["entry", "event", "timeout", "sequence_end", "step", "goal", "exit_rule", "manual", "guard"]
+    kind: Literal[
+        "entry", "event", "timeout", "sequence_end", "step", "goal", "exit_rule", "manual", "guard", "edit"
+    ]
     ref: str | None = None
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.ref}" if self.ref else self.kind
 
 
-Phase = Literal["ready", "waiting"]
+# "ready": the step is to run (only ever stored by a funnel edit that moved the lead, see
+# engine.versions); "waiting": the step waits; "ended": the stage's sequence ended and its on_end is
+# still to follow (also only stored by an edit that removed the rest of the sequence).
+Phase = Literal["ready", "waiting", "ended"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,6 +316,15 @@ class _Run:
         return min(t[0] for t in timers) if timers else None
 
     def catch_up(self, now: datetime) -> None:
+        s = self.state
+        if s.status == "active" and s.due <= now:
+            # A cursor an edit of the funnel left to be resumed (engine.versions).
+            if s.phase == "ended":
+                self.state = replace(s, phase="ready", step=None)
+                self.sequence_ended = True
+                self.execute(s.due)
+            elif s.phase == "ready" and s.step is not None:
+                self.execute(s.due)
         while self.state.status == "active":
             due = [t for t in self._timers() if t[0] <= now]
             if not due:
@@ -425,8 +439,10 @@ class _Run:
         if isinstance(step, WaitForStep):
             return at + step.wait_for.timeout
         window = self.funnel.send_window
-        assert isinstance(step, SendStep) and window is not None, "only sends wait for a window"
-        return window_open_at(at, window.days, window.start, window.end, self.tz)
+        if isinstance(step, SendStep) and window is not None:
+            return window_open_at(at, window.days, window.start, window.end, self.tz)
+        # Waiting at a step that no longer waits (the funnel was edited under it): go on at once.
+        return at
 
     def _wake_step(self, at: datetime) -> None:
         s = self.state

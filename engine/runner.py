@@ -55,7 +55,7 @@ class Runner:
         upgrade(url)
         self.engine = create_engine_for(url)
         self.worker = Worker(self.engine, {f.id: f for f in funnels}, settings.batch_size)
-        self.worker.publish()
+        self.worker.publish(clock())
         self.mailer = Mailer(
             self.engine, settings, TemplateLibrary(settings.emails_dir), {f.id: f.name for f in funnels}
         )

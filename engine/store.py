@@ -768,3 +768,15 @@ def positions(conn: sa.Connection, funnel_id: str | None = None) -> list[Positio
     if funnel_id is not None:
         stmt = stmt.where(e.c.funnel_id == funnel_id)
     return [Position(*row) for row in conn.execute(stmt)]
+
+
+def wake_outdated(conn: sa.Connection, funnel_id: str, version: str, now: datetime) -> int:
+    """Make active enrollments of an earlier definition due now, so the next ticks move them onto
+    `version` (engine.versions decides where they go)."""
+    e = tables.enrollments
+    result = conn.execute(
+        sa.update(e)
+        .where(_is(e.c.status, "active"), e.c.funnel_id == funnel_id, e.c.version != version)
+        .values(wake_at=now)
+    )
+    return int(result.rowcount or 0)

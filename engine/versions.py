@@ -3,22 +3,24 @@
 Pure. Leads keep their place by stage and step id. A removed step hands the lead to the next step of
 its stage that still exists (by the old order when the old definition is known); a removed stage hands
 it to the next stage of the old order that still exists, else the new funnel's entry stage. Waits in
-progress keep their wake time.
+progress keep their start: an edited wait duration counts from when the lead began waiting.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from datetime import datetime
 
 from engine.definition import Funnel
-from engine.journey import Enrollment
+from engine.journey import Cause, Enrollment, RecordTransition
 
 
 @dataclass(frozen=True)
 class Migration:
     enrollment: Enrollment
-    change: str  # "kept", "step-removed", "stage-removed", "exited"
+    change: str  # "kept", "step-removed", "stage-removed"
     detail: str = ""
+    transition: RecordTransition | None = None  # a stage change made by the edit, to be recorded
 
 
 def _surviving_step(old: Funnel | None, new: Funnel, stage: str, step: str) -> str | None:
@@ -43,7 +45,12 @@ def _surviving_stage(old: Funnel | None, new: Funnel, stage: str) -> str:
     return new.entry.stage or new_ids[0]
 
 
-def migrate_enrollment(state: Enrollment, new: Funnel, old: Funnel | None = None) -> Migration:
+def migrate_enrollment(
+    state: Enrollment, new: Funnel, old: Funnel | None = None, now: datetime | None = None
+) -> Migration:
+    """`now`: when the edit is applied; a lead moved by it carries on from then (not from when its old
+    step began, which could make its next email look late)."""
+    resume = max(state.due, now) if now is not None else state.due
     if state.version == new.version or state.status != "active":
         return Migration(replace(state, version=new.version), "kept")
     stage_ids = new.stage_ids()
@@ -55,13 +62,14 @@ def migrate_enrollment(state: Enrollment, new: Funnel, old: Funnel | None = None
             version=new.version,
             stage=target,
             step=first,
-            phase="ready",
-            due=state.due,
-            wake_at=state.due,
-            stage_entered_at=state.due,
+            phase="ready" if first else "ended",
+            due=resume,
+            wake_at=resume,
+            stage_entered_at=resume,
             spent_timers=frozenset(),
         )
-        return Migration(moved, "stage-removed", f"{state.stage} -> {target}")
+        record = RecordTransition(state.stage, target, Cause("edit", new.version), resume)
+        return Migration(moved, "stage-removed", f"{state.stage} -> {target}", record)
     if state.step is None:
         return Migration(replace(state, version=new.version), "kept")
     try:
@@ -70,5 +78,7 @@ def migrate_enrollment(state: Enrollment, new: Funnel, old: Funnel | None = None
     except KeyError:
         pass
     nxt = _surviving_step(old, new, state.stage, state.step)
-    moved = replace(state, version=new.version, step=nxt, phase="ready", wake_at=state.due)
+    moved = replace(
+        state, version=new.version, step=nxt, phase="ready" if nxt else "ended", due=resume, wake_at=resume
+    )
     return Migration(moved, "step-removed", f"{state.step} -> {nxt or 'end of stage'}")

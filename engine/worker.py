@@ -9,9 +9,9 @@ SQLite has a single writer, so each transaction is the lock.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
@@ -20,6 +20,10 @@ from engine.definition import Funnel
 from engine.versions import migrate_enrollment
 
 log = logging.getLogger("engine.worker")
+
+
+def _same(decision: journey.Decision) -> journey.Decision:
+    return decision
 
 
 @dataclass
@@ -51,12 +55,16 @@ class Worker:
         self.engine = engine
         self.funnels = dict(funnels)
         self.batch_size = batch_size
+        self._old: dict[tuple[str, str], Funnel | None] = {}  # earlier definitions, for edits
 
-    def publish(self) -> None:
+    def publish(self, now: datetime | None = None) -> None:
         """Record the loaded definitions (content-hashed) so `funnel plan` and ops can compare versions."""
         with self.engine.begin() as conn:
             for funnel in self.funnels.values():
                 store.save_funnel_version(conn, funnel)
+                # Leads on an earlier version are looked at on the next ticks, so an edit that removed
+                # their step or stage moves them now, not when their old wait would have ended.
+                store.wake_outdated(conn, funnel.id, funnel.version, now or datetime.now(UTC))
 
     def tick(self, now: datetime) -> TickResult:
         """One pass: pending events first (they may change what is due), then due enrollments."""
@@ -111,9 +119,9 @@ class Worker:
         # lived through in this funnel (the core's timeline only moves forward) nor after now.
         at = min(row.event.at, now)
         if state is not None and state.status == "active":
-            state = self._current(funnel, state, result)
+            state, edited = self._current(conn, funnel, state, now, result)
             at = max(at, state.stage_entered_at, state.due)
-            decision = journey.on_event(funnel, lead, state, replace(row.event, at=at))
+            decision = edited(journey.on_event(funnel, lead, state, replace(row.event, at=at)))
         else:
             cause = journey.entry_trigger(funnel, lead, row.event)
             if cause is None or not journey.may_reenter(funnel, state, at):
@@ -142,20 +150,34 @@ class Worker:
                     # picked up again when the funnel is back.
                     result.errors.append(f"no funnel {item.enrollment.funnel!r} loaded for a due enrollment")
                     continue
-                state = self._current(funnel, item.enrollment, result)
-                decision = journey.on_clock(funnel, lead, state, now)
+                state, edited = self._current(conn, funnel, item.enrollment, now, result)
+                decision = edited(journey.on_clock(funnel, lead, state, now))
                 self._apply(conn, item.lead_id, decision, now, result)
                 result.advanced += 1
         return result
 
     # -- shared ---------------------------------------------------------------------------------
 
-    def _current(self, funnel: Funnel, state: journey.Enrollment, result: TickResult) -> journey.Enrollment:
-        """Move an enrollment made under an older definition onto the loaded one (by step id)."""
+    def _current(
+        self, conn: sa.Connection, funnel: Funnel, state: journey.Enrollment, now: datetime, result: TickResult
+    ) -> tuple[journey.Enrollment, Callable[[journey.Decision], journey.Decision]]:
+        """Move an enrollment made under an older definition onto the loaded one (by step id). The
+        second value adds the stage change the edit made, if any, to the decision's records."""
         if state.version == funnel.version:
-            return state
+            return state, _same
         result.migrated += 1
-        return migrate_enrollment(state, funnel).enrollment
+        migration = migrate_enrollment(state, funnel, self._definition(conn, funnel.id, state.version), now)
+        record = migration.transition
+        if record is None:
+            return migration.enrollment, _same
+        return migration.enrollment, lambda d: replace(d, commands=(record, *d.commands))
+
+    def _definition(self, conn: sa.Connection, funnel_id: str, version: str) -> Funnel | None:
+        key = (funnel_id, version)
+        if key not in self._old:
+            raw = store.get_funnel_definition(conn, funnel_id, version)
+            self._old[key] = Funnel.model_validate(raw) if raw else None
+        return self._old[key]
 
     def _apply(
         self, conn: sa.Connection, lead_id: int, decision: journey.Decision, now: datetime, result: TickResult

@@ -1,0 +1,99 @@
+"""Editing a live funnel: leads keep their place by id; removed steps and stages hand them on."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+from engine import journey
+from engine.definition import Funnel
+from engine.journey import Cause, Lead, RecordTransition, SendEmail
+from engine.versions import migrate_enrollment
+from engine.yamlfile import load_yaml_text
+
+T0 = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
+LEAD = Lead("sam@example.com")
+
+BEFORE = """
+id: f
+name: F
+entry: {triggers: [{manual: true}]}
+stages:
+  - id: first
+    steps:
+      - {id: hello, send: hello}
+      - {id: pause, wait: 2d}
+      - {id: tip, send: tip}
+      - {id: pause-2, wait: 2d}
+      - {id: offer, send: offer}
+  - id: second
+    steps:
+      - {id: welcome, send: welcome}
+  - id: third
+    steps:
+      - {id: thanks, send: thanks}
+    on_end: stay
+"""
+
+
+def funnel(text: str) -> Funnel:
+    return Funnel.model_validate(load_yaml_text(text))
+
+
+def waiting_at_pause() -> tuple[Funnel, journey.Enrollment]:
+    old = funnel(BEFORE)
+    decision = journey.enroll(old, LEAD, T0, Cause("manual"))
+    assert decision.enrollment is not None and decision.enrollment.step == "pause"
+    return old, decision.enrollment
+
+
+def sends(decision: journey.Decision) -> list[str]:
+    return [c.step for c in decision.commands if isinstance(c, SendEmail)]
+
+
+def test_an_unchanged_place_is_kept_and_only_the_version_moves() -> None:
+    old, state = waiting_at_pause()
+    new = funnel(BEFORE.replace("name: F", "name: F renamed"))
+    migration = migrate_enrollment(state, new, old)
+    assert migration.change == "kept"
+    assert migration.enrollment == replace(state, version=new.version)
+
+
+def test_a_removed_wait_hands_the_lead_to_the_next_step_at_once() -> None:
+    old, state = waiting_at_pause()
+    new = funnel(BEFORE.replace("      - {id: pause, wait: 2d}\n", ""))
+    edit_time = T0 + timedelta(hours=5)
+    migration = migrate_enrollment(state, new, old, edit_time)
+    assert migration.change == "step-removed" and migration.enrollment.step == "tip"
+    decision = journey.on_clock(new, LEAD, migration.enrollment, edit_time)
+    assert sends(decision) == ["tip"]
+    assert [c.at for c in decision.commands if isinstance(c, SendEmail)] == [edit_time]
+
+
+def test_removing_the_rest_of_a_sequence_follows_on_end() -> None:
+    old, state = waiting_at_pause()
+    cut = BEFORE.index("      - {id: pause, wait: 2d}")
+    rest = BEFORE.index("  - id: second")
+    new = funnel(BEFORE[:cut] + BEFORE[rest:])
+    migration = migrate_enrollment(state, new, old, T0)
+    assert migration.change == "step-removed" and migration.enrollment.phase == "ended"
+    decision = journey.on_clock(new, LEAD, migration.enrollment, T0)
+    moves = [(c.from_stage, c.to_stage, c.cause.kind) for c in decision.commands if isinstance(c, RecordTransition)]
+    assert moves == [("first", "second", "sequence_end"), ("second", "third", "sequence_end")]
+    assert sends(decision) == ["welcome", "thanks"]
+
+
+def test_a_removed_stage_moves_the_lead_to_the_next_surviving_stage_and_says_why() -> None:
+    old = funnel(BEFORE)
+    state = journey.enroll(old, LEAD, T0, Cause("manual")).enrollment
+    assert state is not None
+    in_first = replace(state, stage="first")
+    start = BEFORE.index("  - id: first")
+    end = BEFORE.index("  - id: second")
+    new = funnel(BEFORE[:start] + BEFORE[end:])
+    migration = migrate_enrollment(in_first, new, old, T0)
+    assert migration.change == "stage-removed" and migration.enrollment.stage == "second"
+    assert migration.transition is not None
+    assert (migration.transition.from_stage, migration.transition.to_stage) == ("first", "second")
+    assert migration.transition.cause == Cause("edit", new.version)
+    assert sends(journey.on_clock(new, LEAD, migration.enrollment, T0)) == ["welcome", "thanks"]
