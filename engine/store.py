@@ -165,13 +165,17 @@ def get_lead(conn: sa.Connection, lead_id: int, *, for_update: bool = False) -> 
     return _to_lead(row) if row is not None else None
 
 
-def load_leads(conn: sa.Connection, ids: Iterable[int]) -> dict[int, journey.Lead]:
+def load_leads(conn: sa.Connection, ids: Iterable[int], *, lock: bool = False) -> dict[int, journey.Lead]:
+    """Leads by id. `lock`: lock their rows, skipping (leaving out) rows another transaction holds, so a
+    tick never waits on an event being handled for the same lead (which holds the lead, then waits on
+    the enrollment: waiting here would be a deadlock)."""
     wanted = sorted(set(ids))
     leads = tables.leads
     found: dict[int, journey.Lead] = {}
     for start in range(0, len(wanted), 1000):  # keep IN lists well under SQLite's parameter limit
         chunk = wanted[start : start + 1000]
-        for row in conn.execute(sa.select(leads).where(leads.c.id.in_(chunk))):
+        stmt = sa.select(leads).where(leads.c.id.in_(chunk))
+        for row in conn.execute(_locking(conn, stmt, skip_locked=True) if lock else stmt):
             found[row.id] = _to_lead(row)
     return found
 

@@ -141,11 +141,13 @@ class Worker:
             claimed = store.claim_due_enrollments(conn, now, self.batch_size)
             if not claimed:
                 return result
-            leads = store.load_leads(conn, [c.lead_id for c in claimed])
+            leads = store.load_leads(conn, [c.lead_id for c in claimed], lock=True)
             for item in claimed:
                 funnel = self.funnels.get(item.enrollment.funnel)
                 lead = leads.get(item.lead_id)
-                if funnel is None or lead is None:
+                if lead is None:
+                    continue  # an event of this lead is being handled right now; the next tick has it
+                if funnel is None:
                     # A funnel file removed while leads were in it: the rows stay as they are, to be
                     # picked up again when the funnel is back.
                     result.errors.append(f"no funnel {item.enrollment.funnel!r} loaded for a due enrollment")
