@@ -475,6 +475,14 @@ class Goal(Model):
     exit: bool = Field(default=False, description="Leave the funnel once the goal is reached.")
 
 
+class Renamed(Model):
+    """Old id -> new id. A lead at a renamed stage or step keeps its place, and an email it already got
+    under the old step id is not sent again under the new one."""
+
+    stages: dict[Id, Id] = Field(default_factory=dict)
+    steps: dict[Id, Id] = Field(default_factory=dict)
+
+
 class ExitRule(EventMatch):
     reason: Id
 
@@ -522,6 +530,9 @@ class Funnel(Model):
     transitions: list[Transition] = Field(default_factory=list)
     goal: Goal | None = None
     exits: list[ExitRule] = Field(default_factory=list)
+    renamed: Renamed | None = Field(
+        default=None, description="Ids an edit renamed, so leads in flight follow them (see `funnel plan`)."
+    )
 
     # Memos for the core's lookups; private attributes may be set on a frozen model.
     _version: str | None = PrivateAttr(None)

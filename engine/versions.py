@@ -18,7 +18,7 @@ from engine.journey import Cause, Enrollment, RecordTransition
 @dataclass(frozen=True)
 class Migration:
     enrollment: Enrollment
-    change: str  # "kept", "step-removed", "stage-removed"
+    change: str  # "kept", "renamed", "step-removed", "stage-removed"
     detail: str = ""
     transition: RecordTransition | None = None  # a stage change made by the edit, to be recorded
 
@@ -51,8 +51,31 @@ def migrate_enrollment(
     """`now`: when the edit is applied; a lead moved by it carries on from then (not from when its old
     step began, which could make its next email look late)."""
     resume = max(state.due, now) if now is not None else state.due
-    if state.version == new.version or state.status != "active":
-        return Migration(replace(state, version=new.version), "kept")
+    if state.version == new.version:
+        return Migration(state, "kept")
+    renamed = _apply_renames(state, new)
+    if state.status != "active":
+        return Migration(replace(renamed, version=new.version), "kept")
+    migration = _place(renamed, new, old, resume)
+    if renamed is not state and migration.change == "kept":
+        where = f"{renamed.stage} / {renamed.step or '(end)'}"
+        return Migration(migration.enrollment, "renamed", where)
+    return migration
+
+
+def _apply_renames(state: Enrollment, new: Funnel) -> Enrollment:
+    if new.renamed is None:
+        return state
+    stages, steps = new.renamed.stages, new.renamed.steps
+    stage = stages.get(state.stage, state.stage)
+    step = steps.get(state.step, state.step) if state.step is not None else None
+    sent = frozenset(steps.get(s, s) for s in state.sent)
+    if (stage, step, sent) == (state.stage, state.step, state.sent):
+        return state
+    return replace(state, stage=stage, step=step, sent=sent)
+
+
+def _place(state: Enrollment, new: Funnel, old: Funnel | None, resume: datetime) -> Migration:
     stage_ids = new.stage_ids()
     if state.stage not in stage_ids:
         target = _surviving_stage(old, new, state.stage)

@@ -101,9 +101,14 @@ def test_sigkill_loses_no_step_and_sends_nothing_twice(sqlite_project: Project) 
     kills = 0
     try:
         # Leads keep arriving while the engine is killed, so every kill lands on work in flight.
-        for cycle in range(KILLS):
-            _sign_up(engine, cycle * per_cycle, per_cycle)
+        unexpected: list[str] = []  # engine exits that were not our SIGKILL, with what the engine said
+        cycle = 0
+        while kills < KILLS and cycle < KILLS + 20:
+            if cycle < KILLS:
+                _sign_up(engine, cycle * per_cycle, per_cycle)
+            cycle += 1
             ready_before = _ready_count(log)
+            offset = log.stat().st_size if log.exists() else 0
             proc = project.spawn("run", log=log, PYTHONUNBUFFERED="1")
             # Most kills land while it works; some during start-up (migrations, loading funnels).
             if rng.random() < 0.8:
@@ -111,7 +116,10 @@ def test_sigkill_loses_no_step_and_sends_nothing_twice(sqlite_project: Project) 
             time.sleep(rng.uniform(0.0, 1.0))
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
-            kills += proc.returncode == -signal.SIGKILL
+            if proc.returncode == -signal.SIGKILL:
+                kills += 1
+            else:
+                unexpected.append(f"exit {proc.returncode}: " + log.read_bytes()[offset:].decode(errors="replace"))
         killing_s = time.monotonic() - started
 
         proc = project.spawn("run", log=log, PYTHONUNBUFFERED="1")
@@ -153,6 +161,9 @@ def test_sigkill_loses_no_step_and_sends_nothing_twice(sqlite_project: Project) 
     )
     if lost or duplicates:
         print(log.read_text()[-5000:])
+    for text in unexpected:
+        print(text[-3000:])
+    assert unexpected == []
     assert kills >= KILLS
     assert exited == LEADS
     assert not strays

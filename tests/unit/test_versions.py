@@ -97,3 +97,19 @@ def test_a_removed_stage_moves_the_lead_to_the_next_surviving_stage_and_says_why
     assert (migration.transition.from_stage, migration.transition.to_stage) == ("first", "second")
     assert migration.transition.cause == Cause("edit", new.version)
     assert sends(journey.on_clock(new, LEAD, migration.enrollment, T0)) == ["welcome", "thanks"]
+
+
+def test_a_renamed_step_keeps_the_lead_in_place_and_its_sent_email_counts() -> None:
+    old = funnel(BEFORE)
+    state = journey.enroll(old, LEAD, T0, Cause("manual")).enrollment
+    assert state is not None and "hello" in state.sent
+    edited = BEFORE.replace("{id: hello,", "{id: greeting,").replace("{id: pause,", "{id: first-pause,")
+    new = funnel(edited + "renamed:\n  steps: {hello: greeting, pause: first-pause}\n")
+    migration = migrate_enrollment(state, new, old, T0)
+    assert migration.change == "renamed"
+    assert migration.enrollment.step == "first-pause" and "greeting" in migration.enrollment.sent
+    later = journey.on_clock(new, LEAD, migration.enrollment, T0 + timedelta(days=2))
+    assert sends(later) == ["tip"]
+    # Were the lead sent back to the renamed first step, the email it already got would not go again.
+    again = journey.on_clock(new, LEAD, replace(migration.enrollment, step="greeting", phase="ready"), T0)
+    assert "greeting" not in sends(again)
