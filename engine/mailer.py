@@ -19,7 +19,7 @@ from typing import Any
 import aiosmtplib
 import sqlalchemy as sa
 
-from engine import outbox
+from engine import outbox, store
 from engine.links import Links
 from engine.settings import Settings
 from engine.templates import RenderedEmail, Sender, TemplateLibrary, lead_fields
@@ -251,7 +251,7 @@ class Mailer:
                 result.deferred += 1
             elif code in HARD_BOUNCE:
                 outbox.finish(conn, item.id, "bounced", now, expect=expect, last_error=error, claimed_at=None)
-                outbox.suppress(conn, item.email, "bounced", now)
+                store.suppress(conn, item.email, "bounced", now=now)
                 result.failed += 1
             else:
                 outbox.finish(conn, item.id, "failed", now, expect=expect, last_error=error, claimed_at=None)

@@ -5,13 +5,13 @@ expires and another worker takes the message. A message in `sending` whose worke
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
+from engine.store import email_hash
 from engine.tables import leads, outbox, suppressions
 
 LEASE = timedelta(minutes=2)
@@ -33,10 +33,6 @@ class OutboxItem:
     transactional: bool
     attempts: int
     suppressed: bool
-
-
-def email_hash(email: str) -> str:
-    return hashlib.sha256(email.strip().lower().encode()).hexdigest()
 
 
 def lease_batch(conn: sa.Connection, now: datetime, limit: int, lease: timedelta = LEASE) -> list[OutboxItem]:
@@ -160,19 +156,6 @@ def defer(
         sa.update(outbox).where(outbox.c.id == message_id, outbox.c.status.in_(expect)).values(**values)
     )
     return result.rowcount == 1
-
-
-def suppress(conn: sa.Connection, email: str, reason: str, now: datetime) -> None:
-    stmt: Any
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        stmt = pg_insert(suppressions).on_conflict_do_nothing()
-    else:
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        stmt = sqlite_insert(suppressions).on_conflict_do_nothing()
-    conn.execute(stmt.values(email_hash=email_hash(email), reason=reason, created_at=now))
 
 
 def sweep_stale_sending(conn: sa.Connection, older_than: datetime) -> int:

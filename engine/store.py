@@ -26,7 +26,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 
 from engine import journey, tables
 from engine.definition import Funnel
-from engine.tables import CONSENT_STATUSES, OUTBOX_STATUSES
+from engine.tables import CONSENT_STATUSES
 
 Insert = postgresql.Insert | sqlite.Insert
 
@@ -624,56 +624,6 @@ class OutboxItem:
 
 def _to_outbox(row: sa.Row[Any]) -> OutboxItem:
     return OutboxItem(**{name: getattr(row, name) for name in OutboxItem.__dataclass_fields__})
-
-
-def claim_outbox(conn: sa.Connection, now: datetime, limit: int) -> list[OutboxItem]:
-    """Queued or deferred messages whose attempt time has come become `sending` (attempts + 1),
-    oldest first. Commit before talking SMTP: a crash then leaves them `sending`, which
-    `mark_stale_sending_unknown` turns into `unknown`, never into a resend."""
-    o = tables.outbox
-    ready = (
-        sa.select(o.c.id)
-        .where(_is(o.c.status, "queued", "deferred"), o.c.next_attempt_at <= now)
-        .order_by(o.c.next_attempt_at)
-        .limit(limit)
-    )
-    stmt = (
-        sa.update(o)
-        .where(o.c.id.in_(_locking(conn, ready, skip_locked=True).scalar_subquery()))
-        .values(status="sending", claimed_at=now, attempts=o.c.attempts + 1)
-        .returning(*o.c)
-    )
-    items = [_to_outbox(row) for row in conn.execute(stmt)]
-    return sorted(items, key=lambda m: (m.next_attempt_at or m.due_at, m.id))
-
-
-_MARKABLE = frozenset(tables.outbox.c.keys()) - {"id", "lead_id", "funnel_id", "step", "status"}
-
-
-def mark_outbox(conn: sa.Connection, outbox_id: int, status: str, **fields: Any) -> bool:
-    """Set a message's status and any other columns (`message_id`, `last_error`, `sent_at`,
-    `next_attempt_at`, ...). False when no such message exists."""
-    if status not in OUTBOX_STATUSES:
-        raise ValueError(f"expected an outbox status among {', '.join(OUTBOX_STATUSES)}, found {status!r}")
-    unknown = set(fields) - _MARKABLE
-    if unknown:
-        raise ValueError(f"expected outbox columns among {', '.join(sorted(_MARKABLE))}, found {sorted(unknown)}")
-    o = tables.outbox
-    result = conn.execute(sa.update(o).where(o.c.id == outbox_id).values(status=status, **fields))
-    return bool(result.rowcount == 1)
-
-
-def mark_stale_sending_unknown(conn: sa.Connection, older_than: datetime) -> list[int]:
-    """Messages claimed before `older_than` and still `sending` (their worker died mid-send) become
-    `unknown`; returns their ids for ops. They are never sent again automatically."""
-    o = tables.outbox
-    stmt = (
-        sa.update(o)
-        .where(_is(o.c.status, "sending"), o.c.claimed_at < older_than)
-        .values(status="unknown", last_error="outcome unknown: still sending when its worker stopped")
-        .returning(o.c.id)
-    )
-    return sorted(int(i) for i in conn.execute(stmt).scalars())
 
 
 def get_outbox(conn: sa.Connection, lead_id: int, funnel_id: str | None = None) -> list[OutboxItem]:

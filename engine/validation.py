@@ -550,8 +550,8 @@ def check_graph(funnel: Funnel, data: Any) -> list[Found]:
             target(("renamed", "stages", old_id), new_id)
         for old_id, new_id in funnel.renamed.steps.items():
             if new_id not in step_ids:
-                found.append((("renamed", "steps", old_id), f"renamed.steps.{old_id}: expected the id of a step of this funnel, found "
-                                   f"'{new_id}'", False))
+                message = f"renamed.steps.{old_id}: expected the id of a step of this funnel, found '{new_id}'"
+                found.append((("renamed", "steps", old_id), message, False))
     if funnel.goal is not None and funnel.goal.move_to is not None:
         target(("goal", "move_to"), funnel.goal.move_to)
     for t_index, t in enumerate(funnel.transitions):

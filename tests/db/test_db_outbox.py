@@ -1,15 +1,14 @@
-"""The outbox as the mailer sees it: claims mark messages `sending`, a crash mid-send leaves them
-`unknown` (never resent), and suppressions outlive the lead."""
+"""The outbox as the mailer sees it: leases hand messages out once, one worker marks a message
+`sending` before DATA, a crash mid-send leaves it `unknown` (never resent), suppressions outlive the lead."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from engine import store, tables
+from engine import outbox, store, tables
 
 T0 = datetime(2026, 5, 4, 10, 0, tzinfo=UTC)
 MIN = timedelta(minutes=1)
@@ -47,68 +46,63 @@ def _messages(db: Engine) -> tuple[int, dict[str, int]]:
     return lead_id, ids
 
 
-def test_claiming_marks_ready_messages_sending_once(db: Engine) -> None:
+def test_a_lease_takes_due_messages_once_until_it_expires(db: Engine) -> None:
     _, ids = _messages(db)
     now = T0 + 30 * MIN
     with db.begin() as conn:
-        claimed = store.claim_outbox(conn, now, limit=10)
-    assert [m.step for m in claimed] == ["deferred-due", "queued-due"]
-    assert all(m.status == "sending" and m.attempts == 1 and m.claimed_at == now for m in claimed)
-    assert claimed[0].id == ids["deferred-due"]
+        leased = outbox.lease_batch(conn, now, limit=10)
+    assert {m.step: m.id for m in leased} == {"deferred-due": ids["deferred-due"], "queued-due": ids["queued-due"]}
+    assert {m.email for m in leased} == {"o@example.com"}
     with db.begin() as conn:
-        assert store.claim_outbox(conn, now, limit=10) == []
+        assert outbox.lease_batch(conn, now, limit=10) == []  # leased: not handed out twice
+        # A worker that died holding a lease loses nothing: once it expires the messages come back.
+        again = outbox.lease_batch(conn, T0 + 61 * MIN, limit=10)  # lease gone, queued-later due
+    assert sorted(m.step for m in again) == ["deferred-due", "queued-due", "queued-later"]
 
 
-def test_claiming_respects_the_limit(db: Engine) -> None:
+def test_a_lease_respects_the_limit(db: Engine) -> None:
     _messages(db)
     with db.begin() as conn:
-        assert [m.step for m in store.claim_outbox(conn, T0 + 90 * MIN, limit=1)] == ["deferred-due"]
+        assert [m.step for m in outbox.lease_batch(conn, T0 + 90 * MIN, limit=1)] == ["deferred-due"]
 
 
-def test_marking_a_message_sets_its_status_and_columns(db: Engine) -> None:
-    lead_id, ids = _messages(db)
-    with db.begin() as conn:
-        store.claim_outbox(conn, T0, limit=10)
-        assert store.mark_outbox(conn, ids["queued-due"], "sent", message_id="<m1@greenleaf.example>", sent_at=T0)
-        assert store.mark_outbox(
-            conn, ids["deferred-due"], "deferred", last_error="421 try later", next_attempt_at=T0 + 5 * MIN
-        )
-        assert not store.mark_outbox(conn, 999_999, "sent")
-    with db.connect() as conn:
-        by_step = {m.step: m for m in store.get_outbox(conn, lead_id)}
-    assert (by_step["queued-due"].status, by_step["queued-due"].message_id, by_step["queued-due"].sent_at) == (
-        "sent",
-        "<m1@greenleaf.example>",
-        T0,
-    )
-    assert (by_step["deferred-due"].status, by_step["deferred-due"].next_attempt_at) == ("deferred", T0 + 5 * MIN)
-    with db.begin() as conn:  # a deferred message comes back when its time comes, attempts counting up
-        (again,) = store.claim_outbox(conn, T0 + 5 * MIN, limit=10)
-    assert (again.step, again.attempts) == ("deferred-due", 2)
-
-
-def test_marking_refuses_unknown_statuses_and_columns(db: Engine) -> None:
+def test_only_one_worker_marks_a_message_sending(db: Engine) -> None:
     _, ids = _messages(db)
     with db.begin() as conn:
-        with pytest.raises(ValueError, match="status"):
-            store.mark_outbox(conn, ids["queued-due"], "delivered")
-        with pytest.raises(ValueError, match="columns"):
-            store.mark_outbox(conn, ids["queued-due"], "sent", step="other")
+        assert outbox.mark_sending(conn, ids["queued-due"], T0, "<m1@greenleaf.example>")
+        assert not outbox.mark_sending(conn, ids["queued-due"], T0, "<m1@greenleaf.example>")
+        assert not outbox.mark_sending(conn, ids["sent"], T0, "<m2@greenleaf.example>")
+
+
+def test_an_outcome_is_recorded_only_from_the_expected_state(db: Engine) -> None:
+    lead_id, ids = _messages(db)
+    with db.begin() as conn:
+        outbox.mark_sending(conn, ids["queued-due"], T0, "<m1@greenleaf.example>")
+        assert outbox.finish(conn, ids["queued-due"], "sent", T0, expect=("sending",))
+        # A late verdict from a worker whose lease ran out cannot undo the send.
+        assert not outbox.finish(conn, ids["queued-due"], "failed", T0)
+        outbox.defer(conn, ids["deferred-due"], T0 + 5 * MIN, "421 try later", True)
+    with db.connect() as conn:
+        by_step = {m.step: m for m in store.get_outbox(conn, lead_id)}
+    sent = by_step["queued-due"]
+    assert (sent.status, sent.message_id, sent.sent_at) == ("sent", "<m1@greenleaf.example>", T0)
+    assert (by_step["deferred-due"].status, by_step["deferred-due"].next_attempt_at) == ("deferred", T0 + 5 * MIN)
+    assert by_step["deferred-due"].attempts == 1
 
 
 def test_a_message_left_sending_by_a_crash_becomes_unknown_and_is_not_resent(db: Engine) -> None:
     lead_id, ids = _messages(db)
     with db.begin() as conn:
-        store.claim_outbox(conn, T0, limit=10)  # ...and the worker dies before reporting back
+        outbox.mark_sending(conn, ids["queued-due"], T0, "<m1@greenleaf.example>")  # ...and the worker dies
     with db.begin() as conn:
-        assert store.mark_stale_sending_unknown(conn, older_than=T0) == []  # claimed at T0: not older
-        stale = store.mark_stale_sending_unknown(conn, older_than=T0 + 10 * MIN)
-    assert stale == sorted([ids["queued-due"], ids["deferred-due"]])
-    with db.begin() as conn:  # a day later only the message that was never claimed goes out
-        assert [m.step for m in store.claim_outbox(conn, T0 + 24 * 60 * MIN, limit=10)] == ["queued-later"]
+        assert outbox.sweep_stale_sending(conn, older_than=T0) == 0  # marked at T0: not older
+        assert outbox.sweep_stale_sending(conn, older_than=T0 + 10 * MIN) == 1
+    with db.begin() as conn:  # a day later the unknown message is not handed out again
+        later = outbox.lease_batch(conn, T0 + 24 * 60 * MIN, limit=10)
+    assert "queued-due" not in [m.step for m in later]
     with db.connect() as conn:
         statuses = {m.step: m.status for m in store.get_outbox(conn, lead_id)}
-    assert statuses["queued-due"] == statuses["deferred-due"] == "unknown"
+    assert statuses["queued-due"] == "unknown"
 
 
 def test_a_suppression_outlives_the_erased_lead(db: Engine) -> None:
