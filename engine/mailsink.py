@@ -34,7 +34,9 @@ class EmlHandler:
 
 def start_sink(folder: Path, host: str = "127.0.0.1", port: int = 0) -> Controller:
     """Start the sink on a free loopback port (port 0) in its own thread; `.port` tells where."""
-    controller = Controller(EmlHandler(folder), hostname=host, port=port or _free_port(host))
+    # A busy machine can take more than aiosmtpd's default 5 s to start the sink's thread; the engine
+    # must not fail to start for that.
+    controller = Controller(EmlHandler(folder), hostname=host, port=port or _free_port(host), ready_timeout=60)
     controller.start()
     return controller
 

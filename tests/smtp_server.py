@@ -62,7 +62,7 @@ class RecordingSmtpServer:
         self.host = host
         self.port = _free_port(host)
         self.handler = RecordingHandler()
-        self._controller = Controller(self.handler, hostname=host, port=self.port)
+        self._controller = Controller(self.handler, hostname=host, port=self.port, ready_timeout=60)
 
     def __enter__(self) -> RecordingSmtpServer:
         self._controller.start()
