@@ -11,7 +11,10 @@ import typer
 from rich.console import Console
 
 if TYPE_CHECKING:
+    from email.message import EmailMessage
+
     from engine.definition import Funnel
+    from engine.templates import RenderedEmail
 
 app = typer.Typer(
     help="Marketing funnels as code: validate, simulate, test and run funnels defined in YAML.",
@@ -348,6 +351,101 @@ def plan(
         console.print(table)
         total = sum(line.leads for line in lines)
         console.print(f"{definition.id}: {total} lead(s) in flight, {affected} affected by the edit")
+
+
+def _preview_message(template: str, lead: str | None, emails: Path) -> tuple[RenderedEmail, EmailMessage]:
+    """The message a lead would get from `template`, built by the mailer's own code."""
+    from engine.mailer import Mailer, build_message
+    from engine.outbox import OutboxItem
+    from engine.settings import get_settings
+    from engine.templates import TemplateError, TemplateLibrary
+    from engine.yamlfile import read_yaml
+
+    settings = get_settings()
+    email, attributes = "alex@example.com", {"first_name": "Alex", "company": "Example Ltd", "employees": 40}
+    if lead is not None and Path(lead).is_file():
+        data = read_yaml(Path(lead)).data or {}
+        email = str(data.get("email", email))
+        attributes = dict(data.get("attributes", {}))
+    elif lead is not None:
+        email, attributes = lead, {}
+    library = TemplateLibrary(emails)
+    if not library.exists(template):
+        err.print(f"no template {template!r}: expected {emails}/{template}.md or .html")
+        raise typer.Exit(1)
+    item = OutboxItem(0, 0, email, "subscribed", attributes, "preview", "preview", template, "preview", False, 0, False)
+    mailer = Mailer(None, settings, library)  # type: ignore[arg-type]  # rendering needs no database
+    try:
+        rendered = mailer.render(item)
+    except TemplateError as exc:
+        err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    message, _ = build_message(rendered, item, settings, mailer.links, datetime.now(UTC))
+    return rendered, message
+
+
+@app.command()
+def preview(
+    template: str = typer.Argument(..., help="Template name, e.g. lead-magnet/report-delivery."),
+    lead: str | None = typer.Option(None, "--lead", help="A YAML file (email, attributes) or an address."),
+    out: Path = typer.Option(Path("out/preview"), "--out", help="Folder for the files."),
+    emails: Path = typer.Option(Path("emails"), help="Folder of email templates."),
+) -> None:
+    """Render one email as a lead would get it: writes the HTML, the text part, the headers and the .eml."""
+    rendered, message = _preview_message(template, lead, emails)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = template.replace("/", "--")
+    files = {
+        out / f"{stem}.html": rendered.html,
+        out / f"{stem}.txt": rendered.text,
+        out / f"{stem}.headers.txt": "".join(f"{k}: {v}\n" for k, v in message.items()),
+    }
+    for path, text in files.items():
+        path.write_text(text, encoding="utf-8")
+    eml = out / f"{stem}.eml"
+    eml.write_bytes(message.as_bytes())
+    for path in [*files, eml]:
+        console.print(str(path), highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command("send-test")
+def send_test(
+    template: str = typer.Argument(..., help="Template name, e.g. lead-magnet/report-delivery."),
+    to: str = typer.Option(..., "--to", help="Where to send it."),
+    lead: str | None = typer.Option(None, "--lead", help="A YAML file (email, attributes) or an address."),
+    emails: Path = typer.Option(Path("emails"), help="Folder of email templates."),
+) -> None:
+    """Send one rendered email through the configured relay (FUNNEL_SMTP__HOST ...)."""
+    import asyncio
+
+    import aiosmtplib
+
+    from engine.settings import get_settings
+
+    smtp = get_settings().smtp
+    if not smtp.host:
+        err.print("no relay configured: set FUNNEL_SMTP__HOST (and __PORT, __SECURITY, __USERNAME, __PASSWORD)")
+        raise typer.Exit(2)
+    _, message = _preview_message(template, lead, emails)
+    del message["To"]
+    message["To"] = to
+    try:
+        asyncio.run(
+            aiosmtplib.send(
+                message,
+                hostname=smtp.host,
+                port=smtp.port,
+                timeout=smtp.timeout_s,
+                use_tls=smtp.security == "ssl",
+                start_tls=smtp.security == "starttls",
+                username=smtp.username,
+                password=smtp.password.get_secret_value() if smtp.password else None,
+            )
+        )
+    except (aiosmtplib.SMTPException, OSError) as exc:
+        err.print(f"send failed: {exc}")
+        raise typer.Exit(1) from None
+    console.print(f"sent {template} to {to} via {smtp.host}:{smtp.port}")
 
 
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)

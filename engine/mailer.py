@@ -153,7 +153,7 @@ class Mailer:
                     smtp.close()
         return result
 
-    def _render(self, item: outbox.OutboxItem) -> RenderedEmail:
+    def render(self, item: outbox.OutboxItem) -> RenderedEmail:
         context: dict[str, Any] = {
             "lead": lead_fields(item.email, item.attributes),
             "sender": self.sender,
@@ -180,7 +180,7 @@ class Mailer:
             result.skipped += 1
             return smtp
         try:
-            rendered = self._render(item)
+            rendered = self.render(item)
             msg, mid = build_message(rendered, item, self.settings, self.links, now)
             payload = msg.as_bytes()
         except Exception as exc:

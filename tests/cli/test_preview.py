@@ -1,0 +1,43 @@
+"""`funnel preview`: the message a lead would get, built by the mailer's own code, written to files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from email import message_from_bytes
+from email.policy import strict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def preview(tmp_path: Path, template: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli", "preview", template, "--out", str(tmp_path), *extra],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_preview_writes_html_text_headers_and_a_message_that_parses_strictly(tmp_path: Path) -> None:
+    result = preview(tmp_path, "lead-magnet/benefits-of-recycling", "--lead", "jo@example.com")
+    assert result.returncode == 0, result.stderr
+    stem = tmp_path / "lead-magnet--benefits-of-recycling"
+    assert result.stdout.split() == [f"{stem}.html", f"{stem}.txt", f"{stem}.headers.txt", f"{stem}.eml"]
+    message = message_from_bytes(Path(f"{stem}.eml").read_bytes(), policy=strict)
+    assert message["To"] == "jo@example.com"
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert "<mailto:" in message["List-Unsubscribe"] and "/u/" in message["List-Unsubscribe"]
+    assert {part.get_content_type() for part in message.walk()} >= {"text/plain", "text/html"}
+    assert "Unsubscribe" in Path(f"{stem}.html").read_text() or "unsubscribe" in Path(f"{stem}.html").read_text()
+
+
+def test_line_breaks_in_lead_data_never_make_an_extra_header(tmp_path: Path) -> None:
+    lead = tmp_path / "lead.yaml"
+    lead.write_text('email: sam@example.com\nattributes:\n  company: "Acme\\r\\nBcc: victim@example.com"\n')
+    result = preview(tmp_path, "lead-magnet/first-month-check-in", "--lead", str(lead))
+    assert result.returncode == 0, result.stderr
+    raw = (tmp_path / "lead-magnet--first-month-check-in.eml").read_bytes()
+    message = message_from_bytes(raw, policy=strict)
+    assert message["Bcc"] is None
+    assert b"\nBcc:" not in raw
+    assert "Acme" in message["Subject"]
