@@ -41,3 +41,38 @@ def test_line_breaks_in_lead_data_never_make_an_extra_header(tmp_path: Path) -> 
     assert message["Bcc"] is None
     assert b"\nBcc:" not in raw
     assert "Acme" in message["Subject"]
+
+
+def _example_templates() -> list[str]:
+    from engine.templates import TemplateLibrary
+
+    return [n for n in TemplateLibrary(ROOT / "emails").names() if n.startswith("lead-magnet/")]
+
+
+def test_every_example_email_has_the_required_headers_and_a_text_part() -> None:
+    from datetime import UTC, datetime
+
+    from engine.mailer import Mailer, build_message
+    from engine.outbox import OutboxItem
+    from engine.settings import Settings
+    from engine.templates import TemplateLibrary
+
+    settings = Settings()
+    mailer = Mailer(None, settings, TemplateLibrary(ROOT / "emails"))  # type: ignore[arg-type]
+    names = _example_templates()
+    assert len(names) >= 12
+    for name in names:
+        item = OutboxItem(1, 1, "jo@example.com", "subscribed", {"first_name": "Jo"}, "lead-magnet", "s", name,
+                          "inquiry", False, 0, False)
+        message, message_id = build_message(mailer.render(item), item, settings, mailer.links,
+                                            datetime(2026, 11, 23, tzinfo=UTC))
+        raw = message.as_bytes()
+        parsed = message_from_bytes(raw, policy=strict)
+        for header in ("From", "To", "Subject", "Date", "Message-ID", "List-Unsubscribe", "List-Unsubscribe-Post"):
+            assert parsed[header], f"{name}: no {header}"
+        assert parsed["Message-ID"] == message_id
+        text = parsed.get_body(preferencelist=("plain",))
+        html = parsed.get_body(preferencelist=("html",))
+        assert text is not None and html is not None, name
+        assert text.get_content().strip(), f"{name}: empty text part"
+        assert all(len(line) <= 998 for line in raw.split(b"\r\n")), f"{name}: a line over 998 octets"
