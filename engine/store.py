@@ -288,19 +288,25 @@ def _to_enrollment(row: sa.Row[Any]) -> journey.Enrollment:
     )
 
 
-def due_enrollments_query(conn: sa.Connection, now: datetime, limit: int) -> sa.Select[Any]:
+def due_enrollments_query(
+    conn: sa.Connection, now: datetime, limit: int, funnel_ids: Sequence[str] | None = None
+) -> sa.Select[Any]:
     """The tick's claim: a range scan of the partial index `ix_enrollments_wake_active`."""
     e = tables.enrollments
-    stmt = sa.select(e).where(_is(e.c.status, "active"), e.c.wake_at <= now).order_by(e.c.wake_at).limit(limit)
-    return _locking(conn, stmt, skip_locked=True)
+    stmt = sa.select(e).where(_is(e.c.status, "active"), e.c.wake_at <= now)
+    if funnel_ids is not None:
+        stmt = stmt.where(e.c.funnel_id.in_(list(funnel_ids)))
+    return _locking(conn, stmt.order_by(e.c.wake_at).limit(limit), skip_locked=True)
 
 
-def claim_due_enrollments(conn: sa.Connection, now: datetime, limit: int) -> list[DueEnrollment]:
+def claim_due_enrollments(
+    conn: sa.Connection, now: datetime, limit: int, funnel_ids: Sequence[str] | None = None
+) -> list[DueEnrollment]:
     """Active enrollments whose wake time has come, earliest first, locked until the caller's commit.
-    Another worker's claim skips them (PostgreSQL) or waits for the commit (SQLite)."""
-    return [
-        DueEnrollment(row.lead_id, _to_enrollment(row)) for row in conn.execute(due_enrollments_query(conn, now, limit))
-    ]
+    Another worker's claim skips them (PostgreSQL) or waits for the commit (SQLite). `funnel_ids`: only
+    these funnels (the ones a worker has loaded: leads of a funnel file that is gone wait untouched)."""
+    rows = conn.execute(due_enrollments_query(conn, now, limit, funnel_ids))
+    return [DueEnrollment(row.lead_id, _to_enrollment(row)) for row in rows]
 
 
 def get_enrollments(conn: sa.Connection, lead_id: int, *, for_update: bool = False) -> list[journey.Enrollment]:

@@ -138,7 +138,7 @@ class Worker:
     def process_due(self, now: datetime) -> TickResult:
         result = TickResult()
         with self.engine.begin() as conn:
-            claimed = store.claim_due_enrollments(conn, now, self.batch_size)
+            claimed = store.claim_due_enrollments(conn, now, self.batch_size, list(self.funnels))
             if not claimed:
                 return result
             leads = store.load_leads(conn, [c.lead_id for c in claimed], lock=True)
