@@ -45,6 +45,14 @@ class DispatchResult:
     def work(self) -> int:
         return self.sent + self.deferred + self.failed + self.unknown + self.skipped
 
+    def add(self, other: DispatchResult) -> None:
+        self.sent += other.sent
+        self.deferred += other.deferred
+        self.failed += other.failed
+        self.unknown += other.unknown
+        self.skipped += other.skipped
+        self.errors.extend(other.errors)
+
 
 def backoff(attempts: int) -> timedelta:
     """Capped exponential backoff: 1 min, 2, 4, ... up to 6 h."""

@@ -94,8 +94,7 @@ class Runner:
         for _ in range(100_000):
             step = await self.step()
             total.tick.add(step.tick)
-            for name in ("sent", "deferred", "failed", "unknown", "skipped"):
-                setattr(total.mail, name, getattr(total.mail, name) + getattr(step.mail, name))
+            total.mail.add(step.mail)
             if step.tick.work == 0 and (step.mail.work - step.mail.deferred) == 0:
                 break
         return total

@@ -184,14 +184,17 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
         yield f"sqlite:///{path}"
         return
-    template: str = request.getfixturevalue("postgres_template")
-    admin: Engine = request.getfixturevalue("postgres_admin")
-    admin_url: URL = request.getfixturevalue("postgres_admin_url")
+    yield request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def postgres_url(postgres_admin: Engine, postgres_admin_url: URL, postgres_template: str) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database: a clone of the session's template (milliseconds)."""
     name = f"t_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
-    yield admin_url.set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
+    with postgres_admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}" TEMPLATE "{postgres_template}"')
+    yield postgres_admin_url.set(database=name).render_as_string(hide_password=False)
+    with postgres_admin.connect() as conn:
         conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 

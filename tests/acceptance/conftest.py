@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import URL, Engine
+from sqlalchemy.engine import Engine
 
 from engine.database import create_engine_for
 from tests.smtp_server import RecordingSmtpServer
@@ -111,17 +110,6 @@ def iso(t: datetime) -> str:
 def smtp() -> Iterator[RecordingSmtpServer]:
     with RecordingSmtpServer() as server:
         yield server
-
-
-@pytest.fixture
-def postgres_url(postgres_admin: Engine, postgres_admin_url: URL, postgres_template: str) -> Iterator[str]:
-    """A fresh, migrated PostgreSQL database (a clone of the session's template)."""
-    name = f"acc_{uuid.uuid4().hex[:12]}"
-    with postgres_admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}" TEMPLATE "{postgres_template}"')
-    yield postgres_admin_url.set(database=name).render_as_string(hide_password=False)
-    with postgres_admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
