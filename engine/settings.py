@@ -26,8 +26,44 @@ class SmtpSettings(BaseModel):
     password: SecretStr | None = None
     security: str = Field(default="starttls", pattern="^(none|starttls|ssl)$")
     timeout_s: float = 30.0
-    connections: int = Field(default=4, ge=1, le=64)
-    rate_per_s: float = Field(default=50.0, gt=0)
+    connections: int = Field(default=4, ge=1, le=64, description="Concurrent SMTP connections per worker.")
+    messages_per_connection: int = Field(
+        default=100, ge=1, description="Reconnect after this many messages (many relays cap a session)."
+    )
+    rate_per_s: float = Field(default=50.0, gt=0, description="Messages per second, all domains together.")
+    domain_rate_per_s: float | None = Field(
+        default=None, gt=0, description="Default limit per recipient domain; unset: only the global limit."
+    )
+    domain_rates: dict[str, float] = Field(
+        default_factory=dict, description='Per-domain limits, e.g. {"gmail.com" = 20}; they win over the default.'
+    )
+
+
+class DkimSettings(BaseModel):
+    """DKIM signing: on when a selector, a domain and a key file are set."""
+
+    selector: str | None = None
+    domain: str | None = None
+    private_key_file: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.selector and self.domain and self.private_key_file)
+
+
+class DeliverySettings(BaseModel):
+    """Timing rules across all funnels, in each lead's own time zone. Transactional emails (a report the
+    lead asked for, an opt-in confirmation) are exempt: they go out at once."""
+
+    quiet_hours: str | None = Field(
+        default=None,
+        pattern=r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$",
+        description='No marketing email in this local range, e.g. "21:00-08:00"; deferred to its end.',
+    )
+    max_per_day: int | None = Field(
+        default=None, ge=1, description="Marketing emails per lead per local day, all funnels together."
+    )
+    default_timezone: str = Field(default="UTC", description="For leads with no time zone of their own.")
 
 
 class SenderSettings(BaseModel):
@@ -58,6 +94,8 @@ class Settings(BaseSettings):
     base_url: str = "http://127.0.0.1:8000"
     secret_key: SecretStr = SecretStr("change-me-in-production")
     smtp: SmtpSettings = SmtpSettings()
+    dkim: DkimSettings = DkimSettings()
+    delivery: DeliverySettings = DeliverySettings()
     sender: SenderSettings = SenderSettings()
 
     @classmethod
