@@ -9,23 +9,25 @@ placed in a layout (`emails/_layouts/<layout>.html`) through its `{{ content }}`
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from html.parser import HTMLParser
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import css_inline
 import jinja2
+from cmarkgfm import _cmark  # type: ignore[import-untyped]
+from cmarkgfm.cmark import Options as _CmarkOptions  # type: ignore[import-untyped]
 from jinja2.exceptions import SecurityError
 from jinja2.loaders import split_template_path
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from markdown_it import MarkdownIt
 from markupsafe import Markup
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from selectolax.lexbor import LexborHTMLParser, LexborNode
 
 from engine.definition import ID_PATTERN, TEMPLATE_PATTERN
 from engine.yamlfile import YamlSyntaxError, read_yaml
@@ -324,9 +326,7 @@ class TemplateLibrary:
             auto_reload=True,
             keep_trailing_newline=True,
         )
-        self._markdown = MarkdownIt("commonmark", {"html": False, "typographer": True}).enable(
-            ["replacements", "smartquotes", "table", "strikethrough"]
-        )
+        self._markdown = _Markdown()
         self._inliner = css_inline.CSSInliner(load_remote_stylesheets=False, keep_at_rules=True)
 
     def display(self, relative: str) -> str:
@@ -522,119 +522,169 @@ def _one_line(text: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
+# Markdown
+# --------------------------------------------------------------------------------------------------
+
+
+class _Mem(ctypes.Structure):
+    """cmark's `cmark_mem`: its `free` releases the strings cmark allocates."""
+
+    _fields_ = [
+        ("calloc", ctypes.c_void_p),
+        ("realloc", ctypes.c_void_p),
+        ("free", ctypes.CFUNCTYPE(None, ctypes.c_void_p)),
+    ]
+
+
+class _Markdown:
+    """GitHub-flavoured Markdown (tables, strikethrough) with smart punctuation, through cmark-gfm.
+
+    It calls the C library of the cmarkgfm package directly because cmarkgfm's own wrapper frees
+    neither the syntax tree nor the rendered string (about 14 KB per call, a leak a send pipeline
+    would not survive). Without CMARK_OPT_UNSAFE, raw HTML is left out as `<!-- raw HTML omitted -->`.
+    No autolink extension: a bare URL stays text, so every link in an email goes through `link()`."""
+
+    EXTENSIONS = (b"table", b"strikethrough")
+
+    def __init__(self) -> None:
+        lib = ctypes.CDLL(_cmark.__file__)
+        c_void_p, c_int = ctypes.c_void_p, ctypes.c_int
+        signatures: dict[str, tuple[Any, list[Any]]] = {
+            "cmark_gfm_core_extensions_ensure_registered": (None, []),
+            "cmark_find_syntax_extension": (c_void_p, [ctypes.c_char_p]),
+            "cmark_parser_new": (c_void_p, [c_int]),
+            "cmark_parser_attach_syntax_extension": (c_int, [c_void_p, c_void_p]),
+            "cmark_parser_feed": (None, [c_void_p, ctypes.c_char_p, ctypes.c_size_t]),
+            "cmark_parser_finish": (c_void_p, [c_void_p]),
+            "cmark_parser_get_syntax_extensions": (c_void_p, [c_void_p]),
+            "cmark_render_html": (c_void_p, [c_void_p, c_int, c_void_p]),
+            "cmark_node_free": (None, [c_void_p]),
+            "cmark_parser_free": (None, [c_void_p]),
+            "cmark_get_default_mem_allocator": (ctypes.POINTER(_Mem), []),
+        }
+        for name, (restype, argtypes) in signatures.items():
+            function = getattr(lib, name)
+            function.restype, function.argtypes = restype, argtypes
+        lib.cmark_gfm_core_extensions_ensure_registered()
+        self._lib = lib
+        self._free = lib.cmark_get_default_mem_allocator().contents.free  # what allocated the output
+        self._extensions = [lib.cmark_find_syntax_extension(name) for name in self.EXTENSIONS]
+        if not all(self._extensions):
+            raise RuntimeError("cmark-gfm lacks the table or strikethrough extension")
+        self._options = _CmarkOptions.CMARK_OPT_SMART
+
+    def render(self, text: str) -> str:
+        lib, options = self._lib, self._options
+        source = text.encode("utf-8", "replace")
+        parser = lib.cmark_parser_new(options)
+        try:
+            for extension in self._extensions:
+                lib.cmark_parser_attach_syntax_extension(parser, extension)
+            lib.cmark_parser_feed(parser, source, len(source))
+            root = lib.cmark_parser_finish(parser)
+            if not root:
+                raise RuntimeError("cmark-gfm could not parse the Markdown")
+            try:
+                html = lib.cmark_render_html(root, options, lib.cmark_parser_get_syntax_extensions(parser))
+            finally:
+                lib.cmark_node_free(root)
+        finally:
+            lib.cmark_parser_free(parser)
+        try:
+            return ctypes.string_at(html).decode("utf-8")
+        finally:
+            self._free(html)
+
+
+# --------------------------------------------------------------------------------------------------
 # Plain text from HTML
 # --------------------------------------------------------------------------------------------------
 
-_BLOCKS = {
-    "p",
-    "div",
-    "table",
-    "tr",
-    "h1",
-    "h2",
-    "h3",
-    "h4",
-    "h5",
-    "h6",
-    "ul",
-    "ol",
-    "blockquote",
-    "hr",
-    "section",
-    "header",
-    "footer",
-    "pre",
-}
-_SKIP = {"head", "style", "script", "title"}
+_BLOCKS = frozenset(
+    {"p", "div", "table", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol", "blockquote", "hr"}
+    | {"section", "header", "footer", "pre"}
+)
+_SKIP = frozenset({"head", "style", "script", "title"})
+_VOID = frozenset({"br", "hr", "img", "meta", "link", "input"})
+_SPACES = re.compile(r"\s+")
+_BLANK_LINES = re.compile(r"\n{3,}")
 
 
-class _TextMaker(HTMLParser):
+class _TextMaker:
+    """Walks the parsed page once, writing text pieces to `out`; element boundaries become newlines."""
+
+    __slots__ = ("lists", "out")
+
     def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
         self.out: list[str] = []
-        self.skip = 0  # depth inside elements that have no text form
-        self.stack: list[tuple[str, bool]] = []
-        self.href: list[str | None] = []
-        self.link_text: list[str] = []
         self.lists: list[list[int]] = []  # one counter per open list; [-1] for bullets
 
-    def _hidden(self, tag: str, attrs: dict[str, str | None]) -> bool:
-        style = (attrs.get("style") or "").replace(" ", "").lower()
-        return tag in _SKIP or "display:none" in style or attrs.get("aria-hidden") == "true"
+    def children(self, node: LexborNode) -> None:
+        child = node.child
+        while child is not None:
+            tag = child.tag
+            if tag == "-text":
+                self.out.append(_SPACES.sub(" ", child.text_content or ""))
+            elif tag is not None and tag[0] != "-":  # not a comment
+                self.element(child, tag)
+            child = child.next
 
-    def handle_starttag(self, tag: str, attrs_list: list[tuple[str, str | None]]) -> None:
-        attrs = dict(attrs_list)
-        if tag in {"br", "hr", "img", "meta", "link", "input"}:
-            if self.skip == 0 and tag == "br":
-                self.out.append("\n")
-            elif self.skip == 0 and tag == "hr":
-                self.out.append("\n\n---\n\n")
+    def element(self, node: LexborNode, tag: str) -> None:
+        out = self.out
+        if tag in _VOID:
+            if tag == "br":
+                out.append("\n")
+            elif tag == "hr":
+                out.append("\n\n---\n\n")
             return
-        hidden = self._hidden(tag, attrs)
-        self.stack.append((tag, hidden))
-        if hidden:
-            self.skip += 1
-        if self.skip:
+        attrs = node.attributes
+        style = (attrs.get("style") or "").replace(" ", "").lower()
+        if tag in _SKIP or "display:none" in style or attrs.get("aria-hidden") == "true":
             return
-        if tag in _BLOCKS or tag == "li":
-            self.out.append("\n\n" if tag != "li" else "\n")
+        if tag in _BLOCKS:
+            out.append("\n\n")
         if tag == "ul":
             self.lists.append([-1])
         elif tag == "ol":
             self.lists.append([0])
         elif tag == "li":
+            out.append("\n")
             counter = self.lists[-1] if self.lists else [-1]
             if counter[0] >= 0:
                 counter[0] += 1
-                self.out.append(f"{counter[0]}. ")
+                out.append(f"{counter[0]}. ")
             else:
-                self.out.append("- ")
-        elif tag == "a":
-            self.href.append(attrs.get("href"))
-            self.link_text.append("")
-            self.out.append("\0")  # where the link's text starts
-
-    def handle_endtag(self, tag: str) -> None:
-        if not self.stack or tag not in {t for t, _ in self.stack}:
-            return
-        while self.stack:
-            open_tag, hidden = self.stack.pop()
-            if hidden:
-                self.skip -= 1
-            elif self.skip == 0:
-                self._close(open_tag)
-            if open_tag == tag:
-                break
-
-    def _close(self, tag: str) -> None:
-        if tag == "a" and self.href:
-            href = self.href.pop()
-            start = len(self.out) - 1 - self.out[::-1].index("\0")
-            text = " ".join("".join(self.out[start + 1 :]).split())
-            del self.out[start:]
-            if href and href != text and not href.startswith("#"):
-                shown = href.removeprefix("mailto:")
-                self.out.append(f"{text} ({shown})" if text and text != shown else shown)
-            else:
-                self.out.append(text)
-        elif tag in ("ul", "ol") and self.lists:
+                out.append("- ")
+        if tag == "a":
+            self.link(node, attrs.get("href"))
+        else:
+            self.children(node)
+        if tag in ("ul", "ol"):
             self.lists.pop()
         if tag in _BLOCKS:
-            self.out.append("\n\n")
+            out.append("\n\n")
 
-    def handle_data(self, data: str) -> None:
-        if self.skip == 0:
-            self.out.append(re.sub(r"\s+", " ", data))
+    def link(self, node: LexborNode, href: str | None) -> None:
+        out = self.out
+        start = len(out)
+        self.children(node)
+        text = " ".join("".join(out[start:]).split())
+        del out[start:]
+        if href and href != text and not href.startswith("#"):
+            shown = href.removeprefix("mailto:")
+            out.append(f"{text} ({shown})" if text and text != shown else shown)
+        else:
+            out.append(text)
 
     def text(self) -> str:
-        raw = "".join(self.out).replace("\0", "")
-        lines = [line.strip() for line in raw.split("\n")]
-        return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip() + "\n"
+        lines = "".join(self.out).split("\n")
+        return _BLANK_LINES.sub("\n\n", "\n".join(line.strip() for line in lines)).strip() + "\n"
 
 
 def html_to_text(html: str) -> str:
     """A readable plain-text part: paragraphs and list items kept, links as `text (url)`, no tags."""
     maker = _TextMaker()
-    maker.feed(html)
-    maker.close()
+    root = LexborHTMLParser(html).root
+    if root is not None:
+        maker.element(root, root.tag or "html")
     return maker.text()
