@@ -231,16 +231,17 @@ def _mailboxes(value: str) -> tuple[tuple[str, str], ...]:
     if _DOT_ATOM_ADDRESS.fullmatch(value):
         return (("", value),)
     try:
-        header = cast(AddressHeader, _REGISTRY("to", value))
+        header = _REGISTRY("to", value)
     except (HeaderParseError, IndexError, ValueError):  # the parser's own bugs on some inputs included
         raise ValueError(f"address {value!r}: expected local-part@domain or Name <local-part@domain>") from None
-    for address in header.addresses:
+    addresses = cast(AddressHeader, header).addresses
+    for address in addresses:
         if not address.username.isascii():
             raise ValueError(f"address {value!r}: a non-ASCII local part needs SMTPUTF8, which we do not use")
-    if header.defects or not header.addresses:
+    if header.defects or not addresses:
         reason = header.defects[0] if header.defects else "no address"
         raise ValueError(f"address {value!r}: {reason}")
-    return tuple((address.display_name, _ascii_address(address, value)) for address in header.addresses)
+    return tuple((address.display_name, _ascii_address(address, value)) for address in addresses)
 
 
 def _ascii_address(address: Address, value: str) -> str:
