@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 from datetime import UTC, datetime
+from email import policy as email_policy
+from email.parser import BytesParser
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,8 +13,6 @@ import typer
 from rich.console import Console
 
 if TYPE_CHECKING:
-    from email.message import EmailMessage
-
     from engine.definition import Funnel
     from engine.templates import RenderedEmail
 
@@ -353,9 +353,11 @@ def plan(
         console.print(f"{definition.id}: {total} lead(s) in flight, {affected} affected by the edit")
 
 
-def _preview_message(template: str, lead: str | None, emails: Path) -> tuple[RenderedEmail, EmailMessage]:
-    """The message a lead would get from `template`, built by the mailer's own code."""
-    from engine.mailer import Mailer, build_message
+def _preview_message(
+    template: str, lead: str | None, emails: Path, to: str | None = None
+) -> tuple[RenderedEmail, bytes]:
+    """The message a lead would get from `template`, built by the mailer's own code, as the exact bytes."""
+    from engine.mailer import Mailer
     from engine.outbox import OutboxItem
     from engine.settings import get_settings
     from engine.templates import TemplateError, TemplateLibrary
@@ -369,6 +371,7 @@ def _preview_message(template: str, lead: str | None, emails: Path) -> tuple[Ren
         attributes = dict(data.get("attributes", {}))
     elif lead is not None:
         email, attributes = lead, {}
+    email = to or email
     library = TemplateLibrary(emails)
     if not library.exists(template):
         err.print(f"no template {template!r}: expected {emails}/{template}.md or .html")
@@ -380,8 +383,7 @@ def _preview_message(template: str, lead: str | None, emails: Path) -> tuple[Ren
     except TemplateError as exc:
         err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
-    message, _ = build_message(rendered, item, settings, mailer.links, datetime.now(UTC))
-    return rendered, message
+    return rendered, mailer.compose(item, datetime.now(UTC), rendered).payload
 
 
 @app.command()
@@ -392,7 +394,8 @@ def preview(
     emails: Path = typer.Option(Path("emails"), help="Folder of email templates."),
 ) -> None:
     """Render one email as a lead would get it: writes the HTML, the text part, the headers and the .eml."""
-    rendered, message = _preview_message(template, lead, emails)
+    rendered, payload = _preview_message(template, lead, emails)
+    message = BytesParser(policy=email_policy.default).parsebytes(payload)
     out.mkdir(parents=True, exist_ok=True)
     stem = template.replace("/", "--")
     files = {
@@ -403,7 +406,7 @@ def preview(
     for path, text in files.items():
         path.write_text(text, encoding="utf-8")
     eml = out / f"{stem}.eml"
-    eml.write_bytes(message.as_bytes())
+    eml.write_bytes(payload)
     for path in [*files, eml]:
         console.print(str(path), highlight=False, markup=False, soft_wrap=True)
 
@@ -426,13 +429,13 @@ def send_test(
     if not smtp.host:
         err.print("no relay configured: set FUNNEL_SMTP__HOST (and __PORT, __SECURITY, __USERNAME, __PASSWORD)")
         raise typer.Exit(2)
-    _, message = _preview_message(template, lead, emails)
-    del message["To"]
-    message["To"] = to
+    _, payload = _preview_message(template, lead, emails, to=to)
     try:
         asyncio.run(
             aiosmtplib.send(
-                message,
+                payload,
+                sender=get_settings().sender.address,
+                recipients=[to],
                 hostname=smtp.host,
                 port=smtp.port,
                 timeout=smtp.timeout_s,

@@ -57,7 +57,11 @@ class Runner:
         self.worker = Worker(self.engine, {f.id: f for f in funnels}, settings.batch_size)
         self.worker.publish(clock())
         self.mailer = Mailer(
-            self.engine, settings, TemplateLibrary(settings.emails_dir), {f.id: f.name for f in funnels}
+            self.engine,
+            settings,
+            TemplateLibrary(settings.emails_dir),
+            {f.id: f.name for f in funnels},
+            {f.id: f.timezone for f in funnels},
         )
         self.sink = None
         if settings.smtp.host:

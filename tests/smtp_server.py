@@ -93,6 +93,8 @@ class RecordingSmtpServer:
             "FUNNEL_SMTP__HOST": self.host,
             "FUNNEL_SMTP__PORT": str(self.port),
             "FUNNEL_SMTP__SECURITY": "none",
+            # These tests are about what arrives, not about pacing a real relay.
+            "FUNNEL_SMTP__RATE_PER_S": "100000",
         }
 
 

@@ -52,7 +52,7 @@ def _example_templates() -> list[str]:
 def test_every_example_email_has_the_required_headers_and_a_text_part() -> None:
     from datetime import UTC, datetime
 
-    from engine.mailer import Mailer, build_message
+    from engine.mailer import Mailer
     from engine.outbox import OutboxItem
     from engine.settings import Settings
     from engine.templates import TemplateLibrary
@@ -64,9 +64,8 @@ def test_every_example_email_has_the_required_headers_and_a_text_part() -> None:
     for name in names:
         item = OutboxItem(1, 1, "jo@example.com", "subscribed", {"first_name": "Jo"}, "lead-magnet", "s", name,
                           "inquiry", False, 0, False)
-        message, message_id = build_message(mailer.render(item), item, settings, mailer.links,
-                                            datetime(2026, 11, 23, tzinfo=UTC))
-        raw = message.as_bytes()
+        prepared = mailer.compose(item, datetime(2026, 11, 23, tzinfo=UTC))
+        raw, message_id = prepared.payload, prepared.message_id
         parsed = message_from_bytes(raw, policy=strict)
         for header in ("From", "To", "Subject", "Date", "Message-ID", "List-Unsubscribe", "List-Unsubscribe-Post"):
             assert parsed[header], f"{name}: no {header}"

@@ -69,15 +69,18 @@ def test_a_lease_respects_the_limit(db: Engine) -> None:
 def test_only_one_worker_marks_a_message_sending(db: Engine) -> None:
     _, ids = _messages(db)
     with db.begin() as conn:
-        assert outbox.mark_sending(conn, ids["queued-due"], T0, "<m1@greenleaf.example>")
-        assert not outbox.mark_sending(conn, ids["queued-due"], T0, "<m1@greenleaf.example>")
-        assert not outbox.mark_sending(conn, ids["sent"], T0, "<m2@greenleaf.example>")
+        both = [ids["queued-due"], ids["deferred-due"]]
+        assert outbox.mark_sending(conn, both, T0) == set(both)
+        assert outbox.mark_sending(conn, [ids["queued-due"], ids["sent"], ids["queued-later"]], T0) == {
+            ids["queued-later"]
+        }
 
 
 def test_an_outcome_is_recorded_only_from_the_expected_state(db: Engine) -> None:
     lead_id, ids = _messages(db)
     with db.begin() as conn:
-        outbox.mark_sending(conn, ids["queued-due"], T0, "<m1@greenleaf.example>")
+        outbox.mark_sending(conn, [ids["queued-due"]], T0)
+        outbox.apply(conn, [outbox.Change(ids["queued-due"], {"message_id": "<m1@greenleaf.example>"}, ("sending",))])
         assert outbox.finish(conn, ids["queued-due"], "sent", T0, expect=("sending",))
         # A late verdict from a worker whose lease ran out cannot undo the send.
         assert not outbox.finish(conn, ids["queued-due"], "failed", T0)
@@ -93,7 +96,7 @@ def test_an_outcome_is_recorded_only_from_the_expected_state(db: Engine) -> None
 def test_a_message_left_sending_by_a_crash_becomes_unknown_and_is_not_resent(db: Engine) -> None:
     lead_id, ids = _messages(db)
     with db.begin() as conn:
-        outbox.mark_sending(conn, ids["queued-due"], T0, "<m1@greenleaf.example>")  # ...and the worker dies
+        outbox.mark_sending(conn, [ids["queued-due"]], T0)  # ...and the worker dies
     with db.begin() as conn:
         assert outbox.sweep_stale_sending(conn, older_than=T0) == 0  # marked at T0: not older
         assert outbox.sweep_stale_sending(conn, older_than=T0 + 10 * MIN) == 1
@@ -117,3 +120,39 @@ def test_a_suppression_outlives_the_erased_lead(db: Engine) -> None:
         assert store.get_outbox(conn, lead_id) == []  # the lead's rows went with it
         stored = conn.execute(sa.select(tables.suppressions.c.email_hash)).scalar_one()
     assert "@" not in stored and len(stored) == 64
+
+
+def test_outcomes_apply_in_one_batch_each_only_from_its_expected_state(db: Engine) -> None:
+    lead_id, ids = _messages(db)
+    with db.begin() as conn:
+        changed = outbox.apply(
+            conn,
+            [
+                outbox.Change(ids["queued-due"], {"status": "failed", "last_error": "554 no"}),
+                outbox.Change(ids["deferred-due"], {"status": "failed", "last_error": "552 too big"}),
+                outbox.Change(ids["sent"], {"status": "failed", "last_error": "late verdict"}),  # not pending
+                outbox.Change(ids["queued-later"], {"status": "deferred", "next_attempt_at": T0 + 90 * MIN}),
+            ],
+        )
+    assert changed == 3
+    with db.connect() as conn:
+        by_step = {m.step: m for m in store.get_outbox(conn, lead_id)}
+    assert (by_step["queued-due"].status, by_step["queued-due"].last_error) == ("failed", "554 no")
+    assert by_step["deferred-due"].last_error == "552 too big"
+    assert by_step["sent"].status == "sent"
+    assert by_step["queued-later"].next_attempt_at == T0 + 90 * MIN
+
+
+def test_consent_and_daily_history_are_read_for_a_whole_batch(db: Engine) -> None:
+    lead_id, ids = _messages(db)
+    with db.begin() as conn:
+        other = store.upsert_lead(conn, "gone@example.com", consent="unsubscribed", now=T0)
+        third = store.upsert_lead(conn, "bounced@example.com", now=T0)
+        store.suppress(conn, "bounced@example.com", "bounced", now=T0)
+        outbox.mark_sending(conn, [ids["queued-due"]], T0)
+        emails = {lead_id: "o@example.com", other: "gone@example.com", third: "bounced@example.com", 999_999: "x@y.z"}
+        found = outbox.consent_of(conn, emails, lock=True)
+        history = outbox.marketing_sent_since(conn, [lead_id, other], T0 - 30 * MIN)
+    assert found == {lead_id: ("subscribed", False), other: ("unsubscribed", False), third: ("subscribed", True)}
+    # `sending` counts (it may have reached the server); the message sent an hour ago is before `since`.
+    assert history == {lead_id: [T0]}

@@ -1,0 +1,215 @@
+"""Send throughput end to end, next to the raw speed of SMTP itself, measured in the same run.
+
+    python benchmarks/send.py [--emails 100000] [--connections 8] [--raw 20000] [--database-url URL]
+
+Loads `--emails` due messages into the outbox (one per lead, the example funnel's templates in turn,
+leads with accented names), starts a minimal SMTP sink in a separate process, then:
+- end to end: the real dispatcher leases them, renders each template, builds the MIME bytes, sends over
+  a pool of `--connections` connections and commits every outcome, until the outbox is empty;
+- raw: aiosmtplib sends one pre-built message `--raw` times to the same sink over the same number of
+  connections.
+Checks that every message arrived exactly once (by Message-ID) and that the outbox says `sent` for all.
+Prints a table, and as its last line one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aiosmtplib
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from engine import tables  # noqa: E402
+from engine.database import create_engine_for, upgrade  # noqa: E402
+from engine.mailer import Mailer  # noqa: E402
+from engine.settings import Settings  # noqa: E402
+from engine.templates import TemplateLibrary  # noqa: E402
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+CHUNK = 20_000
+NAMES = ["Zoë", "Łukasz", "Ana", "Søren", "Chloé", "Jürgen", "Priya", "Seán", "Mia", "José"]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def load(engine: sa.Engine, count: int, templates: list[str]) -> None:
+    created = NOW - timedelta(days=1)
+    for start in range(0, count, CHUNK):
+        n = min(CHUNK, count - start)
+        with engine.begin() as conn:
+            first = conn.execute(sa.select(sa.func.coalesce(sa.func.max(tables.leads.c.id), 0))).scalar_one()
+            conn.execute(
+                tables.leads.insert(),
+                [
+                    {
+                        "email": f"lead-{start + i:07d}@bench.example",
+                        "attributes": {"first_name": NAMES[i % len(NAMES)], "company": "Bench Ltd", "employees": 20},
+                        "tags": [],
+                        "score": 0,
+                        "timezone": "Europe/London",
+                        "consent_status": "subscribed",
+                        "created_at": created,
+                        "updated_at": created,
+                    }
+                    for i in range(n)
+                ],
+            )
+            conn.execute(
+                tables.outbox.insert(),
+                [
+                    {
+                        "lead_id": first + 1 + i,
+                        "funnel_id": "lead-magnet",
+                        "step": "bench",
+                        "template": templates[(start + i) % len(templates)],
+                        "stage": "inquiry",
+                        "transactional": False,
+                        "status": "queued",
+                        "due_at": NOW,
+                        "next_attempt_at": NOW,
+                        "attempts": 0,
+                        "created_at": NOW,
+                    }
+                    for i in range(n)
+                ],
+            )
+
+
+class SinkProcess:
+    def __init__(self, folder: Path) -> None:
+        self.port_file = folder / "sink.port"
+        self.stats_file = folder / "sink.json"
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "smtp_sink.py"),
+                                      str(self.port_file), str(self.stats_file)])
+        deadline = time.monotonic() + 30
+        while not (self.port_file.exists() and self.port_file.read_text()):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("the SMTP sink did not start")
+            time.sleep(0.05)
+        self.port = int(self.port_file.read_text())
+
+    def stop(self) -> dict[str, object]:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=60)
+        stats: dict[str, object] = json.loads(self.stats_file.read_text())
+        return stats
+
+
+async def send_e2e(mailer: Mailer, port: int) -> int:
+    sent = 0
+    while True:
+        result = await mailer.dispatch(NOW, "127.0.0.1", port, limit=10_000)
+        sent += result.sent
+        if result.errors:
+            raise RuntimeError(f"dispatch errors: {result.errors[:3]}")
+        if result.work == 0:
+            return sent
+
+
+async def send_raw(payload: bytes, count: int, connections: int, port: int) -> None:
+    async def one_connection(n: int) -> None:
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=30, start_tls=False)
+        await smtp.connect()
+        for _ in range(n):
+            await smtp.sendmail("hello@greenleaf.example", ["lead@bench.example"], payload)
+        await smtp.quit()
+
+    share = [count // connections + (1 if i < count % connections else 0) for i in range(connections)]
+    await asyncio.gather(*(one_connection(n) for n in share))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--emails", type=int, default=100_000)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--raw", type=int, default=20_000, help="Messages for the raw SMTP measurement.")
+    parser.add_argument("--database-url", default=None, help="Default: a SQLite file in a temp folder.")
+    args = parser.parse_args()
+
+    folder = Path(tempfile.mkdtemp(prefix="funnel-send-bench-"))
+    url = args.database_url or f"sqlite:///{folder / 'bench.db'}"
+    sink = SinkProcess(folder)
+    try:
+        upgrade(url)
+        engine = create_engine_for(url)
+        library = TemplateLibrary(ROOT / "emails")
+        templates = [n for n in library.names() if n.startswith("lead-magnet/")]
+        started = time.perf_counter()
+        load(engine, args.emails, templates)
+        print(f"loaded {args.emails:,} due emails in {time.perf_counter() - started:.1f} s", flush=True)
+
+        settings = Settings(
+            data_dir=folder,
+            emails_dir=ROOT / "emails",
+            smtp={"host": "127.0.0.1", "port": sink.port, "security": "none", "connections": args.connections,
+                  "rate_per_s": 1_000_000, "messages_per_connection": 1_000_000},
+        )
+        mailer = Mailer(engine, settings, library, {"lead-magnet": "Lead magnet"})
+        started = time.perf_counter()
+        sent = asyncio.run(send_e2e(mailer, sink.port))
+        e2e_s = time.perf_counter() - started
+        e2e_rate = sent / e2e_s
+
+        with engine.begin() as conn:
+            item_row = conn.execute(sa.select(tables.outbox.c.id).limit(1)).scalar_one()
+            statuses = dict(
+                conn.execute(sa.select(tables.outbox.c.status, sa.func.count()).group_by(tables.outbox.c.status)).all()
+            )
+        del item_row
+        from engine.outbox import OutboxItem
+
+        sample = OutboxItem(1, 1, "lead@bench.example", "subscribed", {"first_name": "Zoë"}, "lead-magnet", "raw",
+                            templates[0], "inquiry", False, 0, False)
+        payload = mailer.compose(sample, NOW).payload
+        started = time.perf_counter()
+        asyncio.run(send_raw(payload, args.raw, args.connections, sink.port))
+        raw_s = time.perf_counter() - started
+        raw_rate = args.raw / raw_s
+    finally:
+        stats = sink.stop()
+    ids = stats["ids"]
+    assert isinstance(ids, dict)
+    raw_id = "<" + payload.split(b"Message-ID: <", 1)[1].split(b">", 1)[0].decode() + ">"
+    bench_ids = {k: v for k, v in ids.items() if k != raw_id}
+    duplicates = sum(v - 1 for v in bench_ids.values() if v > 1)
+    lost = args.emails - len(bench_ids)
+    figures = {
+        "e2e_emails_per_s": round(e2e_rate, 1),
+        "raw_smtp_per_s": round(raw_rate, 1),
+        "ratio": round(e2e_rate / raw_rate, 3),
+        "emails": sent,
+        "duplicates": duplicates,
+        "lost": lost,
+        "outbox_sent": int(statuses.get("sent", 0)),
+        "connections": args.connections,
+        "database": url.split(":", 1)[0],
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+    print(f"{'end to end':<12} {sent:>9,} emails in {e2e_s:6.1f} s  {e2e_rate:8.1f} emails/s")
+    print(f"{'raw SMTP':<12} {args.raw:>9,} emails in {raw_s:6.1f} s  {raw_rate:8.1f} emails/s")
+    print(f"ratio {figures['ratio']}, duplicates {duplicates}, lost {lost}, outbox statuses {statuses}")
+    print(json.dumps(figures))
+    shutil.rmtree(folder, ignore_errors=True)
+    if os.environ.get("BENCH_STRICT") and (duplicates or lost):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

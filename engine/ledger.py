@@ -1,0 +1,134 @@
+"""Group commit for the send pipeline. Every SMTP connection hands its state changes here; they go to
+the database together, one short transaction per round of server replies instead of two per email.
+
+What must happen before DATA still does: `claim` returns only after the commit that marked the message
+`sending` (with consent read again in that same transaction). Outcomes after DATA are queued and
+committed with the next round; a worker killed before that commit leaves the message in `sending`,
+which the sweep reports as `unknown`, never resent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+
+from engine import outbox, store
+from engine.outbox import Change, OutboxItem
+from engine.screen import GO, Later, Never, Screen, Verdict
+
+log = logging.getLogger("engine.ledger")
+
+# Someone else marked the message first (another worker whose lease had run out): not ours to send.
+TAKEN = "taken"
+
+
+@dataclass(slots=True)
+class _Claim:
+    item: OutboxItem
+    message_id: str
+    verdict: asyncio.Future[Verdict]
+
+
+class Ledger:
+    def __init__(self, engine: sa.Engine, screen: Screen, now: datetime) -> None:
+        self.engine = engine
+        self.screen = screen
+        self.now = now
+        self._claims: list[_Claim] = []
+        self._changes: list[Change] = []
+        self._bounces: list[str] = []
+        self._wake = asyncio.Event()
+        self._closing = False
+        self.commits = 0
+
+    async def claim(self, item: OutboxItem, message_id: str) -> Verdict:
+        """GO once the message is committed as `sending`; else why not (recorded already)."""
+        future: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
+        self._claims.append(_Claim(item, message_id, future))
+        self._wake.set()
+        return await future
+
+    def record(self, change: Change) -> None:
+        self._changes.append(change)
+        self._wake.set()
+
+    def suppress(self, email: str) -> None:
+        self._bounces.append(email)
+        self._wake.set()
+
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            # The replies that are already in join this round.
+            await asyncio.sleep(0)
+            if self._claims or self._changes or self._bounces:
+                if self.flush():
+                    failures = 0
+                else:
+                    failures += 1
+                    await asyncio.sleep(min(0.1 * 2**failures, 5.0))
+            if self._closing and (failures >= 5 or not (self._claims or self._changes or self._bounces)):
+                # Outcomes that could not be written leave their messages `sending` or leased: the
+                # sweep reports the former as unknown, the lease expiry retries the latter.
+                return
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+
+    def flush(self) -> bool:
+        claims, changes, bounces = self._claims, self._changes, self._bounces
+        self._claims, self._changes, self._bounces = [], [], []
+        try:
+            with self.engine.begin() as conn:
+                outbox.apply(conn, changes)
+                for email in bounces:
+                    store.suppress(conn, email, "bounced", now=self.now)
+                verdicts = self._claim(conn, claims) if claims else []
+        except Exception as exc:
+            # Nothing was written. Outcomes are kept for the next round; a claim fails, and its message
+            # stays leased until the lease runs out, then it is tried again.
+            log.exception("recording send outcomes failed")
+            self._changes[:0], self._bounces[:0] = changes, bounces
+            self._wake.set()
+            for claim in claims:
+                if not claim.verdict.done():
+                    claim.verdict.set_exception(exc)
+            return False
+        self.commits += 1
+        for claim, verdict in zip(claims, verdicts, strict=True):
+            if not claim.verdict.done():
+                claim.verdict.set_result(verdict)
+        return True
+
+    def _claim(self, conn: sa.Connection, claims: list[_Claim]) -> list[Verdict]:
+        verdicts = self.screen.judge(conn, [c.item for c in claims], self.now, fresh=True)
+        go = [c.item.id for c, v in zip(claims, verdicts, strict=True) if v == GO]
+        marked = outbox.mark_sending(conn, go, self.now)
+        follow: list[Change] = []
+        final: list[Verdict] = []
+        for claim, verdict in zip(claims, verdicts, strict=True):
+            if verdict == GO:
+                if claim.item.id in marked:
+                    follow.append(Change(claim.item.id, {"message_id": claim.message_id}, expect=("sending",)))
+                else:
+                    verdict = TAKEN
+            elif isinstance(verdict, (Later, Never)):
+                follow.append(screened(claim.item.id, verdict))
+            final.append(verdict)
+        outbox.apply(conn, follow)
+        return final
+
+
+def screened(message_id: int, verdict: Later | Never) -> Change:
+    """The outbox change for a message the screen held back."""
+    if isinstance(verdict, Later):
+        values = {"status": "deferred", "next_attempt_at": verdict.until, "claimed_at": None}
+        return Change(message_id, {**values, "last_error": verdict.reason})
+    return Change(message_id, {"status": "skipped", "skip_reason": verdict.reason, "claimed_at": None})

@@ -1,0 +1,94 @@
+"""Who may get which email now: consent and suppression first, then the timing rules across funnels.
+
+Asked twice per message: when a batch is leased (so a capped or unwanted email never costs an SMTP
+envelope) and again in the transaction that marks it `sending` (so an unsubscribe or another funnel's
+email that landed in between still wins).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+
+from engine import outbox
+from engine.localtime import zone
+from engine.outbox import OutboxItem
+from engine.timing import TimingRules, earliest_send
+
+GO = "go"
+
+
+@dataclass(frozen=True, slots=True)
+class Later:
+    """Not now: requeue for `until`, without counting an attempt."""
+
+    until: datetime
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Never:
+    """Not to this lead (unsubscribed, bounced, erased ...): the message is skipped for good."""
+
+    reason: str
+
+
+Verdict = str | Later | Never
+
+
+def may_send(consent: str | None, suppressed: bool, transactional: bool) -> bool:
+    """Marketing email needs a subscribed lead; a transactional one (the double opt-in confirmation, the
+    report the lead asked for) may also go to a lead whose opt-in is pending. Never to a suppressed one."""
+    if suppressed or consent is None:
+        return False
+    return consent == "subscribed" or (transactional and consent == "pending")
+
+
+class Screen:
+    def __init__(self, rules: TimingRules, funnel_zones: Mapping[str, str], default_zone: str) -> None:
+        self.rules = rules
+        self.funnel_zones = funnel_zones
+        self.default_zone = default_zone
+
+    def zone_of(self, item: OutboxItem) -> str:
+        return item.timezone or self.funnel_zones.get(item.funnel_id) or self.default_zone
+
+    def judge(self, conn: sa.Connection, items: Sequence[OutboxItem], now: datetime, fresh: bool) -> list[Verdict]:
+        """A verdict per item, in order. `fresh` reads consent from the database now (and locks the
+        leads on PostgreSQL); otherwise the consent read with the lease is used."""
+        if fresh:
+            consent = outbox.consent_of(conn, {i.lead_id: i.email for i in items}, lock=self.rules.active)
+        else:
+            consent = {i.lead_id: (i.consent_status, i.suppressed) for i in items}
+        marketing = [i.lead_id for i in items if not i.transactional]
+        sent: dict[int, list[datetime]] = {}
+        if self.rules.max_per_day is not None and marketing:
+            # A local day is at most 26 hours long; two days back covers it in every zone.
+            sent = outbox.marketing_sent_since(conn, marketing, now - timedelta(days=2))
+        verdicts: list[Verdict] = []
+        for item in items:
+            status, suppressed = consent.get(item.lead_id, (None, True))
+            if not may_send(status, suppressed, item.transactional):
+                verdicts.append(Never("no-consent"))
+                continue
+            if item.transactional or not self.rules.active:
+                verdicts.append(GO)
+                continue
+            history = sent.setdefault(item.lead_id, [])
+            when = earliest_send(now, zone(self.zone_of(item)), self.rules, history)
+            if when > now:
+                verdicts.append(Later(when, self._why(now, item, history)))
+                continue
+            # Two emails for one lead in one batch: the second sees the first as sent.
+            history.append(now)
+            verdicts.append(GO)
+        return verdicts
+
+    def _why(self, now: datetime, item: OutboxItem, history: Sequence[datetime]) -> str:
+        quiet_only = TimingRules(self.rules.quiet_start, self.rules.quiet_end, None)
+        if earliest_send(now, zone(self.zone_of(item)), quiet_only, history) > now:
+            return "quiet hours"
+        return f"daily cap ({self.rules.max_per_day} a day)"

@@ -1,0 +1,246 @@
+"""Delivery against a real aiosmtpd server: a bounded pool of reused connections, the global and
+per-domain rate limits, a domain that asks us to slow down, and the timing rules across funnels (quiet
+hours, a daily cap in the lead's zone). Whatever holds a message back requeues it: nothing is skipped,
+nothing is sent twice."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from aiosmtpd.controller import Controller
+
+from engine import store, tables
+from engine.database import create_engine_for, upgrade
+from engine.journey import Decision, Enrollment, SendEmail
+from engine.mailer import DispatchResult, Mailer
+from engine.settings import Settings
+from engine.templates import TemplateLibrary
+from tests.smtp_server import _free_port
+
+EMAILS = Path(__file__).resolve().parent.parent / "fixtures" / "emails"
+NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)  # 11:00 in Berlin
+
+
+class CountingHandler:
+    """Accepts everything, slowly enough that concurrent sessions overlap; counts sessions, the most
+    DATA commands in flight at once, and what each recipient got. `throttle-<n>@` addresses get a 421
+    at RCPT the first n times."""
+
+    def __init__(self, data_delay: float = 0.0) -> None:
+        self.data_delay = data_delay
+        self.sessions: set[int] = set()
+        self.in_data = 0
+        self.most_in_data = 0
+        self.received: Counter[tuple[str, str]] = Counter()
+        self.refusals: Counter[str] = Counter()
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        self.sessions.add(id(session))
+        session.host_name = hostname
+        return responses
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
+        local = address.split("@")[0]
+        if local.startswith("throttle-") and self.refusals[address] < int(local.split("-")[1]):
+            self.refusals[address] += 1
+            return "421 4.7.0 try again later"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.in_data += 1
+        self.most_in_data = max(self.most_in_data, self.in_data)
+        try:
+            await asyncio.sleep(self.data_delay)
+        finally:
+            self.in_data -= 1
+        lines = envelope.content.decode().splitlines()
+        funnel_step = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("X-Funnel:")), "")
+        self.received[(envelope.rcpt_tos[0], funnel_step)] += 1
+        return "250 OK"
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[sa.Engine]:
+    url = f"sqlite:///{tmp_path / 'funnel.db'}"
+    upgrade(url)
+    db = create_engine_for(url)
+    yield db
+    db.dispose()
+
+
+def serve(handler: CountingHandler) -> tuple[Controller, int]:
+    port = _free_port("127.0.0.1")
+    controller = Controller(handler, hostname="127.0.0.1", port=port, ready_timeout=60)
+    controller.start()
+    return controller, port
+
+
+def queue(
+    engine: sa.Engine,
+    address: str,
+    steps: list[tuple[str, str, bool]],
+    timezone: str | None = None,
+) -> None:
+    """Queue emails for one lead: (funnel, step, transactional) each."""
+    with engine.begin() as conn:
+        lead_id = store.upsert_lead(conn, address, timezone=timezone, now=NOW)
+        for funnel, step, transactional in steps:
+            state = Enrollment(funnel, "v1", "active", "s", None, "ready", NOW, None, NOW, NOW)
+            command = SendEmail(step, "lead-magnet/report", "s", NOW, transactional)
+            lead = store.get_lead(conn, lead_id)
+            store.apply_decision(conn, lead_id, Decision(state, lead, (command,)), now=NOW)  # type: ignore[arg-type]
+
+
+def statuses(engine: sa.Engine) -> dict[tuple[str, str], tuple[str, int, datetime | None]]:
+    o, leads = tables.outbox, tables.leads
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(leads.c.email, o.c.step, o.c.status, o.c.attempts, o.c.next_attempt_at).join(
+                leads, leads.c.id == o.c.lead_id
+            )
+        ).all()
+    return {(r.email, r.step): (r.status, r.attempts, r.next_attempt_at) for r in rows}
+
+
+def dispatch(engine: sa.Engine, port: int, now: datetime = NOW, **settings: Any) -> DispatchResult:
+    smtp = {"host": "127.0.0.1", "port": port, "security": "none", "timeout_s": 5.0, "rate_per_s": 10_000}
+    smtp.update(settings.pop("smtp", {}))
+    mailer = Mailer(engine, Settings(smtp=smtp, **settings), TemplateLibrary(EMAILS))
+    return asyncio.run(mailer.dispatch(now, "127.0.0.1", port, limit=1000))
+
+
+def test_a_bounded_pool_of_reused_connections_sends_each_message_once(engine: sa.Engine) -> None:
+    handler = CountingHandler(data_delay=0.02)
+    controller, port = serve(handler)
+    try:
+        for i in range(60):
+            queue(engine, f"lead{i}@example.com", [("f", "welcome", False)])
+        result = dispatch(engine, port, smtp={"connections": 4})
+    finally:
+        controller.stop()
+    assert result.sent == 60
+    assert len(handler.received) == 60 and set(handler.received.values()) == {1}
+    # Four sessions carried sixty messages, and they really ran side by side.
+    assert len(handler.sessions) == 4
+    assert 2 <= handler.most_in_data <= 4
+
+
+def test_a_connection_is_renewed_after_its_message_quota(engine: sa.Engine) -> None:
+    handler = CountingHandler()
+    controller, port = serve(handler)
+    try:
+        for i in range(10):
+            queue(engine, f"lead{i}@example.com", [("f", "welcome", False)])
+        dispatch(engine, port, smtp={"connections": 1, "messages_per_connection": 3})
+    finally:
+        controller.stop()
+    assert sum(handler.received.values()) == 10
+    assert len(handler.sessions) == 4  # 3 + 3 + 3 + 1
+
+
+def test_the_global_rate_limit_paces_sending(engine: sa.Engine) -> None:
+    handler = CountingHandler()
+    controller, port = serve(handler)
+    try:
+        for i in range(30):
+            queue(engine, f"lead{i}@example.com", [("f", "welcome", False)])
+        started = time.monotonic()
+        result = dispatch(engine, port, smtp={"connections": 4, "rate_per_s": 20})
+        elapsed = time.monotonic() - started
+    finally:
+        controller.stop()
+    assert result.sent == 30
+    # A second's burst (20), then 10 more at 20/s: at least half a second.
+    assert elapsed >= 0.45
+
+
+def test_a_domain_limit_requeues_what_cannot_go_soon_and_sends_it_later_once(engine: sa.Engine) -> None:
+    handler = CountingHandler()
+    controller, port = serve(handler)
+    try:
+        for i in range(6):
+            queue(engine, f"slow{i}@slow.example", [("f", "welcome", False)])
+            queue(engine, f"fast{i}@fast.example", [("f", "welcome", False)])
+        limits = {"connections": 2, "domain_rates": {"slow.example": 1}}
+        first = dispatch(engine, port, smtp=limits)
+        after_first = statuses(engine)
+        later = [dispatch(engine, port, NOW + timedelta(minutes=m), smtp=limits) for m in range(1, 8)]
+    finally:
+        controller.stop()
+    fast = {k: v for k, v in after_first.items() if k[0].startswith("fast")}
+    slow = {k: v for k, v in after_first.items() if k[0].startswith("slow")}
+    assert {s for s, _, _ in fast.values()} == {"sent"}
+    # At 1/s, one goes now; the rest would hold a connection for seconds, so they wait in the outbox
+    # instead, with no attempt counted, and the other domain is not held up behind them.
+    requeued = [v for v in slow.values() if v[0] == "deferred"]
+    assert len(requeued) == 5 and all(attempts == 0 for _, attempts, _ in requeued)
+    assert first.skipped == 0 and first.failed == 0
+    assert sum(r.sent for r in later) == len(requeued)
+    assert {s for s, _, _ in statuses(engine).values()} == {"sent"}
+    assert sum(handler.received.values()) == 12 and set(handler.received.values()) == {1}
+
+
+def test_a_throttling_reply_pauses_the_domain_and_the_messages_are_requeued(engine: sa.Engine) -> None:
+    handler = CountingHandler()
+    controller, port = serve(handler)
+    try:
+        queue(engine, "throttle-1@busy.example", [("f", "welcome", False)])
+        for i in range(4):
+            queue(engine, f"other{i}@busy.example", [("f", "welcome", False)])
+            queue(engine, f"lead{i}@calm.example", [("f", "welcome", False)])
+        dispatch(engine, port, smtp={"connections": 1})
+        held = statuses(engine)
+        dispatch(engine, port, NOW + timedelta(minutes=5), smtp={"connections": 1})
+    finally:
+        controller.stop()
+    busy = {k[0]: v for k, v in held.items() if k[0].endswith("@busy.example")}
+    calm = {k[0]: v for k, v in held.items() if k[0].endswith("@calm.example")}
+    assert {s for s, _, _ in calm.values()} == {"sent"}
+    assert busy["throttle-1@busy.example"][:2] == ("deferred", 1)  # the refused one counts an attempt
+    # The others for that domain were not even tried: requeued, no attempt counted.
+    others = [v for k, v in busy.items() if k.startswith("other")]
+    assert [v[:2] for v in others] == [("deferred", 0)] * 4
+    assert {s for s, _, _ in statuses(engine).values()} == {"sent"}
+    assert set(handler.received.values()) == {1} and len(handler.received) == 9
+
+
+def test_the_daily_cap_and_quiet_hours_hold_across_funnels_in_the_leads_zone(engine: sa.Engine) -> None:
+    handler = CountingHandler()
+    controller, port = serve(handler)
+    rules = {"delivery": {"quiet_hours": "21:00-08:00", "max_per_day": 1}}
+    try:
+        queue(
+            engine,
+            "jo@example.com",
+            [("lead-magnet", "nurture-1", False), ("webinar", "invite", False), ("lead-magnet", "report", True)],
+            timezone="Europe/Berlin",
+        )
+        first = dispatch(engine, port, **rules)
+        after_first = statuses(engine)
+        queue(engine, "night@example.com", [("webinar", "invite", False)], timezone="Europe/Berlin")
+        # 22:30 in Berlin: quiet hours for the new lead; still the same full day for Jo.
+        evening = dispatch(engine, port, datetime(2026, 11, 23, 21, 30, tzinfo=UTC), **rules)
+        after_evening = statuses(engine)
+        morning = dispatch(engine, port, datetime(2026, 11, 24, 7, 0, tzinfo=UTC), **rules)
+    finally:
+        controller.stop()
+    assert first.sent == 2 and first.deferred == 1  # the report is transactional: the cap does not apply
+    held = [v for k, v in after_first.items() if v[0] == "deferred"]
+    # Deferred to 08:00 Berlin the next day (07:00 UTC), without counting an attempt.
+    assert held == [("deferred", 0, datetime(2026, 11, 24, 7, 0, tzinfo=UTC))]
+    assert (evening.sent, evening.deferred) == (0, 1)
+    assert after_evening[("night@example.com", "invite")] == ("deferred", 0, datetime(2026, 11, 24, 7, 0, tzinfo=UTC))
+    assert morning.sent == 2
+    assert {s for s, _, _ in statuses(engine).values()} == {"sent"}
+    assert set(handler.received.values()) == {1} and len(handler.received) == 4
