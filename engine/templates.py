@@ -33,6 +33,7 @@ from engine.definition import ID_PATTERN, TEMPLATE_PATTERN
 from engine.yamlfile import YamlSyntaxError, read_yaml
 
 BODY_SUFFIXES = (".md", ".html")
+UNSUBSCRIBE_SLOT = "{{ unsubscribe_url }}"
 LAYOUTS_DIR = "_layouts"
 PARTIALS_DIR = "_partials"
 
@@ -452,14 +453,26 @@ class TemplateLibrary:
             except TemplateError as exc:
                 errors.setdefault(str(exc), exc)
                 continue
-            source = self.load(name).source
-            for part, body in (("HTML", rendered.html), ("plain-text", rendered.text)):
-                if full["unsubscribe_url"] not in body:
-                    error = TemplateError(
-                        source, 1, f"the {part} part has no unsubscribe link ({{{{ unsubscribe_url }}}})"
-                    )
-                    errors.setdefault(str(error), error)
+            template = self.load(name)
+            found = [
+                TemplateError(template.source, 1, f"the {part} part has no unsubscribe link ({UNSUBSCRIBE_SLOT})")
+                for part, body in (("HTML", rendered.html), ("plain-text", rendered.text))
+                if full["unsubscribe_url"] not in body
+            ]
+            if template.kind == "md" and RAW_HTML_OMITTED in rendered.html:
+                found.append(self._raw_html_error(template))
+            for error in found:
+                errors.setdefault(str(error), error)
         return list(errors.values())
+
+    def _raw_html_error(self, template: EmailTemplate) -> TemplateError:
+        # The line of the first thing that looks like a tag; line 1 when it came from an included partial.
+        text = _blank_front_matter((self.emails_dir / f"{template.name}.md").read_text(encoding="utf-8"))
+        tag = _HTML_TAG.search(text)
+        line = text.count("\n", 0, tag.start()) + 1 if tag else 1
+        return TemplateError(
+            template.source, line, "raw HTML is left out of Markdown emails; use Markdown, or write an .html email"
+        )
 
     def _located(self, display: str, lines: Mapping[str, int]) -> _Locator:
         return _Locator(self, display, lines)
@@ -536,6 +549,11 @@ def _one_line(text: str) -> str:
 # --------------------------------------------------------------------------------------------------
 # Markdown
 # --------------------------------------------------------------------------------------------------
+
+
+# What cmark-gfm writes in place of raw HTML in Markdown.
+RAW_HTML_OMITTED = "<!-- raw HTML omitted -->"
+_HTML_TAG = re.compile(r"<(?:[A-Za-z][A-Za-z0-9-]*[\s/>]|/[A-Za-z]|!--|\?)")
 
 
 class _Mem(ctypes.Structure):

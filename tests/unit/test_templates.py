@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -320,6 +321,53 @@ def test_lead_data_in_markdown_stays_text(emails: Path) -> None:
 def test_markdown_authors_cannot_write_raw_html_either(emails: Path) -> None:
     lib = write(emails, "t/x.md", "---\nsubject: S\n---\n<script>alert(1)</script>\n")
     assert "<script>" not in lib.render("t/x", context()).html
+
+
+def test_markdown_is_github_flavoured_with_smart_punctuation(emails: Path) -> None:
+    lib = write(
+        emails,
+        "t/g.md",
+        "---\nsubject: S\n---\n\"Quoted\" and it's ~~old~~ -- see https://x.example/new...\n\n"
+        "| Bin | Cost |\n|:--|--:|\n| Card | £5 |\n",
+    )
+    email = lib.render("t/g", context())
+    assert ">“Quoted” and it’s <del>old</del> – see https://x.example/new…</p>" in email.html
+    assert '<th align="left">Bin</th>' in email.html and '<td align="right">£5</td>' in email.html
+    assert 'href="https://x.example' not in email.html  # a bare URL is not a link: links go through link()
+    assert "Card £5" in email.text
+
+
+def test_raw_html_in_markdown_is_left_out_and_the_check_says_where(emails: Path) -> None:
+    lib = write(
+        emails, "t/raw.md", '---\nsubject: S\n---\nHello\n\n<div class="box">Boxed</div>\n\nBye <b>now</b>\n'
+    )
+    email = lib.render("t/raw", context())
+    assert "Boxed" not in email.html and "<b>" not in email.html and "class=" not in email.html
+    assert email.text.startswith("Hello\n\nBye now\n")
+    [error] = lib.check("t/raw")
+    assert (error.line, error.message) == (
+        6,
+        "raw HTML is left out of Markdown emails; use Markdown, or write an .html email",
+    )
+
+
+def test_rendering_many_markdown_emails_does_not_grow_memory(emails: Path) -> None:
+    statm = Path("/proc/self/statm")
+    if not statm.exists():
+        pytest.skip("reads the resident set size from /proc")
+    (emails / "_layouts" / "bare.html").write_text("{{ content }}")
+    paragraph = "Some *text*, a [link]({{ link('x', 'https://x.example/') }}) and ~~more~~.\n\n| a |\n|---|\n| 1 |\n\n"
+    lib = write(emails, "t/m.md", "---\nsubject: S\nlayout: bare\n---\n" + paragraph * 5)
+
+    def resident() -> int:
+        return int(statm.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    for _ in range(100):
+        lib.render("t/m", context())
+    before = resident()
+    for _ in range(1000):
+        lib.render("t/m", context())
+    assert resident() - before < 8 * 2**20  # a parse tree and output string kept per render would be ~20 KB
 
 
 def test_loading_is_cached(emails: Path) -> None:
