@@ -139,6 +139,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--emails", type=int, default=100_000)
     parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--render-processes", type=int, default=1, help="0: compose in the dispatcher's process.")
     parser.add_argument("--raw", type=int, default=20_000, help="Messages for the raw SMTP measurement.")
     parser.add_argument("--database-url", default=None, help="Default: a SQLite file in a temp folder.")
     args = parser.parse_args()
@@ -157,13 +158,17 @@ def main() -> None:
 
         settings = Settings(
             data_dir=folder,
+            render_processes=args.render_processes,
             emails_dir=ROOT / "emails",
             smtp={"host": "127.0.0.1", "port": sink.port, "security": "none", "connections": args.connections,
                   "rate_per_s": 1_000_000, "messages_per_connection": 1_000_000},
         )
         mailer = Mailer(engine, settings, library, {"lead-magnet": "Lead magnet"})
         started = time.perf_counter()
-        sent = asyncio.run(send_e2e(mailer, sink.port))
+        try:
+            sent = asyncio.run(send_e2e(mailer, sink.port))
+        finally:
+            mailer.close()
         e2e_s = time.perf_counter() - started
         e2e_rate = sent / e2e_s
 
@@ -201,6 +206,8 @@ def main() -> None:
         "connections": args.connections,
         "database": url.split(":", 1)[0],
         "peak_rss_mb": round(peak_rss_mb(), 1),
+        # The largest child: a render process or the sink (each is its own process, not part of the above).
+        "peak_rss_child_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
     }
     print(f"{'end to end':<12} {sent:>9,} emails in {e2e_s:6.1f} s  {e2e_rate:8.1f} emails/s")
     print(f"{'raw SMTP':<12} {args.raw:>9,} emails in {raw_s:6.1f} s  {raw_rate:8.1f} emails/s")

@@ -10,7 +10,6 @@ that commit happens before DATA; a failure before DATA is retried (4xx, with cap
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -20,13 +19,13 @@ import aiosmtplib
 import sqlalchemy as sa
 
 from engine import outbox
+from engine.composer import Composer, Failed, Prepared
 from engine.ledger import TAKEN, Ledger, screened
-from engine.links import Links
-from engine.mime import build_mime, dkim_sign, load_dkim_key
 from engine.outbox import Change, OutboxItem
+from engine.renderpool import RenderPool
 from engine.screen import GO, Later, Never, Screen
 from engine.settings import Settings
-from engine.templates import RenderedEmail, Sender, TemplateLibrary, lead_fields
+from engine.templates import RenderedEmail, TemplateLibrary
 from engine.throttle import Throttle
 from engine.timing import TimingRules
 
@@ -63,22 +62,9 @@ class DispatchResult:
         self.errors.extend(other.errors)
 
 
-@dataclass(frozen=True, slots=True)
-class Prepared:
-    item: OutboxItem
-    payload: bytes
-    message_id: str
-
-
 def backoff(attempts: int) -> timedelta:
     """Capped exponential backoff: 1 min, 2, 4, ... up to 6 h."""
     return min(timedelta(minutes=2 ** max(attempts - 1, 0)), MAX_BACKOFF)
-
-
-def message_id(item: OutboxItem, domain: str) -> str:
-    """One Message-ID per (lead, funnel, step), the same on every retry."""
-    digest = hashlib.sha256(f"{item.lead_id}:{item.funnel_id}:{item.step}".encode()).hexdigest()[:24]
-    return f"<{digest}@{domain}>"
 
 
 def _deferred(item: OutboxItem, until: datetime, error: str, count_attempt: bool, expect: tuple[str, ...]) -> Change:
@@ -107,13 +93,8 @@ class Mailer:
         funnel_zones: dict[str, str] | None = None,
     ) -> None:
         self.engine = engine
-        self.funnel_names = funnel_names or {}
         self.settings = settings
-        self.templates = templates
-        self.links = Links(settings)
-        s = settings.sender
-        self.sender = Sender(s.name, s.postal_address, s.website)
-        self.domain = s.address.rpartition("@")[2] or "localhost"
+        self.composer = Composer(settings, templates, funnel_names)
         delivery = settings.delivery
         self.screen = Screen(
             TimingRules.parse(delivery.quiet_hours, delivery.max_per_day),
@@ -122,49 +103,18 @@ class Mailer:
         )
         smtp = settings.smtp
         self.throttle = Throttle(smtp.rate_per_s, smtp.domain_rate_per_s, smtp.domain_rates)
-        dkim = settings.dkim
-        self.dkim_key = load_dkim_key(dkim.private_key_file) if dkim.enabled and dkim.private_key_file else None
+        self.pool: RenderPool | None = None
 
-    # -- composing ---------------------------------------------------------------------------------
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
 
     def render(self, item: OutboxItem) -> RenderedEmail:
-        return self.templates.render(item.template, self.context(item))
-
-    def context(self, item: OutboxItem) -> dict[str, Any]:
-        return {
-            "lead": lead_fields(item.email, item.attributes),
-            "sender": self.sender,
-            "funnel": {"id": item.funnel_id, "name": self.funnel_names.get(item.funnel_id, item.funnel_id)},
-            "unsubscribe_url": self.links.unsubscribe_url(item.email, item.funnel_id),
-            "preferences_url": self.links.preferences_url(item.email),
-        }
+        return self.composer.render(item)
 
     def compose(self, item: OutboxItem, now: datetime, rendered: RenderedEmail | None = None) -> Prepared:
-        """The exact bytes the server gets: headers, text and HTML parts, DKIM signature if configured."""
-        context = self.context(item)
-        rendered = rendered or self.templates.render(item.template, context)
-        sender = self.settings.sender
-        mid = message_id(item, self.domain)
-        unsubscribe = None
-        if not item.transactional:
-            unsubscribe = (context["unsubscribe_url"], f"mailto:{sender.address}?subject=unsubscribe")
-        payload = build_mime(
-            from_name=sender.name,
-            from_address=rendered.from_ or sender.address,
-            to=item.email,
-            subject=rendered.subject,
-            date=now,
-            message_id=mid,
-            reply_to=rendered.reply_to or sender.reply_to,
-            list_unsubscribe=unsubscribe,
-            extra_headers=[("X-Funnel", f"{item.funnel_id}/{item.step}")],
-            text=rendered.text,
-            html=rendered.html,
-        )
-        dkim = self.settings.dkim
-        if self.dkim_key is not None and dkim.selector and dkim.domain:
-            payload = dkim_sign(payload, selector=dkim.selector, domain=dkim.domain, private_key=self.dkim_key)
-        return Prepared(item, payload, mid)
+        return self.composer.compose(item, now, rendered)
 
     # -- dispatching -------------------------------------------------------------------------------
 
@@ -216,35 +166,78 @@ class Mailer:
     async def _produce(
         self, queue: asyncio.Queue[Prepared | None], ledger: Ledger, now: datetime, limit: int, result: DispatchResult
     ) -> None:
-        chunk = max(20, self.settings.smtp.connections * 8)
-        left = limit
-        while left > 0:
-            with self.engine.begin() as conn:
-                items = outbox.lease_batch(conn, now, min(left, chunk), self.lease())
-                verdicts = self.screen.judge(conn, items, now, fresh=False)
-                held = [(i, v) for i, v in zip(items, verdicts, strict=True) if isinstance(v, (Later, Never))]
-                outbox.apply(conn, [screened(i.id, v) for i, v in held])
-            if not items:
-                return
-            left -= len(items)
-            for _, later_or_never in held:
-                if isinstance(later_or_never, Later):
-                    result.deferred += 1
-                else:
-                    result.skipped += 1
-            for item, verdict in zip(items, verdicts, strict=True):
-                if verdict != GO:
-                    continue
+        """Lease, screen and compose in one task, hand the messages to the connections in this one. With
+        render processes, several batches are composed at once while the connections send."""
+        processes = self.settings.render_processes
+        if processes and self.pool is None:
+            self.pool = RenderPool(processes, self.settings, self.composer.templates.emails_dir,
+                                   self.composer.funnel_names)
+        pending: asyncio.Queue[asyncio.Future[list[Prepared | Failed]] | None] = asyncio.Queue(
+            maxsize=processes * 2 + 1 if processes else 1
+        )
+        feeder = asyncio.create_task(self._lease_and_compose(pending, now, limit, result))
+        try:
+            while (batch := await pending.get()) is not None:
                 try:
-                    prepared = self.compose(item, now)
-                except Exception as exc:
-                    ledger.record(_final(item, "failed", f"render: {exc}", outbox.PENDING))
-                    result.failed += 1
-                    result.errors.append(f"{item.template}: {exc}")
-                    continue
-                await queue.put(prepared)
-                # Rendering is CPU work on the loop: let the connections read their replies in between.
-                await asyncio.sleep(0)
+                    composed = await batch
+                except Exception:
+                    # A render process died: its batch stays leased and is tried again when the lease ends.
+                    self.close()
+                    raise
+                for prepared in composed:
+                    if isinstance(prepared, Failed):
+                        ledger.record(_final(prepared.item, "failed", f"render: {prepared.error}", outbox.PENDING))
+                        result.failed += 1
+                        result.errors.append(prepared.error)
+                    else:
+                        await queue.put(prepared)
+        finally:
+            feeder.cancel()
+            await asyncio.gather(feeder, return_exceptions=True)
+
+    async def _lease_and_compose(
+        self,
+        pending: asyncio.Queue[asyncio.Future[list[Prepared | Failed]] | None],
+        now: datetime,
+        limit: int,
+        result: DispatchResult,
+    ) -> None:
+        chunk = max(20, self.settings.smtp.connections * 8)
+        part = 16 if self.pool else 1
+        left = limit
+        try:
+            while left > 0:
+                leased, ready = self._lease(now, min(left, chunk), result)
+                if not leased:
+                    return
+                left -= leased
+                for start in range(0, len(ready), part):
+                    await pending.put(self._compose_part(ready[start : start + part], now))
+                    # Composing in this process is CPU work on the loop: let the connections read replies.
+                    await asyncio.sleep(0)
+        finally:
+            await pending.put(None)
+
+    def _lease(self, now: datetime, limit: int, result: DispatchResult) -> tuple[int, list[OutboxItem]]:
+        """Lease due messages; hold back those the screen says no to. (how many leased, the ones to send)"""
+        with self.engine.begin() as conn:
+            items = outbox.lease_batch(conn, now, limit, self.lease())
+            verdicts = self.screen.judge(conn, items, now, fresh=False)
+            held = [(i, v) for i, v in zip(items, verdicts, strict=True) if isinstance(v, (Later, Never))]
+            outbox.apply(conn, [screened(i.id, v) for i, v in held])
+        for _, verdict in held:
+            if isinstance(verdict, Later):
+                result.deferred += 1
+            else:
+                result.skipped += 1
+        return len(items), [i for i, v in zip(items, verdicts, strict=True) if v == GO]
+
+    def _compose_part(self, items: list[OutboxItem], now: datetime) -> asyncio.Future[list[Prepared | Failed]]:
+        if self.pool is not None:
+            return asyncio.ensure_future(self.pool.compose_many(items, now))
+        future: asyncio.Future[list[Prepared | Failed]] = asyncio.get_running_loop().create_future()
+        future.set_result(self.composer.compose_many(items, now))
+        return future
 
 
 class _Connection:

@@ -73,6 +73,7 @@ class Runner:
             settings.smtp.security = "none"
 
     def close(self) -> None:
+        self.mailer.close()
         if self.sink is not None:
             self.sink.stop()
         self.engine.dispose()

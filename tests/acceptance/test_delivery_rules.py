@@ -6,6 +6,7 @@ nothing is sent twice."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -244,3 +245,35 @@ def test_the_daily_cap_and_quiet_hours_hold_across_funnels_in_the_leads_zone(eng
     assert morning.sent == 2
     assert {s for s, _, _ in statuses(engine).values()} == {"sent"}
     assert set(handler.received.values()) == {1} and len(handler.received) == 4
+
+
+def test_render_processes_send_the_same_messages_and_a_broken_template_fails_alone(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    emails = tmp_path / "emails"
+    shutil.copytree(EMAILS, emails)
+    (emails / "lead-magnet" / "broken.md").write_text("---\nsubject: Hi\n---\n{{ lead.email | nosuchfilter }}\n")
+    handler = CountingHandler()
+    controller, port = serve(handler)
+    try:
+        for i in range(20):
+            queue(engine, f"lead{i}@example.com", [("f", "welcome", False)])
+        with engine.begin() as conn:
+            lead_id = store.upsert_lead(conn, "broken@example.com", now=NOW)
+            state = Enrollment("f", "v1", "active", "s", None, "ready", NOW, None, NOW, NOW)
+            command = SendEmail("welcome", "lead-magnet/broken", "s", NOW)
+            store.apply_decision(conn, lead_id, Decision(state, store.get_lead(conn, lead_id), (command,)), now=NOW)  # type: ignore[arg-type]
+        settings = Settings(
+            render_processes=1, smtp={"host": "127.0.0.1", "port": port, "security": "none", "rate_per_s": 10_000}
+        )
+        mailer = Mailer(engine, settings, TemplateLibrary(emails))
+        try:
+            result = asyncio.run(mailer.dispatch(NOW, "127.0.0.1", port, limit=1000))
+        finally:
+            mailer.close()
+    finally:
+        controller.stop()
+    assert (result.sent, result.failed) == (20, 1)
+    assert "nosuchfilter" in result.errors[0]
+    assert statuses(engine)[("broken@example.com", "welcome")][0] == "failed"
+    assert len(handler.received) == 20 and set(handler.received.values()) == {1}

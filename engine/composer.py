@@ -1,0 +1,103 @@
+"""From an outbox row to the exact bytes an SMTP server gets: the lead's template context, the rendered
+template, the MIME message, the DKIM signature. No database, no network: it runs in the dispatcher's
+process or in render processes beside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from engine.links import Links
+from engine.mime import build_mime, dkim_sign, load_dkim_key
+from engine.outbox import OutboxItem
+from engine.settings import Settings
+from engine.templates import RenderedEmail, Sender, TemplateLibrary, lead_fields
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    item: OutboxItem
+    payload: bytes
+    message_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """A message that could not be composed (a template error): it fails alone."""
+
+    item: OutboxItem
+    error: str
+
+
+def message_id(item: OutboxItem, domain: str) -> str:
+    """One Message-ID per (lead, funnel, step), the same on every retry."""
+    digest = hashlib.sha256(f"{item.lead_id}:{item.funnel_id}:{item.step}".encode()).hexdigest()[:24]
+    return f"<{digest}@{domain}>"
+
+
+class Composer:
+    def __init__(
+        self, settings: Settings, templates: TemplateLibrary | Path, funnel_names: dict[str, str] | None = None
+    ) -> None:
+        self.settings = settings
+        self.templates = templates if isinstance(templates, TemplateLibrary) else TemplateLibrary(templates)
+        self.funnel_names = funnel_names or {}
+        self.links = Links(settings)
+        s = settings.sender
+        self.sender = Sender(s.name, s.postal_address, s.website)
+        self.domain = s.address.rpartition("@")[2] or "localhost"
+        dkim = settings.dkim
+        self.dkim_key = load_dkim_key(dkim.private_key_file) if dkim.enabled and dkim.private_key_file else None
+
+    def context(self, item: OutboxItem) -> dict[str, Any]:
+        return {
+            "lead": lead_fields(item.email, item.attributes),
+            "sender": self.sender,
+            "funnel": {"id": item.funnel_id, "name": self.funnel_names.get(item.funnel_id, item.funnel_id)},
+            "unsubscribe_url": self.links.unsubscribe_url(item.email, item.funnel_id),
+            "preferences_url": self.links.preferences_url(item.email),
+        }
+
+    def render(self, item: OutboxItem) -> RenderedEmail:
+        return self.templates.render(item.template, self.context(item))
+
+    def compose(self, item: OutboxItem, now: datetime, rendered: RenderedEmail | None = None) -> Prepared:
+        """The exact bytes the server gets: headers, text and HTML parts, DKIM signature if configured."""
+        context = self.context(item)
+        rendered = rendered or self.templates.render(item.template, context)
+        sender = self.settings.sender
+        mid = message_id(item, self.domain)
+        unsubscribe = None
+        if not item.transactional:
+            unsubscribe = (context["unsubscribe_url"], f"mailto:{sender.address}?subject=unsubscribe")
+        payload = build_mime(
+            from_name=sender.name,
+            from_address=rendered.from_ or sender.address,
+            to=item.email,
+            subject=rendered.subject,
+            date=now,
+            message_id=mid,
+            reply_to=rendered.reply_to or sender.reply_to,
+            list_unsubscribe=unsubscribe,
+            extra_headers=[("X-Funnel", f"{item.funnel_id}/{item.step}")],
+            text=rendered.text,
+            html=rendered.html,
+        )
+        dkim = self.settings.dkim
+        if self.dkim_key is not None and dkim.selector and dkim.domain:
+            payload = dkim_sign(payload, selector=dkim.selector, domain=dkim.domain, private_key=self.dkim_key)
+        return Prepared(item, payload, mid)
+
+    def compose_many(self, items: list[OutboxItem], now: datetime) -> list[Prepared | Failed]:
+        """Each item's message, or the error that stopped it (a broken template fails one email, not all)."""
+        out: list[Prepared | Failed] = []
+        for item in items:
+            try:
+                out.append(self.compose(item, now))
+            except Exception as exc:
+                out.append(Failed(item, f"{item.template}: {exc}"))
+        return out
