@@ -33,7 +33,7 @@ from engine.definition import ID_PATTERN, TEMPLATE_PATTERN
 from engine.yamlfile import YamlSyntaxError, read_yaml
 
 BODY_SUFFIXES = (".md", ".html")
-UNSUBSCRIBE_SLOT = "{{ unsubscribe_url }}"
+_UNSUBSCRIBE_SLOT = "{{ unsubscribe_url }}"
 LAYOUTS_DIR = "_layouts"
 PARTIALS_DIR = "_partials"
 
@@ -455,11 +455,11 @@ class TemplateLibrary:
                 continue
             template = self.load(name)
             found = [
-                TemplateError(template.source, 1, f"the {part} part has no unsubscribe link ({UNSUBSCRIBE_SLOT})")
+                TemplateError(template.source, 1, f"the {part} part has no unsubscribe link ({_UNSUBSCRIBE_SLOT})")
                 for part, body in (("HTML", rendered.html), ("plain-text", rendered.text))
                 if full["unsubscribe_url"] not in body
             ]
-            if template.kind == "md" and RAW_HTML_OMITTED in rendered.html:
+            if template.kind == "md" and _RAW_HTML_OMITTED in rendered.html:
                 found.append(self._raw_html_error(template))
             for error in found:
                 errors.setdefault(str(error), error)
@@ -552,7 +552,7 @@ def _one_line(text: str) -> str:
 
 
 # What cmark-gfm writes in place of raw HTML in Markdown.
-RAW_HTML_OMITTED = "<!-- raw HTML omitted -->"
+_RAW_HTML_OMITTED = "<!-- raw HTML omitted -->"
 _HTML_TAG = re.compile(r"<(?:[A-Za-z][A-Za-z0-9-]*[\s/>]|/[A-Za-z]|!--|\?)")
 
 
@@ -570,7 +570,7 @@ class _Markdown:
     """GitHub-flavoured Markdown (tables, strikethrough) with smart punctuation, through cmark-gfm.
 
     It calls the C library of the cmarkgfm package directly because cmarkgfm's own wrapper frees
-    neither the syntax tree nor the rendered string (about 14 KB per call, a leak a send pipeline
+    neither the syntax tree nor the rendered string (10 KB and more per email, a leak a send pipeline
     would not survive). Without CMARK_OPT_UNSAFE, raw HTML is left out as `<!-- raw HTML omitted -->`.
     No autolink extension: a bare URL stays text, so every link in an email goes through `link()`."""
 
