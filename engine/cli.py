@@ -229,6 +229,7 @@ def run(
     import asyncio
     import logging
 
+    from engine.mime import DkimKeyError
     from engine.runner import Clock, Runner
     from engine.settings import get_settings
 
@@ -236,7 +237,11 @@ def run(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # the sink's per-command chatter
     funnels = _load([settings.funnels_dir], settings.emails_dir)
-    runner = Runner(settings, funnels, Clock(_parse_time(now, "--now")))
+    try:
+        runner = Runner(settings, funnels, Clock(_parse_time(now, "--now")))
+    except DkimKeyError as exc:
+        err.print(f"cannot start: {exc}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
     try:
         for definition in funnels:
             console.print(f"[green]loaded[/green] {definition.id} (version {definition.version})")
