@@ -34,7 +34,7 @@ _EW_LIMIT = 75  # RFC 2047 2: longest encoded-word
 _EW_OVERHEAD = len("=?utf-8?b??=")
 
 # What `str.splitlines` breaks on: the email package refuses all of them in a header value.
-_LINE_BREAK = re.compile(r"[ \t]*(?:\r\n|[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029])[ \t]*")
+_LINE_BREAK = re.compile(r"[ \t]*(?:(?:\r\n|[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029])[ \t]*)+")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _PHRASE_SPECIALS = re.compile(r'[][\\()<>@,:;".]')  # as email.utils.formataddr: these need a quoted string
 _QUOTE_ESCAPES = re.compile(r'[\\"]')
@@ -42,6 +42,7 @@ _FOLD_SEGMENT = re.compile(r"[ \t]*[^ \t]+")
 _DOT_ATOM_ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@[A-Za-z0-9.-]+")
 _MSG_ID = re.compile(r"<[!-;=?-~]+@[!-;=?-~]+>")
 _URL = re.compile(r"[!-;=?-~]+")  # printable ASCII but '<' and '>'
+_QP_OVERLONG = re.compile(rb"(?m)^(.{74,75})(=20|=09)$")
 _FIELD_NAME = re.compile(r"[!-9;-~]+")
 
 ONE_CLICK = "List-Unsubscribe=One-Click"  # RFC 8058
@@ -107,7 +108,7 @@ def build_mime(
             "".join(headers).encode("ascii"),
             (part % "plain").encode("ascii"),
             _quoted_printable(text),
-            (CRLF + part % "html").encode("ascii"),
+            (part % "html").encode("ascii"),
             _quoted_printable(html),
             f"{CRLF}--{boundary}--{CRLF}".encode("ascii"),
         )
@@ -127,6 +128,9 @@ def _quoted_printable(text: str) -> bytes:
         text += "\n"
     # b2a_qp encodes trailing whitespace, a lone '.', controls and '=', and soft-breaks lines at 76.
     data = binascii.b2a_qp(text.encode("utf-8"), istext=True)
+    if " \n" in text or "\t\n" in text:
+        # b2a_qp encodes a line's trailing blank after choosing where to break, making that line 77 or 78 long.
+        data = _QP_OVERLONG.sub(rb"\1=\n\2", data)
     if b"From " in data:  # an mbox on the way would otherwise add '>' in front
         data = re.sub(rb"(?m)^From ", b"=46rom ", data)
     return data.replace(b"\n", b"\r\n")
@@ -140,7 +144,7 @@ def _quoted_printable(text: str) -> bytes:
 def _one_line(value: str) -> str:
     if _LINE_BREAK.search(value):
         value = _LINE_BREAK.sub(" ", value)
-    return value.strip()
+    return value.strip(" \t")
 
 
 def _plain(value: str) -> bool:
@@ -165,10 +169,10 @@ def _fold(line: str) -> str | None:
         return line + CRLF
     segments = _FOLD_SEGMENT.findall(line)
     lines: list[str] = []
-    current = segments[0]
-    for segment in segments[1:]:
-        # Never leave the field name alone on its line for a word that fits no line anyway.
-        if len(current) + len(segment) <= FOLD_AT or (not lines and current == segments[0] and len(segment) > FOLD_AT):
+    # The field name keeps its first word: a break right after the colon reads back as a leading space.
+    current = "".join(segments[:2])
+    for segment in segments[2:]:
+        if len(current) + len(segment) <= FOLD_AT:
             current += segment
         else:
             lines.append(current)
@@ -199,10 +203,10 @@ def _encoded_words(value: str, first_room: int) -> list[str]:
     return words
 
 
-def _phrase(name: str, room: int) -> str:
+def _phrase(name: str, room: int, encode: bool) -> str:
     """A display name as `email.utils.formataddr` writes it: as is, quoted, or encoded."""
     name = _one_line(name)
-    if _plain(name):
+    if not encode and _plain(name):
         if _PHRASE_SPECIALS.search(name):
             return '"' + _QUOTE_ESCAPES.sub(r"\\\g<0>", name) + '"'
         return name
@@ -210,16 +214,18 @@ def _phrase(name: str, room: int) -> str:
 
 
 def _address_field(name: str, mailboxes: Sequence[tuple[str, str]]) -> str:
-    room = FOLD_AT - len(name) - 2
-    parts = []
-    for display, address in mailboxes:
-        phrase = _phrase(display, room) if display.strip() else ""
-        parts.append(f"{phrase} <{address}>" if phrase else address)
-        room = FOLD_AT - 1
-    folded = _fold(f"{name}: " + ", ".join(parts))
-    if folded is None:
-        raise ValueError(f"{name}: a word longer than {LINE_LIMIT} octets")
-    return folded
+    # Encoded-words can be cut anywhere: the way out when a plain display name holds a word too long for a line.
+    for encode in (False, True):
+        room = FOLD_AT - len(name) - 2
+        parts = []
+        for display, address in mailboxes:
+            phrase = _phrase(display, room, encode)
+            parts.append(f"{phrase} <{address}>" if phrase else address)
+            room = FOLD_AT - 1
+        folded = _fold(f"{name}: " + ", ".join(parts))
+        if folded is not None:
+            return folded
+    raise ValueError(f"{name}: an address longer than a line")
 
 
 @lru_cache(maxsize=4096)
