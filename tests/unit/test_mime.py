@@ -158,23 +158,24 @@ def parse(data: bytes) -> EmailMessage:
 
 
 def addresses(value: Any) -> list[tuple[str, str]]:
-    return [(a.display_name, a.addr_spec) for a in value.addresses]
+    return blanks_collapsed([(a.display_name, a.addr_spec) for a in value.addresses])
 
 
 def rfc2047_addresses(data: bytes, name: str) -> list[tuple[str, str]] | None:
     """The addresses with display names decoded as RFC 2047 6.2 says, or None when no display name needs two
     encoded-words. The email package's parser keeps the whitespace between adjacent encoded-words in a phrase
     (RFC 2047 drops it; its unstructured parser drops it too), so a long encoded display name decodes there with
-    a space too many. Runs of blanks in a display name are compared as one, as that parser reads them."""
+    a space too many."""
     raw = str(BytesParser(policy=compat32).parsebytes(data, headersonly=True)[name])
     if not re.search(r"\?=\s+=\?", raw):
         return None
     pairs = getaddresses([re.sub(r"\r\n([ \t])", r"\1", raw)])
-    return [(re.sub(r"[ \t]+", " ", str(make_header(decode_header(n)))), a) for n, a in pairs]
+    return blanks_collapsed([(str(make_header(decode_header(n))), a) for n, a in pairs])
 
 
 def blanks_collapsed(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    return [(re.sub(r"[ \t]+", " ", n), a) for n, a in pairs]
+    """Blanks around and within a display name carry no meaning: the email package's parser drops some of them."""
+    return [(re.sub(r"[ \t]+", " ", n).strip(" \t"), a) for n, a in pairs]
 
 
 def head_lines(data: bytes) -> list[bytes]:
@@ -201,7 +202,7 @@ def body_text(part: Any) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(inputs)
 def test_decodes_to_what_the_email_package_builds(i: Inputs) -> None:
     data = i.fast()
@@ -214,7 +215,7 @@ def test_decodes_to_what_the_email_package_builds(i: Inputs) -> None:
             if decoded is None:
                 assert addresses(fast[name]) == addresses(expected[name]), name
             else:
-                assert decoded == blanks_collapsed(addresses(expected[name])), name
+                assert decoded == addresses(expected[name]), name
     for name in ("Subject", "Date", "Message-ID", "List-Unsubscribe", "List-Unsubscribe-Post", "X-Funnel"):
         if name in expected:
             assert str(fast[name]) == str(expected[name]), name
@@ -227,7 +228,7 @@ def test_decodes_to_what_the_email_package_builds(i: Inputs) -> None:
         assert got is not None and want is not None
         assert got.get_content_type() == f"text/{kind}" and got.get_param("charset") == "utf-8"
         assert body_text(got) == body_text(want)
-        assert all(len(line) <= 76 for line in got.get_payload().split("\r\n"))
+        assert all(len(line) <= 76 for line in str(got.get_payload()).split("\r\n"))
 
 
 BASE = Inputs(
@@ -297,7 +298,8 @@ def test_line_breaks_in_free_text_never_start_a_header(payload: str) -> None:
 @pytest.mark.parametrize("field", ["reply_to", "to", "from_address", "message_id"])
 def test_line_breaks_in_addresses_and_ids_are_refused(field: str, payload: str) -> None:
     with pytest.raises(ValueError, match=r"line break|expected"):
-        replace(BASE, **{field: f"a@example.com{payload}"}).fast()
+        changes: dict[str, Any] = {field: f"a@example.com{payload}"}
+        replace(BASE, **changes).fast()
 
 
 @pytest.mark.parametrize("which", [0, 1])
