@@ -242,7 +242,7 @@ def _mailboxes(value: str) -> tuple[tuple[str, str], ...]:
         raise ValueError(f"address {value!r}: expected local-part@domain or Name <local-part@domain>") from None
     addresses = cast(AddressHeader, header).addresses
     for address in addresses:
-        if not address.username.isascii():
+        if address.domain and not address.username.isascii():
             raise ValueError(f"address {value!r}: a non-ASCII local part needs SMTPUTF8, which we do not use")
     if header.defects or not addresses:
         reason = header.defects[0] if header.defects else "no address"

@@ -174,8 +174,9 @@ def rfc2047_addresses(data: bytes, name: str) -> list[tuple[str, str]] | None:
 
 
 def blanks_collapsed(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Blanks around and within a display name carry no meaning: the email package's parser drops some of them."""
-    return [(re.sub(r"[ \t]+", " ", n).strip(" \t"), a) for n, a in pairs]
+    """Display names are compared up to whitespace: the email package's phrase parser drops or merges some of it
+    (even a no-break space next to an encoded-word boundary), and none of it carries meaning."""
+    return [(" ".join(n.split()), a) for n, a in pairs]
 
 
 def head_lines(data: bytes) -> list[bytes]:
@@ -189,7 +190,7 @@ def assert_wire_format(data: bytes) -> None:
     for line in head_lines(data):
         if len(line) > 78:
             # Too long only where there is no whitespace to fold at (the field name stays with its first word).
-            word = line[1:] if line[:1] in b" \t" else line.partition(b": ")[2]
+            word = line.lstrip(b" \t") if line[:1] in b" \t" else line.partition(b": ")[2]
             assert b" " not in word and b"\t" not in word, line
 
 
