@@ -1,8 +1,8 @@
 """The final bytes of an email: headers and a multipart/alternative body written directly, then DKIM.
 
 `email.message.EmailMessage` costs milliseconds per message; this writes the same message (tests/unit/test_mime.py
-proves it decodes to the same headers and parts) in a few dozen microseconds. Everything it emits is ASCII with CRLF
-line endings: bodies are always quoted-printable, non-ASCII header text becomes RFC 2047 encoded-words.
+proves it decodes to the same headers and parts) in under a tenth of a millisecond. Everything it emits is ASCII
+with CRLF line endings: bodies are always quoted-printable, non-ASCII header text becomes RFC 2047 encoded-words.
 
 Line breaks in header values (invariant 10): free text (the subject, a display name, extra header values) is what
 templates and lead data produce, and a line break there carries no meaning, so it is collapsed to one space, as the
