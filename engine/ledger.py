@@ -43,6 +43,7 @@ class Ledger:
         self._bounces: list[str] = []
         self._wake = asyncio.Event()
         self._closing = False
+        self._conn: sa.Connection | None = None
         self.commits = 0
 
     async def claim(self, item: OutboxItem, message_id: str) -> Verdict:
@@ -76,7 +77,13 @@ class Ledger:
             if self._closing and (failures >= 5 or not (self._claims or self._changes or self._bounces)):
                 # Outcomes that could not be written leave their messages `sending` or leased: the
                 # sweep reports the former as unknown, the lease expiry retries the latter.
+                self._release()
                 return
+
+    def _release(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     async def close(self) -> None:
         self._closing = True
@@ -86,12 +93,17 @@ class Ledger:
         claims, changes, bounces = self._claims, self._changes, self._bounces
         self._claims, self._changes, self._bounces = [], [], []
         try:
-            with self.engine.begin() as conn:
+            # One connection for the whole round: a flush is a short transaction, not a pool checkout.
+            if self._conn is None:
+                self._conn = self.engine.connect()
+            conn = self._conn
+            with conn.begin():
                 outbox.apply(conn, changes)
                 for email in bounces:
                     store.suppress(conn, email, "bounced", now=self.now)
                 verdicts = self._claim(conn, claims) if claims else []
         except Exception as exc:
+            self._release()
             # Nothing was written. Outcomes are kept for the next round; a claim fails, and its message
             # stays leased until the lease runs out, then it is tried again.
             log.exception("recording send outcomes failed")
@@ -109,16 +121,13 @@ class Ledger:
 
     def _claim(self, conn: sa.Connection, claims: list[_Claim]) -> list[Verdict]:
         verdicts = self.screen.judge(conn, [c.item for c in claims], self.now, fresh=True)
-        go = [c.item.id for c, v in zip(claims, verdicts, strict=True) if v == GO]
+        go = {c.item.id: c.message_id for c, v in zip(claims, verdicts, strict=True) if v == GO}
         marked = outbox.mark_sending(conn, go, self.now)
         follow: list[Change] = []
         final: list[Verdict] = []
         for claim, verdict in zip(claims, verdicts, strict=True):
-            if verdict == GO:
-                if claim.item.id in marked:
-                    follow.append(Change(claim.item.id, {"message_id": claim.message_id}, expect=("sending",)))
-                else:
-                    verdict = TAKEN
+            if verdict == GO and claim.item.id not in marked:
+                verdict = TAKEN
             elif isinstance(verdict, (Later, Never)):
                 follow.append(screened(claim.item.id, verdict))
             final.append(verdict)

@@ -48,59 +48,61 @@ def lease_batch(conn: sa.Connection, now: datetime, limit: int, lease: timedelta
 
     A lease only spares two workers the same envelope work; it is not what makes a send happen once
     (`mark_sending` is). So it can be short: a worker killed while holding one delays its messages by
-    `lease`, no more."""
-    ready = sa.and_(
-        outbox.c.status.in_(PENDING),
-        sa.or_(outbox.c.next_attempt_at.is_(None), outbox.c.next_attempt_at <= now),
-        sa.or_(outbox.c.claimed_at.is_(None), outbox.c.claimed_at < now - lease),
+    `lease`, no more. The states are written out, not bound, so SQLite can use the partial index
+    `ix_outbox_ready` (a queued row always has `next_attempt_at`)."""
+    mark = _placeholder(conn)
+    skip_locked = " FOR UPDATE SKIP LOCKED" if conn.dialect.name == "postgresql" else ""
+    at = _bind(conn, "claimed_at")
+    leased = conn.exec_driver_sql(
+        f"UPDATE outbox SET claimed_at = {mark} WHERE id IN ("  # noqa: S608
+        f"SELECT id FROM outbox WHERE status IN ('queued', 'deferred') AND next_attempt_at <= {mark}"
+        f" AND (claimed_at IS NULL OR claimed_at < {mark})"
+        f" ORDER BY next_attempt_at, id LIMIT {mark}{skip_locked}) RETURNING id",
+        (at(now), at(now), at(now - lease), limit),
     )
-    pick = sa.select(outbox.c.id).where(ready).order_by(outbox.c.next_attempt_at, outbox.c.id).limit(limit)
-    if conn.dialect.name == "postgresql":
-        pick = pick.with_for_update(skip_locked=True)
-    ids = [r[0] for r in conn.execute(pick)]
+    ids = sorted(row[0] for row in leased)
     if not ids:
         return []
-    conn.execute(sa.update(outbox).where(outbox.c.id.in_(ids)).values(claimed_at=now))
-    rows = conn.execute(
-        sa.select(
-            outbox.c.id,
-            outbox.c.lead_id,
-            leads.c.email,
-            leads.c.consent_status,
-            leads.c.attributes,
-            leads.c.timezone,
-            outbox.c.funnel_id,
-            outbox.c.step,
-            outbox.c.template,
-            outbox.c.stage,
-            outbox.c.transactional,
-            outbox.c.attempts,
-        )
-        .join(leads, leads.c.id == outbox.c.lead_id)
-        .where(outbox.c.id.in_(ids))
-        .order_by(outbox.c.id)
+    rows = conn.exec_driver_sql(
+        "SELECT o.id, o.lead_id, l.email, l.consent_status, l.attributes, l.timezone, o.funnel_id, o.step,"  # noqa: S608
+        " o.template, o.stage, o.transactional, o.attempts"
+        f" FROM outbox o JOIN leads l ON l.id = o.lead_id WHERE o.id IN ({_marks(mark, len(ids))}) ORDER BY o.id",
+        tuple(ids),
     ).all()
-    hashes = {email_hash(r.email) for r in rows}
-    hits = conn.execute(sa.select(suppressions.c.email_hash).where(suppressions.c.email_hash.in_(hashes)))
-    suppressed = {h for (h,) in hits}
+    hashes = {r[2]: email_hash(r[2]) for r in rows}
+    suppressed: set[str] = set()
+    if hashes:
+        hits = conn.exec_driver_sql(
+            f"SELECT email_hash FROM suppressions WHERE email_hash IN ({_marks(mark, len(hashes))})",  # noqa: S608
+            tuple(hashes.values()),
+        )
+        suppressed = {h for (h,) in hits}
+    attributes = _attributes_reader(conn)
     return [
         OutboxItem(
-            id=r.id,
-            lead_id=r.lead_id,
-            email=r.email,
-            consent_status=r.consent_status,
-            attributes=dict(r.attributes or {}),
-            funnel_id=r.funnel_id,
-            step=r.step,
-            template=r.template,
-            stage=r.stage,
-            transactional=r.transactional,
-            attempts=r.attempts,
-            suppressed=email_hash(r.email) in suppressed,
-            timezone=r.timezone,
+            id=r[0],
+            lead_id=r[1],
+            email=r[2],
+            consent_status=r[3],
+            attributes=dict(attributes(r[4]) or {}),
+            funnel_id=r[6],
+            step=r[7],
+            template=r[8],
+            stage=r[9],
+            transactional=bool(r[10]),
+            attempts=r[11],
+            suppressed=hashes[r[2]] in suppressed,
+            timezone=r[5],
         )
         for r in rows
     ]
+
+
+def _attributes_reader(conn: sa.Connection) -> Callable[[Any], Any]:
+    """The JSON column's own decoding (text on SQLite; PostgreSQL's driver hands back objects)."""
+    impl = leads.c.attributes.type.dialect_impl(conn.dialect)
+    reader = impl.result_processor(conn.dialect, None)
+    return reader if reader is not None else _same
 
 
 def consent_of(conn: sa.Connection, emails: Mapping[int, str], lock: bool = False) -> dict[int, tuple[str, bool]]:
@@ -112,18 +114,18 @@ def consent_of(conn: sa.Connection, emails: Mapping[int, str], lock: bool = Fals
     if not ids:
         return {}
     mark = _placeholder(conn)
-    lock_clause = " ORDER BY id FOR UPDATE" if lock and conn.dialect.name == "postgresql" else ""
-    rows = conn.exec_driver_sql(
-        f"SELECT id, consent_status FROM leads WHERE id IN ({_marks(mark, len(ids))}){lock_clause}", tuple(ids)  # noqa: S608
-    ).all()
-    hashes = {lead_id: email_hash(emails[lead_id]) for lead_id, _ in rows}
-    suppressed: set[str] = set()
-    if hashes:
-        found = conn.exec_driver_sql(
-            f"SELECT email_hash FROM suppressions WHERE email_hash IN ({_marks(mark, len(hashes))})",  # noqa: S608
-            tuple(hashes.values()),
-        )
-        suppressed = {h for (h,) in found}
+    hashes = {lead_id: email_hash(emails[lead_id]) for lead_id in ids}
+    leads_sql = f"SELECT id, consent_status FROM leads WHERE id IN ({_marks(mark, len(ids))})"  # noqa: S608
+    hits_sql = f"SELECT email_hash FROM suppressions WHERE email_hash IN ({_marks(mark, len(ids))})"  # noqa: S608
+    if lock and conn.dialect.name == "postgresql":
+        rows = conn.exec_driver_sql(f"{leads_sql} ORDER BY id FOR UPDATE", tuple(ids)).all()
+        suppressed = {h for (h,) in conn.exec_driver_sql(hits_sql, tuple(hashes.values()))}
+    else:
+        # One round trip: the leads' rows, then the suppressed hashes (id -1).
+        hits_as_rows = hits_sql.replace("SELECT email_hash", "SELECT -1, email_hash", 1)
+        found = conn.exec_driver_sql(f"{leads_sql} UNION ALL {hits_as_rows}", (*ids, *hashes.values())).all()
+        rows = [r for r in found if r[0] != -1]
+        suppressed = {h for i, h in found if i == -1}
     return {lead_id: (status, hashes[lead_id] in suppressed) for lead_id, status in rows}
 
 
@@ -143,17 +145,21 @@ def marketing_sent_since(conn: sa.Connection, lead_ids: Iterable[int], since: da
     return found
 
 
-def mark_sending(conn: sa.Connection, ids: Sequence[int], now: datetime) -> set[int]:
-    """Queued/deferred -> sending, all in one statement. Only the returned ids may be sent: a message
-    that someone else got to first is not among them. `sent_at` is when DATA began."""
-    if not ids:
+def mark_sending(conn: sa.Connection, message_ids: Mapping[int, str], now: datetime) -> set[int]:
+    """Queued/deferred -> sending, with each one's Message-ID, all in one statement. Only the returned
+    ids may be sent: a message that someone else got to first is not among them. `sent_at` is when
+    DATA began."""
+    if not message_ids:
         return set()
     mark = _placeholder(conn)
+    ids = list(message_ids)
     at = _bind(conn, "sent_at")(now)
+    cases = " ".join(f"WHEN {mark} THEN {mark}" for _ in ids)
     result = conn.exec_driver_sql(
-        f"UPDATE outbox SET status = 'sending', claimed_at = {mark}, sent_at = {mark}, attempts = attempts + 1"  # noqa: S608
+        f"UPDATE outbox SET status = 'sending', claimed_at = {mark}, sent_at = {mark}, attempts = attempts + 1,"  # noqa: S608
+        f" message_id = CASE id {cases} END"
         f" WHERE id IN ({_marks(mark, len(ids))}) AND status IN ('queued', 'deferred') RETURNING id",
-        (at, at, *ids),
+        (at, at, *(v for i in ids for v in (i, message_ids[i])), *ids),
     )
     return {row[0] for row in result}
 

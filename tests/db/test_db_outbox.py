@@ -69,18 +69,16 @@ def test_a_lease_respects_the_limit(db: Engine) -> None:
 def test_only_one_worker_marks_a_message_sending(db: Engine) -> None:
     _, ids = _messages(db)
     with db.begin() as conn:
-        both = [ids["queued-due"], ids["deferred-due"]]
+        both = {ids["queued-due"]: "<m1@x>", ids["deferred-due"]: "<m2@x>"}
         assert outbox.mark_sending(conn, both, T0) == set(both)
-        assert outbox.mark_sending(conn, [ids["queued-due"], ids["sent"], ids["queued-later"]], T0) == {
-            ids["queued-later"]
-        }
+        again = {ids["queued-due"]: "<m1@x>", ids["sent"]: "<m3@x>", ids["queued-later"]: "<m4@x>"}
+        assert outbox.mark_sending(conn, again, T0) == {ids["queued-later"]}
 
 
 def test_an_outcome_is_recorded_only_from_the_expected_state(db: Engine) -> None:
     lead_id, ids = _messages(db)
     with db.begin() as conn:
-        outbox.mark_sending(conn, [ids["queued-due"]], T0)
-        outbox.apply(conn, [outbox.Change(ids["queued-due"], {"message_id": "<m1@greenleaf.example>"}, ("sending",))])
+        outbox.mark_sending(conn, {ids["queued-due"]: "<m1@greenleaf.example>"}, T0)
         assert outbox.finish(conn, ids["queued-due"], "sent", T0, expect=("sending",))
         # A late verdict from a worker whose lease ran out cannot undo the send.
         assert not outbox.finish(conn, ids["queued-due"], "failed", T0)
@@ -96,7 +94,7 @@ def test_an_outcome_is_recorded_only_from_the_expected_state(db: Engine) -> None
 def test_a_message_left_sending_by_a_crash_becomes_unknown_and_is_not_resent(db: Engine) -> None:
     lead_id, ids = _messages(db)
     with db.begin() as conn:
-        outbox.mark_sending(conn, [ids["queued-due"]], T0)  # ...and the worker dies
+        outbox.mark_sending(conn, {ids["queued-due"]: "<m1@x>"}, T0)  # ...and the worker dies
     with db.begin() as conn:
         assert outbox.sweep_stale_sending(conn, older_than=T0) == 0  # marked at T0: not older
         assert outbox.sweep_stale_sending(conn, older_than=T0 + 10 * MIN) == 1
@@ -149,9 +147,10 @@ def test_consent_and_daily_history_are_read_for_a_whole_batch(db: Engine) -> Non
         other = store.upsert_lead(conn, "gone@example.com", consent="unsubscribed", now=T0)
         third = store.upsert_lead(conn, "bounced@example.com", now=T0)
         store.suppress(conn, "bounced@example.com", "bounced", now=T0)
-        outbox.mark_sending(conn, [ids["queued-due"]], T0)
+        outbox.mark_sending(conn, {ids["queued-due"]: "<m1@x>"}, T0)
         emails = {lead_id: "o@example.com", other: "gone@example.com", third: "bounced@example.com", 999_999: "x@y.z"}
         found = outbox.consent_of(conn, emails, lock=True)
+        assert outbox.consent_of(conn, emails, lock=False) == found
         history = outbox.marketing_sent_since(conn, [lead_id, other], T0 - 30 * MIN)
     assert found == {lead_id: ("subscribed", False), other: ("unsubscribed", False), third: ("subscribed", True)}
     # `sending` counts (it may have reached the server); the message sent an hour ago is before `since`.
