@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from engine.store import email_hash
-from engine.tables import OUTBOX_STATUSES, leads, outbox, suppressions
+from engine.tables import OUTBOX_STATUSES, leads, outbox
 
 LEASE = timedelta(minutes=2)
 # Not handed to the SMTP server yet: the only states a worker may act on before DATA.
