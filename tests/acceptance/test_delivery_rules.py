@@ -6,7 +6,10 @@ nothing is sent twice."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import re
 import shutil
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -14,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import dkim  # type: ignore[import-untyped]
 import pytest
 import sqlalchemy as sa
 from aiosmtpd.controller import Controller
@@ -42,6 +46,7 @@ class CountingHandler:
         self.most_in_data = 0
         self.received: Counter[tuple[str, str]] = Counter()
         self.refusals: Counter[str] = Counter()
+        self.raw: list[bytes] = []
 
     async def handle_EHLO(
         self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
@@ -65,6 +70,7 @@ class CountingHandler:
             await asyncio.sleep(self.data_delay)
         finally:
             self.in_data -= 1
+        self.raw.append(envelope.original_content or envelope.content)
         lines = envelope.content.decode().splitlines()
         funnel_step = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("X-Funnel:")), "")
         self.received[(envelope.rcpt_tos[0], funnel_step)] += 1
@@ -277,3 +283,38 @@ def test_render_processes_send_the_same_messages_and_a_broken_template_fails_alo
     assert "nosuchfilter" in result.errors[0]
     assert statuses(engine)[("broken@example.com", "welcome")][0] == "failed"
     assert len(handler.received) == 20 and set(handler.received.values()) == {1}
+
+
+def test_a_dkim_signed_email_verifies_at_the_receiver_and_covers_the_unsubscribe_headers(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    key = tmp_path / "dkim.pem"
+    subprocess.run(["openssl", "genrsa", "-out", str(key), "2048"], check=True, capture_output=True)
+    der = subprocess.run(
+        ["openssl", "rsa", "-in", str(key), "-pubout", "-outform", "DER"], check=True, capture_output=True
+    ).stdout
+    record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(der)
+
+    def dns(name: bytes, timeout: int = 5) -> bytes | None:
+        return record if name.rstrip(b".") == b"mail._domainkey.greenleaf.example" else None
+
+    handler = CountingHandler()
+    controller, port = serve(handler)
+    try:
+        queue(engine, "jo@example.com", [("lead-magnet", "nurture-1", False)])
+        result = dispatch(
+            engine, port, dkim={"selector": "mail", "domain": "greenleaf.example", "private_key_file": key}
+        )
+    finally:
+        controller.stop()
+    assert result.sent == 1
+    (raw,) = handler.raw
+    assert raw.startswith(b"DKIM-Signature:")
+    assert dkim.verify(raw, dnsfunc=dns)
+    signed = re.search(rb"h=([^;]+);", raw.replace(b"\r\n", b"").replace(b" ", b"").replace(b"\t", b""))
+    assert signed is not None
+    headers = signed.group(1).lower().split(b":")
+    assert b"list-unsubscribe" in headers and b"list-unsubscribe-post" in headers
+    # A relay that rewrites the unsubscribe link breaks the signature.
+    tampered = raw.replace(b"List-Unsubscribe: <http", b"List-Unsubscribe: <xttp", 1)
+    assert tampered != raw and not dkim.verify(tampered, dnsfunc=dns)
