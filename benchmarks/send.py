@@ -37,11 +37,12 @@ sys.path.insert(0, str(ROOT))
 from engine import tables  # noqa: E402
 from engine.database import create_engine_for, upgrade  # noqa: E402
 from engine.mailer import Mailer  # noqa: E402
+from engine.outbox_item import OutboxItem  # noqa: E402
 from engine.settings import Settings  # noqa: E402
 from engine.templates import TemplateLibrary  # noqa: E402
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
-CHUNK = 20_000
+CHUNK = 5_000
 NAMES = ["Zoë", "Łukasz", "Ana", "Søren", "Chloé", "Jürgen", "Priya", "Seán", "Mia", "José"]
 
 
@@ -173,13 +174,9 @@ def main() -> None:
         e2e_rate = sent / e2e_s
 
         with engine.begin() as conn:
-            item_row = conn.execute(sa.select(tables.outbox.c.id).limit(1)).scalar_one()
             statuses = dict(
                 conn.execute(sa.select(tables.outbox.c.status, sa.func.count()).group_by(tables.outbox.c.status)).all()
             )
-        del item_row
-        from engine.outbox import OutboxItem
-
         sample = OutboxItem(1, 1, "lead@bench.example", "subscribed", {"first_name": "Zoë"}, "lead-magnet", "raw",
                             templates[0], "inquiry", False, 0, False)
         payload = mailer.compose(sample, NOW).payload

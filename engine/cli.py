@@ -363,7 +363,7 @@ def _preview_message(
 ) -> tuple[RenderedEmail, bytes]:
     """The message a lead would get from `template`, built by the mailer's own code, as the exact bytes."""
     from engine.mailer import Mailer
-    from engine.outbox import OutboxItem
+    from engine.outbox_item import OutboxItem
     from engine.settings import get_settings
     from engine.templates import TemplateError, TemplateLibrary
     from engine.yamlfile import read_yaml

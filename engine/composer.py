@@ -13,7 +13,7 @@ from typing import Any
 
 from engine.links import Links
 from engine.mime import build_mime, dkim_sign, load_dkim_key
-from engine.outbox import OutboxItem
+from engine.outbox_item import OutboxItem
 from engine.settings import Settings
 from engine.templates import RenderedEmail, Sender, TemplateLibrary, lead_fields
 

@@ -17,7 +17,8 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from engine import outbox, store
-from engine.outbox import Change, OutboxItem
+from engine.outbox import Change
+from engine.outbox_item import OutboxItem
 from engine.screen import GO, Later, Never, Screen, Verdict
 
 log = logging.getLogger("engine.ledger")

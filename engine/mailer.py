@@ -21,7 +21,8 @@ import sqlalchemy as sa
 from engine import outbox
 from engine.composer import Composer, Failed, Prepared
 from engine.ledger import TAKEN, Ledger, screened
-from engine.outbox import Change, OutboxItem
+from engine.outbox import Change
+from engine.outbox_item import OutboxItem
 from engine.renderpool import RenderPool
 from engine.screen import GO, Later, Never, Screen
 from engine.settings import Settings

@@ -12,6 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from engine.outbox_item import OutboxItem
 from engine.store import email_hash
 from engine.tables import OUTBOX_STATUSES, leads, outbox
 
@@ -20,27 +21,6 @@ LEASE = timedelta(minutes=2)
 PENDING = ("queued", "deferred")
 # Handed to (or maybe taken by) an SMTP server: these count against a lead's daily cap.
 HANDED_OVER = ("sending", "sent", "unknown")
-
-
-@dataclass(frozen=True)
-class OutboxItem:
-    id: int
-    lead_id: int
-    email: str
-    consent_status: str
-    attributes: dict[str, Any]
-    funnel_id: str
-    step: str
-    template: str
-    stage: str
-    transactional: bool
-    attempts: int
-    suppressed: bool
-    timezone: str | None = None
-
-    @property
-    def domain(self) -> str:
-        return self.email.rpartition("@")[2].lower()
 
 
 def lease_batch(conn: sa.Connection, now: datetime, limit: int, lease: timedelta = LEASE) -> list[OutboxItem]:

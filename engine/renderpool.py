@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from engine.composer import Composer, Failed, Prepared
-from engine.outbox import OutboxItem
+from engine.outbox_item import OutboxItem
 from engine.settings import Settings
 
 _composer: Composer | None = None

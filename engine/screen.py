@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from engine import outbox
 from engine.localtime import zone
-from engine.outbox import OutboxItem
+from engine.outbox_item import OutboxItem
 from engine.timing import TimingRules, earliest_send
 
 GO = "go"

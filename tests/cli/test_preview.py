@@ -53,7 +53,7 @@ def test_every_example_email_has_the_required_headers_and_a_text_part() -> None:
     from datetime import UTC, datetime
 
     from engine.mailer import Mailer
-    from engine.outbox import OutboxItem
+    from engine.outbox_item import OutboxItem
     from engine.settings import Settings
     from engine.templates import TemplateLibrary
 
