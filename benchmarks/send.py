@@ -184,7 +184,8 @@ def main() -> None:
         templates = [n for n in library.names() if n.startswith("lead-magnet/")]
         started = time.perf_counter()
         load(engine, args.emails, templates)
-        print(f"loaded {args.emails:,} due emails in {time.perf_counter() - started:.1f} s", flush=True)
+        print(f"loaded {args.emails:,} due emails in {time.perf_counter() - started:.1f} s"
+              f" (peak memory so far {peak_rss_mb():.0f} MB)", flush=True)
 
         settings = Settings(
             data_dir=folder,
