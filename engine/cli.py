@@ -428,6 +428,7 @@ def send_test(
 
     import aiosmtplib
 
+    from engine.mailer import client_options
     from engine.settings import get_settings
 
     smtp = get_settings().smtp
@@ -443,11 +444,7 @@ def send_test(
                 recipients=[to],
                 hostname=smtp.host,
                 port=smtp.port,
-                timeout=smtp.timeout_s,
-                use_tls=smtp.security == "ssl",
-                start_tls=smtp.security == "starttls",
-                username=smtp.username,
-                password=smtp.password.get_secret_value() if smtp.password else None,
+                **client_options(smtp),
             )
         )
     except (aiosmtplib.SMTPException, OSError) as exc:

@@ -25,7 +25,7 @@ from engine.outbox import Change
 from engine.outbox_item import OutboxItem
 from engine.renderpool import RenderPool
 from engine.screen import GO, Later, Never, Screen
-from engine.settings import Settings
+from engine.settings import Settings, SmtpSettings
 from engine.templates import RenderedEmail, TemplateLibrary
 from engine.throttle import Throttle
 from engine.timing import TimingRules
@@ -39,6 +39,7 @@ MAX_BACKOFF = timedelta(hours=6)
 MAX_ATTEMPTS = 12
 # How long a connection may wait for a domain's rate-limit slot before the message is requeued instead.
 PATIENCE_S = 0.25
+RELAY_RETRY = timedelta(minutes=1)
 
 
 @dataclass
@@ -61,6 +62,18 @@ class DispatchResult:
         self.unknown += other.unknown
         self.skipped += other.skipped
         self.errors.extend(other.errors)
+
+
+def client_options(smtp: SmtpSettings) -> dict[str, Any]:
+    """aiosmtplib's connection options from the settings: TLS mode, the CA to trust, the login."""
+    return {
+        "timeout": smtp.timeout_s,
+        "use_tls": smtp.security == "ssl",
+        "start_tls": smtp.security == "starttls",
+        "cert_bundle": str(smtp.ca_file) if smtp.ca_file else None,
+        "username": smtp.username,
+        "password": smtp.password.get_secret_value() if smtp.password else None,
+    }
 
 
 def backoff(attempts: int) -> timedelta:
@@ -131,16 +144,7 @@ class Mailer:
         return timedelta(seconds=self.settings.smtp.timeout_s * 4 + PATIENCE_S * 4 + 5)
 
     def _smtp(self, host: str, port: int) -> aiosmtplib.SMTP:
-        smtp = self.settings.smtp
-        return aiosmtplib.SMTP(
-            hostname=host,
-            port=port,
-            timeout=smtp.timeout_s,
-            use_tls=smtp.security == "ssl",
-            start_tls=smtp.security == "starttls",
-            username=smtp.username,
-            password=smtp.password.get_secret_value() if smtp.password else None,
-        )
+        return aiosmtplib.SMTP(hostname=host, port=port, **client_options(self.settings.smtp))
 
     async def dispatch(self, now: datetime, host: str, port: int, limit: int = 200) -> DispatchResult:
         """Send up to `limit` due messages over a pool of connections, then return."""
@@ -150,8 +154,9 @@ class Mailer:
         recorder = asyncio.create_task(ledger.run())
         connections = self.settings.smtp.connections
         queue: asyncio.Queue[Prepared | None] = asyncio.Queue(maxsize=connections * 2)
+        relay_down: list[str] = []  # shared: once the relay fails a session, the round stops trying it
         pool = [
-            asyncio.create_task(_Connection(self, ledger, result, now, host, port).run(queue))
+            asyncio.create_task(_Connection(self, ledger, result, now, host, port, relay_down).run(queue))
             for _ in range(connections)
         ]
         try:
@@ -245,9 +250,17 @@ class _Connection:
     """One SMTP session, reused for message after message; reconnects when the server drops it."""
 
     def __init__(
-        self, mailer: Mailer, ledger: Ledger, result: DispatchResult, now: datetime, host: str, port: int
+        self,
+        mailer: Mailer,
+        ledger: Ledger,
+        result: DispatchResult,
+        now: datetime,
+        host: str,
+        port: int,
+        relay_down: list[str],
     ) -> None:
         self.mailer = mailer
+        self.relay_down = relay_down
         self.ledger = ledger
         self.result = result
         self.now = now
@@ -281,8 +294,18 @@ class _Connection:
             return
         if wait > 0:
             await asyncio.sleep(wait)
+        if self.relay_down:
+            self._relay_failed(item, self.relay_down[0])
+            return
         try:
             smtp = await self._session()
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            error = f"relay {self.host}:{self.port}: {exc}"
+            self._relay_failed(item, error)
+            self.relay_down.append(error)
+            self._drop()
+            return
+        try:
             await smtp.mail(self.mailer.settings.sender.address)
             self.dirty = True
             await smtp.rcpt(item.email)
@@ -329,6 +352,15 @@ class _Connection:
         # A 250 settles it, even for a message the sweep already gave up on as `unknown`.
         self.ledger.record(Change(item.id, {"status": "sent", "last_error": None}, ("sending", "unknown")))
         self.result.sent += 1
+
+    def _relay_failed(self, item: OutboxItem, error: str) -> None:
+        """The relay, not this message: connecting, TLS or the login failed. The message waits a minute
+        without spending one of its attempts, and the rest of this round is not tried against a relay
+        that just failed."""
+        self.ledger.record(_deferred(item, self.now + RELAY_RETRY, error, False, outbox.PENDING))
+        self.result.deferred += 1
+        if error not in self.result.errors:
+            self.result.errors.append(error)
 
     async def _session(self) -> aiosmtplib.SMTP:
         limit = self.mailer.settings.smtp.messages_per_connection

@@ -25,6 +25,9 @@ class SmtpSettings(BaseModel):
     username: str | None = None
     password: SecretStr | None = None
     security: str = Field(default="starttls", pattern="^(none|starttls|ssl)$")
+    ca_file: Path | None = Field(
+        default=None, description="Trust this CA bundle for the relay's certificate (a private CA); else the system's."
+    )
     timeout_s: float = 30.0
     connections: int = Field(default=4, ge=1, le=64, description="Concurrent SMTP connections per worker.")
     messages_per_connection: int = Field(
