@@ -143,3 +143,38 @@ def outbox_rows(engine: Engine) -> list[sa.Row[tuple[object, ...]]]:
                 .order_by(outbox.c.id)
             )
         )
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    """A migrated SQLite database of its own, for tests that drive the mailer in this process."""
+    from engine.database import upgrade
+
+    url = f"sqlite:///{tmp_path / 'funnel.db'}"
+    upgrade(url)
+    db = create_engine_for(url)
+    yield db
+    db.dispose()
+
+
+def queue_email(
+    engine: Engine,
+    address: str,
+    step: str,
+    now: datetime,
+    *,
+    funnel: str = "f",
+    template: str = "lead-magnet/report",
+    transactional: bool = False,
+    timezone: str | None = None,
+) -> None:
+    """An outbox row due at `now`, written the way the engine writes one: with its decision."""
+    from engine import store
+    from engine.journey import Decision, Enrollment, SendEmail
+
+    with engine.begin() as conn:
+        lead_id = store.upsert_lead(conn, address, timezone=timezone, now=now)
+        state = Enrollment(funnel, "v1", "active", "s", None, "ready", now, None, now, now)
+        command = SendEmail(step, template, "s", now, transactional)
+        lead = store.get_lead(conn, lead_id)
+        store.apply_decision(conn, lead_id, Decision(state, lead, (command,)), now=now)  # type: ignore[arg-type]

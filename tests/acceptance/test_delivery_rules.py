@@ -12,22 +12,19 @@ import shutil
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import dkim  # type: ignore[import-untyped]
-import pytest
 import sqlalchemy as sa
 from aiosmtpd.controller import Controller
 
-from engine import store, tables
-from engine.database import create_engine_for, upgrade
-from engine.journey import Decision, Enrollment, SendEmail
+from engine import tables
 from engine.mailer import DispatchResult, Mailer
 from engine.settings import Settings
 from engine.templates import TemplateLibrary
+from tests.acceptance.conftest import queue_email
 from tests.smtp_server import _free_port
 
 EMAILS = Path(__file__).resolve().parent.parent / "fixtures" / "emails"
@@ -77,15 +74,6 @@ class CountingHandler:
         return "250 OK"
 
 
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[sa.Engine]:
-    url = f"sqlite:///{tmp_path / 'funnel.db'}"
-    upgrade(url)
-    db = create_engine_for(url)
-    yield db
-    db.dispose()
-
-
 def serve(handler: CountingHandler) -> tuple[Controller, int]:
     port = _free_port("127.0.0.1")
     controller = Controller(handler, hostname="127.0.0.1", port=port, ready_timeout=60)
@@ -100,13 +88,8 @@ def queue(
     timezone: str | None = None,
 ) -> None:
     """Queue emails for one lead: (funnel, step, transactional) each."""
-    with engine.begin() as conn:
-        lead_id = store.upsert_lead(conn, address, timezone=timezone, now=NOW)
-        for funnel, step, transactional in steps:
-            state = Enrollment(funnel, "v1", "active", "s", None, "ready", NOW, None, NOW, NOW)
-            command = SendEmail(step, "lead-magnet/report", "s", NOW, transactional)
-            lead = store.get_lead(conn, lead_id)
-            store.apply_decision(conn, lead_id, Decision(state, lead, (command,)), now=NOW)  # type: ignore[arg-type]
+    for funnel, step, transactional in steps:
+        queue_email(engine, address, step, NOW, funnel=funnel, transactional=transactional, timezone=timezone)
 
 
 def statuses(engine: sa.Engine) -> dict[tuple[str, str], tuple[str, int, datetime | None]]:
@@ -264,11 +247,7 @@ def test_render_processes_send_the_same_messages_and_a_broken_template_fails_alo
     try:
         for i in range(20):
             queue(engine, f"lead{i}@example.com", [("f", "welcome", False)])
-        with engine.begin() as conn:
-            lead_id = store.upsert_lead(conn, "broken@example.com", now=NOW)
-            state = Enrollment("f", "v1", "active", "s", None, "ready", NOW, None, NOW, NOW)
-            command = SendEmail("welcome", "lead-magnet/broken", "s", NOW)
-            store.apply_decision(conn, lead_id, Decision(state, store.get_lead(conn, lead_id), (command,)), now=NOW)  # type: ignore[arg-type]
+        queue_email(engine, "broken@example.com", "welcome", NOW, template="lead-magnet/broken")
         settings = Settings(
             render_processes=1, smtp={"host": "127.0.0.1", "port": port, "security": "none", "rate_per_s": 10_000}
         )

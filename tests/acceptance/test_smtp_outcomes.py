@@ -16,11 +16,10 @@ import sqlalchemy as sa
 from aiosmtpd.controller import Controller
 
 from engine import store, tables
-from engine.database import create_engine_for, upgrade
-from engine.journey import Decision, Enrollment, SendEmail
 from engine.mailer import Mailer
 from engine.settings import Settings, SmtpSettings
 from engine.templates import TemplateLibrary
+from tests.acceptance.conftest import queue_email
 from tests.smtp_server import _free_port
 
 EMAILS = Path(__file__).resolve().parent.parent / "fixtures" / "emails"
@@ -76,12 +75,8 @@ def scripted() -> Iterator[tuple[ScriptedHandler, int]]:
 
 
 def queue(engine: sa.Engine, addresses: list[str]) -> None:
-    with engine.begin() as conn:
-        for i, address in enumerate(addresses):
-            lead_id = store.upsert_lead(conn, address, now=NOW)
-            state = Enrollment("f", "v1", "active", "s", None, "ready", NOW, None, NOW, NOW)
-            command = SendEmail(f"step-{i}", "lead-magnet/report", "s", NOW)
-            store.apply_decision(conn, lead_id, Decision(state, store.get_lead(conn, lead_id), (command,)), now=NOW)  # type: ignore[arg-type]
+    for i, address in enumerate(addresses):
+        queue_email(engine, address, f"step-{i}", NOW)
 
 
 def outcome(engine: sa.Engine) -> dict[str, tuple[str, int, str | None]]:
@@ -97,15 +92,6 @@ def dispatch(engine: sa.Engine, port: int) -> None:
     settings = Settings(smtp=SmtpSettings(host="127.0.0.1", port=port, security="none", timeout_s=TIMEOUT_S))
     mailer = Mailer(engine, settings, TemplateLibrary(EMAILS))
     asyncio.run(mailer.dispatch(NOW, "127.0.0.1", port))
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[sa.Engine]:
-    url = f"sqlite:///{tmp_path / 'funnel.db'}"
-    upgrade(url)
-    db = create_engine_for(url)
-    yield db
-    db.dispose()
 
 
 @pytest.mark.parametrize("code", ["421", "450", "451", "452", "454"])

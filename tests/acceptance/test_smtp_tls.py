@@ -22,12 +22,11 @@ import sqlalchemy as sa
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from engine import store, tables
-from engine.database import create_engine_for, upgrade
-from engine.journey import Decision, Enrollment, SendEmail
+from engine import tables
 from engine.mailer import DispatchResult, Mailer
 from engine.settings import Settings
 from engine.templates import TemplateLibrary
+from tests.acceptance.conftest import queue_email
 from tests.smtp_server import _free_port
 
 # aiosmtpd warns about AUTH without STARTTLS; with implicit TLS the whole session is encrypted.
@@ -100,22 +99,9 @@ def relay(request: pytest.FixtureRequest, certificate: tuple[Path, Path]) -> Ite
         controller.stop()
 
 
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[sa.Engine]:
-    url = f"sqlite:///{tmp_path / 'funnel.db'}"
-    upgrade(url)
-    db = create_engine_for(url)
-    yield db
-    db.dispose()
-
-
 def queue(engine: sa.Engine, count: int) -> None:
-    with engine.begin() as conn:
-        for i in range(count):
-            lead_id = store.upsert_lead(conn, f"lead{i}@example.com", now=NOW)
-            state = Enrollment("f", "v1", "active", "s", None, "ready", NOW, None, NOW, NOW)
-            command = SendEmail("welcome", "lead-magnet/report", "s", NOW)
-            store.apply_decision(conn, lead_id, Decision(state, store.get_lead(conn, lead_id), (command,)), now=NOW)  # type: ignore[arg-type]
+    for i in range(count):
+        queue_email(engine, f"lead{i}@example.com", "welcome", NOW)
 
 
 def dispatch(engine: sa.Engine, port: int, security: str, **smtp: Any) -> DispatchResult:
