@@ -200,50 +200,6 @@ def _same(value: Any) -> Any:
     return value
 
 
-def finish(
-    conn: sa.Connection,
-    message_id: int,
-    status: str,
-    now: datetime,
-    *,
-    expect: tuple[str, ...] = PENDING,
-    **fields: Any,
-) -> bool:
-    """Record an outcome, only if the message is still in one of the `expect`ed states. A worker whose
-    lease ran out may learn its outcome after another worker sent the message: its stale verdict
-    must not turn `sent` back into something that is retried or reported wrongly."""
-    values: dict[str, Any] = {"status": status, **fields}
-    if status == "sent":
-        values["sent_at"] = now
-    result = conn.execute(
-        sa.update(outbox).where(outbox.c.id == message_id, outbox.c.status.in_(expect)).values(**values)
-    )
-    return result.rowcount == 1
-
-
-def defer(
-    conn: sa.Connection,
-    message_id: int,
-    until: datetime,
-    error: str,
-    count_attempt: bool,
-    *,
-    expect: tuple[str, ...] = PENDING,
-) -> bool:
-    values: dict[str, Any] = {
-        "status": "deferred",
-        "next_attempt_at": until,
-        "claimed_at": None,
-        "last_error": error[:2000],
-    }
-    if count_attempt:
-        values["attempts"] = outbox.c.attempts + 1
-    result = conn.execute(
-        sa.update(outbox).where(outbox.c.id == message_id, outbox.c.status.in_(expect)).values(**values)
-    )
-    return result.rowcount == 1
-
-
 def sweep_stale_sending(conn: sa.Connection, older_than: datetime) -> int:
     """Messages left in `sending` by a worker that died: the server may or may not have them. They become
     `unknown` for an operator to decide; never sent again automatically (at most once)."""

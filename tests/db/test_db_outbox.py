@@ -79,10 +79,11 @@ def test_an_outcome_is_recorded_only_from_the_expected_state(db: Engine) -> None
     lead_id, ids = _messages(db)
     with db.begin() as conn:
         outbox.mark_sending(conn, {ids["queued-due"]: "<m1@greenleaf.example>"}, T0)
-        assert outbox.finish(conn, ids["queued-due"], "sent", T0, expect=("sending",))
+        assert outbox.apply(conn, [outbox.Change(ids["queued-due"], {"status": "sent"}, ("sending",))]) == 1
         # A late verdict from a worker whose lease ran out cannot undo the send.
-        assert not outbox.finish(conn, ids["queued-due"], "failed", T0)
-        outbox.defer(conn, ids["deferred-due"], T0 + 5 * MIN, "421 try later", True)
+        assert outbox.apply(conn, [outbox.Change(ids["queued-due"], {"status": "failed"})]) == 0
+        later = {"status": "deferred", "next_attempt_at": T0 + 5 * MIN, "last_error": "421 try later", "attempts": 1}
+        outbox.apply(conn, [outbox.Change(ids["deferred-due"], later)])
     with db.connect() as conn:
         by_step = {m.step: m for m in store.get_outbox(conn, lead_id)}
     sent = by_step["queued-due"]
