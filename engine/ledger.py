@@ -45,7 +45,6 @@ class Ledger:
         self._wake = asyncio.Event()
         self._closing = False
         self._conn: sa.Connection | None = None
-        self.commits = 0
 
     async def claim(self, item: OutboxItem, message_id: str) -> Verdict:
         """GO once the message is committed as `sending`; else why not (recorded already)."""
@@ -114,7 +113,6 @@ class Ledger:
                 if not claim.verdict.done():
                     claim.verdict.set_exception(exc)
             return False
-        self.commits += 1
         for claim, verdict in zip(claims, verdicts, strict=True):
             if not claim.verdict.done():
                 claim.verdict.set_result(verdict)

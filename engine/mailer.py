@@ -197,9 +197,11 @@ class Mailer:
                         result.errors.append(prepared.error)
                     else:
                         await queue.put(prepared)
+            await feeder  # a lease that failed fails the round, loudly
         finally:
-            feeder.cancel()
-            await asyncio.gather(feeder, return_exceptions=True)
+            if not feeder.done():
+                feeder.cancel()
+                await asyncio.gather(feeder, return_exceptions=True)
 
     async def _lease_and_compose(
         self,
@@ -215,14 +217,18 @@ class Mailer:
             while left > 0:
                 leased, ready = self._lease(now, min(left, chunk), result)
                 if not leased:
-                    return
+                    break
                 left -= leased
                 for start in range(0, len(ready), part):
                     await pending.put(self._compose_part(ready[start : start + part], now))
                     # Composing in this process is CPU work on the loop: let the connections read replies.
                     await asyncio.sleep(0)
-        finally:
+        except asyncio.CancelledError:
+            raise  # the consumer stopped: nobody waits for the end mark
+        except Exception:
             await pending.put(None)
+            raise
+        await pending.put(None)
 
     def _lease(self, now: datetime, limit: int, result: DispatchResult) -> tuple[int, list[OutboxItem]]:
         """Lease due messages; hold back those the screen says no to. (how many leased, the ones to send)"""
