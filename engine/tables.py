@@ -259,6 +259,20 @@ class FunnelVersion(SQLModel, table=True):
     created_at: datetime = Field(sa_type=UtcDateTime, nullable=False)
 
 
+class ApiKey(SQLModel, table=True):
+    """A key for the HTTP API. Only its SHA-256 is kept: the key itself is shown once, at creation."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (sa.UniqueConstraint("key_hash", name="uq_api_keys_key_hash"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(sa_type=sa.String(100), nullable=False)
+    prefix: str = Field(sa_type=sa.String(16), nullable=False)
+    key_hash: str = Field(sa_type=sa.String(64), nullable=False)
+    created_at: datetime = Field(sa_type=UtcDateTime, nullable=False)
+    revoked_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+
+
 metadata = SQLModel.metadata
 
 leads: sa.Table = Lead.__table__  # type: ignore[attr-defined]
@@ -270,3 +284,4 @@ webhook_calls: sa.Table = WebhookCall.__table__  # type: ignore[attr-defined]
 goals: sa.Table = Goal.__table__  # type: ignore[attr-defined]
 suppressions: sa.Table = Suppression.__table__  # type: ignore[attr-defined]
 funnel_versions: sa.Table = FunnelVersion.__table__  # type: ignore[attr-defined]
+api_keys: sa.Table = ApiKey.__table__  # type: ignore[attr-defined]

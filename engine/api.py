@@ -1,0 +1,147 @@
+"""The HTTP app: event ingestion for other systems (`/v1`, API keys) and the pages leads reach from
+their emails (one-click unsubscribe). An adapter: it validates, commits, and answers; what an event
+does to a lead's journey is the worker's business, on its next tick.
+
+Invariant 7: an event carries an id, a replay changes nothing, and the answer comes after the commit.
+Invariant 5: an unsubscribe takes effect at once; the mailer reads consent again right before DATA.
+Invariant 12: a batch with one bad item is rejected whole, with each item's and field's error.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+from fastapi import Body, Depends, FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field
+
+from engine import apikeys, store
+from engine.links import Links
+from engine.settings import Settings
+
+EVENT_NAME = r"^[a-z][a-z0-9_.-]{0,99}$"
+MAX_BATCH = 1000
+
+
+class EventIn(BaseModel):
+    """One event from another system. `id` is the sender's idempotency key: a replay changes nothing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=200)
+    type: str = Field(pattern=EVENT_NAME, description="e.g. form_submitted, link_clicked, order_completed")
+    email: EmailStr
+    occurred_at: AwareDatetime | None = Field(default=None, description="Default: when it is received.")
+    properties: dict[str, Any] = Field(default_factory=dict)
+    source: str | None = Field(default=None, max_length=200)
+
+
+class Accepted(BaseModel):
+    accepted: int = Field(description="New events, committed.")
+    duplicates: int = Field(description="Events whose id was already recorded: nothing changed.")
+
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def create_app(settings: Settings, engine: sa.Engine, clock: Callable[[], datetime] | None = None) -> FastAPI:
+    now = clock or (lambda: datetime.now(UTC))
+    links = Links(settings)
+    app = FastAPI(title="funnel engine", version="1", docs_url="/docs", redoc_url=None)
+
+    def api_key(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+        # No detail either way: a caller learns nothing about which keys exist.
+        if credentials is None or credentials.scheme.lower() != "bearer":
+            raise HTTPException(status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        with engine.connect() as conn:
+            if not apikeys.valid(conn, credentials.credentials):
+                raise HTTPException(status_code=401, headers={"WWW-Authenticate": "Bearer"})
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/v1/events", response_model=Accepted, dependencies=[Depends(api_key)], tags=["events"])
+    def post_events(
+        body: Annotated[EventIn | Annotated[list[EventIn], Field(min_length=1, max_length=MAX_BATCH)], Body()],
+    ) -> Accepted:
+        """One event, or a batch of up to 1,000 (a JSON array). Answered after the commit."""
+        items = body if isinstance(body, list) else [body]
+        at = now()
+        with engine.begin() as conn:
+            lead_ids: dict[str, int] = {}
+            for item in items:
+                address = store.normalise_email(item.email)
+                if address not in lead_ids:
+                    lead_ids[address] = store.upsert_lead(conn, address, now=at)
+            new = [
+                store.NewEvent(
+                    item.id,
+                    lead_ids[store.normalise_email(item.email)],
+                    item.type,
+                    item.occurred_at or at,
+                    item.properties,
+                    item.source or "api",
+                )
+                for item in items
+            ]
+            inserted, duplicates = store.record_events(conn, new, now=at)
+        return Accepted(accepted=inserted, duplicates=duplicates)
+
+    @app.get("/u/{token}", response_class=HTMLResponse, include_in_schema=False)
+    def unsubscribe_page(token: str) -> HTMLResponse:
+        """Only a page: link scanners fetch URLs, and a GET must change nothing."""
+        payload = links.verify("unsubscribe", token)
+        if not isinstance(payload, dict) or "e" not in payload:
+            raise HTTPException(status_code=404)
+        address, sender = html.escape(str(payload["e"])), html.escape(settings.sender.name)
+        return HTMLResponse(
+            _page(
+                "Unsubscribe",
+                f"<p>Stop all marketing email to <strong>{address}</strong> from {sender}?</p>"
+                '<form method="post"><button type="submit">Unsubscribe</button></form>',
+            )
+        )
+
+    @app.post("/u/{token}", include_in_schema=False)
+    async def unsubscribe(token: str, request: Request) -> Response:
+        """RFC 8058 one-click (a mail client posts `List-Unsubscribe=One-Click`), or the page's button.
+        No login, no redirect; effective at once."""
+        payload = links.verify("unsubscribe", token)
+        if not isinstance(payload, dict) or "e" not in payload:
+            raise HTTPException(status_code=404)
+        body = (await request.body()).decode("utf-8", "replace")
+        one_click = "List-Unsubscribe=One-Click" in body
+        address = str(payload["e"])
+        with engine.begin() as conn:
+            _unsubscribe(conn, address, "one-click" if one_click else "unsubscribe page", now())
+        if one_click:
+            return JSONResponse({"unsubscribed": True})
+        return HTMLResponse(
+            _page("Unsubscribed", f"<p>{html.escape(address)} will get no more marketing email from us.</p>")
+        )
+
+    return app
+
+
+def _unsubscribe(conn: sa.Connection, address: str, source: str, at: datetime) -> None:
+    """Unsubscribe the lead; for an address with no lead any more (erased), keep a suppression instead."""
+    if store.find_lead_id(conn, address) is None:
+        store.suppress(conn, address, "unsubscribed", now=at)
+        return
+    store.upsert_lead(conn, address, consent="unsubscribed", consent_source=source, now=at)
+
+
+def _page(title: str, body: str) -> str:
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title></head>"
+        '<body style="font-family: sans-serif; max-width: 36em; margin: 3em auto; line-height: 1.5">'
+        f"<h1>{html.escape(title)}</h1>{body}</body></html>"
+    )

@@ -1,0 +1,64 @@
+"""The HTTP app served by uvicorn on a loopback socket, in a thread of the test process, over a
+migrated SQLite file: tests talk to it with a real HTTP client."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+import uvicorn
+
+from engine import apikeys
+from engine.api import create_app
+from engine.database import create_engine_for, upgrade
+from engine.settings import Settings
+from tests.smtp_server import _free_port
+
+NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+
+
+@dataclass
+class Served:
+    url: str
+    engine: sa.Engine
+    settings: Settings
+    key: str
+
+    def client(self, key: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key if key is not None else self.key}"}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=10)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    url = f"sqlite:///{tmp_path / 'funnel.db'}"
+    upgrade(url)
+    engine = create_engine_for(url)
+    port = _free_port("127.0.0.1")
+    settings = Settings(data_dir=tmp_path, base_url=f"http://127.0.0.1:{port}")
+    with engine.begin() as conn:
+        key = apikeys.create(conn, "tests", NOW)
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings, engine, clock=lambda: NOW), host="127.0.0.1", port=port,
+                       log_level="warning", lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield Served(f"http://127.0.0.1:{port}", engine, settings, key)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        engine.dispose()

@@ -1,0 +1,84 @@
+"""The `/v1` API over a real socket: keys, idempotent events committed before the answer, whole-batch
+rejection with per-item, per-field errors, and the OpenAPI document."""
+
+from __future__ import annotations
+
+import httpx
+import sqlalchemy as sa
+
+from engine import apikeys, tables
+from tests.http.conftest import NOW, Served
+
+
+def _events(served: Served) -> list[tuple[str, str, str]]:
+    e, leads = tables.events, tables.leads
+    with served.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(e.c.event_id, e.c.name, leads.c.email).join(leads, leads.c.id == e.c.lead_id).order_by(e.c.id)
+        ).all()
+    return [tuple(r) for r in rows]  # type: ignore[misc]
+
+
+def test_every_v1_call_needs_a_valid_key_and_a_refusal_says_nothing(served: Served) -> None:
+    event = {"id": "e1", "type": "form_submitted", "email": "ann@example.com"}
+    for key in ("fk_", "fk_not-a-key", served.key[:-1] + "x", "Basic"):
+        with served.client(key) as client:
+            response = client.post("/v1/events", json=event)
+        assert response.status_code == 401
+        assert response.json() == {"detail": "Unauthorized"}
+    assert httpx.post(f"{served.url}/v1/events", json=event, timeout=10).status_code == 401  # no header at all
+    with served.engine.begin() as conn:
+        assert apikeys.revoke(conn, served.key[:10], NOW) == 1
+    with served.client() as client:
+        assert client.post("/v1/events", json=event).status_code == 401
+    assert _events(served) == []
+
+
+def test_an_event_is_committed_once_and_a_replay_changes_nothing(served: Served) -> None:
+    event = {"id": "signup-1", "type": "form_submitted", "email": " Ann@Example.com ", "properties": {"form": "x"}}
+    with served.client() as client:
+        first = client.post("/v1/events", json=event)
+        # The answer came after the commit: a reader sees the event at once.
+        assert _events(served) == [("signup-1", "form_submitted", "ann@example.com")]
+        again = client.post("/v1/events", json=event)
+    assert (first.status_code, first.json()) == (200, {"accepted": 1, "duplicates": 0})
+    assert (again.status_code, again.json()) == (200, {"accepted": 0, "duplicates": 1})
+    assert len(_events(served)) == 1
+
+
+def test_a_batch_is_taken_whole(served: Served) -> None:
+    batch = [{"id": f"b{i}", "type": "link_clicked", "email": f"lead{i % 3}@example.com"} for i in range(500)]
+    with served.client() as client:
+        response = client.post("/v1/events", json=batch)
+    assert response.json() == {"accepted": 500, "duplicates": 0}
+    assert len(_events(served)) == 500
+    with served.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(tables.leads)).scalar_one() == 3
+
+
+def test_a_batch_with_bad_items_is_rejected_whole_with_each_items_field_errors(served: Served) -> None:
+    batch = [
+        {"id": "ok-1", "type": "form_submitted", "email": "ann@example.com"},
+        {"id": "bad-1", "type": "form_submitted", "email": "not-an-address"},
+        {"id": "bad-2", "email": "bob@example.com", "occurred_at": "2026-11-23T10:00:00"},
+    ]
+    with served.client() as client:
+        response = client.post("/v1/events", json=batch)
+    assert response.status_code == 422
+    places = {tuple(str(p) for p in error["loc"][-2:]) for error in response.json()["detail"]}
+    assert {("1", "email"), ("2", "type"), ("2", "occurred_at")} <= places
+    assert _events(served) == []
+
+
+def test_a_batch_over_1000_items_is_refused(served: Served) -> None:
+    batch = [{"id": f"b{i}", "type": "x", "email": "a@example.com"} for i in range(1001)]
+    with served.client() as client:
+        assert client.post("/v1/events", json=batch).status_code == 422
+    assert _events(served) == []
+
+
+def test_the_openapi_document_describes_the_api(served: Served) -> None:
+    with served.client() as client:
+        document = client.get("/openapi.json").json()
+    assert "/v1/events" in document["paths"]
+    assert "EventIn" in document["components"]["schemas"]

@@ -1,0 +1,80 @@
+"""Unsubscribe over a real socket (invariant 5, RFC 8058): one click by POST, no login, no redirect,
+effective at once, so an email already queued is not sent; a GET only shows a page; a tampered or
+foreign token is a 404."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import sqlalchemy as sa
+
+from engine import store, tables
+from engine.links import Links
+from engine.mailer import Mailer
+from engine.settings import Settings
+from engine.templates import TemplateLibrary
+from tests.acceptance.conftest import queue_email
+from tests.http.conftest import NOW, Served
+from tests.smtp_server import RecordingSmtpServer
+
+EMAILS = Path(__file__).resolve().parent.parent / "fixtures" / "emails"
+
+
+def _consent(served: Served, address: str) -> str | None:
+    with served.engine.connect() as conn:
+        lead_id = store.find_lead_id(conn, address)
+        lead = store.get_lead(conn, lead_id) if lead_id else None
+    return lead.consent if lead else None
+
+
+def test_one_click_unsubscribes_at_once_and_a_queued_email_is_not_sent(served: Served) -> None:
+    queue_email(served.engine, "jo@example.com", "nurture-1", NOW)
+    url = Links(served.settings).unsubscribe_url("jo@example.com", "lead-magnet")
+    assert url.startswith(served.url)
+    # What a mailbox provider sends for RFC 8058: a form-encoded POST, no cookies, no login.
+    response = httpx.post(url, data={"List-Unsubscribe": "One-Click"}, timeout=10, follow_redirects=False)
+    assert response.status_code == 200
+    assert _consent(served, "jo@example.com") == "unsubscribed"
+    with RecordingSmtpServer() as smtp:
+        settings = Settings(smtp={"host": smtp.host, "port": smtp.port, "security": "none"})
+        mailer = Mailer(served.engine, settings, TemplateLibrary(EMAILS))
+        result = asyncio.run(mailer.dispatch(NOW, smtp.host, smtp.port))
+        assert smtp.messages() == []
+    assert (result.sent, result.skipped) == (0, 1)
+
+
+def test_a_get_only_shows_a_page_and_its_button_unsubscribes(served: Served) -> None:
+    with served.engine.begin() as conn:
+        store.upsert_lead(conn, "sam@example.com", now=NOW)
+    url = Links(served.settings).unsubscribe_url("sam@example.com", "lead-magnet")
+    page = httpx.get(url, timeout=10)
+    assert page.status_code == 200 and "sam@example.com" in page.text and "<form" in page.text
+    assert _consent(served, "sam@example.com") == "subscribed"  # a link scanner changed nothing
+    done = httpx.post(url, data={}, timeout=10)
+    assert done.status_code == 200 and "no more marketing email" in done.text
+    assert _consent(served, "sam@example.com") == "unsubscribed"
+
+
+def test_an_erased_address_is_suppressed_instead(served: Served) -> None:
+    url = Links(served.settings).unsubscribe_url("gone@example.com", None)
+    assert httpx.post(url, data={"List-Unsubscribe": "One-Click"}, timeout=10).status_code == 200
+    with served.engine.connect() as conn:
+        assert store.is_suppressed(conn, "gone@example.com")
+        assert conn.execute(sa.select(sa.func.count()).select_from(tables.leads)).scalar_one() == 0
+
+
+def test_tampered_and_foreign_tokens_are_not_found(served: Served) -> None:
+    with served.engine.begin() as conn:
+        store.upsert_lead(conn, "kim@example.com", now=NOW)
+    links = Links(served.settings)
+    good = links.unsubscribe_url("kim@example.com", "lead-magnet")
+    tampered = good[:-2] + ("A" if good[-2] != "A" else "B") + good[-1]
+    foreign = good.rsplit("/", 1)[0] + "/" + links.sign("preferences", {"e": "kim@example.com", "f": None})
+    stranger = Links(Settings(base_url=served.url, secret_key="another-secret"))
+    other_secret = stranger.unsubscribe_url("kim@example.com", None)
+    for url in (tampered, foreign, other_secret):
+        assert httpx.get(url, timeout=10).status_code == 404
+        assert httpx.post(url, data={"List-Unsubscribe": "One-Click"}, timeout=10).status_code == 404
+    assert _consent(served, "kim@example.com") == "subscribed"
