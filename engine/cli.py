@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from email import policy as email_policy
 from email.parser import BytesParser
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -451,6 +451,86 @@ def send_test(
         err.print(f"send failed: {exc}")
         raise typer.Exit(1) from None
     console.print(f"sent {template} to {to} via {smtp.host}:{smtp.port}")
+
+
+@app.command()
+def api(
+    host: str | None = typer.Option(None, help="Default: http.host (127.0.0.1)."),
+    port: int | None = typer.Option(None, help="Default: http.port (8000)."),
+) -> None:
+    """Serve the HTTP app alone (events API, unsubscribe), for running it apart from the workers."""
+    import uvicorn
+
+    from engine.api import create_app
+    from engine.database import create_engine_for, upgrade
+    from engine.settings import get_settings
+
+    settings = get_settings()
+    url = settings.effective_database_url
+    if url.startswith("sqlite"):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(url)
+    uvicorn.run(
+        create_app(settings, create_engine_for(url)),
+        host=host or settings.http.host,
+        port=settings.http.port if port is None else port,
+        log_level="info",
+    )
+
+
+apikey_app = typer.Typer(help="Keys for the HTTP API.", no_args_is_help=True)
+app.add_typer(apikey_app, name="apikey")
+
+
+def _api_db() -> Any:
+    from engine.database import create_engine_for, upgrade
+    from engine.settings import get_settings
+
+    settings = get_settings()
+    url = settings.effective_database_url
+    if url.startswith("sqlite"):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(url)
+    return create_engine_for(url)
+
+
+@apikey_app.command("create")
+def apikey_create(name: str = typer.Option(..., "--name", help="Who or what uses it, e.g. shop-webhooks.")) -> None:
+    """Make a key and print it, once: only its hash is stored."""
+    from engine import apikeys
+
+    with _api_db().begin() as conn:
+        key = apikeys.create(conn, name, datetime.now(UTC))
+    err.print(f"API key '{name}' created. It is shown only this once; store it now:")
+    console.print(key, markup=False, highlight=False)
+
+
+@apikey_app.command("list")
+def apikey_list() -> None:
+    """The keys: name, prefix, when made, and whether revoked."""
+    from rich.table import Table
+
+    from engine import apikeys
+
+    with _api_db().connect() as conn:
+        keys = apikeys.listing(conn)
+    table = Table("prefix", "name", "created", "revoked")
+    for k in keys:
+        table.add_row(k.prefix, k.name, k.created_at.isoformat(), k.revoked_at.isoformat() if k.revoked_at else "")
+    console.print(table)
+
+
+@apikey_app.command("revoke")
+def apikey_revoke(prefix: str = typer.Argument(..., help="The key prefix `funnel apikey list` shows.")) -> None:
+    """Refuse a key from now on."""
+    from engine import apikeys
+
+    with _api_db().begin() as conn:
+        count = apikeys.revoke(conn, prefix, datetime.now(UTC))
+    if not count:
+        err.print(f"no active key with prefix {prefix!r}")
+        raise typer.Exit(1)
+    console.print(f"revoked {prefix}")
 
 
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)

@@ -13,8 +13,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from engine.api import create_app
 from engine.database import create_engine_for, upgrade
 from engine.definition import Funnel
 from engine.mailer import DispatchResult, Mailer
@@ -130,8 +132,31 @@ class Runner:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        http = self.http_server() if self.settings.http.enabled else None
+        serving = asyncio.create_task(http.serve()) if http else None
         scheduler.start()
         try:
-            await stop.wait()
+            if serving is None:
+                await stop.wait()
+            else:
+                # While it serves, uvicorn takes SIGINT/SIGTERM itself and stops; either ending stops all.
+                stopping = asyncio.create_task(stop.wait())
+                await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                stopping.cancel()
         finally:
             scheduler.shutdown(wait=False)
+            if http is not None and serving is not None:
+                http.should_exit = True
+                await asyncio.gather(serving, return_exceptions=True)
+
+    def http_server(self) -> uvicorn.Server:
+        """The HTTP app on this process's loop, beside the scheduler. A port already in use stops
+        `funnel run` with uvicorn's message naming the address."""
+        config = uvicorn.Config(
+            create_app(self.settings, self.engine, self.clock),
+            host=self.settings.http.host,
+            port=self.settings.http.port,
+            log_level="warning",
+            lifespan="off",
+        )
+        return uvicorn.Server(config)

@@ -77,6 +77,14 @@ class SenderSettings(BaseModel):
     website: str = "https://greenleaf.example"
 
 
+class HttpSettings(BaseModel):
+    """The HTTP app (events API, unsubscribe, tracking). `funnel run` serves it beside the scheduler."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535, description="0: any free port.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FUNNEL_",
@@ -104,6 +112,7 @@ class Settings(BaseSettings):
     base_url: str = "http://127.0.0.1:8000"
     secret_key: SecretStr = SecretStr("change-me-in-production")
     smtp: SmtpSettings = SmtpSettings()
+    http: HttpSettings = HttpSettings()
     dkim: DkimSettings = DkimSettings()
     delivery: DeliverySettings = DeliverySettings()
     sender: SenderSettings = SenderSettings()

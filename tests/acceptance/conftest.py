@@ -74,6 +74,8 @@ class Project:
                 "FUNNEL_FUNNELS_DIR": str(self.funnels_dir),
                 "FUNNEL_EMAILS_DIR": str(self.emails_dir),
                 "FUNNEL_SMTP__TIMEOUT_S": "2",
+                # Several engines may run at once: each serves HTTP on a free port of its own.
+                "FUNNEL_HTTP__PORT": "0",
                 **self.smtp.env(),
                 **self.extra_env,
                 **overrides,
