@@ -261,6 +261,8 @@ def run(
                 f"skipped {m.skipped}"
             )
         else:
+            if settings.http.enabled:
+                console.print(f"HTTP app (events API, unsubscribe) on http://{settings.http.host}:{settings.http.port}")
             console.print(f"ticking every {settings.tick_seconds:g} s; list emails with `funnel outbox`; Ctrl-C stops")
             asyncio.run(runner.run_forever())
     finally:
