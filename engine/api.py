@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import sqlalchemy as sa
 from fastapi import Body, Depends, FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field
 
@@ -92,6 +92,33 @@ def create_app(settings: Settings, engine: sa.Engine, clock: Callable[[], dateti
             ]
             inserted, duplicates = store.record_events(conn, new, now=at)
         return Accepted(accepted=inserted, duplicates=duplicates)
+
+    @app.get("/c/{token}", include_in_schema=False)
+    def click(token: str) -> Response:
+        """A tracked link: record the click as an event (a funnel can move the lead on it), then go where
+        the email pointed. Only there: the URL is inside the signed token."""
+        payload = links.verify("click", token)
+        if not isinstance(payload, dict) or not isinstance(payload.get("u"), str):
+            raise HTTPException(status_code=404)
+        url, address = payload["u"], str(payload.get("e", ""))
+        if not url.startswith(("https://", "http://")):
+            raise HTTPException(status_code=404)
+        at = now()
+        with engine.begin() as conn:
+            lead_id = store.find_lead_id(conn, address)
+            if lead_id is not None:
+                funnel, step, name = payload.get("f"), payload.get("s"), payload.get("n")
+                # One event per link of an email: clicking it again changes nothing.
+                event = store.NewEvent(
+                    f"click:{lead_id}:{funnel}:{step}:{name}",
+                    lead_id,
+                    "email_clicked",
+                    at,
+                    {"link": name, "url": url, "funnel": funnel, "step": step},
+                    "click",
+                )
+                store.record_events(conn, [event], now=at)
+        return RedirectResponse(url, status_code=302)
 
     @app.get("/u/{token}", response_class=HTMLResponse, include_in_schema=False)
     def unsubscribe_page(token: str) -> HTMLResponse:

@@ -68,7 +68,12 @@ class Composer:
     def compose(self, item: OutboxItem, now: datetime, rendered: RenderedEmail | None = None) -> Prepared:
         """The exact bytes the server gets: headers, text and HTML parts, DKIM signature if configured."""
         context = self.context(item)
-        rendered = rendered or self.templates.render(item.template, context)
+        if rendered is None:
+            track = None
+            if self.settings.track_clicks:
+                def track(name: str, url: str) -> str:
+                    return self.links.click_url(item.email, item.funnel_id, item.step, name, url)
+            rendered = self.templates.render(item.template, context, track)
         sender = self.settings.sender
         mid = message_id(item, self.domain)
         unsubscribe = None

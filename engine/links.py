@@ -41,5 +41,11 @@ class Links:
     def unsubscribe_url(self, email: str, funnel_id: str | None) -> str:
         return f"{self.base}/u/{self.sign('unsubscribe', {'e': email, 'f': funnel_id})}"
 
+    def click_url(self, email: str, funnel_id: str, step: str, name: str, url: str) -> str:
+        """A redirect to `url` that records the click. The URL is inside the signed token, so the redirect
+        can only ever lead where the email did (no open redirect)."""
+        token = self.sign("click", {"e": email, "f": funnel_id, "s": step, "n": name, "u": url})
+        return f"{self.base}/c/{token}"
+
     def preferences_url(self, email: str) -> str:
         return f"{self.base}/p/{self.sign('preferences', {'e': email})}"

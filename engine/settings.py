@@ -110,6 +110,7 @@ class Settings(BaseSettings):
         "On a machine with spare cores, cores - 1 sends fastest.",
     )
     base_url: str = "http://127.0.0.1:8000"
+    track_clicks: bool = Field(default=True, description="Wrap links made with link() in signed click redirects.")
     secret_key: SecretStr = SecretStr("change-me-in-production")
     smtp: SmtpSettings = SmtpSettings()
     http: HttpSettings = HttpSettings()

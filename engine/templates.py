@@ -170,8 +170,9 @@ _LINK_URL = re.compile(r"^(https?://|mailto:)\S+$")
 class _LinkRecorder:
     """The `link(name, url)` function of one rendering: returns the URL and remembers it by name."""
 
-    def __init__(self) -> None:
+    def __init__(self, track: Callable[[str, str], str] | None = None) -> None:
         self.links: dict[str, str] = {}
+        self.track = track
 
     def __call__(self, name: str, url: str) -> TrustedURL:
         if not isinstance(name, str) or not _LINK_NAME.fullmatch(name):
@@ -181,6 +182,9 @@ class _LinkRecorder:
         known = self.links.setdefault(name, url)
         if known != url:
             raise ValueError(f"link {name!r} is used for two URLs: {known} and {url}")
+        # Click tracking wraps web links in a signed redirect; mailto links stay as they are.
+        if self.track is not None and not url.startswith("mailto:"):
+            return TrustedURL(self.track(name, url))
         return TrustedURL(url)
 
 
@@ -411,9 +415,13 @@ class TemplateLibrary:
 
     # -- rendering -----------------------------------------------------------------------------
 
-    def render(self, name: str, context: Mapping[str, Any]) -> RenderedEmail:
+    def render(
+        self, name: str, context: Mapping[str, Any], track: Callable[[str, str], str] | None = None
+    ) -> RenderedEmail:
+        """`track(name, url)`, when given, makes the URL each `link()` puts in the email (a click redirect);
+        `RenderedEmail.links` keeps the original URLs."""
         template = self.load(name)
-        recorder = _LinkRecorder()
+        recorder = _LinkRecorder(track)
         values = _template_values(context, recorder)
         with self._located(template.source, template.front_lines):
             subject = _one_line(template.subject.render(values))
