@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.console import Console
 
+from engine.cli_import import register as register_import
+
 if TYPE_CHECKING:
     from engine.definition import Funnel
     from engine.templates import RenderedEmail
@@ -479,6 +481,8 @@ def api(
         log_level="info",
     )
 
+
+register_import(app)
 
 apikey_app = typer.Typer(help="Keys for the HTTP API.", no_args_is_help=True)
 app.add_typer(apikey_app, name="apikey")
