@@ -370,7 +370,7 @@ def _record_entries(conn: sa.Connection, emails: list[str], options: ImportOptio
     if not emails or options.funnel is None:
         return
     leads, events = tables.leads, tables.events
-    ids = dict(conn.execute(sa.select(leads.c.email, leads.c.id).where(leads.c.email.in_(emails))).tuples())
+    ids = {r.email: r.id for r in conn.execute(sa.select(leads.c.email, leads.c.id).where(leads.c.email.in_(emails)))}
     wanted = {event_id(options.funnel, e): ids[e] for e in emails if e in ids}
     seen = set(conn.execute(sa.select(events.c.event_id).where(events.c.event_id.in_(list(wanted)))).scalars())
     new = [
