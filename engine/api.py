@@ -12,15 +12,16 @@ from __future__ import annotations
 import html
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import sqlalchemy as sa
 from fastapi import Body, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field, field_validator
 
-from engine import apikeys, store
+from engine import apikeys, store, tables
 from engine.links import Links
 from engine.settings import Settings
 
@@ -39,6 +40,64 @@ class EventIn(BaseModel):
     occurred_at: AwareDatetime | None = Field(default=None, description="Default: when it is received.")
     properties: dict[str, Any] = Field(default_factory=dict)
     source: str | None = Field(default=None, max_length=200)
+
+
+class LeadIn(BaseModel):
+    """What to set on a lead. Attributes are merged (given keys win), tags are added."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    tags: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(default_factory=list)
+    timezone: str | None = Field(default=None, description="An IANA zone, e.g. Europe/Berlin.")
+    consent: Literal["subscribed", "unsubscribed", "pending"] | None = None
+    consent_source: str | None = Field(default=None, max_length=200)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {value!r}; expected an IANA name like Europe/Berlin") from None
+        return value
+
+
+class EnrollmentOut(BaseModel):
+    funnel: str
+    status: str
+    stage: str
+    step: str | None
+    entered_at: datetime
+    stage_entered_at: datetime
+
+
+class TransitionOut(BaseModel):
+    funnel: str
+    from_stage: str | None
+    to_stage: str | None
+    cause: str
+    at: datetime
+
+
+class EmailOut(BaseModel):
+    funnel: str
+    step: str
+    template: str
+    status: str
+    sent_at: datetime | None
+
+
+class LeadOut(BaseModel):
+    email: str
+    attributes: dict[str, Any]
+    tags: list[str]
+    timezone: str | None
+    consent: str
+    funnels: list[EnrollmentOut] = Field(description="The lead's place in each funnel.")
+    timeline: list[TransitionOut] = Field(description="Every stage transition with its cause, oldest first.")
+    emails: list[EmailOut]
 
 
 class Accepted(BaseModel):
@@ -92,6 +151,67 @@ def create_app(settings: Settings, engine: sa.Engine, clock: Callable[[], dateti
             ]
             inserted, duplicates = store.record_events(conn, new, now=at)
         return Accepted(accepted=inserted, duplicates=duplicates)
+
+    def lead_view(conn: sa.Connection, address: str) -> LeadOut:
+        lead_id = store.find_lead_id(conn, address)
+        lead = store.get_lead(conn, lead_id) if lead_id is not None else None
+        if lead_id is None or lead is None:
+            raise HTTPException(status_code=404, detail="no such lead")
+        return LeadOut(
+            email=address,
+            attributes=dict(lead.attributes),
+            tags=sorted(lead.tags),
+            timezone=lead.timezone,
+            consent=lead.consent,
+            funnels=[
+                EnrollmentOut(funnel=e.funnel, status=e.status, stage=e.stage, step=e.step, entered_at=e.entered_at,
+                              stage_entered_at=e.stage_entered_at)
+                for e in store.get_enrollments(conn, lead_id)
+            ],
+            timeline=[
+                TransitionOut(funnel=t.funnel_id, from_stage=t.from_stage, to_stage=t.to_stage, cause=str(t.cause),
+                              at=t.at)
+                for t in store.get_transitions(conn, lead_id)
+            ],
+            emails=[
+                EmailOut(funnel=m.funnel_id, step=m.step, template=m.template, status=m.status, sent_at=m.sent_at)
+                for m in store.get_outbox(conn, lead_id)
+            ],
+        )
+
+    @app.put("/v1/leads/{email}", response_model=LeadOut, dependencies=[Depends(api_key)], tags=["leads"])
+    def put_lead(email: EmailStr, body: LeadIn) -> LeadOut:
+        """Create or update a lead: attributes merged, tags added, time zone and consent set when given."""
+        address = store.normalise_email(email)
+        at = now()
+        with engine.begin() as conn:
+            store.upsert_lead(
+                conn,
+                address,
+                attributes=body.attributes,
+                tags=body.tags,
+                timezone=body.timezone,
+                consent=body.consent,
+                consent_source=body.consent_source or ("api" if body.consent else None),
+                now=at,
+            )
+            return lead_view(conn, address)
+
+    @app.get("/v1/leads/{email}", response_model=LeadOut, dependencies=[Depends(api_key)], tags=["leads"])
+    def get_lead(email: EmailStr) -> LeadOut:
+        """The lead, its place in each funnel, its stage timeline with causes, and its emails."""
+        with engine.connect() as conn:
+            return lead_view(conn, store.normalise_email(email))
+
+    @app.delete("/v1/leads/{email}", status_code=204, dependencies=[Depends(api_key)], tags=["leads"])
+    def erase_lead(email: EmailStr) -> Response:
+        """Erasure: the lead and everything about it goes; only a hash of the address stays, so it is never
+        mailed again (and a later import or signup cannot quietly bring it back into marketing)."""
+        address = store.normalise_email(email)
+        with engine.begin() as conn:
+            store.suppress(conn, address, "erased", now=now())
+            conn.execute(sa.delete(tables.leads).where(tables.leads.c.email == address))
+        return Response(status_code=204)
 
     @app.get("/c/{token}", include_in_schema=False)
     def click(token: str) -> Response:
