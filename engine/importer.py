@@ -249,6 +249,32 @@ def _insert(conn: sa.Connection, table: sa.Table) -> postgresql.Insert | sqlite.
     return postgresql.insert(table) if conn.dialect.name == "postgresql" else sqlite.insert(table)
 
 
+class _Converted(sa.types.TypeDecorator[Any]):
+    """A parameter already converted for the dialect: bound as is, with no cast rendered."""
+
+    impl = sa.types.NullType
+    cache_ok = True
+
+
+def _bound(
+    conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]], shared: dict[str, Any]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A VALUES/SET clause of untyped parameters, and the rows with their values already converted by
+    each column's own type for this dialect. Values the whole batch shares (timestamps) are converted
+    once: left to SQLAlchemy, converting every row's parameters costs more than SQLite's insert."""
+    names = [n for n in (*rows[0], *shared) if n in table.c]
+    processors = {n: table.c[n].type.bind_processor(conn.dialect) for n in names}
+    fixed = {k: (p(v) if (p := processors.get(k)) else v) for k, v in shared.items()}
+    per_row = [(n, p) for n, p in processors.items() if p is not None and n not in shared]
+    out = []
+    for row in rows:
+        values = {**row, **fixed}
+        for name, process in per_row:
+            values[name] = process(values[name])
+        out.append(values)
+    return {n: sa.bindparam(n, type_=_Converted()) for n in names}, out
+
+
 def write_batch(conn: sa.Connection, rows: Sequence[LeadRow], options: ImportOptions, result: ImportResult) -> None:
     """Upsert one batch of leads (and their enrollment events) in the caller's transaction."""
     leads, now = tables.leads, options.now
@@ -292,9 +318,6 @@ def write_batch(conn: sa.Connection, rows: Sequence[LeadRow], options: ImportOpt
                     "timezone": row.timezone,
                     "consent_status": new_consent,
                     "consent_source": options.source,
-                    "consent_at": now,
-                    "created_at": now,
-                    "updated_at": now,
                 }
             )
             final_consent[email] = new_consent
@@ -320,11 +343,11 @@ def write_batch(conn: sa.Connection, rows: Sequence[LeadRow], options: ImportOpt
                 "consent_status": consent or old.consent_status,
                 "consent_changed": consent is not None,
                 "consent_source": options.source,
-                "updated_at": now,
             }
         )
     if inserts:
-        conn.execute(_insert(conn, leads).on_conflict_do_nothing(index_elements=["email"]), inserts)
+        clause, params = _bound(conn, leads, inserts, {"consent_at": now, "created_at": now, "updated_at": now})
+        conn.execute(_insert(conn, leads).values(clause).on_conflict_do_nothing(index_elements=["email"]), params)
         result.imported += len(inserts)
     if updates:
         _update(conn, updates, now)
@@ -338,27 +361,18 @@ def _update(conn: sa.Connection, updates: list[dict[str, Any]], now: datetime) -
     changed: list[dict[str, Any]] = []
     kept: list[dict[str, Any]] = []
     for u in updates:
-        (changed if u.pop("consent_changed") else kept).append(u)
-    base = {
-        "attributes": sa.bindparam("attributes", type_=leads.c.attributes.type),
-        "tags": sa.bindparam("tags", type_=leads.c.tags.type),
-        "timezone": sa.bindparam("timezone"),
-        "updated_at": sa.bindparam("updated_at", type_=leads.c.updated_at.type),
-    }
+        if u.pop("consent_changed"):
+            changed.append(u)
+        else:
+            del u["consent_status"], u["consent_source"]
+            kept.append(u)
     where = leads.c.id == sa.bindparam("_id")
     if kept:
-        for u in kept:
-            del u["consent_status"], u["consent_source"]
-        conn.execute(sa.update(leads).where(where).values(**base), kept)
+        clause, params = _bound(conn, leads, kept, {"updated_at": now})
+        conn.execute(sa.update(leads).where(where).values(clause), params)
     if changed:
-        for u in changed:
-            u["consent_at"] = now
-        consent = {
-            "consent_status": sa.bindparam("consent_status"),
-            "consent_source": sa.bindparam("consent_source"),
-            "consent_at": sa.bindparam("consent_at", type_=leads.c.consent_at.type),
-        }
-        conn.execute(sa.update(leads).where(where).values(**base, **consent), changed)
+        clause, params = _bound(conn, leads, changed, {"updated_at": now, "consent_at": now})
+        conn.execute(sa.update(leads).where(where).values(clause), params)
 
 
 def event_id(funnel: str, email: str) -> str:
@@ -379,15 +393,14 @@ def _record_entries(conn: sa.Connection, emails: list[str], options: ImportOptio
             "lead_id": lead_id,
             "name": EVENT_NAME,
             "properties": {"source": "csv", "funnel": options.funnel},
-            "occurred_at": options.now,
-            "received_at": options.now,
             "source": "import",
         }
         for eid, lead_id in wanted.items()
         if eid not in seen
     ]
     if new:
-        conn.execute(_insert(conn, events).on_conflict_do_nothing(index_elements=["event_id"]), new)
+        clause, params = _bound(conn, events, new, {"occurred_at": options.now, "received_at": options.now})
+        conn.execute(_insert(conn, events).values(clause).on_conflict_do_nothing(index_elements=["event_id"]), params)
         result.events += len(new)
 
 
