@@ -466,16 +466,11 @@ def api(
     import uvicorn
 
     from engine.api import create_app
-    from engine.database import create_engine_for, upgrade
     from engine.settings import get_settings
 
     settings = get_settings()
-    url = settings.effective_database_url
-    if url.startswith("sqlite"):
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade(url)
     uvicorn.run(
-        create_app(settings, create_engine_for(url)),
+        create_app(settings, _api_db()),
         host=host or settings.http.host,
         port=settings.http.port if port is None else port,
         log_level="info",
