@@ -27,6 +27,8 @@ from engine.settings import Settings
 
 EVENT_NAME = r"^[a-z][a-z0-9_.-]{0,99}$"
 MAX_BATCH = 1000
+# The smallest transparent GIF.
+PIXEL = bytes.fromhex("47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b")
 
 
 class EventIn(BaseModel):
@@ -239,6 +241,24 @@ def create_app(settings: Settings, engine: sa.Engine, clock: Callable[[], dateti
                 )
                 store.record_events(conn, [event], now=at)
         return RedirectResponse(url, status_code=302)
+
+    @app.get("/o/{token}.gif", include_in_schema=False)
+    def opened(token: str) -> Response:
+        """The open pixel: records `email_opened` once per email, answers with a transparent GIF."""
+        payload = links.verify("open", token)
+        if not isinstance(payload, dict) or "e" not in payload:
+            raise HTTPException(status_code=404)
+        at = now()
+        with engine.begin() as conn:
+            lead_id = store.find_lead_id(conn, str(payload["e"]))
+            if lead_id is not None:
+                funnel, step = payload.get("f"), payload.get("s")
+                event = store.NewEvent(
+                    f"open:{lead_id}:{funnel}:{step}", lead_id, "email_opened", at,
+                    {"funnel": funnel, "step": step}, "open",
+                )
+                store.record_events(conn, [event], now=at)
+        return Response(PIXEL, media_type="image/gif", headers={"Cache-Control": "no-store"})
 
     @app.get("/u/{token}", response_class=HTMLResponse, include_in_schema=False)
     def unsubscribe_page(token: str) -> HTMLResponse:

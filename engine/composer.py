@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,14 @@ class Failed:
 
     item: OutboxItem
     error: str
+
+
+def _with_pixel(html: str, url: str) -> str:
+    """The open pixel just before `</body>` (or at the end): an image many clients load when the email is
+    shown. Opens are a hint, not a fact (clients block or prefetch images), and are used as such."""
+    pixel = f'<img src="{escape(url)}" width="1" height="1" alt="" style="display:block;border:0">'
+    at = html.lower().rfind("</body>")
+    return html[:at] + pixel + html[at:] if at >= 0 else html + pixel
 
 
 def message_id(item: OutboxItem, domain: str) -> str:
@@ -74,6 +83,9 @@ class Composer:
                 def track(name: str, url: str) -> str:
                     return self.links.click_url(item.email, item.funnel_id, item.step, name, url)
             rendered = self.templates.render(item.template, context, track)
+        html = rendered.html
+        if self.settings.track_opens and item.funnel_id and item.step:
+            html = _with_pixel(html, self.links.open_url(item.email, item.funnel_id, item.step))
         sender = self.settings.sender
         mid = message_id(item, self.domain)
         unsubscribe = None
@@ -90,7 +102,7 @@ class Composer:
             list_unsubscribe=unsubscribe,
             extra_headers=[("X-Funnel", f"{item.funnel_id}/{item.step}")],
             text=rendered.text,
-            html=rendered.html,
+            html=html,
         )
         dkim = self.settings.dkim
         if self.dkim_key is not None and dkim.selector and dkim.domain:

@@ -47,5 +47,9 @@ class Links:
         token = self.sign("click", {"e": email, "f": funnel_id, "s": step, "n": name, "u": url})
         return f"{self.base}/c/{token}"
 
+    def open_url(self, email: str, funnel_id: str, step: str) -> str:
+        """The open pixel of one email (one per lead, funnel and step)."""
+        return f"{self.base}/o/{self.sign('open', {'e': email, 'f': funnel_id, 's': step})}.gif"
+
     def preferences_url(self, email: str) -> str:
         return f"{self.base}/p/{self.sign('preferences', {'e': email})}"

@@ -111,6 +111,7 @@ class Settings(BaseSettings):
     )
     base_url: str = "http://127.0.0.1:8000"
     track_clicks: bool = Field(default=True, description="Wrap links made with link() in signed click redirects.")
+    track_opens: bool = Field(default=True, description="Put a 1x1 open pixel at the end of every HTML part.")
     secret_key: SecretStr = SecretStr("change-me-in-production")
     smtp: SmtpSettings = SmtpSettings()
     http: HttpSettings = HttpSettings()

@@ -69,3 +69,19 @@ def test_no_open_redirect_and_tampered_tokens_are_not_found(served: Served) -> N
         response = httpx.get(url, timeout=10, follow_redirects=False)
         assert response.status_code == 404 and "location" not in response.headers
     assert _clicks(served) == []
+
+
+def test_the_open_pixel_records_one_open_per_email(served: Served) -> None:
+    with served.engine.begin() as conn:
+        store.upsert_lead(conn, "jo@example.com", now=NOW)
+    composer = Composer(served.settings, ROOT / "emails")
+    item = OutboxItem(1, 1, "jo@example.com", "subscribed", {}, "lead-magnet", "welcome", "lead-magnet/welcome",
+                      "inquiry", False, 0, False)
+    body = composer.compose(item, NOW).payload.decode().replace("=\r\n", "").replace("=3D", "=")
+    (pixel,) = re.findall(re.escape(served.url) + r"/o/[A-Za-z0-9_.\-]+\.gif", body)
+    for _ in range(2):
+        response = httpx.get(pixel, timeout=10)
+        assert response.status_code == 200 and response.headers["content-type"] == "image/gif"
+        assert response.content.startswith(b"GIF89a")
+    assert [(n, p) for n, p in _clicks(served)] == [("email_opened", {"funnel": "lead-magnet", "step": "welcome"})]
+    assert httpx.get(pixel.replace("/o/", "/o/x"), timeout=10).status_code == 404
