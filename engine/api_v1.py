@@ -1,0 +1,199 @@
+"""`/v1`: the API for other systems (a shop, a CRM, a form builder), behind API keys.
+
+Invariant 7: an event carries an id, a replay changes nothing, and the answer comes after the commit.
+Invariant 12: a batch with one bad item is rejected whole, with each item's and field's error.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Body, Depends, HTTPException
+from fastapi.responses import Response
+from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field, field_validator
+
+from engine import store, tables
+from engine.http_context import HttpContext
+
+EVENT_NAME = r"^[a-z][a-z0-9_.-]{0,99}$"
+MAX_BATCH = 1000
+
+
+class EventIn(BaseModel):
+    """One event from another system. `id` is the sender's idempotency key: a replay changes nothing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=200)
+    type: str = Field(pattern=EVENT_NAME, description="e.g. form_submitted, link_clicked, order_completed")
+    email: EmailStr
+    occurred_at: AwareDatetime | None = Field(default=None, description="Default: when it is received.")
+    properties: dict[str, Any] = Field(default_factory=dict)
+    source: str | None = Field(default=None, max_length=200)
+
+
+class LeadIn(BaseModel):
+    """What to set on a lead. Attributes are merged (given keys win), tags are added."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    tags: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(default_factory=list)
+    timezone: str | None = Field(default=None, description="An IANA zone, e.g. Europe/Berlin.")
+    consent: Literal["subscribed", "unsubscribed", "pending"] | None = None
+    consent_source: str | None = Field(default=None, max_length=200)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {value!r}; expected an IANA name like Europe/Berlin") from None
+        return value
+
+
+class EnrollmentOut(BaseModel):
+    funnel: str
+    status: str
+    stage: str
+    step: str | None
+    entered_at: datetime
+    stage_entered_at: datetime
+
+
+class TransitionOut(BaseModel):
+    funnel: str
+    from_stage: str | None
+    to_stage: str | None
+    cause: str
+    at: datetime
+
+
+class EmailOut(BaseModel):
+    funnel: str
+    step: str
+    template: str
+    status: str
+    sent_at: datetime | None
+
+
+class LeadOut(BaseModel):
+    email: str
+    attributes: dict[str, Any]
+    tags: list[str]
+    timezone: str | None
+    consent: str
+    funnels: list[EnrollmentOut] = Field(description="The lead's place in each funnel.")
+    timeline: list[TransitionOut] = Field(description="Every stage transition with its cause, oldest first.")
+    emails: list[EmailOut]
+
+
+class Accepted(BaseModel):
+    accepted: int = Field(description="New events, committed.")
+    duplicates: int = Field(description="Events whose id was already recorded: nothing changed.")
+
+
+def router(ctx: HttpContext) -> APIRouter:
+    router = APIRouter(prefix="/v1", dependencies=[Depends(ctx.api_key())])
+
+    @router.post("/events", response_model=Accepted, tags=["events"])
+    def post_events(
+        body: Annotated[EventIn | Annotated[list[EventIn], Field(min_length=1, max_length=MAX_BATCH)], Body()],
+    ) -> Accepted:
+        """One event, or a batch of up to 1,000 (a JSON array). Answered after the commit."""
+        items = body if isinstance(body, list) else [body]
+        at = ctx.now()
+        with ctx.engine.begin() as conn:
+            lead_ids: dict[str, int] = {}
+            for item in items:
+                address = store.normalise_email(item.email)
+                if address not in lead_ids:
+                    lead_ids[address] = store.upsert_lead(conn, address, now=at)
+            new = [
+                store.NewEvent(
+                    item.id,
+                    lead_ids[store.normalise_email(item.email)],
+                    item.type,
+                    item.occurred_at or at,
+                    item.properties,
+                    item.source or "api",
+                )
+                for item in items
+            ]
+            inserted, duplicates = store.record_events(conn, new, now=at)
+        return Accepted(accepted=inserted, duplicates=duplicates)
+
+    def lead_view(conn: sa.Connection, address: str) -> LeadOut:
+        lead_id = store.find_lead_id(conn, address)
+        lead = store.get_lead(conn, lead_id) if lead_id is not None else None
+        if lead_id is None or lead is None:
+            raise HTTPException(status_code=404, detail="no such lead")
+        return LeadOut(
+            email=address,
+            attributes=dict(lead.attributes),
+            tags=sorted(lead.tags),
+            timezone=lead.timezone,
+            consent=lead.consent,
+            funnels=[
+                EnrollmentOut(
+                    funnel=e.funnel,
+                    status=e.status,
+                    stage=e.stage,
+                    step=e.step,
+                    entered_at=e.entered_at,
+                    stage_entered_at=e.stage_entered_at,
+                )
+                for e in store.get_enrollments(conn, lead_id)
+            ],
+            timeline=[
+                TransitionOut(
+                    funnel=t.funnel_id, from_stage=t.from_stage, to_stage=t.to_stage, cause=str(t.cause), at=t.at
+                )
+                for t in store.get_transitions(conn, lead_id)
+            ],
+            emails=[
+                EmailOut(funnel=m.funnel_id, step=m.step, template=m.template, status=m.status, sent_at=m.sent_at)
+                for m in store.get_outbox(conn, lead_id)
+            ],
+        )
+
+    @router.put("/leads/{email}", response_model=LeadOut, tags=["leads"])
+    def put_lead(email: EmailStr, body: LeadIn) -> LeadOut:
+        """Create or update a lead: attributes merged, tags added, time zone and consent set when given."""
+        address = store.normalise_email(email)
+        at = ctx.now()
+        with ctx.engine.begin() as conn:
+            store.upsert_lead(
+                conn,
+                address,
+                attributes=body.attributes,
+                tags=body.tags,
+                timezone=body.timezone,
+                consent=body.consent,
+                consent_source=body.consent_source or ("api" if body.consent else None),
+                now=at,
+            )
+            return lead_view(conn, address)
+
+    @router.get("/leads/{email}", response_model=LeadOut, tags=["leads"])
+    def get_lead(email: EmailStr) -> LeadOut:
+        """The lead, its place in each funnel, its stage timeline with causes, and its emails."""
+        with ctx.engine.connect() as conn:
+            return lead_view(conn, store.normalise_email(email))
+
+    @router.delete("/leads/{email}", status_code=204, tags=["leads"])
+    def erase_lead(email: EmailStr) -> Response:
+        """Erasure: the lead and everything about it goes; only a hash of the address stays, so it is never
+        mailed again (and a later import or signup cannot quietly bring it back into marketing)."""
+        address = store.normalise_email(email)
+        with ctx.engine.begin() as conn:
+            store.suppress(conn, address, "erased", now=ctx.now())
+            conn.execute(sa.delete(tables.leads).where(tables.leads.c.email == address))
+        return Response(status_code=204)
+
+    return router
