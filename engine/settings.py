@@ -8,7 +8,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -85,6 +85,41 @@ class HttpSettings(BaseModel):
     port: int = Field(default=8000, ge=0, le=65535, description="0: any free port.")
 
 
+class FormSettings(BaseModel):
+    """A lead-magnet form: `GET /forms/{id}` shows its page, `POST /forms/{id}` takes an ordinary HTML form
+    post (email, name, the consent box) and emits `event` with `{form: id, ...}` for the funnel's entry."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event: str = Field(default="form_submitted", pattern=r"^[a-z][a-z0-9_.-]{0,99}$")
+    page: str | None = Field(default=None, description="Its signup page: a Jinja template under pages_dir.")
+    consent_text: str = Field(
+        default="Yes, send me the report and occasional emails about it. I can unsubscribe at any time.",
+        description="What the consent box says; recorded by version with every signup.",
+    )
+    consent_version: str = Field(default="1", max_length=100)
+    consent_required: bool = Field(default=True, description="Refuse a post without the consent box ticked.")
+    double_opt_in: bool = False
+    confirm_template: str = Field(
+        default="forms/confirm-subscription", description="The confirmation email (transactional)."
+    )
+    confirm_within_hours: int = Field(default=72, ge=1, description="How long a confirmation link stays valid.")
+    fields: list[str] = Field(
+        default_factory=lambda: ["first_name", "company"],
+        description="Other form fields kept as the lead's attributes; anything else is ignored.",
+    )
+    honeypot: str = Field(default="website", description="A field people never see: a bot that fills it is ignored.")
+    redirect: str | None = Field(default=None, description="Where to go after the post; default: the app's own page.")
+    confirmed_redirect: str | None = Field(default=None, description="Where to go after confirming (double opt-in).")
+
+
+class HookSettings(BaseModel):
+    """A system that posts signed webhooks to `POST /hooks/{name}` instead of using an API key."""
+
+    secret: SecretStr
+    tolerance_s: int = Field(default=300, ge=1, le=3600, description="How old a signature's timestamp may be.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FUNNEL_",
@@ -100,6 +135,7 @@ class Settings(BaseSettings):
     )
     funnels_dir: Path = Path("funnels")
     emails_dir: Path = Path("emails")
+    pages_dir: Path = Field(default=Path("pages"), description="Signup and thank-you pages (Jinja templates).")
     tick_seconds: float = Field(default=5.0, gt=0)
     batch_size: int = Field(default=500, ge=1)
     render_processes: int = Field(
@@ -118,6 +154,10 @@ class Settings(BaseSettings):
     dkim: DkimSettings = DkimSettings()
     delivery: DeliverySettings = DeliverySettings()
     sender: SenderSettings = SenderSettings()
+    forms: dict[str, FormSettings] = Field(default_factory=dict, description="Lead-magnet forms by id.")
+    hooks: dict[str, HookSettings] = Field(
+        default_factory=dict, description="Senders of signed inbound webhooks by name, each with its secret."
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -50,6 +50,7 @@ Json = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 CONSENT_STATUSES = ("subscribed", "unsubscribed", "bounced", "complained", "erased", "pending")
 OUTBOX_STATUSES = ("queued", "sending", "sent", "failed", "bounced", "unknown", "skipped", "deferred")
 WEBHOOK_STATUSES = ("queued", "sending", "sent", "failed", "unknown")
+CONSENT_ACTIONS = ("given", "requested", "confirmed", "withdrawn")
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -273,6 +274,41 @@ class ApiKey(SQLModel, table=True):
     revoked_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
 
 
+class ConsentRecord(SQLModel, table=True):
+    """Proof of consent, one row per act: a form's consent box ticked (`given`), a double opt-in asked
+    for (`requested`) and then confirmed (`confirmed`), or consent withdrawn (`withdrawn`). It holds
+    what the lead saw (the consent text's version), where (form, IP), and when; erasure deletes it."""
+
+    __tablename__ = "consent_records"
+    __table_args__ = (
+        sa.Index("ix_consent_records_lead", "lead_id", "form_id"),
+        sa.CheckConstraint(_in("action", CONSENT_ACTIONS), name="ck_consent_records_action"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    lead_id: int = _lead_fk()
+    action: str = Field(sa_type=sa.String(16), nullable=False)
+    source: str = Field(sa_type=sa.String(200), nullable=False)
+    form_id: str | None = Field(default=None, sa_type=sa.String(100))
+    text_version: str | None = Field(default=None, sa_type=sa.String(100))
+    ip: str | None = Field(default=None, sa_type=sa.String(45))
+    user_agent: str | None = Field(default=None, sa_type=sa.String(300))
+    fields: dict[str, Any] = Field(default_factory=dict, sa_type=Json, nullable=False)
+    at: datetime = Field(sa_type=UtcDateTime, nullable=False)
+
+
+class WebhookReceipt(SQLModel, table=True):
+    """Signatures of inbound webhooks already accepted: the same signed request twice is a replay and is
+    refused. Rows older than the signature tolerance can go: such a request is refused as too old."""
+
+    __tablename__ = "webhook_receipts"
+    __table_args__ = (sa.Index("ix_webhook_receipts_received_at", "received_at"),)
+
+    signature: str = Field(sa_type=sa.String(64), primary_key=True)
+    source: str = Field(sa_type=sa.String(100), nullable=False)
+    received_at: datetime = Field(sa_type=UtcDateTime, nullable=False)
+
+
 metadata = SQLModel.metadata
 
 leads: sa.Table = Lead.__table__  # type: ignore[attr-defined]
@@ -285,3 +321,5 @@ goals: sa.Table = Goal.__table__  # type: ignore[attr-defined]
 suppressions: sa.Table = Suppression.__table__  # type: ignore[attr-defined]
 funnel_versions: sa.Table = FunnelVersion.__table__  # type: ignore[attr-defined]
 api_keys: sa.Table = ApiKey.__table__  # type: ignore[attr-defined]
+consent_records: sa.Table = ConsentRecord.__table__  # type: ignore[attr-defined]
+webhook_receipts: sa.Table = WebhookReceipt.__table__  # type: ignore[attr-defined]
