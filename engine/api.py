@@ -10,13 +10,19 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from fastapi import FastAPI
 
-from engine import api_v1, pages
+from engine import api_v1, forms, pages
 from engine.http_context import HttpContext
 from engine.settings import Settings
 
 
-def create_app(settings: Settings, engine: sa.Engine, clock: Callable[[], datetime] | None = None) -> FastAPI:
-    ctx = HttpContext(settings, engine, clock or (lambda: datetime.now(UTC)))
+def create_app(
+    settings: Settings,
+    engine: sa.Engine,
+    clock: Callable[[], datetime] | None = None,
+    nudge: Callable[[], None] | None = None,
+) -> FastAPI:
+    """`nudge` is called after a commit that gives the engine work (see `HttpContext.nudge`)."""
+    ctx = HttpContext(settings, engine, clock or (lambda: datetime.now(UTC)), nudge or (lambda: None))
     app = FastAPI(title="funnel engine", version="1", docs_url="/docs", redoc_url=None)
 
     @app.get("/healthz", include_in_schema=False)
@@ -25,4 +31,5 @@ def create_app(settings: Settings, engine: sa.Engine, clock: Callable[[], dateti
 
     app.include_router(api_v1.router(ctx))
     app.include_router(pages.router(ctx))
+    app.include_router(forms.router(ctx))
     return app

@@ -42,6 +42,14 @@ def _with_pixel(html: str, url: str) -> str:
     return html[:at] + pixel + html[at:] if at >= 0 else html + pixel
 
 
+def confirmation_of(item: OutboxItem) -> tuple[str, int] | None:
+    """(form id, signup request id) when the item is a double opt-in confirmation, queued by a form post
+    as funnel `form:<id>`, step `confirm-<request>`."""
+    if item.funnel_id.startswith("form:") and item.step.startswith("confirm-") and item.step[8:].isdigit():
+        return item.funnel_id[5:], int(item.step[8:])
+    return None
+
+
 def message_id(item: OutboxItem, domain: str) -> str:
     """One Message-ID per (lead, funnel, step), the same on every retry."""
     digest = hashlib.sha256(f"{item.lead_id}:{item.funnel_id}:{item.step}".encode()).hexdigest()[:24]
@@ -63,13 +71,18 @@ class Composer:
         self.dkim_key = load_dkim_key(dkim.private_key_file) if dkim.enabled and dkim.private_key_file else None
 
     def context(self, item: OutboxItem) -> dict[str, Any]:
-        return {
+        context = {
             "lead": lead_fields(item.email, item.attributes),
             "sender": self.sender,
             "funnel": {"id": item.funnel_id, "name": self.funnel_names.get(item.funnel_id, item.funnel_id)},
             "unsubscribe_url": self.links.unsubscribe_url(item.email, item.funnel_id),
             "preferences_url": self.links.preferences_url(item.email),
         }
+        confirming = confirmation_of(item)
+        if confirming is not None:
+            form_id, request_id = confirming
+            context["confirm_url"] = self.links.confirm_url(item.email, form_id, request_id)
+        return context
 
     def render(self, item: OutboxItem) -> RenderedEmail:
         return self.templates.render(item.template, self.context(item))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from itsdangerous import BadSignature, URLSafeSerializer, URLSafeTimedSerializer
+from itsdangerous import BadSignature, URLSafeSerializer
 from itsdangerous.encoding import base64_encode
 
 from engine.settings import Settings
@@ -26,7 +26,6 @@ class Links:
         self.base = settings.base_url.rstrip("/")
         secret = settings.secret_key.get_secret_value()
         self._signers = {p: _Uncompressed(secret, salt=f"funnel.{p}") for p in PURPOSES}
-        self._timed = URLSafeTimedSerializer(secret, salt="funnel.opt-in.timed")
 
     def sign(self, purpose: str, payload: Any) -> str:
         return str(self._signers[purpose].dumps(payload))
@@ -53,3 +52,8 @@ class Links:
 
     def preferences_url(self, email: str) -> str:
         return f"{self.base}/p/{self.sign('preferences', {'e': email})}"
+
+    def confirm_url(self, email: str, form_id: str, request_id: int) -> str:
+        """The double opt-in link of one signup request. It expires with the request: the server
+        compares the request's time in the database with the form's `confirm_within_hours`."""
+        return f"{self.base}/confirm/{self.sign('opt-in', {'e': email, 'f': form_id, 'r': request_id})}"

@@ -73,14 +73,14 @@ def router(ctx: HttpContext) -> APIRouter:
         return Response(PIXEL, media_type="image/gif", headers={"Cache-Control": "no-store"})
 
     @router.get("/u/{token}", response_class=HTMLResponse, include_in_schema=False)
-    def unsubscribe_page(token: str) -> HTMLResponse:
+    def unsubscribepage(token: str) -> HTMLResponse:
         """Only a page: link scanners fetch URLs, and a GET must change nothing."""
         payload = ctx.links.verify("unsubscribe", token)
         if not isinstance(payload, dict) or "e" not in payload:
             raise HTTPException(status_code=404)
         address, sender = html.escape(str(payload["e"])), html.escape(ctx.settings.sender.name)
         return HTMLResponse(
-            _page(
+            page(
                 "Unsubscribe",
                 f"<p>Stop all marketing email to <strong>{address}</strong> from {sender}?</p>"
                 '<form method="post"><button type="submit">Unsubscribe</button></form>',
@@ -102,7 +102,7 @@ def router(ctx: HttpContext) -> APIRouter:
         if one_click:
             return JSONResponse({"unsubscribed": True})
         return HTMLResponse(
-            _page("Unsubscribed", f"<p>{html.escape(address)} will get no more marketing email from us.</p>")
+            page("Unsubscribed", f"<p>{html.escape(address)} will get no more marketing email from us.</p>")
         )
 
     return router
@@ -116,7 +116,8 @@ def _unsubscribe(conn: sa.Connection, address: str, source: str, at: datetime) -
     store.upsert_lead(conn, address, consent="unsubscribed", consent_source=source, now=at)
 
 
-def _page(title: str, body: str) -> str:
+def page(title: str, body: str) -> str:
+    """A plain page of the engine's own (forms and pages without a template of their own)."""
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'

@@ -7,6 +7,7 @@ tick asks the database what is due. There is no scheduler job per lead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Callable, Sequence
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import uvicorn
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from engine.api import create_app
@@ -109,13 +111,19 @@ class Runner:
     async def run_forever(self) -> None:
         scheduler = AsyncIOScheduler(timezone=UTC)
         busy = asyncio.Lock()
+        again = asyncio.Event()
 
         async def tick() -> None:
             if busy.locked():
+                again.set()  # new work arrived mid-tick: one more round right after, not at the next interval
                 return
             async with busy:
+                again.clear()
                 try:
                     await self.step()
+                    while again.is_set():
+                        again.clear()
+                        await self.step()
                 except Exception:
                     log.exception("tick failed")
 
@@ -132,7 +140,15 @@ class Runner:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        http = self.http_server() if self.settings.http.enabled else None
+        def wake() -> None:
+            with contextlib.suppress(JobLookupError):  # stopping: the job is gone
+                scheduler.modify_job("tick", next_run_time=datetime.now(UTC))
+
+        def tick_now() -> None:
+            # The HTTP app committed work (an event, a confirmation email): tick now, not at the interval.
+            loop.call_soon_threadsafe(wake)
+
+        http = self.http_server(tick_now) if self.settings.http.enabled else None
         serving = asyncio.create_task(http.serve()) if http else None
         scheduler.start()
         try:
@@ -149,11 +165,11 @@ class Runner:
                 http.should_exit = True
                 await asyncio.gather(serving, return_exceptions=True)
 
-    def http_server(self) -> uvicorn.Server:
+    def http_server(self, nudge: Callable[[], None] | None = None) -> uvicorn.Server:
         """The HTTP app on this process's loop, beside the scheduler. A port already in use stops
         `funnel run` with uvicorn's message naming the address."""
         config = uvicorn.Config(
-            create_app(self.settings, self.engine, self.clock),
+            create_app(self.settings, self.engine, self.clock, nudge),
             host=self.settings.http.host,
             port=self.settings.http.port,
             log_level="warning",

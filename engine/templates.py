@@ -160,6 +160,7 @@ def sample_context(sender: Sender | None = None) -> dict[str, Any]:
         "funnel": {"id": "example", "name": "Example funnel"},
         "unsubscribe_url": "https://example.com/u/sample-token",
         "preferences_url": "https://example.com/p/sample-token",
+        "confirm_url": "https://example.com/confirm/sample-token",
     }
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -36,29 +37,56 @@ class Served:
         return httpx.Client(base_url=self.url, headers=headers, timeout=10)
 
 
+class Clock:
+    """The app's clock, which a test may move."""
+
+    def __init__(self, at: datetime = NOW) -> None:
+        self.at = at
+
+    def __call__(self) -> datetime:
+        return self.at
+
+
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[Served]:
-    url = f"sqlite:///{tmp_path / 'funnel.db'}"
-    upgrade(url)
-    engine = create_engine_for(url)
-    port = _free_port("127.0.0.1")
-    settings = Settings(data_dir=tmp_path, base_url=f"http://127.0.0.1:{port}")
-    with engine.begin() as conn:
-        key = apikeys.create(conn, "tests", NOW)
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings, engine, clock=lambda: NOW), host="127.0.0.1", port=port,
-                       log_level="warning", lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
+def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
+    """Start the app with these settings (keyword arguments of `Settings`); stopped after the test."""
+    stops: list[Callable[[], None]] = []
+
+    def start(clock: Clock | None = None, **options: Any) -> Served:
+        url = f"sqlite:///{tmp_path / 'funnel.db'}"
+        upgrade(url)
+        engine = create_engine_for(url)
+        port = _free_port("127.0.0.1")
+        settings = Settings(data_dir=tmp_path, base_url=f"http://127.0.0.1:{port}", **options)
+        with engine.begin() as conn:
+            key = apikeys.create(conn, "tests", NOW)
+        app = create_app(settings, engine, clock=clock or Clock())
+        server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+        )
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+
+        def stop() -> None:
+            server.should_exit = True
+            thread.join(timeout=10)
+            engine.dispose()
+
+        stops.append(stop)
+        return Served(f"http://127.0.0.1:{port}", engine, settings, key)
+
     try:
-        yield Served(f"http://127.0.0.1:{port}", engine, settings, key)
+        yield start
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        engine.dispose()
+        for stop in stops:
+            stop()
+
+
+@pytest.fixture
+def served(serve: Callable[..., Served]) -> Served:
+    return serve()

@@ -1,0 +1,117 @@
+"""Consent records (what a lead agreed to, where and when: the proof a regulator or a mailbox provider
+may ask for) and the double opt-in confirmation email, queued in the outbox like any other email."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from engine import store, tables
+
+CONFIRM_STAGE = "opt-in"
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentAct:
+    action: str  # given | requested | confirmed | withdrawn
+    source: str
+    form_id: str | None = None
+    text_version: str | None = None
+    ip: str | None = None
+    user_agent: str | None = None
+    fields: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    id: int
+    at: datetime
+    text_version: str | None
+    fields: dict[str, Any]
+
+
+def record(conn: sa.Connection, lead_id: int, act: ConsentAct, at: datetime) -> int:
+    c = tables.consent_records
+    values = {
+        "lead_id": lead_id,
+        "action": act.action,
+        "source": act.source[:200],
+        "form_id": act.form_id,
+        "text_version": act.text_version,
+        "ip": act.ip[:45] if act.ip else None,
+        "user_agent": act.user_agent[:300] if act.user_agent else None,
+        "fields": dict(act.fields or {}),
+        "at": at,
+    }
+    return int(conn.execute(sa.insert(c).values(values).returning(c.c.id)).scalar_one())
+
+
+def latest_request(conn: sa.Connection, lead_id: int, form_id: str) -> Request | None:
+    c = tables.consent_records
+    row = conn.execute(
+        sa.select(c.c.id, c.c.at, c.c.text_version, c.c.fields)
+        .where(c.c.lead_id == lead_id, c.c.form_id == form_id, c.c.action == "requested")
+        .order_by(c.c.id.desc())
+        .limit(1)
+    ).first()
+    return Request(row.id, row.at, row.text_version, dict(row.fields)) if row is not None else None
+
+
+def get_request(conn: sa.Connection, lead_id: int, form_id: str, request_id: int) -> Request | None:
+    c = tables.consent_records
+    row = conn.execute(
+        sa.select(c.c.id, c.c.at, c.c.text_version, c.c.fields).where(
+            c.c.id == request_id, c.c.lead_id == lead_id, c.c.form_id == form_id, c.c.action == "requested"
+        )
+    ).first()
+    return Request(row.id, row.at, row.text_version, dict(row.fields)) if row is not None else None
+
+
+def is_confirmed(conn: sa.Connection, lead_id: int, request_id: int) -> bool:
+    """Whether this request was confirmed already (the confirmation names its request in `fields`)."""
+    c = tables.consent_records
+    rows = conn.execute(sa.select(c.c.fields).where(c.c.lead_id == lead_id, c.c.action == "confirmed")).scalars()
+    return any(fields.get("request") == request_id for fields in rows)
+
+
+def history(conn: sa.Connection, lead_id: int) -> list[dict[str, Any]]:
+    """Every consent act of a lead, oldest first."""
+    c = tables.consent_records
+    rows = conn.execute(sa.select(c).where(c.c.lead_id == lead_id).order_by(c.c.id))
+    return [dict(row._mapping) for row in rows]
+
+
+def queue_confirmation(
+    conn: sa.Connection, lead_id: int, form_id: str, request_id: int, template: str, at: datetime
+) -> None:
+    """The confirmation email of one request, in the outbox as funnel `form:<id>`, step `confirm-<request>`:
+    one per request (the outbox's unique key), transactional (it may go to a `pending` lead, never to a
+    suppressed one), composed with its signed link by `engine.composer`."""
+    conn.execute(
+        sa.insert(tables.outbox).values(
+            lead_id=lead_id,
+            funnel_id=f"form:{form_id}",
+            step=f"confirm-{request_id}",
+            template=template,
+            stage=CONFIRM_STAGE,
+            transactional=True,
+            status="queued",
+            due_at=at,
+            attempts=0,
+            next_attempt_at=at,
+            created_at=at,
+        )
+    )
+
+
+def lead_consent(conn: sa.Connection, address: str) -> tuple[int | None, str | None]:
+    """(lead id, consent status), or (None, None) for an address with no lead."""
+    lead_id = store.find_lead_id(conn, address)
+    if lead_id is None:
+        return None, None
+    lead = store.get_lead(conn, lead_id, for_update=True)
+    return lead_id, lead.consent if lead is not None else None

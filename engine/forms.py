@@ -1,0 +1,262 @@
+"""Lead-magnet forms: an ordinary HTML form posts here, the lead is recorded with proof of consent, and
+the funnel's entry event is emitted (at once, or after the double opt-in link is followed).
+
+    GET  /forms/{id}          the signup page (a Jinja template under `pages_dir`, or a plain one)
+    POST /forms/{id}          the signup: 303 to a thank-you, check-your-inbox or download page
+    GET  /confirm/{token}     the double opt-in page: a button, because link scanners fetch URLs
+    POST /confirm/{token}     confirms: consent recorded, entry event emitted, 303 to the download page
+
+A bad post (an invalid address, the consent box not ticked) gets the page again with its errors (422)
+and changes nothing. A bot that fills the honeypot gets the same redirect as a person and changes nothing.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from email_validator import EmailNotValidError, validate_email
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import FileSystemLoader, TemplateNotFound
+from jinja2.sandbox import SandboxedEnvironment
+
+from engine import consents, signup, store
+from engine.consents import ConsentAct
+from engine.http_context import HttpContext
+from engine.pages import page
+from engine.settings import FormSettings
+
+log = logging.getLogger("engine.forms")
+
+MAX_FIELD = 500
+TICKED = ("on", "yes", "true", "1")
+
+
+def _client(request: Request) -> tuple[str | None, str | None]:
+    """The poster's IP (as uvicorn sees it: behind a proxy, run it with --forwarded-allow-ips) and agent."""
+    return (request.client.host if request.client else None), request.headers.get("user-agent")
+
+
+class _Pages:
+    """The marketer's page templates: sandboxed and autoescaped like the emails. Lenient about missing
+    values (unlike emails), because `errors.email` and `values.company` are missing on most renders."""
+
+    def __init__(self, folder: Path) -> None:
+        self.env = SandboxedEnvironment(loader=FileSystemLoader(str(folder)), autoescape=True)
+
+    def render(self, name: str, context: dict[str, Any]) -> str:
+        return self.env.get_template(name).render(context)
+
+
+def router(ctx: HttpContext) -> APIRouter:
+    router = APIRouter(include_in_schema=False)
+    pages = _Pages(ctx.settings.pages_dir)
+
+    def form_of(form_id: str) -> FormSettings:
+        spec = ctx.settings.forms.get(form_id)
+        if spec is None:
+            raise HTTPException(status_code=404)
+        return spec
+
+    def signup_page(form_id: str, spec: FormSettings, values: dict[str, str], errors: dict[str, str]) -> str:
+        context = {
+            "form": {
+                "id": form_id,
+                "action": f"/forms/{form_id}",
+                "consent_text": spec.consent_text,
+                "consent_version": spec.consent_version,
+                "honeypot": spec.honeypot,
+                "double_opt_in": spec.double_opt_in,
+            },
+            "values": values,
+            "errors": errors,
+            "sender": ctx.settings.sender,
+        }
+        if spec.page is not None:
+            try:
+                return pages.render(spec.page, context)
+            except TemplateNotFound:
+                log.error("form %s: page template %s not found in %s", form_id, spec.page, ctx.settings.pages_dir)
+        return page("Sign up", _plain_form(context))
+
+    @router.get("/forms/{form_id}", response_class=HTMLResponse)
+    def show(form_id: str) -> HTMLResponse:
+        spec = form_of(form_id)
+        return HTMLResponse(signup_page(form_id, spec, {}, {}))
+
+    @router.post("/forms/{form_id}")
+    async def submit(form_id: str, request: Request) -> Response:
+        spec = form_of(form_id)
+        posted = await request.form()
+        values = {k: v.strip() for k, v in posted.items() if isinstance(v, str)}
+        done_page = spec.redirect or f"/forms/{form_id}/{'check-inbox' if spec.double_opt_in else 'thanks'}"
+        if values.get(spec.honeypot):
+            log.info("form %s: honeypot filled, post ignored", form_id)
+            return RedirectResponse(done_page, status_code=303)
+        address, errors = _check(values, spec)
+        if address is None or errors:
+            shown = {k: v for k, v in values.items() if k != spec.honeypot}
+            return HTMLResponse(signup_page(form_id, spec, shown, errors), status_code=422)
+        attributes = {k: values[k] for k in spec.fields if values.get(k)}
+        if values.get("name"):
+            attributes.setdefault("name", values["name"])
+            attributes.setdefault("first_name", values["name"].split()[0])
+        ip, agent = _client(request)
+        at = ctx.now()
+        with ctx.engine.begin() as conn:
+            _, current = consents.lead_consent(conn, address)
+            outcome = signup.signup_outcome(current, spec.double_opt_in)
+            lead_id = store.upsert_lead(
+                conn, address, attributes=attributes, consent=outcome.consent, consent_source=f"form {form_id}", now=at
+            )
+            act = ConsentAct(
+                "requested" if outcome.confirm else "given",
+                f"form {form_id}",
+                form_id,
+                spec.consent_version,
+                ip,
+                agent,
+                attributes,
+            )
+            if outcome.confirm:
+                last = consents.latest_request(conn, lead_id, form_id)
+                valid_for = timedelta(hours=spec.confirm_within_hours)
+                if signup.confirmation_due(last.at if last else None, at, valid_for):
+                    request_id = consents.record(conn, lead_id, act, at)
+                    consents.queue_confirmation(conn, lead_id, form_id, request_id, spec.confirm_template, at)
+            else:
+                record_id = consents.record(conn, lead_id, act, at)
+                _emit(conn, lead_id, form_id, spec, record_id, attributes, at)
+        ctx.nudge()
+        return RedirectResponse(done_page, status_code=303)
+
+    @router.get("/forms/{form_id}/{outcome}", response_class=HTMLResponse)
+    def after(form_id: str, outcome: str) -> HTMLResponse:
+        """The engine's own thank-you pages, for forms that name no page of their own."""
+        form_of(form_id)
+        texts = {
+            "thanks": ("Thank you", "<p>It is on its way to your inbox.</p>"),
+            "check-inbox": (
+                "Check your inbox",
+                "<p>We have sent you an email with a link. Follow it to confirm your address, "
+                "and what you asked for comes straight after.</p>",
+            ),
+            "confirmed": ("Confirmed", "<p>Thank you: your address is confirmed. It is on its way.</p>"),
+        }
+        if outcome not in texts:
+            raise HTTPException(status_code=404)
+        return HTMLResponse(page(*texts[outcome]))
+
+    def confirmation(token: str) -> tuple[str, str, FormSettings, int]:
+        payload = ctx.links.verify("opt-in", token)
+        if not isinstance(payload, dict) or not isinstance(payload.get("r"), int):
+            raise HTTPException(status_code=404)
+        form_id = str(payload.get("f"))
+        return str(payload.get("e")), form_id, form_of(form_id), payload["r"]
+
+    @router.get("/confirm/{token}", response_class=HTMLResponse)
+    def confirm_page(token: str) -> HTMLResponse:
+        address, _, _, _ = confirmation(token)
+        return HTMLResponse(
+            page(
+                "Confirm your address",
+                f"<p>Confirm that <strong>{html.escape(address)}</strong> wants to hear from "
+                f"{html.escape(ctx.settings.sender.name)}.</p>"
+                '<form method="post"><button type="submit">Yes, confirm</button></form>',
+            )
+        )
+
+    @router.post("/confirm/{token}")
+    def confirm(token: str, request: Request) -> Response:
+        address, form_id, spec, request_id = confirmation(token)
+        ip, agent = _client(request)
+        at = ctx.now()
+        with ctx.engine.begin() as conn:
+            lead_id, current = consents.lead_consent(conn, address)
+            asked = consents.get_request(conn, lead_id, form_id, request_id) if lead_id is not None else None
+            if lead_id is None or asked is None:
+                raise HTTPException(status_code=404)
+            state = signup.confirmation_state(
+                asked.at, at, timedelta(hours=spec.confirm_within_hours), consents.is_confirmed(conn, lead_id, asked.id)
+            )
+            if state == "expired":
+                return HTMLResponse(
+                    page(
+                        "This link has expired",
+                        f'<p>Please <a href="/forms/{html.escape(form_id)}">sign up again</a>: '
+                        "we will send you a new link.</p>",
+                    ),
+                    status_code=410,
+                )
+            if state == "confirm":
+                act = ConsentAct(
+                    "confirmed", f"form {form_id}", form_id, asked.text_version, ip, agent, {"request": asked.id}
+                )
+                consents.record(conn, lead_id, act, at)
+                if current not in signup.STICKY:
+                    store.upsert_lead(
+                        conn, address, consent="subscribed", consent_source=f"double opt-in {form_id}", now=at
+                    )
+                _emit(conn, lead_id, form_id, spec, asked.id, asked.fields, at)
+        if state == "confirm":
+            ctx.nudge()
+        return RedirectResponse(spec.confirmed_redirect or f"/forms/{form_id}/confirmed", status_code=303)
+
+    return router
+
+
+def _emit(
+    conn: Any, lead_id: int, form_id: str, spec: FormSettings, record_id: int, fields: dict[str, Any], at: datetime
+) -> None:
+    """The event the funnel's entry trigger listens to. Its id is the consent record's: a second click
+    on the same confirmation link, or a replayed post, cannot enter the lead twice."""
+    event = store.NewEvent(f"form:{form_id}:{record_id}", lead_id, spec.event, at, {**fields, "form": form_id}, "form")
+    store.record_events(conn, [event], now=at)
+
+
+def _check(values: dict[str, str], spec: FormSettings) -> tuple[str | None, dict[str, str]]:
+    """The normalised address and the errors by field (shown next to each field)."""
+    errors: dict[str, str] = {}
+    address: str | None = None
+    raw = values.get("email", "")
+    if not raw:
+        errors["email"] = "Please enter your email address."
+    else:
+        try:
+            address = store.normalise_email(validate_email(raw, check_deliverability=False).normalized)
+        except (EmailNotValidError, ValueError) as exc:
+            errors["email"] = f"Please check your email address: {exc}"
+    if spec.consent_required and values.get("consent", "").lower() not in TICKED:
+        errors["consent"] = "Please tick the box so that we may email you."
+    for name, value in values.items():
+        if len(value) > MAX_FIELD:
+            errors[name] = f"Please keep this under {MAX_FIELD} characters."
+    return address, errors
+
+
+def _plain_form(context: dict[str, Any]) -> str:
+    form, values, errors = context["form"], context["values"], context["errors"]
+
+    def error(name: str) -> str:
+        return f'<p role="alert" style="color:#b00">{html.escape(errors[name])}</p>' if name in errors else ""
+
+    others = "".join(
+        f'<p role="alert" style="color:#b00">{html.escape(name)}: {html.escape(text)}</p>'
+        for name, text in errors.items()
+        if name not in ("email", "consent")
+    )
+    return (
+        f'{others}<form method="post" action="{html.escape(form["action"])}">'
+        f'<p><label>Name <input name="name" value="{html.escape(values.get("name", ""))}"></label></p>'
+        f'<p><label>Email <input name="email" type="email" required value="{html.escape(values.get("email", ""))}">'
+        f"</label></p>{error('email')}"
+        f'<p><label><input type="checkbox" name="consent" value="yes"> {html.escape(form["consent_text"])}</label></p>'
+        f"{error('consent')}"
+        f'<p style="position:absolute;left:-10000px" aria-hidden="true"><label>Leave this empty '
+        f'<input name="{html.escape(form["honeypot"])}" tabindex="-1" autocomplete="off"></label></p>'
+        '<p><button type="submit">Send it to me</button></p></form>'
+    )
