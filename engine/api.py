@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from fastapi import FastAPI
 
-from engine import api_v1, forms, pages
+from engine import api_v1, forms, hooks, pages
 from engine.http_context import HttpContext
 from engine.settings import Settings
 
@@ -31,5 +31,6 @@ def create_app(
 
     app.include_router(api_v1.router(ctx))
     app.include_router(pages.router(ctx))
+    app.include_router(hooks.router(ctx))
     app.include_router(forms.router(ctx))
     return app

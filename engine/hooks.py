@@ -1,0 +1,156 @@
+"""`POST /hooks/{source}`: events from systems that sign what they send (a shop's order_completed)
+instead of holding an API key. Each source is configured with its secret (`[hooks.shop] secret = ...`).
+
+The signature is checked over the raw bytes before any JSON is parsed; a refusal is 401 and says
+nothing about why (unknown source, no header, bad signature, stale timestamp look the same). The body
+is what `/v1/events` takes and is validated the same way. A request is remembered by a receipt written
+in the same transaction as its events: a replay is 409 and changes nothing, while a request that failed
+(422, a crash before the commit) left no receipt and can be sent again as it was. The answer comes
+after the commit (invariant 7).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Body, HTTPException, Path, Request, Response
+from fastapi.routing import APIRoute
+from pydantic import Field
+
+from engine import signatures, store, tables
+from engine.api_v1 import MAX_BATCH, Accepted, EventIn
+from engine.http_context import HttpContext
+from engine.settings import Settings
+
+log = logging.getLogger("engine.hooks")
+
+_VERIFIED = "funnel_signature"  # where the route leaves a verified request's receipt for the endpoint
+_UNAUTHORIZED = {"WWW-Authenticate": signatures.HEADER}
+
+
+def _refuse() -> HTTPException:
+    return HTTPException(status_code=401, headers=_UNAUTHORIZED)
+
+
+def _signed_route(settings: Settings, now: Callable[[], datetime]) -> type[APIRoute]:
+    """A route that checks the signature before FastAPI reads the body as JSON: a request that is not
+    signed is refused before anything in it is interpreted, malformed JSON included."""
+
+    class SignedRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handler = super().get_route_handler()
+
+            async def signed(request: Request) -> Response:
+                source = str(request.path_params.get("source", ""))
+                hook = settings.hooks.get(source)
+                if hook is None:
+                    log.info("refused a webhook for unknown source %r", source)
+                    raise _refuse()
+                body = await request.body()  # kept by the request: the handler reads the same bytes
+                outcome = signatures.verify(
+                    [hook.secret.get_secret_value()],
+                    request.headers.get(signatures.HEADER),
+                    body,
+                    now(),
+                    hook.tolerance_s,
+                )
+                if isinstance(outcome, signatures.Refusal):
+                    log.info("refused a webhook from %r: %s", source, outcome.value)
+                    raise _refuse()
+                setattr(request.state, _VERIFIED, signatures.receipt(source, outcome.timestamp, body))
+                return await handler(request)
+
+            return signed
+
+    return SignedRoute
+
+
+def receipts_kept_for(settings: Settings) -> timedelta:
+    """How long a receipt must outlive its request. A timestamp is accepted up to the tolerance on either
+    side of our clock, so a request received at r may carry t = r + tolerance and stay acceptable until
+    t + tolerance: twice the tolerance after r."""
+    tolerance = max((hook.tolerance_s for hook in settings.hooks.values()), default=0)
+    return timedelta(seconds=2 * tolerance)
+
+
+def sweep_receipts(conn: sa.Connection, settings: Settings, now: datetime) -> int:
+    """Forget receipts whose request could no longer be accepted anyway; returns how many."""
+    r = tables.webhook_receipts
+    result = conn.execute(sa.delete(r).where(r.c.received_at < now - receipts_kept_for(settings)))
+    return result.rowcount
+
+
+def _record(conn: sa.Connection, items: Sequence[EventIn], source: str, at: datetime) -> Accepted:
+    lead_ids: dict[str, int] = {}
+    for item in items:
+        address = store.normalise_email(item.email)
+        if address not in lead_ids:
+            lead_ids[address] = store.upsert_lead(conn, address, now=at)
+    new = [
+        store.NewEvent(
+            item.id,
+            lead_ids[store.normalise_email(item.email)],
+            item.type,
+            item.occurred_at or at,
+            item.properties,
+            item.source or source,
+        )
+        for item in items
+    ]
+    inserted, duplicates = store.record_events(conn, new, now=at)
+    return Accepted(accepted=inserted, duplicates=duplicates)
+
+
+def router(ctx: HttpContext) -> APIRouter:
+    router = APIRouter(route_class=_signed_route(ctx.settings, ctx.now))
+
+    @router.post(
+        "/hooks/{source}",
+        response_model=Accepted,
+        tags=["hooks"],
+        responses={
+            401: {"description": "Unknown source, a missing, malformed or wrong signature, or a stale timestamp."},
+            409: {"description": "This signed request was already received: nothing changed."},
+        },
+        openapi_extra={
+            "parameters": [
+                {
+                    "name": signatures.HEADER,
+                    "in": "header",
+                    "required": True,
+                    "description": "t=<unix seconds>,v1=<hex HMAC-SHA256, keyed with the hook's secret, of `{t}.` "
+                    "followed by the raw body>; several v1 values may be given. Checked before the body is parsed.",
+                    "schema": {"type": "string"},
+                }
+            ]
+        },
+    )
+    def receive(
+        source: Annotated[str, Path(description="The sender's name, as configured under [hooks].")],
+        request: Request,
+        body: Annotated[EventIn | Annotated[list[EventIn], Field(min_length=1, max_length=MAX_BATCH)], Body()],
+    ) -> Accepted:
+        """One event, or a batch of up to 1,000 (a JSON array), as for `/v1/events`, signed instead of
+        sent with a key. An event's `source` defaults to the hook's name. Answered after the commit."""
+        receipt = getattr(request.state, _VERIFIED)
+        items = body if isinstance(body, list) else [body]
+        at = ctx.now()
+        with ctx.engine.begin() as conn:
+            sweep_receipts(conn, ctx.settings, at)
+            try:
+                conn.execute(
+                    sa.insert(tables.webhook_receipts).values(signature=receipt, source=source, received_at=at)
+                )
+            except sa.exc.IntegrityError:
+                # Leaving the block rolls back: a replay changes nothing, not even the sweep.
+                raise HTTPException(status_code=409, detail="already received") from None
+            accepted = _record(conn, items, source, at)
+        if accepted.accepted:
+            ctx.nudge()
+        return accepted
+
+    return router
