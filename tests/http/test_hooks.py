@@ -25,18 +25,10 @@ from engine.api import create_app
 from engine.database import create_engine_for
 from engine.settings import HookSettings, Settings
 from engine.signatures import sign
-from tests.http.conftest import NOW
+from tests.http.conftest import NOW, Clock
 from tests.smtp_server import _free_port
 
 SECRET = "whsec_test"
-
-
-@dataclass
-class Clock:
-    at: datetime = NOW
-
-    def __call__(self) -> datetime:
-        return self.at
 
 
 @dataclass
@@ -56,14 +48,16 @@ class Hooked:
             headers["Funnel-Signature"] = header
         return self.client.post(f"/hooks/{source}", content=body, headers=headers)
 
-    def signed(self, payload: Any, *, secret: str = SECRET, at: datetime | None = None) -> httpx.Response:
+    def signed(self, payload: Any) -> httpx.Response:
+        """`payload` as JSON, signed now by the shop."""
         body = json.dumps(payload).encode()
-        return self.post(body, sign(secret, int((at or self.clock.at).timestamp()), body))
+        return self.post(body, sign(SECRET, int(self.clock.at.timestamp()), body))
 
 
 @pytest.fixture
 def hooked(db_url: str, tmp_path: Path) -> Iterator[Hooked]:
-    """The app with two hooks (shop, crm) over a migrated database on each backend, on a clock the test moves."""
+    """The app with two hooks (shop, crm) over a migrated database on each backend, on a clock the test
+    moves, counting its nudges (conftest's `serve` knows neither PostgreSQL nor the nudge)."""
     engine = create_engine_for(db_url)
     port = _free_port("127.0.0.1")
     settings = Settings(
