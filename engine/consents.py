@@ -11,6 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from engine import store, tables
+from engine.journey import FUNNEL_UNSUBSCRIBED
 
 CONFIRM_STAGE = "opt-in"
 
@@ -115,3 +116,41 @@ def lead_consent(conn: sa.Connection, address: str) -> tuple[int | None, str | N
         return None, None
     lead = store.get_lead(conn, lead_id, for_update=True)
     return lead_id, lead.consent if lead is not None else None
+
+
+def unsubscribe(conn: sa.Connection, address: str, act: ConsentAct, at: datetime) -> None:
+    """No more marketing email to this address, from any funnel, effective at once (the mailer reads
+    consent again right before DATA). The lead's funnels hear of it as an `unsubscribed` event (a funnel's
+    exit rule records why the lead left). An address with no lead any more (erased) is suppressed."""
+    lead_id, current = lead_consent(conn, address)
+    if lead_id is None:
+        store.suppress(conn, address, "unsubscribed", now=at)
+        return
+    if current == "unsubscribed":
+        return  # a second click changes nothing
+    store.upsert_lead(conn, address, consent="unsubscribed", consent_source=act.source, now=at)
+    record_id = record(conn, lead_id, act, at)
+    event = store.NewEvent(f"unsubscribe:{record_id}", lead_id, "unsubscribed", at, {"via": act.source}, "unsubscribe")
+    store.record_events(conn, [event], now=at)
+
+
+def leave_funnel(conn: sa.Connection, lead_id: int, funnel_id: str, act: ConsentAct, at: datetime) -> None:
+    """The lead leaves one funnel: its waiting emails are skipped now, and the funnel records the exit
+    (reason `unsubscribed`) when the worker handles the `funnel_unsubscribed` event."""
+    record_id = record(conn, lead_id, act, at)
+    store.cancel_marketing(conn, lead_id, funnel_id, "unsubscribed")
+    event = store.NewEvent(
+        f"funnel-unsubscribe:{record_id}", lead_id, FUNNEL_UNSUBSCRIBED, at, {"funnel": funnel_id}, "preferences"
+    )
+    store.record_events(conn, [event], now=at)
+
+
+def resubscribe(conn: sa.Connection, address: str, act: ConsentAct, at: datetime) -> bool:
+    """Marketing email again, asked for from the preference page (its signed link proves the address).
+    Not for a bounced or complained address, nor one suppressed for another reason."""
+    lead_id, current = lead_consent(conn, address)
+    if lead_id is None or current != "unsubscribed" or store.is_suppressed(conn, address):
+        return False
+    store.upsert_lead(conn, address, consent="subscribed", consent_source=act.source, now=at)
+    record(conn, lead_id, act, at)
+    return True

@@ -48,6 +48,9 @@ MAX_STEPS_PER_DECISION = 200
 # --------------------------------------------------------------------------------------------------
 
 
+# The event the preference page records when a lead leaves one funnel: `{funnel: <id>}`.
+FUNNEL_UNSUBSCRIBED = "funnel_unsubscribed"
+
 @dataclass(frozen=True, slots=True)
 class Lead:
     """What the core may read of a lead. `consent` is 'subscribed' unless the lead opted out."""
@@ -533,6 +536,11 @@ class _Run:
     def handle_event(self, event: Event) -> None:
         at = event.at
         funnel = self.funnel
+        if event.name == FUNNEL_UNSUBSCRIBED and event.properties.get("funnel") == funnel.id:
+            # Built in, whatever the funnel file says: the lead asked to leave this funnel (the preference
+            # page), and other funnels and transactional email elsewhere are not affected.
+            self.exit("unsubscribed", Cause("event", event.id), at)
+            return
         for rule in funnel.exits:
             if _matches(rule, event):
                 self.exit(rule.reason, Cause("exit_rule", event.id), at)

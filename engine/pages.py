@@ -7,13 +7,14 @@ Invariant 5: an unsubscribe takes effect at once; the mailer reads consent again
 from __future__ import annotations
 
 import html
-from datetime import datetime
+from urllib.parse import parse_qs
 
 import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from engine import store
+from engine import consents, store
+from engine.consents import ConsentAct
 from engine.http_context import HttpContext
 
 # The smallest transparent GIF.
@@ -72,48 +73,135 @@ def router(ctx: HttpContext) -> APIRouter:
                 store.record_events(conn, [event], now=at)
         return Response(PIXEL, media_type="image/gif", headers={"Cache-Control": "no-store"})
 
-    @router.get("/u/{token}", response_class=HTMLResponse, include_in_schema=False)
-    def unsubscribepage(token: str) -> HTMLResponse:
-        """Only a page: link scanners fetch URLs, and a GET must change nothing."""
-        payload = ctx.links.verify("unsubscribe", token)
-        if not isinstance(payload, dict) or "e" not in payload:
+    def address_in(purpose: str, token: str) -> tuple[str, str | None]:
+        payload = ctx.links.verify(purpose, token)
+        if not isinstance(payload, dict) or not isinstance(payload.get("e"), str):
             raise HTTPException(status_code=404)
-        address, sender = html.escape(str(payload["e"])), html.escape(ctx.settings.sender.name)
+        funnel = payload.get("f")
+        return payload["e"], funnel if isinstance(funnel, str) else None
+
+    def act(
+        request: Request, source: str, fields: dict[str, str] | None = None, action: str = "withdrawn"
+    ) -> ConsentAct:
+        ip = request.client.host if request.client else None
+        return ConsentAct(action, source, ip=ip, user_agent=request.headers.get("user-agent"), fields=fields)
+
+    @router.get("/u/{token}", response_class=HTMLResponse)
+    def unsubscribe_page(token: str) -> HTMLResponse:
+        """Only a page: link scanners fetch URLs, and a GET must change nothing. It offers to stop this
+        funnel's emails or all marketing email."""
+        address, funnel_id = address_in("unsubscribe", token)
+        sender = html.escape(ctx.settings.sender.name)
+        preferences = ctx.links.preferences_url(address)
+        with ctx.engine.connect() as conn:
+            active = _active_funnels(conn, address)
+        options = ""
+        if funnel_id is not None and funnel_id in active:
+            options += _button("funnel", f"Only emails about {active[funnel_id]}")
+        options += _button("all", f"All marketing email from {ctx.settings.sender.name}")
         return HTMLResponse(
             page(
                 "Unsubscribe",
-                f"<p>Stop all marketing email to <strong>{address}</strong> from {sender}?</p>"
-                '<form method="post"><button type="submit">Unsubscribe</button></form>',
+                f"<p>Which emails should <strong>{html.escape(address)}</strong> stop getting from {sender}?</p>"
+                f'{options}<p><a href="{html.escape(preferences)}">All email preferences</a></p>',
             )
         )
 
-    @router.post("/u/{token}", include_in_schema=False)
+    @router.post("/u/{token}")
     async def unsubscribe(token: str, request: Request) -> Response:
-        """RFC 8058 one-click (a mail client posts `List-Unsubscribe=One-Click`), or the page's button.
-        No login, no redirect; effective at once."""
-        payload = ctx.links.verify("unsubscribe", token)
-        if not isinstance(payload, dict) or "e" not in payload:
-            raise HTTPException(status_code=404)
+        """RFC 8058 one-click (a mail client posts `List-Unsubscribe=One-Click`: all marketing email), or
+        the page's buttons. No login, no redirect; effective at once."""
+        address, funnel_id = address_in("unsubscribe", token)
         body = (await request.body()).decode("utf-8", "replace")
         one_click = "List-Unsubscribe=One-Click" in body
-        address = str(payload["e"])
+        scope = parse_qs(body).get("scope", ["all"])[0]
+        at = ctx.now()
         with ctx.engine.begin() as conn:
-            _unsubscribe(conn, address, "one-click" if one_click else "unsubscribe page", ctx.now())
+            if scope == "funnel" and funnel_id is not None and not one_click:
+                name = _active_funnels(conn, address).get(funnel_id)
+                lead_id = store.find_lead_id(conn, address)
+                if name is not None and lead_id is not None:
+                    consents.leave_funnel(
+                        conn, lead_id, funnel_id, act(request, "unsubscribe page", {"funnel": funnel_id}), at
+                    )
+                    done = f"<p>{html.escape(address)} will get no more emails about {html.escape(name)}.</p>"
+                    return HTMLResponse(page("Unsubscribed", done))
+            consents.unsubscribe(conn, address, act(request, "one-click" if one_click else "unsubscribe page"), at)
+        ctx.nudge()
         if one_click:
             return JSONResponse({"unsubscribed": True})
         return HTMLResponse(
             page("Unsubscribed", f"<p>{html.escape(address)} will get no more marketing email from us.</p>")
         )
 
+    @router.get("/p/{token}", response_class=HTMLResponse)
+    def preferences_page(token: str) -> HTMLResponse:
+        """What this address gets from us, and a button per choice (a GET changes nothing)."""
+        address, _ = address_in("preferences", token)
+        with ctx.engine.connect() as conn:
+            lead_id, consent = consents.lead_consent(conn, address)
+            active = _active_funnels(conn, address)
+        body = f"<p>Email preferences for <strong>{html.escape(address)}</strong>.</p>"
+        if lead_id is None:
+            body += "<p>We hold nothing about this address, and send it no email.</p>"
+        elif consent == "subscribed":
+            body += "<p>You get marketing email from us"
+            body += (": " + ", ".join(html.escape(n) for n in active.values()) + ".</p>") if active else ".</p>"
+            for funnel_id, name in active.items():
+                body += _button(f"funnel:{funnel_id}", f"Stop emails about {name}")
+            body += _button("all", "Stop all marketing email")
+        elif consent == "unsubscribed":
+            body += "<p>You get no marketing email from us.</p>" + _button("resubscribe", "Start again")
+        elif consent == "pending":
+            body += "<p>Your address is not confirmed yet: we send it nothing until it is.</p>"
+        else:
+            body += "<p>We send this address no marketing email.</p>"
+        return HTMLResponse(page("Email preferences", body))
+
+    @router.post("/p/{token}")
+    async def preferences(token: str, request: Request) -> Response:
+        address, _ = address_in("preferences", token)
+        scope = parse_qs((await request.body()).decode("utf-8", "replace")).get("scope", [""])[0]
+        at = ctx.now()
+        with ctx.engine.begin() as conn:
+            lead_id = store.find_lead_id(conn, address)
+            if scope == "all":
+                consents.unsubscribe(conn, address, act(request, "preferences page"), at)
+            elif scope == "resubscribe":
+                consents.resubscribe(conn, address, act(request, "preferences page", action="given"), at)
+            elif scope.startswith("funnel:") and lead_id is not None:
+                funnel_id = scope.removeprefix("funnel:")
+                if funnel_id in _active_funnels(conn, address):
+                    consents.leave_funnel(
+                        conn, lead_id, funnel_id, act(request, "preferences page", {"funnel": funnel_id}), at
+                    )
+            else:
+                raise HTTPException(status_code=400, detail="unknown choice")
+        ctx.nudge()
+        # Back to the page, which now shows the new state (post/redirect/get).
+        return RedirectResponse(f"/p/{token}", status_code=303)
+
     return router
 
 
-def _unsubscribe(conn: sa.Connection, address: str, source: str, at: datetime) -> None:
-    """Unsubscribe the lead; for an address with no lead any more (erased), keep a suppression instead."""
-    if store.find_lead_id(conn, address) is None:
-        store.suppress(conn, address, "unsubscribed", now=at)
-        return
-    store.upsert_lead(conn, address, consent="unsubscribed", consent_source=source, now=at)
+def _button(scope: str, label: str) -> str:
+    return (
+        f'<form method="post"><input type="hidden" name="scope" value="{html.escape(scope)}">'
+        f'<button type="submit">{html.escape(label)}</button></form>'
+    )
+
+
+def _active_funnels(conn: sa.Connection, address: str) -> dict[str, str]:
+    """The funnels the lead is active in, by id, with their names as their files say."""
+    lead_id = store.find_lead_id(conn, address)
+    if lead_id is None:
+        return {}
+    found: dict[str, str] = {}
+    for e in store.get_enrollments(conn, lead_id):
+        if e.status == "active":
+            definition = store.get_funnel_definition(conn, e.funnel, e.version) or {}
+            found[e.funnel] = str(definition.get("name") or e.funnel)
+    return found
 
 
 def page(title: str, body: str) -> str:

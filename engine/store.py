@@ -541,6 +541,25 @@ def _record_transition(
             exit_reason=c.exit_reason,
         ),
     )
+    if c.to_stage is None and c.exit_reason == "unsubscribed":
+        cancel_marketing(conn, lead_id, state.funnel, "unsubscribed")
+
+
+def cancel_marketing(conn: sa.Connection, lead_id: int, funnel_id: str, reason: str) -> int:
+    """Skip the lead's marketing emails of this funnel that are still waiting to go: a lead who leaves a
+    funnel gets nothing more from it, even what was queued. One being sent right now is past this
+    point; the mailer only sends what it could move from queued to sending."""
+    o = tables.outbox
+    return conn.execute(
+        sa.update(o)
+        .where(
+            o.c.lead_id == lead_id,
+            o.c.funnel_id == funnel_id,
+            o.c.status.in_(("queued", "deferred")),
+            o.c.transactional.is_(False),
+        )
+        .values(status="skipped", skip_reason=reason)
+    ).rowcount
 
 
 def _queue_webhook(conn: sa.Connection, lead_id: int, funnel_id: str, c: journey.CallWebhook, now: datetime) -> int:

@@ -1,0 +1,137 @@
+"""The unsubscribe and preference pages over a real socket: leave one funnel (its waiting emails are
+skipped at once, the funnel records the exit with its cause, other funnels go on) or stop all marketing
+email, and start again from the preference page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from engine import store, tables
+from engine.links import Links
+from engine.validation import load_funnels
+from engine.worker import Worker
+from tests.http.conftest import NOW, Served
+
+FUNNEL = """\
+id: {id}
+name: {name}
+entry:
+  triggers:
+    - event: signed_up
+stages:
+  - id: first
+    steps:
+      - id: hello
+        send: drip/hello
+      - id: pause
+        wait: 2d
+      - id: again
+        send: drip/hello
+"""
+
+
+@pytest.fixture
+def enrolled(served: Served, tmp_path: Path) -> tuple[Served, Worker]:
+    """ana@example.com is active in two funnels, each with its first email queued."""
+    folder = tmp_path / "funnels"
+    folder.mkdir()
+    for funnel_id, name in (("recycling", "Recycling report"), ("water", "Water savings")):
+        (folder / f"{funnel_id}.yaml").write_text(FUNNEL.format(id=funnel_id, name=name))
+    loaded = load_funnels([folder], emails_dir=None)
+    assert not loaded.errors, loaded.errors
+    worker = Worker(served.engine, {f.id: f for f in loaded.funnels})
+    worker.publish(NOW)
+    with served.engine.begin() as conn:
+        lead_id = store.upsert_lead(conn, "ana@example.com", now=NOW)
+        store.record_events(conn, [store.NewEvent("s-1", lead_id, "signed_up", NOW)], now=NOW)
+    worker.run_until_idle(NOW)
+    assert sorted(statuses(served).values()) == ["queued", "queued"]
+    return served, worker
+
+
+def statuses(served: Served) -> dict[str, str]:
+    with served.engine.connect() as conn:
+        o = tables.outbox
+        return {r.funnel_id: r.status for r in conn.execute(sa.select(o.c.funnel_id, o.c.status))}
+
+
+def enrollment(served: Served, funnel_id: str) -> Any:
+    with served.engine.connect() as conn:
+        e = tables.enrollments
+        return conn.execute(sa.select(e).where(e.c.funnel_id == funnel_id)).one()
+
+
+def consent(served: Served) -> str:
+    with served.engine.connect() as conn:
+        return str(conn.execute(sa.select(tables.leads.c.consent_status)).scalar_one())
+
+
+def test_leaving_one_funnel_skips_its_waiting_email_and_records_the_exit(enrolled: tuple[Served, Worker]) -> None:
+    served, worker = enrolled
+    url = Links(served.settings).unsubscribe_url("ana@example.com", "recycling")
+    page = httpx.get(url, timeout=10)
+    assert page.status_code == 200
+    assert "Only emails about Recycling report" in page.text and "All marketing email" in page.text
+    assert statuses(served) == {"recycling": "queued", "water": "queued"}  # the GET changed nothing
+
+    done = httpx.post(url, data={"scope": "funnel"}, timeout=10)
+    assert done.status_code == 200 and "no more emails about Recycling report" in done.text
+    assert statuses(served) == {"recycling": "skipped", "water": "queued"}  # at once, before any tick
+    assert consent(served) == "subscribed"
+
+    worker.run_until_idle(NOW)
+    left, stays = enrollment(served, "recycling"), enrollment(served, "water")
+    assert (left.status, left.exit_reason, stays.status) == ("exited", "unsubscribed", "active")
+    with served.engine.connect() as conn:
+        t = tables.stage_transitions
+        exit_row = conn.execute(sa.select(t).where(t.c.funnel_id == "recycling", t.c.to_stage.is_(None))).one()
+        record = conn.execute(sa.select(tables.consent_records)).one()
+    assert exit_row.cause_kind == "event" and exit_row.cause_ref.startswith("funnel-unsubscribe:")
+    assert (record.action, record.fields, record.ip) == ("withdrawn", {"funnel": "recycling"}, "127.0.0.1")
+
+
+def test_the_preference_page_stops_everything_and_starts_again(enrolled: tuple[Served, Worker]) -> None:
+    served, _ = enrolled
+    url = Links(served.settings).preferences_url("ana@example.com")
+    page = httpx.get(url, timeout=10)
+    assert page.status_code == 200
+    assert "Stop emails about Recycling report" in page.text and "Stop emails about Water savings" in page.text
+
+    stopped = httpx.post(url, data={"scope": "all"}, timeout=10, follow_redirects=True)
+    assert stopped.status_code == 200 and "You get no marketing email from us" in stopped.text
+    assert consent(served) == "unsubscribed"
+    with served.engine.connect() as conn:
+        names = conn.execute(sa.select(tables.events.c.name).order_by(tables.events.c.id)).scalars().all()
+    assert names == ["signed_up", "unsubscribed"]  # the funnels hear of it (an exit rule can record it)
+
+    again = httpx.post(url, data={"scope": "resubscribe"}, timeout=10, follow_redirects=True)
+    assert again.status_code == 200 and "You get marketing email from us" in again.text
+    assert consent(served) == "subscribed"
+    with served.engine.connect() as conn:
+        actions = conn.execute(sa.select(tables.consent_records.c.action)).scalars().all()
+    assert actions == ["withdrawn", "given"]
+
+
+def test_leaving_one_funnel_from_the_preference_page(enrolled: tuple[Served, Worker]) -> None:
+    served, _ = enrolled
+    url = Links(served.settings).preferences_url("ana@example.com")
+    httpx.post(url, data={"scope": "funnel:water"}, timeout=10)
+    assert statuses(served) == {"recycling": "queued", "water": "skipped"}
+    page = httpx.get(url, timeout=10)
+    assert "Stop emails about Recycling report" in page.text  # still there until the worker records the exit
+
+
+def test_tampered_tokens_and_unknown_choices(enrolled: tuple[Served, Worker]) -> None:
+    served, _ = enrolled
+    links = Links(served.settings)
+    url = links.preferences_url("ana@example.com")
+    assert httpx.get(url[:-3] + "xyz", timeout=10).status_code == 404
+    unsubscribe_token = links.unsubscribe_url("ana@example.com", None).rsplit("/", 1)[1]
+    assert httpx.get(f"{served.url}/p/{unsubscribe_token}", timeout=10).status_code == 404
+    assert httpx.post(url, data={"scope": "everything"}, timeout=10).status_code == 400
+    assert consent(served) == "subscribed"
