@@ -36,7 +36,8 @@ def validate(
     paths: list[Path] = typer.Argument(None, help="Funnel files or folders (default: funnels/)."),
     emails: Path = typer.Option(Path("emails"), help="Folder of email templates."),
 ) -> None:
-    """Check funnel files: shape, graph, templates. Every error names file:line:column."""
+    """Check funnel files (shape, graph, templates: every error names file:line:column) and the forms
+    in the settings (page, confirmation email, a funnel that enters on each form's event)."""
     from engine.validation import load_funnels
 
     result = load_funnels(paths or [Path("funnels")], emails_dir=emails)
@@ -50,6 +51,21 @@ def validate(
         console.print(
             f"[green]ok[/green] {funnel.id} ({len(funnel.stages)} stages, {steps} steps, version {funnel.version})"
         )
+    from engine.form_checks import check_forms
+    from engine.settings import get_settings
+    from engine.templates import TemplateLibrary
+
+    settings = get_settings()
+    # Which funnel a form feeds is only known when all funnels are checked, not one file.
+    everything = not paths or any(p.resolve() == settings.funnels_dir.resolve() for p in paths)
+    form_errors = check_forms(settings, result.funnels, TemplateLibrary(emails), entries=everything)
+    for message in form_errors:
+        err.print(f"settings: {message}", markup=False, highlight=False, soft_wrap=True)
+    if form_errors:
+        err.print(f"[red]{len(form_errors)} error(s)[/red] in the forms' settings")
+        raise typer.Exit(1)
+    for form_id in sorted(settings.forms):
+        console.print(f"[green]ok[/green] form {form_id}")
 
 
 @app.command()
@@ -212,11 +228,17 @@ def _demo_signups(runner: object, now: datetime) -> int:
     with engine.begin() as conn:
         for i, (email, first, company, employees, zone) in enumerate(DEMO_LEADS, 1):
             lead_id = store.upsert_lead(
-                conn, email, attributes={"first_name": first, "company": company, "employees": employees},
-                timezone=zone, consent="subscribed", consent_source="demo", now=now,
+                conn,
+                email,
+                attributes={"first_name": first, "company": company, "employees": employees},
+                timezone=zone,
+                consent="subscribed",
+                consent_source="demo",
+                now=now,
             )
-            new = store.NewEvent(f"demo-signup-{i}", lead_id, "form_submitted", now,
-                                 {"form": "cost-of-not-recycling"}, "demo")
+            new = store.NewEvent(
+                f"demo-signup-{i}", lead_id, "form_submitted", now, {"form": "cost-of-not-recycling"}, "demo"
+            )
             recorded += store.record_events(conn, [new], now=now)[0]
     return recorded
 
@@ -247,8 +269,10 @@ def run(
     try:
         for definition in funnels:
             console.print(f"[green]loaded[/green] {definition.id} (version {definition.version})")
-        where = f"{settings.smtp.host}:{settings.smtp.port}" if settings.smtp.host else (
-            f"the local sink, stored as .eml files in {settings.data_dir / 'outbox'}"
+        where = (
+            f"{settings.smtp.host}:{settings.smtp.port}"
+            if settings.smtp.host
+            else (f"the local sink, stored as .eml files in {settings.data_dir / 'outbox'}")
         )
         console.print(f"database: {settings.effective_database_url}\nemails go to {where}")
         if demo:
@@ -355,8 +379,9 @@ def plan(
         for line in lines:
             style = None if line.change == "unchanged" else "yellow"
             affected += line.leads if line.change != "unchanged" else 0
-            table.add_row(line.stage, line.step or "(end of sequence)", str(line.leads), line.change,
-                          line.goes_to, style=style)
+            table.add_row(
+                line.stage, line.step or "(end of sequence)", str(line.leads), line.change, line.goes_to, style=style
+            )
         console.print(table)
         total = sum(line.leads for line in lines)
         console.print(f"{definition.id}: {total} lead(s) in flight, {affected} affected by the edit")
@@ -581,7 +606,17 @@ def outbox(
 
 
 def main() -> None:
-    app()
+    from pydantic import ValidationError
+
+    try:
+        app(standalone_mode=True)
+    except ValidationError as exc:
+        # Settings that do not parse: name each key and what is wrong, not a traceback.
+        for error in exc.errors():
+            key = ".".join(str(part) for part in error["loc"])
+            err.print(f"settings: {key}: {error['msg']}", markup=False, highlight=False, soft_wrap=True)
+        err.print("check config/funnel.toml, .env and FUNNEL_* environment variables")
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -1,0 +1,43 @@
+"""`funnel validate` checks the forms in the settings against the real example funnel and templates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.form_checks import check_forms
+from engine.settings import Settings
+from engine.templates import TemplateLibrary
+from engine.validation import load_funnels
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def check(tmp_path: Path, **form: object) -> list[str]:
+    funnels = load_funnels([ROOT / "funnels"], emails_dir=ROOT / "emails").funnels
+    settings = Settings(pages_dir=ROOT / "pages", forms={"cost-of-not-recycling": form})
+    return check_forms(settings, funnels, TemplateLibrary(ROOT / "emails"))
+
+
+def test_the_example_form_is_valid(tmp_path: Path) -> None:
+    assert check(tmp_path, page="lead-magnet/signup.html", double_opt_in=True) == []
+
+
+def test_each_problem_is_named_with_its_key(tmp_path: Path) -> None:
+    errors = check(
+        tmp_path, page="lead-magnet/nope.html", double_opt_in=True, confirm_template="forms/nope", event="form_sent"
+    )
+    assert errors == [
+        f"forms.cost-of-not-recycling.page: no such page {(ROOT / 'pages' / 'lead-magnet/nope.html').as_posix()}",
+        "forms.cost-of-not-recycling.confirm_template: no email template 'forms/nope' in "
+        f"{(ROOT / 'emails').as_posix()}",
+        "forms.cost-of-not-recycling: no funnel enters on event 'form_sent' with form 'cost-of-not-recycling'; "
+        "add an entry trigger like `- event: form_sent` with `where: {form: cost-of-not-recycling}`",
+    ]
+
+
+def test_a_confirmation_email_without_the_link_is_refused(tmp_path: Path) -> None:
+    errors = check(tmp_path, double_opt_in=True, confirm_template="lead-magnet/report-delivery")
+    assert errors == [
+        "forms.cost-of-not-recycling.confirm_template: the email never shows {{ confirm_url }}, "
+        "so the lead cannot confirm"
+    ]
