@@ -198,3 +198,11 @@ def test_an_unsubscribed_lead_is_not_resubscribed_without_confirming(serve: Any)
     post(served, "report", {"email": "gil@example.com", "consent": "on"})
     assert lead(served, "gil@example.com").consent_status == "pending"
     assert re.fullmatch(r"confirm-\d+", rows(served, tables.outbox)[0].step)
+
+
+def test_erasure_deletes_the_consent_records_too(serve: Any) -> None:
+    served = serve(forms={"report": SINGLE})
+    post(served, "report", {"email": "hal@example.com", "consent": "yes", "company": "Hal Ltd"})
+    assert len(rows(served, tables.consent_records)) == 1
+    assert served.client().delete("/v1/leads/hal@example.com").status_code == 204
+    assert rows(served, tables.consent_records) == [] and rows(served, tables.events) == []
