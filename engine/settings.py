@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -120,6 +121,11 @@ class HookSettings(BaseModel):
     tolerance_s: int = Field(default=300, ge=1, le=3600, description="How old a signature's timestamp may be.")
 
 
+# Ids that go into URLs and database columns: short and plain.
+FormId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,90}$")]
+HookName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,99}$")]
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FUNNEL_",
@@ -154,8 +160,8 @@ class Settings(BaseSettings):
     dkim: DkimSettings = DkimSettings()
     delivery: DeliverySettings = DeliverySettings()
     sender: SenderSettings = SenderSettings()
-    forms: dict[str, FormSettings] = Field(default_factory=dict, description="Lead-magnet forms by id.")
-    hooks: dict[str, HookSettings] = Field(
+    forms: dict[FormId, FormSettings] = Field(default_factory=dict, description="Lead-magnet forms by id.")
+    hooks: dict[HookName, HookSettings] = Field(
         default_factory=dict, description="Senders of signed inbound webhooks by name, each with its secret."
     )
 
