@@ -8,7 +8,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine import api_v1, forms, hooks, pages
 from engine.http_context import HttpContext
@@ -29,8 +32,19 @@ def create_app(
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    app.include_router(api_v1.router(ctx))
-    app.include_router(pages.router(ctx))
-    app.include_router(hooks.router(ctx))
-    app.include_router(forms.router(ctx))
+    routers = [api_v1.router(ctx), pages.router(ctx), hooks.router(ctx), forms.router(ctx)]
+    for router in routers:
+        app.include_router(router)
+    every_route = [r for router in routers for r in router.routes if isinstance(r, APIRoute)]
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 405:
+            # RFC 9110: `Allow` lists every method of the resource. Starlette names only those of the first
+            # route matching the path, and GET, PUT and DELETE of one resource are three routes here.
+            path = request.url.path
+            methods = {m for r in every_route if r.path_regex.match(path) for m in r.methods or ()}
+            exc.headers = {**(exc.headers or {}), "Allow": ", ".join(sorted(methods))}
+        return await http_exception_handler(request, exc)
+
     return app

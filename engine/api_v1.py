@@ -6,20 +6,34 @@ Invariant 12: a batch with one bad item is rejected whole, with each item's and 
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Body, Depends, HTTPException
 from fastapi.responses import Response
-from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field, WithJsonSchema, field_validator
 
 from engine import store, tables
 from engine.http_context import HttpContext
 
 EVENT_NAME = r"^[a-z][a-z0-9_.-]{0,99}$"
 MAX_BATCH = 1000
+_DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]")
+# The schema lists the zones this machine knows, so a client can check a zone before sending it.
+ZONES = sorted(available_timezones())
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Problem, "description": "The body could not be read (not JSON, or not UTF-8)."},
+    401: {"model": Problem, "description": "No key, or a wrong or revoked one. No detail, on purpose."},
+}
 
 
 class EventIn(BaseModel):
@@ -30,9 +44,19 @@ class EventIn(BaseModel):
     id: str = Field(min_length=1, max_length=200)
     type: str = Field(pattern=EVENT_NAME, description="e.g. form_submitted, link_clicked, order_completed")
     email: EmailStr
-    occurred_at: AwareDatetime | None = Field(default=None, description="Default: when it is received.")
+    occurred_at: AwareDatetime | None = Field(
+        default=None, description="An ISO 8601 date-time with its offset. Default: when it is received."
+    )
     properties: dict[str, Any] = Field(default_factory=dict)
     source: str | None = Field(default=None, max_length=200)
+
+    @field_validator("occurred_at", mode="before")
+    @classmethod
+    def _date_time_text(cls, value: Any) -> Any:
+        # Pydantic would read 0 or "1700000000" as a Unix time: a sender's bug, stored as 1970 or worse.
+        if value is not None and not (isinstance(value, str) and _DATE_TIME.match(value)):
+            raise ValueError("expected an ISO 8601 date-time with its offset, e.g. 2026-11-23T10:00:00+00:00")
+        return value
 
 
 class LeadIn(BaseModel):
@@ -42,7 +66,9 @@ class LeadIn(BaseModel):
 
     attributes: dict[str, Any] = Field(default_factory=dict)
     tags: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(default_factory=list)
-    timezone: str | None = Field(default=None, description="An IANA zone, e.g. Europe/Berlin.")
+    timezone: Annotated[str, WithJsonSchema({"type": "string", "enum": ZONES})] | None = Field(
+        default=None, description="An IANA zone, e.g. Europe/Berlin."
+    )
     consent: Literal["subscribed", "unsubscribed", "pending"] | None = None
     consent_source: str | None = Field(default=None, max_length=200)
 
@@ -99,7 +125,7 @@ class Accepted(BaseModel):
 
 
 def router(ctx: HttpContext) -> APIRouter:
-    router = APIRouter(prefix="/v1", dependencies=[Depends(ctx.api_key())])
+    router = APIRouter(prefix="/v1", dependencies=[Depends(ctx.api_key())], responses=ERRORS)
 
     @router.post("/events", response_model=Accepted, tags=["events"])
     def post_events(
@@ -180,7 +206,12 @@ def router(ctx: HttpContext) -> APIRouter:
             )
             return lead_view(conn, address)
 
-    @router.get("/leads/{email}", response_model=LeadOut, tags=["leads"])
+    @router.get(
+        "/leads/{email}",
+        response_model=LeadOut,
+        tags=["leads"],
+        responses={404: {"model": Problem, "description": "No lead with this address."}},
+    )
     def get_lead(email: EmailStr) -> LeadOut:
         """The lead, its place in each funnel, its stage timeline with causes, and its emails."""
         with ctx.engine.connect() as conn:
