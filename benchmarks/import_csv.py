@@ -18,6 +18,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -37,15 +38,47 @@ def generate(path: Path, rows: int) -> None:
         writer = csv.writer(f)
         writer.writerow(["email", "first_name", "last_name", "company", "tags", "timezone", "employees"])
         for i in range(rows):
-            writer.writerow([
-                f"Lead.{i}@Company{i % 500}.example",
-                f"First{i}",
-                f"Last{i}",
-                f"Company {i % 500} Ltd",
-                "imported;trade-show" if i % 3 else "imported",
-                ZONES[i % len(ZONES)],
-                str(i % 300),
-            ])
+            writer.writerow(
+                [
+                    f"Lead.{i}@Company{i % 500}.example",
+                    f"First{i}",
+                    f"Last{i}",
+                    f"Company {i % 500} Ltd",
+                    "imported;trade-show" if i % 3 else "imported",
+                    ZONES[i % len(ZONES)],
+                    str(i % 300),
+                ]
+            )
+
+
+def run(rows: int, folder: Path, funnel: bool = False) -> dict[str, Any]:
+    """Generate a file of `rows` leads in `folder` and import it into a fresh SQLite file there, as
+    `funnel import` does; returns the figures."""
+    folder.mkdir(parents=True, exist_ok=True)
+    csv_path = folder / "leads.csv"
+    generate(csv_path, rows)
+    url = f"sqlite:///{folder / 'funnel.db'}"
+    upgrade(url)
+    engine = create_engine_for(url)
+    result = importer.ImportResult()
+    options = importer.ImportOptions(
+        source="import leads.csv", funnel="bench" if funnel else None, now=datetime.now(UTC)
+    )
+    started = time.perf_counter()
+    importer.check_file(csv_path, result)
+    checked = time.perf_counter()
+    importer.import_file(engine, csv_path, options, result)
+    elapsed = time.perf_counter() - started
+    engine.dispose()
+    assert result.bad_total == 0 and result.imported == rows, result
+    return {
+        "import_rows_per_s": round(rows / elapsed),
+        "rows": rows,
+        "megabytes": round(csv_path.stat().st_size / 1e6, 1),
+        "seconds": round(elapsed, 2),
+        "check_s": round(checked - started, 2),
+        "events": result.events,
+    }
 
 
 def main() -> None:
@@ -57,32 +90,22 @@ def main() -> None:
 
     folder = Path(tempfile.mkdtemp(prefix="funnel-import-bench-"))
     try:
-        csv_path = folder / "leads.csv"
-        generate(csv_path, args.rows)
-        url = f"sqlite:///{folder / 'funnel.db'}"
-        upgrade(url)
-        engine = create_engine_for(url)
-        result = importer.ImportResult()
-        options = importer.ImportOptions(
-            source="import leads.csv", funnel="bench" if args.funnel else None, now=datetime.now(UTC)
+        r = run(args.rows, folder, args.funnel)
+        print(
+            f"{r['rows']} rows ({r['megabytes']:.1f} MB) in {r['seconds']:.2f} s: "
+            f"check pass {r['check_s']:.2f} s, write pass {r['seconds'] - r['check_s']:.2f} s"
         )
-        started = time.perf_counter()
-        importer.check_file(csv_path, result)
-        checked = time.perf_counter()
-        importer.import_file(engine, csv_path, options, result)
-        elapsed = time.perf_counter() - started
-        engine.dispose()
-        assert result.bad_total == 0 and result.imported == args.rows, result
-        rate = args.rows / elapsed
-        print(f"{args.rows} rows ({csv_path.stat().st_size / 1e6:.1f} MB) in {elapsed:.2f} s: "
-              f"check pass {checked - started:.2f} s, write pass {elapsed - (checked - started):.2f} s")
-        print(f"{rate:,.0f} rows/s; events recorded {result.events}; peak RSS {peak_rss_mb():.0f} MB")
-        print(json.dumps({
-            "import_rows_per_s": round(rate),
-            "rows": args.rows,
-            "events": result.events,
-            "peak_rss_mb": round(peak_rss_mb(), 1),
-        }))
+        print(f"{r['import_rows_per_s']:,} rows/s; events recorded {r['events']}; peak RSS {peak_rss_mb():.0f} MB")
+        print(
+            json.dumps(
+                {
+                    "import_rows_per_s": r["import_rows_per_s"],
+                    "rows": r["rows"],
+                    "events": r["events"],
+                    "peak_rss_mb": round(peak_rss_mb(), 1),
+                }
+            )
+        )
     finally:
         if args.keep:
             print(f"kept {folder}", file=sys.stderr)

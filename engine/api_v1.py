@@ -16,7 +16,7 @@ from fastapi import APIRouter, Body, Depends, HTTPException
 from fastapi.responses import Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field, WithJsonSchema, field_validator
 
-from engine import store, tables
+from engine import ingest, store, tables
 from engine.http_context import HttpContext
 
 EVENT_NAME = r"^[a-z][a-z0-9_.-]{0,99}$"
@@ -134,12 +134,9 @@ def router(ctx: HttpContext) -> APIRouter:
         """One event, or a batch of up to 1,000 (a JSON array). Answered after the commit."""
         items = body if isinstance(body, list) else [body]
         at = ctx.now()
-        with ctx.engine.begin() as conn:
-            lead_ids: dict[str, int] = {}
-            for item in items:
-                address = store.normalise_email(item.email)
-                if address not in lead_ids:
-                    lead_ids[address] = store.upsert_lead(conn, address, now=at)
+
+        def write(conn: sa.Connection) -> tuple[int, int]:
+            lead_ids = ingest.lead_ids(conn, [item.email for item in items], at)
             new = [
                 store.NewEvent(
                     item.id,
@@ -151,7 +148,11 @@ def router(ctx: HttpContext) -> APIRouter:
                 )
                 for item in items
             ]
-            inserted, duplicates = store.record_events(conn, new, now=at)
+            return ingest.record(conn, new, at)
+
+        inserted, duplicates = ingest.in_transaction(ctx.engine, write)
+        if inserted:
+            ctx.nudge()
         return Accepted(accepted=inserted, duplicates=duplicates)
 
     def lead_view(conn: sa.Connection, address: str) -> LeadOut:

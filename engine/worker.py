@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-from engine import journey, store
+from engine import ingest, journey, store
 from engine.definition import Funnel
 from engine.versions import migrate_enrollment
 
@@ -85,23 +85,33 @@ class Worker:
     # -- events ---------------------------------------------------------------------------------
 
     def process_events(self, now: datetime) -> TickResult:
+        """A batch of pending events through the core, in received order, written at once: the batch's
+        leads and enrollments are read (and locked) up front, each decision updates them in memory for
+        the next event of the same lead, and all decisions are written together before the commit."""
         result = TickResult()
         with self.engine.begin() as conn:
             pending = store.claim_pending_events(conn, self.batch_size)
+            if not pending:
+                return result
             # A per-lead mutex: two workers holding two events of a lead not yet enrolled would both
             # find no enrollment row to lock and both enrol it. Taken in id order, so two workers
             # never wait on each other in a cycle.
-            for lead_id in sorted({row.lead_id for row in pending}):
-                store.get_lead(conn, lead_id, for_update=True)
+            leads = ingest.lock_leads(conn, {row.lead_id for row in pending})
+            # The row locks serialise this with a tick that claimed the same enrollments.
+            states = ingest.lock_enrollments(conn, leads, list(self.funnels))
+            decisions: list[tuple[int, journey.Decision]] = []
             for row in pending:
-                lead = store.get_lead(conn, row.lead_id)
+                lead = leads.get(row.lead_id)
                 if lead is None:  # erased since: nothing left to move
-                    store.mark_event_processed(conn, row.pk, now)
                     continue
                 for funnel in self.funnels.values():
-                    lead = self._event_in_funnel(conn, funnel, row, lead, now, result)
-                store.mark_event_processed(conn, row.pk, now)
+                    lead = self._event_in_funnel(conn, funnel, row, lead, states, now, result, decisions)
+                leads[row.lead_id] = lead
                 result.events += 1
+            written = ingest.apply_decisions(conn, decisions, now)
+            result.transitions += written.transitions
+            result.emails_queued += written.queued
+            ingest.mark_processed(conn, [row.pk for row in pending], now)
         return result
 
     def _event_in_funnel(
@@ -110,11 +120,12 @@ class Worker:
         funnel: Funnel,
         row: store.PendingEvent,
         lead: journey.Lead,
+        states: dict[tuple[int, str], journey.Enrollment],
         now: datetime,
         result: TickResult,
+        decisions: list[tuple[int, journey.Decision]],
     ) -> journey.Lead:
-        # The row lock serialises this with a tick that claimed the same enrollment.
-        state = store.get_enrollment(conn, row.lead_id, funnel.id, for_update=True)
+        state = states.get((row.lead_id, funnel.id))
         # An event is handled at the time it happened, but never before what the lead has already
         # lived through in this funnel (the core's timeline only moves forward) nor after now.
         at = min(row.event.at, now)
@@ -130,7 +141,9 @@ class Worker:
                 at = max(at, state.exited_at)
             decision = journey.enroll(funnel, lead, at, cause, previous=state)
             result.enrolled += 1
-        self._apply(conn, row.lead_id, decision, now, result)
+        assert decision.enrollment is not None
+        states[(row.lead_id, funnel.id)] = decision.enrollment
+        decisions.append((row.lead_id, decision))
         return decision.lead
 
     # -- due enrollments --------------------------------------------------------------------------

@@ -1,0 +1,400 @@
+"""Events in bulk: the leads they name and the events themselves, recorded with a few statements per
+batch (the HTTP API's batches of up to 1,000, CSV imports), and the worker's batched reads and writes
+for handling them.
+
+`engine.store` says the same things one row at a time; here each batch is one executemany (or one
+`IN` lookup) per kind of row, at the driver level where SQLAlchemy's per-row work would cost more than
+the database's (as `engine.outbox` does for the send pipeline). Values still go through each column's
+own type (aware UTC datetimes, JSON), so rows written here read back exactly like rows from the store.
+
+Concurrency: every insert is `ON CONFLICT DO NOTHING` followed by a lookup, so two transactions racing
+on a new address or an event id neither fail nor write it twice. On PostgreSQL the loser's insert
+waits for the winner's commit and then does nothing; rows are inserted in one global order (addresses
+sorted, events by lead) so two batches, or a batch and the worker's per-lead lock, never wait on each
+other in a cycle. On SQLite the transaction holds the single writer lock (`BEGIN IMMEDIATE`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+
+from engine import journey, store, tables
+
+# Rows per lookup or statement: well under SQLite's limit of bound parameters per statement.
+CHUNK = 1000
+
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------------------------------
+# Driver-level helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def _mark(conn: sa.Connection) -> str:
+    return "?" if conn.dialect.paramstyle == "qmark" else "%s"
+
+
+def _chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _in(conn: sa.Connection, column: str, values: Sequence[Any]) -> tuple[str, tuple[Any, ...]]:
+    """`column IN (...)` and its parameters: one array parameter on PostgreSQL (one statement text
+    whatever the count, so the server can reuse its plan), a list of placeholders on SQLite."""
+    if conn.dialect.name == "postgresql":
+        return f"{column} = ANY(%s)", (list(values),)
+    return f"{column} IN ({', '.join('?' * len(values))})", tuple(values)
+
+
+_BINDS: dict[tuple[str, str, str], Callable[[Any], Any]] = {}
+
+
+def binder(conn: sa.Connection, column: sa.Column[Any]) -> Callable[[Any], Any]:
+    """The column type's own conversion to the driver's value for this dialect: naive UTC text on
+    SQLite and aware datetimes on PostgreSQL, JSON text or psycopg's Jsonb."""
+    key = (conn.dialect.name, column.table.name, column.name)
+    found = _BINDS.get(key)
+    if found is None:
+        processor = column.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+        found = _BINDS[key] = processor if processor is not None else _same
+    return found
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _converted(
+    table: sa.Table, columns: Sequence[str], rows: Sequence[Sequence[Any]], conn: sa.Connection
+) -> list[tuple[Any, ...]]:
+    """Rows with each value converted by its column's type, column by column. A timestamp column's
+    repeated values (a batch's `now`, an event's time) are converted once."""
+    values: list[Sequence[Any]] = list(zip(*rows, strict=True))
+    for i, name in enumerate(columns):
+        column = table.c[name]
+        f = binder(conn, column)
+        if f is _same:
+            continue
+        if isinstance(column.type, tables.UtcDateTime):
+            memo: dict[datetime | None, Any] = {}
+            values[i] = [memo[v] if v in memo else memo.setdefault(v, f(v)) for v in values[i]]
+        else:
+            values[i] = [f(v) for v in values[i]]
+    return list(zip(*values, strict=True))
+
+
+def insert_many(
+    conn: sa.Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Sequence[Any]], tail: str = ""
+) -> int:
+    """`INSERT INTO table (columns) VALUES (...) tail` as one driver-level executemany, each value
+    converted by its column's type. Returns the rows written: both drivers add up an executemany's
+    counts, and a row that an `ON CONFLICT` clause left alone counts 0. `tail` and the names are our
+    own constants, never input."""
+    if not rows:
+        return 0
+    assert set(columns) <= set(table.c.keys())
+    mark = _mark(conn)
+    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join([mark] * len(columns))}) {tail}"  # noqa: S608
+    written = int(conn.exec_driver_sql(sql, _converted(table, columns, rows, conn)).rowcount)
+    if written < 0:  # pragma: no cover - a driver that does not count
+        raise RuntimeError(f"the database driver did not say how many rows it wrote into {table.name}")
+    return written
+
+
+# PostgreSQL's "deadlock detected" and "could not serialize": the transaction was chosen to give way
+# and did nothing; running it again is safe.
+_GIVE_WAY = frozenset({"40P01", "40001"})
+
+
+def in_transaction(engine: sa.Engine, work: Callable[[sa.Connection], T], attempts: int = 3) -> T:
+    """`work` in one transaction, committed before this returns. On PostgreSQL two batches naming the
+    same event ids in opposite orders can deadlock; the server rolls one back, and it runs again
+    (by then the other's rows are committed, so its inserts find them)."""
+    for attempt in range(attempts):
+        try:
+            with engine.begin() as conn:
+                return work(conn)
+        except sa.exc.OperationalError as exc:
+            if getattr(exc.orig, "sqlstate", None) not in _GIVE_WAY or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# --------------------------------------------------------------------------------------------------
+# Leads by address
+# --------------------------------------------------------------------------------------------------
+
+
+def find_leads(conn: sa.Connection, emails: Sequence[str]) -> dict[str, int]:
+    """Ids of the leads that exist among these (normalised) addresses."""
+    found: dict[str, int] = {}
+    for chunk in _chunks(emails):
+        where, params = _in(conn, "email", chunk)
+        rows = conn.exec_driver_sql(f"SELECT email, id FROM leads WHERE {where}", params)  # noqa: S608
+        found.update((email, int(lead_id)) for email, lead_id in rows)
+    return found
+
+
+def lead_ids(conn: sa.Connection, emails: Iterable[str], now: datetime) -> dict[str, int]:
+    """The id of the lead for each address, keyed by the normalised address (`store.normalise_email`).
+    Missing leads are created as `store.upsert_lead` creates them without consent (subscribed, no
+    attributes); existing leads are not touched."""
+    wanted = sorted({store.normalise_email(e) for e in emails})
+    found = find_leads(conn, wanted)
+    missing = [e for e in wanted if e not in found]
+    if missing:
+        insert_many(
+            conn, tables.leads, ("email", "attributes", "tags", "score", "consent_status", "created_at", "updated_at"),
+            [(email, {}, [], 0, "subscribed", now, now) for email in missing], "ON CONFLICT (email) DO NOTHING",
+        )  # fmt: skip
+        # Inserted here, or by a concurrent transaction that committed first: either way it is there now.
+        found.update(find_leads(conn, missing))
+    return found
+
+
+# --------------------------------------------------------------------------------------------------
+# Events
+# --------------------------------------------------------------------------------------------------
+
+_EVENT_COLUMNS = ("event_id", "lead_id", "name", "properties", "occurred_at", "received_at", "source")
+
+
+def record(conn: sa.Connection, new_events: Sequence[store.NewEvent], now: datetime) -> tuple[int, int]:
+    """Insert events, ignoring ids already recorded (also ids repeated within the batch: the first one
+    is kept); returns (inserted, duplicates), as `store.record_events` does.
+
+    Rows go in by lead (in the given order within a lead, which is the order the worker handles
+    them): on PostgreSQL each row's foreign key takes a share lock on its lead, and the worker locks
+    leads in id order, so taking them in the same order can never deadlock with it."""
+    if not new_events:
+        return 0, 0
+    rows = [
+        (e.event_id, e.lead_id, e.name, dict(e.properties), e.occurred_at, now, e.source)
+        for e in sorted(new_events, key=lambda e: e.lead_id)
+    ]
+    inserted = insert_many(conn, tables.events, _EVENT_COLUMNS, rows, "ON CONFLICT (event_id) DO NOTHING")
+    return inserted, len(rows) - inserted
+
+
+def mark_processed(conn: sa.Connection, pks: Sequence[int], now: datetime) -> None:
+    at = binder(conn, tables.events.c.processed_at)(now)
+    for chunk in _chunks(sorted(pks)):
+        where, params = _in(conn, "id", chunk)
+        conn.exec_driver_sql(f"UPDATE events SET processed_at = {_mark(conn)} WHERE {where}", (at, *params))  # noqa: S608
+
+
+# --------------------------------------------------------------------------------------------------
+# The worker's batch: its leads and enrollments, read and locked at once, and its decisions written
+# --------------------------------------------------------------------------------------------------
+
+
+def lock_leads(conn: sa.Connection, ids: Iterable[int]) -> dict[int, journey.Lead]:
+    """The leads as the core sees them, locked until the commit (PostgreSQL; SQLite's transaction
+    already holds the writer lock). Locked in id order, like every per-lead lock, so two workers never
+    wait on each other in a cycle. An erased lead is missing from the answer."""
+    wanted = sorted(set(ids))
+    if conn.dialect.name == "postgresql":
+        for chunk in _chunks(wanted):
+            conn.exec_driver_sql("SELECT id FROM leads WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (list(chunk),))
+    return store.load_leads(conn, wanted)
+
+
+def lock_enrollments(
+    conn: sa.Connection, lead_ids: Iterable[int], funnel_ids: Sequence[str]
+) -> dict[tuple[int, str], journey.Enrollment]:
+    """The enrollments of these leads in these funnels, by (lead id, funnel id), locked until the
+    commit on PostgreSQL (a tick that claimed one first makes this wait for its commit)."""
+    e = tables.enrollments
+    found: dict[tuple[int, str], journey.Enrollment] = {}
+    for chunk in _chunks(sorted(set(lead_ids))):
+        stmt = (
+            sa.select(e)
+            .where(e.c.lead_id.in_(chunk), e.c.funnel_id.in_(list(funnel_ids)))
+            .order_by(e.c.lead_id, e.c.funnel_id)
+        )
+        if conn.dialect.name == "postgresql":
+            stmt = stmt.with_for_update()
+        for row in conn.execute(stmt):
+            found[(row.lead_id, row.funnel_id)] = store._to_enrollment(row)
+    return found
+
+
+@dataclass
+class Written:
+    """What `apply_decisions` wrote: emails newly queued (a step that already had its message is not
+    counted) and stage transitions."""
+
+    queued: int = 0
+    transitions: int = 0
+
+
+_ENROLLMENT_STATE = (
+    "version", "status", "stage", "step", "phase", "due", "wake_at", "entered_at", "stage_entered_at",
+    "sent", "spent_timers", "goal_reached_at", "exit_reason", "exited_at", "updated_at",
+)  # fmt: skip
+_QUEUED = (
+    "template", "stage", "transactional", "status", "due_at", "attempts", "next_attempt_at", "created_at",
+    "skip_reason",
+)  # fmt: skip
+
+
+def _batchable(decision: journey.Decision) -> bool:
+    """The everyday decisions (enter, move between stages, send, skip, update the lead), which are
+    written here in bulk. Anything else (leaving the funnel, goals, webhooks) is rare and goes through
+    `store.apply_decision` itself, with whatever else the store does for it."""
+    return all(
+        isinstance(c, journey.SendEmail | journey.SkipEmail | journey.UpdateLead)
+        or (isinstance(c, journey.RecordTransition) and c.to_stage is not None)
+        for c in decision.commands
+    )
+
+
+def apply_decisions(conn: sa.Connection, decisions: Sequence[tuple[int, journey.Decision]], now: datetime) -> Written:
+    """Write many decisions (lead id, decision), in order, in the caller's transaction, with the effects
+    `store.apply_decision` has applied to each in turn: each enrollment's last state, lead updates as
+    deltas to the current row, transitions, outbox rows (a send takes over a recorded skip, any other
+    existing row wins). Everyday decisions cost one statement per kind of row for the whole batch; a
+    decision that is not one is handed to `store.apply_decision` after what came before it is written."""
+    batch = _Batch(conn, now)
+    for lead_id, decision in decisions:
+        if decision.enrollment is None:
+            raise ValueError("expected a decision with an enrollment; nothing says which funnel it belongs to")
+        if _batchable(decision):
+            batch.add(lead_id, decision)
+            continue
+        batch.flush()
+        applied = store.apply_decision(conn, lead_id, decision, now=now)
+        batch.written.queued += len(applied.queued)
+        batch.written.transitions += applied.transitions
+    batch.flush()
+    return batch.written
+
+
+class _Batch:
+    """Everyday decisions' rows, held until `flush` writes each kind with one driver-level executemany."""
+
+    def __init__(self, conn: sa.Connection, now: datetime) -> None:
+        self.conn = conn
+        self.now = now
+        self.written = Written()
+        self.states: dict[tuple[int, str], tuple[Any, ...]] = {}
+        self.updates: dict[int, list[journey.UpdateLead]] = {}
+        self.mail: list[tuple[int, str, journey.SendEmail | journey.SkipEmail]] = []
+        self.transitions: list[tuple[Any, ...]] = []
+
+    def add(self, lead_id: int, decision: journey.Decision) -> None:
+        s = decision.enrollment
+        assert s is not None
+        # The last state of each enrollment is the one that counts.
+        self.states[(lead_id, s.funnel)] = (
+            lead_id, s.funnel, s.version, s.status, s.stage, s.step, s.phase, s.due, s.wake_at, s.entered_at,
+            s.stage_entered_at, sorted(s.sent), sorted(s.spent_timers), s.goal_reached_at, s.exit_reason,
+            s.exited_at, self.now,
+        )  # fmt: skip
+        for c in decision.commands:
+            if isinstance(c, journey.SendEmail | journey.SkipEmail):
+                self.mail.append((lead_id, s.funnel, c))
+            elif isinstance(c, journey.UpdateLead):
+                self.updates.setdefault(lead_id, []).append(c)
+            elif isinstance(c, journey.RecordTransition):
+                self.transitions.append(
+                    (lead_id, s.funnel, s.version, c.from_stage, c.to_stage, c.cause.kind, c.cause.ref, c.at,
+                     c.exit_reason)
+                )  # fmt: skip
+
+    def flush(self) -> None:
+        conn = self.conn
+        if self.states:
+            update = ", ".join(f"{k} = excluded.{k}" for k in _ENROLLMENT_STATE)
+            insert_many(
+                conn, tables.enrollments, _ENROLLMENT_COLUMNS, list(self.states.values()),
+                f"ON CONFLICT (lead_id, funnel_id) DO UPDATE SET {update}",
+            )  # fmt: skip
+        if self.updates:
+            _update_leads(conn, self.updates, self.now)
+        if self.transitions:
+            insert_many(conn, tables.stage_transitions, _TRANSITION_COLUMNS, self.transitions)
+            self.written.transitions += len(self.transitions)
+        if self.mail:
+            self.written.queued += _write_mail(conn, self.mail, self.now)
+        self.states, self.updates, self.mail, self.transitions = {}, {}, [], []
+
+
+_ENROLLMENT_COLUMNS = ("lead_id", "funnel_id", *_ENROLLMENT_STATE)
+_TRANSITION_COLUMNS = (
+    "lead_id", "funnel_id", "version", "from_stage", "to_stage", "cause_kind", "cause_ref", "at", "exit_reason",
+)  # fmt: skip
+_OUTBOX_COLUMNS = ("lead_id", "funnel_id", "step", *_QUEUED)
+
+
+def _update_leads(conn: sa.Connection, updates: Mapping[int, list[journey.UpdateLead]], now: datetime) -> None:
+    """Each lead's updates applied in order as deltas to its current row (the score in SQL), one
+    executemany for all of them."""
+    leads = tables.leads
+    current = {
+        row.id: row
+        for chunk in _chunks(sorted(updates))
+        for row in conn.execute(sa.select(leads.c.id, leads.c.attributes, leads.c.tags).where(leads.c.id.in_(chunk)))
+    }
+    attributes_value, tags_value = binder(conn, leads.c.attributes), binder(conn, leads.c.tags)
+    params: list[tuple[Any, ...]] = []
+    for lead_id, commands in updates.items():
+        row = current.get(lead_id)
+        if row is None:
+            continue  # erased within this transaction: nothing left to update
+        attributes = dict(row.attributes)
+        tags = set(row.tags)
+        score = 0
+        for u in commands:
+            for key in u.unset:
+                attributes.pop(key, None)
+            attributes.update(u.set)
+            tags = (tags | set(u.add_tags)) - set(u.remove_tags)
+            score += u.score
+        params.append((attributes_value(attributes), tags_value(sorted(tags)), score, lead_id))
+    if params:
+        mark = _mark(conn)
+        at = binder(conn, leads.c.updated_at)(now)
+        conn.exec_driver_sql(
+            f"UPDATE leads SET attributes = {mark}, tags = {mark}, score = score + {mark},"  # noqa: S608
+            f" updated_at = {mark} WHERE id = {mark}",
+            [(a, t, score, at, lead_id) for a, t, score, lead_id in params],
+        )
+
+
+def _write_mail(
+    conn: sa.Connection, mail: Sequence[tuple[int, str, journey.SendEmail | journey.SkipEmail]], now: datetime
+) -> int:
+    """Sends and recorded skips in the order the decisions made them (a send may take over a skip
+    recorded just before it), as runs of one kind. Returns how many sends created their message."""
+    update = ", ".join(f"{k} = excluded.{k}" for k in _QUEUED)
+    key = "ON CONFLICT (lead_id, funnel_id, step)"
+    send_tail = f"{key} DO UPDATE SET {update} WHERE outbox.status = 'skipped'"
+    queued = 0
+    start = 0
+    while start < len(mail):
+        kind = type(mail[start][2])
+        end = start
+        while end < len(mail) and type(mail[end][2]) is kind:
+            end += 1
+        rows: list[tuple[Any, ...]] = []
+        for lead_id, funnel_id, c in mail[start:end]:
+            if isinstance(c, journey.SendEmail):
+                rows.append((lead_id, funnel_id, c.step, c.template, c.stage, c.transactional, "queued", c.at, 0, c.at,
+                             now, None))  # fmt: skip
+            else:
+                rows.append((lead_id, funnel_id, c.step, c.template, c.stage, False, "skipped", c.at, 0, None, now,
+                             c.reason))  # fmt: skip
+        if kind is journey.SendEmail:
+            queued += insert_many(conn, tables.outbox, _OUTBOX_COLUMNS, rows, send_tail)
+        else:
+            insert_many(conn, tables.outbox, _OUTBOX_COLUMNS, rows, f"{key} DO NOTHING")
+        start = end
+    return queued
