@@ -50,23 +50,28 @@ def import_leads(
     result = importer.ImportResult()
     started = time.perf_counter()
     try:
-        if not skip_bad_rows:
-            with _progress(console, "checking", size) as advance:
-                importer.check_file(path, result, advance)
-            if result.bad_total:
-                _report_bad(err, path, result)
-                err.print(f"nothing imported: fix the {result.bad_total} bad row(s), or pass --skip-bad-rows")
-                raise typer.Exit(1)
-        if url.startswith("sqlite") and database_url is None:
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
-        upgrade(url)
-        engine = create_engine_for(url)
-        try:
-            options = importer.ImportOptions(source=f"import {path.name}"[:200], funnel=funnel, now=now)
-            with _progress(console, "importing", size) as advance:
-                importer.import_file(engine, path, options, result, advance)
-        finally:
-            engine.dispose()
+        with importer.Parsed() as parsed:
+            if not skip_bad_rows:
+                # One parse: the check keeps the good rows, and the write pass takes them from there.
+                with _progress(console, "checking", size) as advance:
+                    importer.check_file(path, result, advance, keep=parsed)
+                if result.bad_total:
+                    _report_bad(err, path, result)
+                    err.print(f"nothing imported: fix the {result.bad_total} bad row(s), or pass --skip-bad-rows")
+                    raise typer.Exit(1)
+            if url.startswith("sqlite") and database_url is None:
+                settings.data_dir.mkdir(parents=True, exist_ok=True)
+            upgrade(url)
+            engine = create_engine_for(url)
+            try:
+                options = importer.ImportOptions(source=f"import {path.name}"[:200], funnel=funnel, now=now)
+                with _progress(console, "importing", size) as advance:
+                    if skip_bad_rows:
+                        importer.import_file(engine, path, options, result, advance)
+                    else:
+                        importer.import_parsed(engine, parsed, options, result, advance)
+            finally:
+                engine.dispose()
     except importer.ImportFileError as exc:
         err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None

@@ -1,7 +1,9 @@
 """Bulk import of leads from CSV: parse and check each row, then write leads in batches.
 
 Streaming throughout: rows are read one at a time and written in transactions of `BATCH_SIZE`, so a
-file of millions of rows costs the memory of one batch. Each batch is a handful of set-based
+file of millions of rows costs the memory of one batch. The check pass keeps the good rows, parsed, in
+a temporary file (`Parsed`), so nothing is written until every row is known good and the file is
+parsed once. Each batch is a handful of set-based
 statements (one lookup of existing leads, one of suppressions, one multi-row insert, one executemany
 update, events), not one round trip per row.
 
@@ -15,19 +17,20 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import marshal
 import re
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import sqlalchemy as sa
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy.dialects import postgresql, sqlite
 
-from engine import journey, store, tables
+from engine import ingest, journey, store, tables
 from engine.definition import Funnel
 from engine.tables import CONSENT_STATUSES
 
@@ -48,8 +51,9 @@ class ImportFileError(Exception):
 # --------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class LeadRow:
+class LeadRow(NamedTuple):
+    """A good row, checked. A tuple, so the check pass can keep batches of them cheaply (see `Parsed`)."""
+
     line: int
     email: str
     attributes: dict[str, str]
@@ -72,9 +76,10 @@ _PLAIN_LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'
 
 @functools.lru_cache(maxsize=4096)
 def _domain(domain: str) -> str | None:
-    """The normalised domain if email-validator accepts addresses there, else None."""
+    """The normalised domain, lowercased as the store keeps it, if email-validator accepts addresses
+    there, else None."""
     try:
-        return validate_email(f"a@{domain}", check_deliverability=False).domain
+        return validate_email(f"a@{domain}", check_deliverability=False).domain.lower()
     except EmailNotValidError:
         return None
 
@@ -83,15 +88,22 @@ def check_email(value: str) -> str:
     """The address as the store keeps it (validated by email-validator, then `store.normalise_email`);
     raises ValueError naming what is wrong."""
     local, at, domain = value.rpartition("@")
-    if at and _PLAIN_LOCAL.fullmatch(local) and len(local) <= 64 and len(value) <= 254:
+    if at and len(local) <= 64 and len(value) <= 254 and _PLAIN_LOCAL.fullmatch(local):
         normalised = _domain(domain)
         if normalised is not None:
-            return store.normalise_email(f"{local}@{normalised}")
+            # What `store.normalise_email` would make of it: a plain local part has no space, CR, LF or @.
+            return f"{local.lower()}@{normalised}"
     try:
         checked = validate_email(value, check_deliverability=False)
     except EmailNotValidError as exc:
         raise ValueError(f"email {value!r} is not a valid address ({exc})") from None
     return store.normalise_email(checked.normalized)
+
+
+@functools.lru_cache(maxsize=1024)
+def _tags(cell: str) -> tuple[str, ...]:
+    """`a; b;a` -> ('a', 'b'): a file repeats the same few tag cells, so each is split once."""
+    return tuple(dict.fromkeys(t.strip() for t in cell.split(";") if t.strip()))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -134,7 +146,9 @@ class RowReader:
                 raise ImportFileError(f"{name}:1: column {col!r} appears twice in the header")
             seen.add(col)
         self._email = self.columns.index("email")
-        self._special = {c: self.columns.index(c) for c in KNOWN_COLUMNS if c in self.columns}
+        self._timezone = self.columns.index("timezone") if "timezone" in self.columns else None
+        self._consent = self.columns.index("consent") if "consent" in self.columns else None
+        self._tags = self.columns.index("tags") if "tags" in self.columns else None
         self._attributes = [(i, c) for i, c in enumerate(self.columns) if c and c not in KNOWN_COLUMNS]
 
     @property
@@ -172,17 +186,15 @@ class RowReader:
         except ValueError as exc:
             return BadRow(line, str(exc))
         timezone = consent = None
-        tags: tuple[str, ...] = ()
-        if "timezone" in self._special:
-            timezone = fields[self._special["timezone"]].strip() or None
+        if self._timezone is not None:
+            timezone = fields[self._timezone].strip() or None
             if timezone is not None and not _zone_ok(timezone):
                 return BadRow(line, f"timezone {timezone!r} is not an IANA time zone such as 'Europe/London'")
-        if "consent" in self._special:
-            consent = fields[self._special["consent"]].strip().lower() or None
+        if self._consent is not None:
+            consent = fields[self._consent].strip().lower() or None
             if consent is not None and consent not in CONSENT_STATUSES:
                 return BadRow(line, f"consent {consent!r} is not one of {', '.join(CONSENT_STATUSES)}")
-        if "tags" in self._special:
-            tags = tuple(dict.fromkeys(t.strip() for t in fields[self._special["tags"]].split(";") if t.strip()))
+        tags = _tags(fields[self._tags]) if self._tags is not None else ()
         # An empty cell says nothing: it never blanks an attribute the lead already has.
         attributes = {col: value for i, col in self._attributes if (value := fields[i].strip())}
         return LeadRow(line, email, attributes, tags, timezone, consent)
@@ -245,34 +257,10 @@ def _consent_after(current: str | None, wanted: str | None, suppressed: bool) ->
     return status if status != current else None
 
 
-def _insert(conn: sa.Connection, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
-    return postgresql.insert(table) if conn.dialect.name == "postgresql" else sqlite.insert(table)
-
-
-class _Converted(sa.types.TypeDecorator[Any]):
-    """A parameter already converted for the dialect: bound as is, with no cast rendered."""
-
-    impl = sa.types.NullType
-    cache_ok = True
-
-
-def _bound(
-    conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]], shared: dict[str, Any]
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """A VALUES/SET clause of untyped parameters, and the rows with their values already converted by
-    each column's own type for this dialect. Values the whole batch shares (timestamps) are converted
-    once: left to SQLAlchemy, converting every row's parameters costs more than SQLite's insert."""
-    names = [n for n in (*rows[0], *shared) if n in table.c]
-    processors = {n: table.c[n].type.bind_processor(conn.dialect) for n in names}
-    fixed = {k: (p(v) if (p := processors.get(k)) else v) for k, v in shared.items()}
-    per_row = [(n, p) for n, p in processors.items() if p is not None and n not in shared]
-    out = []
-    for row in rows:
-        values = {**row, **fixed}
-        for name, process in per_row:
-            values[name] = process(values[name])
-        out.append(values)
-    return {n: sa.bindparam(n, type_=_Converted()) for n in names}, out
+_LEAD_COLUMNS = (
+    "email", "attributes", "tags", "score", "timezone", "consent_status", "consent_source", "consent_at",
+    "created_at", "updated_at",
+)  # fmt: skip
 
 
 def write_batch(conn: sa.Connection, rows: Sequence[LeadRow], options: ImportOptions, result: ImportResult) -> None:
@@ -286,22 +274,22 @@ def write_batch(conn: sa.Connection, rows: Sequence[LeadRow], options: ImportOpt
         else:
             wanted[row.email] = row
     emails = list(wanted)
+    attributes_of, tags_of = ingest.reader(conn, leads.c.attributes), ingest.reader(conn, leads.c.tags)
     existing = {
-        r.email: r
-        for r in conn.execute(
-            sa.select(
-                leads.c.id, leads.c.email, leads.c.attributes, leads.c.tags, leads.c.timezone, leads.c.consent_status
-            ).where(leads.c.email.in_(emails))
+        email: (lead_id, attributes_of(attributes), tags_of(tags), timezone, consent)
+        for lead_id, email, attributes, tags, timezone, consent in ingest.rows_where_in(
+            conn, "SELECT id, email, attributes, tags, timezone, consent_status FROM leads", "email", emails
         )
     }
     hashes = {store.email_hash(e): e for e in emails}
-    s = tables.suppressions
     suppressed = {
-        hashes[h] for h in conn.execute(sa.select(s.c.email_hash).where(s.c.email_hash.in_(list(hashes)))).scalars()
+        hashes[h]
+        for (h,) in ingest.rows_where_in(conn, "SELECT email_hash FROM suppressions", "email_hash", list(hashes))
     }
 
-    inserts: list[dict[str, Any]] = []
-    updates: list[dict[str, Any]] = []
+    inserts: list[tuple[Any, ...]] = []
+    kept: list[tuple[Any, ...]] = []  # (attributes, tags, timezone, id)
+    changed: list[tuple[Any, ...]] = []  # (attributes, tags, timezone, consent, id)
     final_consent: dict[str, str] = {}
     for email, row in wanted.items():
         is_suppressed = email in suppressed
@@ -310,69 +298,57 @@ def write_batch(conn: sa.Connection, rows: Sequence[LeadRow], options: ImportOpt
             new_consent = _consent_after(None, row.consent, is_suppressed) or "subscribed"
             result.suppressed += is_suppressed
             inserts.append(
-                {
-                    "email": email,
-                    "attributes": row.attributes,
-                    "tags": sorted(row.tags),
-                    "score": 0,
-                    "timezone": row.timezone,
-                    "consent_status": new_consent,
-                    "consent_source": options.source,
-                }
+                (email, row.attributes, sorted(row.tags), 0, row.timezone, new_consent, options.source, now, now, now)
             )
             final_consent[email] = new_consent
             continue
-        attributes = {**old.attributes, **row.attributes}
-        tags = sorted(set(old.tags) | set(row.tags))
-        timezone = row.timezone or old.timezone
-        consent = _consent_after(old.consent_status, row.consent, is_suppressed)
+        lead_id, old_attributes, old_tags, old_timezone, old_consent = old
+        attributes = {**old_attributes, **row.attributes}
+        tags = sorted(set(old_tags) | set(row.tags))
+        timezone = row.timezone or old_timezone
+        consent = _consent_after(old_consent, row.consent, is_suppressed)
         if is_suppressed:
             result.suppressed += 1
-        elif old.consent_status in OPTED_OUT and row.consent not in (None, *OPTED_OUT):
+        elif old_consent in OPTED_OUT and row.consent not in (None, *OPTED_OUT):
             result.kept_opted_out += 1
-        final_consent[email] = consent or old.consent_status
-        if attributes == old.attributes and tags == sorted(old.tags) and timezone == old.timezone and consent is None:
+        final_consent[email] = consent or old_consent
+        if attributes == old_attributes and tags == sorted(old_tags) and timezone == old_timezone and consent is None:
             result.unchanged += 1
             continue
-        updates.append(
-            {
-                "_id": old.id,
-                "attributes": attributes,
-                "tags": tags,
-                "timezone": timezone,
-                "consent_status": consent or old.consent_status,
-                "consent_changed": consent is not None,
-                "consent_source": options.source,
-            }
-        )
+        if consent is None:
+            kept.append((attributes, tags, timezone, lead_id))
+        else:
+            changed.append((attributes, tags, timezone, consent, lead_id))
     if inserts:
-        clause, params = _bound(conn, leads, inserts, {"consent_at": now, "created_at": now, "updated_at": now})
-        conn.execute(_insert(conn, leads).values(clause).on_conflict_do_nothing(index_elements=["email"]), params)
+        ingest.insert_many(conn, leads, _LEAD_COLUMNS, inserts, "ON CONFLICT (email) DO NOTHING")
         result.imported += len(inserts)
-    if updates:
-        _update(conn, updates, now)
-        result.updated += len(updates)
+    if kept or changed:
+        _update(conn, kept, changed, options)
+        result.updated += len(kept) + len(changed)
     if options.funnel is not None:
         _record_entries(conn, [e for e in emails if final_consent[e] not in OPTED_OUT], options, result)
 
 
-def _update(conn: sa.Connection, updates: list[dict[str, Any]], now: datetime) -> None:
+def _update(
+    conn: sa.Connection, kept: list[tuple[Any, ...]], changed: list[tuple[Any, ...]], options: ImportOptions
+) -> None:
+    """Two executemany updates: leads whose consent stays, and leads whose consent this import sets."""
     leads = tables.leads
-    changed: list[dict[str, Any]] = []
-    kept: list[dict[str, Any]] = []
-    for u in updates:
-        if u.pop("consent_changed"):
-            changed.append(u)
-        else:
-            del u["consent_status"], u["consent_source"]
-            kept.append(u)
-    where = leads.c.id == sa.bindparam("_id")
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    attributes, tags = ingest.binder(conn, leads.c.attributes), ingest.binder(conn, leads.c.tags)
+    at = ingest.binder(conn, leads.c.updated_at)(options.now)
+    fields = f"attributes = {mark}, tags = {mark}, timezone = {mark}, updated_at = {mark}"
     if kept:
-        clause, params = _bound(conn, leads, kept, {"updated_at": now})
-        conn.execute(sa.update(leads).where(where).values(clause), params)
+        conn.exec_driver_sql(
+            f"UPDATE leads SET {fields} WHERE id = {mark}",  # noqa: S608
+            [(attributes(a), tags(t), tz, at, lead_id) for a, t, tz, lead_id in kept],
+        )
     if changed:
-        clause, params = _bound(conn, leads, changed, {"updated_at": now, "consent_at": now})
-        conn.execute(sa.update(leads).where(where).values(clause), params)
+        conn.exec_driver_sql(
+            f"UPDATE leads SET {fields}, consent_status = {mark}, consent_source = {mark}, consent_at = {mark}"  # noqa: S608
+            f" WHERE id = {mark}",
+            [(attributes(a), tags(t), tz, at, c, options.source, at, lead_id) for a, t, tz, c, lead_id in changed],
+        )
 
 
 def event_id(funnel: str, email: str) -> str:
@@ -383,25 +359,14 @@ def _record_entries(conn: sa.Connection, emails: list[str], options: ImportOptio
     """One `lead_imported` event per lead; its id makes a second import of the same file a no-op."""
     if not emails or options.funnel is None:
         return
-    leads, events = tables.leads, tables.events
-    ids = {r.email: r.id for r in conn.execute(sa.select(leads.c.email, leads.c.id).where(leads.c.email.in_(emails)))}
-    wanted = {event_id(options.funnel, e): ids[e] for e in emails if e in ids}
-    seen = set(conn.execute(sa.select(events.c.event_id).where(events.c.event_id.in_(list(wanted)))).scalars())
+    ids = ingest.find_leads(conn, emails)
+    properties = {"source": "csv", "funnel": options.funnel}
     new = [
-        {
-            "event_id": eid,
-            "lead_id": lead_id,
-            "name": EVENT_NAME,
-            "properties": {"source": "csv", "funnel": options.funnel},
-            "source": "import",
-        }
-        for eid, lead_id in wanted.items()
-        if eid not in seen
+        store.NewEvent(event_id(options.funnel, e), ids[e], EVENT_NAME, options.now, properties, "import")
+        for e in emails
+        if e in ids
     ]
-    if new:
-        clause, params = _bound(conn, events, new, {"occurred_at": options.now, "received_at": options.now})
-        conn.execute(_insert(conn, events).values(clause).on_conflict_do_nothing(index_elements=["event_id"]), params)
-        result.events += len(new)
+    result.events += ingest.record(conn, new, options.now)[0]
 
 
 def entry_event(funnel: str, now: datetime) -> journey.Event:
@@ -418,15 +383,76 @@ def funnel_admits_imports(funnel: Funnel, now: datetime) -> bool:
 # --------------------------------------------------------------------------------------------------
 
 
-def check_file(path: Path, result: ImportResult, progress: Callable[[int], None] | None = None) -> None:
-    """Read every row and collect the bad ones; writes nothing."""
+class Parsed:
+    """The good rows of a checked file, kept parsed in a temporary file a batch at a time, so the write
+    pass does not read and check the CSV again, and memory stays at one batch whatever the file's size.
+    Use as a context manager; the file goes when it closes."""
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close() / the with block
+
+    def __enter__(self) -> Parsed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def add(self, rows: Sequence[LeadRow], bytes_read: int) -> None:
+        # marshal: the fastest way to keep plain tuples, dicts and strings; read back by this process only.
+        data = marshal.dumps((bytes_read, [tuple(row) for row in rows]))
+        self._file.write(len(data).to_bytes(8, "little"))
+        self._file.write(data)
+
+    def batches(self) -> Iterator[tuple[list[LeadRow], int]]:
+        """Each kept batch, with how far into the CSV file it ended (for a progress bar)."""
+        self._file.seek(0)
+        while size := self._file.read(8):
+            # Whole blobs: marshal.load on a file reads it a few bytes at a time.
+            bytes_read, rows = marshal.loads(self._file.read(int.from_bytes(size, "little")))  # noqa: S302 - written above, by this process
+            yield [LeadRow._make(row) for row in rows], bytes_read
+
+
+def check_file(
+    path: Path,
+    result: ImportResult,
+    progress: Callable[[int], None] | None = None,
+    keep: Parsed | None = None,
+) -> None:
+    """Read every row and collect the bad ones; writes nothing to the database. With `keep`, the good
+    rows are kept there for `import_parsed`."""
+    batch: list[LeadRow] = []
     with path.open("rb") as binary:
         reader = RowReader(binary, str(path))
         for item in reader:
             if isinstance(item, BadRow):
                 result.add_bad(item)
+            elif keep is not None:
+                batch.append(item)
+                if len(batch) >= BATCH_SIZE:
+                    keep.add(batch, reader.bytes_read)
+                    batch.clear()
             if progress is not None:
                 progress(reader.bytes_read)
+        if keep is not None and batch:
+            keep.add(batch, reader.bytes_read)
+
+
+def import_parsed(
+    engine: sa.Engine,
+    parsed: Parsed,
+    options: ImportOptions,
+    result: ImportResult,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Write rows `check_file` kept, in transactions of `BATCH_SIZE`."""
+    for rows, bytes_read in parsed.batches():
+        with engine.begin() as conn:
+            write_batch(conn, rows, options, result)
+        if progress is not None:
+            progress(bytes_read)
 
 
 def import_file(
@@ -436,8 +462,8 @@ def import_file(
     result: ImportResult,
     progress: Callable[[int], None] | None = None,
 ) -> None:
-    """Write the good rows in transactions of `BATCH_SIZE`; bad rows are counted as skipped (and
-    collected in `result.bad` unless a first pass already did)."""
+    """Read the file and write its good rows in transactions of `BATCH_SIZE`, in one pass; bad rows are
+    counted as skipped (and collected in `result.bad` unless a first pass already did)."""
     collect = result.bad_total == 0
     batch: list[LeadRow] = []
     with path.open("rb") as binary:
