@@ -7,6 +7,7 @@ Invariant 12: a batch with one bad item is rejected whole, with each item's and 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
@@ -124,6 +125,24 @@ class Accepted(BaseModel):
     duplicates: int = Field(description="Events whose id was already recorded: nothing changed.")
 
 
+def record_items(conn: sa.Connection, items: Sequence[EventIn], source: str, at: datetime) -> tuple[int, int]:
+    """Record validated events (creating leads for new addresses) in the caller's transaction; returns
+    (accepted, duplicates). An event's own `source` wins over the default."""
+    lead_ids = ingest.lead_ids(conn, [item.email for item in items], at)
+    new = [
+        store.NewEvent(
+            item.id,
+            lead_ids[store.normalise_email(item.email)],
+            item.type,
+            item.occurred_at or at,
+            item.properties,
+            item.source or source,
+        )
+        for item in items
+    ]
+    return ingest.record(conn, new, at)
+
+
 def router(ctx: HttpContext) -> APIRouter:
     router = APIRouter(prefix="/v1", dependencies=[Depends(ctx.api_key())], responses=ERRORS)
 
@@ -135,22 +154,7 @@ def router(ctx: HttpContext) -> APIRouter:
         items = body if isinstance(body, list) else [body]
         at = ctx.now()
 
-        def write(conn: sa.Connection) -> tuple[int, int]:
-            lead_ids = ingest.lead_ids(conn, [item.email for item in items], at)
-            new = [
-                store.NewEvent(
-                    item.id,
-                    lead_ids[store.normalise_email(item.email)],
-                    item.type,
-                    item.occurred_at or at,
-                    item.properties,
-                    item.source or "api",
-                )
-                for item in items
-            ]
-            return ingest.record(conn, new, at)
-
-        inserted, duplicates = ingest.in_transaction(ctx.engine, write)
+        inserted, duplicates = ingest.in_transaction(ctx.engine, lambda conn: record_items(conn, items, "api", at))
         if inserted:
             ctx.nudge()
         return Accepted(accepted=inserted, duplicates=duplicates)

@@ -12,7 +12,7 @@ after the commit (invariant 7).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
@@ -21,8 +21,8 @@ from fastapi import APIRouter, Body, HTTPException, Path, Request, Response
 from fastapi.routing import APIRoute
 from pydantic import Field
 
-from engine import signatures, store, tables
-from engine.api_v1 import MAX_BATCH, Accepted, EventIn
+from engine import signatures, tables
+from engine.api_v1 import MAX_BATCH, Accepted, EventIn, record_items
 from engine.http_context import HttpContext
 from engine.settings import Settings
 
@@ -84,27 +84,6 @@ def sweep_receipts(conn: sa.Connection, settings: Settings, now: datetime) -> in
     return result.rowcount
 
 
-def _record(conn: sa.Connection, items: Sequence[EventIn], source: str, at: datetime) -> Accepted:
-    lead_ids: dict[str, int] = {}
-    for item in items:
-        address = store.normalise_email(item.email)
-        if address not in lead_ids:
-            lead_ids[address] = store.upsert_lead(conn, address, now=at)
-    new = [
-        store.NewEvent(
-            item.id,
-            lead_ids[store.normalise_email(item.email)],
-            item.type,
-            item.occurred_at or at,
-            item.properties,
-            item.source or source,
-        )
-        for item in items
-    ]
-    inserted, duplicates = store.record_events(conn, new, now=at)
-    return Accepted(accepted=inserted, duplicates=duplicates)
-
-
 def router(ctx: HttpContext) -> APIRouter:
     router = APIRouter(route_class=_signed_route(ctx.settings, ctx.now))
 
@@ -148,9 +127,9 @@ def router(ctx: HttpContext) -> APIRouter:
             except sa.exc.IntegrityError:
                 # Leaving the block rolls back: a replay changes nothing, not even the sweep.
                 raise HTTPException(status_code=409, detail="already received") from None
-            accepted = _record(conn, items, source, at)
-        if accepted.accepted:
+            accepted, duplicates = record_items(conn, items, source, at)
+        if accepted:
             ctx.nudge()
-        return accepted
+        return Accepted(accepted=accepted, duplicates=duplicates)
 
     return router
