@@ -90,7 +90,7 @@ class Worker:
         the next event of the same lead, and all decisions are written together before the commit."""
         result = TickResult()
         with self.engine.begin() as conn:
-            pending = store.claim_pending_events(conn, self.batch_size)
+            pending = ingest.claim_events(conn, self.batch_size)
             if not pending:
                 return result
             # A per-lead mutex: two workers holding two events of a lead not yet enrolled would both
