@@ -1,4 +1,5 @@
-"""`funnel import`: a marketer's CSV into real SQLite files, through the command as typed."""
+"""`funnel import`: a marketer's CSV into a real database, through the command as typed: a SQLite file,
+and a PostgreSQL database (a clone of the session's migrated template)."""
 
 from __future__ import annotations
 
@@ -53,9 +54,18 @@ def run(*args: str) -> Any:
     return CliRunner().invoke(_app(), ["import", *args])
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'funnel.db'}"
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'funnel.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+def nothing_written(url: str) -> bool:
+    """No SQLite file made, or no lead in the database."""
+    if url.startswith("sqlite") and not Path(url.removeprefix("sqlite:///")).exists():
+        return True
+    return not leads(url)
 
 
 def leads(url: str) -> dict[str, Any]:
@@ -142,7 +152,7 @@ def test_a_funnel_without_an_entry_for_imports_is_refused_before_anything_is_wri
     result = run(str(FIXTURES / "good.csv"), "--database-url", db, "--funnel", "other", "--funnels", str(funnels))
     assert result.exit_code == 2
     assert "event: lead_imported" in result.stderr and "where: {funnel: other}" in result.stderr
-    assert not Path(db.removeprefix("sqlite:///")).exists()
+    assert nothing_written(db)
 
 
 def test_a_file_with_bad_rows_imports_nothing_and_names_every_bad_line(db: str) -> None:
@@ -157,7 +167,7 @@ def test_a_file_with_bad_rows_imports_nothing_and_names_every_bad_line(db: str) 
     # The row whose quoted field spans lines 7-8 is good, and the good rows are not named.
     assert not any(f"bad.csv:{n}:" in errors for n in (2, 7, 8, 10))
     assert "nothing imported" in errors
-    assert not Path(db.removeprefix("sqlite:///")).exists() or not leads(db)
+    assert nothing_written(db)
 
 
 def test_skip_bad_rows_imports_the_good_rows_and_reports_the_bad_ones(db: str) -> None:
