@@ -11,10 +11,12 @@ import sqlalchemy as sa
 from fastapi import FastAPI, Request, Response
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.routing import APIRoute
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine import api_v1, forms, hooks, pages
 from engine.http_context import HttpContext
+from engine.metrics import Metrics
 from engine.settings import Settings
 
 
@@ -23,14 +25,24 @@ def create_app(
     engine: sa.Engine,
     clock: Callable[[], datetime] | None = None,
     nudge: Callable[[], None] | None = None,
+    metrics: Metrics | None = None,
 ) -> FastAPI:
-    """`nudge` is called after a commit that gives the engine work (see `HttpContext.nudge`)."""
+    """`nudge` is called after a commit that gives the engine work (see `HttpContext.nudge`); `metrics`
+    is the process's registry (`funnel run` times its ticks in it)."""
     ctx = HttpContext(settings, engine, clock or (lambda: datetime.now(UTC)), nudge or (lambda: None))
     app = FastAPI(title="funnel engine", version="1", docs_url="/docs", redoc_url=None)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    registry = metrics or Metrics()
+    registry.watch(engine, ctx.now)
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus() -> Response:
+        """Prometheus text format. Counts only: no addresses, no tokens."""
+        return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)
 
     routers = [api_v1.router(ctx), pages.router(ctx), hooks.router(ctx), forms.router(ctx)]
     for router in routers:

@@ -251,15 +251,14 @@ def run(
 ) -> None:
     """Run the engine: the scheduler ticks, leads move, emails go out (to a local sink if no relay is set)."""
     import asyncio
-    import logging
 
+    from engine.logs import setup
     from engine.mime import DkimKeyError
     from engine.runner import Clock, Runner
     from engine.settings import get_settings
 
     settings = get_settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("mail.log").setLevel(logging.WARNING)  # the sink's per-command chatter
+    setup(settings.log_format, settings.log_level)
     funnels = _load([settings.funnels_dir], settings.emails_dir)
     try:
         runner = Runner(settings, funnels, Clock(_parse_time(now, "--now")))
@@ -491,14 +490,16 @@ def api(
     import uvicorn
 
     from engine.api import create_app
+    from engine.logs import setup
     from engine.settings import get_settings
 
     settings = get_settings()
+    setup(settings.log_format, settings.log_level)
     uvicorn.run(
         create_app(settings, _api_db()),
         host=host or settings.http.host,
         port=settings.http.port if port is None else port,
-        log_level="info",
+        log_config=None,  # uvicorn's records go through our scrubbing handler
     )
 
 

@@ -23,6 +23,7 @@ from engine.database import create_engine_for, upgrade
 from engine.definition import Funnel
 from engine.mailer import DispatchResult, Mailer
 from engine.mailsink import start_sink
+from engine.metrics import Metrics
 from engine.settings import Settings
 from engine.templates import TemplateLibrary
 from engine.worker import TickResult, Worker
@@ -58,6 +59,7 @@ class Runner:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
         upgrade(url)
         self.engine = create_engine_for(url)
+        self.metrics = Metrics()
         self.worker = Worker(self.engine, {f.id: f for f in funnels}, settings.batch_size)
         self.worker.publish(clock())
         self.mailer = Mailer(
@@ -84,8 +86,10 @@ class Runner:
 
     async def step(self) -> Totals:
         now = self.clock()
-        tick = await asyncio.to_thread(self.worker.tick, now)
-        mail = await self.mailer.dispatch(now, self.smtp_host, self.smtp_port, self.settings.batch_size)
+        with self.metrics.tick_seconds.time():
+            tick = await asyncio.to_thread(self.worker.tick, now)
+        with self.metrics.dispatch_seconds.time():
+            mail = await self.mailer.dispatch(now, self.smtp_host, self.smtp_port, self.settings.batch_size)
         if tick.work or mail.work:
             log.info(
                 "tick events=%d advanced=%d enrolled=%d transitions=%d "
@@ -169,10 +173,11 @@ class Runner:
         """The HTTP app on this process's loop, beside the scheduler. A port already in use stops
         `funnel run` with uvicorn's message naming the address."""
         config = uvicorn.Config(
-            create_app(self.settings, self.engine, self.clock, nudge),
+            create_app(self.settings, self.engine, self.clock, nudge, self.metrics),
             host=self.settings.http.host,
             port=self.settings.http.port,
             log_level="warning",
+            log_config=None,  # uvicorn's records go through the scrubbing handler of `engine.logs`
             lifespan="off",
         )
         return uvicorn.Server(config)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints
 from pydantic_settings import (
@@ -155,6 +155,10 @@ class Settings(BaseSettings):
     track_clicks: bool = Field(default=True, description="Wrap links made with link() in signed click redirects.")
     track_opens: bool = Field(default=True, description="Put a 1x1 open pixel at the end of every HTML part.")
     secret_key: SecretStr = SecretStr("change-me-in-production")
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="json: one object per line, for a log pipeline. Addresses and tokens are scrubbed."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     smtp: SmtpSettings = SmtpSettings()
     http: HttpSettings = HttpSettings()
     dkim: DkimSettings = DkimSettings()

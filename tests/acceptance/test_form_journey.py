@@ -115,10 +115,16 @@ def test_form_double_opt_in_enrollment_email_click_and_stage_transition(
         assert pitch.funnel_step == "guide/pitch"
         time.sleep(1.5)
         assert [m.funnel_step for m in project.smtp.messages()][1:] == ["guide/welcome", "guide/pitch"]
+
+        # The same process serves metrics: its own tick timings and the journey's counts.
+        metrics = httpx.get(f"{url}/metrics", timeout=10).text
+        assert re.search(r"^funnel_tick_seconds_count [1-9]", metrics, re.MULTILINE)
+        assert 'funnel_transitions_total{from_stage="inquiry",funnel="guide",to_stage="conversion"} 1.0' in metrics
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=30)
     assert code == 0, log.read_text()
+    assert "tick events=" in log.read_text() and "hana@example.com" not in log.read_text().lower()  # no address
 
     with project.db().connect() as conn:
         t = tables.stage_transitions
