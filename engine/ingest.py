@@ -271,7 +271,7 @@ def mark_processed(conn: sa.Connection, pks: Sequence[int], now: datetime) -> No
 
 
 # --------------------------------------------------------------------------------------------------
-# The worker's batch: its leads and enrollments, read and locked at once, and its decisions written
+# The worker's batch: its events, leads and enrollments read (and locked) at once, its decisions written
 # --------------------------------------------------------------------------------------------------
 
 
@@ -314,9 +314,9 @@ _LEAD_COLUMNS = ("id", "email", "timezone", "attributes", "tags", "score", "cons
 
 
 def lock_leads(conn: sa.Connection, ids: Iterable[int]) -> dict[int, journey.Lead]:
-    """The leads as the core sees them (`store.load_leads`), locked until the commit on PostgreSQL
-    (SQLite's transaction already holds the writer lock). Locked in id order, like every per-lead lock,
-    so two workers never wait on each other in a cycle. An erased lead is missing from the answer."""
+    """The leads as the core sees them (`store.load_leads`), locked until the commit on PostgreSQL, in
+    id order like every per-lead lock, so two workers never wait on each other in a cycle. (SQLite has
+    no row locks: its writer lock covers the whole transaction.) An erased lead is missing."""
     wanted = sorted(set(ids))
     lock = " ORDER BY id FOR UPDATE" if conn.dialect.name == "postgresql" else ""
     read = _reading(conn, tables.leads, _LEAD_COLUMNS)

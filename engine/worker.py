@@ -3,7 +3,11 @@ consequences (new state, stage transitions, outbox rows) in one transaction.
 
 The scheduler only calls `tick`; correctness never depends on when or how often. Two workers may
 tick at once: PostgreSQL hands each a disjoint batch (SKIP LOCKED) and row locks serialise the rest;
-SQLite has a single writer, so each transaction is the lock.
+SQLite has a single writer, so each transaction is the lock (a batch of events is decided on a snapshot
+and written under the lock only if that snapshot still holds, see `Worker.process_events`).
+
+Events are handled a batch at a time (`engine.ingest` reads and writes the batch in bulk); due
+enrollments one decision at a time through `store.apply_decision`.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 
 from engine import ingest, journey, store
+from engine.database import connect_read_only
 from engine.definition import Funnel
 from engine.versions import migrate_enrollment
 
@@ -48,6 +53,17 @@ class TickResult:
         self.emails_queued += other.emails_queued
         self.migrated += other.migrated
         self.errors.extend(other.errors)
+
+
+@dataclass
+class _EventBatch:
+    """Claimed events, the leads and enrollments as read for them, and what the core decided."""
+
+    pending: list[store.PendingEvent]
+    leads: dict[int, journey.Lead]
+    states: dict[tuple[int, str], journey.Enrollment]
+    decisions: list[tuple[int, journey.Decision]] = field(default_factory=list)
+    result: TickResult = field(default_factory=TickResult)
 
 
 class Worker:
@@ -87,32 +103,62 @@ class Worker:
     def process_events(self, now: datetime) -> TickResult:
         """A batch of pending events through the core, in received order, written at once: the batch's
         leads and enrollments are read (and locked) up front, each decision updates them in memory for
-        the next event of the same lead, and all decisions are written together before the commit."""
-        result = TickResult()
+        the next event of the same lead, and all decisions are written together before the commit.
+
+        SQLite has a single writer, and holding it while the core decides would keep the HTTP app from
+        recording events all that time. So there the batch is decided on a snapshot, without the lock,
+        and written under it only if the events, leads and enrollments it was decided from are still
+        what the database holds (else it is decided again, holding the lock): the same outcome as
+        deciding under the lock. PostgreSQL locks the batch's rows instead and decides holding them."""
+        if self.engine.dialect.name == "sqlite":
+            with connect_read_only(self.engine) as conn:
+                batch = self._decide(conn, now)
+            if batch is None:
+                return TickResult()
+            with self.engine.begin() as conn:
+                if not self._unchanged(conn, batch):
+                    batch = self._decide(conn, now)
+                return self._write(conn, batch, now) if batch is not None else TickResult()
         with self.engine.begin() as conn:
-            pending = ingest.claim_events(conn, self.batch_size)
-            if not pending:
-                return result
-            # A per-lead mutex: two workers holding two events of a lead not yet enrolled would both
-            # find no enrollment row to lock and both enrol it. Taken in id order, so two workers
-            # never wait on each other in a cycle.
-            leads = ingest.lock_leads(conn, {row.lead_id for row in pending})
-            # The row locks serialise this with a tick that claimed the same enrollments.
-            states = ingest.lock_enrollments(conn, leads, list(self.funnels))
-            decisions: list[tuple[int, journey.Decision]] = []
-            for row in pending:
-                lead = leads.get(row.lead_id)
-                if lead is None:  # erased since: nothing left to move
-                    continue
-                for funnel in self.funnels.values():
-                    lead = self._event_in_funnel(conn, funnel, row, lead, states, now, result, decisions)
-                leads[row.lead_id] = lead
-                result.events += 1
-            written = ingest.apply_decisions(conn, decisions, now)
-            result.transitions += written.transitions
-            result.emails_queued += written.queued
-            ingest.mark_processed(conn, [row.pk for row in pending], now)
-        return result
+            batch = self._decide(conn, now)
+            return self._write(conn, batch, now) if batch is not None else TickResult()
+
+    def _decide(self, conn: sa.Connection, now: datetime) -> _EventBatch | None:
+        pending = ingest.claim_events(conn, self.batch_size)
+        if not pending:
+            return None
+        # A per-lead mutex: two workers holding two events of a lead not yet enrolled would both
+        # find no enrollment row to lock and both enrol it. Taken in id order, so two workers
+        # never wait on each other in a cycle.
+        leads = ingest.lock_leads(conn, {row.lead_id for row in pending})
+        # The row locks serialise this with a tick that claimed the same enrollments.
+        states = ingest.lock_enrollments(conn, leads, list(self.funnels))
+        batch = _EventBatch(pending, dict(leads), dict(states))
+        for row in pending:
+            lead = leads.get(row.lead_id)
+            if lead is None:  # erased since: nothing left to move
+                continue
+            for funnel in self.funnels.values():
+                lead = self._event_in_funnel(conn, funnel, row, lead, states, now, batch.result, batch.decisions)
+            leads[row.lead_id] = lead
+            batch.result.events += 1
+        return batch
+
+    def _unchanged(self, conn: sa.Connection, batch: _EventBatch) -> bool:
+        """Whether the database still holds what `batch` was decided from (read again under the lock).
+        Events recorded since come after the batch's in received order: they wait for the next batch."""
+        return (
+            ingest.claim_events(conn, len(batch.pending)) == batch.pending
+            and ingest.lock_leads(conn, {row.lead_id for row in batch.pending}) == batch.leads
+            and ingest.lock_enrollments(conn, batch.leads, list(self.funnels)) == batch.states
+        )
+
+    def _write(self, conn: sa.Connection, batch: _EventBatch, now: datetime) -> TickResult:
+        written = ingest.apply_decisions(conn, batch.decisions, now)
+        batch.result.transitions += written.transitions
+        batch.result.emails_queued += written.queued
+        ingest.mark_processed(conn, [row.pk for row in batch.pending], now)
+        return batch.result
 
     def _event_in_funnel(
         self,

@@ -1,11 +1,13 @@
 """Events in bulk (engine.ingest): leads by address and events recorded a batch at a time, idempotent and
-safe when two transactions race; the worker's batched writes have the effects of `store.apply_decision`."""
+safe when two transactions race; the worker's batched writes have the effects of `store.apply_decision`,
+and on SQLite a batch decided without the writer lock is written only if what it was decided from holds."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from engine import ingest, journey, store, tables
+from engine.database import create_engine_for
 from engine.validation import load_funnels
+from engine.worker import Worker
 
 T0 = datetime(2026, 3, 2, 9, 0, 0, 0, tzinfo=UTC)  # a whole second: the stored text keeps its microseconds
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -259,3 +263,81 @@ def test_a_batch_of_decisions_writes_what_applying_them_one_by_one_writes(db: En
     assert written.queued == sum(len(a.queued) for a in applied) > 0
     assert written.transitions == sum(a.transitions for a in applied) > 0
     assert _written(db, batch) == _written(db, one)
+
+
+# --------------------------------------------------------------------------------------------------
+# The worker's event batches on SQLite: decided on a snapshot, written only if it still holds
+# --------------------------------------------------------------------------------------------------
+
+
+class _ChangedMeanwhile(Worker):
+    """A worker that, right after deciding its first batch on a snapshot (before taking the writer lock),
+    lets another transaction change the database."""
+
+    def __init__(self, engine: Engine, change: Callable[[sa.Connection], None]) -> None:
+        funnel = load_funnels([ROOT / "funnels"], emails_dir=None).funnels[0]
+        super().__init__(engine, {funnel.id: funnel})
+        self.change = change
+        self.decided = 0
+
+    def _decide(self, conn: sa.Connection, now: datetime) -> Any:
+        batch = super()._decide(conn, now)
+        self.decided += 1
+        if self.decided == 1:
+            with self.engine.begin() as other:
+                self.change(other)
+        return batch
+
+
+@pytest.fixture
+def sqlite_db(sqlite_template: Path, tmp_path: Path) -> Iterator[Engine]:
+    path = tmp_path / "funnel.db"
+    shutil.copyfile(sqlite_template, path)
+    engine = create_engine_for(f"sqlite:///{path}")
+    yield engine
+    engine.dispose()
+
+
+def _signup(db: Engine, email: str) -> int:
+    with db.begin() as conn:
+        lead = ingest.lead_ids(conn, [email], T0)[email]
+        ingest.record(conn, [_event(f"signup-{email}", lead, "form_submitted", form="cost-of-not-recycling")], T0)
+    return lead
+
+
+def test_a_batch_decided_on_a_snapshot_is_decided_again_if_its_lead_changed_before_the_write(
+    sqlite_db: Engine,
+) -> None:
+    lead = _signup(sqlite_db, "gone@example.com")
+    worker = _ChangedMeanwhile(
+        sqlite_db, lambda conn: conn.execute(sa.delete(tables.leads).where(tables.leads.c.id == lead))
+    )
+    result = worker.process_events(T0 + timedelta(minutes=1))
+    assert worker.decided == 2  # the snapshot's decision (enrol the lead) was dropped
+    assert (result.events, result.enrolled) == (0, 0)
+    # Erasure took the lead's events with it; nothing was written for the lead that is gone.
+    assert _count(sqlite_db, tables.events) == 0
+    assert _count(sqlite_db, tables.enrollments) == 0 and _count(sqlite_db, tables.outbox) == 0
+
+
+def test_a_batch_already_handled_by_another_worker_meanwhile_is_not_written_twice(sqlite_db: Engine) -> None:
+    _signup(sqlite_db, "twice@example.com")
+    other = _ChangedMeanwhile(sqlite_db, lambda conn: None)
+
+    def handled_elsewhere(conn: sa.Connection) -> None:
+        pending = ingest.claim_events(conn, 10)
+        ingest.mark_processed(conn, [p.pk for p in pending], T0)
+
+    worker = _ChangedMeanwhile(sqlite_db, handled_elsewhere)
+    assert worker.process_events(T0 + timedelta(minutes=1)).events == 0
+    assert worker.decided == 2
+    assert other.process_events(T0 + timedelta(minutes=1)).events == 0
+    assert _count(sqlite_db, tables.enrollments) == 0
+
+
+def test_a_batch_whose_snapshot_still_holds_is_written_as_decided(sqlite_db: Engine) -> None:
+    _signup(sqlite_db, "kept@example.com")
+    worker = _ChangedMeanwhile(sqlite_db, lambda conn: None)
+    result = worker.process_events(T0 + timedelta(minutes=1))
+    assert worker.decided == 1 and (result.events, result.enrolled, result.emails_queued) == (1, 1, 1)
+    assert _count(sqlite_db, tables.enrollments) == 1 and _count(sqlite_db, tables.outbox) == 1
