@@ -309,6 +309,74 @@ class WebhookReceipt(SQLModel, table=True):
     received_at: datetime = Field(sa_type=UtcDateTime, nullable=False)
 
 
+
+DELIVERY_STATUSES = ("queued", "sent", "failed")
+DELIVERY_SOURCES = ("transition", "goal", "call")
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One outbound webhook request to make: a stage transition or a goal for a subscription, or a funnel
+    `webhook` step's call (subscription ""). A lead's deliveries to one subscription go out in id order:
+    a row waits while an earlier one of its lane (subscription, lead) is still `queued`."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        # Fanning the same row out twice is a no-op.
+        sa.UniqueConstraint("subscription", "source", "source_id", name="uq_webhook_deliveries_source"),
+        sa.Index(
+            "ix_webhook_deliveries_ready",
+            "next_attempt_at",
+            sqlite_where=sa.text("status = 'queued'"),
+            postgresql_where=sa.text("status = 'queued'"),
+        ),
+        # "Is an earlier delivery of this lane unfinished?": one probe per candidate.
+        sa.Index(
+            "ix_webhook_deliveries_lane",
+            "subscription",
+            "lead_id",
+            "id",
+            sqlite_where=sa.text("status = 'queued'"),
+            postgresql_where=sa.text("status = 'queued'"),
+        ),
+        sa.CheckConstraint(_in("status", DELIVERY_STATUSES), name="ck_webhook_deliveries_status"),
+        sa.CheckConstraint(_in("source", DELIVERY_SOURCES), name="ck_webhook_deliveries_source"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscription: str = Field(sa_type=sa.String(100), nullable=False)
+    source: str = Field(sa_type=sa.String(16), nullable=False)
+    source_id: int = Field(nullable=False)
+    lead_id: int = _lead_fk()
+    url: str | None = Field(default=None, sa_type=sa.Text)
+    payload: dict[str, Any] = Field(default_factory=dict, sa_type=Json, nullable=False)
+    status: str = Field(sa_type=sa.String(16), nullable=False)
+    attempts: int = Field(default=0, nullable=False)
+    next_attempt_at: datetime = Field(sa_type=UtcDateTime, nullable=False)
+    lease_until: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    last_status: int | None = Field(default=None)
+    last_error: str | None = Field(default=None, sa_type=sa.Text)
+    created_at: datetime = Field(sa_type=UtcDateTime, nullable=False)
+    finished_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+
+
+class WebhookCursor(SQLModel, table=True):
+    """How far a subscription has fanned out one source table (stage transitions or goals): every id up
+    to `last_id` is done, except the `gaps`, ids not visible yet when the cursor passed them (a
+    transaction still open on PostgreSQL) and looked for again until they show up or a grace period ends.
+    `last_key` identifies the row at `last_id`, so a reused id (SQLite after the newest rows were erased)
+    is noticed; `start_id` is where the subscription started, never looked behind."""
+
+    __tablename__ = "webhook_cursors"
+
+    subscription: str = Field(sa_type=sa.String(100), primary_key=True)
+    source: str = Field(sa_type=sa.String(16), primary_key=True)
+    start_id: int = Field(nullable=False)
+    last_id: int = Field(nullable=False)
+    last_key: str | None = Field(default=None, sa_type=sa.String(100))
+    gaps: list[Any] = Field(default_factory=list, sa_type=Json, nullable=False)
+    updated_at: datetime = Field(sa_type=UtcDateTime, nullable=False)
+
+
 metadata = SQLModel.metadata
 
 leads: sa.Table = Lead.__table__  # type: ignore[attr-defined]
@@ -323,3 +391,5 @@ funnel_versions: sa.Table = FunnelVersion.__table__  # type: ignore[attr-defined
 api_keys: sa.Table = ApiKey.__table__  # type: ignore[attr-defined]
 consent_records: sa.Table = ConsentRecord.__table__  # type: ignore[attr-defined]
 webhook_receipts: sa.Table = WebhookReceipt.__table__  # type: ignore[attr-defined]
+webhook_deliveries: sa.Table = WebhookDelivery.__table__  # type: ignore[attr-defined]
+webhook_cursors: sa.Table = WebhookCursor.__table__  # type: ignore[attr-defined]
