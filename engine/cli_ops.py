@@ -1,0 +1,392 @@
+"""What ops ask the database: `funnel report`, `funnel lead show|export|forget`, `funnel watch`, and
+`funnel demo-month` to fill a database with a month of made-up leads to ask about.
+
+Thin: the figures are `engine.report`'s, the SQL `engine.report_queries`'s, one lead's story
+`engine.lead_timeline`'s, the month `engine.month`'s.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+    from engine.report import FunnelReport
+    from engine.report_queries import EmailSeen, TransitionSeen
+
+DATABASE_HELP = "Default: the configured database."
+lead_app = typer.Typer(help="One lead: why it is where it is, everything held about it, erasure.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("report")(report)
+    app.command("watch")(watch)
+    app.command("demo-month")(demo_month)
+    # `funnel lead show EMAIL`, not `funnel lead EMAIL`: a group cannot take an address and subcommands
+    # both (`funnel lead export` would read "export" as an address).
+    app.add_typer(lead_app, name="lead")
+
+
+@contextmanager
+def _database(url: str | None) -> Iterator[sa.Engine]:
+    from engine.database import create_engine_for, upgrade
+    from engine.settings import get_settings
+
+    url = url or get_settings().effective_database_url
+    upgrade(url)
+    engine = create_engine_for(url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def _console() -> Console:
+    # Piped or captured output has no terminal width; rich would fold the tables at 80 columns.
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
+def _say(console: Console, text: str) -> None:
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _fail(text: str, code: int = 1) -> typer.Exit:
+    _say(Console(stderr=True), text)
+    return typer.Exit(code)
+
+
+# --------------------------------------------------------------------------------------------------
+# funnel report
+# --------------------------------------------------------------------------------------------------
+
+
+def report(
+    funnel: str | None = typer.Option(None, "--funnel", help="Only this funnel (id)."),
+    since: str | None = typer.Option(None, "--since", help="Only leads who entered on or after this UTC date."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object: a list of funnels' figures."),
+    as_csv: bool = typer.Option(False, "--csv", help="CSV, one figure a row: funnel, section, item, figure, value."),
+    database_url: str | None = typer.Option(None, "--database-url", help=DATABASE_HELP),
+) -> None:
+    """Each funnel's figures: leads per stage, stage-to-stage conversion, median and p90 time in stage,
+    and per email: sent, delivered, opened, clicked, unsubscribed, bounced, unknown."""
+    from engine import report as figures
+    from engine import report_queries
+    from engine.database import connect_read_only
+
+    if as_json and as_csv:
+        raise _fail("--json and --csv: choose one", 2)
+    cohort = None
+    if since is not None:
+        try:
+            cohort = datetime.fromisoformat(since).replace(tzinfo=UTC)
+        except ValueError:
+            raise _fail(f"--since: expected a date YYYY-MM-DD, found {since!r}", 2) from None
+    scope = report_queries.Scope(funnel, cohort)
+    with _database(database_url) as engine, connect_read_only(engine) as conn:
+        rows = report_queries.read_rows(conn, scope)
+        layouts = report_queries.layouts(conn, {r.funnel for r in rows.stage_counts})
+    reports = figures.build(rows, layouts)
+    if as_json:
+        typer.echo(json.dumps({"since": since, "funnels": [figures.as_dict(r) for r in reports]}))
+    elif as_csv:
+        out = csv.writer(sys.stdout, lineterminator="\n")
+        out.writerow(("funnel", "section", "item", "figure", "value"))
+        for r in reports:
+            out.writerows(figures.csv_rows(r))
+    else:
+        console = _console()
+        if not reports:
+            _say(
+                console,
+                f"no leads in {'funnel ' + funnel if funnel else 'any funnel'}" + (f" since {since}" if since else ""),
+            )
+        for r in reports:
+            _print_report(console, r, since)
+
+
+def _share(count: int, whole: int) -> str:
+    return f"{count} ({count / whole:.0%})" if whole else str(count)
+
+
+def _print_report(console: Console, r: FunnelReport, since: str | None) -> None:
+    from engine.report import duration
+
+    cohort = f", entered since {since}" if since else ""
+    exits = ", ".join(f"{reason} {n}" for reason, n in r.exited.items()) or "none"
+    _say(
+        console, f"\n{r.funnel}: {r.leads} leads{cohort}: {r.active} in a stage, {r.leads - r.active} exited ({exits})"
+    )
+    stages = Table(title="Stages", title_justify="left")
+    for column in ("stage", "now", "reached", "then reached", "conversion", "median time", "p90 time", "stays"):
+        stages.add_column(column, justify="left" if column in ("stage", "then reached") else "right")
+    for s in r.stages:
+        conversion = "-" if s.conversion is None else f"{s.conversion:.1%}"
+        stages.add_row(
+            s.stage, str(s.now), str(s.reached), s.next_stage or "", conversion,
+            duration(s.median_minutes), duration(s.p90_minutes), str(s.stays),
+        )  # fmt: skip
+    console.print(stages)
+    if not r.emails:
+        return
+    emails = Table(title="Emails (shares of delivered)", title_justify="left")
+    columns = (
+        "step",
+        "sent",
+        "delivered",
+        "opened",
+        "clicked",
+        "unsubscribed",
+        "bounced",
+        "unknown",
+        "skipped",
+        "waiting",
+    )
+    for column in columns:
+        emails.add_column(column, justify="left" if column == "step" else "right")
+    for e in r.emails:
+        emails.add_row(
+            e.step, str(e.sent), str(e.delivered), _share(e.opened, e.delivered), _share(e.clicked, e.delivered),
+            _share(e.unsubscribed, e.delivered), str(e.bounced), str(e.unknown), str(e.skipped), str(e.waiting),
+        )  # fmt: skip
+    console.print(emails)
+
+
+# --------------------------------------------------------------------------------------------------
+# funnel lead show | export | forget
+# --------------------------------------------------------------------------------------------------
+
+
+@lead_app.command("show")
+def lead_show(
+    email: str = typer.Argument(..., help="The lead's email address."),
+    utc: bool = typer.Option(False, "--utc", help="Times in UTC (default: the lead's own time zone)."),
+    database_url: str | None = typer.Option(None, "--database-url", help=DATABASE_HELP),
+) -> None:
+    """Where the lead is in each funnel and why, then everything that happened to it, in time order:
+    events, stage transitions with their causes, emails and their outcomes, consent records."""
+    from zoneinfo import ZoneInfo
+
+    from engine import lead_timeline
+    from engine.database import connect_read_only
+
+    with _database(database_url) as engine, connect_read_only(engine) as conn:
+        try:
+            found = lead_timeline.read(conn, email)
+        except ValueError as exc:
+            raise _fail(str(exc), 2) from None
+    if found is None:
+        raise _fail(f"no lead {email!r}")
+    lead = found.lead
+    zone_name = "UTC" if utc else (lead["timezone"] or "UTC")
+    zone = ZoneInfo(zone_name)
+
+    def local(at: datetime) -> str:
+        return at.astimezone(zone).strftime("%Y-%m-%d %H:%M")
+
+    console = _console()
+    tags = ", ".join(lead["tags"]) or "none"
+    zone_set = lead["timezone"] or "not set"
+    _say(
+        console, f"{found.email}: consent {lead['consent_status']}, tags {tags}, score {lead['score']}, zone {zone_set}"
+    )
+    if lead["attributes"]:
+        _say(console, "attributes: " + ", ".join(f"{k}={v}" for k, v in sorted(lead["attributes"].items())))
+    if found.suppressed:
+        _say(console, f"suppressed ({found.suppressed}): no email will go to this address")
+    for p in found.places:
+        if p.status == "exited":
+            where = f"exited from {p.stage} ({p.exit_reason}) at {local(p.since)}"
+        else:
+            where = f"in {p.stage}" + (f", step {p.step}" if p.step else "") + f", since {local(p.since)}"
+        _say(console, f"{p.funnel}: {where}, because {p.why}")
+    table = Table(title=f"Timeline ({zone_name})", title_justify="left")
+    for column in ("time", "funnel", "what"):
+        table.add_column(column, overflow="fold")
+    for entry in found.entries:
+        table.add_row(local(entry.at), entry.funnel or "", entry.what)
+    console.print(table)
+
+
+@lead_app.command("export")
+def lead_export(
+    email: str = typer.Argument(..., help="The lead's email address."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write the JSON here (default: stdout)."),
+    database_url: str | None = typer.Option(None, "--database-url", help=DATABASE_HELP),
+) -> None:
+    """Everything held about the lead, as JSON (a data subject's access or portability request)."""
+    from engine import lead_timeline
+    from engine.database import connect_read_only
+
+    with _database(database_url) as engine, connect_read_only(engine) as conn:
+        try:
+            data = lead_timeline.export(conn, email, datetime.now(UTC))
+        except ValueError as exc:
+            raise _fail(str(exc), 2) from None
+    if data is None:
+        raise _fail(f"no lead {email!r}")
+    text = json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
+    if output is None:
+        sys.stdout.write(text)
+        return
+    output.write_text(text, encoding="utf-8")
+    Console(stderr=True).print(f"wrote {output}", markup=False, highlight=False)
+
+
+@lead_app.command("forget")
+def lead_forget(
+    email: str = typer.Argument(..., help="The lead's email address."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    database_url: str | None = typer.Option(None, "--database-url", help=DATABASE_HELP),
+) -> None:
+    """Erasure: delete the lead and every row about it. Only a hash of the address stays, on the
+    suppression list, so it is never mailed again."""
+    from engine import lead_timeline, store
+
+    with _database(database_url) as engine:
+        try:
+            address = store.normalise_email(email)
+        except ValueError as exc:
+            raise _fail(str(exc), 2) from None
+        with engine.connect() as conn:
+            lead_id = store.find_lead_id(conn, address)
+            counts = lead_timeline.held(conn, lead_id) if lead_id is not None else {}
+        what = ", ".join(f"{n} {table}" for table, n in counts.items() if n) or "no lead with this address"
+        if not yes and not typer.confirm(f"Erase {address} ({what})? This cannot be undone", default=False):
+            raise _fail("nothing erased")
+        with engine.begin() as conn:
+            erased = lead_timeline.erase(conn, address, datetime.now(UTC))
+    console = Console()
+    if erased is None:
+        _say(console, f"no lead {address}; its hash is on the suppression list, so it is never mailed")
+        return
+    rows = ", ".join(f"{n} {table}" for table, n in erased.items() if n)
+    _say(console, f"erased {address}: {rows}; only a hash of the address is kept, on the suppression list")
+
+
+# --------------------------------------------------------------------------------------------------
+# funnel watch
+# --------------------------------------------------------------------------------------------------
+
+
+def watch(
+    funnel: str | None = typer.Option(None, "--funnel", help="Only this funnel (id)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object a line."),
+    from_start: bool = typer.Option(False, "--from-start", help="Begin with the history (default: from now on)."),
+    once: bool = typer.Option(False, "--once", help="Print what there is, then stop."),
+    seconds: float | None = typer.Option(None, "--for", min=0, help="Stop after this many seconds."),
+    interval: float = typer.Option(0.5, "--interval", min=0.05, help="Seconds between looks at the database."),
+    database_url: str | None = typer.Option(None, "--database-url", help=DATABASE_HELP),
+) -> None:
+    """A live feed: stage transitions (lead, funnel, from -> to, cause) and email outcomes as they happen.
+    Ctrl-C stops."""
+    from engine.database import connect_read_only
+    from engine.report_queries import Feed
+
+    feed = Feed(funnel, from_start)
+    console = Console()
+    deadline = None if seconds is None else time.monotonic() + seconds
+    with _database(database_url) as engine:
+        try:
+            while True:
+                with connect_read_only(engine) as conn:
+                    seen = feed.poll(conn)
+                for item in seen:
+                    if as_json:
+                        typer.echo(json.dumps(_as_json(item)))
+                    else:
+                        _say(console, _line(item))
+                if once and not seen:
+                    return
+                if deadline is not None and time.monotonic() >= deadline:
+                    return
+                if not once:
+                    time.sleep(interval if deadline is None else max(0.0, min(interval, deadline - time.monotonic())))
+        except KeyboardInterrupt:
+            return
+
+
+def _line(item: TransitionSeen | EmailSeen) -> str:
+    from engine.lead_timeline import OUTCOMES, describe_cause
+    from engine.report_queries import TransitionSeen
+
+    at = item.at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    if isinstance(item, TransitionSeen):
+        before = item.from_stage or "(enters)"
+        after = item.to_stage or f"(exits: {item.exit_reason or 'exited'})"
+        event = (item.event, item.properties) if item.event else None
+        cause = describe_cause(item.cause_kind, item.cause_ref, event)
+        return f"{at}  {item.lead}  {item.funnel}  {before} -> {after}  because {cause}"
+    detail = f": {item.detail}" if item.detail else ""
+    return f"{at}  {item.lead}  {item.funnel}  email {item.step} {OUTCOMES.get(item.status, item.status)}{detail}"
+
+
+def _as_json(item: TransitionSeen | EmailSeen) -> dict[str, object]:
+    from engine.report_queries import TransitionSeen
+
+    common = {"id": item.id, "at": item.at.isoformat(), "lead": item.lead, "funnel": item.funnel}
+    if isinstance(item, TransitionSeen):
+        cause = {"kind": item.cause_kind, "ref": item.cause_ref, "event": item.event, "properties": item.properties}
+        return {"type": "transition", **common, "from": item.from_stage, "to": item.to_stage,
+                "exit_reason": item.exit_reason, "cause": cause}  # fmt: skip
+    return {"type": "email", **common, "step": item.step, "template": item.template, "status": item.status,
+            "detail": item.detail}  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------
+# funnel demo-month
+# --------------------------------------------------------------------------------------------------
+
+
+def demo_month(
+    leads: int = typer.Option(2000, "--leads", "-n", min=1, help="How many made-up leads sign up."),
+    days: int = typer.Option(30, "--days", "-d", min=1, help="Days of virtual time."),
+    seed: int = typer.Option(0, "--seed", help="The same seed writes the same month."),
+    start: str | None = typer.Option(None, "--start", help="First day (UTC date; default: --days before today)."),
+    funnel: str = typer.Option("lead-magnet", "--funnel", help="Funnel id (in the funnels folder)."),
+    database_url: str | None = typer.Option(None, "--database-url", help="Default: the configured database."),
+) -> None:
+    """Fill an empty database with a month of made-up leads going through a funnel: the real worker on a
+    virtual clock, emails through the send pipeline's steps without SMTP (opens, clicks, purchases,
+    unsubscribes, bounces drawn at random). For trying `funnel report`, `lead show` and `watch`."""
+    from engine import month
+    from engine.settings import get_settings
+    from engine.validation import load_funnels
+
+    settings = get_settings()
+    loaded = load_funnels([settings.funnels_dir], emails_dir=settings.emails_dir)
+    found = [f for f in loaded.funnels if f.id == funnel]
+    if not found:
+        raise _fail(f"--funnel: no valid funnel {funnel!r} in {settings.funnels_dir}/ (see `funnel validate`)", 2)
+    if start is None:
+        first = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=days)
+    else:
+        try:
+            first = datetime.fromisoformat(start).replace(tzinfo=UTC)
+        except ValueError:
+            raise _fail(f"--start: expected a date YYYY-MM-DD, found {start!r}", 2) from None
+    with _database(database_url) as engine:
+        with engine.connect() as conn:
+            if not month.is_empty(conn):
+                raise _fail("the database already has leads: demo-month only writes to an empty one (--database-url)")
+        result = month.run(engine, found[0], settings, leads, days, first, seed)
+    last = first + timedelta(days=days)
+    _say(
+        Console(),
+        f"{funnel}: {result.leads} leads signed up between {first:%Y-%m-%d} and {last:%Y-%m-%d}; "
+        f"{result.events} events, {result.delivered} emails delivered, {result.bounced} bounced, "
+        f"{result.unknown} unknown, {result.held_back} held back at send time; "
+        f"{result.rounds} rounds in {result.elapsed_s:.1f} s. Next: `funnel report`.",
+    )
