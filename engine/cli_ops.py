@@ -59,6 +59,15 @@ def _console() -> Console:
     return Console() if sys.stdout.isatty() else Console(width=160)
 
 
+def _utc(text: str, option: str) -> datetime:
+    """A date or time from the command line; without an offset it is UTC."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise _fail(f"{option}: expected a date YYYY-MM-DD, found {text!r}", 2) from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 def _say(console: Console, text: str) -> None:
     console.print(text, markup=False, highlight=False, soft_wrap=True)
 
@@ -88,12 +97,7 @@ def report(
 
     if as_json and as_csv:
         raise _fail("--json and --csv: choose one", 2)
-    cohort = None
-    if since is not None:
-        try:
-            cohort = datetime.fromisoformat(since).replace(tzinfo=UTC)
-        except ValueError:
-            raise _fail(f"--since: expected a date YYYY-MM-DD, found {since!r}", 2) from None
+    cohort = None if since is None else _utc(since, "--since")
     scope = report_queries.Scope(funnel, cohort)
     with _database(database_url) as engine, connect_read_only(engine) as conn:
         rows = report_queries.read_rows(conn, scope)
@@ -373,10 +377,7 @@ def demo_month(
     if start is None:
         first = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=days)
     else:
-        try:
-            first = datetime.fromisoformat(start).replace(tzinfo=UTC)
-        except ValueError:
-            raise _fail(f"--start: expected a date YYYY-MM-DD, found {start!r}", 2) from None
+        first = _utc(start, "--start")
     with _database(database_url) as engine:
         with engine.connect() as conn:
             if not month.is_empty(conn):
