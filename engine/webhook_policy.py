@@ -8,6 +8,7 @@ receiver's guide.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -369,10 +370,12 @@ class Cursor:
     gaps: tuple[Gap, ...] = ()
 
 
-def row_key(lead_id: int, at: datetime) -> str:
+def row_key(values: Iterable[Any]) -> str:
     """What tells a row from another that got its id later (SQLite reuses the largest rowid once the
-    rows above it are deleted): its lead and its time to the microsecond."""
-    return f"{lead_id}@{_time(at)}"
+    rows above it are deleted, and a lead's id too): a digest of everything the row says and its lead's
+    address. A transition caused by an event names the event, whose id is unique."""
+    text = json.dumps([_time(v) if isinstance(v, datetime) else v for v in values], default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def needs_pass(cursor: Cursor, head: int | None, key_at_last: str | None) -> bool:

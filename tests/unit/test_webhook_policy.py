@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import tomllib
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given, settings
@@ -336,3 +336,12 @@ def test_every_id_that_commits_within_the_grace_period_is_fanned_out_exactly_onc
         cursor = policy.advance(cursor, wanted, f"k{wanted[-1]}" if wanted else None, now)
     assert sorted(fanned) == list(range(1, n + 1))
     assert cursor.gaps == () and cursor.last_id == n
+
+
+def test_a_row_key_tells_rows_apart_by_content_and_not_by_how_time_is_written() -> None:
+    at = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
+    paris = at.astimezone(timezone(timedelta(hours=1)))
+    same = policy.row_key([1, "trial", at, "ana@example.com"])
+    assert policy.row_key([1, "trial", paris, "ana@example.com"]) == same
+    assert policy.row_key([1, "trial", at, "bob@example.com"]) != same
+    assert policy.row_key([1, "trial", at + timedelta(microseconds=1), "ana@example.com"]) != same
