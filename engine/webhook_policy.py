@@ -45,6 +45,9 @@ class WebhookSubscription(BaseModel):
 
     url: str = Field(pattern=r"^https?://\S+$", description="Where to POST; redirects are not followed.")
     secret: SecretStr = Field(description="Signs every request (Funnel-Signature, as inbound hooks are signed).")
+    previous_secret: SecretStr | None = Field(
+        default=None, description="While the receiver switches to a new secret: signs too, as a second v1."
+    )
     events: list[EventKind] = Field(
         default_factory=lambda: list(EVENT_KINDS), description='What to send: "transition", "goal".'
     )
@@ -74,6 +77,9 @@ class WebhookSettings(BaseModel):
     poll_s: float = Field(default=2.0, gt=0, le=60, description="How often new transitions and goals are looked for.")
     step_secret: SecretStr | None = Field(
         default=None, description="Signs the calls of funnel `webhook` steps; unset: they go unsigned."
+    )
+    step_previous_secret: SecretStr | None = Field(
+        default=None, description="While receivers switch to a new step secret: signs too, as a second v1."
     )
     step_include_email: bool = Field(default=True, description="Send the lead's email with `webhook` step calls.")
     subscriptions: dict[SubscriptionName, WebhookSubscription] = Field(default_factory=dict)
@@ -243,6 +249,10 @@ def event_id(source: str, source_id: int) -> str:
     return f"{source}-{source_id}"
 
 
+def secrets_of(secret: SecretStr | None, previous: SecretStr | None) -> list[str]:
+    return [value.get_secret_value() for value in (secret, previous) if value is not None]
+
+
 def _time(at: datetime) -> str:
     return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
@@ -325,10 +335,12 @@ def encode(event: Mapping[str, Any]) -> bytes:
 
 
 def request_headers(
-    event: Mapping[str, Any], body: bytes, *, attempt: int, secret: str | None, now: datetime
+    event: Mapping[str, Any], body: bytes, *, attempt: int, secrets: Sequence[str], now: datetime
 ) -> dict[str, str]:
     """Headers of one attempt. The signature is made afresh each time (its timestamp is the attempt's),
-    so a receiver's tolerance window applies to the attempt, not to when the event happened."""
+    so a receiver's tolerance window applies to the attempt, not to when the event happened. With two
+    secrets (one being replaced), the header carries a `v1` for each, and a receiver that knows either
+    accepts it. No secret: no signature."""
     headers = {
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
@@ -336,8 +348,10 @@ def request_headers(
         EVENT_HEADER: str(event["type"]),
         ATTEMPT_HEADER: str(attempt),
     }
-    if secret:
-        headers[signatures.HEADER] = signatures.sign(secret, int(now.timestamp()), body)
+    if secrets:
+        t = int(now.timestamp())
+        values = [signatures.sign(secret, t, body).partition(",")[2] for secret in secrets]
+        headers[signatures.HEADER] = ",".join([f"t={t}", *values])
     return headers
 
 
@@ -372,8 +386,8 @@ class Cursor:
 
 def row_key(values: Iterable[Any]) -> str:
     """What tells a row from another that got its id later (SQLite reuses the largest rowid once the
-    rows above it are deleted, and a lead's id too): a digest of everything the row says and its lead's
-    address. A transition caused by an event names the event, whose id is unique."""
+    rows above it are deleted, and a lead's id too): a digest of everything the row says, its time to
+    the microsecond, and for a transition caused by an event, the event's id, which is unique."""
     text = json.dumps([_time(v) if isinstance(v, datetime) else v for v in values], default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 

@@ -112,8 +112,9 @@ def _source_select(kind: str) -> sa.Select[Any]:
 
 
 def _key(row: Any) -> str:
-    # Everything but the id (what the key is checked against) and the attributes (they change).
-    return policy.row_key(tuple(row)[1:-1])
+    # The row's own columns but its id (what the key is checked against); not the lead's address and
+    # attributes, so no trace of an erased lead's data is left in the cursor.
+    return policy.row_key(tuple(row)[1:-2])
 
 
 def _row_key(conn: sa.Connection, kind: str, row_id: int) -> str | None:
@@ -505,6 +506,11 @@ class WebhookSender:
     def lanes(self) -> list[str]:
         return [STEP_CALLS, *sorted(self.settings.subscriptions)]
 
+    def start(self, now: datetime) -> None:
+        """Fix where new subscriptions start (`start = "now"`: after the newest row at this moment). Call
+        it before the engine's first tick, so what that tick records is sent; later calls change nothing."""
+        self.fan_out_once(now)
+
     # -- the parts -------------------------------------------------------------------------------
 
     def fan_out_once(self, now: datetime) -> tuple[int, bool]:
@@ -539,19 +545,19 @@ class WebhookSender:
             )
         return self._client
 
-    def _target(self, item: Claimed) -> tuple[str, str | None]:
+    def _target(self, item: Claimed) -> tuple[str, list[str]]:
         if item.subscription == STEP_CALLS:
-            secret = self.settings.step_secret
-            return item.url or "", secret.get_secret_value() if secret else None
+            settings = self.settings
+            return item.url or "", policy.secrets_of(settings.step_secret, settings.step_previous_secret)
         subscription = self.settings.subscriptions[item.subscription]
-        return subscription.url, subscription.secret.get_secret_value()
+        return subscription.url, policy.secrets_of(subscription.secret, subscription.previous_secret)
 
     async def send(self, item: Claimed) -> policy.Outcome:
         """One attempt: POST the signed body, and what came of it. The whole request, connection to
         last byte, has `timeout_s`; redirects are not followed."""
-        url, secret = self._target(item)
+        url, secrets = self._target(item)
         body = policy.encode(item.payload)
-        headers = policy.request_headers(item.payload, body, attempt=item.attempts, secret=secret, now=self.clock())
+        headers = policy.request_headers(item.payload, body, attempt=item.attempts, secrets=secrets, now=self.clock())
         timeout = self.settings.timeout_s
         try:
             async with asyncio.timeout(timeout):

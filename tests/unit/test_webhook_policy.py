@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from engine import signatures
 from engine import webhook_policy as policy
@@ -244,7 +244,7 @@ def test_the_body_is_the_same_bytes_every_time_and_the_signature_verifies() -> N
     body = policy.encode(event)
     assert body == policy.encode(json.loads(body))
     assert "zoë".encode() in body
-    headers = policy.request_headers(event, body, attempt=3, secret="whsec_x", now=NOW)
+    headers = policy.request_headers(event, body, attempt=3, secrets=["whsec_x"], now=NOW)
     assert headers["Funnel-Delivery"] == "goal-5" and headers["Funnel-Event"] == "goal"
     assert headers["Funnel-Attempt"] == "3" and headers["Content-Type"] == "application/json"
     assert signatures.verify(["whsec_x"], headers["Funnel-Signature"], body, NOW) == signatures.Verified(
@@ -255,7 +255,7 @@ def test_the_body_is_the_same_bytes_every_time_and_the_signature_verifies() -> N
 
 def test_without_a_secret_nothing_is_signed() -> None:
     event = policy.step_event(3, lead={"id": 1}, funnel_id="f", step="notify", payload={"a": 1}, at=NOW)
-    headers = policy.request_headers(event, policy.encode(event), attempt=1, secret=None, now=NOW)
+    headers = policy.request_headers(event, policy.encode(event), attempt=1, secrets=[], now=NOW)
     assert "Funnel-Signature" not in headers
     assert headers["Funnel-Delivery"] == "call-3" and event["payload"] == {"a": 1}
 
@@ -341,7 +341,18 @@ def test_every_id_that_commits_within_the_grace_period_is_fanned_out_exactly_onc
 def test_a_row_key_tells_rows_apart_by_content_and_not_by_how_time_is_written() -> None:
     at = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
     paris = at.astimezone(timezone(timedelta(hours=1)))
-    same = policy.row_key([1, "trial", at, "ana@example.com"])
-    assert policy.row_key([1, "trial", paris, "ana@example.com"]) == same
-    assert policy.row_key([1, "trial", at, "bob@example.com"]) != same
-    assert policy.row_key([1, "trial", at + timedelta(microseconds=1), "ana@example.com"]) != same
+    same = policy.row_key([1, "trial", at, "event", "evt-1"])
+    assert policy.row_key([1, "trial", paris, "event", "evt-1"]) == same
+    assert policy.row_key([1, "trial", at, "event", "evt-2"]) != same
+    assert policy.row_key([1, "trial", at + timedelta(microseconds=1), "event", "evt-1"]) != same
+
+
+def test_while_a_secret_is_replaced_either_one_verifies() -> None:
+    event = policy.goal_event(5, lead={"id": 1}, funnel_id="f", goal="paid", within_window=True, at=NOW)
+    body = policy.encode(event)
+    both = policy.secrets_of(SecretStr("whsec_new"), SecretStr("whsec_old"))
+    header = policy.request_headers(event, body, attempt=1, secrets=both, now=NOW)["Funnel-Signature"]
+    assert header.count("v1=") == 2
+    for secret in ("whsec_new", "whsec_old"):
+        assert isinstance(signatures.verify([secret], header, body, NOW), signatures.Verified)
+    assert signatures.verify(["whsec_other"], header, body, NOW) is signatures.Refusal.MISMATCH
