@@ -1,0 +1,50 @@
+"""`funnel ops-user add NAME` prints a config line whose hash signs NAME in with that password, and only
+that password; the password itself is never printed."""
+
+from __future__ import annotations
+
+import tomllib
+
+import typer
+from typer.testing import CliRunner
+
+from engine.cli_ops_user import register
+from engine.ops_auth import OpsSettings, check_password
+
+PASSWORD = "a long enough passphrase"
+
+
+def _app() -> typer.Typer:
+    try:
+        from engine.cli import app
+
+        if any(group.name == "ops-user" for group in app.registered_groups):
+            return app
+    except ImportError:  # pragma: no cover
+        pass
+    app = typer.Typer()  # until `funnel` registers the command itself
+    register(app)
+    return app
+
+
+def test_the_printed_line_is_a_config_entry_that_checks_the_password() -> None:
+    runner = CliRunner()
+    for args, typed in ((["--password-stdin"], f"{PASSWORD}\n"), ([], f"{PASSWORD}\n{PASSWORD}\n")):
+        result = runner.invoke(_app(), ["ops-user", "add", "olivia", *args], input=typed)
+        assert result.exit_code == 0, result.output
+        line = result.stdout.strip().splitlines()[-1]
+        assert PASSWORD not in result.output
+        ops = OpsSettings(**tomllib.loads(f"[ops.users]\n{line}\n")["ops"])
+        assert list(ops.users) == ["olivia"] and ops.users["olivia"].startswith("$argon2id$")
+        assert check_password(ops, "olivia", PASSWORD)
+        assert not check_password(ops, "olivia", PASSWORD + "!")
+        assert not check_password(ops, "oliver", PASSWORD)
+
+
+def test_a_bad_name_or_a_short_password_is_refused() -> None:
+    runner = CliRunner()
+    bad_name = runner.invoke(_app(), ["ops-user", "add", "Olivia Smith", "--password-stdin"], input=f"{PASSWORD}\n")
+    assert bad_name.exit_code == 2 and "lowercase" in bad_name.output
+    short = runner.invoke(_app(), ["ops-user", "add", "olivia", "--password-stdin"], input="short\n")
+    assert short.exit_code == 2 and "at least 12 characters" in short.output
+    assert "$argon2id$" not in bad_name.output + short.output
