@@ -25,8 +25,9 @@ from sqlalchemy.engine import Engine
 from engine import signatures, store, tables
 from engine.database import create_engine_for
 from engine.validation import load_funnels
+from engine.webhook_deliveries import failures, pending
 from engine.webhook_policy import WebhookSettings
-from engine.webhooks_out import WebhookSender, failures, pending
+from engine.webhooks_out import WebhookSender
 from engine.worker import Worker
 from tests.smtp_server import _free_port
 
@@ -536,6 +537,12 @@ def test_a_subscription_starts_now_unless_told_to_start_from_the_beginning(
     assert by_subscription == {"crm": ["new@example.com"], "archive": ["old@example.com", "new@example.com"]}
 
 
+def cursor(env: Scene) -> tuple[Any, ...]:
+    c = tables.webhook_cursors
+    with env.engine.connect() as conn:
+        return tuple(conn.execute(sa.select(c.c.last_id, c.c.last_key, c.c.gaps, c.c.updated_at)).one())
+
+
 def test_a_transition_given_the_id_of_an_erased_one_is_still_sent(funnel_engine: Scene, receiver: Receiver) -> None:
     """SQLite gives the next row the largest rowid + 1: once the newest rows are erased, their ids come back."""
     env = funnel_engine
@@ -545,6 +552,9 @@ def test_a_transition_given_the_id_of_an_erased_one_is_still_sent(funnel_engine:
     run_once(crm)
     with env.engine.begin() as conn:
         conn.execute(sa.delete(tables.leads).where(tables.leads.c.email == "ana@example.com"))
+    assert run_once(crm).work == 0
+    settled = cursor(env)
+    assert run_once(crm).work == 0 and cursor(env) == settled  # it looks back once, not on every pass
     env.event("bob@example.com", "signed_up")
 
     run_once(crm)
