@@ -26,6 +26,7 @@ from engine.mailsink import start_sink
 from engine.metrics import Metrics
 from engine.settings import Settings
 from engine.templates import TemplateLibrary
+from engine.webhooks_out import WebhookSender
 from engine.worker import TickResult, Worker
 
 log = logging.getLogger("engine.runner")
@@ -69,6 +70,8 @@ class Runner:
             {f.id: f.name for f in funnels},
             {f.id: f.timezone for f in funnels},
         )
+        self.webhooks = WebhookSender(self.engine, settings.webhooks, clock, batch_size=settings.batch_size)
+        self.webhooks.start(clock())  # fix where new subscriptions start, before the first tick
         self.sink = None
         if settings.smtp.host:
             self.smtp_host, self.smtp_port = settings.smtp.host, settings.smtp.port
@@ -99,6 +102,8 @@ class Runner:
             )
         for error in tick.errors + mail.errors:
             log.error("%s", error)
+        if tick.work:
+            self.webhooks.wake()  # new transitions, goals or step calls: no need to wait for the poll
         return Totals(tick, mail)
 
     async def run_once(self) -> Totals:
@@ -110,6 +115,10 @@ class Runner:
             total.mail.add(step.mail)
             if step.tick.work == 0 and (step.mail.work - step.mail.deferred) == 0:
                 break
+        webhooks = await self.webhooks.run_once()
+        await self.webhooks.aclose()
+        for error in webhooks.errors:
+            log.error("%s", error)
         return total
 
     async def run_forever(self) -> None:
@@ -154,6 +163,7 @@ class Runner:
 
         http = self.http_server(tick_now) if self.settings.http.enabled else None
         serving = asyncio.create_task(http.serve()) if http else None
+        sending = asyncio.create_task(self.webhooks.run(stop))  # its own task: a slow receiver never holds a tick
         scheduler.start()
         try:
             if serving is None:
@@ -168,6 +178,9 @@ class Runner:
             if http is not None and serving is not None:
                 http.should_exit = True
                 await asyncio.gather(serving, return_exceptions=True)
+            stop.set()
+            await asyncio.gather(sending, return_exceptions=True)
+            await self.webhooks.aclose()
 
     def http_server(self, nudge: Callable[[], None] | None = None) -> uvicorn.Server:
         """The HTTP app on this process's loop, beside the scheduler. A port already in use stops

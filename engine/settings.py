@@ -17,6 +17,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from engine.webhook_policy import WebhookSettings
+
 
 class SmtpSettings(BaseModel):
     """The relay. With no host, `funnel run` starts a local sink that writes `.eml` files."""
@@ -165,6 +167,7 @@ class Settings(BaseSettings):
     delivery: DeliverySettings = DeliverySettings()
     sender: SenderSettings = SenderSettings()
     forms: dict[FormId, FormSettings] = Field(default_factory=dict, description="Lead-magnet forms by id.")
+    webhooks: WebhookSettings = WebhookSettings()
     hooks: dict[HookName, HookSettings] = Field(
         default_factory=dict, description="Senders of signed inbound webhooks by name, each with its secret."
     )
