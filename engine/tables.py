@@ -1,5 +1,6 @@
 """The durable tables: leads, enrollments, events, stage transitions, the email outbox, webhook calls,
-goals, suppressions and funnel versions.
+goals, suppressions, funnel versions, API keys, consent records, inbound webhook receipts, and outbound
+webhook deliveries with their cursors.
 
 Declared as SQLModel tables so the schema reads as one list of fields; the hot paths in `engine.store`
 use their SQLAlchemy Core `Table`s (`Lead.__table__`), not ORM objects. The migration in
