@@ -62,3 +62,4 @@ def setup(log_format: str = "text", level: str = "INFO") -> None:
     root.addHandler(handler)
     root.setLevel(level)
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # the local sink's per-command chatter
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # migrations: silent unless something is wrong
