@@ -19,7 +19,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -45,6 +47,7 @@ ASSETS = {"ops.css": "text/css; charset=utf-8", "ops.js": "text/javascript; char
 POLL_SECONDS = 0.5
 KEEP_ALIVE_SECONDS = 15.0
 DAYS = 30
+FIGURES_MIN_AGE_S = 5.0
 
 # Everything from this origin, nothing inline that could run: a page showing lead data cannot be made
 # to run a script, and it cannot be framed.
@@ -158,6 +161,36 @@ class _Views:
     def page(self, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         context.setdefault("session", None)
         return HTMLResponse(self.env.get_template(name).render(context), status_code, headers=SECURITY_HEADERS)
+
+
+@dataclass(frozen=True)
+class _Figures:
+    at: datetime
+    funnels: Sequence[report.FunnelReport]
+    names: Mapping[str, str]
+    per_day: Mapping[str, int]
+
+
+class _Recent:
+    """The overview's figures, read again only once older than twenty times what reading them cost (and
+    at least `FIGURES_MIN_AGE_S`): counting every enrollment and transition takes about a second per
+    20,000 leads on SQLite, and a dashboard left open, or opened by several people, must not keep the
+    database busy counting. One reader at a time; the others wait for its figures."""
+
+    def __init__(self, read: Callable[[], _Figures]) -> None:
+        self._read = read
+        self._lock = threading.Lock()
+        self._figures: _Figures | None = None
+        self._until = 0.0
+
+    def get(self) -> _Figures:
+        with self._lock:
+            started = time.monotonic()
+            if self._figures is None or started >= self._until:
+                self._figures = self._read()
+                cost = time.monotonic() - started
+                self._until = time.monotonic() + max(FIGURES_MIN_AGE_S, 20 * cost)
+            return self._figures
 
 
 def _cursor(text: str | None) -> tuple[int, int] | None:
@@ -291,8 +324,7 @@ def router(ctx: HttpContext) -> APIRouter:
 
     # -- overview --------------------------------------------------------------------------------
 
-    @router.get("/")
-    def overview(session: Session = page_session) -> HTMLResponse:
+    def read_figures() -> _Figures:
         now = ctx.now()
         since = datetime.combine((now - timedelta(days=DAYS - 1)).date(), datetime.min.time(), now.tzinfo)
         with connect_read_only(ctx.engine) as conn:
@@ -300,16 +332,24 @@ def router(ctx: HttpContext) -> APIRouter:
             funnels = report.build(rows, report_queries.layouts(conn, {r.funnel for r in rows.stage_counts}))
             names = dashboard_data.funnel_names(conn)
             per_day = dashboard_data.transitions_per_day(conn, since)
+        return _Figures(now, funnels, names, per_day)
+
+    figures = _Recent(read_figures)
+
+    @router.get("/")
+    def overview(session: Session = page_session) -> HTMLResponse:
+        found = figures.get()
+        with connect_read_only(ctx.engine) as conn:
             counts = dashboard_data.outbox_counts(conn)
-        charts = [(f, names.get(f.funnel, f.funnel), funnel_chart(f.stages)) for f in funnels]
+        charts = [(f, found.names.get(f.funnel, f.funnel), funnel_chart(f.stages)) for f in found.funnels]
         return views.page(
             "overview.html",
             session=session,
             funnels=charts,
-            days=days_chart(per_day, now),
-            total_days=sum(per_day.values()),
+            days=days_chart(found.per_day, found.at),
+            total_days=sum(found.per_day.values()),
             counts=counts,
-            now=now,
+            now=found.at,
         )
 
     # -- live feed -------------------------------------------------------------------------------
