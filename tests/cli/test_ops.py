@@ -135,10 +135,10 @@ def test_report_on_a_simulated_month_prints_sensible_figures(month: str) -> None
     assert figures[("email", "deliver-report", "sent")] == str(LEADS)
 
 
-def test_report_since_a_date_counts_the_leads_who_entered_since(month: str) -> None:
+def test_report_since_a_date_counts_the_leads_who_entered_since(month_on: str) -> None:
     since = datetime(2026, 10, 16, tzinfo=UTC)
-    cohort = [e for e in rows(month, tables.enrollments) if e["entered_at"] >= since]
-    result = run("report", "--json", "--since", "2026-10-16", "--database-url", month)
+    cohort = [e for e in rows(month_on, tables.enrollments) if e["entered_at"] >= since]
+    result = run("report", "--json", "--since", "2026-10-16", "--database-url", month_on)
     (funnel,) = json.loads(result.output)["funnels"]
     assert 0 < funnel["leads"] == len(cohort) < LEADS
     assert sum(s["now"] for s in funnel["stages"]) + sum(funnel["exited"].values()) == len(cohort)
@@ -238,7 +238,8 @@ def lead_moved_by_a_click(url: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return lead, moved
 
 
-def test_lead_show_says_why_the_lead_is_in_its_stage(month: str) -> None:
+def test_lead_show_says_why_the_lead_is_in_its_stage(month_on: str) -> None:
+    month = month_on
     lead, moved = lead_moved_by_a_click(month)
     result = run("lead", "show", lead["email"].upper(), "--utc", "--database-url", month)
     assert result.exit_code == 0, result.output
