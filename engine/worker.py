@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 
 from engine import ingest, journey, store
-from engine.database import connect_read_only
+from engine.database import READ_ONLY
 from engine.definition import Funnel
 from engine.versions import migrate_enrollment
 
@@ -66,6 +66,11 @@ class _EventBatch:
     result: TickResult = field(default_factory=TickResult)
 
 
+def _data_version(conn: sa.Connection) -> int:
+    """SQLite's count that moves whenever another connection commits (seen from this connection)."""
+    return int(conn.exec_driver_sql("PRAGMA data_version").scalar_one())
+
+
 class Worker:
     def __init__(self, engine: sa.Engine, funnels: Mapping[str, Funnel], batch_size: int = 500) -> None:
         self.engine = engine
@@ -109,16 +114,21 @@ class Worker:
         recording events all that time. So there the batch is decided on a snapshot, without the lock,
         and written under it only if the events, leads and enrollments it was decided from are still
         what the database holds (else it is decided again, holding the lock): the same outcome as
-        deciding under the lock. PostgreSQL locks the batch's rows instead and decides holding them."""
+        deciding under the lock. When no other connection has committed since the snapshot, it holds
+        without reading it again. PostgreSQL locks the batch's rows instead and decides holding them."""
         if self.engine.dialect.name == "sqlite":
-            with connect_read_only(self.engine) as conn:
-                batch = self._decide(conn, now)
-            if batch is None:
-                return TickResult()
-            with self.engine.begin() as conn:
-                if not self._unchanged(conn, batch):
+            # One connection for both transactions: SQLite's data_version, which moves when another
+            # connection commits, is only comparable within a connection.
+            with self.engine.connect() as conn:
+                with conn.execution_options(**{READ_ONLY: True}).begin():
+                    seen = _data_version(conn)  # the snapshot's: it is the transaction's first read
                     batch = self._decide(conn, now)
-                return self._write(conn, batch, now) if batch is not None else TickResult()
+                if batch is None:
+                    return TickResult()
+                with conn.execution_options(**{READ_ONLY: False}).begin():
+                    if _data_version(conn) != seen and not self._unchanged(conn, batch):
+                        batch = self._decide(conn, now)
+                    return self._write(conn, batch, now) if batch is not None else TickResult()
         with self.engine.begin() as conn:
             batch = self._decide(conn, now)
             return self._write(conn, batch, now) if batch is not None else TickResult()
