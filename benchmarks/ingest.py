@@ -9,7 +9,8 @@
   1,000. Each lead gets a `form_submitted` for the report (enrollment and the report email queued), a
   click on the pricing link (a stage transition and the call invitation), and two events the funnel
   does not react to; about 1% of the posted events are replays of ids already sent. The figure is
-  events / (first POST until every recorded event has `processed_at`).
+  events / (first POST until every recorded event has `processed_at`). Sending is not part of it: the
+  queued emails stay in the outbox (no mailer runs).
 - import_rows_per_s: `benchmarks/import_csv.py`'s run (check pass, then batched writes) on --rows rows.
 
 Each measurement is one function in MEASUREMENTS returning its figures; the summary prints them all and,
@@ -329,6 +330,7 @@ def measure_http_events(args: argparse.Namespace, folder: Path) -> dict[str, Any
         "events": recorded,
         "posted": sent,
         "processed": processed,
+        "accepted": posted.accepted,
         "duplicates": posted.duplicates,
         "lost": unique - recorded,
         "failed_posts": len(posted.failures),
