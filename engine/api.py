@@ -14,7 +14,7 @@ from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from engine import api_v1, forms, hooks, pages
+from engine import api_v1, dashboard, forms, hooks, pages
 from engine.http_context import HttpContext
 from engine.metrics import Metrics
 from engine.settings import Settings
@@ -44,7 +44,7 @@ def create_app(
         """Prometheus text format. Counts only: no addresses, no tokens."""
         return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)
 
-    routers = [api_v1.router(ctx), pages.router(ctx), hooks.router(ctx), forms.router(ctx)]
+    routers = [api_v1.router(ctx), pages.router(ctx), hooks.router(ctx), forms.router(ctx), dashboard.router(ctx)]
     for router in routers:
         app.include_router(router)
     every_route = [r for router in routers for r in router.routes if isinstance(r, APIRoute)]

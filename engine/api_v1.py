@@ -17,7 +17,7 @@ from fastapi import APIRouter, Body, Depends, HTTPException
 from fastapi.responses import Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field, WithJsonSchema, field_validator
 
-from engine import ingest, store, tables
+from engine import ingest, lead_timeline, store
 from engine.http_context import HttpContext
 
 EVENT_NAME = r"^[a-z][a-z0-9_.-]{0,99}$"
@@ -193,7 +193,7 @@ def router(ctx: HttpContext) -> APIRouter:
             ],
         )
 
-    @router.put("/leads/{email}", response_model=LeadOut, tags=["leads"])
+    @router.put("/leads/{email:path}", response_model=LeadOut, tags=["leads"])
     def put_lead(email: EmailStr, body: LeadIn) -> LeadOut:
         """Create or update a lead: attributes merged, tags added, time zone and consent set when given."""
         address = store.normalise_email(email)
@@ -212,7 +212,7 @@ def router(ctx: HttpContext) -> APIRouter:
             return lead_view(conn, address)
 
     @router.get(
-        "/leads/{email}",
+        "/leads/{email:path}",
         response_model=LeadOut,
         tags=["leads"],
         responses={404: {"model": Problem, "description": "No lead with this address."}},
@@ -222,14 +222,12 @@ def router(ctx: HttpContext) -> APIRouter:
         with ctx.engine.connect() as conn:
             return lead_view(conn, store.normalise_email(email))
 
-    @router.delete("/leads/{email}", status_code=204, tags=["leads"])
+    @router.delete("/leads/{email:path}", status_code=204, tags=["leads"])
     def erase_lead(email: EmailStr) -> Response:
         """Erasure: the lead and everything about it goes; only a hash of the address stays, so it is never
         mailed again (and a later import or signup cannot quietly bring it back into marketing)."""
-        address = store.normalise_email(email)
         with ctx.engine.begin() as conn:
-            store.suppress(conn, address, "erased", now=ctx.now())
-            conn.execute(sa.delete(tables.leads).where(tables.leads.c.email == address))
+            lead_timeline.erase(conn, email, ctx.now())
         return Response(status_code=204)
 
     return router

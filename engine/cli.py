@@ -13,6 +13,8 @@ import typer
 from rich.console import Console
 
 from engine.cli_import import register as register_import
+from engine.cli_ops import register as register_ops
+from engine.cli_ops_user import register as register_ops_user
 
 if TYPE_CHECKING:
     from engine.definition import Funnel
@@ -504,6 +506,8 @@ def api(
 
 
 register_import(app)
+register_ops_user(app)
+register_ops(app)
 
 apikey_app = typer.Typer(help="Keys for the HTTP API.", no_args_is_help=True)
 app.add_typer(apikey_app, name="apikey")

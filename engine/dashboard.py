@@ -36,8 +36,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from engine import dashboard_data, lead_timeline, ops_auth, report, report_queries
 from engine.database import connect_read_only
 from engine.http_context import HttpContext
-from engine.ops_auth import OpsSettings, Session, Sessions
-from engine.settings import Settings
+from engine.ops_auth import Session, Sessions
 
 log = logging.getLogger("engine.dashboard")
 
@@ -58,12 +57,6 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
-
-
-def ops_settings(settings: Settings) -> OpsSettings:
-    """The `ops` section of the settings (no users when there is none)."""
-    found = getattr(settings, "ops", None)
-    return found if isinstance(found, OpsSettings) else OpsSettings()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -239,7 +232,7 @@ def _sse(event: str, data: str, event_id: str | None = None) -> str:
 
 def router(ctx: HttpContext) -> APIRouter:
     router = APIRouter(prefix="/ops", include_in_schema=False)
-    ops = ops_settings(ctx.settings)
+    ops = ctx.settings.ops
     sessions = Sessions(ctx.settings.secret_key.get_secret_value(), ops)
     views = _Views()
     cookie = ops_auth.cookie_options(ctx.settings.base_url)

@@ -29,7 +29,7 @@ from engine.ledger import screened
 from engine.outbox_item import OutboxItem
 from engine.screen import GO, Later, Never, Screen
 from engine.settings import Settings
-from engine.simulation import DEFAULT_ZONES, FIRST_NAMES, _email_links
+from engine.simulation import DEFAULT_ZONES, FIRST_NAMES, email_links
 from engine.timing import TimingRules
 from engine.virtualclock import entry_event
 from engine.worker import Worker
@@ -304,7 +304,7 @@ def run(
     engine: sa.Engine, funnel: Funnel, settings: Settings, leads: int, days: int, start: datetime, seed: int = 0
 ) -> MonthResult:
     """A month (or `days`) of `leads` made-up leads through `funnel`, signing up from `start` on."""
-    links = _email_links(funnel, settings.emails_dir)
+    links = email_links(funnel, settings.emails_dir)
     return DemoMonth(engine, funnel, screen_for(settings, funnel), links, seed).run(leads, start, days)
 
 

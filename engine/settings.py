@@ -17,6 +17,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from engine.ops_auth import OpsSettings
 from engine.webhook_policy import WebhookSettings
 
 
@@ -168,6 +169,7 @@ class Settings(BaseSettings):
     sender: SenderSettings = SenderSettings()
     forms: dict[FormId, FormSettings] = Field(default_factory=dict, description="Lead-magnet forms by id.")
     webhooks: WebhookSettings = WebhookSettings()
+    ops: OpsSettings = OpsSettings()
     hooks: dict[HookName, HookSettings] = Field(
         default_factory=dict, description="Senders of signed inbound webhooks by name, each with its secret."
     )

@@ -153,7 +153,7 @@ class _Reactions:
         return out
 
 
-def _email_links(funnel: Funnel, emails_dir: Path | None) -> dict[str, tuple[str, ...]]:
+def email_links(funnel: Funnel, emails_dir: Path | None) -> dict[str, tuple[str, ...]]:
     """The named links of each email, so simulated clicks pick links that are really in the email."""
     if emails_dir is None or not emails_dir.is_dir():
         return {}
@@ -190,7 +190,7 @@ def simulate(
     started = _time.perf_counter()
     start = start or datetime(2026, 11, 2, tzinfo=UTC)
     until = start + timedelta(days=days)
-    links = _email_links(funnel, emails_dir)
+    links = email_links(funnel, emails_dir)
     result = SimulationResult(
         funnel=funnel,
         leads=leads,

@@ -24,10 +24,9 @@ import pytest
 import sqlalchemy as sa
 import uvicorn
 
-from engine import dashboard, outbox, store, tables
+from engine import outbox, store, tables
 from engine.api import create_app
 from engine.database import create_engine_for, upgrade
-from engine.http_context import HttpContext
 from engine.ops_auth import OpsSettings, hash_password
 from engine.settings import Settings
 from engine.validation import load_funnels
@@ -62,14 +61,6 @@ transitions:
     on: {event: purchase_completed}
     to: conversion
 """
-
-if "ops" in Settings.model_fields:
-    AppSettings = Settings
-else:  # until `Settings` has its `ops` section
-
-    class AppSettings(Settings):  # type: ignore[no-redef]
-        ops: OpsSettings = OpsSettings()
-
 
 @dataclass
 class Dashboard:
@@ -123,11 +114,9 @@ def serve_dashboard(tmp_path: Path) -> Iterator[Callable[..., Dashboard]]:
         port = _free_port("127.0.0.1")
         options.setdefault("ops", OpsSettings(users={USER: USER_HASH}))
         options.setdefault("base_url", f"http://127.0.0.1:{port}")
-        settings = AppSettings(data_dir=tmp_path, **options)
+        settings = Settings(data_dir=tmp_path, **options)
         clock = Clock(NOW)
         app = create_app(settings, engine, clock=clock)
-        if not any(getattr(r, "path", "").startswith("/ops") for r in app.routes):  # until create_app has it
-            app.include_router(dashboard.router(HttpContext(settings, engine, clock)))
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
@@ -171,7 +160,7 @@ def ops(serve_dashboard: Callable[..., Dashboard]) -> Dashboard:
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # playwright runs a loop in this thread while open: end it with the module
 def chromium() -> Iterator[Any]:
     executable = shutil.which("chromium") or shutil.which("chromium-browser")
     if executable is None:

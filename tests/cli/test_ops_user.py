@@ -8,22 +8,14 @@ import tomllib
 import typer
 from typer.testing import CliRunner
 
-from engine.cli_ops_user import register
 from engine.ops_auth import OpsSettings, check_password
 
 PASSWORD = "a long enough passphrase"
 
 
 def _app() -> typer.Typer:
-    try:
-        from engine.cli import app
+    from engine.cli import app
 
-        if any(group.name == "ops-user" for group in app.registered_groups):
-            return app
-    except ImportError:  # pragma: no cover
-        pass
-    app = typer.Typer()  # until `funnel` registers the command itself
-    register(app)
     return app
 
 
