@@ -18,6 +18,7 @@ import uvicorn
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from engine import digest
 from engine.api import create_app
 from engine.database import create_engine_for, upgrade
 from engine.definition import Funnel
@@ -149,6 +150,10 @@ class Runner:
             coalesce=True,
             id="tick",
         )
+        if self.settings.digest.to:
+            scheduler.add_job(
+                self.send_digest, digest.trigger(self.settings), id="digest", coalesce=True, misfire_grace_time=3600
+            )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -181,6 +186,12 @@ class Runner:
             stop.set()
             await asyncio.gather(sending, return_exceptions=True)
             await self.webhooks.aclose()
+
+    async def send_digest(self) -> None:
+        try:
+            log.info("%s", await digest.send(self.engine, self.settings, self.clock(), self.smtp_host, self.smtp_port))
+        except Exception:
+            log.exception("daily digest failed")
 
     def http_server(self, nudge: Callable[[], None] | None = None) -> uvicorn.Server:
         """The HTTP app on this process's loop, beside the scheduler. A port already in use stops

@@ -8,8 +8,9 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -79,6 +80,23 @@ class SenderSettings(BaseModel):
     reply_to: str | None = None
     postal_address: str = "Greenleaf Consulting Ltd, 12 Orchard Row, Bristol BS1 4QA, United Kingdom"
     website: str = "https://greenleaf.example"
+
+
+class DigestSettings(BaseModel):
+    """The daily digest for ops (yesterday's transitions, conversions, bounces, unknown messages)."""
+
+    to: list[str] = Field(default_factory=list, description="Recipients; none: no digest.")
+    at: str = Field(default="08:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="Local time it goes.")
+    timezone: str = Field(default="UTC", description="The zone of `at` and of the day the digest covers.")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; expected an IANA name like Europe/London") from None
+        return value
 
 
 class HttpSettings(BaseModel):
@@ -170,6 +188,7 @@ class Settings(BaseSettings):
     forms: dict[FormId, FormSettings] = Field(default_factory=dict, description="Lead-magnet forms by id.")
     webhooks: WebhookSettings = WebhookSettings()
     ops: OpsSettings = OpsSettings()
+    digest: DigestSettings = DigestSettings()
     hooks: dict[HookName, HookSettings] = Field(
         default_factory=dict, description="Senders of signed inbound webhooks by name, each with its secret."
     )

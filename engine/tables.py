@@ -378,6 +378,17 @@ class WebhookCursor(SQLModel, table=True):
     updated_at: datetime = Field(sa_type=UtcDateTime, nullable=False)
 
 
+class OpsDigest(SQLModel, table=True):
+    """One row per daily digest: taken before the email goes, so several engines send it once."""
+
+    __tablename__ = "ops_digests"
+
+    day: str = Field(sa_type=sa.String(10), primary_key=True)
+    status: str = Field(sa_type=sa.String(16), nullable=False)
+    at: datetime = Field(sa_type=UtcDateTime, nullable=False)
+    error: str | None = Field(default=None, sa_type=sa.Text)
+
+
 metadata = SQLModel.metadata
 
 leads: sa.Table = Lead.__table__  # type: ignore[attr-defined]
@@ -394,3 +405,4 @@ consent_records: sa.Table = ConsentRecord.__table__  # type: ignore[attr-defined
 webhook_receipts: sa.Table = WebhookReceipt.__table__  # type: ignore[attr-defined]
 webhook_deliveries: sa.Table = WebhookDelivery.__table__  # type: ignore[attr-defined]
 webhook_cursors: sa.Table = WebhookCursor.__table__  # type: ignore[attr-defined]
+ops_digests: sa.Table = OpsDigest.__table__  # type: ignore[attr-defined]
