@@ -12,6 +12,9 @@
   events / (first POST until every recorded event has `processed_at`). Sending is not part of it: the
   queued emails stay in the outbox (no mailer runs).
 - import_rows_per_s: `benchmarks/import_csv.py`'s run (check pass, then batched writes) on --rows rows.
+- form_to_email_ms: `benchmarks/form_latency.py`: the example signup form posted to `funnel run` (its own
+  process, the default settings), until aiosmtpd on loopback has the first email; median of
+  --form-samples leads (also the maximum, and confirm -> the report email).
 
 Each measurement is one function in MEASUREMENTS returning its figures; the summary prints them all and,
 as its last line, one JSON object.
@@ -351,16 +354,33 @@ def measure_import(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     return {"import_rows_per_s": result["import_rows_per_s"], "import_rows": result["rows"]}
 
 
+def measure_form(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    """`benchmarks/form_latency.py`: the example form posted to `funnel run`, until the SMTP server has
+    the first email (the confirmation: the form is double opt-in), and confirm until the report."""
+    import form_latency
+
+    return form_latency.measure(args.form_samples)
+
+
 # Name, function: each takes the arguments and a scratch folder and returns its figures, which go into
 # the final JSON object as they are (names ending in _per_s or _ms are headline figures). A new one,
 # such as the form-to-first-email latency, is one more function in this list.
 MEASUREMENTS: list[tuple[str, Callable[[argparse.Namespace, Path], dict[str, Any]]]] = [
     ("http", measure_http_events),
     ("import", measure_import),
+    ("form", measure_form),
 ]
 
 
-_KNOWN = {"http_events_per_s", "http_post_events_per_s", "import_rows_per_s"}
+_KNOWN = {
+    "http_events_per_s",
+    "http_post_events_per_s",
+    "import_rows_per_s",
+    "form_to_email_ms",
+    "form_to_email_ms_max",
+    "confirm_to_email_ms",
+    "confirm_to_email_ms_max",
+}
 
 
 def summary(figures: dict[str, Any]) -> list[str]:
@@ -378,6 +398,12 @@ def summary(figures: dict[str, Any]) -> list[str]:
         ]
     if "import_rows_per_s" in figures:
         lines.append(f"import: {figures['import_rows']:,} rows at {figures['import_rows_per_s']:,} rows/s")
+    if "form_to_email_ms" in figures:
+        lines.append(
+            f"form: post -> first email (the confirmation) accepted: median {figures['form_to_email_ms']} ms, "
+            f"max {figures['form_to_email_ms_max']} ms; confirm -> the report: median "
+            f"{figures['confirm_to_email_ms']} ms ({figures['form_samples']} leads, `funnel run` as started by a user)"
+        )
     # A measurement added later shows its headline figures without a line of its own here.
     lines += [f"{k}: {v}" for k, v in figures.items() if k.endswith(("_per_s", "_ms")) and k not in _KNOWN]
     return lines
@@ -402,6 +428,7 @@ def main() -> None:
     parser.add_argument(
         "--only", default=None, help="Comma-separated measurements: " + ", ".join(n for n, _ in MEASUREMENTS)
     )
+    parser.add_argument("--form-samples", type=int, default=20, help="Leads signing up through the form.")
     parser.add_argument("--keep", action="store_true", help="Keep the temporary directory.")
     parser.add_argument(
         "--profile", type=Path, default=None, help="Run the app and the worker under cProfile; stats go to this folder."

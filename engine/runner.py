@@ -31,7 +31,7 @@ from engine.webhooks_out import WebhookSender
 from engine.worker import TickResult, Worker
 
 log = logging.getLogger("engine.runner")
-# A tick still running when the next is due is skipped on purpose (max_instances=1); not news.
+# A tick due while one runs finds the lock held and asks for one more round; APScheduler need not say so.
 logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
 logging.getLogger("apscheduler.executors").setLevel(logging.ERROR)
 
@@ -146,7 +146,9 @@ class Runner:
             "interval",
             seconds=self.settings.tick_seconds,
             next_run_time=datetime.now(UTC),
-            max_instances=1,
+            # Two: a nudge while a tick runs must reach `tick`, which then asks for one more round (the lock
+            # keeps ticks one at a time); with one, APScheduler would drop it until the next interval.
+            max_instances=2,
             coalesce=True,
             id="tick",
         )
