@@ -281,11 +281,15 @@ def write_batch(conn: sa.Connection, rows: Sequence[LeadRow], options: ImportOpt
             conn, "SELECT id, email, attributes, tags, timezone, consent_status FROM leads", "email", emails
         )
     }
-    hashes = {store.email_hash(e): e for e in emails}
-    suppressed = {
-        hashes[h]
-        for (h,) in ingest.rows_where_in(conn, "SELECT email_hash FROM suppressions", "email_hash", list(hashes))
-    }
+    suppressed: set[str] = set()
+    # An empty suppression list (a first import into a new database, the usual case for moving tools)
+    # is asked about once per batch, not once per address.
+    if conn.exec_driver_sql("SELECT 1 FROM suppressions LIMIT 1").first() is not None:
+        hashes = {store.email_hash(e): e for e in emails}
+        suppressed = {
+            hashes[h]
+            for (h,) in ingest.rows_where_in(conn, "SELECT email_hash FROM suppressions", "email_hash", list(hashes))
+        }
 
     inserts: list[tuple[Any, ...]] = []
     kept: list[tuple[Any, ...]] = []  # (attributes, tags, timezone, id)
