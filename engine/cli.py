@@ -58,15 +58,16 @@ def validate(
     from engine.templates import TemplateLibrary
 
     settings = get_settings()
-    # Which funnel a form feeds is only known when all funnels are checked, not one file.
+    # The forms belong to the project: they are checked with its funnels, not beside a file or folder
+    # checked on its own (which funnel a form feeds is only known when all of them are loaded).
     everything = not paths or any(p.resolve() == settings.funnels_dir.resolve() for p in paths)
-    form_errors = check_forms(settings, result.funnels, TemplateLibrary(emails), entries=everything)
+    form_errors = check_forms(settings, result.funnels, TemplateLibrary(emails)) if everything else []
     for message in form_errors:
         err.print(f"settings: {message}", markup=False, highlight=False, soft_wrap=True)
     if form_errors:
         err.print(f"[red]{len(form_errors)} error(s)[/red] in the forms' settings")
         raise typer.Exit(1)
-    for form_id in sorted(settings.forms):
+    for form_id in sorted(settings.forms) if everything else []:
         console.print(f"[green]ok[/green] form {form_id}")
 
 

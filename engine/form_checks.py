@@ -18,9 +18,7 @@ from engine.templates import TemplateLibrary, sample_context
 _EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def check_forms(
-    settings: Settings, funnels: Sequence[Funnel], templates: TemplateLibrary, *, entries: bool = True
-) -> list[str]:
+def check_forms(settings: Settings, funnels: Sequence[Funnel], templates: TemplateLibrary) -> list[str]:
     """One message per problem, naming the form and the key."""
     errors: list[str] = []
     pages = SandboxedEnvironment(loader=FileSystemLoader(str(settings.pages_dir)), autoescape=True)
@@ -54,7 +52,7 @@ def check_forms(
                         )
         event = journey.Event(id="check", name=form.event, at=_EPOCH, properties={"form": form_id})
         lead = journey.Lead(id="check@example.com")
-        if entries and not any(journey.entry_trigger(f, lead, event) for f in funnels):
+        if not any(journey.entry_trigger(f, lead, event) for f in funnels):
             errors.append(
                 f"{where}: no funnel enters on event {form.event!r} with form {form_id!r}; "
                 "add an entry trigger like `- event: " + form.event + "` with `where: {form: " + form_id + "}`"
