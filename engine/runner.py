@@ -134,10 +134,13 @@ class Runner:
             async with busy:
                 again.clear()
                 try:
-                    await self.step()
-                    while again.is_set():
+                    # Round after round while there is work (a full batch of events from a separate
+                    # `funnel api`, emails still due) or new work was announced; then wait for the interval.
+                    while True:
+                        done = await self.step()
+                        if not (again.is_set() or done.tick.work or done.mail.work - done.mail.deferred):
+                            break
                         again.clear()
-                        await self.step()
                 except Exception:
                     log.exception("tick failed")
 
