@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -31,7 +30,7 @@ from engine.ops_auth import OpsSettings, hash_password
 from engine.settings import Settings
 from engine.validation import load_funnels
 from engine.worker import Worker
-from tests.http.conftest import NOW, Clock
+from tests.http.conftest import NOW, Clock, start_server
 from tests.smtp_server import _free_port
 
 USER, PASSWORD = "olivia", "correct horse battery staple"
@@ -116,15 +115,7 @@ def serve_dashboard(tmp_path: Path) -> Iterator[Callable[..., Dashboard]]:
         options.setdefault("base_url", f"http://127.0.0.1:{port}")
         settings = Settings(data_dir=tmp_path, **options)
         clock = Clock(NOW)
-        app = create_app(settings, engine, clock=clock)
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 30
-        while not server.started:
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
+        server, thread = start_server(create_app(settings, engine, clock=clock), port)
 
         folder = tmp_path / "funnels"
         folder.mkdir(exist_ok=True)

@@ -47,6 +47,19 @@ class Clock:
         return self.at
 
 
+def start_server(app: Any, port: int) -> tuple[uvicorn.Server, threading.Thread]:
+    """uvicorn serving `app` on 127.0.0.1:`port` in a thread, once it accepts connections."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    return server, thread
+
+
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
     """Start the app with these settings (keyword arguments of `Settings`); stopped after the test."""
@@ -60,17 +73,7 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
         settings = Settings(data_dir=tmp_path, base_url=f"http://127.0.0.1:{port}", **options)
         with engine.begin() as conn:
             key = apikeys.create(conn, "tests", NOW)
-        app = create_app(settings, engine, clock=clock or Clock())
-        server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-        )
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 30
-        while not server.started:
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
+        server, thread = start_server(create_app(settings, engine, clock=clock or Clock()), port)
 
         def stop() -> None:
             server.should_exit = True
