@@ -326,8 +326,10 @@ def test_a_lead_waits_for_its_earlier_delivery_while_other_leads_go_on(
     receiver.reply = ana_first_fails
     first = run_once(crm)
     assert (first.sent, first.retried) == (2 + 2, 1)  # and both upgrades' step calls, in a lane of their own
-    seen = [(r.event["lead"]["email"], r.event["transition"]["to"]) for r in receiver.paths("/crm")]
-    assert seen == [("ana@example.com", "inquiry"), ("bob@example.com", "inquiry"), ("bob@example.com", "customer")]
+    seen: dict[str, list[str]] = {}
+    for r in receiver.paths("/crm"):  # lanes of different leads run side by side, so only order within a lead counts
+        seen.setdefault(r.event["lead"]["email"], []).append(r.event["transition"]["to"])
+    assert seen == {"ana@example.com": ["inquiry"], "bob@example.com": ["inquiry", "customer"]}
 
     env.clock.advance(seconds=10)
     assert run_once(crm).sent == 2
