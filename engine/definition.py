@@ -94,9 +94,7 @@ ClockTime = Annotated[
     time,
     BeforeValidator(_clock),
     PlainSerializer(lambda t: t.strftime("%H:%M"), return_type=str, when_used="json"),
-    WithJsonSchema(
-        {"type": "string", "pattern": r"^([01]\d|2[0-3]):[0-5]\d$", "description": "Local time, `HH:MM`."}
-    ),
+    WithJsonSchema({"type": "string", "pattern": r"^([01]\d|2[0-3]):[0-5]\d$", "description": "Local time, `HH:MM`."}),
 ]
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 Scalar = Union[str, int, float, bool]
@@ -118,9 +116,7 @@ def _only_key(value: Any, keys: tuple[str, ...], fallback: str | None = None) ->
         return None
     if isinstance(value, BaseModel):
         for k in keys:
-            if k in type(value).model_fields or k in {
-                f.alias for f in type(value).model_fields.values() if f.alias
-            }:
+            if k in type(value).model_fields or k in {f.alias for f in type(value).model_fields.values() if f.alias}:
                 return k
     return fallback
 
@@ -377,10 +373,48 @@ class OnEndMove(Model):
     move_to: Id
 
 
+# --------------------------------------------------------------------------------------------------
+# Persona and journey notes: what the customer journey map shows (`funnel map`). They describe the
+# funnel for people and change nothing the engine does.
+# --------------------------------------------------------------------------------------------------
+
+Note = Annotated[str, StringConstraints(min_length=1, max_length=500)]
+
+
+def _absent_if_none(value: Any) -> bool:
+    return value is None
+
+
+class Persona(Model):
+    """Who the funnel is for. Leads carry the persona's id in their `persona` attribute."""
+
+    id: Id = Field(description="The value of the lead attribute `persona` for this persona, e.g. `facilities-manager`.")
+    name: Note = Field(description="A name that makes the persona a person, e.g. `Facilities Fiona`.")
+    description: Note | None = Field(default=None, description="Who they are, in a sentence or two.")
+    goals: list[Note] = Field(default_factory=list, description="What they want to achieve.")
+    pains: list[Note] = Field(default_factory=list, description="What gets in their way today.")
+
+
+class JourneyNotes(Model):
+    """The persona at one stage: what they ask, need, feel and like to read, and what we want of it."""
+
+    question: Note | None = Field(default=None, description="The question the persona asks at this stage.")
+    needs: list[Note] = Field(default_factory=list, description="What the persona needs from us here.")
+    feelings: list[Note] = Field(default_factory=list, description="How the persona feels here.")
+    content: list[Note] = Field(default_factory=list, description="The content the persona prefers here.")
+    goal: Note | None = Field(default=None, description="The stage's goal for us, e.g. `a booked call`.")
+
+
 class Stage(Model):
     id: Id
     name: str | None = None
     description: str | None = None
+    # Left out of the dump when absent, so funnels without notes keep their version hash.
+    journey: JourneyNotes | None = Field(
+        default=None,
+        exclude_if=_absent_if_none,
+        description="The persona's question, needs, feelings and preferred content here (`funnel map`).",
+    )
     steps: list[Step] = Field(default_factory=list)
     on_end: Literal["next", "stay", "exit"] | OnEndMove = Field(
         default="next",
@@ -519,6 +553,9 @@ class Funnel(Model):
     id: Id
     name: str
     description: str | None = None
+    persona: Persona | None = Field(
+        default=None, exclude_if=_absent_if_none, description="Who the funnel is for (`funnel map`)."
+    )
     timezone: TimeZoneName = "UTC"
     send_window: SendWindow | None = None
     allowed_lateness: Duration = Field(

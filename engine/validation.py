@@ -27,7 +27,11 @@ from engine.definition import (
     EVENT_PATTERN,
     ID_PATTERN,
     TEMPLATE_PATTERN,
+    AllCondition,
+    AttrCondition,
     BranchStep,
+    ConditionTrigger,
+    EventTrigger,
     ExitStep,
     Funnel,
     MoveStep,
@@ -146,9 +150,7 @@ def _load_file(path: Path) -> tuple[Funnel | None, YamlDocument | None, list[Fun
         return None, None, [FunnelError(path, exc.position.line, exc.position.column, exc.message)]
     except (OSError, UnicodeDecodeError) as exc:
         return None, None, [FunnelError(path, 1, 1, f"cannot read the file: {exc}")]
-    errors = [
-        FunnelError(path, pos.line, pos.column, msg) for pos, msg in _duplicate_keys(doc.root, (), doc.data)
-    ]
+    errors = [FunnelError(path, pos.line, pos.column, msg) for pos, msg in _duplicate_keys(doc.root, (), doc.data)]
     try:
         funnel = Funnel.model_validate(doc.data)
     except ValidationError as exc:
@@ -171,8 +173,7 @@ def _duplicate_keys(node: Node | None, loc: Loc, data: Any) -> Iterator[tuple[Po
                 if key.value in seen:
                     yield (
                         Position(key.start_mark.line + 1, key.start_mark.column + 1),
-                        f"{describe(loc, data)}: duplicate key '{key.value}': expected each key once,"
-                        " found it twice",
+                        f"{describe(loc, data)}: duplicate key '{key.value}': expected each key once, found it twice",
                     )
                 seen.add(key.value)
                 yield from _duplicate_keys(value, (*loc, key.value), data)
@@ -207,8 +208,7 @@ _MISMATCH = {
 _PATTERNS = {
     ID_PATTERN: "a lowercase kebab-case id (letters, digits and single dashes) such as 'nurture-1'",
     EVENT_PATTERN: "an event name in snake_case such as 'form_submitted'",
-    TEMPLATE_PATTERN: "a template path under the emails folder, without extension,"
-    " such as 'lead-magnet/report'",
+    TEMPLATE_PATTERN: "a template path under the emails folder, without extension, such as 'lead-magnet/report'",
     r"^https?://\S+$": "an http:// or https:// URL",
     r"^[A-Za-z_][A-Za-z0-9_.]*$": "a field name such as 'company_size' or 'address.country'",
 }
@@ -355,6 +355,8 @@ def _expected_found(e: Any) -> str:
         return f"expected at least {ctx.get('min_length')} item(s), found {found}"
     if kind == "too_long":
         return f"expected at most {ctx.get('max_length')} item(s), found {len(e['input'])}"
+    if kind == "string_too_short":
+        return f"expected text of at least {ctx.get('min_length')} character(s), found {found}"
     if kind == "string_too_long":
         return f"expected at most {ctx.get('max_length')} characters, found {len(e['input'])}"
     if kind in _MISMATCH:
@@ -405,9 +407,7 @@ def _union_failure(doc: YamlDocument, loc: Loc, kind: str, union: Any, value: An
     known = set(allowed) | _all_member_keys(union)
     unknown = [k for k in value if str(k) not in known]
     if unknown:
-        return [
-            _error(doc, (*loc, str(k)), _unknown_key(doc, loc, str(k), allowed), key=True) for k in unknown
-        ]
+        return [_error(doc, (*loc, str(k)), _unknown_key(doc, loc, str(k), allowed), key=True) for k in unknown]
     present = [k for k in actions if k in value]
     found = " and ".join(f"'{k}'" for k in present) if present else "none"
     return [_error(doc, loc, f"{where}: expected exactly one of {', '.join(actions)}, found {found}")]
@@ -612,7 +612,51 @@ def check_graph(funnel: Funnel, data: Any) -> list[Found]:
 
     found += _unreachable(funnel, data)
     found += _instant_loops(funnel, data)
+    found += _persona_entry(funnel, data)
     return found
+
+
+def _persona_entry(funnel: Funnel, data: Any) -> list[Found]:
+    """A funnel written for one persona whose entry only lets in another is a contradiction (a copied
+    funnel whose persona was changed in one place): the entry's `persona` tests must admit it."""
+    if funnel.persona is None:
+        return []
+    wanted = funnel.persona.id
+    out: list[Found] = []
+    for t_index, trigger in enumerate(funnel.entry.triggers):
+        loc: Loc = ("entry", "triggers", t_index)
+        tests: list[tuple[Loc, list[Any]]] = []
+        if isinstance(trigger, EventTrigger) and "persona" in trigger.where:
+            value = trigger.where["persona"]
+            tests.append(((*loc, "where", "persona"), value if isinstance(value, list) else [value]))
+        elif isinstance(trigger, ConditionTrigger):
+            tests += _persona_tests(trigger.condition, (*loc, "condition"))
+        for at, admitted in tests:
+            if wanted not in [str(v) for v in admitted]:
+                shown = ", ".join(f"'{v}'" for v in admitted)
+                out.append(
+                    (
+                        at,
+                        f"{describe(at, data)}: the funnel's persona is '{wanted}' (persona.id) but this"
+                        f" trigger lets in only {shown}: expected '{wanted}' among the values, found {shown}",
+                        False,
+                    )
+                )
+    return out
+
+
+def _persona_tests(condition: Any, loc: Loc) -> list[tuple[Loc, list[Any]]]:
+    """`{attr: persona, equals|in: ...}` at the top of a condition or inside its `all`: the tests every
+    admitted lead must pass (one under `any` or `not` need not hold, so it proves nothing)."""
+    if isinstance(condition, AllCondition):
+        return [t for i, c in enumerate(condition.all) for t in _persona_tests(c, (*loc, "all", i))]
+    if isinstance(condition, AttrCondition) and condition.attr == "persona":
+        op, value = condition.operator
+        if op == "equals":
+            return [((*loc, "equals"), [value])]
+        if op == "in":
+            return [((*loc, "in"), list(value))]
+    return []
 
 
 def _outcomes(step: Any, loc: Loc) -> list[tuple[Loc, Outcome]]:
@@ -739,8 +783,7 @@ def _instant_loops(funnel: Funnel, data: Any) -> list[Found]:
         inner = [(loc, g) for n in ordered for t, loc, g in graph[n] if t in component]
         loc, _ = next(((loc, g) for loc, g in inner if g), inner[0])
         path = " -> ".join(
-            f"{s}/{funnel.stage(s).steps[i].id}" if i < len(funnel.stage(s).steps) else f"{s}/(end)"
-            for s, i in ordered
+            f"{s}/{funnel.stage(s).steps[i].id}" if i < len(funnel.stage(s).steps) else f"{s}/(end)" for s, i in ordered
         )
         found.append(
             (
