@@ -15,7 +15,7 @@ from engine import store
 from engine.database import create_engine_for
 from engine.tables import enrollments, leads, outbox, stage_transitions
 from tests.acceptance.conftest import Project, write_emails
-from tests.acceptance.test_crash import FUNNEL, STEPS
+from tests.faults.test_faults_sigkill import FUNNEL, STEPS
 from tests.smtp_server import RecordingSmtpServer
 
 LEADS = 600
