@@ -21,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from engine import tables
+from engine.journey_map import ExitRow
 from engine.report import (
     EmailStatus,
     Engagement,
@@ -36,6 +37,7 @@ OPENED, CLICKED = "email_opened", "email_clicked"
 UNSUBSCRIBED, FUNNEL_UNSUBSCRIBED = "unsubscribed", "funnel_unsubscribed"
 # Seen by the lead (or maybe): an unsubscribe is put down to the last of these before it.
 REACHED_INBOX = ("sending", "sent", "unknown")
+BOUNCED = "bounced"
 SETTLED = ("sent", "bounced", "failed", "unknown", "skipped")
 
 
@@ -215,6 +217,73 @@ def unsubscribes(conn: sa.Connection, scope: Scope) -> list[Engagement]:
         .group_by(o.c.funnel_id, o.c.step)
     )
     return [Engagement(f, s, "unsubscribed", n) for f, s, n in conn.execute(stmt)]
+
+
+def exits(conn: sa.Connection, scope: Scope) -> list[ExitRow]:
+    """Leads who left each funnel, grouped by the stage they left from, the exit reason and cause, whether
+    they had reached the goal, and the last email of that stage they got before leaving (the customer
+    journey map's drop-off). A lead whose email bounced is counted once, at that email (`bounces`), not
+    again when it leaves later: the bounce is where it dropped out."""
+    t, o, g = tables.stage_transitions, tables.outbox, tables.goals
+    _, terms = _transitions(scope)
+    last = o.alias("last_email")
+    after = (
+        sa.select(last.c.step)
+        .where(
+            last.c.lead_id == t.c.lead_id,
+            last.c.funnel_id == t.c.funnel_id,
+            last.c.stage == t.c.from_stage,
+            last.c.status.in_(REACHED_INBOX),
+            last.c.sent_at <= t.c.at,
+        )
+        .order_by(last.c.sent_at.desc(), last.c.id.desc())
+        .limit(1)
+        .correlate(t)
+        .scalar_subquery()
+    )
+    reached = sa.exists().where(g.c.lead_id == t.c.lead_id, g.c.funnel_id == t.c.funnel_id, g.c.at <= t.c.at)
+    bounced = sa.exists().where(o.c.lead_id == t.c.lead_id, o.c.funnel_id == t.c.funnel_id, o.c.status == BOUNCED)
+    leaving = (
+        sa.select(
+            t.c.funnel_id,
+            t.c.from_stage.label("stage"),
+            sa.func.coalesce(t.c.exit_reason, "exited").label("reason"),
+            t.c.cause_kind,
+            sa.case((reached, 1), else_=0).label("goal"),
+            after.label("after"),
+        )
+        .where(t.c.to_stage.is_(None), t.c.from_stage.is_not(None), ~bounced, *terms)
+        .subquery()
+    )
+    # Grouped outside: the correlated subquery is computed once per exit, then counted.
+    stmt = sa.select(
+        leaving.c.funnel_id, leaving.c.stage, leaving.c.reason, leaving.c.cause_kind, leaving.c.goal, leaving.c.after,
+        sa.func.count(),
+    ).group_by(
+        leaving.c.funnel_id, leaving.c.stage, leaving.c.reason, leaving.c.cause_kind, leaving.c.goal, leaving.c.after
+    )  # fmt: skip
+    return [
+        ExitRow(f, stage, reason, cause, bool(goal), step, n)
+        for f, stage, reason, cause, goal, step, n in conn.execute(stmt)
+    ]
+
+
+def bounces(conn: sa.Connection, scope: Scope) -> list[ExitRow]:
+    """Leads whose email bounced, at the first email of each funnel that bounced (after it, no marketing
+    email reaches them: the address is suppressed)."""
+    o = tables.outbox
+    first = (
+        sa.select(o.c.lead_id, o.c.funnel_id, sa.func.min(o.c.id).label("id"))
+        .where(o.c.status == BOUNCED, *_cohort(scope, o.c.lead_id, o.c.funnel_id))
+        .group_by(o.c.lead_id, o.c.funnel_id)
+        .subquery()
+    )
+    stmt = (
+        sa.select(o.c.funnel_id, o.c.stage, o.c.step, sa.func.count())
+        .select_from(first.join(o, o.c.id == first.c.id))
+        .group_by(o.c.funnel_id, o.c.stage, o.c.step)
+    )
+    return [ExitRow(f, stage, "bounced", "bounce", False, step, n) for f, stage, step, n in conn.execute(stmt)]
 
 
 def layouts(conn: sa.Connection, funnel_ids: Iterable[str]) -> dict[str, Layout]:
