@@ -3,8 +3,10 @@ costs about what it costs over 10,000, and memory stays flat (leads are never al
 
     python benchmarks/tick.py [--sizes 10000,100000,1000000] [--database-url URL]
 
-For each size: bulk-load leads and enrollments (1% due now), time the claim of one batch, then run
-full ticks (claim, pure core, commit of state, transitions and outbox rows) over every due row.
+For each size, in an empty database (a SQLite file, or with a PostgreSQL --database-url a database created
+for it on that server and dropped after): bulk-load leads and enrollments (1% due now), time the claim of
+one batch, then run full ticks (claim, pure core, commit of state, transitions and outbox rows) over every
+due row.
 Prints a table, the claim's query plan, and as its last line one JSON object.
 """
 
@@ -17,6 +19,7 @@ import shutil
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -29,6 +32,9 @@ from engine import store, tables  # noqa: E402
 from engine.database import create_engine_for, upgrade  # noqa: E402
 from engine.validation import load_funnels  # noqa: E402
 from engine.worker import Worker  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from scratch_database import fresh_database, is_postgres  # noqa: E402
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 CHUNK = 20_000
@@ -89,56 +95,62 @@ def load(engine: sa.Engine, size: int, funnel_id: str, version: str, first_step:
 
 def bench(size: int, url: str | None, batch: int) -> dict[str, float | str | bool]:
     folder = Path(tempfile.mkdtemp(prefix="funnel-bench-"))
+    # Each size starts from an empty database: a SQLite file of its own, or a database of its own on the server.
+    fresh = fresh_database(url, f"tick_{size}") if url and is_postgres(url) else nullcontext(url)
     try:
-        db_url = url or f"sqlite:///{folder / 'bench.db'}"
-        upgrade(db_url)
-        engine = create_engine_for(db_url)
-        funnel = load_funnels([ROOT / "funnels"], emails_dir=ROOT / "emails").funnels[0]
-        wait_step = "wait-before-hidden-costs"
-        t0 = time.perf_counter()
-        load(engine, size, funnel.id, funnel.version, wait_step)
-        load_s = time.perf_counter() - t0
-        with engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                conn.exec_driver_sql("ANALYZE")
-            else:
-                conn.exec_driver_sql("ANALYZE")
-        # The claim alone, rolled back: what a tick pays to find its work. The same LIMIT at every size
-        # (100, what the smallest size has due), so the sizes compare like for like.
-        claims = []
-        for _ in range(5):
-            with engine.connect() as conn, conn.begin() as tx:
-                t = time.perf_counter()
-                rows = store.claim_due_enrollments(conn, NOW, CLAIM_LIMIT)
-                claims.append((time.perf_counter() - t) * 1000)
-                tx.rollback()
-        with engine.connect() as conn:
-            plan = store.explain_due_claim(conn, NOW, CLAIM_LIMIT)
-        uses_index = "ix_enrollments_wake_active" in plan
-        worker = Worker(engine, {funnel.id: funnel}, batch)
-        due = size // 100
-        t = time.perf_counter()
-        processed = 0
-        while True:
-            result = worker.process_due(NOW)
-            if result.advanced == 0:
-                break
-            processed += result.advanced
-        elapsed = time.perf_counter() - t
-        engine.dispose()
-        return {
-            "size": size,
-            "load_s": round(load_s, 1),
-            "claim_ms": round(sorted(claims)[len(claims) // 2], 2),
-            "claimed": len(rows),
-            "due": due,
-            "processed": processed,
-            "due_rows_per_s": round(processed / elapsed, 1) if elapsed else 0.0,
-            "uses_index": uses_index,
-            "plan": plan,
-        }
+        with fresh as given:
+            return _bench(size, given or f"sqlite:///{folder / 'bench.db'}", batch)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _bench(size: int, db_url: str, batch: int) -> dict[str, float | str | bool]:
+    upgrade(db_url)
+    engine = create_engine_for(db_url)
+    funnel = load_funnels([ROOT / "funnels"], emails_dir=ROOT / "emails").funnels[0]
+    wait_step = "wait-before-hidden-costs"
+    t0 = time.perf_counter()
+    load(engine, size, funnel.id, funnel.version, wait_step)
+    load_s = time.perf_counter() - t0
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("ANALYZE")
+        else:
+            conn.exec_driver_sql("ANALYZE")
+    # The claim alone, rolled back: what a tick pays to find its work. The same LIMIT at every size
+    # (100, what the smallest size has due), so the sizes compare like for like.
+    claims = []
+    for _ in range(5):
+        with engine.connect() as conn, conn.begin() as tx:
+            t = time.perf_counter()
+            rows = store.claim_due_enrollments(conn, NOW, CLAIM_LIMIT)
+            claims.append((time.perf_counter() - t) * 1000)
+            tx.rollback()
+    with engine.connect() as conn:
+        plan = store.explain_due_claim(conn, NOW, CLAIM_LIMIT)
+    uses_index = "ix_enrollments_wake_active" in plan
+    worker = Worker(engine, {funnel.id: funnel}, batch)
+    due = size // 100
+    t = time.perf_counter()
+    processed = 0
+    while True:
+        result = worker.process_due(NOW)
+        if result.advanced == 0:
+            break
+        processed += result.advanced
+    elapsed = time.perf_counter() - t
+    engine.dispose()
+    return {
+        "size": size,
+        "load_s": round(load_s, 1),
+        "claim_ms": round(sorted(claims)[len(claims) // 2], 2),
+        "claimed": len(rows),
+        "due": due,
+        "processed": processed,
+        "due_rows_per_s": round(processed / elapsed, 1) if elapsed else 0.0,
+        "uses_index": uses_index,
+        "plan": plan,
+    }
 
 
 def main() -> None:

@@ -60,14 +60,22 @@ def test_quick_run_reports_every_figure(tmp_path: Path) -> None:
     assert str(ROOT) not in out.read_text() + table
 
 
-def test_unknown_benchmark_is_an_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--only", "send,nope"], ["nope", "simulate"]),
+        (["--database-url", "sqlite:///elsewhere.db"], ["--database-url", "PostgreSQL"]),
+    ],
+)
+def test_arguments_are_checked_before_anything_runs(tmp_path: Path, args: list[str], said: list[str]) -> None:
     done = subprocess.run(
-        [sys.executable, str(RUN), "--only", "send,nope", "--out", str(tmp_path / "r.json")],
+        [sys.executable, str(RUN), *args, "--out", str(tmp_path / "r.json")],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert done.returncode == 2
-    assert "nope" in done.stderr and "simulate" in done.stderr
+    for words in said:
+        assert words in done.stderr
     assert not (tmp_path / "r.json").exists()
