@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from engine.cli_import import register as register_import
+from engine.cli_map import register as register_map
 from engine.cli_ops import register as register_ops
 from engine.cli_ops_user import register as register_ops_user
 
@@ -509,6 +510,7 @@ def api(
 register_import(app)
 register_ops_user(app)
 register_ops(app)
+register_map(app)
 
 apikey_app = typer.Typer(help="Keys for the HTTP API.", no_args_is_help=True)
 app.add_typer(apikey_app, name="apikey")
