@@ -4,10 +4,15 @@ SQLite is the embedded default, PostgreSQL (psycopg 3) the choice for several wo
 through `engine.begin()`: on SQLite that transaction starts with `BEGIN IMMEDIATE`, which takes the
 single writer lock up front, so a transaction that reads due work and then writes it cannot be
 overtaken by another writer between the two (SQLite's stand-in for `SELECT ... FOR UPDATE`).
+
+When the database fails under the engine (a full disk, a server restarting), `describe_failure` says
+which database and what is wrong with it, for a log line ops can act on.
 """
 
 from __future__ import annotations
 
+import shutil
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +26,21 @@ from sqlalchemy.pool import ConnectionPoolEntry
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+# SQLite's result codes that are about the file or the disk under it, not about the SQL.
+_SQLITE_STORAGE = (
+    "SQLITE_FULL",
+    "SQLITE_IOERR",
+    "SQLITE_CANTOPEN",
+    "SQLITE_READONLY",
+    "SQLITE_CORRUPT",
+    "SQLITE_NOTADB",
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+)
+# Below this much free space, a write that failed is taken for a full disk: a transaction, a checkpoint
+# or the WAL growing needs a few pages at least, often megabytes.
+NEARLY_FULL_BYTES = 64 * 2**20
 
 # Execution option for connections that only read: on SQLite they begin a deferred transaction and so
 # never wait for the writer (WAL gives them a snapshot). No effect on PostgreSQL.
@@ -76,6 +96,64 @@ def connect_read_only(engine: Engine) -> sa.Connection:
     locked" on SQLite, because a deferred transaction cannot wait to become the writer.
     """
     return engine.connect().execution_options(**{READ_ONLY: True})
+
+
+def describe_failure(engine: Engine, exc: BaseException) -> str | None:
+    """The database's part in a failure, in words ops can act on: which database, and what is wrong with
+    it (a full disk, a file at the size limit, a server that went away). None when the database is not
+    the cause (a bug, a constraint): those keep their traceback."""
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return None
+    if isinstance(exc.orig, sqlite3.Error):
+        return _describe_sqlite(Path(engine.url.database or ":memory:"), exc.orig)
+    if exc.connection_invalidated or isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError)):
+        lines = str(exc.orig).strip().splitlines()
+        return f"database {engine.url.render_as_string(hide_password=True)}: {lines[0] if lines else exc.orig!r}"
+    return None
+
+
+def _describe_sqlite(path: Path, error: sqlite3.Error) -> str | None:
+    name = getattr(error, "sqlite_errorname", "")
+    if not name.startswith(_SQLITE_STORAGE):
+        return None
+    said = f"database {path}: {error} ({name})"
+    if not name.startswith(("SQLITE_FULL", "SQLITE_IOERR")):
+        return said
+    try:
+        return f"{said}: {_storage_cause(path)}"
+    except OSError:  # the folder itself is gone or unreadable: the error says enough
+        return said
+
+
+def _storage_cause(path: Path) -> str:
+    """SQLite says "disk I/O error" for a write the OS refused: what the disk and the limits look like
+    now tells which refusal it was."""
+    free = shutil.disk_usage(path.parent).free
+    if free < NEARLY_FULL_BYTES:
+        return f"disk full, {_size(free)} free on the file system of {path.parent}"
+    limit = _file_size_limit()
+    if limit is not None:
+        names = (path.name, f"{path.name}-wal", f"{path.name}-journal")
+        sizes = {n: (path.parent / n).stat().st_size for n in names if (path.parent / n).exists()}
+        name, biggest = max(sizes.items(), key=lambda item: item[1], default=(path.name, 0))
+        if biggest >= limit - NEARLY_FULL_BYTES:
+            limited = f"this process may write no file beyond {_size(limit)} (ulimit -f)"
+            return f"file too large, {limited} and {name} is {_size(biggest)}"
+    return f"{_size(free)} free on the file system of {path.parent}"
+
+
+def _file_size_limit() -> int | None:
+    """The largest file this process may write (RLIMIT_FSIZE), if it is limited."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Unix
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def _size(n: int) -> str:
+    return f"{n:,} bytes" if n < 2**20 else f"{n / 2**20:,.1f} MiB"
 
 
 def alembic_config(connection: sa.Connection | None = None) -> Config:

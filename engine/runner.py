@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,7 +21,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from engine import digest
 from engine.api import create_app
-from engine.database import create_engine_for, upgrade
+from engine.database import create_engine_for, describe_failure, upgrade
 from engine.definition import Funnel
 from engine.mailer import DispatchResult, Mailer
 from engine.mailsink import start_sink
@@ -52,6 +53,42 @@ class Clock:
         return datetime.now(UTC) + self.offset
 
 
+class Outage:
+    """Ticks failing because of the database (a full disk, a server restarting). The engine keeps ticking,
+    so every tick retries and it recovers by itself once the cause is gone; the log says so once when it
+    starts, again when the cause changes or a minute has passed, and once when it is over, instead of a
+    traceback per tick."""
+
+    REMIND_S = 60.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.since: float | None = None
+        self.failures = 0
+        self.said = ""
+        self.said_at = 0.0
+
+    def failed(self, problem: str) -> None:
+        now = self.clock()
+        self.failures += 1
+        if self.since is None:
+            self.since = now
+            log.error("%s; retrying every tick", problem)
+        elif problem != self.said or now - self.said_at >= self.REMIND_S:
+            log.error("%s; still retrying, %d ticks failed in %.0f s", problem, self.failures, now - self.since)
+        else:
+            return
+        self.said, self.said_at = problem, now
+
+    def worked(self) -> None:
+        """A tick wrote what it had to: whatever was wrong with the database is over."""
+        if self.since is not None:
+            log.warning(
+                "database working again after %d failed ticks in %.0f s", self.failures, self.clock() - self.since
+            )
+        self.since, self.failures, self.said = None, 0, ""
+
+
 class Runner:
     def __init__(self, settings: Settings, funnels: Sequence[Funnel], clock: Callable[[], datetime]) -> None:
         self.settings = settings
@@ -62,6 +99,7 @@ class Runner:
         upgrade(url)
         self.engine = create_engine_for(url)
         self.metrics = Metrics()
+        self.outage = Outage()
         self.worker = Worker(self.engine, {f.id: f for f in funnels}, settings.batch_size)
         self.worker.publish(clock())
         self.mailer = Mailer(
@@ -138,11 +176,19 @@ class Runner:
                     # `funnel api`, emails still due) or new work was announced; then wait for the interval.
                     while True:
                         done = await self.step()
+                        if done.tick.work or done.mail.work:
+                            # A tick with nothing to write proves nothing about a disk that was full.
+                            self.outage.worked()
                         if not (again.is_set() or done.tick.work or done.mail.work - done.mail.deferred):
                             break
                         again.clear()
-                except Exception:
-                    log.exception("tick failed")
+                except Exception as exc:
+                    problem = describe_failure(self.engine, exc)
+                    if problem is None:
+                        log.exception("tick failed")
+                    else:
+                        self.outage.failed(problem)
+                        log.debug("tick failed", exc_info=True)
 
         scheduler.add_job(
             tick,
