@@ -56,15 +56,15 @@ def journey_map(
     from engine.settings import get_settings
     from engine.templates import Sender, TemplateLibrary
 
-    settings = get_settings()
-    emails = emails or settings.emails_dir
-    definition = _funnel(funnel, emails, settings.funnels_dir)
     if fmt is Format.png and out == Path("-"):
         raise _fail("--out -: a PNG goes to a file, not to the terminal", 2)
-    # Check the browser before the database is read: the answer to a missing browser is an install.
+    # The browser first: the answer to a missing one is an install, whatever else is wrong.
     browser = journey_map_png.find_browser() if fmt is Format.png else None
     if fmt is Format.png and browser is None:
         raise _fail(f"funnel map --format png needs a headless browser: {journey_map_png.INSTALL_HINT}")
+    settings = get_settings()
+    emails = emails or settings.emails_dir
+    definition = _funnel(funnel, emails, settings.funnels_dir)
     s = settings.sender
     subjects = sample_subjects(
         TemplateLibrary(emails), templates_of(definition), Sender(s.name, s.postal_address, s.website)

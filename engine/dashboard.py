@@ -12,6 +12,7 @@ are inline SVG drawn on the server. The live feed is server-sent events, polled 
     GET  /ops/feed              the live feed (the page), /ops/feed/stream (the events)
     GET  /ops/leads?q=PREFIX    lead search; /ops/leads/{id}: the lead's timeline
     GET  /ops/outbox            `unknown` messages; POST /ops/outbox/{id}: mark as sent, or send again
+    GET  /ops/funnels/{id}/map  the funnel's customer journey map with live figures (`funnel map --live`)
 """
 
 from __future__ import annotations
@@ -32,11 +33,15 @@ import anyio
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from pydantic import ValidationError
 
-from engine import dashboard_data, lead_timeline, ops_auth, report, report_queries
+from engine import dashboard_data, journey_map, journey_map_html, lead_timeline, ops_auth, report, report_queries
 from engine.database import connect_read_only
+from engine.definition import Funnel
 from engine.http_context import HttpContext
+from engine.journey_map_sources import read_live, sample_subjects, templates_of
 from engine.ops_auth import Session, Sessions
+from engine.templates import Sender, TemplateLibrary
 
 log = logging.getLogger("engine.dashboard")
 
@@ -56,6 +61,13 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
+}
+# The journey map is one self-contained page (the same as `funnel map` writes): its inline style sheet is
+# allowed by its hash, and still no script at all.
+MAP_HEADERS = {
+    **SECURITY_HEADERS,
+    "Content-Security-Policy": SECURITY_HEADERS["Content-Security-Policy"]
+    + f"; style-src 'self' '{journey_map_html.STYLE_HASH}'",
 }
 
 
@@ -447,6 +459,31 @@ def router(ctx: HttpContext) -> APIRouter:
                 ctx.nudge()
         outcome = decision if changed else "stale"
         return RedirectResponse(f"/ops/outbox?done={message_id}&decision={outcome}", status_code=303)
+
+    # -- journey map ------------------------------------------------------------------------------
+
+    sender = ctx.settings.sender
+    library = TemplateLibrary(ctx.settings.emails_dir)
+    subjects_of: dict[str, dict[str, str]] = {}  # funnel version -> subjects (rendering them takes a while)
+
+    @router.get("/funnels/{funnel_id}/map")
+    def funnel_map(funnel_id: str, session: Session = page_session) -> HTMLResponse:
+        """The map of the definition the engine runs (the newest published), with the figures of now."""
+        with connect_read_only(ctx.engine) as conn:
+            stored = report_queries.newest_definition(conn, funnel_id)
+            try:
+                definition = Funnel.model_validate(stored) if stored is not None else None
+            except ValidationError:
+                definition = None  # published by an engine of another shape; `funnel map FILE` still draws it
+            if definition is None:
+                raise HTTPException(status_code=404)
+            live = read_live(conn, funnel_id, ctx.now())
+        subjects = subjects_of.get(definition.version)
+        if subjects is None:
+            who = Sender(sender.name, sender.postal_address, sender.website)
+            subjects = subjects_of[definition.version] = sample_subjects(library, templates_of(definition), who)
+        page = journey_map_html.render(journey_map.build(definition, subjects, live), back="/ops/")
+        return HTMLResponse(page, headers=MAP_HEADERS)
 
     # -- assets ----------------------------------------------------------------------------------
 

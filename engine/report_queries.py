@@ -286,6 +286,19 @@ def bounces(conn: sa.Connection, scope: Scope) -> list[ExitRow]:
     return [ExitRow(f, stage, "bounced", "bounce", False, step, n) for f, stage, step, n in conn.execute(stmt)]
 
 
+def newest_definition(conn: sa.Connection, funnel_id: str) -> dict[str, Any] | None:
+    """The definition the engine published last for this funnel (what it runs), as stored."""
+    f = tables.funnel_versions
+    stmt = (
+        sa.select(f.c.definition)
+        .where(f.c.funnel_id == funnel_id)
+        .order_by(f.c.created_at.desc(), f.c.id.desc())
+        .limit(1)
+    )
+    found = conn.execute(stmt).scalar()
+    return dict(found) if found is not None else None
+
+
 def layouts(conn: sa.Connection, funnel_ids: Iterable[str]) -> dict[str, Layout]:
     """Stage and email order from the newest published definition of each funnel."""
     f = tables.funnel_versions
