@@ -107,8 +107,12 @@ def describe_failure(engine: Engine, exc: BaseException) -> str | None:
     if isinstance(exc.orig, sqlite3.Error):
         return _describe_sqlite(Path(engine.url.database or ":memory:"), exc.orig)
     if exc.connection_invalidated or isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError)):
-        lines = str(exc.orig).strip().splitlines()
-        return f"database {engine.url.render_as_string(hide_password=True)}: {lines[0] if lines else exc.orig!r}"
+        # The server's own first line says what happened ("Connection refused", "terminating connection
+        # due to administrator command"); where is the URL, without the user (logs would take it for an
+        # address) or the password.
+        where = engine.url._replace(username=None, password=None).render_as_string()
+        said = str(exc.orig).strip().splitlines() or [repr(exc.orig)]
+        return f"database {where}: {said[0]}"
     return None
 
 
