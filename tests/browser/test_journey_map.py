@@ -1,0 +1,122 @@
+"""The customer journey map in Chromium: the page `funnel map` writes for the example funnel shows every
+stage, every question and every email subject, with its own style and without fetching anything; the
+dashboard's map needs a sign-in, is linked from the overview, and shows the database's figures under
+the dashboard's strict Content-Security-Policy (a refused style would be a console error)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from typer.testing import CliRunner
+
+from engine import store, tables
+from engine.cli import app
+from engine.validation import load_funnels
+from tests.browser.conftest import Dashboard, Watched, sign_in
+from tests.cli.test_map import expected_subjects
+
+ROOT = Path(__file__).resolve().parents[2]
+ACCENT = "rgb(34, 113, 177)"  # the map's stage headers: its inline style sheet was applied
+
+
+def test_the_example_map_shows_every_stage_question_and_subject(
+    chromium: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, screenshot: Callable[[Any, str], Path]
+) -> None:
+    monkeypatch.chdir(ROOT)
+    written = tmp_path / "lead-magnet.map.html"
+    result = CliRunner().invoke(app, ["map", "lead-magnet", "--out", str(written)])
+    assert result.exit_code == 0, result.output
+    (example,) = load_funnels([ROOT / "funnels"], emails_dir=None).funnels
+
+    context = chromium.new_context(viewport={"width": 1600, "height": 1000})
+    page = context.new_page()
+    errors: list[str] = []
+    requests: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("request", lambda r: requests.append(r.url))
+    try:
+        page.goto(written.as_uri())
+        shown = " ".join(page.inner_text("body").split())
+        headers = [h.get_attribute("data-stage") for h in page.query_selector_all("table.map thead th[data-stage]")]
+        colour = page.eval_on_selector("table.map thead th[data-stage]", "e => getComputedStyle(e).backgroundColor")
+        screenshot(page, "journey-map")
+    finally:
+        context.close()
+    assert errors == []
+    assert requests == [written.as_uri()], "self-contained: nothing fetched but the page"
+    assert colour == ACCENT
+    assert headers == example.stage_ids()
+    for stage in example.stages:
+        assert stage.journey is not None and stage.journey.question is not None
+        assert stage.title in shown and stage.journey.question in shown
+    subjects = [s for name, s in expected_subjects().items() if not name.startswith("forms/")]
+    assert len(subjects) == 13
+    for subject in subjects:
+        assert subject in shown
+
+
+def test_the_dashboard_map_shows_the_database_figures(
+    ops: Dashboard, browser_page: Watched, screenshot: Callable[[Any, str], Path]
+) -> None:
+    for address, names in {
+        "ana@example.com": ("signed_up",),
+        "ben@example.com": ("signed_up", "pricing_viewed"),
+        "cai@example.com": ("signed_up", "pricing_viewed", "purchase_completed"),
+        "dee@example.com": ("signed_up",),
+    }.items():
+        ops.lead(address, *names)
+    # Dee stops the series from the preference page: she leaves the funnel from inquiry.
+    at = ops.clock() + timedelta(minutes=5)
+    with ops.engine.begin() as conn:
+        dee = store.find_lead_id(conn, "dee@example.com")
+        assert dee is not None
+        left = store.NewEvent("t-left", dee, "funnel_unsubscribed", at, {"funnel": "trial"})
+        store.record_events(conn, [left], now=at)
+    ops.worker.run_until_idle(at)
+    with ops.engine.connect() as conn:
+        e, t = tables.enrollments, tables.stage_transitions
+        now = dict(
+            conn.execute(sa.select(e.c.stage, sa.func.count()).where(e.c.status == "active").group_by(e.c.stage)).all()
+        )
+        reached = Counter(
+            stage
+            for _, stage in conn.execute(
+                sa.select(t.c.lead_id, t.c.to_stage).where(t.c.to_stage.is_not(None)).distinct()
+            )
+        )
+        exits = Counter((r.from_stage, r.exit_reason) for r in conn.execute(sa.select(t).where(t.c.to_stage.is_(None))))
+    assert now == {"inquiry": 1, "comparison": 1, "conversion": 1} and exits == {("inquiry", "unsubscribed"): 1}
+
+    page = browser_page.page
+    page.goto("/ops/funnels/trial/map")
+    assert "/ops/login?next=" in page.url, "the map is behind the sign-in"
+    sign_in(page, "/ops/")
+    page.click("section[data-funnel=trial] a.map-link")
+    page.wait_for_selector("table.map")
+    assert page.url.endswith("/ops/funnels/trial/map")
+    figures = {
+        td.get_attribute("data-stage"): (int(td.get_attribute("data-now")), int(td.get_attribute("data-reached")))
+        for td in page.query_selector_all("tr.figures td[data-stage]")
+    }
+    assert list(figures) == ["inquiry", "comparison", "conversion"]
+    assert figures == {stage: (now.get(stage, 0), reached[stage]) for stage in figures}
+    drops = Counter(
+        (li.get_attribute("data-kind"), li.get_attribute("data-reason"))
+        for li in page.query_selector_all("tr.drop-offs li[data-kind]")
+    )
+    assert drops == Counter({("unsubscribed", reason): n for (_, reason), n in exits.items()})
+    leads = page.get_attribute(".facts [data-leads]", "data-leads")
+    assert leads == "4"
+    colour = page.eval_on_selector("table.map thead th[data-stage]", "e => getComputedStyle(e).backgroundColor")
+    assert colour == ACCENT, "the style sheet's hash is in the page's Content-Security-Policy"
+    assert page.query_selector("script") is None
+    screenshot(page, "dashboard-journey-map")
+
+    missing = page.request.get("/ops/funnels/no-such-funnel/map")
+    assert missing.status == 404
