@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import shutil
 from collections import Counter, defaultdict
+from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,14 @@ from engine import tables
 from engine.cli import app
 from engine.database import create_engine_for
 from engine.journey_map_png import find_browser, page_width, png_size
+from engine.journey_map_sources import read_live
 from engine.settings import SenderSettings
 from engine.templates import Sender, TemplateLibrary, sample_context
 from engine.validation import load_funnels
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 REACHED_INBOX = ("sending", "sent", "unknown")
+NOW = datetime(2026, 11, 2, tzinfo=UTC)
 
 
 class _Page(HTMLParser):
@@ -206,6 +209,27 @@ def test_live_figures_are_the_databases(month: str, tmp_path: Path, monkeypatch:
     markdown = md.read_text(encoding="utf-8")
     assert "| **Leads now** | " + " | ".join(t["now"] for t in stages.values()) + " |" in markdown
     assert "| **Reached** | " + " | ".join(t["reached"] for t in stages.values()) + " |" in markdown
+
+
+@pytest.mark.postgres
+def test_the_live_figures_are_the_same_on_postgresql(month: str, postgres_url: str) -> None:
+    """The map's queries on PostgreSQL: the month's rows copied there give the same figures."""
+    source, sink = create_engine_for(month), create_engine_for(postgres_url)
+    try:
+        with source.connect() as read, sink.begin() as write:
+            for table in tables.metadata.sorted_tables:
+                found = [dict(r._mapping) for r in read.execute(sa.select(table))]
+                if found:
+                    write.execute(table.insert(), found)
+        with source.connect() as a, sink.connect() as b:
+            on_sqlite, on_postgres = read_live(a, "lead-magnet", NOW), read_live(b, "lead-magnet", NOW)
+    finally:
+        source.dispose()
+        sink.dispose()
+    assert on_sqlite.report is not None and on_sqlite.report.leads == 50
+    assert on_postgres.report == on_sqlite.report
+    assert sorted(on_postgres.exits, key=repr) == sorted(on_sqlite.exits, key=repr)
+    assert {row.reason for row in on_sqlite.exits} >= {"bounced", "unsubscribed", "no-reply"}
 
 
 def _with_stage(tagged: list[dict[str, str]]) -> list[dict[str, str]]:
