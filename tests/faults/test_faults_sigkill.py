@@ -50,8 +50,8 @@ stages:
 STEPS = ("welcome", "tip", "offer")
 # A kill cycle costs an engine start (a couple of seconds of imports and migrations) plus up to a
 # second of work: the kills, not the leads, set the duration.
-KILLS = size(8, 50)
-LEADS = size(200, 1000)
+KILLS = size(6, 50)
+LEADS = size(150, 1000)
 FINISH_TIMEOUT_S = size(60.0, 90.0)
 
 
