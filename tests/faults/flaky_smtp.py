@@ -7,7 +7,7 @@ outlives the engine processes), recording every message it accepts. The test tel
 - drop after DATA: for a fraction of messages, take the whole DATA and close the connection without a
   reply. Whether the message was delivered is then unknowable to the sender; the server keeps some of
   them (`keep_dropped`), as a real relay might deliver a message whose reply got lost;
-- fail one message: the next transaction gets a given reply at a given command (a 4xx or a 5xx).
+- fail one message: the next message to an address gets a given reply (a 4xx or a 5xx) at RCPT or DATA.
 
 Every injected fault is counted, and every message accepted is kept in arrival order.
 """
@@ -65,7 +65,7 @@ class FlakyHandler:
         self.throttle_per_s: float | None = None
         self.drop_after_data = 0.0
         self.keep_dropped = 0.5
-        self._forced: deque[tuple[int, str]] = deque()
+        self._aimed: dict[str, deque[tuple[int, str]]] = {}  # address -> (code, command), next first
         self._admitted: deque[float] = deque()  # when the transactions of the last second started
         self._fate: dict[int, tuple[int, str, str]] = {}  # id(session) -> (code, text, command)
         self.arrivals: list[Arrival] = []
@@ -77,10 +77,6 @@ class FlakyHandler:
 
     def _decide(self, session: Any) -> None:
         with self.lock:
-            if self._forced:
-                code, command = self._forced.popleft()
-                self._fate[id(session)] = (code, f"{code // 100}.0.0 scripted failure", command)
-                return
             now = time.monotonic()
             while self._admitted and self._admitted[0] <= now - 1.0:
                 self._admitted.popleft()
@@ -93,11 +89,16 @@ class FlakyHandler:
 
     def _refuse_at(self, server: Any, session: Any, command: str, rcpt: str | None, step: str | None) -> str | None:
         with self.lock:
-            fate = self._fate.get(id(session))
-            if fate is None or fate[2] != command:
-                return None
-            del self._fate[id(session)]
-            code, text, _ = fate
+            aimed = self._aimed.get(rcpt or "")
+            if aimed and aimed[0][1] == command:
+                code, _ = aimed.popleft()
+                text = "5.1.1 Mailbox unavailable" if code >= 500 else "4.3.0 Try again later"
+            else:
+                fate = self._fate.get(id(session))
+                if fate is None or fate[2] != command:
+                    return None
+                del self._fate[id(session)]
+                code, text, _ = fate
             self.refusals.append(Refusal(code, command, rcpt, step))
         if code == 421:
             # 421 closes the channel (RFC 5321 3.8): the reply goes out, then the connection ends.
@@ -145,9 +146,9 @@ class FlakyHandler:
             return "250 never heard"
         return "250 Message accepted for delivery"
 
-    def force(self, code: int, command: str) -> None:
+    def aim(self, address: str, code: int, command: str) -> None:
         with self.lock:
-            self._forced.append((code, command))
+            self._aimed.setdefault(address.lower(), deque()).append((code, command))
 
     def forget(self, session: Any) -> None:
         with self.lock:
@@ -193,7 +194,7 @@ class _Session(SMTP):
 
 class FlakySmtpServer:
     """`with FlakySmtpServer(seed=...) as relay:` then point the engine at `relay.env()`; set the
-    faults with `relay.throttle(...)`, `relay.drop(...)`, `relay.flap(...)`, `relay.fail_next(...)`."""
+    faults with `relay.throttle(...)`, `relay.drop(...)`, `relay.flap(...)`, `relay.fail(...)`."""
 
     def __init__(self, seed: int = 5321, host: str = "127.0.0.1") -> None:
         self.host = host
@@ -239,20 +240,21 @@ class FlakySmtpServer:
         self.handler.drop_after_data = fraction
         self.handler.keep_dropped = keep
 
-    def fail_next(self, code: int, command: str = "RCPT") -> None:
-        """The next transaction gets `code` at `command` (MAIL, RCPT or DATA)."""
-        assert command in COMMANDS
-        self.handler.force(code, command)
+    def fail(self, address: str, code: int, command: str) -> None:
+        """The next message to `address` gets `code` at `command` (RCPT or DATA); once."""
+        assert command in ("RCPT", "DATA")
+        self.handler.aim(address, code, command)
 
     # -- what happened ------------------------------------------------------------------------------
 
-    def arrivals(self) -> list[Arrival]:
+    def arrivals(self, since: int = 0) -> list[Arrival]:
+        """The messages kept, in arrival order, from the `since`-th on."""
         with self.handler.lock:
-            return list(self.handler.arrivals)
+            return self.handler.arrivals[since:]
 
-    def refusals(self) -> list[Refusal]:
+    def refusals(self, since: int = 0) -> list[Refusal]:
         with self.handler.lock:
-            return list(self.handler.refusals)
+            return self.handler.refusals[since:]
 
     def dropped(self) -> list[tuple[Key, bool]]:
         with self.handler.lock:
