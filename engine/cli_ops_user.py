@@ -39,6 +39,9 @@ def add(
     if len(password) < 12:
         err.print("the password must have at least 12 characters")
         raise typer.Exit(2)
-    err.print("Add this line under [ops.users] in config/funnel.toml (or the same in FUNNEL_OPS__USERS as JSON):")
+    err.print(
+        "Add this line under [ops.users] in config/funnel.toml (or the same in FUNNEL_OPS__USERS as JSON):",
+        markup=False,
+    )
     # A TOML basic string: the hash holds only $, letters, digits, '+', '/', '=' and ','.
     print(f'"{name}" = "{hash_password(password)}"')

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.links import Links
-from engine.mime import build_mime, dkim_sign, load_dkim_key
+from engine.mime import build_mime, dkim_sign, load_dkim_key, mailboxes
 from engine.outbox_item import OutboxItem
 from engine.settings import Settings
 from engine.templates import RenderedEmail, Sender, TemplateLibrary, lead_fields
@@ -93,8 +93,10 @@ class Composer:
         if rendered is None:
             track = None
             if self.settings.track_clicks:
+
                 def track(name: str, url: str) -> str:
                     return self.links.click_url(item.email, item.funnel_id, item.step, name, url)
+
             rendered = self.templates.render(item.template, context, track)
         html = rendered.html
         if self.settings.track_opens and item.funnel_id and item.step:
@@ -104,9 +106,13 @@ class Composer:
         unsubscribe = None
         if not item.transactional:
             unsubscribe = (context["unsubscribe_url"], f"mailto:{sender.address}?subject=unsubscribe")
+        from_name, from_address = sender.name, sender.address
+        if rendered.from_:
+            (override,) = mailboxes(rendered.from_)
+            from_name, from_address = override[0] or sender.name, override[1]
         payload = build_mime(
-            from_name=sender.name,
-            from_address=rendered.from_ or sender.address,
+            from_name=from_name,
+            from_address=from_address,
             to=item.email,
             subject=rendered.subject,
             date=now,

@@ -78,18 +78,18 @@ def build_mime(
 ) -> bytes:
     """The message as sent: `list_unsubscribe` is (https URL, mailto URL); `to` and `reply_to` are address lists
     ("a@b.c" or "Name <a@b.c>, ..."). Raises ValueError for a header that cannot be written safely."""
-    sender = _mailboxes(from_address)
+    sender = mailboxes(from_address)
     if len(sender) != 1 or sender[0][0]:
         raise ValueError(f"from_address {from_address!r}: expected one bare address such as news@example.com")
     headers = [
         _address_field("From", ((from_name, sender[0][1]),)),
-        _address_field("To", _mailboxes(to)),
+        _address_field("To", mailboxes(to)),
         _unstructured("Subject", subject),
         f"Date: {format_datetime(date)}{CRLF}",
         f"Message-ID: {_message_id(message_id)}{CRLF}",
     ]
     if reply_to:
-        headers.append(_address_field("Reply-To", _mailboxes(reply_to)))
+        headers.append(_address_field("Reply-To", mailboxes(reply_to)))
     if list_unsubscribe is not None:
         headers.append(_list_unsubscribe(*list_unsubscribe))
         headers.append(f"List-Unsubscribe-Post: {ONE_CLICK}{CRLF}")
@@ -229,7 +229,7 @@ def _address_field(name: str, mailboxes: Sequence[tuple[str, str]]) -> str:
 
 
 @lru_cache(maxsize=4096)
-def _mailboxes(value: str) -> tuple[tuple[str, str], ...]:
+def mailboxes(value: str) -> tuple[tuple[str, str], ...]:
     """(display name, ASCII addr-spec) for each address; cached because senders and reply-to repeat."""
     if _LINE_BREAK.search(value):
         raise ValueError(f"address {value!r}: contains a line break")

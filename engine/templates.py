@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from selectolax.lexbor import LexborHTMLParser, LexborNode
 
 from engine.definition import ID_PATTERN, TEMPLATE_PATTERN
+from engine.mime import mailboxes
 from engine.yamlfile import YamlSyntaxError, read_yaml
 
 BODY_SUFFIXES = (".md", ".html")
@@ -59,11 +60,13 @@ class FrontMatter(BaseModel):
 
     subject: str = Field(min_length=1, description="Subject line; Jinja2 allowed.")
     preheader: str | None = Field(default=None, description="Inbox preview text; Jinja2 allowed.")
-    from_: str | None = Field(default=None, alias="from", description="Overrides the sender address.")
-    reply_to: str | None = Field(default=None, description="Overrides the Reply-To address.")
-    layout: str = Field(
-        default="base", pattern=r"^[a-z0-9][a-z0-9_-]*$", description="`emails/_layouts/<name>.html`."
+    from_: str | None = Field(
+        default=None,
+        alias="from",
+        description="Overrides the sender: an address, optionally with a display name (`Name <address>`).",
     )
+    reply_to: str | None = Field(default=None, description="Overrides the Reply-To address.")
+    layout: str = Field(default="base", pattern=r"^[a-z0-9][a-z0-9_-]*$", description="`emails/_layouts/<name>.html`.")
 
     @field_validator("subject", "preheader", "from_", "reply_to")
     @classmethod
@@ -71,6 +74,21 @@ class FrontMatter(BaseModel):
         if value is not None and ("\r" in value or "\n" in value.strip()):
             raise ValueError("expected a single line (a header value cannot contain line breaks)")
         return value.strip() if value is not None else None
+
+    @field_validator("from_", "reply_to")
+    @classmethod
+    def _one_address(cls, value: str | None) -> str | None:
+        # Checked here, so `funnel validate` names the template, rather than every send failing later.
+        if value is None:
+            return None
+        expected = "expected one address, such as news@example.com or Greenleaf <news@example.com>"
+        try:
+            found = mailboxes(value)
+        except ValueError as exc:
+            raise ValueError(f"{exc}; {expected}") from None
+        if len(found) != 1:
+            raise ValueError(f"{value!r}: {expected}")
+        return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,8 +173,7 @@ def sample_context(sender: Sender | None = None) -> dict[str, Any]:
             "alex@example.com",
             {"first_name": "Alex", "last_name": "Morgan", "company": "Example Ltd", "employees": 40},
         ),
-        "sender": sender
-        or Sender("Example Sender", "1 Example Street, London EC1A 1AA", "https://example.com"),
+        "sender": sender or Sender("Example Sender", "1 Example Street, London EC1A 1AA", "https://example.com"),
         "funnel": {"id": "example", "name": "Example funnel"},
         "unsubscribe_url": "https://example.com/u/sample-token",
         "preferences_url": "https://example.com/p/sample-token",
@@ -256,9 +273,7 @@ class _Loader(jinja2.BaseLoader):
     def __init__(self, library: TemplateLibrary) -> None:
         self.library = library
 
-    def get_source(
-        self, environment: jinja2.Environment, template: str
-    ) -> tuple[str, str, Callable[[], bool]]:
+    def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
         file, _, field = template.partition("#")
         # split_template_path refuses `..`; joining the pieces keeps absolute names inside the folder.
         path = self.library.emails_dir.joinpath(*split_template_path(file))
@@ -431,9 +446,7 @@ class TemplateLibrary:
             content = self._markdown.render(body) if template.kind == "md" else body.strip()
             # The body is already safe: autoescaped by Jinja2, or escaped by the Markdown renderer.
             body_html = Markup(content)  # noqa: S704
-            page = template.layout.render(
-                {**values, "subject": subject, "preheader": preheader, "content": body_html}
-            )
+            page = template.layout.render({**values, "subject": subject, "preheader": preheader, "content": body_html})
             text = template.text.render(values).strip() + "\n" if template.text else html_to_text(page)
         return RenderedEmail(
             template=name,
@@ -498,9 +511,7 @@ class _Locator:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         if exc is None or isinstance(exc, TemplateError) or not isinstance(exc, Exception):
             return
         if isinstance(exc, jinja2.TemplateSyntaxError):

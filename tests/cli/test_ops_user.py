@@ -26,6 +26,7 @@ def test_the_printed_line_is_a_config_entry_that_checks_the_password() -> None:
         assert result.exit_code == 0, result.output
         line = result.stdout.strip().splitlines()[-1]
         assert PASSWORD not in result.output
+        assert "under [ops.users] in config/funnel.toml" in result.output  # the section's name is shown as is
         ops = OpsSettings(**tomllib.loads(f"[ops.users]\n{line}\n")["ops"])
         assert list(ops.users) == ["olivia"] and ops.users["olivia"].startswith("$argon2id$")
         assert check_password(ops, "olivia", PASSWORD)

@@ -14,7 +14,10 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 def preview(tmp_path: Path, template: str, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "engine.cli", "preview", template, "--out", str(tmp_path), *extra],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -62,8 +65,20 @@ def test_every_example_email_has_the_required_headers_and_a_text_part() -> None:
     names = _example_templates()
     assert len(names) >= 12
     for name in names:
-        item = OutboxItem(1, 1, "jo@example.com", "subscribed", {"first_name": "Jo"}, "lead-magnet", "s", name,
-                          "inquiry", False, 0, False)
+        item = OutboxItem(
+            1,
+            1,
+            "jo@example.com",
+            "subscribed",
+            {"first_name": "Jo"},
+            "lead-magnet",
+            "s",
+            name,
+            "inquiry",
+            False,
+            0,
+            False,
+        )
         prepared = mailer.compose(item, datetime(2026, 11, 23, tzinfo=UTC))
         raw, message_id = prepared.payload, prepared.message_id
         parsed = message_from_bytes(raw, policy=strict)
@@ -75,3 +90,27 @@ def test_every_example_email_has_the_required_headers_and_a_text_part() -> None:
         assert text is not None and html is not None, name
         assert text.get_content().strip(), f"{name}: empty text part"
         assert all(len(line) <= 998 for line in raw.split(b"\r\n")), f"{name}: a line over 998 octets"
+
+
+def test_a_from_with_a_display_name_is_sent_with_that_name(tmp_path: Path) -> None:
+    import shutil
+    from datetime import UTC, datetime
+
+    from engine.mailer import Mailer
+    from engine.outbox_item import OutboxItem
+    from engine.settings import Settings
+    from engine.templates import TemplateLibrary
+
+    emails = tmp_path / "emails"
+    for shared in ("_layouts", "_partials"):
+        shutil.copytree(ROOT / "emails" / shared, emails / shared)
+    (emails / "t").mkdir(parents=True)
+    (emails / "t" / "note.md").write_text(
+        "---\nsubject: A note\nfrom: Zoë at Greenleaf <zoe@greenleaf.example>\n---\n"
+        "Hello. [Unsubscribe]({{ unsubscribe_url }})\n"
+    )
+    mailer = Mailer(None, Settings(), TemplateLibrary(emails))  # type: ignore[arg-type]
+    item = OutboxItem(1, 1, "jo@example.com", "subscribed", {}, "f", "s", "t/note", "inquiry", False, 0, False)
+    parsed = message_from_bytes(mailer.compose(item, datetime(2026, 11, 23, tzinfo=UTC)).payload, policy=strict)
+    assert parsed["From"].addresses[0].display_name == "Zoë at Greenleaf"
+    assert parsed["From"].addresses[0].addr_spec == "zoe@greenleaf.example"
