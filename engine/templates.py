@@ -26,7 +26,7 @@ from jinja2.exceptions import SecurityError
 from jinja2.loaders import split_template_path
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from selectolax.lexbor import LexborHTMLParser, LexborNode
 
 from engine.definition import ID_PATTERN, TEMPLATE_PATTERN
@@ -77,16 +77,18 @@ class FrontMatter(BaseModel):
 
     @field_validator("from_", "reply_to")
     @classmethod
-    def _one_address(cls, value: str | None) -> str | None:
+    def _addresses(cls, value: str | None, info: ValidationInfo) -> str | None:
         # Checked here, so `funnel validate` names the template, rather than every send failing later.
         if value is None:
             return None
-        expected = "expected one address, such as news@example.com or Greenleaf <news@example.com>"
+        many = info.field_name == "reply_to"  # Reply-To may name several mailboxes; From names one
+        example = "news@example.com or Greenleaf <news@example.com>"
+        expected = f"expected {'addresses' if many else 'one address'}, such as {example}"
         try:
             found = mailboxes(value)
         except ValueError as exc:
             raise ValueError(f"{exc}; {expected}") from None
-        if len(found) != 1:
+        if len(found) != 1 and not many:
             raise ValueError(f"{value!r}: {expected}")
         return value
 

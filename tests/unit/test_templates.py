@@ -166,7 +166,8 @@ def test_subject_renders_lead_data_as_one_plain_line(emails: Path) -> None:
         ("---\nsubject: S\n---\nHello\n\n{% if x %}\n", 6, "template syntax"),
         ("---\nsubject: S\n\npreheader: '{{ oops'\n---\nHello\n", 4, "template syntax"),
         ("---\nsubject: S\nfrom: Greenleaf news at example\n---\nHello\n", 3, "expected one address"),
-        ("---\nsubject: S\nreply_to: a@example.com, b@example.com\n---\nHello\n", 3, "expected one address"),
+        ("---\nsubject: S\nfrom: a@example.com, b@example.com\n---\nHello\n", 3, "expected one address"),
+        ("---\nsubject: S\n\nreply_to: a@example.com, b@\n---\nHello\n", 4, "expected addresses"),
     ],
 )
 def test_load_errors_name_file_and_line(emails: Path, text: str, line: int, message: str) -> None:
