@@ -24,8 +24,10 @@ class _Uncompressed(URLSafeSerializer):
 class Links:
     def __init__(self, settings: Settings) -> None:
         self.base = settings.base_url.rstrip("/")
-        secret = settings.secret_key.get_secret_value()
-        self._signers = {p: _Uncompressed(secret, salt=f"funnel.{p}") for p in PURPOSES}
+        # itsdangerous signs with the last key and accepts any of them: rotation without breaking the
+        # unsubscribe links of emails already delivered.
+        keys = [k.get_secret_value() for k in (*settings.previous_secret_keys, settings.secret_key)]
+        self._signers = {p: _Uncompressed(keys, salt=f"funnel.{p}") for p in PURPOSES}
 
     def sign(self, purpose: str, payload: Any) -> str:
         return str(self._signers[purpose].dumps(payload))

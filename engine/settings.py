@@ -6,8 +6,10 @@ Precedence, highest first: init arguments, environment, `.env`, `config/funnel.t
 from __future__ import annotations
 
 from functools import lru_cache
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, field_validator
@@ -20,6 +22,9 @@ from pydantic_settings import (
 
 from engine.ops_auth import OpsSettings
 from engine.webhook_policy import WebhookSettings
+
+# Public, so never acceptable where anyone else can reach the app.
+DEFAULT_SECRET_KEY = "change-me-in-production"  # noqa: S105 (public on purpose, and refused beyond loopback)
 
 
 class SmtpSettings(BaseModel):
@@ -175,7 +180,16 @@ class Settings(BaseSettings):
     base_url: str = "http://127.0.0.1:8000"
     track_clicks: bool = Field(default=True, description="Wrap links made with link() in signed click redirects.")
     track_opens: bool = Field(default=True, description="Put a 1x1 open pixel at the end of every HTML part.")
-    secret_key: SecretStr = SecretStr("change-me-in-production")
+    secret_key: SecretStr = Field(
+        default=SecretStr(DEFAULT_SECRET_KEY),
+        description="Signs every link in every email, and ops sessions. The default is public: "
+        "`funnel run` and `funnel api` refuse it unless the app and base_url are on loopback only.",
+    )
+    previous_secret_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="Keys that secret_key replaced: links signed with them, in emails already delivered, "
+        "still work. Drop a key once its emails are old enough to be ignored.",
+    )
     log_format: Literal["text", "json"] = Field(
         default="text", description="json: one object per line, for a log pipeline. Addresses and tokens are scrubbed."
     )
@@ -215,6 +229,36 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.data_dir / 'funnel.db'}"
+
+    def public_key_problem(self, serve_host: str | None = None) -> str | None:
+        """Why this configuration must not start, or None: with the public default key, anyone could
+        forge unsubscribe and click links or ops sessions, so it is fine on loopback only (the demo)."""
+        if self.secret_key.get_secret_value() != DEFAULT_SECRET_KEY:
+            return None
+        exposed = [
+            what
+            for what, host in (
+                ("http.host", serve_host or self.http.host),
+                ("base_url", urlsplit(self.base_url).hostname or ""),
+            )
+            if not _is_loopback(host)
+        ]
+        if not exposed:
+            return None
+        return (
+            f"secret_key is the public default while {' and '.join(exposed)} reach beyond this machine: "
+            "set FUNNEL_SECRET_KEY to a long random value, e.g. the output of "
+            "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @lru_cache(maxsize=1)

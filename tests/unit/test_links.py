@@ -1,0 +1,41 @@
+"""Signed links survive a key rotation: a link signed with a replaced key still works while that key is
+listed in `previous_secret_keys`, and stops working once it is dropped."""
+
+from __future__ import annotations
+
+from pydantic import SecretStr
+
+from engine.links import Links
+from engine.settings import Settings
+
+
+def _links(key: str, previous: list[str] | None = None) -> Links:
+    return Links(Settings(secret_key=SecretStr(key), previous_secret_keys=[SecretStr(k) for k in previous or []]))
+
+
+def test_a_link_signed_with_a_replaced_key_works_while_that_key_is_listed() -> None:
+    old = _links("old-key-0123456789")
+    token = old.unsubscribe_url("ana@example.com", "lead-magnet").rsplit("/", 1)[1]
+    payload = {"e": "ana@example.com", "f": "lead-magnet"}
+
+    assert old.verify("unsubscribe", token) == payload
+    assert _links("new-key-0123456789", ["old-key-0123456789"]).verify("unsubscribe", token) == payload
+    assert _links("new-key-0123456789").verify("unsubscribe", token) is None
+
+
+def test_new_links_are_signed_with_the_new_key_only() -> None:
+    rotated = _links("new-key-0123456789", ["old-key-0123456789"])
+    token = rotated.preferences_url("ana@example.com").rsplit("/", 1)[1]
+    assert _links("new-key-0123456789").verify("preferences", token) == {"e": "ana@example.com"}
+    assert _links("old-key-0123456789").verify("preferences", token) is None
+    assert rotated.verify("unsubscribe", token) is None  # still one purpose per token
+
+
+def test_the_public_default_key_is_refused_beyond_loopback() -> None:
+    assert Settings().public_key_problem() is None  # the demo: everything on 127.0.0.1
+    assert Settings(base_url="http://localhost:8000").public_key_problem("::1") is None
+    public = Settings(base_url="https://news.greenleaf.example")
+    problem = public.public_key_problem()
+    assert problem is not None and "base_url" in problem and "FUNNEL_SECRET_KEY" in problem
+    assert "http.host" in (Settings().public_key_problem("0.0.0.0") or "")
+    assert Settings(secret_key=SecretStr("x" * 32), base_url="https://g.example").public_key_problem("0.0.0.0") is None
