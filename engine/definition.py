@@ -53,11 +53,30 @@ TemplateName = Annotated[
 ]
 
 
+def shorten(text: str, keep: int = 60) -> str:
+    """A value for "found ...": a pasted paragraph or a number of thousands of digits is not repeated whole."""
+    return text if len(text) <= keep + 20 else f"{text[:keep]}... ({len(text):,} characters)"
+
+
+# Waits are added to dates: anything longer would push a lead's next step past the calendar's end
+# (year 9999), which the journey cannot compute.
+MAX_DURATION = timedelta(days=36_500)
+
+
 def _duration(value: Any) -> Any:
     if isinstance(value, str):
-        return parse_duration(value)
+        too_long = f"expected a duration of at most 100 years ({MAX_DURATION.days}d), found {value!r}"
+        if len(value) > 60:  # digits beyond what Python converts to a number, or a paste gone wrong
+            raise ValueError(f"expected a duration such as '30m', '36h', '2d' or '1w2d', found {shorten(repr(value))}")
+        try:
+            delta = parse_duration(value)
+        except OverflowError:
+            raise ValueError(too_long) from None
+        if delta > MAX_DURATION:
+            raise ValueError(too_long)
+        return delta
     if isinstance(value, int | float) and not isinstance(value, bool):
-        raise ValueError(f"expected a duration with a unit such as '2d' or '36h', found {value!r}")
+        raise ValueError(f"expected a duration with a unit such as '2d' or '36h', found {shorten(repr(value))}")
     return value
 
 
@@ -84,7 +103,7 @@ def _clock(value: Any) -> Any:
             return time(hours, minutes)
     if isinstance(value, str):
         if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value.strip()):
-            raise ValueError(f"expected a local clock time 'HH:MM' such as '09:00', found {value!r}")
+            raise ValueError(f"expected a local clock time 'HH:MM' such as '09:00', found {shorten(repr(value))}")
         h, m = value.strip().split(":")
         return time(int(h), int(m))
     return value
@@ -101,7 +120,8 @@ Scalar = Union[str, int, float, bool]
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # No infinite or NaN numbers: a lead's attributes and the stored definitions are JSON, which has neither.
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
 
 def _only_key(value: Any, keys: tuple[str, ...], fallback: str | None = None) -> str | None:
@@ -288,12 +308,25 @@ class BranchStep(Model):
     branch: Branch
 
 
+MAX_SCORE_STEP = 1_000_000
+
+
 class Update(Model):
     set: dict[str, Scalar] = Field(default_factory=dict)
     unset: list[str] = Field(default_factory=list)
     add_tags: list[Id] = Field(default_factory=list)
     remove_tags: list[Id] = Field(default_factory=list)
     score: int = Field(default=0, description="Added to the lead's score (negative subtracts).")
+
+    @field_validator("score")
+    @classmethod
+    def _score_in_range(cls, value: int) -> int:
+        # The score column is a 32-bit integer on PostgreSQL; a step adding more would fail every lead it reaches.
+        if abs(value) > MAX_SCORE_STEP:
+            raise ValueError(
+                f"expected a score between -{MAX_SCORE_STEP:,} and {MAX_SCORE_STEP:,}, found {shorten(str(value))}"
+            )
+        return value
 
 
 class UpdateStep(Model):
@@ -538,7 +571,9 @@ def _timezone(value: Any) -> Any:
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"expected an IANA time zone such as 'Europe/Berlin', found {value!r}") from None
+            raise ValueError(
+                f"expected an IANA time zone such as 'Europe/Berlin', found {shorten(repr(value))}"
+            ) from None
     return value
 
 

@@ -43,6 +43,7 @@ from engine.definition import (
     WaitForStep,
     WaitStep,
     WaitUntilStep,
+    shorten,
 )
 from engine.durations import format_duration
 from engine.templates import TemplateLibrary
@@ -194,6 +195,7 @@ _MISMATCH = {
     "int_from_float": "a whole number",
     "float_type": "a number",
     "float_parsing": "a number",
+    "finite_number": "a finite number",
     "bool_type": "true or false",
     "bool_parsing": "true or false",
     "list_type": "a list",
@@ -460,13 +462,11 @@ def show(value: Any) -> str:
         return "nothing"
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, str):
-        return repr(value)
     if isinstance(value, dict):
         return "a mapping" if value else "an empty mapping"
     if isinstance(value, list):
         return "a list" if value else "an empty list"
-    return str(value)
+    return shorten(repr(value) if isinstance(value, str) else str(value))
 
 
 _NAMED = {"stages": "stage", "steps": "step", "transitions": "transition"}
