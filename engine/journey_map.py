@@ -260,7 +260,8 @@ def _goal(funnel: Funnel) -> str | None:
     goal = funnel.goal
     if goal is None:
         return None
-    text = f"{goal.id}: {words.event(goal.event, goal.where)}"
+    named = "" if goal.id == "goal" else f"{goal.id}: "  # the default id says nothing
+    text = f"{named}{words.event(goal.event, goal.where)}"
     if goal.within is not None:
         text += f" within {words.span(goal.within)} of entering"
     if goal.move_to is not None:
@@ -295,7 +296,8 @@ def _moves(funnel: Funnel) -> list[Move]:
         sources = [ANY_STAGE] if t.from_ == "*" else list(t.from_)
         moves += [Move("transition", source, t.to, trigger) for source in sources]
     if funnel.goal is not None and (funnel.goal.move_to is not None or funnel.goal.exit):
-        trigger = f"goal {funnel.goal.id}: {words.event(funnel.goal.event, funnel.goal.where)}"
+        named = "" if funnel.goal.id == "goal" else f" {funnel.goal.id}"
+        trigger = f"goal{named}: {words.event(funnel.goal.event, funnel.goal.where)}"
         target = None if funnel.goal.exit else funnel.goal.move_to
         reason = "goal-reached" if target is None else None
         moves.append(Move("goal", ANY_STAGE, target, trigger, exit_reason=reason))
