@@ -26,7 +26,16 @@ from typing import ClassVar
 import sqlalchemy as sa
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    multiple,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from engine import consents, ingest
 from engine.api_v1 import EventIn, record_items
@@ -149,6 +158,11 @@ class EngineMachine(RuleBasedStateMachine):
 
     def record(self, event: EventIn) -> tuple[int, int]:
         return ingest.in_transaction(self.engine, lambda conn: record_items(conn, [event], "api", self.now))
+
+    @initialize(target=leads, n=st.integers(1, 3))
+    def first_leads(self, n: int) -> object:
+        """A few leads from the start, so that every example has someone to move."""
+        return multiple(*(self.sign_up() for _ in range(n)))
 
     @rule(target=leads)
     def sign_up(self) -> str:
