@@ -50,6 +50,11 @@ MAX_STEPS_PER_DECISION = 200
 
 # The event the preference page records when a lead leaves one funnel: `{funnel: <id>}`.
 FUNNEL_UNSUBSCRIBED = "funnel_unsubscribed"
+# The event recorded when a lead's fields change (`PUT /v1/leads`): condition triggers look again.
+LEAD_UPDATED = "lead_updated"
+# A lead opting out is never what lets it into a funnel, whatever its fields say.
+_OPT_OUTS = frozenset({"unsubscribed", FUNNEL_UNSUBSCRIBED})
+
 
 @dataclass(frozen=True, slots=True)
 class Lead:
@@ -75,9 +80,7 @@ class Event:
 class Cause:
     """Why a transition happened: an event (its id), a timeout, the end of a sequence, a step, ..."""
 
-    kind: Literal[
-        "entry", "event", "timeout", "sequence_end", "step", "goal", "exit_rule", "manual", "guard", "edit"
-    ]
+    kind: Literal["entry", "event", "timeout", "sequence_end", "step", "goal", "exit_rule", "manual", "guard", "edit"]
     ref: str | None = None
 
     def __str__(self) -> str:
@@ -190,11 +193,16 @@ class Decision:
 
 def entry_trigger(funnel: Funnel, lead: Lead, event: Event | None) -> Cause | None:
     """Which entry trigger lets this lead in now: an event trigger for `event`, or a condition trigger
-    on the lead's fields (checked when a lead is created or updated, with `event=None`)."""
+    on the lead's fields, judged whenever the engine hears of the lead (any of its events, including
+    `lead_updated`), except when what it hears is the lead opting out."""
     for trigger in funnel.entry.triggers:
         if isinstance(trigger, EventTrigger) and event is not None and _matches(trigger, event):
             return Cause("event", event.id)
-        if isinstance(trigger, ConditionTrigger) and event is None and evaluate(trigger.condition, lead):
+        if (
+            isinstance(trigger, ConditionTrigger)
+            and (event is None or event.name not in _OPT_OUTS)
+            and evaluate(trigger.condition, lead)
+        ):
             return Cause("entry", "condition")
     return None
 

@@ -115,7 +115,7 @@ def test_entry_stage_can_be_named() -> None:
     assert j.moves() == [(None, "conversion", "event:entry")]
 
 
-def test_entry_trigger_matches_events_with_filters_and_conditions_without_events() -> None:
+def test_entry_trigger_matches_events_with_filters_and_conditions_on_any_news_of_the_lead() -> None:
     funnel = one_stage(
         entry={
             "triggers": [
@@ -133,8 +133,15 @@ def test_entry_trigger_matches_events_with_filters_and_conditions_without_events
     assert journey.entry_trigger(funnel, lead, None) is None
     trial = Lead("bob@example.com", attributes={"plan": "trial"})
     assert journey.entry_trigger(funnel, trial, None) == Cause("entry", "condition")
-    # A condition trigger is judged on lead changes, not on every event.
-    assert journey.entry_trigger(funnel, trial, Event("e4", "page_viewed", MONDAY)) is None
+    # A condition trigger is judged whenever the engine hears of the lead: a change of its fields, any event.
+    assert journey.entry_trigger(funnel, trial, Event("e4", journey.LEAD_UPDATED, MONDAY)) == Cause(
+        "entry", "condition"
+    )
+    assert journey.entry_trigger(funnel, trial, Event("e5", "page_viewed", MONDAY)) == Cause("entry", "condition")
+    assert journey.entry_trigger(funnel, lead, Event("e6", journey.LEAD_UPDATED, MONDAY)) is None
+    # ... but never on the lead opting out.
+    assert journey.entry_trigger(funnel, trial, Event("e7", "unsubscribed", MONDAY)) is None
+    assert journey.entry_trigger(funnel, trial, Event("e8", journey.FUNNEL_UNSUBSCRIBED, MONDAY)) is None
 
 
 # --------------------------------------------------------------------------------------------------
