@@ -100,6 +100,7 @@ class _Signups:
         self.signed_up = 0
         self.retries = 0
         self.error: BaseException | None = None
+        self.stopping = threading.Event()  # the scenario ended early: stop writing again
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
@@ -107,7 +108,8 @@ class _Signups:
             for first in range(0, LEADS, WAVE):
                 while not self._wave(first, min(first + WAVE, LEADS)):
                     self.retries += 1
-                    time.sleep(0.2)
+                    if self.stopping.wait(0.2):
+                        return
                 self.signed_up = min(first + WAVE, LEADS)
                 time.sleep(WAVE_GAP_S)
         except BaseException as exc:
@@ -192,6 +194,7 @@ def test_workers_ride_out_server_restarts(
             left = _settled(db, FINISH_TIMEOUT_S)
             alive = [p.poll() is None for p in procs]
         finally:
+            signups.stopping.set()
             for p in procs:
                 p.terminate()
             codes = [p.wait(timeout=30) for p in procs]
