@@ -3,8 +3,9 @@ this scenario's own while leads sign up in waves and a two-email drip goes out; 
 (`pg_ctl restart -m fast`: sessions cut, transactions rolled back) or stopped for a while and started
 again, once in short mode, several times in full mode.
 
-What must hold: the workers ride it out without a restart of their own (they say once which database
-failed and how, retry every tick, and say when it works again); every lead finishes; every email is
+What must hold: the workers ride it out without a restart of their own (a tick that fails says once
+which database failed and how, the next ticks retry, and the worker says when it works again); every
+lead finishes; every email is
 sent once or is `unknown` (a session cut between DATA and the recorded outcome), never twice
 (invariants 1, 2, 3, 8).
 """
@@ -235,13 +236,16 @@ def test_workers_ride_out_server_restarts(
 
     assert all(alive), "the workers ride out the restarts without one of their own"
     assert codes == [0] * WORKERS
-    # Each outage said once per worker, with the database and the server's own words; no tracebacks per tick.
-    assert said, texts[0][-3000:]
+    # Every worker met the restarts: in a tick, or in a round of sending (which retries its writes itself
+    # and so may end after the server is back, without a tick having failed).
+    assert all("retrying every tick" in text or "psycopg.OperationalError" in text for text in texts)
+    # A tick that failed said so once, with the database and the server's own words, and the worker said
+    # when it worked again; no traceback per tick.
     assert all(
         line.startswith(f"engine.runner database postgresql+psycopg://127.0.0.1:{server.port}/funnel: ")
         for line in said
-    )
-    assert recovered >= len(said)
+    ), said
+    assert recovered == len(said)
     assert not any("tick failed" in text for text in texts)
     assert recorded == (LEADS, LEADS), "every signup recorded once and handled"
     assert left == (0, 0), "every lead finishes the funnel, every email is final"
