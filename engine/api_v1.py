@@ -6,16 +6,32 @@ Invariant 12: a batch with one bad item is rejected whole, with each item's and 
 
 from __future__ import annotations
 
+import json
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Body, Depends, HTTPException
-from fastapi.responses import Response
-from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field, WithJsonSchema, field_validator
+from fastapi import APIRouter, Body, Depends, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    EmailStr,
+    Field,
+    WithJsonSchema,
+    field_validator,
+)
+from typing_extensions import TypeAliasType
 
 from engine import ingest, lead_timeline, store
 from engine.http_context import HttpContext
@@ -26,6 +42,89 @@ MAX_BATCH = 1000
 _DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]")
 # The schema lists the zones this machine knows, so a client can check a zone before sending it.
 ZONES = sorted(available_timezones())
+
+
+# Years as written: any offset then has a UTC date, and a hundred years of waits still fit the calendar.
+FIRST_YEAR, LAST_YEAR = 1900, 8999
+MAX_JSON_DEPTH = 64
+# NUL, which PostgreSQL's text and JSON types refuse, and lone surrogates, which are not Unicode text.
+_UNSTORABLE_TEXT = re.compile("[\x00\ud800-\udfff]")
+# The same said in the schema (a lone surrogate cannot be written in a JSON document that is UTF-8).
+_NO_NUL = {"pattern": "^[^\\x00]*$"}
+_Text = Annotated[str, Field(json_schema_extra=_NO_NUL)]
+_Object = Annotated[dict[str, "JsonValue"], Field(json_schema_extra={"propertyNames": _NO_NUL})]  # type: ignore[misc]
+# Only the schema of what `properties` and `attributes` may hold: validating it value by value costs a
+# hundred times what `unstorable` does.
+JsonValue: Any = TypeAliasType(
+    "JsonValue",
+    Union[_Text, int, float, bool, list["JsonValue"], _Object, None],  # type: ignore[misc]
+)
+
+
+def unstorable(value: Any) -> str | None:
+    """What JSON from a client may hold that the database cannot store, or None: a NUL character or a lone
+    surrogate in any text, NaN or an infinity (Python's JSON parser reads them), nesting deeper than
+    `MAX_JSON_DEPTH` (the JSON encoder recurses). Checked the same on every backend, so an event refused
+    on PostgreSQL is refused on SQLite too."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            bad = _UNSTORABLE_TEXT.search(item)
+            if bad is not None:
+                return f"expected text without NUL characters or lone surrogates, found {bad.group()!r}"
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return f"expected a finite number (JSON has no NaN or infinity), found {item}"
+        elif isinstance(item, dict | list):
+            if depth >= MAX_JSON_DEPTH:
+                return f"expected at most {MAX_JSON_DEPTH} levels of nesting, found more"
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return None
+
+
+class JsonSafeRoute(APIRoute):
+    """FastAPI's 422 answer repeats each refused value, and Python's JSON parser reads values its encoder
+    then refuses (NaN, Infinity, nesting a thousand deep, a lone surrogate from bytes that are not UTF-8):
+    such a value is left out of the answer rather than turning the 422 into a dropped connection."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                return JSONResponse(status_code=422, content={"detail": [_writable(e) for e in exc.errors()]})
+
+        return route
+
+
+def _writable(error: Any) -> Any:
+    try:
+        encoded = jsonable_encoder(error)
+        json.dumps(encoded, allow_nan=False, ensure_ascii=False).encode("utf-8")  # as the answer is written
+        return encoded
+    except (ValueError, TypeError, RecursionError):  # UnicodeEncodeError is a ValueError
+        return jsonable_encoder({k: v for k, v in error.items() if k != "input"})
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _storable(value: Any) -> Any:
+    problem = unstorable(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+StorableText = Annotated[_Text, AfterValidator(_storable)]
+StorableObject = Annotated[
+    dict[str, Any], AfterValidator(_storable), BeforeValidator(_same, json_schema_input_type=_Object)
+]
 
 
 class Problem(BaseModel):
@@ -43,14 +142,17 @@ class EventIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(min_length=1, max_length=200)
+    id: StorableText = Field(min_length=1, max_length=200)
     type: str = Field(pattern=EVENT_NAME, description="e.g. form_submitted, link_clicked, order_completed")
     email: Annotated[str, WithJsonSchema({"type": "string", "format": "email"})]
     occurred_at: AwareDatetime | None = Field(
-        default=None, description="An ISO 8601 date-time with its offset. Default: when it is received."
+        default=None,
+        description=f"An ISO 8601 date-time with its offset, in the years {FIRST_YEAR} to {LAST_YEAR}."
+        " Default: when it is received.",
+        json_schema_extra={"pattern": "^(19|[2-8][0-9])[0-9][0-9]-"},  # FIRST_YEAR to LAST_YEAR
     )
-    properties: dict[str, Any] = Field(default_factory=dict)
-    source: str | None = Field(default=None, max_length=200)
+    properties: StorableObject = Field(default_factory=dict)
+    source: StorableText | None = Field(default=None, max_length=200)
 
     @field_validator("email")
     @classmethod
@@ -67,19 +169,29 @@ class EventIn(BaseModel):
             raise ValueError("expected an ISO 8601 date-time with its offset, e.g. 2026-11-23T10:00:00+00:00")
         return value
 
+    @field_validator("occurred_at")
+    @classmethod
+    def _date_time_in_range(cls, value: datetime | None) -> datetime | None:
+        # Times are kept in UTC and waits are added to them: 0001-01-01T00:00+05:00 has no UTC date at all.
+        if value is not None and not FIRST_YEAR <= value.year <= LAST_YEAR:
+            raise ValueError(
+                f"expected a date-time in the years {FIRST_YEAR} to {LAST_YEAR}, found {value.isoformat()}"
+            )
+        return value
+
 
 class LeadIn(BaseModel):
     """What to set on a lead. Attributes are merged (given keys win), tags are added."""
 
     model_config = ConfigDict(extra="forbid")
 
-    attributes: dict[str, Any] = Field(default_factory=dict)
-    tags: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(default_factory=list)
+    attributes: StorableObject = Field(default_factory=dict)
+    tags: list[Annotated[StorableText, Field(min_length=1, max_length=100)]] = Field(default_factory=list)
     timezone: Annotated[str, WithJsonSchema({"type": "string", "enum": ZONES})] | None = Field(
         default=None, description="An IANA zone, e.g. Europe/Berlin."
     )
     consent: Literal["subscribed", "unsubscribed", "pending"] | None = None
-    consent_source: str | None = Field(default=None, max_length=200)
+    consent_source: StorableText | None = Field(default=None, max_length=200)
 
     @field_validator("timezone")
     @classmethod
@@ -136,7 +248,14 @@ class Accepted(BaseModel):
 def record_items(conn: sa.Connection, items: Sequence[EventIn], source: str, at: datetime) -> tuple[int, int]:
     """Record validated events (creating leads for new addresses) in the caller's transaction; returns
     (accepted, duplicates). An event's own `source` wins over the default."""
-    lead_ids = ingest.lead_ids(conn, [item.email for item in items], at)
+    # Only new events bring leads: an id already recorded, or repeated within the batch (the first one
+    # counts), changes nothing, even when it names another address.
+    first: dict[str, EventIn] = {}
+    for item in items:
+        first.setdefault(item.id, item)
+    recorded = ingest.recorded_event_ids(conn, list(first))
+    fresh = [item for event_id, item in first.items() if event_id not in recorded]
+    lead_ids = ingest.lead_ids(conn, [item.email for item in fresh], at) if fresh else {}
     new = [
         store.NewEvent(
             item.id,
@@ -146,13 +265,14 @@ def record_items(conn: sa.Connection, items: Sequence[EventIn], source: str, at:
             item.properties,
             item.source or source,
         )
-        for item in items
+        for item in fresh
     ]
-    return ingest.record(conn, new, at)
+    inserted, _ = ingest.record(conn, new, at)
+    return inserted, len(items) - inserted
 
 
 def router(ctx: HttpContext) -> APIRouter:
-    router = APIRouter(prefix="/v1", dependencies=[Depends(ctx.api_key())], responses=ERRORS)
+    router = APIRouter(prefix="/v1", dependencies=[Depends(ctx.api_key())], responses=ERRORS, route_class=JsonSafeRoute)
 
     @router.post("/events", response_model=Accepted, tags=["events"])
     def post_events(

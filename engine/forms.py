@@ -235,6 +235,8 @@ def _check(values: dict[str, str], spec: FormSettings) -> tuple[str | None, dict
     for name, value in values.items():
         if len(value) > MAX_FIELD:
             errors[name] = f"Please keep this under {MAX_FIELD} characters."
+        elif "\x00" in value:  # no browser sends it, and PostgreSQL's text and JSON types cannot hold it
+            errors[name] = "Please remove the invisible characters from this field."
     return address, errors
 
 

@@ -276,6 +276,11 @@ def record(conn: sa.Connection, new_events: Sequence[store.NewEvent], now: datet
     return inserted, len(rows) - inserted
 
 
+def recorded_event_ids(conn: sa.Connection, event_ids: Sequence[str]) -> set[str]:
+    """The ids among these that are already recorded."""
+    return {row[0] for row in rows_where_in(conn, "SELECT event_id FROM events", "event_id", event_ids)}
+
+
 def mark_processed(conn: sa.Connection, pks: Sequence[int], now: datetime) -> None:
     at = binder(conn, tables.events.c.processed_at)(now)
     for chunk in _chunks(sorted(pks)):

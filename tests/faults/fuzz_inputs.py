@@ -342,6 +342,14 @@ class Body:
         return parsed if isinstance(parsed, list) else [parsed]
 
 
+# Any Unicode text but NUL, which no database text holds (the API refuses it; "unstorable-text" sends it).
+_CHARACTERS = st.characters(codec="utf-8", exclude_characters="\x00")
+
+
+def _text(min_size: int = 0, max_size: int | None = None) -> st.SearchStrategy[str]:
+    return st.text(_CHARACTERS, min_size=min_size, max_size=max_size)
+
+
 ADDRESSES = (
     "ann@example.com", " Ann@Example.COM ", "bob@example.org", "chen.wei+funnel@example.net",
     "dora@xn--bcher-kva.example", "émile@exemple.fr", "o'neil@example.ie", "x@sub.domain.example.com",
@@ -351,14 +359,14 @@ _NOT_ADDRESSES = ("", "not-an-address", "a@", "@example.com", "a b@example.com",
 
 _json_leaf = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=30),
+    _text(max_size=30),
 )  # fmt: skip
 _json_values = st.recursive(
     _json_leaf,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_text(max_size=10), inner, max_size=4),
     max_leaves=15,
 )
-_ids = st.text(st.characters(codec="utf-8"), min_size=1, max_size=40) | st.from_regex(r"\A[a-z0-9-]{1,60}\Z")
+_ids = _text(min_size=1, max_size=40) | st.from_regex(r"\A[a-z0-9-]{1,60}\Z")
 _timestamps = st.datetimes(datetime(2000, 1, 1), datetime(2100, 1, 1), timezones=st.timezones()).map(
     lambda d: d.isoformat()
 )
@@ -374,9 +382,9 @@ def valid_event(draw: Draw) -> dict[str, Any]:
     if draw(st.booleans()):
         event["occurred_at"] = draw(_timestamps)
     if draw(st.booleans()):
-        event["properties"] = draw(st.dictionaries(st.text(max_size=10), _json_values, max_size=4))
+        event["properties"] = draw(st.dictionaries(_text(max_size=10), _json_values, max_size=4))
     if draw(st.booleans()):
-        event["source"] = draw(st.none() | st.text(max_size=30))
+        event["source"] = draw(st.none() | _text(max_size=30))
     return event
 
 
@@ -413,9 +421,10 @@ def event_bodies(draw: Draw) -> Body:
     """A `POST /v1/events` body, with what the API must do with it."""
     shape = draw(
         st.sampled_from(
-            ("event", "batch", "batch-with-repeats", "bad-event", "batch-with-bad-items", "empty-batch", "over-limit",
-             "random-json", "not-json", "not-utf8", "wrong-content-type", "huge-properties", "huge-id",
-             "odd-addresses", "odd-timestamps", "numbers-json-cannot-hold")
+            ("event", "event", "batch", "batch", "batch-with-repeats", "batch-with-repeats", "bad-event",
+             "batch-with-bad-items", "empty-batch", "over-limit", "random-json", "not-json", "not-utf8",
+             "wrong-content-type", "huge-properties", "huge-id", "odd-addresses", "odd-timestamps",
+             "numbers-json-cannot-hold", "deep-json", "unstorable-text")
         )
     )  # fmt: skip
     json_type = "application/json"
@@ -483,6 +492,24 @@ def event_bodies(draw: Draw) -> Body:
                                "2026-11-23T10:00:00.123456789Z", "2026-11-23 10:00Z", "2026-11-23T10:00:00-00:00"))
         )  # fmt: skip
         return Body("unknown", _json(event), json_type, shape)
+    if shape == "deep-json":
+        depth = draw(st.sampled_from((10, 64, 65, 200, 900, 990, 3000, 100_000)))
+        event = dict(draw(valid_event()), properties={"deep": "<deep>"})
+        content = _json(event).replace(b'"<deep>"', b"[" * depth + b"]" * depth)
+        return Body("unknown", content, json_type, f"{shape}: {depth} levels")
+    if shape == "unstorable-text":
+        # What JSON can escape but PostgreSQL's text and JSON types cannot hold, or is not Unicode text.
+        text = draw(st.sampled_from(("\\u0000", "a\\u0000b", "\\ud800", "x\\udfff", "\\udbff\\udfff")))
+        where = draw(st.sampled_from(("id", "source", "property", "property-name")))
+        event = draw(valid_event())
+        event = {
+            "id": dict(event, id="<text>"),
+            "source": dict(event, source="<text>"),
+            "property": dict(event, properties={"p": "<text>"}),
+            "property-name": dict(event, properties={"<text>": 1}),
+        }[where]
+        content = _json(event).replace(b"<text>", text.encode())
+        return Body("unknown", content, json_type, f"{shape}: {text} in {where}")
     # Numbers that JSON can write but a database's JSON cannot store, or Python cannot read.
     number = draw(st.sampled_from(("1e999", "-1e999", "NaN", "Infinity", "1" * 5000, "1" * 30, "-0", "1E400")))
     event = dict(draw(valid_event()), properties={"n": "<number>"})
