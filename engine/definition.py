@@ -31,6 +31,7 @@ from pydantic import (
 from engine.durations import format_duration, parse_duration
 
 ID_PATTERN = r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$"
+MAX_ID_LENGTH = 63
 EVENT_PATTERN = r"^[a-z][a-z0-9_.]*$"
 TEMPLATE_PATTERN = r"^[a-z0-9][a-z0-9_-]*(/[a-z0-9][a-z0-9_-]*)*$"
 STANDARD_STAGES = ("inquiry", "comparison", "conversion", "onboarding", "advocacy")
@@ -38,7 +39,7 @@ WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 Id = Annotated[
     str,
-    StringConstraints(pattern=ID_PATTERN, max_length=63),
+    StringConstraints(pattern=ID_PATTERN, max_length=MAX_ID_LENGTH),
     Field(description="Lowercase kebab-case id: letters, digits and single dashes, e.g. `nurture-1`."),
 ]
 EventName = Annotated[

@@ -26,6 +26,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from engine.definition import (
     EVENT_PATTERN,
     ID_PATTERN,
+    MAX_ID_LENGTH,
     TEMPLATE_PATTERN,
     AllCondition,
     AttrCondition,
@@ -488,7 +489,7 @@ def describe(loc: Loc, data: Any = None) -> str:
         if isinstance(part, str) and part in _NAMED and isinstance(nxt, int) and not dotted:
             item = _get(child, nxt)
             ident = item.get("id") if isinstance(item, dict) else None
-            if isinstance(ident, str) and re.match(ID_PATTERN, ident):
+            if isinstance(ident, str) and len(ident) <= MAX_ID_LENGTH and re.match(ID_PATTERN, ident):
                 words.append(f"{_NAMED[part]} '{ident}'")
                 node = item
                 i += 2

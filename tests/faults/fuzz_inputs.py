@@ -292,10 +292,17 @@ def _text_mutation(draw: Draw, raw: bytes) -> tuple[bytes, str]:
     return raw, kind
 
 
+def _short(content: bytes) -> str:
+    return repr(content) if len(content) <= 300 else f"{content[:200]!r}... ({len(content):,} bytes)"
+
+
 @dataclass(frozen=True)
 class FunnelFile:
     content: bytes
     how: str  # the changes made, for failure messages
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:  # hypothesis prints examples: some are megabytes
+        printer.text(f"FunnelFile({_short(self.content)}, {self.how!r})")
 
 
 @st.composite
@@ -334,6 +341,9 @@ class Body:
     content: bytes
     content_type: str | None
     how: str
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(f"Body({self.kind!r}, {_short(self.content)}, {self.content_type!r}, {self.how!r})")
 
     @property
     def items(self) -> list[Any]:
@@ -583,7 +593,7 @@ def form_posts(draw: Draw) -> Body:
             fields.get("email") in ADDRESSES
             and fields.get("consent", "").lower() in ("on", "yes", "true", "1")
             and not fields.get("website", "").strip()
-            and all(len(v.strip()) <= 500 for v in fields.values())
+            and all(len(v.strip()) <= 500 and "\x00" not in v for v in fields.values())
         )
         return Body("valid" if person else "unknown", encoded, "application/x-www-form-urlencoded", shape)
     if shape == "not-utf8":

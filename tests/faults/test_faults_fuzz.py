@@ -57,6 +57,7 @@ from tests.http.conftest import NOW, Clock, Served, start_server
 from tests.smtp_server import _free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = (ROOT / "funnels" / "lead-magnet.yaml").read_bytes()
 SLOW = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example]
 # Loading a funnel file takes milliseconds (PyYAML needs up to ~2 s for a line of a thousand `[`); ten
 # seconds mean something walks far more than the file holds.
@@ -98,6 +99,12 @@ def peak_memory_mb() -> float:
 _LINE_BREAK = re.compile("\r\n|[\r\n\x85\u2028\u2029]")
 # Words of Python or pydantic that mean an exception's text reached the marketer.
 _INTERNALS = ("Traceback", " object at 0x", "NoneType", "function-after", "function-before", "<class", "pydantic")
+
+
+def example_with(old: bytes, new: bytes) -> bytes:
+    """The example funnel with one change; it must still hold what the change replaces."""
+    assert old in EXAMPLE, f"the example funnel no longer holds {old!r}"
+    return EXAMPLE.replace(old, new, 1)
 
 
 def lines_of(content: bytes) -> list[str]:
@@ -178,22 +185,22 @@ def test_funnel_files_load_or_say_where_they_are_wrong(tmp_path: Path, fault_rep
     @example(FunnelFile("".join(f"k{i}: {i}\n" for i in range(5000)).encode(), "5,000 unknown keys"), False)
     @example(
         FunnelFile(
-            (ROOT / "funnels" / "lead-magnet.yaml").read_bytes().replace(b"wait: 28d", b"wait: 99999999999999999999w"),
+            example_with(b"wait: 28d", b"wait: 99999999999999999999w"),
             "a wait longer than a date can hold (an OverflowError)",
         ),
         False,
     )
     @example(
         FunnelFile(
-            (ROOT / "funnels" / "lead-magnet.yaml").read_bytes().replace(b"wait: 28d", b"wait: 999999999d"),
+            example_with(b"wait: 28d", b"wait: 999999999d"),
             "a wait that loaded, then overflowed the journey's date arithmetic",
         ),
         False,
     )
     @example(
         FunnelFile(
-            (ROOT / "funnels" / "lead-magnet.yaml").read_bytes().replace(b"score: 10}", b"score: 1.0e999}"),
-            "an infinite score",
+            example_with(b"id: deliver-report", b"id: " + b"x" * 70_000),
+            "an id of 70,000 letters, repeated whole in its error as the step's name",
         ),
         False,
     )
@@ -257,6 +264,29 @@ def test_funnel_files_load_or_say_where_they_are_wrong(tmp_path: Path, fault_rep
         f" no traceback ({cli_s:.1f} s)"
     )
     fault_report(tally)
+
+
+# A funnel holding these loaded, then failed later: the journey's date arithmetic overflowed, or the
+# database refused the lead's row (PostgreSQL's 32-bit score, JSON without infinities).
+@pytest.mark.parametrize(
+    ("old", "new", "words"),
+    [
+        (b"wait: 28d", b"wait: 999999999d", "expected a duration of at most 100 years"),
+        (b"score: 10}", b"score: 3000000000}", "expected a score between"),
+        (b"score: 10}", b"score: 1.0e999}", "expected a finite number"),
+        (b"score: 10}", b"score: 10, set: {x: 1.0e999}}", "update.set.x"),
+        (b"gte: 50}", b"gte: 1.0e999}", "expected a finite number"),
+    ],
+    ids=["wait", "score", "infinite-score", "infinite-attribute", "infinite-bound"],
+)
+def test_a_value_the_engine_cannot_use_is_refused_where_it_is_written(
+    tmp_path: Path, old: bytes, new: bytes, words: str
+) -> None:
+    path = tmp_path / "funnel.yaml"
+    path.write_bytes(example_with(old, new))
+    result = load_funnels([path], emails_dir=None)
+    line = EXAMPLE[: EXAMPLE.index(old)].count(b"\n") + 1
+    assert [(e.line, words in e.message) for e in result.errors] == [(line, True)], result.errors
 
 
 # --------------------------------------------------------------------------------------------------
