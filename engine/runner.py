@@ -75,7 +75,7 @@ class Outage:
             self.since = now
             log.error("%s; retrying every tick", problem)
         elif problem != self.said or now - self.said_at >= self.REMIND_S:
-            log.error("%s; still retrying, %d ticks failed in %.0f s", problem, self.failures, now - self.since)
+            log.error("%s; still retrying after %.0f s, ticks failed: %d", problem, now - self.since, self.failures)
         else:
             return
         self.said, self.said_at = problem, now
@@ -84,7 +84,7 @@ class Outage:
         """A tick wrote what it had to: whatever was wrong with the database is over."""
         if self.since is not None:
             log.warning(
-                "database working again after %d failed ticks in %.0f s", self.failures, self.clock() - self.since
+                "database working again after %.0f s; ticks failed: %d", self.clock() - self.since, self.failures
             )
         self.since, self.failures, self.said = None, 0, ""
 
