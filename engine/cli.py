@@ -256,6 +256,9 @@ def run(
     """Run the engine: the scheduler ticks, leads move, emails go out (to a local sink if no relay is set)."""
     import asyncio
 
+    import sqlalchemy as sa
+
+    from engine.database import describe_failure
     from engine.logs import setup
     from engine.mime import DkimKeyError
     from engine.runner import Clock, Runner
@@ -263,12 +266,19 @@ def run(
 
     settings = get_settings()
     setup(settings.log_format, settings.log_level)
+    _refuse_public_key(settings)
     funnels = _load([settings.funnels_dir], settings.emails_dir)
     try:
         runner = Runner(settings, funnels, Clock(_parse_time(now, "--now")))
     except DkimKeyError as exc:
         err.print(f"cannot start: {exc}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
+    except sa.exc.DBAPIError as exc:
+        problem = describe_failure(sa.create_engine(settings.effective_database_url), exc)
+        if problem is None:
+            raise
+        err.print(f"cannot start: {problem}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
     try:
         for definition in funnels:
             console.print(f"[green]loaded[/green] {definition.id} (version {definition.version})")
@@ -277,7 +287,8 @@ def run(
             if settings.smtp.host
             else (f"the local sink, stored as .eml files in {settings.data_dir / 'outbox'}")
         )
-        console.print(f"database: {settings.effective_database_url}\nemails go to {where}")
+        shown = sa.make_url(settings.effective_database_url).render_as_string(hide_password=True)
+        console.print(f"database: {shown}\nemails go to {where}", markup=False, soft_wrap=True)
         if demo:
             count = _demo_signups(runner, runner.clock())
             console.print(f"demo: {count} sample signup(s) recorded")
@@ -499,12 +510,20 @@ def api(
 
     settings = get_settings()
     setup(settings.log_format, settings.log_level)
+    _refuse_public_key(settings, host)
     uvicorn.run(
         create_app(settings, _api_db()),
         host=host or settings.http.host,
         port=settings.http.port if port is None else port,
         log_config=None,  # uvicorn's records go through our scrubbing handler
     )
+
+
+def _refuse_public_key(settings: Any, host: str | None = None) -> None:
+    problem = settings.public_key_problem(host)
+    if problem is not None:
+        err.print(f"cannot start: {problem}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
 
 
 register_import(app)

@@ -167,11 +167,19 @@ def alembic_config(connection: sa.Connection | None = None) -> Config:
     return config
 
 
+# An advisory lock key of our own (any 64-bit number no other application on the server uses).
+MIGRATION_LOCK = 0x66756E6E656C  # "funnel"
+
+
 def upgrade(url: str | URL, revision: str = "head") -> None:
     """Apply the migrations up to `revision` (idempotent: an up-to-date database is left as is)."""
     engine = create_engine_for(url)
     try:
         with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                # Workers started together on an empty database: one migrates, the others wait for its
+                # commit, then find nothing to do (SQLite's writer lock does the same by itself).
+                connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
             command.upgrade(alembic_config(connection), revision)
     finally:
         engine.dispose()

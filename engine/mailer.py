@@ -118,6 +118,8 @@ class Mailer:
         smtp = settings.smtp
         self.throttle = Throttle(smtp.rate_per_s, smtp.domain_rate_per_s, smtp.domain_rates)
         self.pool: RenderPool | None = None
+        # Set when the engine stops: the round in flight sends what it has leased and leases no more.
+        self.stopping = False
 
     def close(self) -> None:
         if self.pool is not None:
@@ -214,7 +216,7 @@ class Mailer:
         part = 16 if self.pool else 1
         left = limit
         try:
-            while left > 0:
+            while left > 0 and not self.stopping:
                 leased, ready = self._lease(now, min(left, chunk), result)
                 if not leased:
                     break

@@ -32,6 +32,8 @@ from engine.webhooks_out import WebhookSender
 from engine.worker import TickResult, Worker
 
 log = logging.getLogger("engine.runner")
+# How long a stop waits for the round in flight (systemd's default TimeoutStopSec is 90 s).
+STOP_GRACE_S = 30.0
 # A tick due while one runs finds the lock held and asks for one more round; APScheduler need not say so.
 logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
 logging.getLogger("apscheduler.executors").setLevel(logging.ERROR)
@@ -174,7 +176,7 @@ class Runner:
                 try:
                     # Round after round while there is work (a full batch of events from a separate
                     # `funnel api`, emails still due) or new work was announced; then wait for the interval.
-                    while True:
+                    while not stop.is_set():
                         done = await self.step()
                         if done.tick.work or done.mail.work:
                             # A tick with nothing to write proves nothing about a disk that was full.
@@ -230,13 +232,28 @@ class Runner:
                 await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
                 stopping.cancel()
         finally:
+            stop.set()  # no new round starts
+            self.mailer.stopping = True
+            scheduler.pause()
+            await self._finish_round(busy)  # before the shutdown, which would cancel the running tick
             scheduler.shutdown(wait=False)
             if http is not None and serving is not None:
                 http.should_exit = True
                 await asyncio.gather(serving, return_exceptions=True)
-            stop.set()
             await asyncio.gather(sending, return_exceptions=True)
             await self.webhooks.aclose()
+
+    async def _finish_round(self, busy: asyncio.Lock) -> None:
+        """Let the round in flight end before stopping: cut off between DATA and the relay's reply, a
+        message could only be marked `unknown` at the next start, and each restart would leave some."""
+        if not busy.locked():
+            return
+        grace = max(STOP_GRACE_S, 2 * self.settings.smtp.timeout_s)
+        log.info("stopping: letting the round in flight finish (at most %.0f s)", grace)
+        try:
+            await asyncio.wait_for(busy.acquire(), timeout=grace)
+        except TimeoutError:
+            log.warning("stopping with a round still in flight: messages in DATA will be marked unknown")
 
     async def send_digest(self) -> None:
         try:

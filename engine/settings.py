@@ -246,7 +246,8 @@ class Settings(BaseSettings):
         if not exposed:
             return None
         return (
-            f"secret_key is the public default while {' and '.join(exposed)} reach beyond this machine: "
+            f"secret_key is the public default while {' and '.join(exposed)} "
+            f"{'reach' if len(exposed) > 1 else 'reaches'} beyond this machine: "
             "set FUNNEL_SECRET_KEY to a long random value, e.g. the output of "
             "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`"
         )

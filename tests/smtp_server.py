@@ -58,10 +58,10 @@ class RecordingHandler:
 class RecordingSmtpServer:
     """`with RecordingSmtpServer() as smtp:` then point the engine at `smtp.host`, `smtp.port`."""
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", handler: RecordingHandler | None = None) -> None:
         self.host = host
         self.port = _free_port(host)
-        self.handler = RecordingHandler()
+        self.handler = handler or RecordingHandler()
         self._controller = Controller(self.handler, hostname=host, port=self.port, ready_timeout=60)
 
     def __enter__(self) -> RecordingSmtpServer:

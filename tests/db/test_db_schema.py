@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import URL, Engine
 
 from engine import store, tables
 from engine.database import alembic_config, connect_read_only, create_engine_for, current_revision, upgrade
@@ -94,3 +96,27 @@ def test_a_reader_does_not_wait_for_the_writer(db: Engine) -> None:
             assert store.find_lead_id(reader, "w@example.com") is not None
             assert store.find_lead_id(reader, "uncommitted@example.com") is None
         assert time.monotonic() - started < 5
+
+
+@pytest.mark.postgres
+def test_workers_started_together_on_an_empty_database_migrate_it_once(
+    postgres_admin: Engine, postgres_admin_url: URL
+) -> None:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with postgres_admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = postgres_admin_url.set(database=name)
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            results = list(pool.map(lambda _: upgrade(url), range(3)))
+        assert results == [None, None, None]
+        engine = create_engine_for(url)
+        try:
+            assert current_revision(url) == ScriptDirectory.from_config(alembic_config()).get_current_head()
+            with engine.connect() as conn:
+                assert conn.execute(sa.select(sa.func.count()).select_from(sa.table("leads"))).scalar_one() == 0
+        finally:
+            engine.dispose()
+    finally:
+        with postgres_admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
