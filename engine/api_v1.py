@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal, Union
@@ -33,9 +34,10 @@ from pydantic import (
 )
 from typing_extensions import TypeAliasType
 
-from engine import ingest, lead_timeline, store
+from engine import consents, ingest, lead_timeline, store
 from engine.http_context import HttpContext
 from engine.importer import check_email
+from engine.journey import LEAD_UPDATED
 
 EVENT_NAME = r"^[a-z][a-z0-9_.-]{0,99}$"
 MAX_BATCH = 1000
@@ -125,6 +127,10 @@ StorableText = Annotated[_Text, AfterValidator(_storable)]
 StorableObject = Annotated[
     dict[str, Any], AfterValidator(_storable), BeforeValidator(_same, json_schema_input_type=_Object)
 ]
+
+
+# Consent the API may not give back: the lead opted out, or its mailbox provider said no.
+OPTED_OUT = frozenset({"unsubscribed", "bounced", "complained"})
 
 
 class Problem(BaseModel):
@@ -321,23 +327,46 @@ def router(ctx: HttpContext) -> APIRouter:
             ],
         )
 
-    @router.put("/leads/{email:path}", response_model=LeadOut, tags=["leads"])
+    @router.put(
+        "/leads/{email:path}",
+        response_model=LeadOut,
+        tags=["leads"],
+        responses={409: {"model": Problem, "description": "The lead opted out, bounced or complained."}},
+    )
     def put_lead(email: EmailStr, body: LeadIn) -> LeadOut:
-        """Create or update a lead: attributes merged, tags added, time zone and consent set when given."""
+        """Create or update a lead: attributes merged, tags added, time zone and consent set when given.
+        Funnels hear of the change as a `lead_updated` event (their condition triggers look again).
+        Consent can be withdrawn here, never given back to a lead who opted out: only the lead can
+        do that (the preference page, or a signup form)."""
         address = store.normalise_email(email)
         at = ctx.now()
+        source = body.consent_source or "api"
         with ctx.engine.begin() as conn:
-            store.upsert_lead(
+            _, current = consents.lead_consent(conn, address)
+            if body.consent in ("subscribed", "pending") and current in OPTED_OUT:
+                raise HTTPException(
+                    status_code=409,
+                    detail=f"the lead is {current}: only the lead can opt in again "
+                    "(the preference page, or a signup form)",
+                )
+            opting_in = body.consent if body.consent != "unsubscribed" else None
+            lead_id = store.upsert_lead(
                 conn,
                 address,
                 attributes=body.attributes,
                 tags=body.tags,
                 timezone=body.timezone,
-                consent=body.consent,
-                consent_source=body.consent_source or ("api" if body.consent else None),
+                consent=opting_in,
+                consent_source=source if opting_in else None,
                 now=at,
             )
-            return lead_view(conn, address)
+            if body.consent == "unsubscribed":  # a consent record and the funnels' exit rules, as on the page
+                consents.unsubscribe(conn, address, consents.ConsentAct("withdrawn", source), at)
+            updated = store.NewEvent(f"lead-updated:{uuid.uuid4().hex}", lead_id, LEAD_UPDATED, at, {}, "api")
+            store.record_events(conn, [updated], now=at)
+            view = lead_view(conn, address)
+        ctx.nudge()
+        return view
 
     @router.get(
         "/leads/{email:path}",
