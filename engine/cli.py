@@ -27,11 +27,11 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
+console = Console(emoji=False)  # ":fire:" in a funnel file is text, not an emoji
 # `funnel run` is long-lived: its lines must reach a log collector or a pipe as they happen.
 if hasattr(sys.stdout, "reconfigure"):
     sys.stdout.reconfigure(line_buffering=True)
-err = Console(stderr=True)
+err = Console(stderr=True, emoji=False)
 
 
 @app.command()

@@ -37,7 +37,7 @@ def import_leads(
     from engine.database import create_engine_for, upgrade
     from engine.settings import get_settings
 
-    console, err = Console(), Console(stderr=True)
+    console, err = Console(emoji=False), Console(stderr=True, emoji=False)
     settings = get_settings()
     now = datetime.now(UTC)
     if not path.is_file():

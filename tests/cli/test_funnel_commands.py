@@ -76,3 +76,12 @@ def test_a_malformed_scenario_file_names_file_line_and_column(tmp_path: Path) ->
     assert result.returncode == 1
     assert "bad.scenarios.yaml:4:12:" in result.stderr
     assert "found 'tomorrow'" in result.stderr
+
+
+def test_validate_prints_what_the_file_says_without_turning_it_into_emoji(tmp_path: Path) -> None:
+    broken = tmp_path / "fire.yaml"
+    broken.write_text("id: fire\nname: Fire\n':fire:': 1\nstages: [{id: only, steps: [{id: w, wait: 1d}]}]\n")
+    result = funnel("validate", str(broken))
+    assert result.returncode == 1
+    assert "':fire:'" in result.stdout + result.stderr
+    assert "🔥" not in result.stdout + result.stderr
