@@ -22,7 +22,7 @@ from fastapi.routing import APIRoute
 from pydantic import Field
 
 from engine import signatures, tables
-from engine.api_v1 import MAX_BATCH, Accepted, EventIn, record_items
+from engine.api_v1 import MAX_BATCH, Accepted, EventIn, JsonSafeRoute, record_items
 from engine.http_context import HttpContext
 from engine.settings import Settings
 
@@ -40,7 +40,7 @@ def _signed_route(settings: Settings, now: Callable[[], datetime]) -> type[APIRo
     """A route that checks the signature before FastAPI reads the body as JSON: a request that is not
     signed is refused before anything in it is interpreted, malformed JSON included."""
 
-    class SignedRoute(APIRoute):
+    class SignedRoute(JsonSafeRoute):  # a refused value that JSON cannot repeat still gets its 422
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
             handler = super().get_route_handler()
 

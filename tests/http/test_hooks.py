@@ -219,6 +219,10 @@ def test_a_signed_batch_with_bad_items_is_422_per_item_and_can_be_sent_again_onc
     garbage = b'{"id": '
     assert hooked.post(garbage, sign(SECRET, int(NOW.timestamp()), garbage)).status_code == 422
     assert _receipts(hooked) == []
+    # Signed, with a value JSON cannot say back in the answer (NaN): still a 422 naming the field.
+    nan = b'{"id": "n-1", "type": "order_completed", "email": "ann@example.com", "properties": {"x": NaN}}'
+    refused = hooked.post(nan, sign(SECRET, int(NOW.timestamp()), nan))
+    assert refused.status_code == 422 and refused.json()["detail"]
     assert hooked.signed(batch[:1]).status_code == 200
     assert [e[0] for e in _events(hooked)] == ["ok-1"]
 
