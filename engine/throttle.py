@@ -9,6 +9,9 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+# The longest a throttling reply holds a whole domain.
+MAX_PAUSE_S = 300.0
+
 
 @dataclass(slots=True)
 class Pace:
@@ -82,6 +85,9 @@ class Throttle:
         return max(self.all.wait(now), pace.wait(now) if pace else 0.0, self.paused_until.get(domain, now) - now)
 
     def pause(self, domain: str, seconds: float) -> None:
-        """The domain's server answered with a throttling reply: hold everything for it a while."""
+        """The domain's server answered with a throttling reply: hold everything for it a while. At most
+        MAX_PAUSE_S: the refused message's own backoff grows to hours after many tries, but one slow
+        message says nothing about the domain an hour from now."""
         domain = domain.lower()
-        self.paused_until[domain] = max(self.paused_until.get(domain, 0.0), self.clock() + seconds)
+        until = self.clock() + min(seconds, MAX_PAUSE_S)
+        self.paused_until[domain] = max(self.paused_until.get(domain, 0.0), until)

@@ -70,3 +70,12 @@ def test_a_paused_domain_waits_while_others_go() -> None:
     assert throttle.reserve("fast.example", patience=0) == 0
     clock.t += 121
     assert throttle.reserve("slow.example", patience=0) == 0
+
+
+def test_a_pause_holds_the_domain_five_minutes_at_most_whatever_the_message_s_backoff() -> None:
+    clock = Clock()
+    throttle = Throttle(1000, clock=clock)
+    throttle.pause("slow.example", 6 * 3600)  # a message on its twelfth try
+    assert 299 <= throttle.delay("slow.example") <= 300
+    throttle.pause("slow.example", 10)  # a shorter pause never cuts a longer one short
+    assert 299 <= throttle.delay("slow.example") <= 300
