@@ -4,20 +4,27 @@ lead's journey is the worker's business, on its next tick."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from fastapi import FastAPI, Request, Response
 from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine import api_v1, dashboard, forms, hooks, pages
+from engine.database import describe_failure
 from engine.http_context import HttpContext
 from engine.metrics import Metrics
 from engine.settings import Settings
+
+log = logging.getLogger("engine.api")
+# What a 503 asks the caller to wait: about a tick, by when a freed disk or a restarted server is back.
+RETRY_AFTER_S = 5
 
 
 def create_app(
@@ -48,6 +55,20 @@ def create_app(
     for router in routers:
         app.include_router(router)
     every_route = [r for router in routers for r in router.routes if isinstance(r, APIRoute)]
+
+    @app.exception_handler(sa.exc.DBAPIError)
+    async def database_down(request: Request, exc: Exception) -> Response:
+        # A full disk or a server restarting: the caller should send the same request again (event ids make
+        # that safe), so 503 with Retry-After, and ops get the cause in words, not a traceback per request.
+        problem = describe_failure(engine, exc)
+        if problem is None:
+            raise exc
+        log.warning("%s %s: %s", request.method, request.url.path, problem)
+        return JSONResponse(
+            status_code=503,
+            content={"detail": "the database cannot take this request now; send it again later"},
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:

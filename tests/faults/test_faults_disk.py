@@ -167,8 +167,9 @@ class _Signups:
             return False
         if response.is_success:
             return True
-        if response.status_code < 500:
-            raise AssertionError(f"{response.status_code}: {response.text}")
+        if response.status_code != 503 or "Retry-After" not in response.headers:
+            # A full disk is the caller's cue to send again later, said as such: not a 4xx, not a bare 500.
+            raise AssertionError(f"{response.status_code} {dict(response.headers)}: {response.text}")
         self.refused[str(response.status_code)] += 1
         return False
 
