@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -247,6 +248,50 @@ def lead_export(
         return
     output.write_text(text, encoding="utf-8")
     Console(stderr=True).print(f"wrote {output}", markup=False, highlight=False)
+
+
+@lead_app.command("enroll")
+def lead_enroll(
+    email: str = typer.Argument(..., help="The lead's email address (created if new)."),
+    funnel_id: str = typer.Argument(..., metavar="FUNNEL", help="A funnel whose entry has `manual: true`."),
+    by: str = typer.Option(os.environ.get("USER") or "ops", "--by", help="Who; recorded as the cause."),
+    database_url: str | None = typer.Option(None, "--database-url", help=DATABASE_HELP),
+) -> None:
+    """Put a lead in a funnel by hand. Recorded as an event, so the engine enrolls the lead on its next
+    tick like any other entry, with the cause `manual (BY)`; a lead already in the funnel stays as it is."""
+    import uuid
+
+    from engine import journey, store
+    from engine.definition import ManualTrigger
+    from engine.settings import get_settings
+    from engine.validation import load_funnels
+
+    settings = get_settings()
+    loaded = {f.id: f for f in load_funnels([settings.funnels_dir], emails_dir=None).funnels}
+    funnel = loaded.get(funnel_id)
+    if funnel is None:
+        raise _fail(
+            f"no funnel {funnel_id!r} in {settings.funnels_dir} (found: {', '.join(sorted(loaded)) or 'none'})", 2
+        )
+    if not any(isinstance(t, ManualTrigger) for t in funnel.entry.triggers):
+        raise _fail(f"funnel {funnel_id!r} takes no manual entry: add `- manual: true` to its entry triggers", 2)
+    now = datetime.now(UTC)
+    with _database(database_url) as engine:
+        try:
+            with engine.begin() as conn:
+                lead_id = store.find_lead_id(conn, email) or store.upsert_lead(conn, email, now=now)
+                event = store.NewEvent(
+                    f"manual-enroll:{uuid.uuid4().hex}",
+                    lead_id,
+                    journey.MANUAL_ENROLL,
+                    now,
+                    {"funnel": funnel_id, "by": by},
+                    "cli",
+                )
+                store.record_events(conn, [event], now=now)
+        except ValueError as exc:
+            raise _fail(str(exc), 2) from None
+    _say(Console(), f"recorded: {email} enters {funnel_id} on the engine's next tick (cause: manual ({by}))")
 
 
 @lead_app.command("forget")

@@ -23,6 +23,7 @@ from engine.definition import (
     EventTrigger,
     ExitStep,
     Funnel,
+    ManualTrigger,
     MoveStep,
     OnEndMove,
     Outcome,
@@ -52,6 +53,9 @@ MAX_STEPS_PER_DECISION = 200
 FUNNEL_UNSUBSCRIBED = "funnel_unsubscribed"
 # The event recorded when a lead's fields change (`PUT /v1/leads`): condition triggers look again.
 LEAD_UPDATED = "lead_updated"
+# An operator puts a lead in a funnel (`funnel lead enroll`): `{funnel: <id>, by: <who>}`. Only a funnel
+# whose entry has `manual: true` takes it.
+MANUAL_ENROLL = "manual_enroll"
 # A lead opting out is never what lets it into a funnel, whatever its fields say.
 _OPT_OUTS = frozenset({"unsubscribed", FUNNEL_UNSUBSCRIBED})
 
@@ -198,6 +202,13 @@ def entry_trigger(funnel: Funnel, lead: Lead, event: Event | None) -> Cause | No
     for trigger in funnel.entry.triggers:
         if isinstance(trigger, EventTrigger) and event is not None and _matches(trigger, event):
             return Cause("event", event.id)
+        if (
+            isinstance(trigger, ManualTrigger)
+            and event is not None
+            and event.name == MANUAL_ENROLL
+            and event.properties.get("funnel") == funnel.id
+        ):
+            return Cause("manual", str(event.properties.get("by") or event.id))
         if (
             isinstance(trigger, ConditionTrigger)
             and (event is None or event.name not in _OPT_OUTS)

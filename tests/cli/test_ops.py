@@ -502,3 +502,22 @@ def test_watch_follows_transitions_and_email_outcomes_as_they_happen(
     text = run("watch", "--from-start", "--once", "--funnel", "lead-magnet", "--database-url", url)
     assert "late@example.com  lead-magnet  (enters) -> inquiry  because event form_submitted" in text.output
     assert "early@example.com  lead-magnet  email deliver-report delivered" in text.output
+
+
+def test_an_operator_enrolls_a_lead_by_hand_and_the_cause_says_who(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'funnel.db'}"
+    done = run("lead", "enroll", "sam@example.com", "lead-magnet", "--by", "olivia", "--database-url", url)
+    assert done.exit_code == 0, done.output
+    assert "sam@example.com enters lead-magnet on the engine's next tick" in done.output
+    loaded = load_funnels([ROOT / "funnels"], emails_dir=None)
+    engine = create_engine_for(url)
+    try:
+        worker = Worker(engine, {f.id: f for f in loaded.funnels})
+        worker.publish(datetime.now(UTC))
+        worker.run_until_idle(datetime.now(UTC))
+    finally:
+        engine.dispose()
+    shown = run("lead", "show", "sam@example.com", "--utc", "--database-url", url)
+    assert "lead-magnet: in " in shown.output and "because manual (olivia)" in shown.output, shown.output
+    unknown = run("lead", "enroll", "sam@example.com", "nope", "--database-url", url)
+    assert unknown.exit_code == 2 and "no funnel 'nope'" in unknown.output

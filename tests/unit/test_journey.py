@@ -144,6 +144,17 @@ def test_entry_trigger_matches_events_with_filters_and_conditions_on_any_news_of
     assert journey.entry_trigger(funnel, trial, Event("e8", journey.FUNNEL_UNSUBSCRIBED, MONDAY)) is None
 
 
+def test_a_manual_enrollment_enters_only_the_named_funnel_and_only_if_it_takes_manual_entries() -> None:
+    manual = one_stage(entry={"triggers": [{"event": "form_submitted"}, {"manual": True}]})
+    events_only = one_stage(entry={"triggers": [{"event": "form_submitted"}]})
+    lead = Lead("ada@example.com")
+    by_olivia = Event("m1", journey.MANUAL_ENROLL, MONDAY, {"funnel": manual.id, "by": "olivia"})
+    assert journey.entry_trigger(manual, lead, by_olivia) == Cause("manual", "olivia")
+    assert journey.entry_trigger(events_only, lead, by_olivia) is None
+    other = Event("m2", journey.MANUAL_ENROLL, MONDAY, {"funnel": "another-funnel", "by": "olivia"})
+    assert journey.entry_trigger(manual, lead, other) is None
+
+
 # --------------------------------------------------------------------------------------------------
 # Sends and waits
 # --------------------------------------------------------------------------------------------------
