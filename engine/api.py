@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from engine import api_v1, dashboard, forms, hooks, pages
 from engine.database import describe_failure
 from engine.http_context import HttpContext
+from engine.lead_headers import LeadFacingHeaders
 from engine.metrics import Metrics
 from engine.settings import Settings
 
@@ -80,4 +81,5 @@ def create_app(
             exc.headers = {**(exc.headers or {}), "Allow": ", ".join(sorted(methods))}
         return await http_exception_handler(request, exc)
 
+    app.add_middleware(LeadFacingHeaders)
     return app

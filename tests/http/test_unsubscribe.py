@@ -78,3 +78,16 @@ def test_tampered_and_foreign_tokens_are_not_found(served: Served) -> None:
         assert httpx.get(url, timeout=10).status_code == 404
         assert httpx.post(url, data={"List-Unsubscribe": "One-Click"}, timeout=10).status_code == 404
     assert _consent(served, "kim@example.com") == "subscribed"
+
+
+def test_pages_reached_by_a_token_keep_it_to_themselves_and_cannot_be_framed(served: Served) -> None:
+    url = Links(served.settings).unsubscribe_url("sam@example.com", "lead-magnet")
+    with httpx.Client(timeout=10) as client:
+        shown = client.get(url)
+        events = client.post(f"{served.url}/v1/events", json={})
+    assert shown.status_code == 200
+    assert shown.headers["referrer-policy"] == "no-referrer"
+    assert shown.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in shown.headers["content-security-policy"]
+    assert shown.headers["x-content-type-options"] == "nosniff"
+    assert "referrer-policy" not in events.headers  # the API is not a page
