@@ -32,9 +32,10 @@ import sqlalchemy as sa
 
 from engine import apikeys
 from engine.database import upgrade
-from engine.tables import enrollments, events, leads, outbox
+from engine.tables import events, leads, outbox
 from tests.acceptance.conftest import Project, write_emails
 from tests.faults.conftest import size
+from tests.faults.engine_state import left as still_to_do
 from tests.faults.tally import Tally, count
 from tests.smtp_server import RecordingSmtpServer, _free_port
 
@@ -174,18 +175,6 @@ class _Signups:
         return False
 
 
-def _left(engine: sa.Engine) -> tuple[int, int]:
-    """(leads not done with the funnel, outbox rows not final)."""
-    with engine.connect() as conn:
-        exited = conn.execute(
-            sa.select(sa.func.count()).select_from(enrollments).where(enrollments.c.status == "exited")
-        ).scalar_one()
-        open_rows = conn.execute(
-            sa.select(sa.func.count()).select_from(outbox).where(outbox.c.status.in_(("queued", "deferred", "sending")))
-        ).scalar_one()
-    return LEADS - exited, open_rows
-
-
 @pytest.mark.slow
 def test_a_full_disk_stops_writes_loses_nothing_and_the_engine_recovers(
     tmp_path: Path, fault_report: Callable[[Tally], None]
@@ -233,9 +222,9 @@ def test_a_full_disk_stops_writes_loses_nothing_and_the_engine_recovers(
             signups.thread.join(timeout=60)
             assert signups.error is None, signups.error
             deadline = time.monotonic() + FINISH_TIMEOUT_S
-            while time.monotonic() < deadline and _left(db) != (0, 0):
+            while time.monotonic() < deadline and still_to_do(db, LEADS) != (0, 0):
                 time.sleep(0.25)
-            left = _left(db)
+            left = still_to_do(db, LEADS)
             code = run.stop()
             with db.connect() as conn:
                 rows = conn.execute(

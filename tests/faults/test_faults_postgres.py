@@ -26,10 +26,11 @@ import sqlalchemy as sa
 
 from engine import store
 from engine.database import create_engine_for, upgrade
-from engine.tables import enrollments, events, leads, outbox
+from engine.tables import events, leads, outbox
 from tests.acceptance.conftest import Project, write_emails
 from tests.conftest import _LocalPostgres, _postgres_bindir
 from tests.faults.conftest import size
+from tests.faults.engine_state import left as still_to_do
 from tests.faults.tally import Tally, count
 from tests.smtp_server import RecordingSmtpServer
 
@@ -128,23 +129,11 @@ class _Signups:
         return True
 
 
-def _left(engine: sa.Engine) -> tuple[int, int]:
-    """(leads not done with the funnel, outbox rows not final)."""
-    with engine.connect() as conn:
-        exited = conn.execute(
-            sa.select(sa.func.count()).select_from(enrollments).where(enrollments.c.status == "exited")
-        ).scalar_one()
-        open_rows = conn.execute(
-            sa.select(sa.func.count()).select_from(outbox).where(outbox.c.status.in_(("queued", "deferred", "sending")))
-        ).scalar_one()
-    return LEADS - exited, open_rows
-
-
 def _settled(engine: sa.Engine, timeout: float) -> tuple[int, int]:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            left = _left(engine)
+            left = still_to_do(engine, LEADS)
         except sa.exc.OperationalError:
             left = (-1, -1)
         if left == (0, 0) or time.monotonic() > deadline:

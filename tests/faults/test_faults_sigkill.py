@@ -20,9 +20,10 @@ import sqlalchemy as sa
 
 from engine import store
 from engine.database import upgrade
-from engine.tables import enrollments, leads, outbox
+from engine.tables import leads, outbox
 from tests.acceptance.conftest import Project, write_emails
 from tests.faults.conftest import size
+from tests.faults.engine_state import left as still_to_do
 from tests.faults.tally import Tally, count
 from tests.smtp_server import RecordingSmtpServer
 
@@ -61,18 +62,6 @@ def _sign_up(engine: sa.Engine, first: int, n: int) -> None:
         for i in range(first, first + n):
             lead_id = store.upsert_lead(conn, f"lead{i}@example.com", now=now)
             store.record_events(conn, [store.NewEvent(f"signup-{i}", lead_id, "signed_up", now)], now=now)
-
-
-def _pending(engine: sa.Engine) -> tuple[int, int]:
-    """(leads not done with the funnel, outbox rows not yet final); a signup not handled yet counts."""
-    with engine.connect() as conn:
-        exited = conn.execute(
-            sa.select(sa.func.count()).select_from(enrollments).where(enrollments.c.status == "exited")
-        ).scalar_one()
-        open_rows = conn.execute(
-            sa.select(sa.func.count()).select_from(outbox).where(outbox.c.status.in_(("queued", "deferred", "sending")))
-        ).scalar_one()
-    return LEADS - exited, open_rows
 
 
 def _ready_count(log: Path) -> int:
@@ -128,7 +117,7 @@ def test_sigkill_loses_no_step_and_sends_nothing_twice(tmp_path: Path, fault_rep
             proc = project.spawn("run", log=log, PYTHONUNBUFFERED="1")
             try:
                 deadline = time.monotonic() + FINISH_TIMEOUT_S
-                while time.monotonic() < deadline and _pending(engine) != (0, 0):
+                while time.monotonic() < deadline and still_to_do(engine, LEADS) != (0, 0):
                     time.sleep(0.5)
             finally:
                 proc.terminate()
@@ -137,7 +126,7 @@ def test_sigkill_loses_no_step_and_sends_nothing_twice(tmp_path: Path, fault_rep
                 rows = conn.execute(
                     sa.select(leads.c.email, outbox.c.step, outbox.c.status).join(leads, leads.c.id == outbox.c.lead_id)
                 ).all()
-            left, open_rows = _pending(engine)
+            left, open_rows = still_to_do(engine, LEADS)
         finally:
             engine.dispose()
         received = smtp.per_lead_step()
