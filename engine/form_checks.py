@@ -6,11 +6,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from jinja2 import FileSystemLoader, TemplateNotFound, TemplateSyntaxError
+from jinja2 import TemplateNotFound, TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
 
 from engine import journey
 from engine.definition import Funnel
+from engine.folder_loader import FolderLoader, OutsideFolder
 from engine.settings import Settings
 from engine.templates import TemplateError as EmailTemplateError
 from engine.templates import TemplateLibrary, sample_context
@@ -21,17 +22,24 @@ _EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 def check_forms(settings: Settings, funnels: Sequence[Funnel], templates: TemplateLibrary) -> list[str]:
     """One message per problem, naming the form and the key."""
     errors: list[str] = []
-    pages = SandboxedEnvironment(loader=FileSystemLoader(str(settings.pages_dir)), autoescape=True)
+    loader = FolderLoader(settings.pages_dir)
+    pages = SandboxedEnvironment(loader=loader, autoescape=True)
     for form_id, form in sorted(settings.forms.items()):
         where = f"forms.{form_id}"
         if form.page is not None:
             try:
                 pages.get_template(form.page)
             except TemplateNotFound:
-                errors.append(f"{where}.page: no such page {(settings.pages_dir / form.page).as_posix()}")
+                errors.append(f"{where}.page: no such page {loader.display(form.page)}")
             except TemplateSyntaxError as exc:
-                errors.append(
-                    f"{where}.page: {(settings.pages_dir / form.page).as_posix()}:{exc.lineno}: {exc.message}"
+                errors.append(f"{where}.page: {loader.display(form.page)}:{exc.lineno}: {exc.message}")
+            except OutsideFolder as exc:
+                found = loader.locate(exc, exc.__traceback__)
+                errors.append(f"{where}.page: {found.path}:{found.line}: {found.message}")
+            else:
+                errors.extend(
+                    f"{where}.page: {found.path}:{found.line}: {found.message}"
+                    for found in loader.outside_references(pages, form.page)
                 )
         if form.double_opt_in:
             if not templates.exists(form.confirm_template):

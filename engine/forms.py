@@ -21,11 +21,12 @@ from typing import Any
 from email_validator import EmailNotValidError, validate_email
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from jinja2 import FileSystemLoader, TemplateNotFound
+from jinja2 import TemplateNotFound
 from jinja2.sandbox import SandboxedEnvironment
 
 from engine import consents, signup, store
 from engine.consents import ConsentAct
+from engine.folder_loader import FolderLoader, OutsideFolder
 from engine.http_context import HttpContext
 from engine.pages import page
 from engine.settings import FormSettings
@@ -42,11 +43,13 @@ def _client(request: Request) -> tuple[str | None, str | None]:
 
 
 class _Pages:
-    """The marketer's page templates: sandboxed and autoescaped like the emails. Lenient about missing
-    values (unlike emails), because `errors.email` and `values.company` are missing on most renders."""
+    """The marketer's page templates: sandboxed and autoescaped like the emails, and read only from
+    inside their folder. Lenient about missing values (unlike emails), because `errors.email` and
+    `values.company` are missing on most renders."""
 
     def __init__(self, folder: Path) -> None:
-        self.env = SandboxedEnvironment(loader=FileSystemLoader(str(folder)), autoescape=True)
+        self.loader = FolderLoader(folder)
+        self.env = SandboxedEnvironment(loader=self.loader, autoescape=True)
 
     def render(self, name: str, context: dict[str, Any]) -> str:
         return self.env.get_template(name).render(context)
@@ -81,6 +84,10 @@ def router(ctx: HttpContext) -> APIRouter:
                 return pages.render(spec.page, context)
             except TemplateNotFound:
                 log.error("form %s: page template %s not found in %s", form_id, spec.page, ctx.settings.pages_dir)
+            except OutsideFolder as exc:
+                # The engine's own form instead: the signup keeps working, and nothing outside is shown.
+                found = pages.loader.locate(exc, exc.__traceback__)
+                log.error("form %s: %s:%d: %s", form_id, found.path, found.line, found.message)
         return page("Sign up", _plain_form(context))
 
     @router.get("/forms/{form_id}", response_class=HTMLResponse)

@@ -23,13 +23,13 @@ import jinja2
 from cmarkgfm import _cmark  # type: ignore[import-untyped]
 from cmarkgfm.cmark import Options as _CmarkOptions  # type: ignore[import-untyped]
 from jinja2.exceptions import SecurityError
-from jinja2.loaders import split_template_path
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from selectolax.lexbor import LexborHTMLParser, LexborNode
 
 from engine.definition import ID_PATTERN, TEMPLATE_PATTERN
+from engine.folder_loader import FolderLoader, OutsideFolder, template_frame
 from engine.mime import mailboxes
 from engine.yamlfile import YamlSyntaxError, read_yaml
 
@@ -267,32 +267,23 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         return super().call_binop(context, operator, left, right)
 
 
-class _Loader(jinja2.BaseLoader):
+class _Loader(FolderLoader):
     """Loads bodies with their front matter replaced by blank lines, so Jinja2's line numbers are the
     file's. Virtual names `<file>#subject` and `<file>#preheader` hold front matter values, placed on
-    their own line for the same reason."""
-
-    def __init__(self, library: TemplateLibrary) -> None:
-        self.library = library
+    their own line for the same reason. Only files inside the emails folder (see FolderLoader)."""
 
     def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
         file, _, field = template.partition("#")
-        # split_template_path refuses `..`; joining the pieces keeps absolute names inside the folder.
-        path = self.library.emails_dir.joinpath(*split_template_path(file))
-        if not path.is_file():
-            raise jinja2.TemplateNotFound(template)
-        text = path.read_text(encoding="utf-8")
-        mtime = path.stat().st_mtime
-        display = self.library.display(file)
+        text, display, uptodate = super().get_source(environment, file)
         if field:
             parsed = _split_front_matter(text, display)
             value = getattr(parsed[0], field)
             source = "\n" * (parsed[1][field] - 1) + value
-        elif path.suffix in BODY_SUFFIXES and not file.startswith(("_layouts/", "_partials/")):
+        elif file.endswith(BODY_SUFFIXES) and not file.startswith(("_layouts/", "_partials/")):
             source = _blank_front_matter(text)
         else:
             source = text
-        return source, display, lambda: path.is_file() and path.stat().st_mtime == mtime
+        return source, display, uptodate
 
 
 # --------------------------------------------------------------------------------------------------
@@ -349,9 +340,10 @@ class TemplateLibrary:
 
     def __init__(self, emails_dir: Path) -> None:
         self.emails_dir = emails_dir
+        self.loader = _Loader(emails_dir)
         self._cache: dict[str, EmailTemplate] = {}
         self._env = _Sandbox(
-            loader=_Loader(self),
+            loader=self.loader,
             # Subjects and preheaders (`#` names) are header text, not HTML.
             autoescape=lambda name: bool(name) and "#" not in name and name.endswith(".html"),
             undefined=_Undefined,
@@ -364,7 +356,7 @@ class TemplateLibrary:
         self._inliner = css_inline.CSSInliner(load_remote_stylesheets=False, keep_at_rules=True)
 
     def display(self, relative: str) -> str:
-        return (self.emails_dir / relative).as_posix()
+        return self.loader.display(relative)
 
     # -- discovery -----------------------------------------------------------------------------
 
@@ -402,7 +394,9 @@ class TemplateLibrary:
         if any((self.emails_dir / o).is_file() for o in others):
             raise TemplateError(self.display(file), 1, f"template '{name}' exists as both .md and .html")
         display = self.display(file)
-        front, lines = _split_front_matter((self.emails_dir / file).read_text(encoding="utf-8"), display)
+        with self._located(display, {}):
+            text = self.loader.read(file)
+        front, lines = _split_front_matter(text, display)
         layout_file = f"{LAYOUTS_DIR}/{front.layout}.html"
         if not (self.emails_dir / layout_file).is_file():
             raise TemplateError(
@@ -465,12 +459,18 @@ class TemplateLibrary:
         """Every problem found by compiling the template and rendering it for two sample leads: one
         with only an email (a field used without a fallback is an error) and one with every usual field."""
         try:
-            self.load(name)
+            loaded = self.load(name)
         except TemplateError as exc:
             return [exc]
         full = sample_context(sender)
         bare = {**full, "lead": lead_fields(full["lead"]["email"], {})}
         errors: dict[str, TemplateError] = {}
+        # Includes behind an `{% if %}` that the sample leads do not reach are checked too.
+        parts = (loaded.body, loaded.subject, loaded.preheader, loaded.layout, loaded.text)
+        files = [t.name for t in parts if t is not None and t.name]
+        for reference in (r for file in files for r in self.loader.outside_references(self._env, file)):
+            outside = TemplateError(reference.path, reference.line, reference.message)
+            errors.setdefault(str(outside), outside)
         for context in (bare, full):
             try:
                 rendered = self.render(name, context)
@@ -491,7 +491,7 @@ class TemplateLibrary:
 
     def _raw_html_error(self, template: EmailTemplate) -> TemplateError:
         # The line of the first thing that looks like a tag; line 1 when it came from an included partial.
-        text = _blank_front_matter((self.emails_dir / f"{template.name}.md").read_text(encoding="utf-8"))
+        text = _blank_front_matter(self.loader.read(f"{template.name}.md"))
         tag = _HTML_TAG.search(text)
         line = text.count("\n", 0, tag.start()) + 1 if tag else 1
         return TemplateError(
@@ -519,6 +519,9 @@ class _Locator:
         if isinstance(exc, jinja2.TemplateSyntaxError):
             path = (exc.filename or self.display).partition("#")[0]
             raise TemplateError(path, exc.lineno, f"template syntax: {exc.message}") from None
+        if isinstance(exc, OutsideFolder):
+            found = self.library.loader.locate(exc, tb)
+            raise TemplateError(found.path, found.line, found.message) from None
         if isinstance(exc, jinja2.TemplateNotFound):
             raise TemplateError(
                 self.display, _frame_line(tb, self.library) or 1, f"template '{exc.name}' not found"
@@ -533,14 +536,7 @@ class _Locator:
 
 def _template_frame(tb: TracebackType | None, library: TemplateLibrary) -> tuple[str, int] | None:
     """The innermost traceback frame that is template code (Jinja2 rewrites them to template lines)."""
-    prefix = library.display("")
-    found: tuple[str, int] | None = None
-    while tb is not None:
-        filename = tb.tb_frame.f_code.co_filename
-        if filename.startswith(prefix):
-            found = (filename.partition("#")[0], tb.tb_lineno)
-        tb = tb.tb_next
-    return found
+    return template_frame(tb, library.emails_dir)
 
 
 def _frame_line(tb: TracebackType | None, library: TemplateLibrary) -> int | None:

@@ -264,6 +264,35 @@ def test_render_processes_send_the_same_messages_and_a_broken_template_fails_alo
     assert len(handler.received) == 20 and set(handler.received.values()) == {1}
 
 
+def test_an_email_that_includes_a_file_outside_the_emails_folder_fails_and_sends_nothing_of_it(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    emails = tmp_path / "emails"
+    shutil.copytree(EMAILS, emails)
+    (tmp_path / ".env").write_text("FUNNEL_SMTP__PASSWORD=hunter2-relay-password\n")
+    (emails / "_partials").mkdir()
+    (emails / "_partials" / "notes.txt").symlink_to(Path("..", "..", ".env"))
+    (emails / "lead-magnet" / "leak.md").write_text(
+        "---\nsubject: Hi\n---\nHello.\n\n{% include '_partials/notes.txt' %}\n"
+    )
+    handler = CountingHandler()
+    controller, port = serve(handler)
+    try:
+        queue(engine, "ok@example.com", [("f", "welcome", False)])
+        queue_email(engine, "leak@example.com", "welcome", NOW, template="lead-magnet/leak")
+        smtp = {"host": "127.0.0.1", "port": port, "security": "none", "rate_per_s": 10_000}
+        mailer = Mailer(engine, Settings(smtp=smtp), TemplateLibrary(emails))
+        result = asyncio.run(mailer.dispatch(NOW, "127.0.0.1", port))
+    finally:
+        controller.stop()
+    assert (result.sent, result.failed) == (1, 1)
+    [error] = result.errors
+    assert f"{(emails / 'lead-magnet/leak.md').as_posix()}:6: " in error and "outside" in error, error
+    assert statuses(engine)[("leak@example.com", "welcome")][0] == "failed"
+    assert list(handler.received) == [("ok@example.com", "f/welcome")]
+    assert not any(b"hunter2" in raw for raw in handler.raw)
+
+
 def test_a_dkim_signed_email_verifies_at_the_receiver_and_covers_the_unsubscribe_headers(
     engine: sa.Engine, tmp_path: Path
 ) -> None:

@@ -85,3 +85,46 @@ def test_validate_prints_what_the_file_says_without_turning_it_into_emoji(tmp_pa
     assert result.returncode == 1
     assert "':fire:'" in result.stdout + result.stderr
     assert "🔥" not in result.stdout + result.stderr
+
+
+def test_validate_reports_a_template_or_page_that_reads_outside_its_folder(tmp_path: Path) -> None:
+    import os
+
+    for folder in ("funnels", "emails", "pages", "config"):
+        shutil.copytree(ROOT / folder, tmp_path / folder)
+    (tmp_path / "secrets.env").write_text("FUNNEL_SECRET_KEY=kept-on-the-server-only\n")
+    (tmp_path / "emails" / "_partials" / "notes.txt").symlink_to(Path("..", "..", "secrets.env"))
+    (tmp_path / "pages" / "lead-magnet" / "notes.html").symlink_to(tmp_path / "secrets.env")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FUNNEL_")}
+
+    def validate() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "engine.cli", "validate"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    def include(path: Path, name: str) -> int:
+        text = path.read_text()
+        path.write_text(text + f'{{% include "{name}" %}}\n')
+        return text.count("\n") + 1
+
+    report = tmp_path / "emails" / "lead-magnet" / "report-delivery.md"
+    original = report.read_text()
+    line = include(report, "_partials/notes.txt")
+    result = validate()
+    assert result.returncode == 1
+    assert f"emails/lead-magnet/report-delivery.md:{line}:1: " in result.stderr, result.stderr
+    assert "'_partials/notes.txt'" in result.stderr and "outside" in result.stderr
+    assert "kept-on-the-server-only" not in result.stdout + result.stderr
+
+    report.write_text(original)
+    page_line = include(tmp_path / "pages" / "lead-magnet" / "signup.html", "lead-magnet/notes.html")
+    result = validate()
+    assert result.returncode == 1
+    assert f"settings: forms.cost-of-not-recycling.page: pages/lead-magnet/signup.html:{page_line}: " in result.stderr
+    assert "'lead-magnet/notes.html'" in result.stderr and "outside" in result.stderr, result.stderr
+    assert "kept-on-the-server-only" not in result.stdout + result.stderr

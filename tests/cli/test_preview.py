@@ -114,3 +114,23 @@ def test_a_from_with_a_display_name_is_sent_with_that_name(tmp_path: Path) -> No
     parsed = message_from_bytes(mailer.compose(item, datetime(2026, 11, 23, tzinfo=UTC)).payload, policy=strict)
     assert parsed["From"].addresses[0].display_name == "Zoë at Greenleaf"
     assert parsed["From"].addresses[0].addr_spec == "zoe@greenleaf.example"
+
+
+def test_a_template_cannot_read_a_file_outside_the_emails_folder(tmp_path: Path) -> None:
+    import shutil
+
+    # A project whose `.env` holds its secrets, and a partial committed as a link to it.
+    shutil.copytree(ROOT / "emails", tmp_path / "emails")
+    (tmp_path / ".env").write_text("FUNNEL_SMTP__PASSWORD=hunter2-relay-password\n")
+    (tmp_path / "emails" / "_partials" / "notes.txt").symlink_to(Path("..", "..", ".env"))
+    report = tmp_path / "emails" / "lead-magnet" / "report-delivery.md"
+    text = report.read_text()
+    report.write_text(text + '\n{% include "_partials/notes.txt" %}\n')
+    line = text.count("\n") + 2
+    out = tmp_path / "out"
+    result = preview(out, "lead-magnet/report-delivery", "--emails", str(tmp_path / "emails"))
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"{report.as_posix()}:{line}: "), result.stderr
+    assert "_partials/notes.txt" in result.stderr and "outside" in result.stderr
+    assert "hunter2" not in result.stdout + result.stderr
+    assert not out.exists() or not any("hunter2" in p.read_text() for p in out.iterdir())

@@ -49,6 +49,27 @@ def test_the_example_signup_page_is_served_with_its_consent_text(serve: Any) -> 
     assert httpx.get(f"{served.url}/forms/nope", timeout=10).status_code == 404
 
 
+def test_a_signup_page_cannot_show_a_file_outside_the_pages_folder(
+    serve: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    (tmp_path / "secrets.env").write_text("FUNNEL_SECRET_KEY=kept-on-the-server-only\n")
+    (pages / "notes.html").symlink_to(Path("..", "secrets.env"))
+    (pages / "signup.html").write_text("<h1>Sign up</h1>\n{% include 'notes.html' %}\n")
+    (pages / "direct.html").symlink_to(tmp_path / "secrets.env")
+    served = serve(pages_dir=pages, forms={"report": {"page": "signup.html"}, "direct": {"page": "direct.html"}})
+    for form in ("report", "direct"):
+        page = httpx.get(f"{served.url}/forms/{form}", timeout=10)
+        # The engine's own form instead, so the signup still works; the log says what is wrong.
+        assert page.status_code == 200
+        assert "kept-on-the-server-only" not in page.text
+        assert f'action="/forms/{form}"' in page.text
+    refusals = [r.getMessage() for r in caplog.records if r.name == "engine.forms"]
+    assert len(refusals) == 2 and all("outside" in m for m in refusals), refusals
+    assert "signup.html:2" in refusals[0] and "'notes.html'" in refusals[0]
+
+
 def test_a_single_opt_in_post_records_consent_and_emits_the_entry_event(serve: Any) -> None:
     served = serve(forms={"report": SINGLE})
     answer = post(

@@ -41,3 +41,29 @@ def test_a_confirmation_email_without_the_link_is_refused(tmp_path: Path) -> Non
         "forms.cost-of-not-recycling.confirm_template: the email never shows {{ confirm_url }}, "
         "so the lead cannot confirm"
     ]
+
+
+def test_a_page_that_leads_outside_the_pages_folder_is_reported_with_file_and_line(tmp_path: Path) -> None:
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    (tmp_path / ".env").write_text("FUNNEL_SECRET_KEY=kept-on-the-server-only\n")
+    (pages / "direct.html").symlink_to(tmp_path / ".env")
+    (pages / "notes.html").symlink_to(Path("..", ".env"))
+    # Behind a condition no check renders: found all the same, by reading what the page names.
+    (pages / "signup.html").write_text("<h1>Sign up</h1>\n{% if values.vip %}{% include 'notes.html' %}{% endif %}\n")
+    funnels = load_funnels([ROOT / "funnels"], emails_dir=ROOT / "emails").funnels
+    settings = Settings(
+        pages_dir=pages,
+        forms={"cost-of-not-recycling": {"page": "signup.html"}, "other": {"page": "direct.html"}},
+    )
+    errors = check_forms(settings, funnels, TemplateLibrary(ROOT / "emails"))
+    outside = "a template may only read files inside its own folder"
+    assert errors[0] == (
+        f"forms.cost-of-not-recycling.page: {pages.as_posix()}/signup.html:2: 'notes.html' leads outside "
+        f"{pages.as_posix()} (to {(tmp_path / '.env').as_posix()}): {outside}"
+    )
+    assert errors[1] == (
+        f"forms.other.page: {pages.as_posix()}/direct.html:1: 'direct.html' leads outside "
+        f"{pages.as_posix()} (to {(tmp_path / '.env').as_posix()}): {outside}"
+    )
+    assert not any("kept-on-the-server-only" in e for e in errors)

@@ -293,6 +293,97 @@ def test_includes_stay_inside_the_emails_folder(emails: Path, target: str) -> No
     assert caught.value.line == 4
 
 
+SECRET = "FUNNEL_SECRET_KEY=kept-on-the-server-only"
+
+
+@pytest.fixture
+def secret(emails: Path) -> Path:
+    """A file beside the emails folder that no template may read (a project's `.env`)."""
+    path = emails.parent / ".env"
+    path.write_text(SECRET + "\n")
+    return path
+
+
+def _refused(error: TemplateError, path: Path, line: int) -> None:
+    assert (error.path, error.line) == (path.as_posix(), line), str(error)
+    assert "outside" in error.message
+    assert SECRET not in str(error)
+
+
+def test_an_include_through_a_link_that_leads_outside_the_folder_is_refused(emails: Path, secret: Path) -> None:
+    # Git stores symbolic links: whoever can commit to emails/ can add one.
+    (emails / "_partials" / "notes.txt").symlink_to(Path("..", "..", ".env"))
+    lib = write(emails, "t/leak.md", '---\nsubject: S\n---\n{% include "_partials/notes.txt" %}\n')
+    with pytest.raises(TemplateError) as caught:
+        lib.render("t/leak", context())
+    _refused(caught.value, emails / "t/leak.md", 4)
+    assert "_partials/notes.txt" in caught.value.message
+    [error] = lib.check("t/leak")
+    _refused(error, emails / "t/leak.md", 4)
+
+
+def test_a_folder_of_partials_that_is_a_link_to_elsewhere_is_refused(emails: Path, secret: Path) -> None:
+    (emails / "_partials" / "shared").symlink_to(emails.parent, target_is_directory=True)
+    lib = write(emails, "t/leak.html", "---\nsubject: S\n---\n<p>x</p>\n\n{% include '_partials/shared/.env' %}\n")
+    with pytest.raises(TemplateError) as caught:
+        lib.render("t/leak", context())
+    _refused(caught.value, emails / "t/leak.html", 6)
+
+
+@pytest.mark.parametrize("tag", ["{% extends '_layouts/leak.html' %}", "{% import '_layouts/leak.html' as m %}"])
+def test_extends_and_import_through_a_link_that_leads_outside_are_refused(
+    emails: Path, secret: Path, tag: str
+) -> None:
+    (emails / "_layouts" / "leak.html").symlink_to(secret)  # an absolute link
+    lib = write(emails, "t/leak.html", f"---\nsubject: S\n---\n{tag}\n")
+    with pytest.raises(TemplateError) as caught:
+        lib.render("t/leak", context())
+    _refused(caught.value, emails / "t/leak.html", 4)
+
+
+@pytest.mark.parametrize("linked", ["t/leak.md", "t/leak.txt", "_layouts/leak.html"])
+def test_a_body_text_part_or_layout_that_leads_outside_is_refused_at_the_link(
+    emails: Path, secret: Path, linked: str
+) -> None:
+    if linked != "t/leak.md":
+        (emails / "t" / "leak.md").write_text("---\nsubject: S\nlayout: leak\n---\nx\n")
+        (emails / "_layouts" / "leak.html").symlink_to("base.html")
+    (emails / linked).unlink(missing_ok=True)
+    (emails / linked).symlink_to(Path("..", "..", ".env") if linked.startswith("_") else secret)
+    lib = TemplateLibrary(emails)
+    with pytest.raises(TemplateError) as caught:
+        lib.load("t/leak")
+    _refused(caught.value, emails / linked, 1)
+    [error] = lib.check("t/leak")
+    _refused(error, emails / linked, 1)
+
+
+def test_check_finds_a_link_outside_where_no_sample_lead_goes(emails: Path, secret: Path) -> None:
+    (emails / "_partials" / "notes.txt").symlink_to(Path("..", "..", ".env"))
+    lib = write(
+        emails,
+        "t/leak.md",
+        "---\nsubject: \"S{% if false %}{% include '_partials/notes.txt' %}{% endif %}\"\n---\nx\n\n"
+        "{% if lead.employees | default(0) > 1000 %}\n{% include '_partials/notes.txt' %}\n{% endif %}\n",
+    )
+    assert [(e.path, e.line) for e in lib.check("t/leak")] == [((emails / "t/leak.md").as_posix(), n) for n in (7, 2)]
+    assert all("outside" in e.message for e in lib.check("t/leak"))
+
+
+def test_links_that_stay_inside_the_folder_are_followed(emails: Path, tmp_path: Path) -> None:
+    (emails / "_partials" / "bye.html").symlink_to("footer.html")
+    (emails / "shared").mkdir()
+    (emails / "shared" / "hello.html").write_text("<p>Hello from a shared file</p>\n")
+    (emails / "t" / "hello.html").symlink_to(Path("..", "shared", "hello.html"))
+    write(emails, "t/ok.html", "---\nsubject: S\n---\n{% include 't/hello.html' %}{% include '_partials/bye.html' %}\n")
+    # The folder itself may be reached through a link (a deployment's `emails -> releases/42/emails`).
+    (tmp_path / "current").symlink_to(emails, target_is_directory=True)
+    lib = TemplateLibrary(tmp_path / "current")
+    assert lib.check("t/ok", SENDER) == []
+    html = lib.render("t/ok", context()).html
+    assert "Hello from a shared file" in html and html.count("sample-token") == 2
+
+
 def test_lead_data_is_escaped_in_html_templates(emails: Path) -> None:
     lib = write(
         emails, "t/x.html", '---\nsubject: S\n---\n<p title="{{ lead.company }}">{{ lead.first_name }}</p>\n'
