@@ -21,6 +21,7 @@ from engine.database import describe_failure
 from engine.http_context import HttpContext
 from engine.lead_headers import LeadFacingHeaders
 from engine.metrics import Metrics
+from engine.request_bodies import RequestBodies
 from engine.settings import Settings
 
 log = logging.getLogger("engine.api")
@@ -81,5 +82,6 @@ def create_app(
             exc.headers = {**(exc.headers or {}), "Allow": ", ".join(sorted(methods))}
         return await http_exception_handler(request, exc)
 
-    app.add_middleware(LeadFacingHeaders)
+    app.add_middleware(RequestBodies, limits=settings.http.body_limits)
+    app.add_middleware(LeadFacingHeaders)  # outermost: a 413 of a lead-facing page gets its headers too
     return app

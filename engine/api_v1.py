@@ -16,7 +16,8 @@ from typing import Annotated, Any, Literal, Union
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Body, Depends, HTTPException, Request
+from fastapi import APIRouter, Body, HTTPException, Request, Security
+from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -35,7 +36,7 @@ from pydantic import (
 from typing_extensions import TypeAliasType
 
 from engine import consents, ingest, lead_timeline, store
-from engine.http_context import HttpContext
+from engine.http_context import BEARER, HttpContext
 from engine.importer import check_email
 from engine.journey import LEAD_UPDATED
 
@@ -103,6 +104,23 @@ class JsonSafeRoute(APIRoute):
         return route
 
 
+def _keyed_route(ctx: HttpContext) -> type[APIRoute]:
+    """A route that checks the API key before FastAPI reads the body: a caller without a key is refused
+    before anything it sent is read or parsed (a body over the limit is refused even before that)."""
+
+    class KeyedRoute(JsonSafeRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handler = super().get_route_handler()
+
+            async def keyed(request: Request) -> Response:
+                await run_in_threadpool(ctx.check_api_key, request.headers.get("authorization"))
+                return await handler(request)
+
+            return keyed
+
+    return KeyedRoute
+
+
 def _writable(error: Any) -> Any:
     try:
         encoded = jsonable_encoder(error)
@@ -140,6 +158,7 @@ class Problem(BaseModel):
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": Problem, "description": "The body could not be read (not JSON, or not UTF-8)."},
     401: {"model": Problem, "description": "No key, or a wrong or revoked one. No detail, on purpose."},
+    413: {"model": Problem, "description": "The body is larger than `http.body_limits` allows this route."},
 }
 
 
@@ -278,7 +297,7 @@ def record_items(conn: sa.Connection, items: Sequence[EventIn], source: str, at:
 
 
 def router(ctx: HttpContext) -> APIRouter:
-    router = APIRouter(prefix="/v1", dependencies=[Depends(ctx.api_key())], responses=ERRORS, route_class=JsonSafeRoute)
+    router = APIRouter(prefix="/v1", dependencies=[Security(BEARER)], responses=ERRORS, route_class=_keyed_route(ctx))
 
     @router.post("/events", response_model=Accepted, tags=["events"])
     def post_events(

@@ -2,8 +2,11 @@
 instead of holding an API key. Each source is configured with its secret (`[hooks.shop] secret = ...`).
 
 The signature is checked over the raw bytes before any JSON is parsed; a refusal is 401 and says
-nothing about why (unknown source, no header, bad signature, stale timestamp look the same). The body
-is what `/v1/events` takes and is validated the same way. A request is remembered by a receipt written
+nothing about why (unknown source, no header, bad signature, stale timestamp look the same). A request
+without a well-formed signature header is refused before its body is read; any other has its body read
+(no more than `http.body_limits.events`) and checked, whether its source exists or not, so that neither
+the answer nor the time it takes tells which sources exist. The body is what `/v1/events` takes and is
+validated the same way. A request is remembered by a receipt written
 in the same transaction as its events: a replay is 409 and changes nothing, while a request that failed
 (422, a crash before the commit) left no receipt and can be sent again as it was. The answer comes
 after the commit (invariant 7).
@@ -12,6 +15,7 @@ after the commit (invariant 7).
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta
 from typing import Annotated, Any
@@ -24,12 +28,14 @@ from pydantic import Field
 from engine import signatures, tables
 from engine.api_v1 import MAX_BATCH, Accepted, EventIn, JsonSafeRoute, record_items
 from engine.http_context import HttpContext
-from engine.settings import Settings
+from engine.settings import HookSettings, Settings
 
 log = logging.getLogger("engine.hooks")
 
 _VERIFIED = "funnel_signature"  # where the route leaves a verified request's receipt for the endpoint
 _UNAUTHORIZED = {"WWW-Authenticate": signatures.HEADER}
+# What a request naming no configured source is checked against: a key nobody has, and the default tolerance.
+_NO_SOURCE = HookSettings(secret=secrets.token_urlsafe(32))
 
 
 def _refuse() -> HTTPException:
@@ -38,7 +44,8 @@ def _refuse() -> HTTPException:
 
 def _signed_route(settings: Settings, now: Callable[[], datetime]) -> type[APIRoute]:
     """A route that checks the signature before FastAPI reads the body as JSON: a request that is not
-    signed is refused before anything in it is interpreted, malformed JSON included."""
+    signed is refused before anything in it is interpreted, malformed JSON included, and one without a
+    well-formed signature header before its body is even read."""
 
     class SignedRoute(JsonSafeRoute):  # a refused value that JSON cannot repeat still gets its 422
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
@@ -46,18 +53,20 @@ def _signed_route(settings: Settings, now: Callable[[], datetime]) -> type[APIRo
 
             async def signed(request: Request) -> Response:
                 source = str(request.path_params.get("source", ""))
+                header = request.headers.get(signatures.HEADER)
+                refusal = signatures.header_refusal(header)
+                if refusal is not None:
+                    log.info("refused a webhook from %r: %s", source, refusal.value)
+                    raise _refuse()
                 hook = settings.hooks.get(source)
+                # Kept by the request: the handler reads the same bytes. The body limit bounds it.
+                body = await request.body()
+                # An unknown source is checked as a known one is, so its refusal comes after the same work.
+                known = hook or _NO_SOURCE
+                outcome = signatures.verify([known.secret.get_secret_value()], header, body, now(), known.tolerance_s)
                 if hook is None:
                     log.info("refused a webhook for unknown source %r", source)
                     raise _refuse()
-                body = await request.body()  # kept by the request: the handler reads the same bytes
-                outcome = signatures.verify(
-                    [hook.secret.get_secret_value()],
-                    request.headers.get(signatures.HEADER),
-                    body,
-                    now(),
-                    hook.tolerance_s,
-                )
                 if isinstance(outcome, signatures.Refusal):
                     log.info("refused a webhook from %r: %s", source, outcome.value)
                     raise _refuse()

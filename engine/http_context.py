@@ -7,17 +7,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated
 
 import sqlalchemy as sa
-from fastapi import Depends, HTTPException
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import HTTPException
+from fastapi.security import HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 
 from engine import apikeys
 from engine.links import Links
 from engine.settings import Settings
 
-_bearer = HTTPBearer(auto_error=False)
+# Declares `Authorization: Bearer` in the OpenAPI document; the key is checked by `check_api_key`.
+BEARER = HTTPBearer(auto_error=False)
 
 
 @dataclass
@@ -33,16 +34,12 @@ class HttpContext:
     def __post_init__(self) -> None:
         self.links = Links(self.settings)
 
-    def api_key(self) -> Callable[..., None]:
-        """A FastAPI dependency: a valid `Authorization: Bearer` key, or 401 with no detail either way
-        (a caller learns nothing about which keys exist)."""
-        engine = self.engine
-
-        def check(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
-            if credentials is None or credentials.scheme.lower() != "bearer":
+    def check_api_key(self, authorization: str | None) -> None:
+        """Nothing if `authorization` is `Bearer <a valid key>`, else 401 with no detail either way (a
+        caller learns nothing about which keys exist)."""
+        scheme, key = get_authorization_scheme_param(authorization)
+        if scheme.lower() != "bearer" or not key:
+            raise HTTPException(status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        with self.engine.connect() as conn:
+            if not apikeys.valid(conn, key):
                 raise HTTPException(status_code=401, headers={"WWW-Authenticate": "Bearer"})
-            with engine.connect() as conn:
-                if not apikeys.valid(conn, credentials.credentials):
-                    raise HTTPException(status_code=401, headers={"WWW-Authenticate": "Bearer"})
-
-        return check

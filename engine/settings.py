@@ -104,12 +104,28 @@ class DigestSettings(BaseModel):
         return value
 
 
+class BodyLimits(BaseModel):
+    """The most bytes a request body may have, by kind of route; a longer one is refused with 413 before
+    it is read (see `engine.request_bodies`)."""
+
+    events: int = Field(
+        default=4 << 20, gt=0, description="POST /v1/events and /hooks/*: a batch of up to 1,000 events."
+    )
+    api: int = Field(default=1 << 20, gt=0, description="The rest of /v1: a lead's attributes and tags.")
+    forms: int = Field(
+        default=64 << 10,
+        gt=0,
+        description="Every other route: signup forms, confirmation, unsubscribe and preference pages, the dashboard.",
+    )
+
+
 class HttpSettings(BaseModel):
     """The HTTP app (events API, unsubscribe, tracking). `funnel run` serves it beside the scheduler."""
 
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535, description="0: any free port.")
+    body_limits: BodyLimits = BodyLimits()
 
 
 class FormSettings(BaseModel):

@@ -80,14 +80,23 @@ def _parse(header: str) -> _Header | None:
     return _Header(int(t), tuple(signatures))
 
 
+def header_refusal(header: str | None) -> Refusal | None:
+    """Why `header` cannot sign any body (missing or malformed), or None. Needs no body and no secret,
+    so a receiver can refuse such a request before reading its body, whichever source it names."""
+    if header is None or not header.strip():
+        return Refusal.MISSING
+    return Refusal.MALFORMED if _parse(header) is None else None
+
+
 def verify(
     secrets: Iterable[str | bytes], header: str | None, body: bytes, now: datetime, tolerance_s: int = 300
 ) -> Verified | Refusal:
     """Whether `header` signs exactly `body` with one of `secrets`, at a time no further than
     `tolerance_s` from `now` in either direction (a sender's clock may run ahead of ours)."""
-    if header is None or not header.strip():
-        return Refusal.MISSING
-    parsed = _parse(header)
+    refusal = header_refusal(header)
+    if refusal is not None:
+        return refusal
+    parsed = _parse(header or "")
     if parsed is None:
         return Refusal.MALFORMED
     if abs(now.timestamp() - parsed.timestamp) > tolerance_s:

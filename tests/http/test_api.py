@@ -8,6 +8,7 @@ import sqlalchemy as sa
 
 from engine import apikeys, tables
 from tests.http.conftest import NOW, Served
+from tests.http.raw_client import Raw
 
 
 def _events(served: Served) -> list[tuple[str, str, str]]:
@@ -32,6 +33,26 @@ def test_every_v1_call_needs_a_valid_key_and_a_refusal_says_nothing(served: Serv
     with served.client() as client:
         assert client.post("/v1/events", json=event).status_code == 401
     assert _events(served) == []
+
+
+def test_a_caller_without_a_valid_key_is_refused_before_its_body_is_read(served: Served) -> None:
+    for authorization in ({}, {"Authorization": "Bearer fk_not-a-key"}, {"Authorization": "Basic YTpi"}):
+        headers = {"Content-Type": "application/json", **authorization}
+        request = Raw(served.url, "POST", "/v1/events", headers).start(**{"Content-Length": "500000"})
+        try:
+            assert request.answered(within=5), f"{authorization}: waited for the body"
+            assert request.answer() == (401, {"detail": "Unauthorized"})
+        finally:
+            request.close()
+    # Nothing of the body is parsed either: what is not JSON is a 401 without a key, a 422 with one.
+    json_type = {"Content-Type": "application/json"}
+    with served.client("fk_not-a-key") as client:
+        assert client.post("/v1/events", content=b'{"id": [', headers=json_type).status_code == 401
+    with served.client() as client:
+        assert client.post("/v1/events", content=b'{"id": [', headers=json_type).status_code == 422
+        assert client.put("/v1/leads/ann@example.com", json={"tags": ["a"]}).status_code == 200
+    with served.client("fk_not-a-key") as client:
+        assert client.put("/v1/leads/ann@example.com", content=b"[").status_code == 401
 
 
 def test_an_event_is_committed_once_and_a_replay_changes_nothing(served: Served) -> None:

@@ -26,6 +26,7 @@ from engine.database import create_engine_for
 from engine.settings import HookSettings, Settings
 from engine.signatures import sign
 from tests.http.conftest import NOW, Clock
+from tests.http.raw_client import Raw
 from tests.smtp_server import _free_port
 
 SECRET = "whsec_test"
@@ -199,6 +200,30 @@ def test_every_refusal_is_the_same_401_and_records_nothing(hooked: Hooked) -> No
     assert _events(hooked) == []
     assert _receipts(hooked) == []
     assert hooked.post(body, good).status_code == 200  # none of that spent the good signature
+
+
+def test_a_known_and_an_unknown_source_are_refused_alike_and_at_the_same_moment(hooked: Hooked) -> None:
+    """Whether a source exists cannot be told from the answer nor from when it comes: without a
+    well-formed signature header both are refused from the headers alone, with one both read the body."""
+    body = json.dumps(ORDER).encode()
+    guessed = sign("whsec_guess", int(NOW.timestamp()), body)
+    length = {"Content-Length": str(len(body))}
+    for source in ("shop", "nobody"):
+        for header in ({}, {"Funnel-Signature": "sha256=" + guessed.split("v1=")[1]}):
+            request = Raw(hooked.url, "POST", f"/hooks/{source}", header).start(**length)
+            try:
+                assert request.answered(within=5), f"{source} {header}: waited for a body it cannot use"
+                assert request.answer() == (401, {"detail": "Unauthorized"})
+            finally:
+                request.close()
+        request = Raw(hooked.url, "POST", f"/hooks/{source}", {"Funnel-Signature": guessed}).start(**length)
+        try:
+            assert not request.answered(within=0.5), f"{source}: answered before the body"
+            request.send(body)
+            assert request.answer() == (401, {"detail": "Unauthorized"})
+        finally:
+            request.close()
+    assert _events(hooked) == [] and _receipts(hooked) == []
 
 
 def test_a_signed_batch_with_bad_items_is_422_per_item_and_can_be_sent_again_once_fixed(hooked: Hooked) -> None:
