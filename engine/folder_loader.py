@@ -1,8 +1,8 @@
-"""The one way a template file is read: `FolderLoader`, a Jinja2 loader rooted at a folder (`emails/`,
-`pages/`). Every name, whether the settings give it (a form's page, a confirmation email), a funnel
-(a step's email) or a template (`{% include %}`, `{% extends %}`, `{% import %}`, a layout), is resolved
-to the real file it reaches, symbolic links followed, and refused unless that file lies inside the
-folder's own real path.
+"""The one way a file of a configured folder is read: `FolderLoader`, a Jinja2 loader rooted at a folder
+(`emails/`, `pages/`; `funnels/` uses its `find`). Every name, whether the settings give it (a form's
+page, a confirmation email), a funnel (a step's email), a template (`{% include %}`, `{% extends %}`,
+`{% import %}`, a layout) or a folder's listing (a funnel file), is resolved to the real file it
+reaches, symbolic links followed, and refused unless that file lies inside the folder's own real path.
 
 Git stores symbolic links, so whoever can commit to `emails/` could otherwise add
 `_partials/notes.txt -> ../../.env` and mail the server's secrets. Links that stay inside the folder
@@ -29,8 +29,7 @@ class OutsideFolder(jinja2.TemplateError):
 
     def __init__(self, name: str, folder: Path, target: Path) -> None:
         super().__init__(
-            f"'{name}' leads outside {folder.as_posix()} (to {target.as_posix()}): "
-            "a template may only read files inside its own folder"
+            f"'{name}' leads outside {folder.as_posix()} (to {target.as_posix()}): only files inside it are read"
         )
         self.name = name
 

@@ -6,10 +6,9 @@ nothing about why (unknown source, no header, bad signature, stale timestamp loo
 without a well-formed signature header is refused before its body is read; any other has its body read
 (no more than `http.body_limits.events`) and checked, whether its source exists or not, so that neither
 the answer nor the time it takes tells which sources exist. The body is what `/v1/events` takes and is
-validated the same way. A request is remembered by a receipt written
-in the same transaction as its events: a replay is 409 and changes nothing, while a request that failed
-(422, a crash before the commit) left no receipt and can be sent again as it was. The answer comes
-after the commit (invariant 7).
+validated the same way. A request is remembered by a receipt written in the same transaction as its
+events: a replay is 409 and changes nothing, while a request that failed (422, a crash before the
+commit) left no receipt and can be sent again as it was. The answer comes after the commit (invariant 7).
 """
 
 from __future__ import annotations

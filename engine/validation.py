@@ -47,6 +47,7 @@ from engine.definition import (
     shorten,
 )
 from engine.durations import format_duration
+from engine.folder_loader import FolderLoader, OutsideFolder
 from engine.templates import TemplateLibrary
 from engine.yamlfile import Position, YamlDocument, YamlSyntaxError, read_yaml
 
@@ -89,7 +90,9 @@ class LoadResult:
 
 def funnel_files(paths: Iterable[Path]) -> tuple[list[Path], list[FunnelError]]:
     """The funnel files named by `paths`: files as given, folders as their `*.yaml`/`*.yml` files
-    (not recursive), leaving out scenario files, which are test input rather than funnels."""
+    (not recursive), leaving out scenario files, which are test input rather than funnels. A file of a
+    folder that is a link leading outside it is an error and is not read: its text could end up in an
+    error message (the folder's loader decides, as for templates)."""
     files: list[Path] = []
     errors: list[FunnelError] = []
     for path in paths:
@@ -102,7 +105,14 @@ def funnel_files(paths: Iterable[Path]) -> tuple[list[Path], list[FunnelError]]:
             if not found:
                 message = "no funnel files: expected *.yaml or *.yml files, found none"
                 errors.append(FunnelError(path, 1, 1, message))
-            files.extend(found)
+            folder = FolderLoader(path)
+            for file in found:
+                try:
+                    folder.find(file.name)
+                except OutsideFolder as exc:
+                    errors.append(FunnelError(file, 1, 1, str(exc)))
+                else:
+                    files.append(file)
         elif path.is_file():
             files.append(path)
         else:

@@ -57,7 +57,7 @@ def test_a_page_that_leads_outside_the_pages_folder_is_reported_with_file_and_li
         forms={"cost-of-not-recycling": {"page": "signup.html"}, "other": {"page": "direct.html"}},
     )
     errors = check_forms(settings, funnels, TemplateLibrary(ROOT / "emails"))
-    outside = "a template may only read files inside its own folder"
+    outside = "only files inside it are read"
     assert errors[0] == (
         f"forms.cost-of-not-recycling.page: {pages.as_posix()}/signup.html:2: 'notes.html' leads outside "
         f"{pages.as_posix()} (to {(tmp_path / '.env').as_posix()}): {outside}"

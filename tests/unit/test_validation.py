@@ -176,6 +176,26 @@ def test_folder_reads_yaml_and_yml_but_not_scenarios(tmp_path: Path) -> None:
     assert [f.id for f in result.funnels] == ["first", "second"]
 
 
+def test_a_funnel_file_that_leads_outside_its_folder_is_refused_unread(tmp_path: Path) -> None:
+    funnels = tmp_path / "funnels"
+    (funnels / "parts").mkdir(parents=True)
+    (tmp_path / "shared").mkdir()
+    (tmp_path / ".env").write_text("FUNNEL_SMTP__PASSWORD=hunter2-relay-password\n", encoding="utf-8")
+    (funnels / "leak.yaml").symlink_to(Path("..", ".env"))
+    (funnels / "shared.yaml").symlink_to(write_funnel(tmp_path / "shared", "shared.yaml", "shared"))
+    write_funnel(funnels, "inside.yaml", "inside")
+    write_funnel(funnels / "parts", "aliased.yaml", "aliased")
+    (funnels / "alias.yml").symlink_to(Path("parts", "aliased.yaml"))  # a link that stays inside is fine
+    result = load(funnels)
+    outside = [(tmp_path / ".env").as_posix(), (tmp_path / "shared" / "shared.yaml").as_posix()]
+    assert [(e.path.name, e.line, e.column, e.message) for e in result.errors] == [
+        (name, 1, 1, f"'{name}' leads outside {funnels.as_posix()} (to {target}): only files inside it are read")
+        for name, target in zip(("leak.yaml", "shared.yaml"), outside, strict=True)
+    ]
+    assert "hunter2" not in "".join(str(e) for e in result.errors)
+    assert [f.id for f in result.funnels] == ["aliased", "inside"]
+
+
 def test_funnel_ids_must_be_unique_across_files(tmp_path: Path) -> None:
     write_funnel(tmp_path, "a.yaml", "same")
     second = write_funnel(tmp_path, "b.yaml", "same")
