@@ -47,6 +47,8 @@ def _declared_length(scope: Scope) -> int | None:
 
 
 class RequestBodies:
+    """The ASGI middleware that holds every request body to its route's limit (see the module)."""
+
     def __init__(self, app: ASGIApp, limits: BodyLimits) -> None:
         self.app = app
         self.limits = limits
