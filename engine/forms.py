@@ -1,5 +1,7 @@
 """Lead-magnet forms: an ordinary HTML form posts here, the lead is recorded with proof of consent, and
-the funnel's entry event is emitted (at once, or after the double opt-in link is followed).
+the funnel's entry event is emitted (at once, or after the double opt-in link is followed). A post about
+an address that already has a lead changes nothing of it: it is a request its owner confirms by the
+link (invariant 13; the decisions are in `engine.signup`).
 
     GET  /forms/{id}          the signup page (a Jinja template under `pages_dir`, or a plain one)
     POST /forms/{id}          the signup: 303 to a thank-you, check-your-inbox or download page
