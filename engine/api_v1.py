@@ -35,7 +35,7 @@ from pydantic import (
 )
 from typing_extensions import TypeAliasType
 
-from engine import consents, ingest, lead_timeline, store
+from engine import consents, ingest, lead_timeline, signup, store
 from engine.http_context import BEARER, HttpContext
 from engine.importer import check_email
 from engine.journey import LEAD_UPDATED
@@ -145,10 +145,6 @@ StorableText = Annotated[_Text, AfterValidator(_storable)]
 StorableObject = Annotated[
     dict[str, Any], AfterValidator(_storable), BeforeValidator(_same, json_schema_input_type=_Object)
 ]
-
-
-# Consent the API may not give back: the lead opted out, or its mailbox provider said no.
-OPTED_OUT = frozenset({"unsubscribed", "bounced", "complained"})
 
 
 class Problem(BaseModel):
@@ -350,37 +346,44 @@ def router(ctx: HttpContext) -> APIRouter:
         "/leads/{email:path}",
         response_model=LeadOut,
         tags=["leads"],
-        responses={409: {"model": Problem, "description": "The lead opted out, bounced or complained."}},
+        responses={
+            409: {
+                "model": Problem,
+                "description": "The lead opted out, bounced or complained, or has not confirmed its signup.",
+            }
+        },
     )
     def put_lead(email: EmailStr, body: LeadIn) -> LeadOut:
         """Create or update a lead: attributes merged, tags added, time zone and consent set when given.
         Funnels hear of the change as a `lead_updated` event (their condition triggers look again).
-        Consent can be withdrawn here, never given back to a lead who opted out: only the lead can
-        do that (the preference page, or a signup form)."""
+        Consent can be withdrawn here, never given back to a lead who opted out, nor to one whose signup
+        is unconfirmed: only the lead can do that (the preference page, or a signup it confirms). Every
+        change of an existing lead's consent writes a consent record with its source."""
         address = store.normalise_email(email)
         at = ctx.now()
         source = body.consent_source or "api"
         with ctx.engine.begin() as conn:
-            _, current = consents.lead_consent(conn, address)
-            if body.consent in ("subscribed", "pending") and current in OPTED_OUT:
-                raise HTTPException(
-                    status_code=409,
-                    detail=f"the lead is {current}: only the lead can opt in again "
-                    "(the preference page, or a signup form)",
-                )
-            opting_in = body.consent if body.consent != "unsubscribed" else None
+            lead_id, current = consents.lead_consent(conn, address)
+            refusal = signup.operator_refusal(current, body.consent) if body.consent is not None else None
+            if refusal is not None:
+                raise HTTPException(status_code=409, detail=refusal)
+            new_lead = lead_id is None
             lead_id = store.upsert_lead(
                 conn,
                 address,
                 attributes=body.attributes,
                 tags=body.tags,
                 timezone=body.timezone,
-                consent=opting_in,
-                consent_source=source if opting_in else None,
+                consent=body.consent if new_lead else None,
+                consent_source=source if new_lead and body.consent is not None else None,
                 now=at,
             )
-            if body.consent == "unsubscribed":  # a consent record and the funnels' exit rules, as on the page
+            if body.consent == "unsubscribed" and not new_lead:
+                # A consent record and the funnels' exit rules, as on the unsubscribe page.
                 consents.unsubscribe(conn, address, consents.ConsentAct("withdrawn", source), at)
+            elif body.consent is not None and current is not None:
+                act = consents.ConsentAct(signup.act_name(body.consent), source)
+                consents.change_status(conn, lead_id, address, current, body.consent, act, at)
             updated = store.NewEvent(f"lead-updated:{uuid.uuid4().hex}", lead_id, LEAD_UPDATED, at, {}, "api")
             store.record_events(conn, [updated], now=at)
             view = lead_view(conn, address)

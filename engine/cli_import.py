@@ -143,6 +143,8 @@ def _summary(console: Console, result: ImportResult, elapsed: float, funnel: str
         lines.append(f"{result.suppressed} suppressed, kept unsubscribed")
     if result.kept_opted_out:
         lines.append(f"{result.kept_opted_out} had opted out before: consent kept, not re-subscribed")
+    if result.kept_pending:
+        lines.append(f"{result.kept_pending} not confirmed yet: kept pending until they confirm their signup")
     if funnel is not None:
         lines.append(f"events recorded: {result.events} (lead_imported for funnel {funnel})")
     lines.append(f"{result.rows} row(s) in {elapsed:.2f} s ({rate:,.0f} rows/s)")

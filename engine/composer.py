@@ -12,6 +12,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from engine import signup
 from engine.links import Links
 from engine.mime import build_mime, dkim_sign, load_dkim_key, mailboxes
 from engine.outbox_item import OutboxItem
@@ -45,9 +46,7 @@ def _with_pixel(html: str, url: str) -> str:
 def confirmation_of(item: OutboxItem) -> tuple[str, int] | None:
     """(form id, signup request id) when the item is a double opt-in confirmation, queued by a form post
     as funnel `form:<id>`, step `confirm-<request>`."""
-    if item.funnel_id.startswith("form:") and item.step.startswith("confirm-") and item.step[8:].isdigit():
-        return item.funnel_id[5:], int(item.step[8:])
-    return None
+    return signup.confirmation_of(item.funnel_id, item.step)
 
 
 def message_id(item: OutboxItem, domain: str) -> str:

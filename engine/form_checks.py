@@ -41,23 +41,24 @@ def check_forms(settings: Settings, funnels: Sequence[Funnel], templates: Templa
                     f"{where}.page: {found.path}:{found.line}: {found.message}"
                     for found in loader.outside_references(pages, form.page)
                 )
-        if form.double_opt_in:
-            if not templates.exists(form.confirm_template):
-                errors.append(
-                    f"{where}.confirm_template: no email template {form.confirm_template!r} in "
-                    f"{templates.emails_dir.as_posix()}"
-                )
+        # Every form may send it: a post about an address that already has a lead, single opt-in or
+        # not, is only a request until its owner follows the link.
+        if not templates.exists(form.confirm_template):
+            errors.append(
+                f"{where}.confirm_template: no email template {form.confirm_template!r} in "
+                f"{templates.emails_dir.as_posix()}"
+            )
+        else:
+            try:
+                rendered = templates.render(form.confirm_template, sample_context())
+            except EmailTemplateError as exc:
+                errors.append(f"{where}.confirm_template: {exc}")
             else:
-                try:
-                    rendered = templates.render(form.confirm_template, sample_context())
-                except EmailTemplateError as exc:
-                    errors.append(f"{where}.confirm_template: {exc}")
-                else:
-                    if "example.com/confirm/" not in rendered.html:
-                        errors.append(
-                            f"{where}.confirm_template: the email never shows {{{{ confirm_url }}}}, "
-                            "so the lead cannot confirm"
-                        )
+                if "example.com/confirm/" not in rendered.html:
+                    errors.append(
+                        f"{where}.confirm_template: the email never shows {{{{ confirm_url }}}}, "
+                        "so the lead cannot confirm"
+                    )
         event = journey.Event(id="check", name=form.event, at=_EPOCH, properties={"form": form_id})
         lead = journey.Lead(id="check@example.com")
         if not any(journey.entry_trigger(f, lead, event) for f in funnels):

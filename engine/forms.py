@@ -1,5 +1,7 @@
 """Lead-magnet forms: an ordinary HTML form posts here, the lead is recorded with proof of consent, and
-the funnel's entry event is emitted (at once, or after the double opt-in link is followed).
+the funnel's entry event is emitted (at once, or after the double opt-in link is followed). A post about
+an address that already has a lead changes nothing of it: it is a request its owner confirms by the
+link (invariant 13; the decisions are in `engine.signup`).
 
     GET  /forms/{id}          the signup page (a Jinja template under `pages_dir`, or a plain one)
     POST /forms/{id}          the signup: 303 to a thank-you, check-your-inbox or download page
@@ -114,30 +116,25 @@ def router(ctx: HttpContext) -> APIRouter:
             attributes.setdefault("first_name", values["name"].split()[0])
         ip, agent = _client(request)
         at = ctx.now()
+        source = f"form {form_id}"
         with ctx.engine.begin() as conn:
-            _, current = consents.lead_consent(conn, address)
+            lead_id, current = consents.lead_consent(conn, address)
             outcome = signup.signup_outcome(current, spec.double_opt_in)
-            lead_id = store.upsert_lead(
-                conn, address, attributes=attributes, consent=outcome.consent, consent_source=f"form {form_id}", now=at
-            )
-            act = ConsentAct(
-                "requested" if outcome.confirm else "given",
-                f"form {form_id}",
-                form_id,
-                spec.consent_version,
-                ip,
-                agent,
-                attributes,
-            )
-            if outcome.confirm:
-                last = consents.latest_request(conn, lead_id, form_id)
-                valid_for = timedelta(hours=spec.confirm_within_hours)
-                if signup.confirmation_due(last.at if last else None, at, valid_for):
-                    request_id = consents.record(conn, lead_id, act, at)
-                    consents.queue_confirmation(conn, lead_id, form_id, request_id, spec.confirm_template, at)
+            if outcome.action == "ignore":
+                log.info("form %s: a post for a lead that bounced or complained changes nothing", form_id)
+            elif outcome.action == "subscribe":
+                created = store.create_lead(
+                    conn, address, attributes=attributes, consent="subscribed", consent_source=source, now=at
+                )
+                if created is None:  # the same address, posted at the same instant: that post counts
+                    log.info("form %s: a concurrent post made this lead first; this one changes nothing", form_id)
+                else:
+                    act = ConsentAct("given", source, form_id, spec.consent_version, ip, agent, attributes)
+                    record_id = consents.record(conn, created, act, at, (None, "subscribed"))
+                    _emit(conn, created, form_id, spec, record_id, attributes, at)
             else:
-                record_id = consents.record(conn, lead_id, act, at)
-                _emit(conn, lead_id, form_id, spec, record_id, attributes, at)
+                act = ConsentAct("requested", source, form_id, spec.consent_version, ip, agent, attributes)
+                _ask_owner(conn, form_id, spec, address, (lead_id, current), outcome.new_status, act, at)
         ctx.nudge()
         return RedirectResponse(done_page, status_code=303)
 
@@ -199,21 +196,74 @@ def router(ctx: HttpContext) -> APIRouter:
                     ),
                     status_code=410,
                 )
-            if state == "confirm":
+            if state == "confirm" and current is not None:
+                # The link proves the address: what the post carried becomes the lead's now.
+                after = signup.status_after_confirming(current)
                 act = ConsentAct(
                     "confirmed", f"form {form_id}", form_id, asked.text_version, ip, agent, {"request": asked.id}
                 )
-                consents.record(conn, lead_id, act, at)
-                if current not in signup.STICKY:
-                    store.upsert_lead(
-                        conn, address, consent="subscribed", consent_source=f"double opt-in {form_id}", now=at
-                    )
+                consents.record(conn, lead_id, act, at, (current, after))
+                changed = after != current
+                store.upsert_lead(
+                    conn,
+                    address,
+                    attributes=asked.fields,
+                    consent=after if changed else None,
+                    consent_source=f"double opt-in {form_id}" if changed else None,
+                    now=at,
+                )
                 _emit(conn, lead_id, form_id, spec, asked.id, asked.fields, at)
         if state == "confirm":
             ctx.nudge()
         return RedirectResponse(spec.confirmed_redirect or f"/forms/{form_id}/confirmed", status_code=303)
 
     return router
+
+
+def _ask_owner(
+    conn: Any,
+    form_id: str,
+    spec: FormSettings,
+    address: str,
+    lead: tuple[int | None, str | None],
+    new_status: str | None,
+    act: ConsentAct,
+    at: datetime,
+) -> None:
+    """A confirmation email for this post, unless one still valid is waiting or a limit is reached.
+    `lead` is the address's (id, consent status), (None, None) for a new address, which is made with
+    `new_status`. The post's fields wait in the request record: nothing of an existing lead changes, and
+    a new lead has no fields yet, so the confirmation shows nothing the poster typed."""
+    lead_id, current = lead
+    if lead_id is not None:
+        last = consents.latest_request(conn, lead_id, form_id)
+        if last is not None and not signup.confirmation_due(
+            last.at, consents.is_confirmed(conn, lead_id, last.id), at, timedelta(hours=spec.confirm_within_hours)
+        ):
+            return  # the link sent before still works
+    limits = signup.ConfirmationLimits(
+        spec.confirmations_per_address, spec.confirmations_per_ip, timedelta(hours=spec.limit_window_hours)
+    )
+    since = at - limits.window
+    refusal = signup.confirmation_refusal(
+        consents.confirmations_to(conn, lead_id, since) if lead_id is not None else 0,
+        consents.confirmations_from(conn, act.ip, since),
+        limits,
+    )
+    if refusal is not None:
+        # Answered like any other post: the poster learns nothing about the address.
+        log.warning("form %s: post from client %s sends no confirmation: %s", form_id, act.ip or "unknown", refusal)
+        return
+    status = (current, current)
+    if lead_id is None:
+        made = new_status or "pending"
+        lead_id = store.create_lead(conn, address, consent=made, consent_source=act.source, now=at)
+        if lead_id is None:  # the same address, posted at the same instant: that post's link goes
+            log.info("form %s: a concurrent post made this lead first; this one changes nothing", form_id)
+            return
+        status = (None, made)
+    request_id = consents.record(conn, lead_id, act, at, status)
+    consents.queue_confirmation(conn, lead_id, form_id, request_id, spec.confirm_template, at)
 
 
 def _emit(

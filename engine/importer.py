@@ -8,8 +8,10 @@ statements (one lookup of existing leads, one of suppressions, one multi-row ins
 update, events), not one round trip per row.
 
 Consent only ever gets stricter through an import: a lead who unsubscribed, bounced, complained or was
-erased keeps that status whatever the file says, and an address on the suppression list comes in
-unsubscribed. Moving tools must never re-subscribe someone who opted out.
+erased keeps that status whatever the file says, a lead whose signup is unconfirmed stays pending, and
+an address on the suppression list comes in unsubscribed. Moving tools must never re-subscribe someone
+who opted out (the rule is `engine.signup.operator_refusal`). Every change of an existing lead's
+consent writes a consent record naming the import.
 """
 
 from __future__ import annotations
@@ -30,15 +32,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import sqlalchemy as sa
 from email_validator import EmailNotValidError, validate_email
 
-from engine import ingest, journey, store, tables
+from engine import ingest, journey, signup, store, tables
 from engine.definition import Funnel
+from engine.signup import OPTED_OUT
 from engine.tables import CONSENT_STATUSES
 
 BATCH_SIZE = 1000
 MAX_REPORTED = 50
 EVENT_NAME = "lead_imported"
-# Statuses an import may not undo: the lead said no (or the address does not work).
-OPTED_OUT = frozenset({"unsubscribed", "bounced", "complained", "erased"})
 KNOWN_COLUMNS = ("email", "tags", "timezone", "consent")
 
 
@@ -214,6 +215,7 @@ class ImportResult:
     skipped: int = 0
     suppressed: int = 0  # on the suppression list: imported, kept unsubscribed
     kept_opted_out: int = 0  # existing leads who had opted out: the file could not re-subscribe them
+    kept_pending: int = 0  # existing leads whose signup is unconfirmed: the file could not subscribe them
     events: int = 0
     bad: list[BadRow] = field(default_factory=list)
     bad_total: int = 0
@@ -254,6 +256,8 @@ def _consent_after(current: str | None, wanted: str | None, suppressed: bool) ->
         status = wanted if wanted in OPTED_OUT else "unsubscribed"
         return status if status != current else None
     status = wanted or current or "subscribed"
+    if signup.operator_refusal(current, status) is not None:
+        return None  # a pending lead is subscribed only by its own confirmation
     return status if status != current else None
 
 
@@ -261,6 +265,9 @@ _LEAD_COLUMNS = (
     "email", "attributes", "tags", "score", "timezone", "consent_status", "consent_source", "consent_at",
     "created_at", "updated_at",
 )  # fmt: skip
+
+
+_RECORD_COLUMNS = ("lead_id", "action", "source", "fields", "status_before", "status_after", "at")
 
 
 def write_batch(conn: sa.Connection, rows: Sequence[LeadRow], options: ImportOptions, result: ImportResult) -> None:
@@ -294,6 +301,7 @@ def write_batch(conn: sa.Connection, rows: Sequence[LeadRow], options: ImportOpt
     inserts: list[tuple[Any, ...]] = []
     kept: list[tuple[Any, ...]] = []  # (attributes, tags, timezone, id)
     changed: list[tuple[Any, ...]] = []  # (attributes, tags, timezone, consent, id)
+    records: list[tuple[Any, ...]] = []  # a consent record per changed status (`_RECORD_COLUMNS`)
     final_consent: dict[str, str] = {}
     for email, row in wanted.items():
         is_suppressed = email in suppressed
@@ -315,6 +323,8 @@ def write_batch(conn: sa.Connection, rows: Sequence[LeadRow], options: ImportOpt
             result.suppressed += 1
         elif old_consent in OPTED_OUT and row.consent not in (None, *OPTED_OUT):
             result.kept_opted_out += 1
+        elif old_consent == "pending" and row.consent == "subscribed":
+            result.kept_pending += 1
         final_consent[email] = consent or old_consent
         if attributes == old_attributes and tags == sorted(old_tags) and timezone == old_timezone and consent is None:
             result.unchanged += 1
@@ -323,12 +333,14 @@ def write_batch(conn: sa.Connection, rows: Sequence[LeadRow], options: ImportOpt
             kept.append((attributes, tags, timezone, lead_id))
         else:
             changed.append((attributes, tags, timezone, consent, lead_id))
+            records.append((lead_id, signup.act_name(consent), options.source[:200], {}, old_consent, consent, now))
     if inserts:
         ingest.insert_many(conn, leads, _LEAD_COLUMNS, inserts, "ON CONFLICT (email) DO NOTHING")
         result.imported += len(inserts)
     if kept or changed:
         _update(conn, kept, changed, options)
         result.updated += len(kept) + len(changed)
+    ingest.insert_many(conn, tables.consent_records, _RECORD_COLUMNS, records)
     if options.funnel is not None:
         _record_entries(conn, [e for e in emails if final_consent[e] not in OPTED_OUT], options, result)
 

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from engine import consents, store
+from engine import consents, signup, store
 from engine.consents import ConsentAct
 from engine.http_context import HttpContext
 
@@ -141,6 +141,8 @@ def router(ctx: HttpContext) -> APIRouter:
         with ctx.engine.connect() as conn:
             lead_id, consent = consents.lead_consent(conn, address)
             active = _active_funnels(conn, address)
+            restartable = consent == "unsubscribed" and consents.may_resubscribe(conn, address)
+            never_confirmed = lead_id is not None and not signup.may_restart(consents.opted_out_from(conn, lead_id))
         body = f"<p>Email preferences for <strong>{html.escape(address)}</strong>.</p>"
         if lead_id is None:
             body += "<p>We hold nothing about this address, and send it no email.</p>"
@@ -150,8 +152,16 @@ def router(ctx: HttpContext) -> APIRouter:
             for funnel_id, name in active.items():
                 body += _button(f"funnel:{funnel_id}", f"Stop emails about {name}")
             body += _button("all", "Stop all marketing email")
-        elif consent == "unsubscribed":
+        elif restartable:
             body += "<p>You get no marketing email from us.</p>" + _button("resubscribe", "Start again")
+        elif consent == "unsubscribed" and never_confirmed:
+            # Only a confirmed signup subscribes an address that was never confirmed.
+            body += (
+                "<p>You get no marketing email from us. Your address was never confirmed: to hear from us, "
+                "sign up again and follow the link in the email we send.</p>"
+            )
+        elif consent == "unsubscribed":
+            body += "<p>You get no marketing email from us.</p>"
         elif consent == "pending":
             body += "<p>Your address is not confirmed yet: we send it nothing until it is.</p>"
         else:

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from engine import outbox
 from engine.localtime import zone
 from engine.outbox_item import OutboxItem
+from engine.signup import confirmation_of
 from engine.timing import TimingRules, earliest_send
 
 GO = "go"
@@ -39,11 +40,15 @@ class Never:
 Verdict = str | Later | Never
 
 
-def may_send(consent: str | None, suppressed: bool, transactional: bool) -> bool:
-    """Marketing email needs a subscribed lead; a transactional one (the double opt-in confirmation, the
-    report the lead asked for) may also go to a lead whose opt-in is pending. Never to a suppressed one."""
+def may_send(consent: str | None, suppressed: bool, transactional: bool, confirmation: bool = False) -> bool:
+    """Marketing email needs a subscribed lead; a transactional one (the report the lead asked for) may
+    also go to a lead whose opt-in is pending. A double opt-in confirmation may also go to a lead who
+    unsubscribed: it keeps its opt-out until it follows the link, which is how it opts in again. Never to
+    a suppressed, bounced or complained one."""
     if suppressed or consent is None:
         return False
+    if confirmation:
+        return consent in ("subscribed", "pending", "unsubscribed")
     return consent == "subscribed" or (transactional and consent == "pending")
 
 
@@ -71,7 +76,8 @@ class Screen:
         verdicts: list[Verdict] = []
         for item in items:
             status, suppressed = consent.get(item.lead_id, (None, True))
-            if not may_send(status, suppressed, item.transactional):
+            confirmation = item.transactional and confirmation_of(item.funnel_id, item.step) is not None
+            if not may_send(status, suppressed, item.transactional, confirmation):
                 verdicts.append(Never("no-consent"))
                 continue
             if item.transactional or not self.rules.active:

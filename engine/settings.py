@@ -147,6 +147,18 @@ class FormSettings(BaseModel):
         default="forms/confirm-subscription", description="The confirmation email (transactional)."
     )
     confirm_within_hours: int = Field(default=72, ge=1, description="How long a confirmation link stays valid.")
+    confirmations_per_address: int = Field(
+        default=3,
+        ge=1,
+        description="Confirmation emails one address may get within limit_window_hours, from all forms together.",
+    )
+    confirmations_per_ip: int = Field(
+        default=20,
+        ge=1,
+        description="Confirmation emails posts from one client IP may cause within limit_window_hours, all forms "
+        "together. A post beyond either limit is logged and answered like any other, and sends nothing.",
+    )
+    limit_window_hours: int = Field(default=24, ge=1, description="The window the two limits above count in.")
     fields: list[str] = Field(
         default_factory=lambda: ["first_name", "company"],
         description="Other form fields kept as the lead's attributes; anything else is ignored.",

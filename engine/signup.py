@@ -1,5 +1,11 @@
-"""What a form signup does to a lead's consent, and when a double opt-in may be confirmed. Pure: the
-form route reads the state, asks here, and writes what is decided."""
+"""Who may change a lead's consent, and how: what a form post does, when a double opt-in may be sent
+or confirmed, how many confirmations a client may cause, and what an operator (the API, an import) may
+set. Pure: the adapters read the state, ask here, and write what is decided.
+
+The rule behind all of it (invariant 13): input nobody has proven changes no lead. A form post is a
+request until the address's owner follows the link in the confirmation email; an opt-out is lifted
+only by the lead's own confirmed action; a pending lead becomes subscribed only by its confirmation.
+"""
 
 from __future__ import annotations
 
@@ -7,35 +13,65 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-# Statuses a form post must not lift: a bouncing address stays bouncing, a complaint stays a complaint.
+# The lead said no, or the address does not work: nothing but the lead's own confirmed action lifts it.
+OPTED_OUT = ("unsubscribed", "bounced", "complained", "erased")
+# Statuses not even the lead's own confirmation lifts: a bouncing address stays bouncing, a complaint
+# stays a complaint (a form post for such a lead is ignored).
 STICKY = ("bounced", "complained", "erased")
+
+# A confirmation email is queued as funnel `form:<form id>`, step `confirm-<request id>`.
+CONFIRM_FUNNEL_PREFIX = "form:"
+CONFIRM_STEP_PREFIX = "confirm-"
 
 
 @dataclass(frozen=True, slots=True)
 class SignupOutcome:
-    consent: str | None
-    """The lead's new consent status, or None to keep the current one."""
-    confirm: bool
-    """Ask for confirmation first (double opt-in) instead of emitting the entry event now."""
+    action: Literal["subscribe", "confirm", "ignore"]
+    """`subscribe`: a new lead on a single opt-in form, subscribed with the post's fields at once.
+    `confirm`: a confirmation email; what the post carried waits in the request until the owner
+    confirms. `ignore`: nothing is written or sent."""
+    new_status: str | None
+    """The status a new lead is made with; None for an existing lead, of which nothing changes."""
 
 
 def signup_outcome(current: str | None, double_opt_in: bool) -> SignupOutcome:
-    """`current` is None for a new lead. A lead already subscribed has proved the address before: no
-    confirmation round trip. Anyone else signing up on a double opt-in form is `pending` until the
-    link in the confirmation email is followed: only transactional email (the confirmation) goes."""
+    """`current` is None for an address with no lead. Only a new address on a single opt-in form (the
+    operator's choice) is subscribed at once. Any post about a lead that exists, whatever its status and
+    whichever the form, only asks its owner to confirm: an unconfirmed post never touches a lead's
+    fields, tags, score or consent, and never enters it in a funnel."""
+    if current is None:
+        return SignupOutcome("confirm", "pending") if double_opt_in else SignupOutcome("subscribe", "subscribed")
     if current in STICKY:
-        return SignupOutcome(None, False)
-    if current == "subscribed":
-        return SignupOutcome(None, False)
-    if double_opt_in:
-        return SignupOutcome("pending" if current != "pending" else None, True)
-    return SignupOutcome("subscribed", False)
+        return SignupOutcome("ignore", None)
+    return SignupOutcome("confirm", None)
 
 
-def confirmation_due(last_request_at: datetime | None, now: datetime, valid_for: timedelta) -> bool:
-    """A new confirmation email only when no earlier one is still valid: posting the form ten times
-    (or a bot posting someone else's address) sends one email per validity period, not ten."""
-    return last_request_at is None or now - last_request_at > valid_for
+def confirmation_due(
+    last_request_at: datetime | None, last_confirmed: bool, now: datetime, valid_for: timedelta
+) -> bool:
+    """A new confirmation email only when no earlier one is still waiting to be used: posting the form
+    ten times (or a bot posting someone else's address) sends one email per validity period, not ten.
+    A link already used does not hold the next signup back."""
+    return last_request_at is None or last_confirmed or now - last_request_at > valid_for
+
+
+@dataclass(frozen=True, slots=True)
+class ConfirmationLimits:
+    per_address: int
+    per_ip: int
+    window: timedelta
+
+
+def confirmation_refusal(to_address: int, from_ip: int, limits: ConfirmationLimits) -> str | None:
+    """None when one more confirmation email may go, else why not (for the log). `to_address`: the
+    confirmations this address got within the window, from every form; `from_ip`: those the posting
+    client caused."""
+    hours = f"{limits.window.total_seconds() / 3600:g} h"
+    if to_address >= limits.per_address:
+        return f"{to_address} confirmations to this address in {hours} (limit {limits.per_address})"
+    if from_ip >= limits.per_ip:
+        return f"{from_ip} confirmations caused from this client in {hours} (limit {limits.per_ip})"
+    return None
 
 
 def confirmation_state(
@@ -47,3 +83,48 @@ def confirmation_state(
     if now - request_at > valid_for:
         return "expired"
     return "confirm"
+
+
+def status_after_confirming(current: str) -> str:
+    """The owner confirmed: subscribed, lifting a pending signup or the owner's own unsubscribe, but
+    not a bounce or a complaint."""
+    return current if current in STICKY else "subscribed"
+
+
+def operator_refusal(current: str | None, wanted: str) -> str | None:
+    """Why an operator (the API, an import, a command) may not move a lead from `current` to `wanted`,
+    or None if it may. An operator vouches for consent it collected elsewhere when it makes a lead; on an
+    existing lead it can only make consent stricter."""
+    if current is None or wanted == current:
+        return None
+    if current in OPTED_OUT and wanted not in OPTED_OUT:
+        return f"the lead is {current}: only the lead can opt in again (the preference page, or a signup it confirms)"
+    if current == "pending" and wanted == "subscribed":
+        return "the lead has not confirmed its address: only its own confirmation (the link it was sent) subscribes it"
+    return None
+
+
+def may_restart(opted_out_from: str | None) -> bool:
+    """Whether an unsubscribed lead may start again from its preference page. `opted_out_from` is the
+    status it had when it unsubscribed (None when no record says: an imported opt-out). A lead that was
+    only pending never confirmed its address: starting again is a new signup, confirmed by its link."""
+    return opted_out_from in (None, "subscribed")
+
+
+def act_name(after: str) -> Literal["given", "withdrawn"]:
+    """How a consent record names a change of status an operator or the lead made."""
+    return "given" if after == "subscribed" else "withdrawn"
+
+
+def confirmation_key(form_id: str, request_id: int) -> tuple[str, str]:
+    """(funnel id, step) of the confirmation email of one signup request in the outbox."""
+    return f"{CONFIRM_FUNNEL_PREFIX}{form_id}", f"{CONFIRM_STEP_PREFIX}{request_id}"
+
+
+def confirmation_of(funnel_id: str, step: str) -> tuple[str, int] | None:
+    """(form id, request id) when an outbox row is a double opt-in confirmation, else None."""
+    number = step.removeprefix(CONFIRM_STEP_PREFIX)
+    ours = funnel_id.startswith(CONFIRM_FUNNEL_PREFIX) and step.startswith(CONFIRM_STEP_PREFIX)
+    if ours and number.isascii() and number.isdigit():
+        return funnel_id.removeprefix(CONFIRM_FUNNEL_PREFIX), int(number)
+    return None

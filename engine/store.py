@@ -109,23 +109,18 @@ def upsert_lead(
             _locking(conn, sa.select(leads.c.id, leads.c.attributes, leads.c.tags).where(leads.c.email == address))
         ).first()
         if row is None:
-            inserted = conn.execute(
-                _insert(conn, leads)
-                .values(
-                    email=address,
-                    attributes=dict(attributes or {}),
-                    tags=sorted(set(tags or ())),
-                    score=0,
-                    timezone=timezone,
-                    created_at=now,
-                    updated_at=now,
-                    **{"consent_status": "subscribed", **consent_values},
-                )
-                .on_conflict_do_nothing(index_elements=["email"])
-                .returning(leads.c.id)
-            ).scalar()
+            inserted = create_lead(
+                conn,
+                address,
+                attributes=attributes,
+                tags=tags,
+                timezone=timezone,
+                consent=consent or "subscribed",
+                consent_source=consent_source,
+                now=now,
+            )
             if inserted is not None:
-                return int(inserted)
+                return inserted
             continue
         values: dict[str, Any] = {"updated_at": now, **consent_values}
         if attributes:
@@ -137,6 +132,43 @@ def upsert_lead(
         conn.execute(sa.update(leads).where(leads.c.id == row.id).values(**values))
         return int(row.id)
     raise RuntimeError(f"could not insert or find lead {address!r}")  # pragma: no cover
+
+
+def create_lead(
+    conn: sa.Connection,
+    email: str,
+    *,
+    consent: str,
+    consent_source: str | None,
+    attributes: Mapping[str, Any] | None = None,
+    tags: Iterable[str] | None = None,
+    timezone: str | None = None,
+    now: datetime | None = None,
+) -> int | None:
+    """Make a new lead; returns its id, or None when the address has a lead already (then nothing of
+    that lead changes: for input that may only ever create)."""
+    if consent not in CONSENT_STATUSES:
+        raise ValueError(f"expected consent to be one of {', '.join(CONSENT_STATUSES)}, found {consent!r}")
+    now = _now(now)
+    leads = tables.leads
+    inserted = conn.execute(
+        _insert(conn, leads)
+        .values(
+            email=normalise_email(email),
+            attributes=dict(attributes or {}),
+            tags=sorted(set(tags or ())),
+            score=0,
+            timezone=timezone,
+            consent_status=consent,
+            consent_source=consent_source,
+            consent_at=now,
+            created_at=now,
+            updated_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=["email"])
+        .returning(leads.c.id)
+    ).scalar()
+    return int(inserted) if inserted is not None else None
 
 
 def find_lead_id(conn: sa.Connection, email: str) -> int | None:

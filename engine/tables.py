@@ -278,11 +278,15 @@ class ApiKey(SQLModel, table=True):
 class ConsentRecord(SQLModel, table=True):
     """Proof of consent, one row per act: a form's consent box ticked (`given`), a double opt-in asked
     for (`requested`) and then confirmed (`confirmed`), or consent withdrawn (`withdrawn`). It holds
-    what the lead saw (the consent text's version), where (form, IP), and when; erasure deletes it."""
+    what the lead saw (the consent text's version), where (form, IP), and when; erasure deletes it.
+    `status_before` and `status_after` are the lead's consent status around the act: every change of
+    status, from any source, has its row (NULL before a lead's first act, and on acts about one funnel)."""
 
     __tablename__ = "consent_records"
     __table_args__ = (
         sa.Index("ix_consent_records_lead", "lead_id", "form_id"),
+        # The form's limit per client counts the confirmations one IP caused lately.
+        sa.Index("ix_consent_records_ip", "ip", "at"),
         sa.CheckConstraint(_in("action", CONSENT_ACTIONS), name="ck_consent_records_action"),
     )
 
@@ -295,6 +299,8 @@ class ConsentRecord(SQLModel, table=True):
     ip: str | None = Field(default=None, sa_type=sa.String(45))
     user_agent: str | None = Field(default=None, sa_type=sa.String(300))
     fields: dict[str, Any] = Field(default_factory=dict, sa_type=Json, nullable=False)
+    status_before: str | None = Field(default=None, sa_type=sa.String(16))
+    status_after: str | None = Field(default=None, sa_type=sa.String(16))
     at: datetime = Field(sa_type=UtcDateTime, nullable=False)
 
 

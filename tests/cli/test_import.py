@@ -281,3 +281,36 @@ def test_the_fast_path_for_plain_addresses_agrees_with_email_validator(address: 
     except ValueError:
         found = None
     assert found == expected
+
+
+def test_an_import_never_subscribes_a_pending_lead_and_records_every_consent_change(db: str, tmp_path: Path) -> None:
+    from engine import consents
+    from engine.database import upgrade
+
+    upgrade(db)
+    engine = create_engine_for(db)
+    try:
+        with engine.begin() as conn:
+            store.upsert_lead(conn, "pia@example.com", consent="pending")  # a double opt-in under way
+            store.upsert_lead(conn, "rex@example.com", consent="subscribed")
+    finally:
+        engine.dispose()
+    path = tmp_path / "leads.csv"
+    path.write_text("email,consent\npia@example.com,subscribed\nrex@example.com,bounced\n")
+    result = run(str(path), "--database-url", db)
+    assert result.exit_code == 0, result.output
+    assert "1 not confirmed yet: kept pending" in result.stdout
+    found = leads(db)
+    assert found["pia@example.com"].consent_status == "pending"
+    assert found["rex@example.com"].consent_status == "bounced"
+    engine = create_engine_for(db)
+    try:
+        with engine.connect() as conn:
+            history = consents.history(conn, found["rex@example.com"].id)
+            untouched = consents.history(conn, found["pia@example.com"].id)
+    finally:
+        engine.dispose()
+    assert [(r["action"], r["source"], r["status_before"], r["status_after"]) for r in history] == [
+        ("withdrawn", "import leads.csv", "subscribed", "bounced")
+    ]
+    assert untouched == []

@@ -3,7 +3,8 @@ emits the funnel's entry event, at once or only after the double opt-in link is 
 
 from __future__ import annotations
 
-import re
+import asyncio
+import logging
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,12 @@ import sqlalchemy as sa
 
 from engine import tables
 from engine.links import Links
+from engine.mailer import Mailer
+from engine.templates import TemplateLibrary
+from engine.validation import load_funnels
+from engine.worker import Worker
 from tests.http.conftest import NOW, Clock, Served
+from tests.smtp_server import Received, RecordingSmtpServer
 
 ROOT = Path(__file__).resolve().parents[2]
 SINGLE = {"fields": ["first_name", "company", "employees"], "consent_version": "v7"}
@@ -202,22 +208,17 @@ def test_confirmation_tokens_that_are_tampered_or_made_for_another_purpose_get_4
     assert lead(served, "di@example.com").consent_status == "pending"
 
 
-def test_a_subscribed_lead_signing_up_again_skips_the_confirmation(serve: Any) -> None:
+def test_a_subscribed_lead_signing_up_again_is_asked_to_confirm_and_then_gets_the_report(serve: Any) -> None:
     served = serve(forms={"report": DOUBLE})
     client = served.client()
     assert client.put("/v1/leads/fay@example.com", json={"consent": "subscribed"}).status_code == 200
     post(served, "report", {"email": "fay@example.com", "consent": "on"})
-    assert rows(served, tables.outbox) == []
-    assert [e.name for e in rows(served, tables.events)] == ["lead_updated", "form_submitted"]  # the PUT, the form
-
-
-def test_an_unsubscribed_lead_is_not_resubscribed_without_confirming(serve: Any) -> None:
-    served = serve(forms={"report": DOUBLE})
-    client = served.client()
-    client.put("/v1/leads/gil@example.com", json={"consent": "unsubscribed"})
-    post(served, "report", {"email": "gil@example.com", "consent": "on"})
-    assert lead(served, "gil@example.com").consent_status == "pending"
-    assert re.fullmatch(r"confirm-\d+", rows(served, tables.outbox)[0].step)
+    [requested] = rows(served, tables.consent_records)
+    assert [o.step for o in rows(served, tables.outbox)] == [f"confirm-{requested.id}"]
+    assert [e.name for e in rows(served, tables.events)] == ["lead_updated"]  # the PUT's only, so far
+    assert httpx.post(confirm_link(served, requested.id, "fay@example.com"), timeout=10).status_code == 303
+    assert [e.name for e in rows(served, tables.events)] == ["lead_updated", "form_submitted"]
+    assert lead(served, "fay@example.com").consent_status == "subscribed"
 
 
 def test_erasure_deletes_the_consent_records_too(serve: Any) -> None:
@@ -226,3 +227,170 @@ def test_erasure_deletes_the_consent_records_too(serve: Any) -> None:
     assert len(rows(served, tables.consent_records)) == 1
     assert served.client().delete("/v1/leads/hal@example.com").status_code == 204
     assert rows(served, tables.consent_records) == [] and rows(served, tables.events) == []
+
+
+# --------------------------------------------------------------------------------------------------
+# A stranger changes nothing: only the address's owner, by following the confirmation link, can
+# make a post count (invariant 13).
+# --------------------------------------------------------------------------------------------------
+
+EXAMPLE_FORM = {"double_opt_in": True, "fields": ["first_name", "company", "employees"], "consent_version": "2026-11"}
+STRANGER = {
+    "email": "alice@example.com",
+    "first_name": "URGENT: your account is suspended, call +1-555-0100",
+    "company": "Evil Corp",
+    "consent": "yes",
+}
+
+
+def deliver(served: Served, smtp: RecordingSmtpServer, funnels: bool = True) -> list[Received]:
+    """What the engine does next, for real: the example funnel handles the events, the mailer sends
+    what is due to the SMTP server. Returns the messages the server got."""
+    if funnels:
+        loaded = load_funnels([ROOT / "funnels"], emails_dir=None)
+        assert loaded.ok, loaded.errors
+        worker = Worker(served.engine, {f.id: f for f in loaded.funnels})
+        worker.publish(NOW)
+        worker.run_until_idle(NOW)
+    smtp_settings = served.settings.smtp.model_copy(update={"host": smtp.host, "port": smtp.port, "security": "none"})
+    settings = served.settings.model_copy(update={"smtp": smtp_settings})
+    mailer = Mailer(served.engine, settings, TemplateLibrary(ROOT / "emails"))
+    asyncio.run(mailer.dispatch(NOW, smtp.host, smtp.port))
+    return smtp.messages()
+
+
+def test_a_strangers_post_for_a_subscribed_lead_changes_nothing_and_mails_only_a_plain_confirmation(
+    serve: Any,
+) -> None:
+    served = serve(forms={"cost-of-not-recycling": EXAMPLE_FORM})
+    put = served.client().put(
+        "/v1/leads/alice@example.com", json={"attributes": {"first_name": "Alice"}, "consent": "subscribed"}
+    )
+    assert put.status_code == 200
+    before = lead(served, "alice@example.com")
+
+    answer = post(served, "cost-of-not-recycling", STRANGER)
+    assert (answer.status_code, answer.headers["location"]) == (303, "/forms/cost-of-not-recycling/check-inbox")
+
+    after = lead(served, "alice@example.com")
+    assert (after.attributes, after.tags, after.score, after.consent_status, after.consent_source) == (
+        before.attributes,
+        before.tags,
+        before.score,
+        before.consent_status,
+        before.consent_source,
+    )
+    assert [r.action for r in rows(served, tables.consent_records)] == ["requested"]  # a request, not consent
+    assert [e.name for e in rows(served, tables.events)] == ["lead_updated"]  # the PUT's; no form_submitted
+    with RecordingSmtpServer() as smtp:
+        [confirmation] = deliver(served, smtp)
+    assert confirmation.rcpt == ("alice@example.com",)
+    assert confirmation.funnel_step.startswith("form:cost-of-not-recycling/confirm-")
+    assert "Hi Alice," in confirmation.body  # what is on record, never what the stranger typed
+    assert "URGENT" not in confirmation.body + confirmation.subject and "Evil" not in confirmation.body
+    assert lead(served, "alice@example.com").attributes == {"first_name": "Alice"}
+
+
+def test_what_a_post_carried_is_applied_when_the_owner_confirms(serve: Any) -> None:
+    served = serve(forms={"report": DOUBLE})
+    served.client().put("/v1/leads/ivy@example.com", json={"attributes": {"first_name": "Ivy"}})
+    post(served, "report", {"email": "ivy@example.com", "first_name": "Ivy", "company": "New Co", "consent": "on"})
+    assert lead(served, "ivy@example.com").attributes == {"first_name": "Ivy"}
+    [requested] = rows(served, tables.consent_records)
+    assert requested.fields == {"first_name": "Ivy", "company": "New Co"}
+
+    assert httpx.post(confirm_link(served, requested.id, "ivy@example.com"), timeout=10).status_code == 303
+    row = lead(served, "ivy@example.com")
+    assert row.attributes == {"first_name": "Ivy", "company": "New Co"} and row.consent_status == "subscribed"
+    [_, confirmed] = rows(served, tables.consent_records)
+    assert (confirmed.action, confirmed.status_before, confirmed.status_after) == (
+        "confirmed",
+        "subscribed",
+        "subscribed",
+    )
+    assert [e.name for e in rows(served, tables.events)] == ["lead_updated", "form_submitted"]
+
+
+def test_a_new_address_gets_a_confirmation_built_from_nothing_the_post_carried(serve: Any) -> None:
+    served = serve(forms={"cost-of-not-recycling": EXAMPLE_FORM})
+    post(served, "cost-of-not-recycling", {**STRANGER, "email": "victim@example.com"})
+    row = lead(served, "victim@example.com")
+    assert (row.consent_status, row.attributes) == ("pending", {})  # the fields wait in the request
+    with RecordingSmtpServer() as smtp:
+        [confirmation] = deliver(served, smtp)
+    assert "Hi there," in confirmation.body and "URGENT" not in confirmation.body
+
+
+def test_a_single_opt_in_post_for_an_existing_lead_only_asks_its_owner_to_confirm(serve: Any) -> None:
+    served = serve(forms={"report": SINGLE})
+    served.client().put("/v1/leads/jo@example.com", json={"attributes": {"first_name": "Jo"}})
+    answer = post(served, "report", {"email": "jo@example.com", "first_name": "Mallory", "consent": "yes"})
+    assert (answer.status_code, answer.headers["location"]) == (303, "/forms/report/thanks")  # as for anyone
+    assert lead(served, "jo@example.com").attributes == {"first_name": "Jo"}
+    assert [e.name for e in rows(served, tables.events)] == ["lead_updated"]
+    [requested] = rows(served, tables.consent_records)
+    assert requested.action == "requested"
+    [confirmation] = rows(served, tables.outbox)
+    assert confirmation.step == f"confirm-{requested.id}"
+    httpx.post(confirm_link(served, requested.id, "jo@example.com"), timeout=10)
+    assert lead(served, "jo@example.com").attributes == {"first_name": "Mallory"}  # the owner confirmed it
+    assert [e.name for e in rows(served, tables.events)] == ["lead_updated", "form_submitted"]
+
+
+def test_a_confirmed_lead_who_signs_up_again_confirms_again_and_gets_the_report(serve: Any) -> None:
+    clock = Clock()
+    served = serve(clock=clock, forms={"report": DOUBLE})
+    post(served, "report", {"email": "kim@example.com", "consent": "on"})
+    [first] = rows(served, tables.consent_records)
+    httpx.post(confirm_link(served, first.id, "kim@example.com"), timeout=10)
+    clock.at = NOW + timedelta(hours=1)  # the first link is still valid, but used: a new one goes
+    post(served, "report", {"email": "kim@example.com", "consent": "on"})
+    second = rows(served, tables.consent_records)[-1]
+    assert second.action == "requested" and second.id != first.id
+    assert [o.step for o in rows(served, tables.outbox)] == [f"confirm-{first.id}", f"confirm-{second.id}"]
+    httpx.post(confirm_link(served, second.id, "kim@example.com"), timeout=10)
+    assert [e.name for e in rows(served, tables.events)] == ["form_submitted", "form_submitted"]
+
+
+def test_confirmation_emails_to_one_address_are_limited_across_forms(serve: Any, caplog: Any) -> None:
+    limits = {"confirmations_per_address": 2, "limit_window_hours": 24}
+    served = serve(forms={f"f{i}": {**DOUBLE, **limits} for i in range(4)})
+    served.client().put("/v1/leads/lou@example.com", json={"attributes": {"first_name": "Lou"}})
+    caplog.set_level(logging.WARNING, logger="engine.forms")
+    for i in range(4):
+        answer = post(served, f"f{i}", {"email": "lou@example.com", "consent": "on"})
+        assert (answer.status_code, answer.headers["location"]) == (303, f"/forms/f{i}/check-inbox")
+    assert len(rows(served, tables.outbox)) == 2
+    assert [r.action for r in rows(served, tables.consent_records)] == ["requested", "requested"]
+    assert sum("confirmations to this address" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_confirmation_emails_caused_from_one_client_are_limited(serve: Any, caplog: Any) -> None:
+    served = serve(forms={"report": {**DOUBLE, "confirmations_per_ip": 3}})
+    caplog.set_level(logging.WARNING, logger="engine.forms")
+    for i in range(5):
+        answer = post(served, "report", {"email": f"v{i}@example.com", "consent": "on"})
+        assert (answer.status_code, answer.headers["location"]) == (303, "/forms/report/check-inbox")
+    assert [r.email for r in rows(served, tables.leads)] == ["v0@example.com", "v1@example.com", "v2@example.com"]
+    assert len(rows(served, tables.outbox)) == 3
+    assert sum("from client 127.0.0.1" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_an_unsubscribed_lead_stays_unsubscribed_until_it_confirms(serve: Any) -> None:
+    served = serve(forms={"report": DOUBLE})
+    client = served.client()
+    client.put("/v1/leads/gil@example.com", json={"attributes": {"first_name": "Gil"}, "consent": "unsubscribed"})
+    post(served, "report", {"email": "gil@example.com", "consent": "on"})
+    assert lead(served, "gil@example.com").consent_status == "unsubscribed"  # the opt-out is kept
+    with RecordingSmtpServer() as smtp:
+        [confirmation] = deliver(served, smtp, funnels=False)  # the confirmation itself reaches the lead
+    assert confirmation.funnel_step.startswith("form:report/confirm-")
+    requested = rows(served, tables.consent_records)[-1]
+    httpx.post(confirm_link(served, requested.id, "gil@example.com"), timeout=10)
+    assert lead(served, "gil@example.com").consent_status == "subscribed"
+    confirmed = rows(served, tables.consent_records)[-1]
+    assert (confirmed.action, confirmed.status_before, confirmed.status_after) == (
+        "confirmed",
+        "unsubscribed",
+        "subscribed",
+    )

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
+import httpx
 import sqlalchemy as sa
+from typer.testing import CliRunner
 
-from engine import consents, store, tables
+from engine import cli, consents, store, tables
 from engine.mailer import Mailer
 from engine.settings import Settings
 from engine.templates import TemplateLibrary
@@ -128,3 +131,58 @@ def test_consent_is_withdrawn_with_a_record_but_never_given_back_by_the_api(serv
         names = conn.execute(sa.select(tables.events.c.name).where(tables.events.c.lead_id == lead_id)).scalars().all()
     assert acts == [("withdrawn", "crm")]
     assert "unsubscribed" in names  # the funnels' exit rules hear of it, as from the unsubscribe page
+
+
+def test_an_opt_out_outlives_a_strangers_form_post_and_the_api_cannot_lift_it(serve: Any) -> None:
+    served = serve(forms={"report": {"double_opt_in": True}})
+    with served.client() as client:
+        client.put("/v1/leads/una@example.com", json={"attributes": {"first_name": "Una"}})
+        assert client.put("/v1/leads/una@example.com", json={"consent": "unsubscribed"}).status_code == 200
+        assert client.put("/v1/leads/una@example.com", json={"consent": "subscribed"}).status_code == 409
+        posted = httpx.post(f"{served.url}/forms/report", data={"email": "una@example.com", "consent": "yes"})
+        assert posted.status_code == 303
+        again = client.put("/v1/leads/una@example.com", json={"consent": "subscribed"})
+        pending = client.put("/v1/leads/una@example.com", json={"consent": "pending"})
+        shown = client.get("/v1/leads/una@example.com").json()
+    assert again.status_code == 409 and "only the lead can opt in again" in again.json()["detail"]
+    assert pending.status_code == 409
+    assert shown["consent"] == "unsubscribed"
+
+
+def test_a_pending_lead_is_subscribed_only_by_its_own_confirmation(serve: Any) -> None:
+    served = serve(forms={"report": {"double_opt_in": True}})
+    httpx.post(f"{served.url}/forms/report", data={"email": "val@example.com", "consent": "yes"})
+    with served.client() as client:
+        refused = client.put("/v1/leads/val@example.com", json={"consent": "subscribed"})
+        shown = client.get("/v1/leads/val@example.com").json()
+    assert refused.status_code == 409 and "confirm" in refused.json()["detail"]
+    assert shown["consent"] == "pending"
+
+
+def test_every_consent_change_through_the_api_writes_a_record_with_its_source(served: Served) -> None:
+    with served.client() as client:
+        client.put("/v1/leads/wes@example.com", json={"attributes": {"first_name": "Wes"}})
+        assert client.put("/v1/leads/wes@example.com", json={"consent": "pending", "consent_source": "crm"}).is_success
+        assert client.put("/v1/leads/wes@example.com", json={"consent": "pending"}).is_success  # no change
+        assert client.put("/v1/leads/wes@example.com", json={"consent": "unsubscribed"}).is_success
+    with served.engine.connect() as conn:
+        lead_id = store.find_lead_id(conn, "wes@example.com")
+        assert lead_id is not None
+        history = consents.history(conn, lead_id)
+    acts = [(r["action"], r["source"], r["status_before"], r["status_after"]) for r in history]
+    assert acts == [("withdrawn", "crm", "subscribed", "pending"), ("withdrawn", "api", "pending", "unsubscribed")]
+
+
+def test_an_import_cannot_lift_an_opt_out_after_a_strangers_form_post(serve: Any, tmp_path: Path) -> None:
+    served = serve(forms={"report": {"double_opt_in": True}})
+    with served.client() as client:
+        client.put("/v1/leads/xia@example.com", json={"consent": "unsubscribed"})
+    httpx.post(f"{served.url}/forms/report", data={"email": "xia@example.com", "consent": "yes"})
+    httpx.post(f"{served.url}/forms/report", data={"email": "yan@example.com", "consent": "yes"})  # pending
+    csv_file = tmp_path / "crm.csv"
+    csv_file.write_text("email,consent\nxia@example.com,subscribed\nyan@example.com,subscribed\n")
+    result = CliRunner().invoke(cli.app, ["import", str(csv_file), "--database-url", str(served.engine.url)])
+    assert result.exit_code == 0, result.output
+    with served.client() as client:
+        assert client.get("/v1/leads/xia@example.com").json()["consent"] == "unsubscribed"
+        assert client.get("/v1/leads/yan@example.com").json()["consent"] == "pending"

@@ -135,3 +135,23 @@ def test_tampered_tokens_and_unknown_choices(enrolled: tuple[Served, Worker]) ->
     assert httpx.get(f"{served.url}/p/{unsubscribe_token}", timeout=10).status_code == 404
     assert httpx.post(url, data={"scope": "everything"}, timeout=10).status_code == 400
     assert consent(served) == "subscribed"
+
+
+def test_a_pending_lead_cannot_be_subscribed_from_the_preference_page(serve: Any) -> None:
+    served = serve(forms={"report": {"double_opt_in": True}})
+    httpx.post(f"{served.url}/forms/report", data={"email": "pam@example.com", "consent": "yes"}, timeout=10)
+    assert consent(served) == "pending"
+    url = Links(served.settings).preferences_url("pam@example.com")  # the link in the confirmation email
+    httpx.post(url, data={"scope": "all"}, timeout=10)
+    assert consent(served) == "unsubscribed"
+    page = httpx.post(url, data={"scope": "resubscribe"}, timeout=10, follow_redirects=True)
+    assert consent(served) == "unsubscribed"
+    assert "Start again" not in page.text and "never confirmed" in page.text
+    with served.engine.connect() as conn:
+        records = conn.execute(sa.select(tables.consent_records).order_by(tables.consent_records.c.id)).all()
+    assert [r.action for r in records] == ["requested", "withdrawn"]
+
+    # Its own confirmation still subscribes it: the link proves the address.
+    confirm = Links(served.settings).confirm_url("pam@example.com", "report", records[0].id)
+    assert httpx.post(confirm, timeout=10).status_code == 303
+    assert consent(served) == "subscribed"
