@@ -266,7 +266,7 @@ def run(
 
     settings = get_settings()
     setup(settings.log_format, settings.log_level)
-    _refuse_public_key(settings)
+    _refuse_unsafe_start(settings)
     funnels = _load([settings.funnels_dir], settings.emails_dir)
     try:
         runner = Runner(settings, funnels, Clock(_parse_time(now, "--now")))
@@ -510,7 +510,7 @@ def api(
 
     settings = get_settings()
     setup(settings.log_format, settings.log_level)
-    _refuse_public_key(settings, host)
+    _refuse_unsafe_start(settings, host)
     uvicorn.run(
         create_app(settings, _api_db()),
         host=host or settings.http.host,
@@ -519,11 +519,20 @@ def api(
     )
 
 
-def _refuse_public_key(settings: Any, host: str | None = None) -> None:
-    problem = settings.public_key_problem(host)
-    if problem is not None:
+def _refuse_unsafe_start(settings: Any, host: str | None = None) -> None:
+    problems = settings.start_problems(host)
+    for problem in problems:
         err.print(f"cannot start: {problem}", markup=False, highlight=False, soft_wrap=True)
+    if problems:
         raise typer.Exit(2)
+
+
+@app.command()
+def secret() -> None:
+    """Print a new random key (32 bytes, URL-safe base64) for secret_key or a hook's or webhook's secret."""
+    from engine.secret_keys import new_key
+
+    console.print(new_key(), markup=False, highlight=False, soft_wrap=True)
 
 
 register_import(app)

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, model_validator
 
 from engine import signatures
+from engine.secret_keys import SigningSecret
 
 EventKind = Literal["transition", "goal"]
 EVENT_KINDS: tuple[EventKind, ...] = ("transition", "goal")
@@ -44,8 +45,10 @@ class WebhookSubscription(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: str = Field(pattern=r"^https?://\S+$", description="Where to POST; redirects are not followed.")
-    secret: SecretStr = Field(description="Signs every request (Funnel-Signature, as inbound hooks are signed).")
-    previous_secret: SecretStr | None = Field(
+    secret: SigningSecret = Field(
+        description="Signs every request (Funnel-Signature, as inbound hooks are signed); make it with `funnel secret`."
+    )
+    previous_secret: SigningSecret | None = Field(
         default=None, description="While the receiver switches to a new secret: signs too, as a second v1."
     )
     events: list[EventKind] = Field(
@@ -75,10 +78,10 @@ class WebhookSettings(BaseModel):
     max_attempts: int = Field(default=40, ge=1, description="Attempts before a delivery is given up.")
     give_up_after_h: float = Field(default=24.0, gt=0, description="Hours after which a delivery is given up.")
     poll_s: float = Field(default=2.0, gt=0, le=60, description="How often new transitions and goals are looked for.")
-    step_secret: SecretStr | None = Field(
+    step_secret: SigningSecret | None = Field(
         default=None, description="Signs the calls of funnel `webhook` steps; unset: they go unsigned."
     )
-    step_previous_secret: SecretStr | None = Field(
+    step_previous_secret: SigningSecret | None = Field(
         default=None, description="While receivers switch to a new step secret: signs too, as a second v1."
     )
     step_include_email: bool = Field(default=True, description="Send the lead's email with `webhook` step calls.")

@@ -33,8 +33,8 @@ from tests.smtp_server import _free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
-SECRET = "whsec_crm"
-STEP_SECRET = "whsec_steps"
+SECRET = "whsec_crm_MP56PnSGiUDc1eGDsRoWAKPT1RHyMfl2Wc8oW"
+STEP_SECRET = "whsec_steps_FrLku7fc7QnfpUIBG6m_XlfGOfac-oiHL"
 
 FUNNEL = """\
 id: trial
@@ -450,10 +450,10 @@ from datetime import datetime
 from engine.database import create_engine_for
 from engine.webhook_policy import WebhookSettings
 from engine.webhooks_out import WebhookSender
-database, hook, now = sys.argv[1:4]
+database, hook, secret, now = sys.argv[1:5]
 at = datetime.fromisoformat(now)
 settings = WebhookSettings.model_validate(
-    {"timeout_s": 60, "crm": {"url": hook, "secret": "whsec_crm", "events": ["transition"], "start": "beginning"}}
+    {"timeout_s": 60, "crm": {"url": hook, "secret": secret, "events": ["transition"], "start": "beginning"}}
 )
 asyncio.run(WebhookSender(create_engine_for(database), settings, lambda: at).run_once())
 """
@@ -465,7 +465,7 @@ def test_a_sender_killed_mid_request_loses_nothing(funnel_engine: Scene, receive
     replies = iter([Reply(delay=60)])
     receiver.reply = lambda _: next(replies, Reply())
     process = subprocess.Popen(
-        [sys.executable, "-c", CRASHING_SENDER, env.url, receiver.url("/crm"), NOW.isoformat()], cwd=ROOT
+        [sys.executable, "-c", CRASHING_SENDER, env.url, receiver.url("/crm"), SECRET, NOW.isoformat()], cwd=ROOT
     )
     try:
         assert receiver.arrived.wait(30), "the sender never called"

@@ -146,18 +146,18 @@ def test_a_dead_receiver_is_tried_for_most_of_a_day_then_given_up() -> None:
 TOML = """
 [webhooks]
 timeout_s = 5
-step_secret = "whsec_steps"
+step_secret = "whsec_steps_FrLku7fc7QnfpUIBG6m_XlfGOfac-oiHLqf"
 
 [webhooks.crm]
 url = "https://crm.example.com/hooks/funnel"
-secret = "whsec_crm"
+secret = "whsec_crm_VwNz41bQc9z_nN6aatYkGBD5h3zNNLlqPhhm"
 events = ["transition"]
 funnels = ["lead-magnet"]
 attributes = ["first_name", "company"]
 
 [webhooks.analytics]
 url = "https://stats.example.com/in"
-secret = "whsec_stats"
+secret = "whsec_stats_MP56PnSGiUDc1eGDsRoWAKPT1RHyMfl2Wc8"
 include_email = false
 """
 
@@ -165,7 +165,10 @@ include_email = false
 def test_each_table_under_webhooks_is_a_subscription() -> None:
     loaded = WebhookSettings.model_validate(tomllib.loads(TOML)["webhooks"])
     assert loaded.timeout_s == 5
-    assert loaded.step_secret is not None and loaded.step_secret.get_secret_value() == "whsec_steps"
+    assert (
+        loaded.step_secret is not None
+        and loaded.step_secret.get_secret_value() == "whsec_steps_FrLku7fc7QnfpUIBG6m_XlfGOfac-oiHLqf"
+    )
     assert sorted(loaded.subscriptions) == ["analytics", "crm"]
     crm, stats = loaded.subscriptions["crm"], loaded.subscriptions["analytics"]
     assert crm.wants("transition", "lead-magnet")
@@ -173,7 +176,7 @@ def test_each_table_under_webhooks_is_a_subscription() -> None:
     assert not crm.wants("transition", "webinar")
     assert stats.wants("goal", "webinar") and stats.wants("transition", "lead-magnet")
     assert stats.start == "now" and not stats.include_email
-    assert "whsec_crm" not in repr(loaded)
+    assert "whsec_crm_VwNz41bQc9z_nN6aatYkGBD5h3zNNLlqPhhm" not in repr(loaded)
 
 
 @pytest.mark.parametrize(
@@ -185,6 +188,14 @@ def test_each_table_under_webhooks_is_a_subscription() -> None:
         ({"crm": {"url": "https://x.example"}}, "secret"),
         ({"crm": {"url": "https://x.example", "secret": "s", "events": ["click"]}}, "events"),
         ({"CRM": {"url": "https://x.example", "secret": "s"}}, "CRM"),
+        (
+            {"crm": {"url": "https://x.example", "secret": ""}},
+            "subscriptions.crm.secret\n  Value error, this secret is empty",
+        ),
+        (
+            {"step_secret": "whsec_test"},
+            "step_secret\n  Value error, this secret is an example printed in the documentation",
+        ),
     ],
 )
 def test_a_settings_mistake_names_its_key(raw: dict[str, object], where: str) -> None:
