@@ -23,6 +23,7 @@ from pydantic_settings import (
 from engine.ops_auth import OpsSettings
 from engine.secret_keys import DEFAULT_SECRET_KEY, SigningSecret, key_problem
 from engine.webhook_policy import WebhookSettings
+from engine.webhook_targets import Targets
 
 
 class SmtpSettings(BaseModel):
@@ -228,6 +229,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.data_dir / 'funnel.db'}"
+
+    def webhook_targets(self) -> Targets:
+        """Where webhooks may go: the allowed private hosts, and the engine's own listeners (never)."""
+        return Targets.of(self.webhooks.allow_private_hosts, self.base_url, self.http.host, self.http.port)
 
     def start_problems(self, serve_host: str | None = None) -> list[str]:
         """Why this configuration must not serve, one line each; empty: it may start. Beyond loopback every

@@ -97,7 +97,7 @@ def verify(
     matched = False
     # An HMAC keyed with nothing is a checksum anyone can compute: an empty secret proves no sender. The
     # settings refuse one; this keeps a caller that forgot from accepting every request.
-    for secret in filter(None, secrets):
+    for secret in (s for s in secrets if s):
         expected = _digest(secret, parsed.timestamp, body)
         for candidate in parsed.signatures:
             # Every comparison runs, in constant time each: how long a refusal takes says nothing about

@@ -90,15 +90,22 @@ def test_any_2xx_is_delivered(status: int) -> None:
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 405, 409, 410, 413, 422, 301, 302, 304, 100])
 def test_a_refusal_that_will_not_change_by_itself_fails_for_good(status: int) -> None:
-    outcome = decide(Answered(status, detail="unknown field 'lead'"))
+    outcome = decide(Answered(status))
     assert isinstance(outcome, Failed)
     assert outcome.permanent and outcome.status == status
-    assert outcome.error == f"HTTP {status}: unknown field 'lead'"
+    assert outcome.error == policy.status_line(status)
+
+
+def test_an_answer_is_recorded_by_its_status_line_only() -> None:
+    assert policy.status_line(422) == "HTTP 422 Unprocessable Entity"
+    assert policy.status_line(302) == "HTTP 302 Found"
+    assert policy.status_line(599) == "HTTP 599"
 
 
 @pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504, 599])
 def test_timeouts_throttling_and_server_errors_are_retried(status: int) -> None:
-    assert decide(Answered(status), attempts=2) == RetryAt(NOW + timedelta(seconds=20), f"HTTP {status}", status)
+    expected = RetryAt(NOW + timedelta(seconds=20), policy.status_line(status), status)
+    assert decide(Answered(status), attempts=2) == expected
 
 
 def test_no_answer_is_retried_and_a_request_that_cannot_be_made_is_not() -> None:
@@ -117,7 +124,7 @@ def test_given_up_after_the_last_attempt() -> None:
         policy.next_step(Answered(503), attempts=2, created_at=NOW, now=NOW, jitter=0.5, policy=short), RetryAt
     )
     outcome = policy.next_step(Answered(503), attempts=3, created_at=NOW, now=NOW, jitter=0.5, policy=short)
-    assert outcome == Failed("gave up after 3 attempts in 0s; last: HTTP 503", 503, permanent=False)
+    assert outcome == Failed("gave up after 3 attempts in 0s; last: HTTP 503 Service Unavailable", 503, permanent=False)
 
 
 def test_given_up_when_the_next_try_would_come_after_a_day() -> None:
