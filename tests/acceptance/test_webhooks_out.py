@@ -534,6 +534,26 @@ def test_the_engine_s_own_http_app_is_never_a_receiver(funnel_engine: Scene, rec
     assert row.status == "failed" and row.last_error == f"refused: 127.0.0.1:{port} is the engine's own HTTP app"
 
 
+def test_an_engine_listening_on_every_address_is_refused_on_each_of_them(
+    funnel_engine: Scene, receiver: Receiver
+) -> None:
+    env = funnel_engine
+    port = receiver.server.server_address[1]
+    # The app on 0.0.0.0: every address of this machine leads to it on its port, so the sender finds out
+    # once connected (the connection's two ends are the same address) and sends nothing.
+    app = Settings(
+        http=HttpSettings(host="0.0.0.0", port=port),
+        webhooks=only_crm(receiver.url("/ops/outbox"), allow_private_hosts=[RECEIVER_HOST]),
+    )
+    env.event("ana@example.com", "signed_up")
+
+    run_once(WebhookSender(env.engine, app.webhooks, env.clock, targets=app.webhook_targets()))
+
+    assert receiver.received == []
+    (row,) = env.deliveries(subscription="crm")
+    assert row.status == "failed" and row.last_error == f"refused: 127.0.0.1:{port} is the engine's own HTTP app"
+
+
 def test_the_sender_connects_to_the_address_it_checked(
     funnel_engine: Scene, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
