@@ -87,7 +87,7 @@ class WebhookSender:
         self.batch_size = batch_size
         self.jitter = jitter
         # Where requests may go; `Settings.webhook_targets()` adds the engine's own listeners.
-        self.targets = targets or Targets.of(settings.allow_private_hosts)
+        self.targets = targets if targets is not None else Targets.of(settings.allow_private_hosts)
         self.totals = WebhookResult()  # counts since start, for metrics
         self._client: httpx.AsyncClient | None = None
         self._wake: asyncio.Event | None = None
