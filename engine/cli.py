@@ -39,11 +39,17 @@ def validate(
     paths: list[Path] = typer.Argument(None, help="Funnel files or folders (default: funnels/)."),
     emails: Path = typer.Option(Path("emails"), help="Folder of email templates."),
 ) -> None:
-    """Check funnel files (shape, graph, templates: every error names file:line:column) and the forms
-    in the settings (page, confirmation email, a funnel that enters on each form's event)."""
+    """Check funnel files (shape, graph, templates, where `webhook` steps call: every error names
+    file:line:column) and, in the settings, the forms (page, confirmation email, a funnel that enters on
+    each form's event) and where webhook subscriptions post."""
+    from engine.form_checks import check_forms
+    from engine.settings import get_settings
+    from engine.templates import TemplateLibrary
     from engine.validation import load_funnels
+    from engine.webhook_targets import url_problem
 
-    result = load_funnels(paths or [Path("funnels")], emails_dir=emails)
+    settings = get_settings()
+    result = load_funnels(paths or [Path("funnels")], emails_dir=emails, targets=settings.webhook_targets())
     for error in result.errors:
         err.print(str(error), markup=False, highlight=False, soft_wrap=True)
     if result.errors:
@@ -54,19 +60,19 @@ def validate(
         console.print(
             f"[green]ok[/green] {funnel.id} ({len(funnel.stages)} stages, {steps} steps, version {funnel.version})"
         )
-    from engine.form_checks import check_forms
-    from engine.settings import get_settings
-    from engine.templates import TemplateLibrary
-
-    settings = get_settings()
     # The forms belong to the project: they are checked with its funnels, not beside a file or folder
     # checked on its own (which funnel a form feeds is only known when all of them are loaded).
     everything = not paths or any(p.resolve() == settings.funnels_dir.resolve() for p in paths)
     form_errors = check_forms(settings, result.funnels, TemplateLibrary(emails)) if everything else []
+    targets = settings.webhook_targets()
+    for name, subscription in sorted(settings.webhooks.subscriptions.items()) if everything else []:
+        problem = url_problem(subscription.url, targets)
+        if problem is not None:
+            form_errors.append(f"webhooks.{name}.url: {problem}")
     for message in form_errors:
         err.print(f"settings: {message}", markup=False, highlight=False, soft_wrap=True)
     if form_errors:
-        err.print(f"[red]{len(form_errors)} error(s)[/red] in the forms' settings")
+        err.print(f"[red]{len(form_errors)} error(s)[/red] in the settings")
         raise typer.Exit(1)
     for form_id in sorted(settings.forms) if everything else []:
         console.print(f"[green]ok[/green] form {form_id}")
@@ -84,9 +90,10 @@ def schema(
 
 
 def _load(paths: list[Path], emails: Path) -> list[Funnel]:
+    from engine.settings import get_settings
     from engine.validation import load_funnels
 
-    result = load_funnels(paths, emails_dir=emails)
+    result = load_funnels(paths, emails_dir=emails, targets=get_settings().webhook_targets())
     if result.errors:
         for error in result.errors:
             err.print(str(error), markup=False, highlight=False, soft_wrap=True)
@@ -266,7 +273,7 @@ def run(
 
     settings = get_settings()
     setup(settings.log_format, settings.log_level)
-    _refuse_public_key(settings)
+    _refuse_unsafe_start(settings)
     funnels = _load([settings.funnels_dir], settings.emails_dir)
     try:
         runner = Runner(settings, funnels, Clock(_parse_time(now, "--now")))
@@ -510,7 +517,7 @@ def api(
 
     settings = get_settings()
     setup(settings.log_format, settings.log_level)
-    _refuse_public_key(settings, host)
+    _refuse_unsafe_start(settings, host)
     uvicorn.run(
         create_app(settings, _api_db()),
         host=host or settings.http.host,
@@ -519,11 +526,20 @@ def api(
     )
 
 
-def _refuse_public_key(settings: Any, host: str | None = None) -> None:
-    problem = settings.public_key_problem(host)
-    if problem is not None:
+def _refuse_unsafe_start(settings: Any, host: str | None = None) -> None:
+    problems = settings.start_problems(host)
+    for problem in problems:
         err.print(f"cannot start: {problem}", markup=False, highlight=False, soft_wrap=True)
+    if problems:
         raise typer.Exit(2)
+
+
+@app.command()
+def secret() -> None:
+    """Print a new random key (32 bytes, URL-safe base64) for secret_key or a hook's or webhook's secret."""
+    from engine.secret_keys import new_key
+
+    console.print(new_key(), markup=False, highlight=False, soft_wrap=True)
 
 
 register_import(app)

@@ -111,7 +111,9 @@ class Runner:
             {f.id: f.name for f in funnels},
             {f.id: f.timezone for f in funnels},
         )
-        self.webhooks = WebhookSender(self.engine, settings.webhooks, clock, batch_size=settings.batch_size)
+        self.webhooks = WebhookSender(
+            self.engine, settings.webhooks, clock, batch_size=settings.batch_size, targets=settings.webhook_targets()
+        )
         self.webhooks.start(clock())  # fix where new subscriptions start, before the first tick
         self.sink = None
         if settings.smtp.host:

@@ -21,10 +21,9 @@ from pydantic_settings import (
 )
 
 from engine.ops_auth import OpsSettings
+from engine.secret_keys import DEFAULT_SECRET_KEY, SigningSecret, key_problem
 from engine.webhook_policy import WebhookSettings
-
-# Public, so never acceptable where anyone else can reach the app.
-DEFAULT_SECRET_KEY = "change-me-in-production"  # noqa: S105 (public on purpose, and refused beyond loopback)
+from engine.webhook_targets import Targets
 
 
 class SmtpSettings(BaseModel):
@@ -171,7 +170,7 @@ class FormSettings(BaseModel):
 class HookSettings(BaseModel):
     """A system that posts signed webhooks to `POST /hooks/{name}` instead of using an API key."""
 
-    secret: SecretStr
+    secret: SigningSecret
     tolerance_s: int = Field(default=300, ge=1, le=3600, description="How old a signature's timestamp may be.")
 
 
@@ -210,8 +209,9 @@ class Settings(BaseSettings):
     track_opens: bool = Field(default=True, description="Put a 1x1 open pixel at the end of every HTML part.")
     secret_key: SecretStr = Field(
         default=SecretStr(DEFAULT_SECRET_KEY),
-        description="Signs every link in every email, and ops sessions. The default is public: "
-        "`funnel run` and `funnel api` refuse it unless the app and base_url are on loopback only.",
+        description="Signs every link in every email, and ops sessions; make one with `funnel secret`. The default "
+        "is public: `funnel run` and `funnel api` refuse it, and any key shorter than 32 random bytes, unless the "
+        "app and base_url are on loopback only.",
     )
     previous_secret_keys: list[SecretStr] = Field(
         default_factory=list,
@@ -258,11 +258,15 @@ class Settings(BaseSettings):
             return self.database_url
         return f"sqlite:///{self.data_dir / 'funnel.db'}"
 
-    def public_key_problem(self, serve_host: str | None = None) -> str | None:
-        """Why this configuration must not start, or None: with the public default key, anyone could
-        forge unsubscribe and click links or ops sessions, so it is fine on loopback only (the demo)."""
-        if self.secret_key.get_secret_value() != DEFAULT_SECRET_KEY:
-            return None
+    def webhook_targets(self) -> Targets:
+        """Where webhooks may go: the allowed private hosts, and the engine's own listeners (never)."""
+        return Targets.of(self.webhooks.allow_private_hosts, self.base_url, self.http.host, self.http.port)
+
+    def start_problems(self, serve_host: str | None = None) -> list[str]:
+        """Why this configuration must not serve, one line each; empty: it may start. Beyond loopback every
+        key of the keyring must be one nobody can guess (anyone could forge unsubscribe, click and opt-in
+        links or ops sessions with it), and links must travel over HTTPS. On loopback only (the demo,
+        development) nobody else can reach the app or follow its links, and nothing is refused."""
         exposed = [
             what
             for what, host in (
@@ -272,13 +276,33 @@ class Settings(BaseSettings):
             if not _is_loopback(host)
         ]
         if not exposed:
-            return None
-        return (
-            f"secret_key is the public default while {' and '.join(exposed)} "
-            f"{'reach' if len(exposed) > 1 else 'reaches'} beyond this machine: "
-            "set FUNNEL_SECRET_KEY to a long random value, e.g. the output of "
-            "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`"
-        )
+            return []
+        reach = f"{' and '.join(exposed)} {'reach' if len(exposed) > 1 else 'reaches'} beyond this machine"
+        keyring = [
+            ("secret_key", self.secret_key),
+            *((f"previous_secret_keys[{i}]", key) for i, key in enumerate(self.previous_secret_keys)),
+        ]
+        problems: list[str] = []
+        for setting, key in keyring:
+            problem = key_problem(key.get_secret_value())
+            if problem is None:
+                continue
+            remedy = (
+                "make a key with `funnel secret` and set it as FUNNEL_SECRET_KEY"
+                if setting == "secret_key"
+                else "remove it from FUNNEL_PREVIOUS_SECRET_KEYS (links signed with it stop working; "
+                "new keys come from `funnel secret`)"
+            )
+            problems.append(f"{setting} {problem} while {reach}: {remedy}")
+        if "base_url" in exposed and urlsplit(self.base_url).scheme != "https":
+            # The links of every email are built on base_url: over http they travel in clear, tokens
+            # included, and mailbox providers only honour one-click unsubscribe (RFC 8058) over HTTPS.
+            problems.append(
+                f"base_url is {self.base_url}, beyond this machine in clear: the links in emails would travel "
+                "unencrypted and one-click unsubscribe (RFC 8058) needs HTTPS; expected an https:// address "
+                "(TLS may end at a proxy in front of the app)"
+            )
+        return problems
 
 
 def _is_loopback(host: str) -> bool:

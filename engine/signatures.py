@@ -48,6 +48,8 @@ def _digest(secret: str | bytes, timestamp: int, body: bytes) -> str:
 
 def sign(secret: str | bytes, timestamp: int, body: bytes) -> str:
     """The `Funnel-Signature` header value for `body` sent at `timestamp` (unix seconds)."""
+    if not secret:
+        raise ValueError("cannot sign with an empty secret: anyone could make the same signature")
     return f"t={timestamp},{SCHEME}={_digest(secret, timestamp, body)}"
 
 
@@ -102,7 +104,9 @@ def verify(
     if abs(now.timestamp() - parsed.timestamp) > tolerance_s:
         return Refusal.STALE
     matched = False
-    for secret in secrets:
+    # An HMAC keyed with nothing is a checksum anyone can compute: an empty secret proves no sender. The
+    # settings refuse one; this keeps a caller that forgot from accepting every request.
+    for secret in (s for s in secrets if s):
         expected = _digest(secret, parsed.timestamp, body)
         for candidate in parsed.signatures:
             # Every comparison runs, in constant time each: how long a refusal takes says nothing about

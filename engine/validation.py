@@ -44,11 +44,13 @@ from engine.definition import (
     WaitForStep,
     WaitStep,
     WaitUntilStep,
+    WebhookStep,
     shorten,
 )
 from engine.durations import format_duration
 from engine.folder_loader import FolderLoader, OutsideFolder
 from engine.templates import TemplateLibrary
+from engine.webhook_targets import Targets, url_problem
 from engine.yamlfile import Position, YamlDocument, YamlSyntaxError, read_yaml
 
 Loc = tuple[str | int, ...]
@@ -120,9 +122,13 @@ def funnel_files(paths: Iterable[Path]) -> tuple[list[Path], list[FunnelError]]:
     return files, errors
 
 
-def load_funnels(paths: Iterable[Path], emails_dir: Path | None = Path("emails")) -> LoadResult:
+def load_funnels(
+    paths: Iterable[Path], emails_dir: Path | None = Path("emails"), targets: Targets | None = None
+) -> LoadResult:
     """Read and check funnel files. `emails_dir=None` skips the template check (for callers that
-    only need the funnels' logic, such as scenario tests without emails)."""
+    only need the funnels' logic, such as scenario tests without emails). `targets` (from
+    `Settings.webhook_targets()`) checks where `webhook` steps call; None leaves that to the sender,
+    which checks every call when it is made."""
     files, errors = funnel_files(paths)
     result = LoadResult(files=files, errors=errors)
     checked: list[tuple[Funnel, YamlDocument]] = []
@@ -132,7 +138,10 @@ def load_funnels(paths: Iterable[Path], emails_dir: Path | None = Path("emails")
         result.errors.extend(file_errors)
         if funnel is None or doc is None:
             continue
-        graph_errors = [_error(doc, loc, msg, key=key) for loc, msg, key in check_graph(funnel, doc.data)]
+        found = check_graph(funnel, doc.data)
+        if targets is not None:
+            found += check_webhook_urls(funnel, doc.data, targets)
+        graph_errors = [_error(doc, loc, msg, key=key) for loc, msg, key in found]
         graph_errors += templates.check(funnel, doc)
         result.errors.extend(sorted(graph_errors, key=lambda e: (e.line, e.column)))
         if not graph_errors:
@@ -624,6 +633,20 @@ def check_graph(funnel: Funnel, data: Any) -> list[Found]:
     found += _unreachable(funnel, data)
     found += _instant_loops(funnel, data)
     found += _persona_entry(funnel, data)
+    return found
+
+
+def check_webhook_urls(funnel: Funnel, data: Any, targets: Targets) -> list[Found]:
+    """`webhook` steps whose URL the address policy refuses as written (a literal private address, a
+    loopback name, the engine itself); a name is judged again by what it resolves to when the call is sent."""
+    found: list[Found] = []
+    for s_index, stage in enumerate(funnel.stages):
+        for st_index, step in enumerate(stage.steps):
+            if isinstance(step, WebhookStep):
+                problem = url_problem(step.webhook.url, targets)
+                if problem is not None:
+                    loc: Loc = ("stages", s_index, "steps", st_index, "webhook", "url")
+                    found.append((loc, f"{describe(loc, data)}: {problem}", False))
     return found
 
 

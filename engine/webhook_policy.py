@@ -14,11 +14,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
+from http import HTTPStatus
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, model_validator
 
 from engine import signatures
+from engine.secret_keys import SigningSecret
 
 EventKind = Literal["transition", "goal"]
 EVENT_KINDS: tuple[EventKind, ...] = ("transition", "goal")
@@ -43,9 +45,14 @@ class WebhookSubscription(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(pattern=r"^https?://\S+$", description="Where to POST; redirects are not followed.")
-    secret: SecretStr = Field(description="Signs every request (Funnel-Signature, as inbound hooks are signed).")
-    previous_secret: SecretStr | None = Field(
+    url: str = Field(
+        pattern=r"^https?://\S+$",
+        description="Where to POST: a public address, or a host in allow_private_hosts; redirects are not followed.",
+    )
+    secret: SigningSecret = Field(
+        description="Signs every request (Funnel-Signature, as inbound hooks are signed); make it with `funnel secret`."
+    )
+    previous_secret: SigningSecret | None = Field(
         default=None, description="While the receiver switches to a new secret: signs too, as a second v1."
     )
     events: list[EventKind] = Field(
@@ -75,13 +82,20 @@ class WebhookSettings(BaseModel):
     max_attempts: int = Field(default=40, ge=1, description="Attempts before a delivery is given up.")
     give_up_after_h: float = Field(default=24.0, gt=0, description="Hours after which a delivery is given up.")
     poll_s: float = Field(default=2.0, gt=0, le=60, description="How often new transitions and goals are looked for.")
-    step_secret: SecretStr | None = Field(
+    step_secret: SigningSecret | None = Field(
         default=None, description="Signs the calls of funnel `webhook` steps; unset: they go unsigned."
     )
-    step_previous_secret: SecretStr | None = Field(
+    step_previous_secret: SigningSecret | None = Field(
         default=None, description="While receivers switch to a new step secret: signs too, as a second v1."
     )
     step_include_email: bool = Field(default=True, description="Send the lead's email with `webhook` step calls.")
+    allow_private_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts, as URLs write them (a name or an address), that webhooks may call although they are "
+        "or resolve to a loopback, private, link-local or other non-public address, e.g. a CRM on the internal "
+        "network. Every other host must resolve to public addresses only; the engine's own listeners are refused "
+        "whatever this says.",
+    )
     subscriptions: dict[SubscriptionName, WebhookSubscription] = Field(default_factory=dict)
 
     @model_validator(mode="before")
@@ -158,11 +172,19 @@ def parse_retry_after(value: str | None, now: datetime) -> timedelta | None:
 
 @dataclass(frozen=True, slots=True)
 class Answered:
-    """The receiver answered with `status`; `detail` is the start of its body, for the operator."""
+    """The receiver answered with `status`. Its body is not read: a URL may serve anything, and what it
+    serves is not the engine's to keep."""
 
     status: int
     retry_after: timedelta | None = None
-    detail: str = ""
+
+
+def status_line(status: int) -> str:
+    """How an answer is recorded: the code and its standard phrase (not the receiver's own words)."""
+    try:
+        return f"HTTP {status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"HTTP {status}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +236,7 @@ def next_step(
     if isinstance(outcome, Answered):
         if 200 <= outcome.status <= 299:
             return Delivered(outcome.status)
-        error = f"HTTP {outcome.status}" + (f": {outcome.detail}" if outcome.detail else "")
+        error = status_line(outcome.status)
         if not is_temporary(outcome.status):
             return Failed(error, outcome.status, permanent=True)
         status: int | None = outcome.status

@@ -5,7 +5,8 @@ The sender drives three short transactions of `engine.webhook_deliveries` (fan-o
 around its HTTP requests and holds none open across one. A worker that dies holding a lease loses
 nothing: the lease ends and another worker sends again. So a receiver may get a delivery twice (at
 least once) and deduplicates by the `Funnel-Delivery` header. The decisions (payloads, retries,
-cursors) are `engine.webhook_policy`'s; docs/webhooks.md tells a receiver what to expect.
+cursors) are `engine.webhook_policy`'s, where a request may go `engine.webhook_targets`'s (enforced on
+every connection by `engine.webhook_network`); docs/webhooks.md tells a receiver what to expect.
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ import sqlalchemy as sa
 from engine import webhook_policy as policy
 from engine.database import connect_read_only
 from engine.webhook_deliveries import Claimed, claim, fan_out, has_fan_out_work, record
+from engine.webhook_network import GuardedTransport, TargetRefused
 from engine.webhook_policy import STEP_CALLS, WebhookSettings
+from engine.webhook_targets import Targets
 
 log = logging.getLogger("engine.webhooks_out")
-
-_DETAIL_BYTES = 300
 
 
 @dataclass
@@ -62,19 +63,6 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-async def _detail(response: httpx.Response) -> str:
-    """The start of a refusal's body, for `last_error`; the rest is not read."""
-    if 200 <= response.status_code <= 299:
-        return ""
-    buffer = b""
-    async for chunk in response.aiter_raw():
-        buffer += chunk
-        if len(buffer) >= _DETAIL_BYTES:
-            break
-    text = buffer[:_DETAIL_BYTES].decode("utf-8", errors="replace")
-    return " ".join(text.split())[:200]
-
-
 class WebhookSender:
     """Delivers webhooks beside the engine: `run(stop)` as its own asyncio task in `funnel run`, or
     `run_once()` to send what is due now and return.
@@ -91,14 +79,15 @@ class WebhookSender:
         *,
         batch_size: int = 500,
         jitter: Callable[[], float] = random.random,
-        transport: httpx.AsyncBaseTransport | None = None,
+        targets: Targets | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
         self.clock = clock or (lambda: datetime.now(UTC))
         self.batch_size = batch_size
         self.jitter = jitter
-        self.transport = transport
+        # Where requests may go; `Settings.webhook_targets()` adds the engine's own listeners.
+        self.targets = targets if targets is not None else Targets.of(settings.allow_private_hosts)
         self.totals = WebhookResult()  # counts since start, for metrics
         self._client: httpx.AsyncClient | None = None
         self._wake: asyncio.Event | None = None
@@ -138,11 +127,12 @@ class WebhookSender:
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
             lanes = len(self.settings.subscriptions) + 1
+            limits = httpx.Limits(max_connections=self.settings.concurrency * lanes, max_keepalive_connections=8)
             self._client = httpx.AsyncClient(
                 timeout=httpx.Timeout(self.settings.timeout_s),
-                limits=httpx.Limits(max_connections=self.settings.concurrency * lanes, max_keepalive_connections=8),
-                follow_redirects=False,
-                transport=self.transport,
+                follow_redirects=False,  # a redirect is an answer: it could point anywhere
+                trust_env=False,  # no proxy from the environment: the address policy judges the receiver itself
+                transport=GuardedTransport(self.targets, limits),
             )
         return self._client
 
@@ -155,7 +145,8 @@ class WebhookSender:
 
     async def send(self, item: Claimed) -> policy.Outcome:
         """One attempt: POST the signed body, and what came of it. The whole request, connection to
-        last byte, has `timeout_s`; redirects are not followed."""
+        the answer's status, has `timeout_s`; redirects are not followed; the answer's body is not read.
+        An address the policy refuses fails the delivery for good."""
         url, secrets = self._target(item)
         body = policy.encode(item.payload)
         headers = policy.request_headers(item.payload, body, attempt=item.attempts, secrets=secrets, now=self.clock())
@@ -163,9 +154,10 @@ class WebhookSender:
         try:
             async with asyncio.timeout(timeout):
                 async with self._http().stream("POST", url, content=body, headers=headers) as response:
-                    detail = await _detail(response)
                     retry_after = policy.parse_retry_after(response.headers.get("retry-after"), self.clock())
-                    return policy.Answered(response.status_code, retry_after, detail)
+                    return policy.Answered(response.status_code, retry_after)
+        except TargetRefused as refused:
+            return policy.Unanswered(str(refused), permanent=True)
         except (TimeoutError, httpx.TimeoutException):
             return policy.Unanswered(f"no answer within {timeout:g}s")
         except httpx.ConnectError as error:

@@ -1,12 +1,14 @@
 """Outbound webhooks against a real HTTP receiver on loopback (`http.server` in a thread, checking every
 signature as a receiver would), on SQLite and PostgreSQL, with stage transitions and goals made by the
 real worker. The sender's clock is the test's, so backoff can be stepped through; everything else
-(sockets, database, threads) is real."""
+(sockets, database, threads) is real. Loopback is a refused range for webhooks: the tests that reach
+the receiver name its host in `allow_private_hosts`, and the others prove it is refused without."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +26,7 @@ from sqlalchemy.engine import Engine
 
 from engine import signatures, store, tables
 from engine.database import create_engine_for
+from engine.settings import HttpSettings, Settings
 from engine.validation import load_funnels
 from engine.webhook_deliveries import failures, pending
 from engine.webhook_policy import WebhookSettings
@@ -33,8 +36,9 @@ from tests.smtp_server import _free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
-SECRET = "whsec_crm"
-STEP_SECRET = "whsec_steps"
+SECRET = "whsec_crm_MP56PnSGiUDc1eGDsRoWAKPT1RHyMfl2Wc8oW"
+STEP_SECRET = "whsec_steps_FrLku7fc7QnfpUIBG6m_XlfGOfac-oiHL"
+RECEIVER_HOST = "127.0.0.1"  # the receiver's host, allowed where a test means to reach it
 
 FUNNEL = """\
 id: trial
@@ -101,6 +105,12 @@ class Received:
         return self.headers["funnel-delivery"]
 
 
+class _Listening(ThreadingHTTPServer):
+    # Room for every connection two senders open at once (the default backlog is 5): a connection the
+    # kernel drops on a full queue is a test's artefact, not the sender's doing.
+    request_queue_size = 64
+
+
 class Receiver:
     """A webhook receiver: verifies each request's signature with the secret of its path (as the sender's
     clock sees the time) and answers as `reply` says; records everything in arrival order."""
@@ -140,7 +150,7 @@ class Receiver:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Listening(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
 
@@ -205,7 +215,8 @@ def funnel_engine(db_url: str, receiver: Receiver, clock: Clock, tmp_path: Path)
 
 def settings(receiver: Receiver, **options: Any) -> WebhookSettings:
     crm = {"url": receiver.url("/crm"), "secret": SECRET, "attributes": ["first_name"], **options.pop("crm", {})}
-    return WebhookSettings.model_validate({"step_secret": STEP_SECRET, "crm": crm, **options})
+    allowed = {"allow_private_hosts": [RECEIVER_HOST]}
+    return WebhookSettings.model_validate({"step_secret": STEP_SECRET, "crm": crm, **allowed, **options})
 
 
 def sender(env: Scene, webhooks: WebhookSettings, engine: Engine | None = None) -> WebhookSender:
@@ -279,7 +290,12 @@ def test_a_failing_receiver_is_retried_with_backoff_then_delivered(funnel_engine
 
     assert run_once(crm).retried == 1
     (row,) = env.deliveries(subscription="crm")
-    assert (row.status, row.attempts, row.last_status, row.last_error) == ("queued", 1, 503, "HTTP 503: maintenance")
+    assert (row.status, row.attempts, row.last_status, row.last_error) == (
+        "queued",
+        1,
+        503,
+        "HTTP 503 Service Unavailable",
+    )
     assert row.next_attempt_at == NOW + timedelta(seconds=10)
     with env.engine.connect() as conn:
         assert pending(conn) == {"crm": 1}
@@ -351,10 +367,12 @@ def test_a_refusal_is_recorded_and_the_lead_s_later_deliveries_go_on(funnel_engi
     assert (result.sent, result.failed) == (1 + 1, 1)  # with the upgrade's step call
     assert result.errors == [
         f"webhook {receiver.paths('/crm')[0].delivery} to crm (http://127.0.0.1:{receiver.server.server_address[1]})"
-        ' not delivered: HTTP 422: {"error": "unknown stage inquiry"}'
+        " not delivered: HTTP 422 Unprocessable Entity"
     ]
     refused, went_on = env.deliveries(subscription="crm")
+    # The status line only: what a receiver answers is not kept (it could be anything the URL serves).
     assert (refused.status, refused.attempts, refused.last_status) == ("failed", 1, 422)
+    assert refused.last_error == "HTTP 422 Unprocessable Entity"
     assert went_on.status == "sent"
     with env.engine.connect() as conn:
         assert [row.id for row in failures(conn)] == [refused.id]
@@ -444,17 +462,151 @@ def test_a_slow_receiver_delays_neither_ticks_nor_other_subscriptions(funnel_eng
     assert all(isinstance(r.verified, signatures.Verified) for r in receiver.received)
 
 
+# -- where a webhook may go ------------------------------------------------------------------------
+
+
+def only_crm(url: str, **options: Any) -> WebhookSettings:
+    crm = {"url": url, "secret": SECRET, "events": ["transition"], "start": "beginning"}
+    return WebhookSettings.model_validate({"crm": crm, **options})
+
+
+def test_a_receiver_on_loopback_is_refused_unless_its_host_is_allowed(funnel_engine: Scene, receiver: Receiver) -> None:
+    env = funnel_engine
+    env.event("ana@example.com", "signed_up")
+
+    result = run_once(sender(env, only_crm(receiver.url("/crm"))))
+
+    assert receiver.received == []
+    (row,) = env.deliveries(subscription="crm")
+    assert (row.status, row.attempts, row.last_status) == ("failed", 1, None)  # refused for good, not retried
+    assert row.last_error.startswith("refused: 127.0.0.1 is a loopback address (127.0.0.0/8)")
+    assert "webhooks.allow_private_hosts" in row.last_error
+    assert result.failed == 1 and "refused: 127.0.0.1" in result.errors[0]
+
+    env.event("bob@example.com", "signed_up")
+    allowed = only_crm(receiver.url("/crm"), allow_private_hosts=[RECEIVER_HOST])
+    assert run_once(sender(env, allowed)).sent == 1
+    assert [r.event["lead"]["email"] for r in receiver.paths("/crm")] == ["bob@example.com"]
+
+
+def test_a_name_that_resolves_to_loopback_is_refused(funnel_engine: Scene, receiver: Receiver) -> None:
+    env = funnel_engine
+    env.event("ana@example.com", "signed_up")
+    by_name = f"http://localhost:{receiver.server.server_address[1]}/crm"
+    # The address is allowed as written, not whatever resolves to it: the name is another host.
+    run_once(sender(env, only_crm(by_name, allow_private_hosts=[RECEIVER_HOST])))
+
+    assert receiver.received == []
+    (row,) = env.deliveries(subscription="crm")
+    assert row.status == "failed" and row.last_error.startswith("refused: localhost resolves to ")
+    assert "a loopback address" in row.last_error
+
+
+def test_a_funnel_step_calling_a_private_address_is_refused_when_it_is_sent(
+    funnel_engine: Scene, receiver: Receiver
+) -> None:
+    env = funnel_engine
+    env.event("ana@example.com", "signed_up")
+    env.event("ana@example.com", "upgraded")  # the customer stage's `webhook` step calls /steps
+
+    run_once(sender(env, WebhookSettings(step_secret=STEP_SECRET)))
+
+    assert receiver.paths("/steps") == []
+    with env.engine.connect() as conn:
+        (call,) = conn.execute(sa.select(tables.webhook_calls.c.status, tables.webhook_calls.c.last_error)).all()
+    assert call.status == "failed" and call.last_error.startswith("refused: 127.0.0.1 is a loopback address")
+
+
+def test_the_engine_s_own_http_app_is_never_a_receiver(funnel_engine: Scene, receiver: Receiver) -> None:
+    env = funnel_engine
+    port = receiver.server.server_address[1]
+    # The receiver stands where the engine's HTTP app listens: a webhook to /ops would act as the engine.
+    app = Settings(
+        http=HttpSettings(port=port),
+        webhooks=only_crm(receiver.url("/ops/outbox"), allow_private_hosts=[RECEIVER_HOST]),
+    )
+    env.event("ana@example.com", "signed_up")
+
+    run_once(WebhookSender(env.engine, app.webhooks, env.clock, targets=app.webhook_targets()))
+
+    assert receiver.received == []
+    (row,) = env.deliveries(subscription="crm")
+    assert row.status == "failed" and row.last_error == f"refused: 127.0.0.1:{port} is the engine's own HTTP app"
+
+
+def test_an_engine_listening_on_every_address_is_refused_on_each_of_them(
+    funnel_engine: Scene, receiver: Receiver
+) -> None:
+    env = funnel_engine
+    port = receiver.server.server_address[1]
+    # The app on 0.0.0.0: every address of this machine leads to it on its port, so the sender finds out
+    # once connected (the connection's two ends are the same address) and sends nothing.
+    app = Settings(
+        http=HttpSettings(host="0.0.0.0", port=port),
+        webhooks=only_crm(receiver.url("/ops/outbox"), allow_private_hosts=[RECEIVER_HOST]),
+    )
+    env.event("ana@example.com", "signed_up")
+
+    run_once(WebhookSender(env.engine, app.webhooks, env.clock, targets=app.webhook_targets()))
+
+    assert receiver.received == []
+    (row,) = env.deliveries(subscription="crm")
+    assert row.status == "failed" and row.last_error == f"refused: 127.0.0.1:{port} is the engine's own HTTP app"
+
+
+def test_the_sender_connects_to_the_address_it_checked(
+    funnel_engine: Scene, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DNS rebinding: a name that passes the check with one answer and is then resolved again to another.
+    The sender resolves once and connects to what it checked. (A resolver that changes its answer between
+    two lookups is simulated: the test cannot own a DNS zone.)"""
+    env = funnel_engine
+    real = socket.getaddrinfo
+    answers = iter(["127.0.0.2", *["127.0.0.1"] * 10])  # checked, then where the receiver listens
+    asked: list[str] = []
+
+    def rebinding(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host in ("rebind.example", b"rebind.example"):
+            asked.append("rebind.example")
+            return real(next(answers), port, *args, **kwargs)
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    env.event("ana@example.com", "signed_up")
+    url = f"http://rebind.example:{receiver.server.server_address[1]}/crm"
+
+    run_once(sender(env, only_crm(url, allow_private_hosts=["rebind.example"], timeout_s=2)))
+
+    assert receiver.received == []  # 127.0.0.2 was checked, so 127.0.0.2 was called: nothing listens there
+    assert asked == ["rebind.example"]
+    (row,) = env.deliveries(subscription="crm")
+    assert row.status == "queued" and row.last_error.startswith("could not connect")
+
+
+def test_a_redirect_is_not_followed(funnel_engine: Scene, receiver: Receiver) -> None:
+    env = funnel_engine
+    metadata = "http://169.254.169.254/latest/meta-data/"
+    receiver.reply = lambda r: Reply(302, body=b"moved", headers={"Location": metadata})
+    env.event("ana@example.com", "signed_up")
+
+    run_once(sender(env, only_crm(receiver.url("/crm"), allow_private_hosts=[RECEIVER_HOST])))
+
+    assert [r.path for r in receiver.received] == ["/crm"]
+    (row,) = env.deliveries(subscription="crm")
+    assert (row.status, row.last_status, row.last_error) == ("failed", 302, "HTTP 302 Found")
+
+
 CRASHING_SENDER = """
 import asyncio, sys
 from datetime import datetime
 from engine.database import create_engine_for
 from engine.webhook_policy import WebhookSettings
+
 from engine.webhooks_out import WebhookSender
-database, hook, now = sys.argv[1:4]
+database, hook, secret, now = sys.argv[1:5]
 at = datetime.fromisoformat(now)
-settings = WebhookSettings.model_validate(
-    {"timeout_s": 60, "crm": {"url": hook, "secret": "whsec_crm", "events": ["transition"], "start": "beginning"}}
-)
+crm = {"url": hook, "secret": secret, "events": ["transition"], "start": "beginning"}
+settings = WebhookSettings.model_validate({"timeout_s": 60, "allow_private_hosts": ["127.0.0.1"], "crm": crm})
 asyncio.run(WebhookSender(create_engine_for(database), settings, lambda: at).run_once())
 """
 
@@ -465,7 +617,7 @@ def test_a_sender_killed_mid_request_loses_nothing(funnel_engine: Scene, receive
     replies = iter([Reply(delay=60)])
     receiver.reply = lambda _: next(replies, Reply())
     process = subprocess.Popen(
-        [sys.executable, "-c", CRASHING_SENDER, env.url, receiver.url("/crm"), NOW.isoformat()], cwd=ROOT
+        [sys.executable, "-c", CRASHING_SENDER, env.url, receiver.url("/crm"), SECRET, NOW.isoformat()], cwd=ROOT
     )
     try:
         assert receiver.arrived.wait(30), "the sender never called"

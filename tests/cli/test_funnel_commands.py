@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -128,3 +129,76 @@ def test_validate_reports_a_template_or_page_that_reads_outside_its_folder(tmp_p
     assert f"settings: forms.cost-of-not-recycling.page: pages/lead-magnet/signup.html:{page_line}: " in result.stderr
     assert "'lead-magnet/notes.html'" in result.stderr and "outside" in result.stderr, result.stderr
     assert "kept-on-the-server-only" not in result.stdout + result.stderr
+
+
+CALLS = """\
+id: calls
+name: Calls
+entry:
+  triggers:
+    - event: signed_up
+stages:
+  - id: inquiry
+    steps:
+      - id: metadata
+        webhook:
+          url: http://169.254.169.254/latest/meta-data/
+      - id: internal
+        webhook:
+          url: "http://[fd00:ec2::254]/x"
+      - id: decimal
+        webhook:
+          url: http://2852039166/
+      - id: crm
+        webhook:
+          url: https://crm.example.com/hooks/funnel
+      - id: pause
+        wait: 30d
+"""
+
+
+def test_validate_names_each_webhook_step_that_calls_an_address_webhooks_may_not_reach(tmp_path: Path) -> None:
+    (tmp_path / "funnels").mkdir()
+    (tmp_path / "funnels" / "calls.yaml").write_text(CALLS)
+    shutil.copytree(ROOT / "emails", tmp_path / "emails")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FUNNEL_")}
+
+    def validate(**env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "engine.cli", "validate"],
+            cwd=tmp_path,
+            env={**clean, "PYTHONPATH": str(ROOT), **env},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    refused = validate()
+    assert refused.returncode == 1
+    lines = refused.stderr.splitlines()
+    assert lines[0].startswith(
+        "funnels/calls.yaml:11:16: stage 'inquiry' step 'metadata' webhook.url: "
+        "169.254.169.254 is a link-local address (169.254.0.0/16)"
+    )
+    assert lines[1].startswith(
+        "funnels/calls.yaml:14:16: stage 'inquiry' step 'internal' webhook.url: "
+        "fd00:ec2::254 is a unique-local address (fc00::/7)"
+    )
+    assert lines[2].startswith(
+        "funnels/calls.yaml:17:16: stage 'inquiry' step 'decimal' webhook.url: "
+        "2852039166 is 169.254.169.254, a link-local address (169.254.0.0/16)"
+    )
+    assert all("webhooks.allow_private_hosts" in line for line in lines[:3])
+    assert lines[3].startswith("3 error(s)")
+
+    allowed = validate(FUNNEL_WEBHOOKS__ALLOW_PRIVATE_HOSTS='["169.254.169.254", "fd00:ec2::254"]')
+    assert allowed.returncode == 0, allowed.stderr
+    assert "ok calls" in allowed.stdout
+
+    subscribed = validate(
+        FUNNEL_WEBHOOKS__ALLOW_PRIVATE_HOSTS='["169.254.169.254", "fd00:ec2::254"]',
+        FUNNEL_WEBHOOKS__CRM__URL="http://10.0.0.5/in",
+        FUNNEL_WEBHOOKS__CRM__SECRET="VwNz41bQc9z_nN6aatYkGBD5h3zNNLlqPhhm-zGlt8Y",
+    )
+    assert subscribed.returncode == 1
+    assert subscribed.stderr.startswith("settings: webhooks.crm.url: 10.0.0.5 is a private address (10.0.0.0/8)")

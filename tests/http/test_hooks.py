@@ -29,7 +29,8 @@ from tests.http.conftest import NOW, Clock
 from tests.http.raw_client import Raw
 from tests.smtp_server import _free_port
 
-SECRET = "whsec_test"
+SECRET = "whsec_shop_bUfeRUVmPW_St1r3RoRzYiJtu1iLQW3lrOSgX"
+CRM_SECRET = "whsec_crm_VcxeBRovsm-WVPNdhl2VYTa9s01JgNytRWdOBkY"
 
 
 @dataclass
@@ -64,7 +65,7 @@ def hooked(db_url: str, tmp_path: Path) -> Iterator[Hooked]:
     settings = Settings(
         data_dir=tmp_path,
         base_url=f"http://127.0.0.1:{port}",
-        hooks={"shop": HookSettings(secret=SecretStr(SECRET)), "crm": HookSettings(secret=SecretStr("crm-secret"))},
+        hooks={"shop": HookSettings(secret=SecretStr(SECRET)), "crm": HookSettings(secret=SecretStr(CRM_SECRET))},
     )
     clock = Clock()
     nudges: list[datetime] = []
@@ -190,7 +191,7 @@ def test_every_refusal_is_the_same_401_and_records_nothing(hooked: Hooked) -> No
         "old timestamp": hooked.post(body, sign(SECRET, t - 301, body)),
         "future timestamp": hooked.post(body, sign(SECRET, t + 301, body)),
         "wrong secret": hooked.post(body, sign("whsec_guess", t, body)),
-        "another hook's secret": hooked.post(body, sign("crm-secret", t, body)),
+        "another hook's secret": hooked.post(body, sign(CRM_SECRET, t, body)),
         "unknown source": hooked.post(body, good, source="nobody"),
         "unsigned and not JSON": hooked.post(b"{not json", None),
     }

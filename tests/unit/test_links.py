@@ -32,10 +32,13 @@ def test_new_links_are_signed_with_the_new_key_only() -> None:
 
 
 def test_the_public_default_key_is_refused_beyond_loopback() -> None:
-    assert Settings().public_key_problem() is None  # the demo: everything on 127.0.0.1
-    assert Settings(base_url="http://localhost:8000").public_key_problem("::1") is None
+    assert Settings().start_problems() == []  # the demo: everything on 127.0.0.1
+    assert Settings(base_url="http://localhost:8000").start_problems("::1") == []
     public = Settings(base_url="https://news.greenleaf.example")
-    problem = public.public_key_problem()
-    assert problem is not None and "base_url" in problem and "FUNNEL_SECRET_KEY" in problem
-    assert "http.host" in (Settings().public_key_problem("0.0.0.0") or "")
-    assert Settings(secret_key=SecretStr("x" * 32), base_url="https://g.example").public_key_problem("0.0.0.0") is None
+    (problem,) = public.start_problems()
+    assert problem.startswith("secret_key is the public default key while base_url") and "FUNNEL_SECRET_KEY" in problem
+    (problem,) = Settings().start_problems("0.0.0.0")
+    assert "http.host" in problem
+    assert Settings(secret_key=SecretStr("x" * 32), base_url="https://g.example").start_problems("0.0.0.0") != []
+    strong = SecretStr("MP56PnSGiUDc1eGDsRoWAKPT1RHyMfl2Wc8oWdK67wQ")
+    assert Settings(secret_key=strong, base_url="https://g.example").start_problems("0.0.0.0") == []

@@ -3,8 +3,11 @@ secret and time; one known answer computed with openssl, the way docs/signed-web
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -140,3 +143,12 @@ def test_the_receipt_names_the_signed_request_whatever_secret_signed_it(body: by
     assert key != receipt("crm", t, body)
     assert key != receipt("shop", t + 1, body)
     assert key != receipt("shop", t, body + b"\n")
+
+
+@given(body=bodies, offset=offsets)
+def test_an_empty_secret_signs_nothing_and_verifies_nothing(body: bytes, offset: int) -> None:
+    # An HMAC keyed with nothing is a checksum anyone can compute: it proves no sender.
+    forged = f"t={T + offset},v1={hmac.new(b'', f'{T + offset}.'.encode() + body, hashlib.sha256).hexdigest()}"
+    assert verify(["", b""], forged, body, NOW) == Refusal.MISMATCH
+    with pytest.raises(ValueError, match="empty"):
+        sign("", T, body)

@@ -90,15 +90,22 @@ def test_any_2xx_is_delivered(status: int) -> None:
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 405, 409, 410, 413, 422, 301, 302, 304, 100])
 def test_a_refusal_that_will_not_change_by_itself_fails_for_good(status: int) -> None:
-    outcome = decide(Answered(status, detail="unknown field 'lead'"))
+    outcome = decide(Answered(status))
     assert isinstance(outcome, Failed)
     assert outcome.permanent and outcome.status == status
-    assert outcome.error == f"HTTP {status}: unknown field 'lead'"
+    assert outcome.error == policy.status_line(status)
+
+
+def test_an_answer_is_recorded_by_its_status_line_only() -> None:
+    assert policy.status_line(422) == "HTTP 422 Unprocessable Entity"
+    assert policy.status_line(302) == "HTTP 302 Found"
+    assert policy.status_line(599) == "HTTP 599"
 
 
 @pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504, 599])
 def test_timeouts_throttling_and_server_errors_are_retried(status: int) -> None:
-    assert decide(Answered(status), attempts=2) == RetryAt(NOW + timedelta(seconds=20), f"HTTP {status}", status)
+    expected = RetryAt(NOW + timedelta(seconds=20), policy.status_line(status), status)
+    assert decide(Answered(status), attempts=2) == expected
 
 
 def test_no_answer_is_retried_and_a_request_that_cannot_be_made_is_not() -> None:
@@ -117,7 +124,7 @@ def test_given_up_after_the_last_attempt() -> None:
         policy.next_step(Answered(503), attempts=2, created_at=NOW, now=NOW, jitter=0.5, policy=short), RetryAt
     )
     outcome = policy.next_step(Answered(503), attempts=3, created_at=NOW, now=NOW, jitter=0.5, policy=short)
-    assert outcome == Failed("gave up after 3 attempts in 0s; last: HTTP 503", 503, permanent=False)
+    assert outcome == Failed("gave up after 3 attempts in 0s; last: HTTP 503 Service Unavailable", 503, permanent=False)
 
 
 def test_given_up_when_the_next_try_would_come_after_a_day() -> None:
@@ -146,18 +153,18 @@ def test_a_dead_receiver_is_tried_for_most_of_a_day_then_given_up() -> None:
 TOML = """
 [webhooks]
 timeout_s = 5
-step_secret = "whsec_steps"
+step_secret = "whsec_steps_FrLku7fc7QnfpUIBG6m_XlfGOfac-oiHLqf"
 
 [webhooks.crm]
 url = "https://crm.example.com/hooks/funnel"
-secret = "whsec_crm"
+secret = "whsec_crm_VwNz41bQc9z_nN6aatYkGBD5h3zNNLlqPhhm"
 events = ["transition"]
 funnels = ["lead-magnet"]
 attributes = ["first_name", "company"]
 
 [webhooks.analytics]
 url = "https://stats.example.com/in"
-secret = "whsec_stats"
+secret = "whsec_stats_MP56PnSGiUDc1eGDsRoWAKPT1RHyMfl2Wc8"
 include_email = false
 """
 
@@ -165,7 +172,10 @@ include_email = false
 def test_each_table_under_webhooks_is_a_subscription() -> None:
     loaded = WebhookSettings.model_validate(tomllib.loads(TOML)["webhooks"])
     assert loaded.timeout_s == 5
-    assert loaded.step_secret is not None and loaded.step_secret.get_secret_value() == "whsec_steps"
+    assert (
+        loaded.step_secret is not None
+        and loaded.step_secret.get_secret_value() == "whsec_steps_FrLku7fc7QnfpUIBG6m_XlfGOfac-oiHLqf"
+    )
     assert sorted(loaded.subscriptions) == ["analytics", "crm"]
     crm, stats = loaded.subscriptions["crm"], loaded.subscriptions["analytics"]
     assert crm.wants("transition", "lead-magnet")
@@ -173,7 +183,7 @@ def test_each_table_under_webhooks_is_a_subscription() -> None:
     assert not crm.wants("transition", "webinar")
     assert stats.wants("goal", "webinar") and stats.wants("transition", "lead-magnet")
     assert stats.start == "now" and not stats.include_email
-    assert "whsec_crm" not in repr(loaded)
+    assert "whsec_crm_VwNz41bQc9z_nN6aatYkGBD5h3zNNLlqPhhm" not in repr(loaded)
 
 
 @pytest.mark.parametrize(
@@ -185,6 +195,14 @@ def test_each_table_under_webhooks_is_a_subscription() -> None:
         ({"crm": {"url": "https://x.example"}}, "secret"),
         ({"crm": {"url": "https://x.example", "secret": "s", "events": ["click"]}}, "events"),
         ({"CRM": {"url": "https://x.example", "secret": "s"}}, "CRM"),
+        (
+            {"crm": {"url": "https://x.example", "secret": ""}},
+            "subscriptions.crm.secret\n  Value error, this secret is empty",
+        ),
+        (
+            {"step_secret": "whsec_test"},
+            "step_secret\n  Value error, this secret is an example printed in the documentation",
+        ),
     ],
 )
 def test_a_settings_mistake_names_its_key(raw: dict[str, object], where: str) -> None:
