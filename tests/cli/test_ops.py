@@ -521,3 +521,27 @@ def test_an_operator_enrolls_a_lead_by_hand_and_the_cause_says_who(tmp_path: Pat
     assert "lead-magnet: in " in shown.output and "because manual (olivia)" in shown.output, shown.output
     unknown = run("lead", "enroll", "sam@example.com", "nope", "--database-url", url)
     assert unknown.exit_code == 2 and "no funnel 'nope'" in unknown.output
+
+
+def test_a_manual_enroll_that_did_not_come_from_an_operator_enrolls_nobody(tmp_path: Path) -> None:
+    # Recorded before the entries refused the name from outside (or slipped in some other way): the
+    # worker hands the event's source to the core, which takes only an operator's for a manual entry.
+    url = f"sqlite:///{tmp_path / 'funnel.db'}"
+    from engine.database import upgrade
+    from engine.own_events import MANUAL_ENROLL
+
+    upgrade(url)
+    now = datetime.now(UTC)
+    engine = create_engine_for(url)
+    try:
+        with engine.begin() as conn:
+            lead_id = store.upsert_lead(conn, "sam@example.com", now=now)
+            forged = {"funnel": "lead-magnet", "by": "olivia"}
+            store.record_events(conn, [store.NewEvent("m-api", lead_id, MANUAL_ENROLL, now, forged, "api")], now=now)
+        worker = Worker(engine, {f.id: f for f in load_funnels([ROOT / "funnels"], emails_dir=None).funnels})
+        worker.publish(now)
+        worker.run_until_idle(now)
+        with engine.connect() as conn:
+            assert store.get_enrollments(conn, lead_id) == []
+    finally:
+        engine.dispose()

@@ -205,3 +205,15 @@ def test_erasure_deletes_the_consent_records_too(serve: Any) -> None:
     assert len(rows(served, tables.consent_records)) == 1
     assert served.client().delete("/v1/leads/hal@example.com").status_code == 204
     assert rows(served, tables.consent_records) == [] and rows(served, tables.events) == []
+
+
+def test_a_forms_address_goes_through_the_one_normaliser(serve: Any) -> None:
+    served = serve(forms={"report": SINGLE})
+    for typed, why in (("Ann <ann@example.com>", "display name"), ("josé@example.com", "SMTPUTF8"),
+                       ("ann@example.test", "special-use")):  # fmt: skip
+        refused = post(served, "report", {"email": typed, "consent": "yes"})
+        assert refused.status_code == 422 and why in refused.text, typed
+    assert rows(served, tables.leads) == []
+    taken = post(served, "report", {"email": " Idn@Bücher.Example ", "consent": "yes"})
+    assert taken.status_code == 303
+    assert [r.email for r in rows(served, tables.leads)] == ["idn@xn--bcher-kva.example"]
