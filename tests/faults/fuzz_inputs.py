@@ -408,6 +408,11 @@ def valid_event(draw: Draw) -> dict[str, Any]:
     return event
 
 
+_ENGINE_OWN = (
+    ("id", "form:cost-of-not-recycling:1"), ("id", "click:1:lead-magnet:deliver-report:pricing"), ("id", "import:x:y"),
+    ("type", "manual_enroll"), ("type", "funnel_unsubscribed"), ("type", "lead_updated"), ("type", "unsubscribed"),
+    ("source", "ops"), ("source", "form"),
+)  # fmt: skip
 _BAD_TIMESTAMPS = (
     "yesterday", "2026-11-23T10:00:00", 1700000000, "1700000000", "2026-13-01T00:00:00Z", True, "", "2026-11-23", [],
     "2026-02-30T10:00:00+00:00",
@@ -444,7 +449,7 @@ def event_bodies(draw: Draw) -> Body:
             ("event", "event", "batch", "batch", "batch-with-repeats", "batch-with-repeats", "bad-event",
              "batch-with-bad-items", "empty-batch", "over-limit", "random-json", "not-json", "not-utf8",
              "wrong-content-type", "huge-properties", "huge-id", "odd-addresses", "odd-timestamps",
-             "numbers-json-cannot-hold", "deep-json", "unstorable-text")
+             "numbers-json-cannot-hold", "deep-json", "unstorable-text", "engine-own", "not-one-address")
         )
     )  # fmt: skip
     json_type = "application/json"
@@ -499,6 +504,15 @@ def event_bodies(draw: Draw) -> Body:
     if shape == "huge-id":
         event = draw(valid_event())
         event["id"] = "i" * draw(st.integers(201, 100_000))
+        return Body("invalid", _json(event), json_type, shape)
+    if shape == "engine-own":  # an id, name or source only the engine may write
+        event = draw(valid_event())
+        field, value = draw(st.sampled_from(_ENGINE_OWN))
+        event[field] = value
+        return Body("invalid", _json(event), json_type, f"{shape}: {field} {value}")
+    if shape == "not-one-address":  # a display name, a list, SMTPUTF8, a special-use name
+        event = draw(valid_event())
+        event["email"] = draw(st.sampled_from(_NOT_ADDRESSES[-4:]))
         return Body("invalid", _json(event), json_type, shape)
     if shape == "odd-addresses":
         event = draw(valid_event())
