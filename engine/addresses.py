@@ -68,14 +68,7 @@ def normalise(text: str) -> str:
     local, at, domain = value.rpartition("@")
     if at and len(local) <= 64 and _PLAIN_LOCAL.fullmatch(local):
         checked = _domain(domain)
-        # email-validator's length rules: the address as given, with its normalised domain, in ASCII.
-        if (
-            checked is not None
-            and max(
-                len(value.encode()), len(f"{local}@{checked.unicode}".encode()), len(local) + 1 + len(checked.ascii)
-            )
-            <= MAX_LENGTH
-        ):
+        if checked is not None and _fits(value, local, checked):
             return f"{local.lower()}@{checked.ascii}"
     try:
         valid = validate_email(value, check_deliverability=False, allow_smtputf8=False)
@@ -85,6 +78,12 @@ def normalise(text: str) -> str:
             reason += " A local part that is not ASCII needs SMTPUTF8, which the engine does not use."
         raise AddressError(text, reason) from None
     return f"{valid.local_part.lower()}@{valid.ascii_domain.lower()}"
+
+
+def _fits(value: str, local: str, domain: _Domain) -> bool:
+    """email-validator's length rules: the address as given, with its normalised domain, and in ASCII."""
+    forms = (value, f"{local}@{domain.unicode}", f"{local}@{domain.ascii}")
+    return all(len(form.encode()) <= MAX_LENGTH for form in forms)
 
 
 @functools.lru_cache(maxsize=4096)
