@@ -28,17 +28,16 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
-    EmailStr,
     Field,
     WithJsonSchema,
     field_validator,
 )
+from pydantic.config import JsonDict
 from typing_extensions import TypeAliasType
 
-from engine import consents, ingest, lead_timeline, signup, store
+from engine import addresses, consents, ingest, lead_timeline, own_events, signup, store
 from engine.http_context import BEARER, HttpContext
-from engine.importer import check_email
-from engine.journey import LEAD_UPDATED
+from engine.own_events import LEAD_UPDATED, engine_id
 
 EVENT_NAME = r"^[a-z][a-z0-9_.-]{0,99}$"
 MAX_BATCH = 1000
@@ -158,14 +157,40 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+def _reserved(problem: Callable[[str], str | None]) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        found = problem(value)
+        if found is not None:
+            raise ValueError(found)
+        return value
+
+    return check
+
+
+_EMAIL_SCHEMA = {"type": "string", "format": "email"}
+# An address as every entry takes it (`engine.addresses`): an event's `email`, a lead's path.
+Address = Annotated[str, AfterValidator(addresses.normalise), WithJsonSchema(_EMAIL_SCHEMA)]
+# The engine's own ids, names and sources (`engine.own_events`), which no client may write; the schema says so.
+_OWN_IDS: JsonDict = {"not": {"pattern": f"^({'|'.join(sorted(own_events.ID_KINDS))}):"}}
+_OWN_NAMES: JsonDict = {"not": {"enum": [*sorted(own_events.RESERVED_NAMES)]}}
+_OWN_SOURCES: JsonDict = {"not": {"enum": [*sorted(own_events.SOURCES)]}}
+
+
 class EventIn(BaseModel):
-    """One event from another system. `id` is the sender's idempotency key: a replay changes nothing."""
+    """One event from another system. `id` is the sender's idempotency key: a replay changes nothing.
+    The engine's own ids, event names and sources are refused (see `engine.own_events`)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    id: StorableText = Field(min_length=1, max_length=200)
-    type: str = Field(pattern=EVENT_NAME, description="e.g. form_submitted, link_clicked, order_completed")
-    email: Annotated[str, WithJsonSchema({"type": "string", "format": "email"})]
+    id: Annotated[StorableText, AfterValidator(_reserved(own_events.id_problem))] = Field(
+        min_length=1, max_length=200, json_schema_extra=_OWN_IDS
+    )
+    type: Annotated[str, AfterValidator(_reserved(own_events.name_problem))] = Field(
+        pattern=EVENT_NAME,
+        description="e.g. form_submitted, link_clicked, order_completed",
+        json_schema_extra=_OWN_NAMES,
+    )
+    email: Address
     occurred_at: AwareDatetime | None = Field(
         default=None,
         description=f"An ISO 8601 date-time with its offset, in the years {FIRST_YEAR} to {LAST_YEAR}."
@@ -173,14 +198,9 @@ class EventIn(BaseModel):
         json_schema_extra={"pattern": "^(19|[2-8][0-9])[0-9][0-9]-"},  # FIRST_YEAR to LAST_YEAR
     )
     properties: StorableObject = Field(default_factory=dict)
-    source: StorableText | None = Field(default=None, max_length=200)
-
-    @field_validator("email")
-    @classmethod
-    def _address(cls, value: str) -> str:
-        # email-validator's rules, with its verdict on each domain cached: a batch of 1,000 events from a
-        # few hundred domains checks each domain once.
-        return check_email(value.strip())
+    source: Annotated[StorableText, AfterValidator(_reserved(own_events.source_problem))] | None = Field(
+        default=None, max_length=200, json_schema_extra=_OWN_SOURCES
+    )
 
     @field_validator("occurred_at", mode="before")
     @classmethod
@@ -266,6 +286,10 @@ class Accepted(BaseModel):
     duplicates: int = Field(description="Events whose id was already recorded: nothing changed.")
 
 
+# What `/v1/events` and `/hooks/{source}` take: one event, or a batch of up to MAX_BATCH.
+EventsBody = Annotated[EventIn | Annotated[list[EventIn], Field(min_length=1, max_length=MAX_BATCH)], Body()]
+
+
 def record_items(conn: sa.Connection, items: Sequence[EventIn], source: str, at: datetime) -> tuple[int, int]:
     """Record validated events (creating leads for new addresses) in the caller's transaction; returns
     (accepted, duplicates). An event's own `source` wins over the default."""
@@ -280,7 +304,7 @@ def record_items(conn: sa.Connection, items: Sequence[EventIn], source: str, at:
     new = [
         store.NewEvent(
             item.id,
-            lead_ids[store.normalise_email(item.email)],
+            lead_ids[item.email],
             item.type,
             item.occurred_at or at,
             item.properties,
@@ -296,9 +320,7 @@ def router(ctx: HttpContext) -> APIRouter:
     router = APIRouter(prefix="/v1", dependencies=[Security(BEARER)], responses=ERRORS, route_class=_keyed_route(ctx))
 
     @router.post("/events", response_model=Accepted, tags=["events"])
-    def post_events(
-        body: Annotated[EventIn | Annotated[list[EventIn], Field(min_length=1, max_length=MAX_BATCH)], Body()],
-    ) -> Accepted:
+    def post_events(body: EventsBody) -> Accepted:
         """One event, or a batch of up to 1,000 (a JSON array). Answered after the commit."""
         items = body if isinstance(body, list) else [body]
         at = ctx.now()
@@ -353,13 +375,13 @@ def router(ctx: HttpContext) -> APIRouter:
             }
         },
     )
-    def put_lead(email: EmailStr, body: LeadIn) -> LeadOut:
+    def put_lead(email: Address, body: LeadIn) -> LeadOut:
         """Create or update a lead: attributes merged, tags added, time zone and consent set when given.
         Funnels hear of the change as a `lead_updated` event (their condition triggers look again).
         Consent can be withdrawn here, never given back to a lead who opted out, nor to one whose signup
         is unconfirmed: only the lead can do that (the preference page, or a signup it confirms). Every
         change of an existing lead's consent writes a consent record with its source."""
-        address = store.normalise_email(email)
+        address = email
         at = ctx.now()
         source = body.consent_source or "api"
         with ctx.engine.begin() as conn:
@@ -384,7 +406,7 @@ def router(ctx: HttpContext) -> APIRouter:
             elif body.consent is not None and current is not None:
                 act = consents.ConsentAct(signup.act_name(body.consent), source)
                 consents.change_status(conn, lead_id, address, current, body.consent, act, at)
-            updated = store.NewEvent(f"lead-updated:{uuid.uuid4().hex}", lead_id, LEAD_UPDATED, at, {}, "api")
+            updated = store.NewEvent(engine_id("lead-updated", uuid.uuid4().hex), lead_id, LEAD_UPDATED, at, {}, "api")
             store.record_events(conn, [updated], now=at)
             view = lead_view(conn, address)
         ctx.nudge()
@@ -396,13 +418,13 @@ def router(ctx: HttpContext) -> APIRouter:
         tags=["leads"],
         responses={404: {"model": Problem, "description": "No lead with this address."}},
     )
-    def get_lead(email: EmailStr) -> LeadOut:
+    def get_lead(email: Address) -> LeadOut:
         """The lead, its place in each funnel, its stage timeline with causes, and its emails."""
         with ctx.engine.connect() as conn:
-            return lead_view(conn, store.normalise_email(email))
+            return lead_view(conn, email)
 
     @router.delete("/leads/{email:path}", status_code=204, tags=["leads"])
-    def erase_lead(email: EmailStr) -> Response:
+    def erase_lead(email: Address) -> Response:
         """Erasure: the lead and everything about it goes; only a hash of the address stays, so it is never
         mailed again (and a later import or signup cannot quietly bring it back into marketing)."""
         with ctx.engine.begin() as conn:

@@ -233,6 +233,7 @@ DEMO_LEADS = (
 def _demo_signups(runner: object, now: datetime) -> int:
     """Three sample leads fill in the example funnel's form, once (event ids make it idempotent)."""
     from engine import store
+    from engine.own_events import engine_id
 
     engine = runner.engine  # type: ignore[attr-defined]
     recorded = 0
@@ -248,7 +249,12 @@ def _demo_signups(runner: object, now: datetime) -> int:
                 now=now,
             )
             new = store.NewEvent(
-                f"demo-signup-{i}", lead_id, "form_submitted", now, {"form": "cost-of-not-recycling"}, "demo"
+                engine_id("demo", "signup", i),
+                lead_id,
+                "form_submitted",
+                now,
+                {"form": "cost-of-not-recycling"},
+                "demo",
             )
             recorded += store.record_events(conn, [new], now=now)[0]
     return recorded
@@ -324,17 +330,25 @@ def event(
     event_id: str | None = typer.Option(None, "--id", help="Idempotency key; replaying an id changes nothing."),
     at: str | None = typer.Option(None, "--at", help="When it happened (ISO time; default now)."),
 ) -> None:
-    """Record one event for a lead; the engine reacts within a tick."""
+    """Record one event for a lead; the engine reacts within a tick. As from any other system: the
+    engine's own event names and ids cannot be used (an operator enrolls with `funnel lead enroll`)."""
     import re
     import uuid
 
-    from engine import store
+    from engine import own_events, store
+    from engine.cli_ops import lead_address
     from engine.database import create_engine_for, upgrade
     from engine.settings import get_settings
 
     if not re.fullmatch(r"[a-z][a-z0-9_.]*", name):
         err.print(f"event name: expected snake_case such as 'email_clicked', found {name!r}")
         raise typer.Exit(2)
+    problems = {"NAME": own_events.name_problem(name), "--id": own_events.id_problem(event_id or "")}
+    for option, problem in problems.items():
+        if problem is not None:
+            err.print(f"{option}: {problem}", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
+    email = lead_address(email)
     properties: dict[str, str] = {}
     for item in prop:
         key, sep, value = item.partition("=")
@@ -412,6 +426,7 @@ def _preview_message(
     template: str, lead: str | None, emails: Path, to: str | None = None
 ) -> tuple[RenderedEmail, bytes]:
     """The message a lead would get from `template`, built by the mailer's own code, as the exact bytes."""
+    from engine.addresses import AddressError
     from engine.mailer import Mailer
     from engine.outbox_item import OutboxItem
     from engine.settings import get_settings
@@ -438,7 +453,11 @@ def _preview_message(
     except TemplateError as exc:
         err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
-    return rendered, mailer.compose(item, datetime.now(UTC), rendered).payload
+    try:
+        return rendered, mailer.compose(item, datetime.now(UTC), rendered).payload
+    except AddressError as exc:  # the lead's address, as a sent email's would be checked
+        err.print(f"--lead/--to: {exc}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()

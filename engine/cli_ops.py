@@ -78,6 +78,30 @@ def _fail(text: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def lead_address(text: str) -> str:
+    """The address as every entry takes it (`engine.addresses`), or exit 2 saying what is wrong with it."""
+    from engine.addresses import AddressError, normalise
+
+    try:
+        return normalise(text)
+    except AddressError as exc:
+        raise _fail(f"EMAIL: {exc}", 2) from None
+
+
+def _known_address(conn: sa.Connection, text: str) -> str:
+    """For the commands that look a lead up: the address as `lead_address` takes it, or, for text the
+    rules refuse, the lead stored under it before the rules existed (it can still be shown and erased)."""
+    from engine import store
+    from engine.addresses import AddressError, lookup_key, normalise
+
+    try:
+        return normalise(text)
+    except AddressError as exc:
+        if store.find_lead_id(conn, text) is not None:
+            return lookup_key(text)
+        raise _fail(f"EMAIL: {exc}", 2) from None
+
+
 # --------------------------------------------------------------------------------------------------
 # funnel report
 # --------------------------------------------------------------------------------------------------
@@ -188,10 +212,7 @@ def lead_show(
     from engine.database import connect_read_only
 
     with _database(database_url) as engine, connect_read_only(engine) as conn:
-        try:
-            found = lead_timeline.read(conn, email)
-        except ValueError as exc:
-            raise _fail(str(exc), 2) from None
+        found = lead_timeline.read(conn, _known_address(conn, email))
     if found is None:
         raise _fail(f"no lead {email!r}")
     lead = found.lead
@@ -236,10 +257,7 @@ def lead_export(
     from engine.database import connect_read_only
 
     with _database(database_url) as engine, connect_read_only(engine) as conn:
-        try:
-            data = lead_timeline.export(conn, email, datetime.now(UTC))
-        except ValueError as exc:
-            raise _fail(str(exc), 2) from None
+        data = lead_timeline.export(conn, _known_address(conn, email), datetime.now(UTC))
     if data is None:
         raise _fail(f"no lead {email!r}")
     text = json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
@@ -261,8 +279,9 @@ def lead_enroll(
     tick like any other entry, with the cause `manual (BY)`; a lead already in the funnel stays as it is."""
     import uuid
 
-    from engine import journey, store
+    from engine import store
     from engine.definition import ManualTrigger
+    from engine.own_events import MANUAL_ENROLL, OPERATOR, engine_id
     from engine.settings import get_settings
     from engine.validation import load_funnels
 
@@ -275,22 +294,20 @@ def lead_enroll(
         )
     if not any(isinstance(t, ManualTrigger) for t in funnel.entry.triggers):
         raise _fail(f"funnel {funnel_id!r} takes no manual entry: add `- manual: true` to its entry triggers", 2)
+    email = lead_address(email)
     now = datetime.now(UTC)
-    with _database(database_url) as engine:
-        try:
-            with engine.begin() as conn:
-                lead_id = store.find_lead_id(conn, email) or store.upsert_lead(conn, email, now=now)
-                event = store.NewEvent(
-                    f"manual-enroll:{uuid.uuid4().hex}",
-                    lead_id,
-                    journey.MANUAL_ENROLL,
-                    now,
-                    {"funnel": funnel_id, "by": by},
-                    "cli",
-                )
-                store.record_events(conn, [event], now=now)
-        except ValueError as exc:
-            raise _fail(str(exc), 2) from None
+    with _database(database_url) as engine, engine.begin() as conn:
+        lead_id = store.find_lead_id(conn, email) or store.upsert_lead(conn, email, now=now)
+        # Recorded as the operator's: the core takes a manual entry from no other source.
+        event = store.NewEvent(
+            engine_id("manual-enroll", uuid.uuid4().hex),
+            lead_id,
+            MANUAL_ENROLL,
+            now,
+            {"funnel": funnel_id, "by": by},
+            OPERATOR,
+        )
+        store.record_events(conn, [event], now=now)
     _say(Console(), f"recorded: {email} enters {funnel_id} on the engine's next tick (cause: manual ({by}))")
 
 
@@ -305,11 +322,8 @@ def lead_forget(
     from engine import lead_timeline, store
 
     with _database(database_url) as engine:
-        try:
-            address = store.normalise_email(email)
-        except ValueError as exc:
-            raise _fail(str(exc), 2) from None
         with engine.connect() as conn:
+            address = _known_address(conn, email)
             lead_id = store.find_lead_id(conn, address)
             counts = lead_timeline.held(conn, lead_id) if lead_id is not None else {}
         what = ", ".join(f"{n} {table}" for table, n in counts.items() if n) or "no lead with this address"

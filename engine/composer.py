@@ -12,7 +12,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from engine import signup
+from engine import addresses, signup
 from engine.links import Links
 from engine.mime import build_mime, dkim_sign, load_dkim_key, mailboxes
 from engine.outbox_item import OutboxItem
@@ -25,6 +25,7 @@ class Prepared:
     item: OutboxItem
     payload: bytes
     message_id: str
+    rcpt: str  # the envelope recipient: the address in its ASCII form, as in the To header
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +88,10 @@ class Composer:
         return self.templates.render(item.template, self.context(item))
 
     def compose(self, item: OutboxItem, now: datetime, rendered: RenderedEmail | None = None) -> Prepared:
-        """The exact bytes the server gets: headers, text and HTML parts, DKIM signature if configured."""
+        """The exact bytes the server gets: headers, text and HTML parts, DKIM signature if configured.
+        The recipient is the lead's address as the entries take it: a row stored before the address
+        rules with a Unicode domain goes out in ASCII, one the rules refuse fails here, alone."""
+        rcpt = addresses.normalise(item.email)
         context = self.context(item)
         if rendered is None:
             track = None
@@ -112,7 +116,7 @@ class Composer:
         payload = build_mime(
             from_name=from_name,
             from_address=from_address,
-            to=item.email,
+            to=rcpt,
             subject=rendered.subject,
             date=now,
             message_id=mid,
@@ -125,7 +129,7 @@ class Composer:
         dkim = self.settings.dkim
         if self.dkim_key is not None and dkim.selector and dkim.domain:
             payload = dkim_sign(payload, selector=dkim.selector, domain=dkim.domain, private_key=self.dkim_key)
-        return Prepared(item, payload, mid)
+        return Prepared(item, payload, mid, rcpt)
 
     def compose_many(self, items: list[OutboxItem], now: datetime) -> list[Prepared | Failed]:
         """Each item's message, or the error that stopped it (a broken template fails one email, not all)."""

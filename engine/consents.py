@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from engine import signup, store, tables
-from engine.journey import FUNNEL_UNSUBSCRIBED
+from engine.own_events import FUNNEL_UNSUBSCRIBED, UNSUBSCRIBED, engine_id
 
 CONFIRM_STAGE = "opt-in"
 
@@ -187,7 +187,9 @@ def unsubscribe(conn: sa.Connection, address: str, act: ConsentAct, at: datetime
         return  # a second click changes nothing
     store.upsert_lead(conn, address, consent="unsubscribed", consent_source=act.source, now=at)
     record_id = record(conn, lead_id, act, at, (current, "unsubscribed"))
-    event = store.NewEvent(f"unsubscribe:{record_id}", lead_id, "unsubscribed", at, {"via": act.source}, "unsubscribe")
+    event = store.NewEvent(
+        engine_id("unsubscribe", record_id), lead_id, UNSUBSCRIBED, at, {"via": act.source}, "unsubscribe"
+    )
     store.record_events(conn, [event], now=at)
 
 
@@ -197,7 +199,12 @@ def leave_funnel(conn: sa.Connection, lead_id: int, funnel_id: str, act: Consent
     record_id = record(conn, lead_id, act, at)
     store.cancel_marketing(conn, lead_id, funnel_id, "unsubscribed")
     event = store.NewEvent(
-        f"funnel-unsubscribe:{record_id}", lead_id, FUNNEL_UNSUBSCRIBED, at, {"funnel": funnel_id}, "preferences"
+        engine_id("funnel-unsubscribe", record_id),
+        lead_id,
+        FUNNEL_UNSUBSCRIBED,
+        at,
+        {"funnel": funnel_id},
+        "preferences",
     )
     store.record_events(conn, [event], now=at)
 

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from engine import outbox, store, tables
 from engine.outbox import Change
+from engine.own_events import EMAIL_DECIDED, OPERATOR, engine_id
 
 
 def _day(conn: sa.Connection, column: sa.ColumnElement[Any]) -> sa.ColumnElement[str]:
@@ -153,12 +154,12 @@ def decide(conn: sa.Connection, message_id: int, decision: str, user: str, now: 
     if not outbox.apply(conn, [Change(message_id, values, ("unknown",))]):
         return False
     event = store.NewEvent(
-        f"ops:{message_id}:{decision}:{now.isoformat()}",
+        engine_id("ops", message_id, decision, now.isoformat()),
         row.lead_id,
-        "email_decided",
+        EMAIL_DECIDED,
         now,
         {"decision": decision, "by": user, "message": message_id, "funnel": row.funnel_id, "step": row.step},
-        "ops",
+        OPERATOR,
     )
     store.record_events(conn, [event], now=now)
     return True

@@ -20,16 +20,17 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from email_validator import EmailNotValidError, validate_email
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import TemplateNotFound
 from jinja2.sandbox import SandboxedEnvironment
 
-from engine import consents, signup, store
+from engine import addresses, consents, signup, store
+from engine.addresses import AddressError
 from engine.consents import ConsentAct
 from engine.folder_loader import FolderLoader, OutsideFolder
 from engine.http_context import HttpContext
+from engine.own_events import engine_id
 from engine.pages import page
 from engine.settings import FormSettings
 
@@ -271,7 +272,8 @@ def _emit(
 ) -> None:
     """The event the funnel's entry trigger listens to. Its id is the consent record's: a second click
     on the same confirmation link, or a replayed post, cannot enter the lead twice."""
-    event = store.NewEvent(f"form:{form_id}:{record_id}", lead_id, spec.event, at, {**fields, "form": form_id}, "form")
+    event_id = engine_id("form", form_id, record_id)
+    event = store.NewEvent(event_id, lead_id, spec.event, at, {**fields, "form": form_id}, "form")
     store.record_events(conn, [event], now=at)
 
 
@@ -284,12 +286,14 @@ def _check(values: dict[str, str], spec: FormSettings) -> tuple[str | None, dict
         errors["email"] = "Please enter your email address."
     else:
         try:
-            address = store.normalise_email(validate_email(raw, check_deliverability=False).normalized)
-        except (EmailNotValidError, ValueError) as exc:
-            errors["email"] = f"Please check your email address: {exc}"
+            address = addresses.normalise(raw)
+        except AddressError as exc:
+            errors["email"] = f"Please check your email address: {exc.reason}"
     if spec.consent_required and values.get("consent", "").lower() not in TICKED:
         errors["consent"] = "Please tick the box so that we may email you."
     for name, value in values.items():
+        if name == "email":  # the address rules bound its length, as at every other entry
+            continue
         if len(value) > MAX_FIELD:
             errors[name] = f"Please keep this under {MAX_FIELD} characters."
         elif "\x00" in value:  # no browser sends it, and PostgreSQL's text and JSON types cannot hold it

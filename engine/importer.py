@@ -30,16 +30,17 @@ from typing import IO, Any, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import sqlalchemy as sa
-from email_validator import EmailNotValidError, validate_email
 
-from engine import ingest, journey, signup, store, tables
+from engine import addresses, ingest, journey, signup, store, tables
+from engine.addresses import AddressError
 from engine.definition import Funnel
+from engine.own_events import LEAD_IMPORTED, engine_id
 from engine.signup import OPTED_OUT
 from engine.tables import CONSENT_STATUSES
 
 BATCH_SIZE = 1000
 MAX_REPORTED = 50
-EVENT_NAME = "lead_imported"
+EVENT_NAME = LEAD_IMPORTED
 KNOWN_COLUMNS = ("email", "tags", "timezone", "consent")
 
 
@@ -67,38 +68,6 @@ class LeadRow(NamedTuple):
 class BadRow:
     line: int
     problem: str
-
-
-# A plain ASCII dot-atom local part (what nearly every real address is). email-validator accepts all of
-# these; what it spends its time on is the domain (IDNA checks), so domains are checked once each and
-# only addresses outside this shape go through the full validator.
-_PLAIN_LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
-
-
-@functools.lru_cache(maxsize=4096)
-def _domain(domain: str) -> str | None:
-    """The normalised domain, lowercased as the store keeps it, if email-validator accepts addresses
-    there, else None."""
-    try:
-        return validate_email(f"a@{domain}", check_deliverability=False).domain.lower()
-    except EmailNotValidError:
-        return None
-
-
-def check_email(value: str) -> str:
-    """The address as the store keeps it (validated by email-validator, then `store.normalise_email`);
-    raises ValueError naming what is wrong."""
-    local, at, domain = value.rpartition("@")
-    if at and len(local) <= 64 and len(value) <= 254 and _PLAIN_LOCAL.fullmatch(local):
-        normalised = _domain(domain)
-        if normalised is not None:
-            # What `store.normalise_email` would make of it: a plain local part has no space, CR, LF or @.
-            return f"{local.lower()}@{normalised}"
-    try:
-        checked = validate_email(value, check_deliverability=False)
-    except EmailNotValidError as exc:
-        raise ValueError(f"email {value!r} is not a valid address ({exc})") from None
-    return store.normalise_email(checked.normalized)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -183,8 +152,8 @@ class RowReader:
         if not raw_email:
             return BadRow(line, "email is empty")
         try:
-            email = check_email(raw_email)
-        except ValueError as exc:
+            email = addresses.normalise(raw_email)
+        except AddressError as exc:
             return BadRow(line, str(exc))
         timezone = consent = None
         if self._timezone is not None:
@@ -368,7 +337,7 @@ def _update(
 
 
 def event_id(funnel: str, email: str) -> str:
-    return f"import:{funnel}:{store.email_hash(email)}"
+    return engine_id("import", funnel, store.email_hash(email))
 
 
 def _record_entries(conn: sa.Connection, emails: list[str], options: ImportOptions, result: ImportResult) -> None:
@@ -386,7 +355,7 @@ def _record_entries(conn: sa.Connection, emails: list[str], options: ImportOptio
 
 
 def entry_event(funnel: str, now: datetime) -> journey.Event:
-    return journey.Event(f"import:{funnel}:check", EVENT_NAME, now, {"source": "csv", "funnel": funnel})
+    return journey.Event(engine_id("import", funnel, "check"), EVENT_NAME, now, {"source": "csv", "funnel": funnel})
 
 
 def funnel_admits_imports(funnel: Funnel, now: datetime) -> bool:

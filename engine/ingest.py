@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
-from engine import journey, store, tables
+from engine import addresses, journey, store, tables
 
 # Rows per lookup or statement: well under SQLite's limit of bound parameters per statement.
 CHUNK = 1000
@@ -236,10 +236,10 @@ def find_leads(conn: sa.Connection, emails: Sequence[str]) -> dict[str, int]:
 
 
 def lead_ids(conn: sa.Connection, emails: Iterable[str], now: datetime) -> dict[str, int]:
-    """The id of the lead for each address, keyed by the normalised address (`store.normalise_email`).
-    Missing leads are created as `store.upsert_lead` creates them without consent (subscribed, no
-    attributes); existing leads are not touched."""
-    wanted = sorted({store.normalise_email(e) for e in emails})
+    """The id of the lead for each address, keyed by the normalised address (`addresses.normalise`, which
+    raises `AddressError` for one it refuses). Missing leads are created as `store.upsert_lead` creates
+    them without consent (subscribed, no attributes); existing leads are not touched."""
+    wanted = sorted({addresses.normalise(e) for e in emails})
     found = find_leads(conn, wanted)
     missing = [e for e in wanted if e not in found]
     if missing:
@@ -323,7 +323,7 @@ def claim_events(conn: sa.Connection, limit: int) -> list[store.PendingEvent]:
     claimed = []
     for raw in rows:
         pk, event_id, lead_id, name, properties, occurred_at, received_at, source = read(raw)
-        event = journey.Event(id=event_id, name=name, at=occurred_at, properties=properties)
+        event = journey.Event(id=event_id, name=name, at=occurred_at, properties=properties, source=source)
         claimed.append(store.PendingEvent(pk=pk, lead_id=lead_id, event=event, received_at=received_at, source=source))
     return claimed
 

@@ -36,6 +36,7 @@ from engine.definition import (
     WebhookStep,
 )
 from engine.localtime import next_local_time, window_open_at, zone
+from engine.own_events import FUNNEL_UNSUBSCRIBED, MANUAL_ENROLL, OPERATOR, UNSUBSCRIBED
 
 # A funnel can loop with `goto`, but every loop must wait somewhere; validation refuses loops without a
 # wait, and this bound keeps a bad definition that slipped through from spinning forever. It counts the
@@ -49,15 +50,8 @@ MAX_STEPS_PER_DECISION = 200
 # --------------------------------------------------------------------------------------------------
 
 
-# The event the preference page records when a lead leaves one funnel: `{funnel: <id>}`.
-FUNNEL_UNSUBSCRIBED = "funnel_unsubscribed"
-# The event recorded when a lead's fields change (`PUT /v1/leads`): condition triggers look again.
-LEAD_UPDATED = "lead_updated"
-# An operator puts a lead in a funnel (`funnel lead enroll`): `{funnel: <id>, by: <who>}`. Only a funnel
-# whose entry has `manual: true` takes it.
-MANUAL_ENROLL = "manual_enroll"
 # A lead opting out is never what lets it into a funnel, whatever its fields say.
-_OPT_OUTS = frozenset({"unsubscribed", FUNNEL_UNSUBSCRIBED})
+_OPT_OUTS = frozenset({UNSUBSCRIBED, FUNNEL_UNSUBSCRIBED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,10 +68,13 @@ class Lead:
 
 @dataclass(frozen=True, slots=True)
 class Event:
+    """An event as recorded: `source` says who recorded it (`engine.own_events`); None in simulations."""
+
     id: str
     name: str
     at: datetime
     properties: Mapping[str, Any] = field(default_factory=dict)
+    source: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,9 +193,10 @@ class Decision:
 
 
 def entry_trigger(funnel: Funnel, lead: Lead, event: Event | None) -> Cause | None:
-    """Which entry trigger lets this lead in now: an event trigger for `event`, or a condition trigger
-    on the lead's fields, judged whenever the engine hears of the lead (any of its events, including
-    `lead_updated`), except when what it hears is the lead opting out."""
+    """Which entry trigger lets this lead in now: an event trigger for `event`, an operator's manual entry,
+    or a condition trigger on the lead's fields, judged whenever the engine hears of the lead (any of its
+    events, including `lead_updated`), except when what it hears is the lead opting out. A manual entry
+    is taken only from an operator: a `manual_enroll` with any other source is not one, however it got in."""
     for trigger in funnel.entry.triggers:
         if isinstance(trigger, EventTrigger) and event is not None and _matches(trigger, event):
             return Cause("event", event.id)
@@ -206,6 +204,7 @@ def entry_trigger(funnel: Funnel, lead: Lead, event: Event | None) -> Cause | No
             isinstance(trigger, ManualTrigger)
             and event is not None
             and event.name == MANUAL_ENROLL
+            and event.source == OPERATOR
             and event.properties.get("funnel") == funnel.id
         ):
             return Cause("manual", str(event.properties.get("by") or event.id))

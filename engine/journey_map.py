@@ -35,8 +35,8 @@ from engine.definition import (
     WaitUntilStep,
     WebhookStep,
 )
-from engine.journey import FUNNEL_UNSUBSCRIBED
 from engine.journey_map_timing import when_sent
+from engine.own_events import FUNNEL_UNSUBSCRIBED
 from engine.report import EmailFigures, FunnelReport, StageFigures
 
 ANY_STAGE = "*"

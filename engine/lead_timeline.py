@@ -101,8 +101,8 @@ def _suppression(conn: sa.Connection, address: str) -> dict[str, Any] | None:
     return dict(row._mapping) if row is not None else None
 
 
-def read(conn: sa.Connection, email: str) -> Timeline | None:
-    address = store.normalise_email(email)
+def read(conn: sa.Connection, address: str) -> Timeline | None:
+    """The lead's story, for an address as an entry took it (`engine.addresses`) or as it is stored."""
     lead_id = store.find_lead_id(conn, address)
     if lead_id is None:
         return None
@@ -130,7 +130,7 @@ def read(conn: sa.Connection, email: str) -> Timeline | None:
         since = e["exited_at"] if e["status"] == "exited" and e["exited_at"] else e["stage_entered_at"]
         places.append(Place(e["funnel_id"], e["status"], e["stage"], e["step"], since, why, e["exit_reason"]))
     suppressed = _suppression(conn, address)
-    return Timeline(address, lead, places, merge(entries), suppressed["reason"] if suppressed else None)
+    return Timeline(lead["email"], lead, places, merge(entries), suppressed["reason"] if suppressed else None)
 
 
 def _event(e: Mapping[str, Any]) -> Entry:
@@ -197,9 +197,8 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def export(conn: sa.Connection, email: str, now: datetime) -> dict[str, Any] | None:
+def export(conn: sa.Connection, address: str, now: datetime) -> dict[str, Any] | None:
     """Everything held about the lead, as JSON-able data: its row, and its rows in every other table."""
-    address = store.normalise_email(email)
     lead_id = store.find_lead_id(conn, address)
     if lead_id is None:
         return None
@@ -219,12 +218,11 @@ def held(conn: sa.Connection, lead_id: int) -> dict[str, int]:
     return counts
 
 
-def erase(conn: sa.Connection, email: str, now: datetime) -> dict[str, int] | None:
+def erase(conn: sa.Connection, address: str, now: datetime) -> dict[str, int] | None:
     """Erasure: the lead and every row about it go (the foreign keys cascade); only a hash of the address
     stays, so it is never mailed again and a later import or signup cannot quietly bring it back into
     marketing. Returns the rows deleted per table, or None when there was no such lead (the address is
-    suppressed all the same)."""
-    address = store.normalise_email(email)
+    suppressed all the same). `address` as an entry took it (`engine.addresses`) or as it is stored."""
     lead_id = store.find_lead_id(conn, address)
     store.suppress(conn, address, "erased", now=now)
     if lead_id is None:

@@ -316,7 +316,7 @@ class _Connection:
         try:
             await smtp.mail(self.mailer.settings.sender.address)
             self.dirty = True
-            await smtp.rcpt(item.email)
+            await smtp.rcpt(p.rcpt)
         except aiosmtplib.SMTPResponseException as exc:
             self._refused(item, exc.code, exc.message, outbox.PENDING)
             if exc.code == 421:

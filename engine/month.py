@@ -27,6 +27,7 @@ from engine.composer import message_id
 from engine.definition import Funnel
 from engine.ledger import screened
 from engine.outbox_item import OutboxItem
+from engine.own_events import engine_id
 from engine.screen import GO, Later, Never, Screen
 from engine.settings import Settings
 from engine.simulation import DEFAULT_ZONES, FIRST_NAMES, email_links
@@ -192,7 +193,7 @@ class DemoMonth:
         company = f"{rng.choice(('Acme', 'Northwind', 'Bayside', 'Oakfield', 'Fernside'))} {rng.choice(COMPANIES)}"
         email = f"{first.lower()}.{number}@{company.split()[0].lower()}.{DOMAIN}"
         employees = int(rng.lognormvariate(3.2, 1.2)) + 1
-        entry = entry_event(self.funnel, journey.Lead(id=email), at, f"demo-{self.seed}-{number}-signup")
+        entry = entry_event(self.funnel, journey.Lead(id=email), at, engine_id("demo", self.seed, number, "signup"))
         if entry is None:
             raise ValueError(f"funnel {self.funnel.id!r} has no event entry trigger for a signup to use")
         form = str(entry.properties.get("form") or entry.name)
@@ -229,10 +230,10 @@ class DemoMonth:
             return
         person.bought = True
         n, rng = person.number, person.rng
-        self._at(at, "event", n, name="purchase_completed", event_id=f"demo-{self.seed}-{n}-purchase")
+        self._at(at, "event", n, name="purchase_completed", event_id=engine_id("demo", self.seed, n, "purchase"))
         if rng.random() < self.b.refund:
             later = at + timedelta(days=3 + rng.random() * 17)
-            self._at(later, "event", n, name="refund_issued", event_id=f"demo-{self.seed}-{n}-refund")
+            self._at(later, "event", n, name="refund_issued", event_id=engine_id("demo", self.seed, n, "refund"))
 
     def _react(self, item: OutboxItem, delivered_at: datetime) -> None:
         """A delivered email: maybe opened, then maybe a link clicked; maybe the lead has had enough."""
@@ -242,13 +243,15 @@ class DemoMonth:
         key = f"{item.lead_id}:{item.funnel_id}:{item.step}"
         if rng.random() < b.open:
             opened = delivered_at + timedelta(minutes=5 + rng.random() * 18 * 60)
-            self._at(opened, "event", n, name="email_opened", event_id=f"open:{key}", properties=where)
+            self._at(opened, "event", n, name="email_opened", event_id=engine_id("open", key), properties=where)
             links = self.links.get(item.template, ())
             if links and rng.random() < b.click:
                 link = rng.choice(links)
                 clicked = opened + timedelta(minutes=1 + rng.random() * 120)
                 props = {"link": link, "url": f"https://greenleaf.example/{link}", **where}
-                self._at(clicked, "event", n, name="email_clicked", event_id=f"click:{key}:{link}", properties=props)
+                self._at(
+                    clicked, "event", n, name="email_clicked", event_id=engine_id("click", key, link), properties=props
+                )
                 if link == "book-call" and rng.random() < b.buy_after_call:
                     self._buy(person, clicked + timedelta(days=1 + rng.random() * 11))
         if not item.transactional and not person.unsubscribed and rng.random() < b.unsubscribe:

@@ -16,6 +16,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from engine import consents, signup, store
 from engine.consents import ConsentAct
 from engine.http_context import HttpContext
+from engine.own_events import engine_id
 
 # The smallest transparent GIF.
 PIXEL = bytes.fromhex("47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b")
@@ -41,7 +42,7 @@ def router(ctx: HttpContext) -> APIRouter:
                 funnel, step, name = payload.get("f"), payload.get("s"), payload.get("n")
                 # One event per link of an email: clicking it again changes nothing.
                 event = store.NewEvent(
-                    f"click:{lead_id}:{funnel}:{step}:{name}",
+                    engine_id("click", lead_id, funnel, step, name),
                     lead_id,
                     "email_clicked",
                     at,
@@ -63,7 +64,7 @@ def router(ctx: HttpContext) -> APIRouter:
             if lead_id is not None:
                 funnel, step = payload.get("f"), payload.get("s")
                 event = store.NewEvent(
-                    f"open:{lead_id}:{funnel}:{step}",
+                    engine_id("open", lead_id, funnel, step),
                     lead_id,
                     "email_opened",
                     at,

@@ -20,6 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from engine import own_events
 from engine.ops_auth import OpsSettings
 from engine.secret_keys import DEFAULT_SECRET_KEY, SigningSecret, key_problem
 from engine.webhook_policy import WebhookSettings
@@ -234,6 +235,16 @@ class Settings(BaseSettings):
     hooks: dict[HookName, HookSettings] = Field(
         default_factory=dict, description="Senders of signed inbound webhooks by name, each with its secret."
     )
+
+    @field_validator("hooks")
+    @classmethod
+    def _hooks_not_named_as_the_engine(cls, value: dict[str, HookSettings]) -> dict[str, HookSettings]:
+        # A hook's name is the source of its events, and the engine's own sources mean the engine acted.
+        for name in value:
+            problem = own_events.source_problem(name)
+            if problem is not None:
+                raise ValueError(f"hooks.{name}: {problem}")
+        return value
 
     @classmethod
     def settings_customise_sources(

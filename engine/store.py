@@ -24,7 +24,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from engine import journey, tables
+from engine import addresses, journey, tables
 from engine.definition import Funnel
 from engine.tables import CONSENT_STATUSES
 
@@ -72,15 +72,9 @@ def _is(column: sa.ColumnElement[Any], *values: str) -> sa.ColumnElement[bool]:
 # --------------------------------------------------------------------------------------------------
 
 
-def normalise_email(email: str) -> str:
-    value = email.strip().lower()
-    if "\r" in value or "\n" in value or value.count("@") != 1 or value.startswith("@") or value.endswith("@"):
-        raise ValueError(f"expected an email address like name@example.com, found {email!r}")
-    return value
-
-
 def email_hash(email: str) -> str:
-    return hashlib.sha256(normalise_email(email).encode()).hexdigest()
+    """What the suppression list keeps of an address: SHA-256 of the form it is found under."""
+    return hashlib.sha256(addresses.lookup_key(email).encode()).hexdigest()
 
 
 def upsert_lead(
@@ -95,10 +89,12 @@ def upsert_lead(
     now: datetime | None = None,
 ) -> int:
     """Create the lead or update it; returns its id. Attributes are merged (given keys win), tags are
-    added, timezone and consent are set when given. A new lead without `consent` is subscribed."""
+    added, timezone and consent are set when given. A new lead without `consent` is subscribed. The
+    address is found as `addresses.lookup_key` says; a new lead needs one `addresses.normalise` takes
+    (else `AddressError`)."""
     if consent is not None and consent not in CONSENT_STATUSES:
         raise ValueError(f"expected consent to be one of {', '.join(CONSENT_STATUSES)}, found {consent!r}")
-    address = normalise_email(email)
+    address = addresses.lookup_key(email)
     now = _now(now)
     leads = tables.leads
     consent_values: dict[str, Any] = {}
@@ -154,7 +150,7 @@ def create_lead(
     inserted = conn.execute(
         _insert(conn, leads)
         .values(
-            email=normalise_email(email),
+            email=addresses.normalise(email),  # a lead is only ever made for an address the rules take
             attributes=dict(attributes or {}),
             tags=sorted(set(tags or ())),
             score=0,
@@ -173,7 +169,7 @@ def create_lead(
 
 def find_lead_id(conn: sa.Connection, email: str) -> int | None:
     leads = tables.leads
-    found = conn.execute(sa.select(leads.c.id).where(leads.c.email == normalise_email(email))).scalar()
+    found = conn.execute(sa.select(leads.c.id).where(leads.c.email == addresses.lookup_key(email))).scalar()
     return int(found) if found is not None else None
 
 
@@ -276,7 +272,9 @@ def claim_pending_events(conn: sa.Connection, limit: int) -> list[PendingEvent]:
         PendingEvent(
             pk=row.id,
             lead_id=row.lead_id,
-            event=journey.Event(id=row.event_id, name=row.name, at=row.occurred_at, properties=row.properties),
+            event=journey.Event(
+                id=row.event_id, name=row.name, at=row.occurred_at, properties=row.properties, source=row.source
+            ),
             received_at=row.received_at,
             source=row.source,
         )

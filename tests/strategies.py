@@ -292,3 +292,38 @@ def input_streams() -> st.SearchStrategy[list[Input]]:
 
 def entry_event(event_id: str, at: datetime) -> Event:
     return Event(event_id, "form_submitted", at)
+
+
+# --------------------------------------------------------------------------------------------------
+# Addresses as people and systems type them
+# --------------------------------------------------------------------------------------------------
+
+# Plain and odd local parts, ASCII and Unicode domains, special-use names, case, padding, display names
+# and lists: what the entries must all accept, or all refuse, alike.
+_LOCALS = ("ann", "Ann.Lee", "o'neil", "a+tag", "josé", "x" * 64, "x" * 65, "a..b", ".a", '"q"', "")
+_DOMAINS = (
+    "example.com", "Example.COM", "bücher.example", "xn--bcher-kva.example", "straße.example", "example.test",
+    "localhost", "a.local", "-bad.example", "exa_mple.com", "ＥＸＡＭＰＬＥ.com", "x.y", "", "[192.0.2.1]",
+    "a" * 63 + "." + "b" * 63 + "." + "c" * 63 + ".example", "пример.example", "ex\u00adample.com",
+)  # fmt: skip
+_PADDING = ("", " ", "\t", "\n", "\u00a0", "\u3000")
+
+
+@st.composite
+def address_like(draw: st.DrawFn) -> str:
+    core = f"{draw(st.sampled_from(_LOCALS))}@{draw(st.sampled_from(_DOMAINS))}"
+    shape = draw(st.sampled_from(["bare", "named", "list", "upper"]))
+    if shape == "named":
+        core = f"Someone <{core}>"
+    elif shape == "list":
+        core = f"{core}, other@example.com"
+    elif shape == "upper":
+        core = core.upper()
+    return draw(st.sampled_from(_PADDING)) + core + draw(st.sampled_from(_PADDING))
+
+
+def address_texts() -> st.SearchStrategy[str]:
+    """Text an entry may be given as an address: address-like, well-formed, or anything at all (no lone
+    surrogates, which no UTF-8 request, file or command line can carry)."""
+    anything = st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=80)
+    return st.one_of(address_like(), st.emails(), anything)

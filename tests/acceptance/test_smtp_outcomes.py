@@ -157,3 +157,42 @@ def test_no_reply_after_data_is_unknown_and_never_resent(engine: sa.Engine, scri
     assert result["ok@example.com"][0] == "sent"
     # The server got the unknown message once and the other one once: no resend of either.
     assert sorted(handler.accepted) == sorted([address, "ok@example.com"])
+
+
+def _kept_from_before(engine: sa.Engine, address: str, step: str) -> None:
+    """A lead row written before the address rules (as the old entries stored it), with a message due."""
+    from engine.journey import Decision, Enrollment, SendEmail
+
+    with engine.begin() as conn:
+        lead_id = conn.execute(
+            sa.insert(tables.leads)
+            .values(email=address, attributes={}, tags=[], score=0, consent_status="subscribed")
+            .values(created_at=NOW, updated_at=NOW)
+            .returning(tables.leads.c.id)
+        ).scalar_one()
+        state = Enrollment("f", "v1", "active", "s", None, "ready", NOW, None, NOW, NOW)
+        lead = store.get_lead(conn, lead_id)
+        assert lead is not None
+        command = SendEmail(step, "lead-magnet/report", "s", NOW)
+        store.apply_decision(conn, lead_id, Decision(state, lead, (command,)), now=NOW)
+
+
+def test_rows_kept_from_before_the_address_rules_go_out_in_ascii_or_fail_alone(
+    engine: sa.Engine, scripted: tuple[ScriptedHandler, int]
+) -> None:
+    handler, port = scripted
+    _kept_from_before(engine, "idn@bücher.example", "idn")  # an IDN domain kept in Unicode
+    _kept_from_before(engine, "erased <erased1@example.com>", "named")  # typed with a display name
+    _kept_from_before(engine, "josé@example.com", "utf8")  # a local part only SMTPUTF8 can carry
+    with engine.begin() as conn:
+        store.suppress(conn, "erased1@example.com", "erased")
+    queue(engine, ["ok@example.com"])
+    dispatch(engine, port)
+    result = outcome(engine)
+    assert result["idn@bücher.example"][:2] == ("sent", 1)
+    assert sorted(handler.accepted) == ["idn@xn--bcher-kva.example", "ok@example.com"]  # RCPT in ASCII
+    for kept, why in (("erased <erased1@example.com>", "display name"), ("josé@example.com", "SMTPUTF8")):
+        status, _, error = result[kept]
+        assert status == "failed" and error is not None and why in error, result[kept]
+    dispatch(engine, port)  # each reached its final state: nothing is tried again
+    assert len(handler.accepted) == 2

@@ -521,3 +521,53 @@ def test_an_operator_enrolls_a_lead_by_hand_and_the_cause_says_who(tmp_path: Pat
     assert "lead-magnet: in " in shown.output and "because manual (olivia)" in shown.output, shown.output
     unknown = run("lead", "enroll", "sam@example.com", "nope", "--database-url", url)
     assert unknown.exit_code == 2 and "no funnel 'nope'" in unknown.output
+
+
+def test_a_manual_enroll_that_did_not_come_from_an_operator_enrolls_nobody(tmp_path: Path) -> None:
+    # Recorded before the entries refused the name from outside (or slipped in some other way): the
+    # worker hands the event's source to the core, which takes only an operator's for a manual entry.
+    url = f"sqlite:///{tmp_path / 'funnel.db'}"
+    from engine.database import upgrade
+    from engine.own_events import MANUAL_ENROLL
+
+    upgrade(url)
+    now = datetime.now(UTC)
+    engine = create_engine_for(url)
+    try:
+        with engine.begin() as conn:
+            lead_id = store.upsert_lead(conn, "sam@example.com", now=now)
+            forged = {"funnel": "lead-magnet", "by": "olivia"}
+            store.record_events(conn, [store.NewEvent("m-api", lead_id, MANUAL_ENROLL, now, forged, "api")], now=now)
+        worker = Worker(engine, {f.id: f for f in load_funnels([ROOT / "funnels"], emails_dir=None).funnels})
+        worker.publish(now)
+        worker.run_until_idle(now)
+        with engine.connect() as conn:
+            assert store.get_enrollments(conn, lead_id) == []
+    finally:
+        engine.dispose()
+
+
+def test_a_lead_stored_before_the_address_rules_can_still_be_shown_and_erased(tmp_path: Path) -> None:
+    # An address the entries now refuse (a local part only SMTPUTF8 carries), stored as the engine used to.
+    url = f"sqlite:///{tmp_path / 'funnel.db'}"
+    from engine.database import upgrade
+
+    upgrade(url)
+    engine = create_engine_for(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.insert(tables.leads).values(email="josé@example.com", attributes={}, tags=[], score=0,
+                                                        consent_status="subscribed", created_at=START,
+                                                        updated_at=START))  # fmt: skip
+        shown = run("lead", "show", " José@Example.com", "--database-url", url)
+        assert shown.exit_code == 0 and shown.output.startswith("josé@example.com: consent subscribed"), shown.output
+        erased = run("lead", "forget", "josé@example.com", "--yes", "--database-url", url)
+        assert erased.exit_code == 0 and "erased josé@example.com:" in erased.output, erased.output
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(tables.leads)).all() == []
+            assert store.is_suppressed(conn, "josé@example.com")
+        # With no such lead left, the same text is refused as at every other entry.
+        again = run("lead", "forget", "josé@example.com", "--yes", "--database-url", url)
+        assert again.exit_code == 2 and "SMTPUTF8" in again.output
+    finally:
+        engine.dispose()

@@ -22,6 +22,7 @@ from urllib.parse import urlencode
 import yaml
 from hypothesis import strategies as st
 
+from engine import own_events
 from engine.api_v1 import EVENT_NAME, MAX_BATCH
 from engine.yamlfile import load_yaml_text
 
@@ -362,10 +363,14 @@ def _text(min_size: int = 0, max_size: int | None = None) -> st.SearchStrategy[s
 
 ADDRESSES = (
     "ann@example.com", " Ann@Example.COM ", "bob@example.org", "chen.wei+funnel@example.net",
-    "dora@xn--bcher-kva.example", "émile@exemple.fr", "o'neil@example.ie", "x@sub.domain.example.com",
+    "dora@xn--bcher-kva.example", "emile@bücher.example", "o'neil@example.ie",
+    "x@sub.domain.example.com",
 )  # fmt: skip
+# Not one bare address the relay can take: malformed, a display name or a list, a local part that needs
+# SMTPUTF8, a special-use domain.
 _NOT_ADDRESSES = ("", "not-an-address", "a@", "@example.com", "a b@example.com", "a@@example.com", "a\r\n@example.com",
-                  "x" * 300 + "@example.com", "a@example", "a@-example.com", "a@.com")  # fmt: skip
+                  "x" * 300 + "@example.com", "a@example", "a@-example.com", "a@.com", "Ann <ann@example.com>",
+                  "ann@example.com, bob@example.org", "émile@exemple.fr", "ann@example.test")  # fmt: skip
 
 _json_leaf = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=False, allow_infinity=False),
@@ -376,7 +381,12 @@ _json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_text(max_size=10), inner, max_size=4),
     max_leaves=15,
 )
-_ids = _text(min_size=1, max_size=40) | st.from_regex(r"\A[a-z0-9-]{1,60}\Z")
+# Ids, names and sources of the client's own: the engine's (own_events) are refused whatever else holds.
+_ids = (_text(min_size=1, max_size=40) | st.from_regex(r"\A[a-z0-9-]{1,60}\Z")).filter(
+    lambda i: own_events.id_problem(i) is None
+)
+_names = st.from_regex(EVENT_NAME, fullmatch=True).filter(lambda n: own_events.name_problem(n) is None)
+_sources = _text(max_size=30).filter(lambda s: own_events.source_problem(s) is None)
 _timestamps = st.datetimes(datetime(2000, 1, 1), datetime(2100, 1, 1), timezones=st.timezones()).map(
     lambda d: d.isoformat()
 )
@@ -386,7 +396,7 @@ _timestamps = st.datetimes(datetime(2000, 1, 1), datetime(2100, 1, 1), timezones
 def valid_event(draw: Draw) -> dict[str, Any]:
     event: dict[str, Any] = {
         "id": draw(_ids),
-        "type": draw(st.from_regex(EVENT_NAME, fullmatch=True)),
+        "type": draw(_names),
         "email": draw(st.sampled_from(ADDRESSES)),
     }
     if draw(st.booleans()):
@@ -394,10 +404,15 @@ def valid_event(draw: Draw) -> dict[str, Any]:
     if draw(st.booleans()):
         event["properties"] = draw(st.dictionaries(_text(max_size=10), _json_values, max_size=4))
     if draw(st.booleans()):
-        event["source"] = draw(st.none() | _text(max_size=30))
+        event["source"] = draw(st.none() | _sources)
     return event
 
 
+_ENGINE_OWN = (
+    ("id", "form:cost-of-not-recycling:1"), ("id", "click:1:lead-magnet:deliver-report:pricing"), ("id", "import:x:y"),
+    ("type", "manual_enroll"), ("type", "funnel_unsubscribed"), ("type", "lead_updated"), ("type", "unsubscribed"),
+    ("source", "ops"), ("source", "form"),
+)  # fmt: skip
 _BAD_TIMESTAMPS = (
     "yesterday", "2026-11-23T10:00:00", 1700000000, "1700000000", "2026-13-01T00:00:00Z", True, "", "2026-11-23", [],
     "2026-02-30T10:00:00+00:00",
@@ -434,7 +449,7 @@ def event_bodies(draw: Draw) -> Body:
             ("event", "event", "batch", "batch", "batch-with-repeats", "batch-with-repeats", "bad-event",
              "batch-with-bad-items", "empty-batch", "over-limit", "random-json", "not-json", "not-utf8",
              "wrong-content-type", "huge-properties", "huge-id", "odd-addresses", "odd-timestamps",
-             "numbers-json-cannot-hold", "deep-json", "unstorable-text")
+             "numbers-json-cannot-hold", "deep-json", "unstorable-text", "engine-own", "not-one-address")
         )
     )  # fmt: skip
     json_type = "application/json"
@@ -489,6 +504,15 @@ def event_bodies(draw: Draw) -> Body:
     if shape == "huge-id":
         event = draw(valid_event())
         event["id"] = "i" * draw(st.integers(201, 100_000))
+        return Body("invalid", _json(event), json_type, shape)
+    if shape == "engine-own":  # an id, name or source only the engine may write
+        event = draw(valid_event())
+        field, value = draw(st.sampled_from(_ENGINE_OWN))
+        event[field] = value
+        return Body("invalid", _json(event), json_type, f"{shape}: {field} {value}")
+    if shape == "not-one-address":  # a display name, a list, SMTPUTF8, a special-use name
+        event = draw(valid_event())
+        event["email"] = draw(st.sampled_from(_NOT_ADDRESSES[-4:]))
         return Body("invalid", _json(event), json_type, shape)
     if shape == "odd-addresses":
         event = draw(valid_event())

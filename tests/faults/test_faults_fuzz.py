@@ -36,9 +36,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from engine import apikeys, tables
+from engine.addresses import normalise
 from engine.api import create_app
 from engine.database import create_engine_for
-from engine.importer import check_email
 from engine.settings import Settings
 from engine.simulation import simulate
 from engine.validation import FunnelError, load_funnels
@@ -364,7 +364,7 @@ def existing_leads(api: Served, addresses: set[str]) -> set[str]:
 def address_of(item: dict[str, Any]) -> str | None:
     """The address the API keeps for an item's email (its own normalisation), if it is one."""
     try:
-        return check_email(str(item.get("email")).strip())
+        return normalise(str(item.get("email")))
     except ValueError:
         return None
 
@@ -444,7 +444,7 @@ def post_events(api: Served, client: httpx.Client, body: Body, ledger: Ledger) -
         assert count == 1, f"event {event_id!r} stored {count} times: {where}"
         if event_id in new:
             ledger.names[event_id] = first[event_id]["type"]
-            assert email == check_email(first[event_id]["email"].strip()), where
+            assert email == normalise(first[event_id]["email"]), where
         assert name == ledger.names[event_id], f"event {event_id!r} changed by a later request: {where}"
     if body.kind == "valid":
         ledger.valid_ids.update(ids)

@@ -103,3 +103,67 @@ def test_the_openapi_document_describes_the_api(served: Served) -> None:
         document = client.get("/openapi.json").json()
     assert "/v1/events" in document["paths"]
     assert "EventIn" in document["components"]["schemas"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Addresses as every entry takes them; the engine's own ids, names and sources
+# --------------------------------------------------------------------------------------------------
+
+
+def test_an_address_is_taken_through_the_one_normaliser_in_events_and_lead_paths(served: Served) -> None:
+    with served.client() as client:
+        taken = client.post(
+            "/v1/events", json={"id": "o-1", "type": "order_completed", "email": " Idn@Bücher.Example "}
+        )
+        assert taken.json() == {"accepted": 1, "duplicates": 0}
+        again = client.post(
+            "/v1/events", json={"id": "o-2", "type": "order_completed", "email": "idn@xn--bcher-kva.example"}
+        )
+        assert again.json() == {"accepted": 1, "duplicates": 0}
+        shown = client.get("/v1/leads/IDN@bücher.example")
+        assert (shown.status_code, shown.json()["email"]) == (200, "idn@xn--bcher-kva.example")
+        refused = {
+            "Erased <erased1@example.com>": "display name",
+            "erased1@example.com,": "one address",
+            "josé@example.com": "SMTPUTF8",
+            "ann@example.test": "special-use",
+        }
+        for typed, why in refused.items():
+            event = client.post("/v1/events", json={"id": "o-3", "type": "order_completed", "email": typed})
+            assert event.status_code == 422, typed
+            (problem,) = [p for p in event.json()["detail"] if p["loc"][-1] == "email"]
+            assert why in problem["msg"], problem
+            for method in ("GET", "PUT", "DELETE"):
+                path = client.request(method, f"/v1/leads/{typed}", json={} if method == "PUT" else None)
+                assert path.status_code == 422, (method, typed)
+                assert why in path.json()["detail"][0]["msg"]
+    assert _events(served) == [
+        ("o-1", "order_completed", "idn@xn--bcher-kva.example"),
+        ("o-2", "order_completed", "idn@xn--bcher-kva.example"),
+    ]
+
+
+def test_the_engines_own_ids_names_and_sources_are_refused_saying_why(served: Served) -> None:
+    own_id, own_name = "is kept for the engine's own event ids", "is the name of an event the engine records itself"
+    squats = [
+        ({"id": "form:cost-of-not-recycling:1", "type": "form_submitted"}, "id", f"'form:' {own_id}"),
+        ({"id": "click:1:f:s:pricing", "type": "email_clicked"}, "id", f"'click:' {own_id}"),
+        ({"id": "import:lead-magnet:abc", "type": "x"}, "id", f"'import:' {own_id}"),
+        ({"id": "e-1", "type": "manual_enroll", "properties": {"funnel": "f", "by": "olivia"}}, "type",
+         f"'manual_enroll' {own_name}"),
+        ({"id": "e-2", "type": "funnel_unsubscribed", "properties": {"funnel": "f"}}, "type",
+         f"'funnel_unsubscribed' {own_name}"),
+        ({"id": "e-3", "type": "lead_updated"}, "type", f"'lead_updated' {own_name}"),
+        ({"id": "e-4", "type": "signed_up", "source": "ops"}, "source", "'ops' is a source the engine keeps"),
+    ]  # fmt: skip
+    with served.client() as client:
+        for fields, where, why in squats:
+            response = client.post("/v1/events", json={"email": "victim@example.com", **fields})
+            assert response.status_code == 422, fields
+            (problem,) = [p for p in response.json()["detail"] if p["loc"][-1] == where]
+            assert why in problem["msg"], problem
+        # An id of the client's own that merely mentions a word the engine uses is fine.
+        fine = client.post("/v1/events", json={"id": "shop:form:1", "type": "signed_up", "email": "ann@example.com",
+                                               "source": "shop-eu"})  # fmt: skip
+        assert fine.json() == {"accepted": 1, "duplicates": 0}
+    assert _events(served) == [("shop:form:1", "signed_up", "ann@example.com")]

@@ -394,3 +394,15 @@ def test_an_unsubscribed_lead_stays_unsubscribed_until_it_confirms(serve: Any) -
         "unsubscribed",
         "subscribed",
     )
+
+
+def test_a_forms_address_goes_through_the_one_normaliser(serve: Any) -> None:
+    served = serve(forms={"report": SINGLE})
+    for typed, why in (("Ann <ann@example.com>", "display name"), ("josé@example.com", "SMTPUTF8"),
+                       ("ann@example.test", "special-use")):  # fmt: skip
+        refused = post(served, "report", {"email": typed, "consent": "yes"})
+        assert refused.status_code == 422 and why in refused.text, typed
+    assert rows(served, tables.leads) == []
+    taken = post(served, "report", {"email": " Idn@Bücher.Example ", "consent": "yes"})
+    assert taken.status_code == 303
+    assert [r.email for r in rows(served, tables.leads)] == ["idn@xn--bcher-kva.example"]

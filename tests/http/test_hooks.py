@@ -297,3 +297,35 @@ def test_the_hook_is_in_the_openapi_document_with_its_body_and_header(hooked: Ho
     assert {"401", "409", "422", "200"} <= set(operation["responses"])
     headers = [p for p in operation["parameters"] if p["in"] == "header"]
     assert [(p["name"], p["required"]) for p in headers] == [("Funnel-Signature", True)]
+
+
+def test_a_hooks_address_goes_through_the_one_normaliser(hooked: Hooked) -> None:
+    taken = hooked.signed({"id": "o-1", "type": "order_completed", "email": " Idn@Bücher.Example "})
+    assert taken.json() == {"accepted": 1, "duplicates": 0}
+    refused = hooked.signed({"id": "o-2", "type": "order_completed", "email": "Ann <ann@example.com>"})
+    assert refused.status_code == 422
+    (problem,) = [p for p in refused.json()["detail"] if p["loc"][-1] == "email"]
+    assert "display name" in problem["msg"]
+    assert _events(hooked) == [("o-1", "order_completed", "idn@xn--bcher-kva.example", "shop")]
+
+
+def test_a_hook_cannot_send_the_engines_own_events_ids_or_sources(hooked: Hooked) -> None:
+    forged = [
+        {"id": "m-1", "type": "manual_enroll", "email": "ann@example.com",
+         "properties": {"funnel": "lead-magnet", "by": "olivia"}},
+        {"id": "u-1", "type": "funnel_unsubscribed", "email": "ann@example.com", "properties": {"funnel": "x"}},
+        {"id": "form:cost-of-not-recycling:1", "type": "form_submitted", "email": "ann@example.com"},
+        {"id": "o-1", "type": "order_completed", "email": "ann@example.com", "source": "form"},
+    ]  # fmt: skip
+    for event in forged:
+        response = hooked.signed(event)
+        assert response.status_code == 422, event
+        assert any("the engine" in p["msg"] for p in response.json()["detail"]), response.text
+    assert _events(hooked) == [] and _receipts(hooked) == []
+
+
+def test_a_hook_may_not_be_named_as_one_of_the_engines_own_sources() -> None:
+    secret = SecretStr("a-long-random-hook-secret-0123456789abcdef")
+    with pytest.raises(ValueError, match=r"hooks\.ops: 'ops' is a source the engine keeps for itself"):
+        Settings(hooks={"ops": HookSettings(secret=secret)})
+    assert set(Settings(hooks={"shop": HookSettings(secret=secret)}).hooks) == {"shop"}

@@ -24,6 +24,7 @@ from engine.journey import (
     SkipEmail,
     UpdateLead,
 )
+from engine.own_events import FUNNEL_UNSUBSCRIBED, LEAD_UPDATED, MANUAL_ENROLL, OPERATOR
 
 MONDAY = datetime(2026, 6, 1, 8, 0, tzinfo=UTC)  # 10:00 in Berlin (CEST)
 DAY = timedelta(days=1)
@@ -134,25 +135,32 @@ def test_entry_trigger_matches_events_with_filters_and_conditions_on_any_news_of
     trial = Lead("bob@example.com", attributes={"plan": "trial"})
     assert journey.entry_trigger(funnel, trial, None) == Cause("entry", "condition")
     # A condition trigger is judged whenever the engine hears of the lead: a change of its fields, any event.
-    assert journey.entry_trigger(funnel, trial, Event("e4", journey.LEAD_UPDATED, MONDAY)) == Cause(
-        "entry", "condition"
-    )
+    assert journey.entry_trigger(funnel, trial, Event("e4", LEAD_UPDATED, MONDAY)) == Cause("entry", "condition")
     assert journey.entry_trigger(funnel, trial, Event("e5", "page_viewed", MONDAY)) == Cause("entry", "condition")
-    assert journey.entry_trigger(funnel, lead, Event("e6", journey.LEAD_UPDATED, MONDAY)) is None
+    assert journey.entry_trigger(funnel, lead, Event("e6", LEAD_UPDATED, MONDAY)) is None
     # ... but never on the lead opting out.
     assert journey.entry_trigger(funnel, trial, Event("e7", "unsubscribed", MONDAY)) is None
-    assert journey.entry_trigger(funnel, trial, Event("e8", journey.FUNNEL_UNSUBSCRIBED, MONDAY)) is None
+    assert journey.entry_trigger(funnel, trial, Event("e8", FUNNEL_UNSUBSCRIBED, MONDAY)) is None
 
 
 def test_a_manual_enrollment_enters_only_the_named_funnel_and_only_if_it_takes_manual_entries() -> None:
     manual = one_stage(entry={"triggers": [{"event": "form_submitted"}, {"manual": True}]})
     events_only = one_stage(entry={"triggers": [{"event": "form_submitted"}]})
     lead = Lead("ada@example.com")
-    by_olivia = Event("m1", journey.MANUAL_ENROLL, MONDAY, {"funnel": manual.id, "by": "olivia"})
+    by_olivia = Event("m1", MANUAL_ENROLL, MONDAY, {"funnel": manual.id, "by": "olivia"}, OPERATOR)
     assert journey.entry_trigger(manual, lead, by_olivia) == Cause("manual", "olivia")
     assert journey.entry_trigger(events_only, lead, by_olivia) is None
-    other = Event("m2", journey.MANUAL_ENROLL, MONDAY, {"funnel": "another-funnel", "by": "olivia"})
+    other = Event("m2", MANUAL_ENROLL, MONDAY, {"funnel": "another-funnel", "by": "olivia"}, OPERATOR)
     assert journey.entry_trigger(manual, lead, other) is None
+
+
+@pytest.mark.parametrize("source", ["api", "shop", "cli", "form", None])
+def test_a_manual_enrollment_from_anyone_but_an_operator_is_not_one(source: str | None) -> None:
+    # The entries refuse the name from outside; should such an event be in the table all the same (recorded
+    # before they did), the core still does not take it for an operator's act.
+    manual = one_stage(entry={"triggers": [{"manual": True}]})
+    forged = Event("m3", MANUAL_ENROLL, MONDAY, {"funnel": manual.id, "by": "olivia"}, source)
+    assert journey.entry_trigger(manual, Lead("ada@example.com"), forged) is None
 
 
 # --------------------------------------------------------------------------------------------------
