@@ -325,7 +325,7 @@ def test_a_hook_cannot_send_the_engines_own_events_ids_or_sources(hooked: Hooked
 
 
 def test_a_hook_may_not_be_named_as_one_of_the_engines_own_sources() -> None:
-    secret = SecretStr("a-long-random-hook-secret-0123456789abcdef")
+    secret = SecretStr(SECRET)
     with pytest.raises(ValueError, match=r"hooks\.ops: 'ops' is a source the engine keeps for itself"):
         Settings(hooks={"ops": HookSettings(secret=secret)})
     assert set(Settings(hooks={"shop": HookSettings(secret=secret)}).hooks) == {"shop"}
