@@ -260,6 +260,7 @@ def run(
 
     from engine.database import describe_failure
     from engine.logs import setup
+    from engine.mailer import CaFileError
     from engine.mime import DkimKeyError
     from engine.runner import Clock, Runner
     from engine.settings import get_settings
@@ -270,7 +271,7 @@ def run(
     funnels = _load([settings.funnels_dir], settings.emails_dir)
     try:
         runner = Runner(settings, funnels, Clock(_parse_time(now, "--now")))
-    except DkimKeyError as exc:
+    except (DkimKeyError, CaFileError) as exc:
         err.print(f"cannot start: {exc}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     except sa.exc.DBAPIError as exc:
