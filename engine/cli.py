@@ -402,10 +402,29 @@ def plan(
         console.print(f"{definition.id}: {total} lead(s) in flight, {affected} affected by the edit")
 
 
+def _sent_as(template: str, settings: Any) -> tuple[str, str, bool]:
+    """(funnel, step, transactional) of the first step of the project's funnels that sends `template`,
+    or of the form whose confirmation email it is: the message is then built as that step's, List-Unsubscribe
+    only on marketing email. An email nothing sends yet is shown as marketing email."""
+    from engine.signup import CONFIRM_FUNNEL_PREFIX, CONFIRM_STEP_PREFIX
+    from engine.validation import load_funnels
+
+    for funnel in load_funnels([settings.funnels_dir], emails_dir=None).funnels:
+        for stage in funnel.stages:
+            for step in stage.steps:
+                if getattr(step, "send", None) == template:
+                    return funnel.id, step.id, bool(getattr(step, "transactional", False))
+    for form_id, form in sorted(settings.forms.items()):
+        if form.confirm_template == template:
+            return f"{CONFIRM_FUNNEL_PREFIX}{form_id}", f"{CONFIRM_STEP_PREFIX}0", True
+    return "preview", "preview", False
+
+
 def _preview_message(
-    template: str, lead: str | None, emails: Path, to: str | None = None
+    template: str, lead: str | None, emails: Path, to: str | None = None, message_id: str | None = None
 ) -> tuple[RenderedEmail, bytes]:
-    """The message a lead would get from `template`, built by the mailer's own code, as the exact bytes."""
+    """The message a lead would get from `template`, built by the mailer's own code, as the exact bytes:
+    as the funnel step that sends it (transactional or not), with `message_id` if given."""
     from engine.mailer import Mailer
     from engine.outbox_item import OutboxItem
     from engine.settings import get_settings
@@ -425,14 +444,17 @@ def _preview_message(
     if not library.exists(template):
         err.print(f"no template {template!r}: expected {emails}/{template}.md or .html")
         raise typer.Exit(1)
-    item = OutboxItem(0, 0, email, "subscribed", attributes, "preview", "preview", template, "preview", False, 0, False)
+    funnel_id, step, transactional = _sent_as(template, settings)
+    item = OutboxItem(
+        0, 0, email, "subscribed", attributes, funnel_id, step, template, "preview", transactional, 0, False
+    )
     mailer = Mailer(None, settings, library)  # type: ignore[arg-type]  # rendering needs no database
     try:
         rendered = mailer.render(item)
     except TemplateError as exc:
         err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
-    return rendered, mailer.compose(item, datetime.now(UTC), rendered).payload
+    return rendered, mailer.compose(item, datetime.now(UTC), rendered, message_id).payload
 
 
 @app.command()
@@ -467,19 +489,29 @@ def send_test(
     lead: str | None = typer.Option(None, "--lead", help="A YAML file (email, attributes) or an address."),
     emails: Path = typer.Option(Path("emails"), help="Folder of email templates."),
 ) -> None:
-    """Send one rendered email through the configured relay (FUNNEL_SMTP__HOST ...)."""
+    """Send one rendered email through the configured relay (FUNNEL_SMTP__HOST ...), as the funnel sends
+    it, with a Message-ID of its own each time."""
     import asyncio
+    from email.utils import make_msgid
 
     import aiosmtplib
 
-    from engine.mailer import client_options
+    from engine.mailer import CaFileError, check_ca_file, client_options
     from engine.settings import get_settings
 
-    smtp = get_settings().smtp
+    settings = get_settings()
+    smtp = settings.smtp
     if not smtp.host:
         err.print("no relay configured: set FUNNEL_SMTP__HOST (and __PORT, __SECURITY, __USERNAME, __PASSWORD)")
         raise typer.Exit(2)
-    _, payload = _preview_message(template, lead, emails, to=to)
+    try:
+        check_ca_file(smtp)
+    except CaFileError as exc:
+        err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    # A test sent twice is two messages: a mailbox provider may drop a Message-ID it has already seen.
+    domain = settings.sender.address.rpartition("@")[2] or "localhost"
+    _, payload = _preview_message(template, lead, emails, to=to, message_id=make_msgid("send-test", domain))
     try:
         asyncio.run(
             aiosmtplib.send(
