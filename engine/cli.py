@@ -16,6 +16,7 @@ from engine.cli_import import register as register_import
 from engine.cli_map import register as register_map
 from engine.cli_ops import register as register_ops
 from engine.cli_ops_user import register as register_ops_user
+from engine.cli_outbox import register as register_outbox
 
 if TYPE_CHECKING:
     from engine.definition import Funnel
@@ -304,7 +305,8 @@ def run(
         else:
             if settings.http.enabled:
                 console.print(f"HTTP app (events API, unsubscribe) on http://{settings.http.host}:{settings.http.port}")
-            console.print(f"ticking every {settings.tick_seconds:g} s; list emails with `funnel outbox`; Ctrl-C stops")
+            lister = "funnel sink" if runner.sink is not None else "funnel outbox"
+            console.print(f"ticking every {settings.tick_seconds:g} s; list emails with `{lister}`; Ctrl-C stops")
             asyncio.run(runner.run_forever())
     finally:
         runner.close()
@@ -563,6 +565,7 @@ register_import(app)
 register_ops_user(app)
 register_ops(app)
 register_map(app)
+register_outbox(app)
 
 apikey_app = typer.Typer(help="Keys for the HTTP API.", no_args_is_help=True)
 app.add_typer(apikey_app, name="apikey")
@@ -632,37 +635,6 @@ def db_upgrade() -> None:
     url = get_settings().effective_database_url
     upgrade(url)
     console.print(f"database at revision {current_revision(url)}")
-
-
-@app.command()
-def outbox(
-    message: str | None = typer.Argument(None, help="Show this message (a file name from the list)."),
-    limit: int = typer.Option(20, "--limit", "-n", help="How many of the newest messages to list."),
-) -> None:
-    """List the emails the local sink received (newest first), or show one."""
-    from email import message_from_bytes
-    from email.policy import default
-
-    from rich.table import Table
-
-    from engine.settings import get_settings
-
-    folder = get_settings().data_dir / "outbox"
-    files = sorted(folder.glob("*.eml"), reverse=True) if folder.is_dir() else []
-    if message is not None:
-        matches = [f for f in files if f.name.startswith(message)]
-        if not matches:
-            err.print(f"no message {message!r} in {folder}")
-            raise typer.Exit(1)
-        console.print(matches[0].read_text(errors="replace"), markup=False, highlight=False)
-        return
-    table = Table(title=f"{len(files)} message(s) in {folder}")
-    for col in ("file", "time", "to", "subject", "funnel / step"):
-        table.add_column(col)
-    for f in files[:limit]:
-        msg = message_from_bytes(f.read_bytes(), policy=default)
-        table.add_row(f.name, str(msg["Date"]), str(msg["To"]), str(msg["Subject"]), str(msg["X-Funnel"] or ""))
-    console.print(table)
 
 
 def main() -> None:
