@@ -5,6 +5,9 @@ status with their reasons and Message-IDs, and deciding an `unknown` one), on ea
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
@@ -27,8 +30,8 @@ MESSAGES = (
 )
 
 
-def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
-    return CliRunner().invoke(app, list(args), env=env)
+def invoke(*args: str) -> Result:
+    return CliRunner().invoke(app, list(args))
 
 
 def fill(url: str) -> dict[str, int]:
@@ -122,8 +125,17 @@ def test_sink_lists_the_emails_the_local_sink_stored(tmp_path: Path) -> None:
     message["Date"] = "Mon, 23 Nov 2026 10:00:00 +0000"
     message.set_content("Hello")
     (folder / "20261123T100000-1.eml").write_bytes(bytes(message))
-    listed = invoke("sink", env={"FUNNEL_DATA_DIR": str(tmp_path / "data")})
-    assert listed.exit_code == 0, listed.output
-    assert "20261123T100000-1.eml" in listed.output and "Your report" in listed.output
-    shown = invoke("sink", "20261123T100000", env={"FUNNEL_DATA_DIR": str(tmp_path / "data")})
-    assert shown.exit_code == 0 and "Subject: Your report" in shown.output
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FUNNEL_")}
+    env["FUNNEL_DATA_DIR"] = str(tmp_path / "data")
+
+    def sink(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "engine.cli", "sink", *args]
+        return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+
+    listed = sink()
+    assert listed.returncode == 0, listed.stderr
+    assert "20261123T100000-1.eml" in listed.stdout and "Your report" in listed.stdout
+    shown = sink("20261123T100000")
+    assert shown.returncode == 0 and "Subject: Your report" in shown.stdout
+    missing = sink("2030")
+    assert missing.returncode == 1 and f"no message '2030' in {tmp_path / 'data' / 'outbox'}" in missing.stderr
