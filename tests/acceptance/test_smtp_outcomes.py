@@ -236,6 +236,11 @@ def test_a_message_left_sending_by_a_dead_worker_is_logged_when_it_becomes_unkno
     assert any(f"message {message} " in line and "unknown" in line for line in said), said
 
 
+OTHERS = "FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()"
+TERMINATE = f"SELECT pg_terminate_backend(pid) {OTHERS}"
+SESSIONS = f"SELECT count(*) {OTHERS}"
+
+
 class CuttingHandler(ScriptedHandler):
     """At RCPT for `cut@...`, the database server ends every session of the engine's database (a
     PostgreSQL restart, a failover), right before the engine claims that message."""
@@ -247,14 +252,10 @@ class CuttingHandler(ScriptedHandler):
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
         if self.armed and address.startswith("cut@"):
-            others = "datname = %s AND pid <> pg_backend_pid()"
             with self.admin.connect() as conn:
-                conn.exec_driver_sql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE {others}",  # noqa: S608
-                                     (self.database,))  # fmt: skip
+                conn.exec_driver_sql(TERMINATE, (self.database,))
                 for _ in range(100):
-                    left = conn.exec_driver_sql(f"SELECT count(*) FROM pg_stat_activity WHERE {others}",  # noqa: S608
-                                                (self.database,)).scalar_one()  # fmt: skip
-                    if not left:
+                    if not conn.exec_driver_sql(SESSIONS, (self.database,)).scalar_one():
                         break
                     await asyncio.sleep(0.05)
         return await super().handle_RCPT(server, session, envelope, address, options)
