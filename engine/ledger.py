@@ -152,6 +152,8 @@ class Ledger:
                 claim.verdict.set_result(verdict)
 
     def _claim(self, conn: sa.Connection, claims: list[_Claim]) -> list[Verdict]:
+        """Mark the claims the screen lets go `sending`; record why the others wait or never go. An
+        `Unsure` verdict goes back to the connection, which records the failed try."""
         verdicts = self.screen.judge(conn, [c.item for c in claims], self.now, fresh=True)
         go = {c.item.id: c.message_id for c, v in zip(claims, verdicts, strict=True) if v == GO}
         marked = outbox.mark_sending(conn, go, self.now)

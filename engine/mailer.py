@@ -33,7 +33,7 @@ from engine.ledger import TAKEN, Ledger, RecordingFailed, screened
 from engine.outbox import Change
 from engine.outbox_item import OutboxItem
 from engine.renderpool import RenderPool
-from engine.screen import GO, Later, Never, Screen
+from engine.screen import GO, Later, Never, Screen, Unsure
 from engine.settings import Settings, SmtpSettings
 from engine.templates import RenderedEmail, TemplateLibrary
 from engine.throttle import Throttle
@@ -362,12 +362,17 @@ class Mailer:
             items = outbox.lease_batch(conn, now, limit, self.lease())
             verdicts = self.screen.judge(conn, items, now, fresh=False)
             held = [(i, v) for i, v in zip(items, verdicts, strict=True) if isinstance(v, (Later, Never))]
-            outbox.apply(conn, [screened(i.id, v) for i, v in held])
+            unsure = [(i, _try_failed(i, now, v.reason)) for i, v in zip(items, verdicts, strict=True)
+                      if isinstance(v, Unsure)]  # fmt: skip
+            outbox.apply(conn, [screened(i.id, v) for i, v in held] + [change for _, change in unsure])
         for _, verdict in held:
             if isinstance(verdict, Later):
                 result.deferred += 1
             else:
                 result.skipped += 1
+        for item, change in unsure:
+            result.count(change)
+            result.errors.append(_said(item, change))
         return len(items), [i for i, v in zip(items, verdicts, strict=True) if v == GO]
 
     def _compose_part(self, items: list[OutboxItem], now: datetime) -> asyncio.Future[list[Prepared | Failed]]:
@@ -481,6 +486,11 @@ class _Connection:
                 self.result.deferred += 1
             elif isinstance(verdict, Never):
                 self.result.skipped += 1
+            elif isinstance(verdict, Unsure):
+                change = _try_failed(item, now, verdict.reason)
+                self.ledger.record(change)
+                self.result.count(change)
+                self.result.errors.append(_said(item, change))
             await self._reset()
             return
         self.handed = True

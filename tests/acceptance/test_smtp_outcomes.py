@@ -290,3 +290,32 @@ def test_a_database_failure_while_claiming_spends_no_attempt_and_is_reported_onc
     assert second.database_error is None and second.sent == 1
     assert after_second["cut@example.com"][:2] == ("sent", 1)
     assert sorted(handler.accepted) == ["cut@example.com", "ok@example.com"]
+
+
+def test_a_message_the_screen_cannot_judge_spends_its_attempts_and_the_others_go(
+    engine: sa.Engine, scripted: tuple[ScriptedHandler, int]
+) -> None:
+    """A lead's time zone that no longer exists (stored before the engine checked zones, or dropped by a
+    tzdata update) makes the timing rules raise for that lead's message: it fails alone, attempt by
+    attempt, and the messages leased with it go."""
+    handler, port = scripted
+    queue(engine, ["gone@example.com", "ok@example.com", "ok2@example.com"])
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(tables.leads).where(tables.leads.c.email == "gone@example.com").values(timezone="Mars/Olympus")
+        )
+    smtp = SmtpSettings(host="127.0.0.1", port=port, security="none", timeout_s=TIMEOUT_S)
+    settings = Settings(smtp=smtp, delivery={"quiet_hours": "21:00-08:00"})
+    mailer = Mailer(engine, settings, TemplateLibrary(EMAILS))
+    asyncio.run(mailer.dispatch(NOW, "127.0.0.1", port))
+    result = outcome(engine)
+    assert result["ok@example.com"][0] == result["ok2@example.com"][0] == "sent"
+    status, attempts, error = result["gone@example.com"]
+    assert (status, attempts) == ("deferred", 1) and error is not None and "Mars/Olympus" in error
+    rounds = 1
+    while (when := due_again(engine)) is not None:
+        asyncio.run(mailer.dispatch(when, "127.0.0.1", port))
+        rounds += 1
+        assert rounds <= MAX_ATTEMPTS
+    assert outcome(engine)["gone@example.com"][:2] == ("failed", MAX_ATTEMPTS)
+    assert sorted(handler.accepted) == ["ok2@example.com", "ok@example.com"]
