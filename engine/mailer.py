@@ -9,8 +9,8 @@ never dropped.
 
 Invariant 14: whatever goes wrong with one message, an exception of any type included, is that message's
 outcome. Before DATA it costs one of its attempts (then `failed` when they are spent); from DATA on it is
-`unknown`. Only the relay itself failing (connect, TLS, login) and the database failing to record spend
-no attempt: those are outages, said once by the runner, and the messages wait for them to end.
+`unknown`. Only a session with the relay that cannot be opened (connect, TLS, login) and the database
+failing to record spend no attempt: those are outages, said once by the runner, and the messages wait.
 """
 
 from __future__ import annotations
@@ -451,8 +451,11 @@ class _Connection:
             return
         try:
             smtp = await self._session()
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            error = f"relay {self.host}:{self.port}: {_one_line(str(exc))}"
+        except Exception as exc:
+            # Opening the session involves no message: whatever fails there (a refused login, a local
+            # host name the library cannot encode in EHLO) is the relay's or the settings' outage.
+            said = _one_line(str(exc)) if isinstance(exc, (aiosmtplib.SMTPException, OSError)) else reason(exc)
+            error = f"relay {self.host}:{self.port}: {said}"
             self._relay_failed(item, error)
             self.relay_down.append(error)
             self._drop()
