@@ -117,8 +117,8 @@ class Ledger:
             self._changes[:0], self._bounces[:0] = changes, bounces
             self._wake.set()
             if not isinstance(exc, sa.exc.SQLAlchemyError) and claims:
-                # Not the database: something about a claimed message (screening it). Each claim alone,
-                # so the trouble stays with its own message.
+                # Not the database: a fault in what a claim runs, about one of the messages (the screen
+                # already judges each on its own). Each claim alone, so the trouble stays with its message.
                 self._claim_each(claims)
                 return True
             # A claim fails, and its message stays leased until the lease runs out, then it is tried again.
