@@ -16,6 +16,7 @@ from engine.cli_import import register as register_import
 from engine.cli_map import register as register_map
 from engine.cli_ops import register as register_ops
 from engine.cli_ops_user import register as register_ops_user
+from engine.cli_outbox import register as register_outbox
 
 if TYPE_CHECKING:
     from engine.definition import Funnel
@@ -273,6 +274,7 @@ def run(
 
     from engine.database import describe_failure
     from engine.logs import setup
+    from engine.mailer import CaFileError
     from engine.mime import DkimKeyError
     from engine.runner import Clock, Runner
     from engine.settings import get_settings
@@ -283,7 +285,7 @@ def run(
     funnels = _load([settings.funnels_dir], settings.emails_dir)
     try:
         runner = Runner(settings, funnels, Clock(_parse_time(now, "--now")))
-    except DkimKeyError as exc:
+    except (DkimKeyError, CaFileError) as exc:
         err.print(f"cannot start: {exc}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     except sa.exc.DBAPIError as exc:
@@ -316,7 +318,8 @@ def run(
         else:
             if settings.http.enabled:
                 console.print(f"HTTP app (events API, unsubscribe) on http://{settings.http.host}:{settings.http.port}")
-            console.print(f"ticking every {settings.tick_seconds:g} s; list emails with `funnel outbox`; Ctrl-C stops")
+            lister = "funnel sink" if runner.sink is not None else "funnel outbox"
+            console.print(f"ticking every {settings.tick_seconds:g} s; list emails with `{lister}`; Ctrl-C stops")
             asyncio.run(runner.run_forever())
     finally:
         runner.close()
@@ -422,10 +425,29 @@ def plan(
         console.print(f"{definition.id}: {total} lead(s) in flight, {affected} affected by the edit")
 
 
+def _sent_as(template: str, settings: Any) -> tuple[str, str, bool]:
+    """(funnel, step, transactional) of the first step of the project's funnels that sends `template`,
+    or of the form whose confirmation email it is: the message is then built as that step's, List-Unsubscribe
+    only on marketing email. An email nothing sends yet is shown as marketing email."""
+    from engine.signup import CONFIRM_FUNNEL_PREFIX, CONFIRM_STEP_PREFIX
+    from engine.validation import load_funnels
+
+    for funnel in load_funnels([settings.funnels_dir], emails_dir=None).funnels:
+        for stage in funnel.stages:
+            for step in stage.steps:
+                if getattr(step, "send", None) == template:
+                    return funnel.id, step.id, bool(getattr(step, "transactional", False))
+    for form_id, form in sorted(settings.forms.items()):
+        if form.confirm_template == template:
+            return f"{CONFIRM_FUNNEL_PREFIX}{form_id}", f"{CONFIRM_STEP_PREFIX}0", True
+    return "preview", "preview", False
+
+
 def _preview_message(
-    template: str, lead: str | None, emails: Path, to: str | None = None
+    template: str, lead: str | None, emails: Path, to: str | None = None, message_id: str | None = None
 ) -> tuple[RenderedEmail, bytes]:
-    """The message a lead would get from `template`, built by the mailer's own code, as the exact bytes."""
+    """The message a lead would get from `template`, built by the mailer's own code, as the exact bytes:
+    as the funnel step that sends it (transactional or not), with `message_id` if given."""
     from engine.addresses import AddressError
     from engine.mailer import Mailer
     from engine.outbox_item import OutboxItem
@@ -446,7 +468,10 @@ def _preview_message(
     if not library.exists(template):
         err.print(f"no template {template!r}: expected {emails}/{template}.md or .html")
         raise typer.Exit(1)
-    item = OutboxItem(0, 0, email, "subscribed", attributes, "preview", "preview", template, "preview", False, 0, False)
+    funnel_id, step, transactional = _sent_as(template, settings)
+    item = OutboxItem(
+        0, 0, email, "subscribed", attributes, funnel_id, step, template, "preview", transactional, 0, False
+    )
     mailer = Mailer(None, settings, library)  # type: ignore[arg-type]  # rendering needs no database
     try:
         rendered = mailer.render(item)
@@ -454,7 +479,7 @@ def _preview_message(
         err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     try:
-        return rendered, mailer.compose(item, datetime.now(UTC), rendered).payload
+        return rendered, mailer.compose(item, datetime.now(UTC), rendered, message_id).payload
     except AddressError as exc:  # the lead's address, as a sent email's would be checked
         err.print(f"--lead/--to: {exc}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
@@ -492,19 +517,29 @@ def send_test(
     lead: str | None = typer.Option(None, "--lead", help="A YAML file (email, attributes) or an address."),
     emails: Path = typer.Option(Path("emails"), help="Folder of email templates."),
 ) -> None:
-    """Send one rendered email through the configured relay (FUNNEL_SMTP__HOST ...)."""
+    """Send one rendered email through the configured relay (FUNNEL_SMTP__HOST ...), as the funnel sends
+    it, with a Message-ID of its own each time."""
     import asyncio
+    from email.utils import make_msgid
 
     import aiosmtplib
 
-    from engine.mailer import client_options
+    from engine.mailer import CaFileError, check_ca_file, client_options
     from engine.settings import get_settings
 
-    smtp = get_settings().smtp
+    settings = get_settings()
+    smtp = settings.smtp
     if not smtp.host:
         err.print("no relay configured: set FUNNEL_SMTP__HOST (and __PORT, __SECURITY, __USERNAME, __PASSWORD)")
         raise typer.Exit(2)
-    _, payload = _preview_message(template, lead, emails, to=to)
+    try:
+        check_ca_file(smtp)
+    except CaFileError as exc:
+        err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    # A test sent twice is two messages: a mailbox provider may drop a Message-ID it has already seen.
+    domain = settings.sender.address.rpartition("@")[2] or "localhost"
+    _, payload = _preview_message(template, lead, emails, to=to, message_id=make_msgid("send-test", domain))
     try:
         asyncio.run(
             aiosmtplib.send(
@@ -565,6 +600,7 @@ register_import(app)
 register_ops_user(app)
 register_ops(app)
 register_map(app)
+register_outbox(app)
 
 apikey_app = typer.Typer(help="Keys for the HTTP API.", no_args_is_help=True)
 app.add_typer(apikey_app, name="apikey")
@@ -634,37 +670,6 @@ def db_upgrade() -> None:
     url = get_settings().effective_database_url
     upgrade(url)
     console.print(f"database at revision {current_revision(url)}")
-
-
-@app.command()
-def outbox(
-    message: str | None = typer.Argument(None, help="Show this message (a file name from the list)."),
-    limit: int = typer.Option(20, "--limit", "-n", help="How many of the newest messages to list."),
-) -> None:
-    """List the emails the local sink received (newest first), or show one."""
-    from email import message_from_bytes
-    from email.policy import default
-
-    from rich.table import Table
-
-    from engine.settings import get_settings
-
-    folder = get_settings().data_dir / "outbox"
-    files = sorted(folder.glob("*.eml"), reverse=True) if folder.is_dir() else []
-    if message is not None:
-        matches = [f for f in files if f.name.startswith(message)]
-        if not matches:
-            err.print(f"no message {message!r} in {folder}")
-            raise typer.Exit(1)
-        console.print(matches[0].read_text(errors="replace"), markup=False, highlight=False)
-        return
-    table = Table(title=f"{len(files)} message(s) in {folder}")
-    for col in ("file", "time", "to", "subject", "funnel / step"):
-        table.add_column(col)
-    for f in files[:limit]:
-        msg = message_from_bytes(f.read_bytes(), policy=default)
-        table.add_row(f.name, str(msg["Date"]), str(msg["To"]), str(msg["Subject"]), str(msg["X-Funnel"] or ""))
-    console.print(table)
 
 
 def main() -> None:

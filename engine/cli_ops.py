@@ -115,7 +115,7 @@ def report(
     database_url: str | None = typer.Option(None, "--database-url", help=DATABASE_HELP),
 ) -> None:
     """Each funnel's figures: leads per stage, stage-to-stage conversion, median and p90 time in stage,
-    and per email: sent, delivered, opened, clicked, unsubscribed, bounced, unknown."""
+    and per email: sent, delivered, opened, clicked, unsubscribed, bounced, failed, unknown."""
     from engine import report as figures
     from engine import report_queries
     from engine.database import connect_read_only
@@ -179,6 +179,7 @@ def _print_report(console: Console, r: FunnelReport, since: str | None) -> None:
         "clicked",
         "unsubscribed",
         "bounced",
+        "failed",
         "unknown",
         "skipped",
         "waiting",
@@ -188,7 +189,8 @@ def _print_report(console: Console, r: FunnelReport, since: str | None) -> None:
     for e in r.emails:
         emails.add_row(
             e.step, str(e.sent), str(e.delivered), _share(e.opened, e.delivered), _share(e.clicked, e.delivered),
-            _share(e.unsubscribed, e.delivered), str(e.bounced), str(e.unknown), str(e.skipped), str(e.waiting),
+            _share(e.unsubscribed, e.delivered), str(e.bounced), str(e.failed), str(e.unknown), str(e.skipped),
+            str(e.waiting),
         )  # fmt: skip
     console.print(emails)
 

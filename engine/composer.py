@@ -87,10 +87,13 @@ class Composer:
     def render(self, item: OutboxItem) -> RenderedEmail:
         return self.templates.render(item.template, self.context(item))
 
-    def compose(self, item: OutboxItem, now: datetime, rendered: RenderedEmail | None = None) -> Prepared:
+    def compose(
+        self, item: OutboxItem, now: datetime, rendered: RenderedEmail | None = None, mid: str | None = None
+    ) -> Prepared:
         """The exact bytes the server gets: headers, text and HTML parts, DKIM signature if configured.
-        The recipient is the lead's address as the entries take it: a row stored before the address
-        rules with a Unicode domain goes out in ASCII, one the rules refuse fails here, alone."""
+        The Message-ID is the step's own (`message_id`) unless `mid` gives one (a test send). The
+        recipient is the lead's address as the entries take it: a row stored before the address rules
+        with a Unicode domain goes out in ASCII, one the rules refuse fails here, alone."""
         rcpt = addresses.normalise(item.email)
         context = self.context(item)
         if rendered is None:
@@ -105,7 +108,7 @@ class Composer:
         if self.settings.track_opens and item.funnel_id and item.step:
             html = _with_pixel(html, self.links.open_url(item.email, item.funnel_id, item.step))
         sender = self.settings.sender
-        mid = message_id(item, self.domain)
+        mid = mid or message_id(item, self.domain)
         unsubscribe = None
         if not item.transactional:
             unsubscribe = (context["unsubscribe_url"], f"mailto:{sender.address}?subject=unsubscribe")

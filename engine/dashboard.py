@@ -441,7 +441,7 @@ def router(ctx: HttpContext) -> APIRouter:
         session: Session = page_session, done: int | None = None, decision: str | None = None
     ) -> HTMLResponse:
         with connect_read_only(ctx.engine) as conn:
-            unknown = dashboard_data.unknown_messages(conn)
+            unknown = dashboard_data.messages(conn, ("unknown",))
             counts = dashboard_data.outbox_counts(conn)
         return views.page("outbox.html", session=session, unknown=unknown, counts=counts, done=done, decision=decision)
 

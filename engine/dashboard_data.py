@@ -1,10 +1,12 @@
 """What the ops dashboard reads beyond `funnel report`'s figures and live feed (`engine.report_queries`)
-and a lead's timeline (`engine.lead_timeline`): transitions per day, lead search, the outbox's `unknown`
-messages, and the one thing the dashboard writes: an operator's decision on such a message.
+and a lead's timeline (`engine.lead_timeline`): transitions per day, lead search, the outbox's messages
+by status (`/ops/outbox` and `funnel outbox`), and the one thing they write: an operator's decision on an
+`unknown` message.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -85,7 +87,7 @@ def lead_email(conn: sa.Connection, lead_id: int) -> str | None:
 
 
 @dataclass(frozen=True, slots=True)
-class UnknownMessage:
+class OutboxMessage:
     id: int
     lead_id: int
     email: str
@@ -93,14 +95,23 @@ class UnknownMessage:
     step: str
     template: str
     transactional: bool
+    status: str
     attempts: int
-    sent_at: datetime | None
+    sent_at: datetime | None  # when DATA began (its last try)
+    next_attempt_at: datetime | None
     message_id: str | None
     last_error: str | None
+    skip_reason: str | None
+
+    @property
+    def reason(self) -> str | None:
+        """Why it is where it is: the last error, or why it was skipped."""
+        return self.last_error or self.skip_reason
 
 
-def unknown_messages(conn: sa.Connection, limit: int = 200) -> list[UnknownMessage]:
-    """Messages whose outcome nobody knows (the connection dropped after DATA), oldest first."""
+def messages(conn: sa.Connection, statuses: Sequence[str], limit: int = 200) -> list[OutboxMessage]:
+    """Messages in these states, oldest first: `unknown` ones (the connection dropped after DATA) for an
+    operator to decide, `failed` and `deferred` ones with their reasons."""
     o, leads = tables.outbox, tables.leads
     stmt = (
         sa.select(
@@ -111,17 +122,20 @@ def unknown_messages(conn: sa.Connection, limit: int = 200) -> list[UnknownMessa
             o.c.step,
             o.c.template,
             o.c.transactional,
+            o.c.status,
             o.c.attempts,
             o.c.sent_at,
+            o.c.next_attempt_at,
             o.c.message_id,
             o.c.last_error,
+            o.c.skip_reason,
         )
         .join(leads, leads.c.id == o.c.lead_id)
-        .where(o.c.status == "unknown")
-        .order_by(o.c.sent_at, o.c.id)
+        .where(o.c.status.in_(list(statuses)))
+        .order_by(sa.nulls_last(o.c.sent_at), o.c.id)
         .limit(limit)
     )
-    return [UnknownMessage(*row) for row in conn.execute(stmt)]
+    return [OutboxMessage(*row) for row in conn.execute(stmt)]
 
 
 def outbox_counts(conn: sa.Connection) -> dict[str, int]:
@@ -131,6 +145,13 @@ def outbox_counts(conn: sa.Connection) -> dict[str, int]:
 
 
 DECISIONS = {"sent": "marked sent", "resend": "sent again"}
+
+
+def status_of(conn: sa.Connection, message_id: int) -> str | None:
+    """A message's state now; None when there is no such message."""
+    o = tables.outbox
+    found: str | None = conn.execute(sa.select(o.c.status).where(o.c.id == message_id)).scalar_one_or_none()
+    return found
 
 
 def decide(conn: sa.Connection, message_id: int, decision: str, user: str, now: datetime) -> bool:

@@ -5,6 +5,10 @@ What must happen before DATA still does: `claim` returns only after the commit t
 `sending` (with consent read again in that same transaction). Outcomes after DATA are queued and
 committed with the next round; a worker killed before that commit leaves the message in `sending`,
 which the sweep reports as `unknown`, never resent.
+
+When the database fails, a claim raises `RecordingFailed`: not the message's fault, so it spends no
+attempt; it stays leased and is tried again when the lease ends. The failure is kept (`failure`) for the
+round to report as a database outage, once, instead of a traceback per message.
 """
 
 from __future__ import annotations
@@ -27,6 +31,10 @@ log = logging.getLogger("engine.ledger")
 TAKEN = "taken"
 
 
+class RecordingFailed(Exception):
+    """The database could not record a claim: the message is not sent, and not to blame."""
+
+
 @dataclass(slots=True)
 class _Claim:
     item: OutboxItem
@@ -45,6 +53,7 @@ class Ledger:
         self._wake = asyncio.Event()
         self._closing = False
         self._conn: sa.Connection | None = None
+        self.failure: Exception | None = None  # the database's last failure this round, if any
 
     async def claim(self, item: OutboxItem, message_id: str) -> Verdict:
         """GO once the message is committed as `sending`; else why not (recorded already)."""
@@ -104,21 +113,47 @@ class Ledger:
                 verdicts = self._claim(conn, claims) if claims else []
         except Exception as exc:
             self._release()
-            # Nothing was written. Outcomes are kept for the next round; a claim fails, and its message
-            # stays leased until the lease runs out, then it is tried again.
-            log.exception("recording send outcomes failed")
+            # Nothing was written. Outcomes are kept for the next round.
             self._changes[:0], self._bounces[:0] = changes, bounces
             self._wake.set()
+            if not isinstance(exc, sa.exc.SQLAlchemyError) and claims:
+                # Not the database: a fault in what a claim runs, about one of the messages (the screen
+                # already judges each on its own). Each claim alone, so the trouble stays with its message.
+                self._claim_each(claims)
+                return True
+            # A claim fails, and its message stays leased until the lease runs out, then it is tried again.
+            log.debug("recording send outcomes failed", exc_info=True)
+            self.failure = exc
             for claim in claims:
                 if not claim.verdict.done():
-                    claim.verdict.set_exception(exc)
+                    claim.verdict.set_exception(RecordingFailed(str(exc)))
             return False
         for claim, verdict in zip(claims, verdicts, strict=True):
             if not claim.verdict.done():
                 claim.verdict.set_result(verdict)
         return True
 
+    def _claim_each(self, claims: list[_Claim]) -> None:
+        for claim in claims:
+            try:
+                if self._conn is None:
+                    self._conn = self.engine.connect()
+                with self._conn.begin():
+                    (verdict,) = self._claim(self._conn, [claim])
+            except Exception as exc:
+                self._release()
+                if isinstance(exc, sa.exc.SQLAlchemyError):
+                    self.failure = exc
+                    exc = RecordingFailed(str(exc))
+                if not claim.verdict.done():
+                    claim.verdict.set_exception(exc)
+                continue
+            if not claim.verdict.done():
+                claim.verdict.set_result(verdict)
+
     def _claim(self, conn: sa.Connection, claims: list[_Claim]) -> list[Verdict]:
+        """Mark the claims the screen lets go `sending`; record why the others wait or never go. An
+        `Unsure` verdict goes back to the connection, which records the failed try."""
         verdicts = self.screen.judge(conn, [c.item for c in claims], self.now, fresh=True)
         go = {c.item.id: c.message_id for c, v in zip(claims, verdicts, strict=True) if v == GO}
         marked = outbox.mark_sending(conn, go, self.now)

@@ -3,14 +3,23 @@ recorded by its RFC 5321 meaning.
 
 Invariants 3, 4 and 5: consent is read again in the transaction that marks a message `sending`, and
 that commit happens before DATA; a failure before DATA is retried (4xx, with capped backoff) or final
-(5xx); a connection lost after DATA leaves the message `sending`, which the sweep turns into
-`unknown`. A message held back by a rate limit or a timing rule is requeued, never dropped.
+(5xx); a connection lost after DATA makes the message `unknown`, and so does a worker that died there
+(the sweep finds it in `sending`). A message held back by a rate limit or a timing rule is requeued,
+never dropped.
+
+Invariant 14: whatever goes wrong with one message, an exception of any type included, is that message's
+outcome. Before DATA it costs one of its attempts (then `failed` when they are spent); from DATA on it is
+`unknown`. Only a session with the relay that cannot be opened (connect, TLS, login) and the database
+failing to record spend no attempt: those are outages, said once by the runner, and the messages wait.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import ssl
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,11 +29,11 @@ import sqlalchemy as sa
 
 from engine import outbox
 from engine.composer import Composer, Failed, Prepared
-from engine.ledger import TAKEN, Ledger, screened
+from engine.ledger import TAKEN, Ledger, RecordingFailed, screened
 from engine.outbox import Change
 from engine.outbox_item import OutboxItem
 from engine.renderpool import RenderPool
-from engine.screen import GO, Later, Never, Screen
+from engine.screen import GO, Later, Never, Screen, Unsure
 from engine.settings import Settings, SmtpSettings
 from engine.templates import RenderedEmail, TemplateLibrary
 from engine.throttle import Throttle
@@ -40,6 +49,8 @@ MAX_ATTEMPTS = 12
 # How long a connection may wait for a domain's rate-limit slot before the message is requeued instead.
 PATIENCE_S = 0.25
 RELAY_RETRY = timedelta(minutes=1)
+# Messages handed to the composer together, and the future of their composed messages.
+_Batch = tuple[list[OutboxItem], "asyncio.Future[list[Prepared | Failed]]"]
 
 
 @dataclass
@@ -49,7 +60,12 @@ class DispatchResult:
     failed: int = 0
     unknown: int = 0
     skipped: int = 0
-    errors: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # about one message each (a template, an exception)
+    # The relay: what failed when a session could not be opened, or whether one was (it works).
+    relay_error: str | None = None
+    relay_reached: bool = False
+    # The database failed to record outcomes or claims: their messages wait, leased, without an attempt.
+    database_error: Exception | None = None
 
     @property
     def work(self) -> int:
@@ -62,6 +78,40 @@ class DispatchResult:
         self.unknown += other.unknown
         self.skipped += other.skipped
         self.errors.extend(other.errors)
+        self.relay_error = other.relay_error or self.relay_error
+        self.relay_reached = self.relay_reached or other.relay_reached
+        self.database_error = other.database_error or self.database_error
+
+    def count(self, change: Change) -> None:
+        """Count a message's outcome by the state its change gives it."""
+        status = change.values["status"]
+        if status == "deferred":
+            self.deferred += 1
+        elif status == "unknown":
+            self.unknown += 1
+        elif status in ("failed", "bounced"):
+            self.failed += 1
+
+
+class CaFileError(ValueError):
+    """`smtp.ca_file` cannot be used: said at start, not at the first send."""
+
+
+def check_ca_file(smtp: SmtpSettings) -> None:
+    """The relay's CA bundle, when one is set and TLS is on: it exists, can be read and holds a PEM
+    certificate. Raises a CaFileError naming the setting and the file."""
+    if smtp.ca_file is None or smtp.security == "none":
+        return
+    path = smtp.ca_file
+    try:
+        # What aiosmtplib does with it when it opens a session.
+        ssl.create_default_context().load_verify_locations(cafile=str(path))
+    except FileNotFoundError:
+        raise CaFileError(f"smtp.ca_file: {path}: file not found") from None
+    except ssl.SSLError as exc:
+        raise CaFileError(f"smtp.ca_file: {path}: no PEM certificate in it ({exc.reason or exc})") from None
+    except OSError as exc:
+        raise CaFileError(f"smtp.ca_file: {path}: cannot read it ({exc.strerror or exc})") from None
 
 
 def client_options(smtp: SmtpSettings) -> dict[str, Any]:
@@ -81,12 +131,24 @@ def backoff(attempts: int) -> timedelta:
     return min(timedelta(minutes=2 ** max(attempts - 1, 0)), MAX_BACKOFF)
 
 
+def _one_line(text: str, limit: int = 500) -> str:
+    """A reason as one line: an SMTP reply or an exception's text may run over several."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def reason(exc: BaseException) -> str:
+    """An exception nobody planned for, as one line: its type, then what it says."""
+    text = _one_line(str(exc))
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def _deferred(item: OutboxItem, until: datetime, error: str, count_attempt: bool, expect: tuple[str, ...]) -> Change:
     values: dict[str, Any] = {
         "status": "deferred",
         "next_attempt_at": until,
         "claimed_at": None,
-        "last_error": error[:2000],
+        "last_error": _one_line(error),
     }
     if count_attempt:
         values["attempts"] = item.attempts + 1
@@ -94,7 +156,34 @@ def _deferred(item: OutboxItem, until: datetime, error: str, count_attempt: bool
 
 
 def _final(item: OutboxItem, status: str, error: str | None, expect: tuple[str, ...]) -> Change:
-    return Change(item.id, {"status": status, "last_error": error, "claimed_at": None}, expect)
+    """The message's last state. A try that ended before DATA counts here; one that reached DATA was
+    counted when it was marked `sending`."""
+    values: dict[str, Any] = {"status": status, "last_error": _one_line(error) if error else None, "claimed_at": None}
+    if expect == outbox.PENDING:
+        values["attempts"] = item.attempts + 1
+    return Change(item.id, values, expect)
+
+
+def _try_failed(item: OutboxItem, now: datetime, error: str) -> Change:
+    """A try that failed before DATA for a reason that may not last (a connection lost, an exception):
+    it costs one attempt, and is retried with backoff until the attempts are spent, then `failed`."""
+    if item.attempts + 1 < MAX_ATTEMPTS:
+        return _deferred(item, now + backoff(item.attempts + 1), error, True, outbox.PENDING)
+    return _final(item, "failed", f"{error} (after {MAX_ATTEMPTS} attempts)", outbox.PENDING)
+
+
+def _said(item: OutboxItem, change: Change) -> str:
+    """A message's failure as the runner logs it: which message, what became of it, why."""
+    outcome = "retried later" if change.values["status"] == "deferred" else change.values["status"]
+    return f"message {item.id} ({item.funnel_id}/{item.step}) {outcome}: {change.values['last_error']}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Crashed:
+    """A message whose render process died while composing it alone: it may be the cause, or not."""
+
+    item: OutboxItem
+    error: str
 
 
 class Mailer:
@@ -123,14 +212,25 @@ class Mailer:
 
     def close(self) -> None:
         if self.pool is not None:
-            self.pool.close()
-            self.pool = None
+            pool, self.pool = self.pool, None
+            pool.close()
+
+    def _new_pool(self) -> RenderPool:
+        settings, composer = self.settings, self.composer
+        return RenderPool(settings.render_processes, settings, composer.templates.emails_dir, composer.funnel_names)
+
+    def _pool(self) -> RenderPool:
+        if self.pool is None:
+            self.pool = self._new_pool()
+        return self.pool
 
     def render(self, item: OutboxItem) -> RenderedEmail:
         return self.composer.render(item)
 
-    def compose(self, item: OutboxItem, now: datetime, rendered: RenderedEmail | None = None) -> Prepared:
-        return self.composer.compose(item, now, rendered)
+    def compose(
+        self, item: OutboxItem, now: datetime, rendered: RenderedEmail | None = None, mid: str | None = None
+    ) -> Prepared:
+        return self.composer.compose(item, now, rendered, mid)
 
     # -- dispatching -------------------------------------------------------------------------------
 
@@ -138,7 +238,10 @@ class Mailer:
         # A live worker never holds a message in `sending` longer than the SMTP timeout.
         grace = timedelta(seconds=self.settings.smtp.timeout_s * 2 + 5)
         with self.engine.begin() as conn:
-            return outbox.sweep_stale_sending(conn, now - grace)
+            lost = outbox.sweep_stale_sending(conn, now - grace)
+        for message in lost:
+            said_unknown(message.id, f"{message.funnel_id}/{message.step}", outbox.STALE_SENDING)
+        return len(lost)
 
     def lease(self) -> timedelta:
         """How long leased messages stay with this worker: enough for the ones queued for a connection
@@ -169,6 +272,7 @@ class Mailer:
             await asyncio.gather(*pool, return_exceptions=True)
             await ledger.close()
             await recorder
+        result.database_error = ledger.failure
         return result
 
     async def _produce(
@@ -177,43 +281,62 @@ class Mailer:
         """Lease, screen and compose in one task, hand the messages to the connections in this one. With
         render processes, several batches are composed at once while the connections send."""
         processes = self.settings.render_processes
-        if processes and self.pool is None:
-            self.pool = RenderPool(processes, self.settings, self.composer.templates.emails_dir,
-                                   self.composer.funnel_names)
-        pending: asyncio.Queue[asyncio.Future[list[Prepared | Failed]] | None] = asyncio.Queue(
-            maxsize=processes * 2 + 1 if processes else 1
-        )
+        pending: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=processes * 2 + 1 if processes else 1)
         feeder = asyncio.create_task(self._lease_and_compose(pending, now, limit, result))
         try:
             while (batch := await pending.get()) is not None:
+                items, future = batch
                 try:
-                    composed = await batch
-                except Exception:
-                    # A render process died: its batch stays leased and is tried again when the lease ends.
-                    self.close()
-                    raise
+                    composed: list[Prepared | Failed | _Crashed] = list(await future)
+                except Exception as exc:
+                    composed = await self._compose_alone(items, now, exc)
                 for prepared in composed:
                     if isinstance(prepared, Failed):
-                        ledger.record(_final(prepared.item, "failed", f"render: {prepared.error}", outbox.PENDING))
-                        result.failed += 1
-                        result.errors.append(prepared.error)
+                        # Composing is deterministic (a template error, an address MIME cannot carry): a
+                        # second try would fail the same way.
+                        change = _final(prepared.item, "failed", f"render: {prepared.error}", outbox.PENDING)
+                    elif isinstance(prepared, _Crashed):
+                        change = _try_failed(prepared.item, now, prepared.error)
                     else:
                         await queue.put(prepared)
+                        continue
+                    ledger.record(change)
+                    result.count(change)
+                    result.errors.append(_said(prepared.item, change))
             await feeder  # a lease that failed fails the round, loudly
         finally:
             if not feeder.done():
                 feeder.cancel()
                 await asyncio.gather(feeder, return_exceptions=True)
 
+    async def _compose_alone(
+        self, items: list[OutboxItem], now: datetime, exc: Exception
+    ) -> list[Prepared | Failed | _Crashed]:
+        """A render process died holding this batch (the OS killed it, or one of these messages did): a
+        new process composes each message alone, so the others go now and only one that kills its
+        process again spends an attempt."""
+        log.warning("render process failed on %d message(s): %s; composing them one by one", len(items), reason(exc))
+        if isinstance(exc, BrokenProcessPool):
+            self.close()
+        out: list[Prepared | Failed | _Crashed] = []
+        for item in items:
+            try:
+                out.extend(await self._pool().compose_many([item], now))
+            except Exception as alone:
+                if isinstance(alone, BrokenProcessPool):
+                    self.close()
+                out.append(_Crashed(item, f"render process: {reason(alone)}"))
+        return out
+
     async def _lease_and_compose(
         self,
-        pending: asyncio.Queue[asyncio.Future[list[Prepared | Failed]] | None],
+        pending: asyncio.Queue[_Batch | None],
         now: datetime,
         limit: int,
         result: DispatchResult,
     ) -> None:
         chunk = max(20, self.settings.smtp.connections * 8)
-        part = 16 if self.pool else 1
+        part = 16 if self.settings.render_processes else 1
         left = limit
         try:
             while left > 0 and not self.stopping:
@@ -222,7 +345,8 @@ class Mailer:
                     break
                 left -= leased
                 for start in range(0, len(ready), part):
-                    await pending.put(self._compose_part(ready[start : start + part], now))
+                    items = ready[start : start + part]
+                    await pending.put((items, self._compose_part(items, now)))
                     # Composing in this process is CPU work on the loop: let the connections read replies.
                     await asyncio.sleep(0)
         except asyncio.CancelledError:
@@ -238,17 +362,22 @@ class Mailer:
             items = outbox.lease_batch(conn, now, limit, self.lease())
             verdicts = self.screen.judge(conn, items, now, fresh=False)
             held = [(i, v) for i, v in zip(items, verdicts, strict=True) if isinstance(v, (Later, Never))]
-            outbox.apply(conn, [screened(i.id, v) for i, v in held])
+            unsure = [(i, _try_failed(i, now, v.reason)) for i, v in zip(items, verdicts, strict=True)
+                      if isinstance(v, Unsure)]  # fmt: skip
+            outbox.apply(conn, [screened(i.id, v) for i, v in held] + [change for _, change in unsure])
         for _, verdict in held:
             if isinstance(verdict, Later):
                 result.deferred += 1
             else:
                 result.skipped += 1
+        for item, change in unsure:
+            result.count(change)
+            result.errors.append(_said(item, change))
         return len(items), [i for i, v in zip(items, verdicts, strict=True) if v == GO]
 
     def _compose_part(self, items: list[OutboxItem], now: datetime) -> asyncio.Future[list[Prepared | Failed]]:
-        if self.pool is not None:
-            return asyncio.ensure_future(self.pool.compose_many(items, now))
+        if self.settings.render_processes:
+            return asyncio.ensure_future(self._pool().compose_many(items, now))
         future: asyncio.Future[list[Prepared | Failed]] = asyncio.get_running_loop().create_future()
         future.set_result(self.composer.compose_many(items, now))
         return future
@@ -277,20 +406,35 @@ class _Connection:
         self.smtp: aiosmtplib.SMTP | None = None
         self.sent_here = 0
         self.dirty = False  # an envelope was started and not finished: RSET before the next one
+        self.handed = False  # the message in hand is `sending`: from here an unclear end is `unknown`
 
     async def run(self, queue: asyncio.Queue[Prepared | None]) -> None:
         try:
             while (prepared := await queue.get()) is not None:
-                try:
-                    await self._send(prepared)
-                except Exception as exc:
-                    # Whatever went wrong, the message is still leased and not `sending`: it is retried
-                    # when the lease runs out.
-                    log.exception("sending %s failed", prepared.item.id)
-                    self.result.errors.append(f"{prepared.item.template}: {exc}")
-                    self._drop()
+                await self._send_one(prepared)
         finally:
             await self._quit()
+
+    async def _send_one(self, p: Prepared) -> None:
+        """One message, whatever happens: an exception nobody planned for (the SMTP library unable to
+        encode an address, a bug) is that message's outcome, and the next message goes on."""
+        self.handed = False
+        try:
+            await self._send(p)
+        except RecordingFailed:
+            # The database, not the message: it stays leased, with no attempt spent, and is tried again
+            # when the lease runs out. The round reports the database outage once.
+            self._drop()
+        except Exception as exc:
+            log.debug("sending message %d raised", p.item.id, exc_info=True)
+            self._drop()
+            if self.handed:
+                self._unknown(p.item, f"after DATA: {reason(exc)}")
+            else:
+                change = _try_failed(p.item, self.now, reason(exc))
+                self.ledger.record(change)
+                self.result.count(change)
+                self.result.errors.append(_said(p.item, change))
 
     async def _send(self, p: Prepared) -> None:
         item, now = p.item, self.now
@@ -307,12 +451,16 @@ class _Connection:
             return
         try:
             smtp = await self._session()
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            error = f"relay {self.host}:{self.port}: {exc}"
+        except Exception as exc:
+            # Opening the session involves no message: whatever fails there (a refused login, a local
+            # host name the library cannot encode in EHLO) is the relay's or the settings' outage.
+            said = _one_line(str(exc)) if isinstance(exc, (aiosmtplib.SMTPException, OSError)) else reason(exc)
+            error = f"relay {self.host}:{self.port}: {said}"
             self._relay_failed(item, error)
             self.relay_down.append(error)
             self._drop()
             return
+        self.result.relay_reached = True
         try:
             await smtp.mail(self.mailer.settings.sender.address)
             self.dirty = True
@@ -324,9 +472,9 @@ class _Connection:
             return
         except (aiosmtplib.SMTPException, OSError) as exc:
             # Nothing was handed over: safe to try again later.
-            until = now + backoff(item.attempts + 1)
-            self.ledger.record(_deferred(item, until, f"connect: {exc}", True, outbox.PENDING))
-            self.result.deferred += 1
+            change = _try_failed(item, now, f"relay {self.host}:{self.port} before DATA: {exc}")
+            self.ledger.record(change)
+            self.result.count(change)
             self._drop()
             return
         try:
@@ -341,8 +489,14 @@ class _Connection:
                 self.result.deferred += 1
             elif isinstance(verdict, Never):
                 self.result.skipped += 1
+            elif isinstance(verdict, Unsure):
+                change = _try_failed(item, now, verdict.reason)
+                self.ledger.record(change)
+                self.result.count(change)
+                self.result.errors.append(_said(item, change))
             await self._reset()
             return
+        self.handed = True
         try:
             await smtp.data(p.payload)
         except aiosmtplib.SMTPDataError as exc:
@@ -351,9 +505,8 @@ class _Connection:
             self.dirty = False
             return
         except (aiosmtplib.SMTPException, OSError) as exc:
-            self.ledger.record(_final(item, "unknown", f"after DATA: {exc}", ("sending",)))
-            self.result.unknown += 1
             self._drop()
+            self._unknown(item, f"after DATA: {exc}")
             return
         self.dirty = False
         self.sent_here += 1
@@ -361,14 +514,20 @@ class _Connection:
         self.ledger.record(Change(item.id, {"status": "sent", "last_error": None}, ("sending", "unknown")))
         self.result.sent += 1
 
+    def _unknown(self, item: OutboxItem, error: str) -> None:
+        """DATA went out and no clear answer came back: the relay may have the message or not."""
+        change = _final(item, "unknown", error, ("sending",))
+        self.ledger.record(change)
+        self.result.unknown += 1
+        said_unknown(item.id, f"{item.funnel_id}/{item.step}", str(change.values["last_error"]))
+
     def _relay_failed(self, item: OutboxItem, error: str) -> None:
         """The relay, not this message: connecting, TLS or the login failed. The message waits a minute
         without spending one of its attempts, and the rest of this round is not tried against a relay
-        that just failed."""
+        that just failed. The runner says so once for the whole outage."""
         self.ledger.record(_deferred(item, self.now + RELAY_RETRY, error, False, outbox.PENDING))
         self.result.deferred += 1
-        if error not in self.result.errors:
-            self.result.errors.append(error)
+        self.result.relay_error = self.result.relay_error or error
 
     async def _session(self) -> aiosmtplib.SMTP:
         limit = self.mailer.settings.smtp.messages_per_connection
@@ -389,24 +548,35 @@ class _Connection:
             try:
                 await self.smtp.rset()
                 self.dirty = False
-            except (aiosmtplib.SMTPException, OSError):
+            except Exception:
                 self._drop()
 
     def _drop(self) -> None:
-        if self.smtp is not None:
-            self.smtp.close()
-        self.smtp = None
+        smtp, self.smtp = self.smtp, None
+        if smtp is not None:
+            with contextlib.suppress(Exception):
+                smtp.close()
 
     async def _quit(self) -> None:
         if self.smtp is not None and self.smtp.is_connected:
             try:
                 await self.smtp.quit()
-            except (aiosmtplib.SMTPException, OSError):
-                self.smtp.close()
+            except Exception:
+                self._drop()
         self.smtp = None
 
     def _refused(self, item: OutboxItem, code: int, text: str, expect: tuple[str, ...]) -> None:
         error = f"{code} {text}"
+        if not 400 <= code < 600:
+            # Not a reply at all (a garbled line): the relay did not decide anything about the message.
+            self._drop()
+            if expect != outbox.PENDING:
+                self._unknown(item, f"after DATA: {error}")
+                return
+            change = _try_failed(item, self.now, f"relay {self.host}:{self.port}: {error}")
+            self.ledger.record(change)
+            self.result.count(change)
+            return
         if 400 <= code < 500 and item.attempts + 1 < MAX_ATTEMPTS:
             delay = backoff(item.attempts + 1)
             if code in THROTTLING:
@@ -420,3 +590,13 @@ class _Connection:
         else:
             self.ledger.record(_final(item, "failed", error, expect))
             self.result.failed += 1
+
+
+def said_unknown(message: int, funnel_step: str, error: str) -> None:
+    """Each message that becomes `unknown` is said once, by its id: an operator looks the relay's log up
+    for its Message-ID (`funnel outbox --status unknown` shows it; the log would take it for an address)
+    and decides."""
+    log.warning(
+        "message %d (%s) is unknown: %s; decide with `funnel outbox decide %d sent|resend` or on /ops/outbox",
+        message, funnel_step, error, message,
+    )  # fmt: skip

@@ -200,12 +200,25 @@ def _same(value: Any) -> Any:
     return value
 
 
-def sweep_stale_sending(conn: sa.Connection, older_than: datetime) -> int:
+@dataclass(frozen=True, slots=True)
+class Swept:
+    """A message the sweep found left in `sending`, now `unknown`."""
+
+    id: int
+    funnel_id: str
+    step: str
+
+
+STALE_SENDING = "worker stopped between DATA and the server's reply"
+
+
+def sweep_stale_sending(conn: sa.Connection, older_than: datetime) -> list[Swept]:
     """Messages left in `sending` by a worker that died: the server may or may not have them. They become
     `unknown` for an operator to decide; never sent again automatically (at most once)."""
     result = conn.execute(
         sa.update(outbox)
         .where(outbox.c.status == "sending", outbox.c.claimed_at < older_than)
-        .values(status="unknown", last_error="worker stopped between DATA and the server's reply")
+        .values(status="unknown", last_error=STALE_SENDING)
+        .returning(outbox.c.id, outbox.c.funnel_id, outbox.c.step)
     )
-    return int(result.rowcount or 0)
+    return sorted((Swept(*row) for row in result), key=lambda swept: swept.id)

@@ -12,8 +12,10 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-# Handed to the relay (or maybe taken by it): what "sent" means in the report.
-HANDED_OVER = ("sending", "sent", "bounced", "failed", "unknown")
+# Handed to the relay and taken, or maybe taken, or refused for its address: what "sent" means in the
+# report. A `failed` message never went out (refused for good, or never composed or handed over): it is
+# counted apart, not as sent.
+HANDED_OVER = ("sending", "sent", "bounced", "unknown")
 WAITING = ("queued", "deferred")
 
 
@@ -121,7 +123,7 @@ class EmailFigures:
     step: str
     template: str
     waiting: int  # queued or deferred
-    sent: int  # handed to the relay: delivered + bounced + failed + unknown + in flight
+    sent: int  # handed to the relay: delivered + bounced + unknown + in flight (not failed)
     delivered: int
     bounced: int
     failed: int

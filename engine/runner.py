@@ -2,6 +2,9 @@
 
 APScheduler only drives the loop (invariant 8): a missed or doubled tick changes nothing, because every
 tick asks the database what is due. There is no scheduler job per lead.
+
+An outage of the database or of the relay is said as a state change (invariant 17, `engine.outages`):
+once when it starts, at most once a minute while it lasts, once when it is over.
 """
 
 from __future__ import annotations
@@ -10,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,9 +25,10 @@ from engine import digest
 from engine.api import create_app
 from engine.database import create_engine_for, describe_failure, upgrade
 from engine.definition import Funnel
-from engine.mailer import DispatchResult, Mailer
+from engine.mailer import DispatchResult, Mailer, check_ca_file, reason
 from engine.mailsink import start_sink
 from engine.metrics import Metrics
+from engine.outages import Outage, Say
 from engine.settings import Settings
 from engine.templates import TemplateLibrary
 from engine.webhooks_out import WebhookSender
@@ -55,53 +58,21 @@ class Clock:
         return datetime.now(UTC) + self.offset
 
 
-class Outage:
-    """Ticks failing because of the database (a full disk, a server restarting). The engine keeps ticking,
-    so every tick retries and it recovers by itself once the cause is gone; the log says so once when it
-    starts, again when the cause changes or a minute has passed, and once when it is over, instead of a
-    traceback per tick."""
-
-    REMIND_S = 60.0
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
-        self.since: float | None = None
-        self.failures = 0
-        self.said = ""
-        self.said_at = 0.0
-
-    def failed(self, problem: str) -> None:
-        now = self.clock()
-        self.failures += 1
-        if self.since is None:
-            self.since = now
-            log.error("%s; retrying every tick", problem)
-        elif problem != self.said or now - self.said_at >= self.REMIND_S:
-            log.error("%s; still retrying after %.0f s, ticks failed: %d", problem, now - self.since, self.failures)
-        else:
-            return
-        self.said, self.said_at = problem, now
-
-    def worked(self) -> None:
-        """A tick wrote what it had to: whatever was wrong with the database is over."""
-        if self.since is not None:
-            log.warning(
-                "database working again after %.0f s; ticks failed: %d", self.clock() - self.since, self.failures
-            )
-        self.since, self.failures, self.said = None, 0, ""
-
-
 class Runner:
     def __init__(self, settings: Settings, funnels: Sequence[Funnel], clock: Callable[[], datetime]) -> None:
         self.settings = settings
         self.clock = clock
+        if settings.smtp.host:
+            check_ca_file(settings.smtp)  # before anything is written: a start that fails changes nothing
         url = settings.effective_database_url
         if url.startswith("sqlite"):
             settings.data_dir.mkdir(parents=True, exist_ok=True)
         upgrade(url)
         self.engine = create_engine_for(url)
         self.metrics = Metrics()
-        self.outage = Outage()
+        # Ticks fail on a full disk or a database server restarting; the engine keeps ticking, so every
+        # tick retries and it recovers by itself once the cause is gone.
+        self.database = Outage("database", "every tick")
         self.worker = Worker(self.engine, {f.id: f for f in funnels}, settings.batch_size)
         self.worker.publish(clock())
         self.mailer = Mailer(
@@ -123,6 +94,8 @@ class Runner:
             self.smtp_host, self.smtp_port = "127.0.0.1", int(self.sink.port)
             # The local sink speaks plain SMTP on loopback.
             settings.smtp.security = "none"
+        # Messages the relay could not take wait a minute, with no attempt spent (`mailer.RELAY_RETRY`).
+        self.relay = Outage(f"relay {self.smtp_host}:{self.smtp_port}", "every minute")
 
     def close(self) -> None:
         self.mailer.close()
@@ -145,9 +118,33 @@ class Runner:
             )
         for error in tick.errors + mail.errors:
             log.error("%s", error)
+        if mail.relay_error is not None:
+            self._say(self.relay.failed(mail.relay_error, now))
+        elif mail.relay_reached:
+            self._say(self.relay.recovered(now))
+        if mail.database_error is not None:
+            if not self.database_failed(mail.database_error):
+                log.error("recording send outcomes failed: %s", reason(mail.database_error))
+        elif tick.work or mail.work:
+            # A tick with nothing to write proves nothing about a disk that was full.
+            self._say(self.database.recovered(now))
         if tick.work:
             self.webhooks.wake()  # new transitions, goals or step calls: no need to wait for the poll
         return Totals(tick, mail)
+
+    def database_failed(self, exc: BaseException) -> bool:
+        """Say a failure the database caused, as part of its outage; False when the database is not the
+        cause (a bug keeps its traceback)."""
+        problem = describe_failure(self.engine, exc)
+        if problem is None:
+            return False
+        self._say(self.database.failed(problem, self.clock()))
+        log.debug("database failure", exc_info=exc)
+        return True
+
+    def _say(self, line: Say | None) -> None:
+        if line is not None:
+            log.log(line.level, "%s", line.text)
 
     async def run_once(self) -> Totals:
         """Process everything due now (events, steps, emails) until nothing is left, then return."""
@@ -180,19 +177,12 @@ class Runner:
                     # `funnel api`, emails still due) or new work was announced; then wait for the interval.
                     while not stop.is_set():
                         done = await self.step()
-                        if done.tick.work or done.mail.work:
-                            # A tick with nothing to write proves nothing about a disk that was full.
-                            self.outage.worked()
                         if not (again.is_set() or done.tick.work or done.mail.work - done.mail.deferred):
                             break
                         again.clear()
                 except Exception as exc:
-                    problem = describe_failure(self.engine, exc)
-                    if problem is None:
+                    if not self.database_failed(exc):
                         log.exception("tick failed")
-                    else:
-                        self.outage.failed(problem)
-                        log.debug("tick failed", exc_info=True)
 
         scheduler.add_job(
             tick,

@@ -37,7 +37,15 @@ class Never:
     reason: str
 
 
-Verdict = str | Later | Never
+@dataclass(frozen=True, slots=True)
+class Unsure:
+    """The rules raised on this message's data (a lead's time zone that does not exist): the message
+    spends an attempt, as a failed try does, and the others are judged as usual."""
+
+    reason: str
+
+
+Verdict = str | Later | Never | Unsure
 
 
 def may_send(consent: str | None, suppressed: bool, transactional: bool, confirmation: bool = False) -> bool:
@@ -75,23 +83,33 @@ class Screen:
             sent = outbox.marketing_sent_since(conn, marketing, now - timedelta(days=2))
         verdicts: list[Verdict] = []
         for item in items:
-            status, suppressed = consent.get(item.lead_id, (None, True))
-            confirmation = item.transactional and confirmation_of(item.funnel_id, item.step) is not None
-            if not may_send(status, suppressed, item.transactional, confirmation):
-                verdicts.append(Never("no-consent"))
-                continue
-            if item.transactional or not self.rules.active:
-                verdicts.append(GO)
-                continue
-            history = sent.setdefault(item.lead_id, [])
-            when = earliest_send(now, zone(self.zone_of(item)), self.rules, history)
-            if when > now:
-                verdicts.append(Later(when, self._why(now, item, history)))
-                continue
-            # Two emails for one lead in one batch: the second sees the first as sent.
-            history.append(now)
-            verdicts.append(GO)
+            try:
+                verdicts.append(self._one(item, consent, sent, now))
+            except Exception as exc:
+                text = " ".join(str(exc).split())
+                verdicts.append(Unsure(f"screening: {type(exc).__name__}: {text}"))
         return verdicts
+
+    def _one(
+        self,
+        item: OutboxItem,
+        consent: Mapping[int, tuple[str, bool]],
+        sent: dict[int, list[datetime]],
+        now: datetime,
+    ) -> Verdict:
+        status, suppressed = consent.get(item.lead_id, (None, True))
+        confirmation = item.transactional and confirmation_of(item.funnel_id, item.step) is not None
+        if not may_send(status, suppressed, item.transactional, confirmation):
+            return Never("no-consent")
+        if item.transactional or not self.rules.active:
+            return GO
+        history = sent.setdefault(item.lead_id, [])
+        when = earliest_send(now, zone(self.zone_of(item)), self.rules, history)
+        if when > now:
+            return Later(when, self._why(now, item, history))
+        # Two emails for one lead in one batch: the second sees the first as sent.
+        history.append(now)
+        return GO
 
     def _why(self, now: datetime, item: OutboxItem, history: Sequence[datetime]) -> str:
         quiet_only = TimingRules(self.rules.quiet_start, self.rules.quiet_end, None)

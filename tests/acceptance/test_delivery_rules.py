@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import multiprocessing
+import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from collections import Counter
@@ -22,6 +25,7 @@ from aiosmtpd.controller import Controller
 
 from engine import tables
 from engine.mailer import DispatchResult, Mailer
+from engine.renderpool import RenderPool
 from engine.settings import Settings
 from engine.templates import TemplateLibrary
 from tests.acceptance.conftest import queue_email
@@ -261,6 +265,36 @@ def test_render_processes_send_the_same_messages_and_a_broken_template_fails_alo
     assert (result.sent, result.failed) == (20, 1)
     assert "nosuchfilter" in result.errors[0]
     assert statuses(engine)[("broken@example.com", "welcome")][0] == "failed"
+    assert len(handler.received) == 20 and set(handler.received.values()) == {1}
+
+
+def test_a_render_process_that_dies_costs_its_messages_nothing_and_the_round_goes_on(engine: sa.Engine) -> None:
+    """The OS kills the render process (out of memory, an operator's kill): the batch it held is composed
+    again in a new process, each message alone, and sent in the same round; no attempt is counted for
+    messages that compose fine."""
+    handler = CountingHandler()
+    controller, port = serve(handler)
+    try:
+        for i in range(20):
+            queue(engine, f"lead{i}@example.com", [("f", "welcome", False)])
+        settings = Settings(
+            render_processes=1, smtp={"host": "127.0.0.1", "port": port, "security": "none", "rate_per_s": 10_000}
+        )
+        mailer = Mailer(engine, settings, TemplateLibrary(EMAILS))
+        mailer.pool = RenderPool(1, settings, EMAILS, {})
+        try:
+            asyncio.run(mailer.pool.compose_many([], NOW))  # the process is up
+            for process in multiprocessing.active_children():
+                os.kill(process.pid, signal.SIGKILL)
+                process.join(10)
+            result = asyncio.run(mailer.dispatch(NOW, "127.0.0.1", port, limit=1000))
+        finally:
+            mailer.close()
+    finally:
+        controller.stop()
+    assert (result.sent, result.failed, result.deferred) == (20, 0, 0)
+    assert {s for s, _, _ in statuses(engine).values()} == {"sent"}
+    assert {a for _, a, _ in statuses(engine).values()} == {1}  # the send itself, nothing more
     assert len(handler.received) == 20 and set(handler.received.values()) == {1}
 
 

@@ -6,8 +6,9 @@ address), a connection lost before DATA is retried, one lost after DATA or a rep
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ import sqlalchemy as sa
 from aiosmtpd.controller import Controller
 
 from engine import store, tables
-from engine.mailer import Mailer
+from engine.database import create_engine_for
+from engine.mailer import MAX_ATTEMPTS, Mailer
 from engine.settings import Settings, SmtpSettings
 from engine.templates import TemplateLibrary
 from tests.acceptance.conftest import queue_email
@@ -43,6 +45,8 @@ class ScriptedHandler:
         if local == "drop-rcpt":
             server.transport.close()
             return "421 closing"
+        if local == "garble":  # a reply no SMTP client can read: the library raises what it raises
+            return "garbled\x00 reply without a code"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -196,3 +200,156 @@ def test_rows_kept_from_before_the_address_rules_go_out_in_ascii_or_fail_alone(
         assert status == "failed" and error is not None and why in error, result[kept]
     dispatch(engine, port)  # each reached its final state: nothing is tried again
     assert len(handler.accepted) == 2
+
+
+def due_again(engine: sa.Engine) -> datetime | None:
+    o = tables.outbox
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.select(sa.func.min(o.c.next_attempt_at)).where(o.c.status.in_(("queued", "deferred")))
+        ).scalar_one()
+
+
+def test_a_message_whose_sending_raises_counts_its_attempts_and_ends_failed_while_the_others_go(
+    engine: sa.Engine, scripted: tuple[ScriptedHandler, int]
+) -> None:
+    """A relay whose answer to RCPT no SMTP client can read makes the library raise. The message is not
+    left leased: every try counts an attempt, and after the budget it is `failed` with a one-line
+    reason."""
+    handler, port = scripted
+    odd = "garble@example.com"
+    queue(engine, [odd, "ok@example.com", "ok2@example.com"])
+    settings = Settings(smtp=SmtpSettings(host="127.0.0.1", port=port, security="none", timeout_s=TIMEOUT_S))
+    mailer = Mailer(engine, settings, TemplateLibrary(EMAILS))
+    first = asyncio.run(mailer.dispatch(NOW, "127.0.0.1", port))
+    result = outcome(engine)
+    assert result["ok@example.com"][0] == result["ok2@example.com"][0] == "sent"
+    status, attempts, error = result[odd]
+    assert (status, attempts) == ("deferred", 1), result[odd]
+    assert error is not None and "\n" not in error and "Malformed SMTP response" in error
+    assert (first.sent, first.deferred) == (2, 1)
+    rounds = 1
+    while (when := due_again(engine)) is not None:
+        asyncio.run(mailer.dispatch(when, "127.0.0.1", port))
+        rounds += 1
+        assert rounds <= MAX_ATTEMPTS, outcome(engine)[odd]
+    status, attempts, error = outcome(engine)[odd]
+    assert (status, attempts, rounds) == ("failed", MAX_ATTEMPTS, MAX_ATTEMPTS), error
+    assert error is not None and "\n" not in error and "Malformed SMTP response" in error
+    assert sorted(handler.accepted) == ["ok2@example.com", "ok@example.com"]
+
+
+def test_a_message_that_becomes_unknown_is_logged_with_its_id(
+    engine: sa.Engine, scripted: tuple[ScriptedHandler, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    _, port = scripted
+    queue(engine, ["drop-data@example.com", "ok@example.com"])
+    with caplog.at_level(logging.INFO, logger="engine"):
+        dispatch(engine, port)
+    with engine.connect() as conn:
+        (message,) = conn.execute(sa.select(tables.outbox.c.id).where(tables.outbox.c.status == "unknown")).scalars()
+    said = [r for r in caplog.records if "unknown" in r.getMessage()]
+    assert len(said) == 1, [r.getMessage() for r in caplog.records]
+    assert said[0].levelno == logging.WARNING
+    assert f"message {message} " in said[0].getMessage() and "f/step-0" in said[0].getMessage()
+
+
+def test_a_message_left_sending_by_a_dead_worker_is_logged_when_it_becomes_unknown(
+    engine: sa.Engine, scripted: tuple[ScriptedHandler, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    _, port = scripted
+    queue(engine, ["lost@example.com"])
+    o = tables.outbox
+    with engine.begin() as conn:
+        conn.execute(sa.update(o).values(status="sending", claimed_at=NOW - timedelta(hours=1)))
+        (message,) = conn.execute(sa.select(o.c.id)).scalars()
+    with caplog.at_level(logging.INFO, logger="engine"):
+        dispatch(engine, port)
+    assert outcome(engine)["lost@example.com"][0] == "unknown"
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(f"message {message} " in line and "unknown" in line for line in said), said
+
+
+OTHERS = "FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()"
+TERMINATE = f"SELECT pg_terminate_backend(pid) {OTHERS}"
+SESSIONS = f"SELECT count(*) {OTHERS}"
+
+
+class CuttingHandler(ScriptedHandler):
+    """At RCPT for `cut@...`, the database server ends every session of the engine's database (a
+    PostgreSQL restart, a failover), right before the engine claims that message."""
+
+    def __init__(self, admin: sa.Engine, database: str) -> None:
+        super().__init__()
+        self.admin, self.database = admin, database
+        self.armed = True
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
+        if self.armed and address.startswith("cut@"):
+            with self.admin.connect() as conn:
+                conn.exec_driver_sql(TERMINATE, (self.database,))
+                for _ in range(100):
+                    if not conn.exec_driver_sql(SESSIONS, (self.database,)).scalar_one():
+                        break
+                    await asyncio.sleep(0.05)
+        return await super().handle_RCPT(server, session, envelope, address, options)
+
+
+def test_a_database_failure_while_claiming_spends_no_attempt_and_is_reported_once(
+    postgres_url: str, postgres_admin: sa.Engine
+) -> None:
+    """The database, not the message: the claim fails, the message stays leased with no attempt spent,
+    the round reports the database failure (the runner says it once, as an outage), and the message goes
+    once the lease has run out. The outcomes already in hand are written when the database is back."""
+    engine = create_engine_for(postgres_url)
+    handler = CuttingHandler(postgres_admin, sa.make_url(postgres_url).database or "")
+    port = _free_port("127.0.0.1")
+    controller = Controller(handler, hostname="127.0.0.1", port=port, ready_timeout=60)
+    controller.start()
+    try:
+        queue(engine, ["ok@example.com", "cut@example.com"])
+        smtp = SmtpSettings(host="127.0.0.1", port=port, security="none", timeout_s=TIMEOUT_S, connections=1)
+        mailer = Mailer(engine, Settings(smtp=smtp), TemplateLibrary(EMAILS))
+        first = asyncio.run(mailer.dispatch(NOW, "127.0.0.1", port))
+        after_first = outcome(engine)
+        handler.armed = False  # the database stays up from now on
+        second = asyncio.run(mailer.dispatch(NOW + mailer.lease() + timedelta(seconds=1), "127.0.0.1", port))
+        after_second = outcome(engine)
+    finally:
+        controller.stop()
+        engine.dispose()
+    assert isinstance(first.database_error, sa.exc.DBAPIError)
+    assert after_first["ok@example.com"][0] == "sent"
+    assert after_first["cut@example.com"][:2] == ("queued", 0)
+    assert second.database_error is None and second.sent == 1
+    assert after_second["cut@example.com"][:2] == ("sent", 1)
+    assert sorted(handler.accepted) == ["cut@example.com", "ok@example.com"]
+
+
+def test_a_message_the_screen_cannot_judge_spends_its_attempts_and_the_others_go(
+    engine: sa.Engine, scripted: tuple[ScriptedHandler, int]
+) -> None:
+    """A lead's time zone that no longer exists (stored before the engine checked zones, or dropped by a
+    tzdata update) makes the timing rules raise for that lead's message: it fails alone, attempt by
+    attempt, and the messages leased with it go."""
+    handler, port = scripted
+    queue(engine, ["gone@example.com", "ok@example.com", "ok2@example.com"])
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(tables.leads).where(tables.leads.c.email == "gone@example.com").values(timezone="Mars/Olympus")
+        )
+    smtp = SmtpSettings(host="127.0.0.1", port=port, security="none", timeout_s=TIMEOUT_S)
+    settings = Settings(smtp=smtp, delivery={"quiet_hours": "21:00-08:00"})
+    mailer = Mailer(engine, settings, TemplateLibrary(EMAILS))
+    asyncio.run(mailer.dispatch(NOW, "127.0.0.1", port))
+    result = outcome(engine)
+    assert result["ok@example.com"][0] == result["ok2@example.com"][0] == "sent"
+    status, attempts, error = result["gone@example.com"]
+    assert (status, attempts) == ("deferred", 1) and error is not None and "Mars/Olympus" in error
+    rounds = 1
+    while (when := due_again(engine)) is not None:
+        asyncio.run(mailer.dispatch(when, "127.0.0.1", port))
+        rounds += 1
+        assert rounds <= MAX_ATTEMPTS
+    assert outcome(engine)["gone@example.com"][:2] == ("failed", MAX_ATTEMPTS)
+    assert sorted(handler.accepted) == ["ok2@example.com", "ok@example.com"]

@@ -91,7 +91,7 @@ class Dashboard:
             lead_id = store.find_lead_id(conn, address)
             message_id = conn.execute(sa.select(o.c.id).where(o.c.lead_id == lead_id)).scalar_one()
             assert outbox.mark_sending(conn, {message_id: f"<{message_id}.test@greenleaf.example>"}, self.clock())
-            assert outbox.sweep_stale_sending(conn, self.clock() + timedelta(minutes=10)) == 1
+            assert len(outbox.sweep_stale_sending(conn, self.clock() + timedelta(minutes=10))) == 1
         return int(message_id)
 
     def status(self, message_id: int) -> tuple[str, str | None]:

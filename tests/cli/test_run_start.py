@@ -150,3 +150,19 @@ def test_a_database_that_cannot_be_reached_is_named_without_its_password(tmp_pat
     assert done.returncode == 1
     assert done.stderr.startswith(f"cannot start: database postgresql+psycopg://127.0.0.1:{port}/x: connection failed")
     assert "s3cret" not in done.stderr + done.stdout and "Traceback" not in done.stderr
+
+
+def test_a_missing_or_unusable_ca_file_stops_the_start_naming_the_setting_and_the_file(tmp_path: Path) -> None:
+    relay = {"FUNNEL_SMTP__HOST": "127.0.0.1", "FUNNEL_SMTP__PORT": "1", "FUNNEL_SMTP__SECURITY": "starttls"}
+    missing = tmp_path / "relay-ca.pem"
+    done = funnel(tmp_path, "run", "--once", FUNNEL_SMTP__CA_FILE=str(missing), **relay)
+    assert (done.returncode, done.stderr) == (2, f"cannot start: smtp.ca_file: {missing}: file not found\n")
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    done = funnel(tmp_path, "run", "--once", FUNNEL_SMTP__CA_FILE=str(garbage), **relay)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"cannot start: smtp.ca_file: {garbage}: no PEM certificate in it")
+    assert len(done.stderr.splitlines()) == 1
+    sent = funnel(tmp_path, "send-test", "lead-magnet/report-delivery", "--to", "me@example.com",
+                  FUNNEL_SMTP__CA_FILE=str(missing), **relay)  # fmt: skip
+    assert (sent.returncode, sent.stderr) == (2, f"smtp.ca_file: {missing}: file not found\n")

@@ -97,8 +97,8 @@ def test_a_message_left_sending_by_a_crash_becomes_unknown_and_is_not_resent(db:
     with db.begin() as conn:
         outbox.mark_sending(conn, {ids["queued-due"]: "<m1@x>"}, T0)  # ...and the worker dies
     with db.begin() as conn:
-        assert outbox.sweep_stale_sending(conn, older_than=T0) == 0  # marked at T0: not older
-        assert outbox.sweep_stale_sending(conn, older_than=T0 + 10 * MIN) == 1
+        assert outbox.sweep_stale_sending(conn, older_than=T0) == []  # marked at T0: not older
+        assert len(outbox.sweep_stale_sending(conn, older_than=T0 + 10 * MIN)) == 1
     with db.begin() as conn:  # a day later the unknown message is not handed out again
         later = outbox.lease_batch(conn, T0 + 24 * 60 * MIN, limit=10)
     assert "queued-due" not in [m.step for m in later]

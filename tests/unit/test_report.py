@@ -130,8 +130,8 @@ def test_email_figures_account_for_every_message(by_step: dict[str, dict[str, in
     assert [e.step for e in report.emails] == [s for s in LAYOUT.emails if s in by_step]
     for e in report.emails:
         c = Counter(by_step[e.step])
-        assert e.sent == e.delivered + e.bounced + e.failed + e.unknown + c["sending"]
-        assert e.sent + e.waiting + e.skipped == sum(c.values())
+        assert e.sent == e.delivered + e.bounced + e.unknown + c["sending"]
+        assert e.sent + e.failed + e.waiting + e.skipped == sum(c.values())
         assert e.delivered == c["sent"]
         assert (e.opened, e.clicked) == (opens, 0)
         assert e.rate(e.opened) == (opens / e.delivered if e.delivered else None)
