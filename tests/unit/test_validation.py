@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -293,3 +294,62 @@ def test_a_step_with_two_actions_or_none_says_which(tmp_path: Path) -> None:
         (10, 9, f"stage 'inquiry' step 'report': expected exactly one of {actions}, found 'send' and 'wait'"),
         (13, 9, f"stage 'inquiry' step 'nothing': expected exactly one of {actions}, found none"),
     ]
+
+
+# --------------------------------------------------------------------------------------------------
+# Bounds: a funnel file is small, and so is what it holds
+# --------------------------------------------------------------------------------------------------
+
+
+def test_a_funnel_file_over_the_size_bound_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
+    from engine.yamlfile import MAX_FILE_BYTES
+
+    path = write_funnel(tmp_path, "big.yaml")
+    stage = "  - id: s{0}\n    steps:\n" + "".join(f"      - id: s{{0}}-w{i}\n        wait: 1d\n" for i in range(20))
+    with path.open("a", encoding="utf-8") as out:
+        for n in range(10_000):  # ~5 MB of well-formed stages: what took half a minute and 900 MB to load
+            out.write(stage.format(n))
+    size = path.stat().st_size
+    assert size > 4 * MAX_FILE_BYTES
+    started = time.perf_counter()
+    result = load(path)
+    assert time.perf_counter() - started < 2
+    assert [str(e) for e in result.errors] == [
+        f"{path}:1:1: expected a file of at most {MAX_FILE_BYTES:,} bytes (256 KiB), found {size:,} bytes"
+    ]
+    assert result.funnels == []
+
+
+def test_a_funnel_file_at_the_size_bound_loads(tmp_path: Path) -> None:
+    from engine.yamlfile import MAX_FILE_BYTES
+
+    path = write_funnel(tmp_path, "padded.yaml")
+    padding = MAX_FILE_BYTES - path.stat().st_size
+    with path.open("a", encoding="utf-8") as out:
+        out.write(("#" * 99 + "\n") * (padding // 100) + "#" * (padding % 100))
+    assert path.stat().st_size == MAX_FILE_BYTES
+    assert load(path).errors == []
+
+
+def test_stages_and_steps_are_bounded_with_the_place_and_the_count(tmp_path: Path) -> None:
+    from engine.definition import MAX_STAGES, MAX_STEPS_PER_STAGE
+
+    head = ["id: many", "name: Many", "entry:", "  triggers:", "    - event: form_submitted", "stages:"]
+    many_stages = tmp_path / "stages.yaml"
+    many_stages.write_text("\n".join([*head, *(f"  - id: s{i}" for i in range(MAX_STAGES + 1))]) + "\n")
+    many_steps = tmp_path / "steps.yaml"
+    steps = [f"      - id: w{i}\n        wait: 1d" for i in range(MAX_STEPS_PER_STAGE + 1)]
+    many_steps.write_text("\n".join([*head, "  - id: first", "    steps:", *steps]) + "\n")
+    messages = [(e.path.name, e.line, e.column, e.message) for e in load(many_stages, many_steps).errors]
+    assert messages == [
+        ("stages.yaml", 7, 3, f"stages: expected at most {MAX_STAGES} item(s), found {MAX_STAGES + 1}"),
+        (
+            "steps.yaml",
+            9,
+            7,
+            f"stage 'first' steps: expected at most {MAX_STEPS_PER_STAGE} item(s), found {MAX_STEPS_PER_STAGE + 1}",
+        ),
+    ]
+    lines = many_stages.read_text().splitlines()
+    many_stages.write_text("\n".join(lines[:-1]) + "\n")
+    assert load(many_stages).errors == []
