@@ -162,7 +162,7 @@ def _load_file(path: Path) -> tuple[Funnel | None, YamlDocument | None, list[Fun
         return None, None, [FunnelError(path, exc.position.line, exc.position.column, exc.message)]
     except (OSError, UnicodeDecodeError) as exc:
         return None, None, [FunnelError(path, 1, 1, f"cannot read the file: {exc}")]
-    errors = [FunnelError(path, pos.line, pos.column, msg) for pos, msg in _duplicate_keys(doc.root, (), doc.data)]
+    errors = [FunnelError(path, pos.line, pos.column, msg) for pos, msg in _duplicate_keys(doc.root, (), [])]
     try:
         funnel = Funnel.model_validate(doc.data)
     except ValidationError as exc:
@@ -176,8 +176,10 @@ def _error(doc: YamlDocument, loc: Loc, message: str, key: bool = False) -> Funn
     return FunnelError(doc.path, pos.line, pos.column, message)
 
 
-def _duplicate_keys(node: Node | None, loc: Loc, data: Any) -> Iterator[tuple[Position, str]]:
+def _duplicate_keys(node: Node | None, loc: Loc, trail: list[Node]) -> Iterator[tuple[Position, str]]:
     # PyYAML keeps the last of two equal keys without a word; a marketer would lose a step silently.
+    # `trail` holds the nodes from the root down to `node`: a duplicate is named by the copy it is written
+    # in, which the data (holding the last copy of each key) may not have.
     if isinstance(node, MappingNode):
         seen: set[str] = set()
         for key, value in node.value:
@@ -185,13 +187,36 @@ def _duplicate_keys(node: Node | None, loc: Loc, data: Any) -> Iterator[tuple[Po
                 if key.value in seen:
                     yield (
                         Position(key.start_mark.line + 1, key.start_mark.column + 1),
-                        f"{describe(loc, data)}: duplicate key '{key.value}': expected each key once, found it twice",
+                        f"{describe(loc, _as_written([*trail, node], loc))}: duplicate key '{key.value}':"
+                        " expected each key once, found it twice",
                     )
                 seen.add(key.value)
-                yield from _duplicate_keys(value, (*loc, key.value), data)
+                yield from _duplicate_keys(value, (*loc, key.value), [*trail, node])
     elif isinstance(node, SequenceNode):
         for i, item in enumerate(node.value):
-            yield from _duplicate_keys(item, (*loc, i), data)
+            yield from _duplicate_keys(item, (*loc, i), [*trail, node])
+
+
+def _as_written(trail: list[Node], loc: Loc) -> Any:
+    """Plain data along `loc` as these nodes hold it, for `describe`: each mapping with its first scalar
+    values (the ids that name stages and steps) and, on the way down, the next node of the trail."""
+    data: Any = None
+    for depth in range(len(trail) - 1, -1, -1):
+        node = trail[depth]
+        if isinstance(node, MappingNode):
+            mapping: dict[str, Any] = {}
+            for key, value in node.value:
+                if isinstance(key, ScalarNode) and isinstance(value, ScalarNode):
+                    mapping.setdefault(key.value, value.value)
+            if depth < len(loc):
+                mapping[str(loc[depth])] = data
+            data = mapping
+        elif isinstance(node, SequenceNode):
+            items: list[Any] = [None] * len(node.value)
+            if depth < len(loc) and isinstance(loc[depth], int):
+                items[int(loc[depth])] = data
+            data = items
+    return data
 
 
 # --------------------------------------------------------------------------------------------------

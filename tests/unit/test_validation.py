@@ -251,6 +251,22 @@ def test_duplicate_yaml_keys_are_errors(tmp_path: Path) -> None:
     assert "duplicate key 'name'" in error.message
 
 
+def test_a_duplicate_key_is_named_by_the_stage_and_step_that_hold_it(tmp_path: Path) -> None:
+    # PyYAML keeps the last copy of a key; the place of a duplicate is the copy it is written in.
+    path = tmp_path / "dup.yaml"
+    text = (VALID / "nurture.yaml").read_text(encoding="utf-8")
+    text = text.replace("        transactional: true\n", "        transactional: true\n        transactional: false\n")
+    text = text.replace("  - id: conversion\n", "  - id: conversion\n    id: closing\n")
+    path.write_text(text + "stages:\n  - id: other\n", encoding="utf-8")
+    messages = [(e.line, e.column, e.message) for e in load(path).errors]
+    twice = "expected each key once, found it twice"
+    assert messages == [
+        (22, 9, f"stage 'inquiry' step 'report': duplicate key 'transactional': {twice}"),
+        (56, 5, f"stage 'conversion': duplicate key 'id': {twice}"),
+        (74, 1, f"funnel: duplicate key 'stages': {twice}"),
+    ]
+
+
 def test_loops_through_a_wait_are_allowed(tmp_path: Path) -> None:
     path = tmp_path / "loop.yaml"
     text = (BROKEN / "loop-without-wait.yaml").read_text(encoding="utf-8")
