@@ -757,6 +757,7 @@ def _unreachable(funnel: Funnel, data: Any) -> list[Found]:
 
 
 Node_ = tuple[str, int]  # (stage id, step index); index == len(steps) is the end of the sequence
+Edge = tuple[Node_, Loc, bool]  # where to, the place that leads there, whether it is a `goto`
 
 
 def _instant_loops(funnel: Funnel, data: Any) -> list[Found]:
@@ -768,6 +769,16 @@ def _instant_loops(funnel: Funnel, data: Any) -> list[Found]:
     def enter(stage_id: str) -> Node_ | None:
         return (stage_id, 0) if stage_id in stage_index else None
 
+    def follow(outcome: Outcome, o_loc: Loc, step_loc: Loc, index: dict[str, int], nxt: Node_) -> list[Edge]:
+        """Where an outcome leads at once (`goto` edges are marked: they are where a loop is reported)."""
+        if outcome.goto is not None:
+            goto = outcome.goto
+            return [((nxt[0], index[goto]), (*o_loc, "goto"), True)] if goto in index else []
+        if outcome.move_to is not None:
+            target = enter(outcome.move_to)
+            return [(target, (*o_loc, "move_to"), False)] if target else []
+        return [] if outcome.exit is not None else [(nxt, step_loc, False)]
+
     for s_index, stage in enumerate(funnel.stages):
         index = {st.id: i for i, st in reversed(list(enumerate(stage.steps)))}
         end: Node_ = (stage.id, len(stage.steps))
@@ -776,19 +787,19 @@ def _instant_loops(funnel: Funnel, data: Any) -> list[Found]:
             loc: Loc = ("stages", s_index, "steps", i)
             nxt: Node_ = (stage.id, i + 1)
             out: list[tuple[Node_, Loc, bool]] = []
-            if isinstance(step, _WAITS):
-                pass  # a wait_for's outcomes come after time or an event, never at once
+            if isinstance(step, WaitStep):
+                if not step.wait:  # a zero wait is no wait: the next step follows at the same instant
+                    out.append((nxt, loc, False))
+            elif isinstance(step, WaitForStep):
+                # The event outcome needs a new event, so it never comes round at the same instant; the
+                # timeout outcome does when the timeout is 0s.
+                if not step.wait_for.timeout:
+                    out += follow(step.wait_for.on_timeout, (*loc, "wait_for", "on_timeout"), loc, index, nxt)
+            elif isinstance(step, WaitUntilStep):
+                pass  # always a later time (engine.localtime.next_local_time)
             elif isinstance(step, BranchStep):
                 for o_loc, outcome in _outcomes(step, loc):
-                    if outcome.goto is not None:
-                        if outcome.goto in index:
-                            out.append(((stage.id, index[outcome.goto]), (*o_loc, "goto"), True))
-                    elif outcome.move_to is not None:
-                        target = enter(outcome.move_to)
-                        if target:
-                            out.append((target, (*o_loc, "move_to"), False))
-                    elif outcome.exit is None:
-                        out.append((nxt, loc, False))
+                    out += follow(outcome, o_loc, loc, index, nxt)
             elif isinstance(step, MoveStep):
                 target = enter(step.move_to)
                 if target:
@@ -821,15 +832,27 @@ def _instant_loops(funnel: Funnel, data: Any) -> list[Found]:
         path = " -> ".join(
             f"{s}/{funnel.stage(s).steps[i].id}" if i < len(funnel.stage(s).steps) else f"{s}/(end)" for s, i in ordered
         )
+        timeless = [_timeless_wait(funnel.stage(s).steps[i]) for s, i in ordered if i < len(funnel.stage(s).steps)]
+        zero = ", ".join(w for w in timeless if w)
         found.append(
             (
                 loc,
-                f"{describe(loc, data)}: loop without a wait ({path}): expected a wait, wait_until or"
-                " wait_for step inside the loop, found none",
+                f"{describe(loc, data)}: loop without a wait ({path}): expected a step inside the loop that lets"
+                " time pass (a wait or a wait_for timeout longer than 0s, or a wait_until), found"
+                f" {'only ' + zero if zero else 'none'}",
                 False,
             )
         )
     return found
+
+
+def _timeless_wait(step: Any) -> str | None:
+    """`'pause' (wait 0s)` for a wait that lets no time pass, for the loop error."""
+    if isinstance(step, WaitStep) and not step.wait:
+        return f"'{step.id}' (wait 0s)"
+    if isinstance(step, WaitForStep) and not step.wait_for.timeout:
+        return f"'{step.id}' (wait_for timeout 0s)"
+    return None
 
 
 def _cycles(graph: dict[Node_, list[tuple[Node_, Loc, bool]]]) -> list[set[Node_]]:

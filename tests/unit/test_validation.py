@@ -277,6 +277,51 @@ def test_loops_through_a_wait_are_allowed(tmp_path: Path) -> None:
     assert load(path).errors == []
 
 
+LOOP = (BROKEN / "loop-without-wait.yaml").read_text(encoding="utf-8")
+TIMELESS = (
+    "expected a step inside the loop that lets time pass (a wait or a wait_for timeout longer than 0s,"
+    " or a wait_until), found"
+)
+
+
+@pytest.mark.parametrize(
+    ("step", "found"),
+    [
+        ("      - id: pause\n        wait: 0s\n", "only 'pause' (wait 0s)"),
+        (
+            "      - id: pause\n        wait_for: {event: email_clicked, timeout: 0s, on_event: {exit: clicked}}\n",
+            "only 'pause' (wait_for timeout 0s)",
+        ),
+    ],
+)
+def test_a_wait_of_no_time_does_not_break_a_loop(tmp_path: Path, step: str, found: str) -> None:
+    # The core would run such a loop until its step budget stops the lead ("step-limit").
+    path = tmp_path / "loop.yaml"
+    path.write_text(LOOP.replace("      - id: again\n", step + "      - id: again\n"), encoding="utf-8")
+    (error,) = load(path).errors
+    assert (error.line, error.column) == (17, 24)
+    assert error.message == (
+        "stage 'inquiry' step 'again' branch.then.goto: loop without a wait"
+        f" (inquiry/report -> inquiry/pause -> inquiry/again): {TIMELESS} {found}"
+    )
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        "      - id: pause\n        wait: 1s\n",
+        "      - id: pause\n        wait_until: {time: '09:00'}\n",
+        "      - id: pause\n        wait_for: {event: email_clicked, timeout: 1s}\n",
+        # Only a new event goes round again: the timeout leaves the loop.
+        "      - id: pause\n        wait_for: {event: email_clicked, timeout: 0s, on_timeout: {exit: quiet}}\n",
+    ],
+)
+def test_a_wait_that_lets_time_pass_breaks_a_loop(tmp_path: Path, step: str) -> None:
+    path = tmp_path / "loop.yaml"
+    path.write_text(LOOP.replace("      - id: again\n", step + "      - id: again\n"), encoding="utf-8")
+    assert load(path).errors == []
+
+
 def test_cli_validate_exits_1_and_prints_the_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(FIXTURES.parents[1])
     path = Path("tests/fixtures/broken/bad-duration.yaml")
