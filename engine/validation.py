@@ -818,6 +818,13 @@ def _instant_loops(funnel: Funnel, data: Any) -> list[Found]:
             if following is not None:
                 end_out.append(((following, 0), ("stages", s_index, "id"), False))
         edges[end] = end_out
+    for t_index, t in enumerate(funnel.transitions):
+        # A stage timeout of 0s fires at the instant the lead enters the stage.
+        target = enter(t.to)
+        if t.after is not None and not t.after and target is not None:
+            for stage in funnel.stages:
+                if t.applies_to(stage.id) and stage.id != t.to:
+                    edges[(stage.id, 0)].append((target, ("transitions", t_index, "after"), False))
 
     def normal(node: Node_) -> Node_:
         stage_id, i = node
@@ -833,6 +840,9 @@ def _instant_loops(funnel: Funnel, data: Any) -> list[Found]:
             f"{s}/{funnel.stage(s).steps[i].id}" if i < len(funnel.stage(s).steps) else f"{s}/(end)" for s, i in ordered
         )
         timeless = [_timeless_wait(funnel.stage(s).steps[i]) for s, i in ordered if i < len(funnel.stage(s).steps)]
+        timeless += [
+            f"transition '{funnel.transitions[int(at[1])].id}' (after 0s)" for at, _ in inner if at[0] == "transitions"
+        ]
         zero = ", ".join(w for w in timeless if w)
         found.append(
             (

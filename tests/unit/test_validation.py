@@ -306,6 +306,26 @@ def test_a_wait_of_no_time_does_not_break_a_loop(tmp_path: Path, step: str, foun
     )
 
 
+def test_a_transition_after_0s_is_no_wait_either(tmp_path: Path) -> None:
+    path = tmp_path / "bounce.yaml"
+    text = (
+        "id: bounce\nname: Bounce\nentry:\n  triggers:\n    - manual: true\nstages:\n  - id: a\n    on_end: stay\n"
+        "  - id: b\n    on_end: {move_to: a}\ntransitions:\n  - id: quick\n    from: a\n    after: {after}\n    to: b\n"
+    )
+    path.write_text(text.replace("{after}", "0s"), encoding="utf-8")
+    messages = [(e.line, e.column, e.message) for e in load(path).errors]
+    assert messages == [
+        (
+            14,
+            12,
+            f"transition 'quick' after: loop without a wait (a/(end) -> b/(end)): {TIMELESS} only transition"
+            " 'quick' (after 0s)",
+        )
+    ]
+    path.write_text(text.replace("{after}", "1m"), encoding="utf-8")
+    assert load(path).errors == []
+
+
 @pytest.mark.parametrize(
     "step",
     [
