@@ -128,3 +128,18 @@ def test_validate_reports_a_template_or_page_that_reads_outside_its_folder(tmp_p
     assert f"settings: forms.cost-of-not-recycling.page: pages/lead-magnet/signup.html:{page_line}: " in result.stderr
     assert "'lead-magnet/notes.html'" in result.stderr and "outside" in result.stderr, result.stderr
     assert "kept-on-the-server-only" not in result.stdout + result.stderr
+
+
+def test_validate_reports_a_template_past_the_bounds_with_its_file_and_line(tmp_path: Path) -> None:
+    for folder in ("funnels", "emails"):
+        shutil.copytree(ROOT / folder, tmp_path / folder)
+    email = tmp_path / "emails" / "lead-magnet" / "hidden-costs.md"
+    text = email.read_text()
+    email.write_text(text + "\n{{ '{:>5000000}'.format(lead.email) }}\n")
+    result = funnel("validate", "funnels/", cwd=tmp_path)
+    assert result.returncode == 1
+    line = text.count("\n") + 2
+    assert (
+        f"emails/lead-magnet/hidden-costs.md:{line}:1: str.format would build more than 1,000,000 characters"
+        in " ".join(result.stderr.split())
+    ), result.stderr
