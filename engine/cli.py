@@ -36,14 +36,14 @@ err = Console(stderr=True, emoji=False)
 
 @app.command()
 def validate(
-    paths: list[Path] = typer.Argument(None, help="Funnel files or folders (default: funnels/)."),
+    paths: list[str] = typer.Argument(None, help="Funnel files, folders or ids (default: funnels/)."),
     emails: Path = typer.Option(Path("emails"), help="Folder of email templates."),
 ) -> None:
     """Check funnel files (shape, graph, templates: every error names file:line:column) and the forms
     in the settings (page, confirmation email, a funnel that enters on each form's event)."""
-    from engine.validation import load_funnels
+    from engine.funnel_lookup import find_funnels
 
-    result = load_funnels(paths or [Path("funnels")], emails_dir=emails)
+    result = find_funnels(paths or ["funnels"], Path("funnels"), emails)
     for error in result.errors:
         err.print(str(error), markup=False, highlight=False, soft_wrap=True)
     if result.errors:
@@ -61,7 +61,7 @@ def validate(
     settings = get_settings()
     # The forms belong to the project: they are checked with its funnels, not beside a file or folder
     # checked on its own (which funnel a form feeds is only known when all of them are loaded).
-    everything = not paths or any(p.resolve() == settings.funnels_dir.resolve() for p in paths)
+    everything = not paths or any(Path(p).resolve() == settings.funnels_dir.resolve() for p in paths)
     form_errors = check_forms(settings, result.funnels, TemplateLibrary(emails)) if everything else []
     for message in form_errors:
         err.print(f"settings: {message}", markup=False, highlight=False, soft_wrap=True)
@@ -95,15 +95,24 @@ def _load(paths: list[Path], emails: Path) -> list[Funnel]:
     return list(result.funnels)
 
 
-def _funnel(ref: str, emails: Path, funnels_dir: Path = Path("funnels")) -> Funnel:
-    """A funnel by file path or by id (looked up in the funnels folder)."""
-    path = Path(ref)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        found = _load([path], emails)
-    else:
-        found = [f for f in _load([funnels_dir], emails) if f.id == ref]
-    if not found:
-        err.print(f"no funnel {ref!r}: expected a funnel file or the id of a funnel in {funnels_dir}/")
+def _funnels(refs: list[str], emails: Path | None, funnels_dir: Path = Path("funnels")) -> list[Funnel]:
+    """The funnels named by file, folder or id (engine.funnel_lookup), or the errors and exit 1."""
+    from engine.funnel_lookup import find_funnels
+
+    result = find_funnels(refs, funnels_dir, emails)
+    if result.errors:
+        for error in result.errors:
+            err.print(str(error), markup=False, highlight=False, soft_wrap=True)
+        err.print(f"[red]{len(result.errors)} error(s)[/red]: fix the funnel files first (`funnel validate`)")
+        raise typer.Exit(1)
+    return list(result.funnels)
+
+
+def _funnel(ref: str, emails: Path | None, funnels_dir: Path = Path("funnels")) -> Funnel:
+    """One funnel by its file or its id."""
+    found = _funnels([ref], emails, funnels_dir)
+    if len(found) != 1:
+        err.print(f"{ref}: expected one funnel, found {len(found)}")
         raise typer.Exit(1)
     return found[0]
 
@@ -357,7 +366,7 @@ def event(
 
 @app.command()
 def plan(
-    paths: list[Path] = typer.Argument(None, help="Edited funnel files or folders (default: funnels/)."),
+    paths: list[str] = typer.Argument(None, help="Edited funnel files, folders or ids (default: funnels/)."),
     emails: Path = typer.Option(Path("emails"), help="Folder of email templates."),
 ) -> None:
     """Before publishing an edited funnel: how many leads wait at each changed or removed step and
@@ -370,7 +379,7 @@ def plan(
     from engine.plan import plan as make_plan
     from engine.settings import get_settings
 
-    edited = _load(paths or [Path("funnels")], emails)
+    edited = _funnels(paths or ["funnels"], emails)
     url = get_settings().effective_database_url
     upgrade(url)
     engine = create_engine_for(url)

@@ -143,3 +143,46 @@ def test_validate_reports_a_template_past_the_bounds_with_its_file_and_line(tmp_
         f"emails/lead-magnet/hidden-costs.md:{line}:1: str.format would build more than 1,000,000 characters"
         in " ".join(result.stderr.split())
     ), result.stderr
+
+
+def test_every_command_that_takes_a_funnel_takes_its_id_or_its_file(tmp_path: Path) -> None:
+    import os
+
+    for folder in ("funnels", "emails", "config"):
+        shutil.copytree(ROOT / folder, tmp_path / folder)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FUNNEL_")}
+    env |= {"FUNNEL_DATABASE_URL": f"sqlite:///{tmp_path / 'funnel.db'}", "COLUMNS": "200"}
+
+    def run(*args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "engine.cli", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, (args, result.stdout, result.stderr)
+        return " ".join((result.stdout + result.stderr).split())
+
+    for ref in ("lead-magnet", "funnels/lead-magnet.yaml"):
+        assert "ok lead-magnet" in run("validate", ref)
+        assert "simulated 5 leads" in run("simulate", ref, "-n", "5", "-d", "3")
+        assert "wrote" in run("map", ref, "--format", "md", "-o", str(tmp_path / "map.md"))
+        assert "lead-magnet: 0 lead(s) in flight" in run("plan", ref)
+        assert "enters lead-magnet" in run("lead", "enroll", "sam@example.com", ref, "--by", "ops")
+    assert "lead-magnet: 0 lead(s) in flight" in run("plan", "funnels")
+
+    missing = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "plan", "lead-magnit"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert missing.returncode == 1
+    assert (
+        "no funnel 'lead-magnit': expected a funnel file, a folder of funnel files or the id of a funnel in"
+        " funnels/ (found: lead-magnet)" in " ".join(missing.stderr.split())
+    ), missing.stderr
