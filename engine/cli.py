@@ -20,6 +20,7 @@ from engine.cli_ops_user import register as register_ops_user
 if TYPE_CHECKING:
     from engine.definition import Funnel
     from engine.templates import RenderedEmail
+    from engine.virtual_timeline import Subjects
 
 app = typer.Typer(
     help="Marketing funnels as code: validate, simulate, test and run funnels defined in YAML.",
@@ -117,17 +118,14 @@ def _funnel(ref: str, emails: Path | None, funnels_dir: Path = Path("funnels")) 
     return found[0]
 
 
-def _subjects(emails: Path) -> dict[str, str]:
-    from engine.templates import TemplateError, TemplateLibrary
+def _subjects(emails: Path, funnel: Funnel | None = None) -> Subjects:
+    """Subjects as each virtual lead reads them, from the configured sender."""
+    from engine.settings import get_settings
+    from engine.templates import Sender, TemplateLibrary
+    from engine.virtual_timeline import Subjects
 
-    library = TemplateLibrary(emails)
-    out = {}
-    for name in library.names():
-        try:
-            out[name] = library.subject(name)
-        except TemplateError:
-            continue  # a timeline without this subject is still a timeline; `validate` reports it
-    return out
+    s = get_settings().sender
+    return Subjects(TemplateLibrary(emails), Sender(s.name, s.postal_address, s.website), funnel)
 
 
 @app.command()
@@ -169,7 +167,7 @@ def simulate(
         arrival_days=arrivals,
         sample_lead=lead,
     )
-    print_simulation(console, result, subjects=_subjects(emails) if lead else {}, as_json=as_json)
+    print_simulation(console, result, _subjects(emails, definition) if lead else None, as_json=as_json)
 
 
 @app.command("test")
@@ -181,7 +179,8 @@ def test_scenarios(
     """Run the marketers' scenarios (`*.scenarios.yaml`) on the virtual clock."""
     from zoneinfo import ZoneInfo
 
-    from engine.scenarios import ScenarioError, run_file, scenario_files, timeline_lines
+    from engine.scenarios import ScenarioError, load_scenarios, run_file, scenario_files
+    from engine.virtual_timeline import timeline_lines
 
     targets = paths or [Path("funnels")]
     files = scenario_files(targets)
@@ -198,6 +197,7 @@ def test_scenarios(
             err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
             failed += 1
             continue
+        subject = _subjects(emails, funnels.get(load_scenarios(file).funnel))
         for outcome in outcomes:
             mark = "[green]PASS[/green]" if outcome.passed else "[red]FAIL[/red]"
             console.print(f"{mark} {file}: {outcome.scenario}", highlight=False)
@@ -205,7 +205,7 @@ def test_scenarios(
                 console.print(f"     {failure}", markup=False, highlight=False, soft_wrap=True)
             if (verbose or not outcome.passed) and outcome.run is not None:
                 zone = ZoneInfo(outcome.run.lead.timezone or "UTC")
-                for line in timeline_lines(outcome.run, zone, _subjects(emails)):
+                for line in timeline_lines(outcome.run, zone, subject):
                     console.print(f"       {line}", markup=False, highlight=False, soft_wrap=True)
             passed += outcome.passed
             failed += not outcome.passed

@@ -431,6 +431,14 @@ class TemplateLibrary:
             reply_to=template.front.reply_to,
         )
 
+    def render_subject(self, name: str, context: Mapping[str, Any]) -> str:
+        """The subject alone, as the lead of `context` reads it (a timeline's line), rendered under the
+        same bounds as the whole email."""
+        template = self.load(name)
+        values = _template_values(context, _LinkRecorder())
+        with self._located(template.source, template.front_lines), render_budget():
+            return _one_line(template.subject.render(values))
+
     def check(self, name: str, sender: Sender | None = None) -> list[TemplateError]:
         """Every problem found by compiling the template and rendering it for two sample leads: one
         with only an email (a field used without a fallback is an error) and one with every usual field."""

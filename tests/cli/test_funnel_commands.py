@@ -186,3 +186,19 @@ def test_every_command_that_takes_a_funnel_takes_its_id_or_its_file(tmp_path: Pa
         "no funnel 'lead-magnit': expected a funnel file, a folder of funnel files or the id of a funnel in"
         " funnels/ (found: lead-magnet)" in " ".join(missing.stderr.split())
     ), missing.stderr
+
+
+def test_timelines_show_subjects_as_the_lead_reads_them_and_updates_in_words() -> None:
+    result = funnel("test", "-v")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    # The scenario lead Kiran buys: the welcome's subject names the sender and Kiran.
+    assert 'welcome-client "Welcome to Greenleaf Consulting, Kiran. Here\'s what happens next"' in out
+    assert "update      tag-report-downloaded: tag report-downloaded, score +10" in out
+    assert "update      tag-client: tag client, untag sales-ready, score +50" in out
+    assert "{{" not in out and "UpdateLead" not in out
+
+    simulated = funnel("simulate", "lead-magnet", "--leads", "20", "--lead", "3")
+    assert simulated.returncode == 0, simulated.stderr
+    assert "update      tag-report-downloaded: tag report-downloaded, score +10" in simulated.stdout
+    assert "{{" not in simulated.stdout and "UpdateLead" not in simulated.stdout
