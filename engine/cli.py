@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from email import policy as email_policy
 from email.parser import BytesParser
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
     from engine.definition import Funnel
     from engine.templates import RenderedEmail
     from engine.virtual_timeline import Subjects
+    from engine.virtualclock import LeadRun
 
 app = typer.Typer(
     help="Marketing funnels as code: validate, simulate, test and run funnels defined in YAML.",
@@ -140,6 +143,9 @@ def simulate(
     arrivals: float = typer.Option(1.0, "--arrivals", help="Days over which leads sign up."),
     emails: Path = typer.Option(Path("emails"), help="Folder of email templates."),
     as_json: bool = typer.Option(False, "--json", help="End with one JSON object of the figures."),
+    timelines: Path | None = typer.Option(
+        None, "--timelines", help="Write every lead's timeline to this file, one JSON object a line."
+    ),
 ) -> None:
     """Run the funnel on a virtual clock with many leads; print stage counts per day and conversions."""
     from engine.simulation import DEFAULT_MIX, load_mix
@@ -156,18 +162,44 @@ def simulate(
     if lead is not None and not 1 <= lead <= leads:
         err.print(f"--lead: expected a lead number from 1 to {leads}, found {lead}")
         raise typer.Exit(2)
-    result = run_simulation(
-        definition,
-        leads=leads,
-        days=days,
-        seed=seed,
-        start=first_day,
-        mix=mix,
-        emails_dir=emails,
-        arrival_days=arrivals,
-        sample_lead=lead,
-    )
+    with _timeline_writer(timelines, emails, definition) as each_lead:
+        result = run_simulation(
+            definition,
+            leads=leads,
+            days=days,
+            seed=seed,
+            start=first_day,
+            mix=mix,
+            emails_dir=emails,
+            arrival_days=arrivals,
+            sample_lead=lead,
+            each_lead=each_lead,
+        )
     print_simulation(console, result, _subjects(emails, definition) if lead else None, as_json=as_json)
+
+
+@contextmanager
+def _timeline_writer(
+    path: Path | None, emails: Path, funnel: Funnel
+) -> Iterator[Callable[[int, LeadRun], None] | None]:
+    """`--timelines FILE`: each lead's timeline as one JSON line, written as the lead is simulated."""
+    if path is None:
+        yield None
+        return
+    import json
+    from zoneinfo import ZoneInfo
+
+    from engine.virtual_timeline import timeline_record
+
+    subject = _subjects(emails, funnel)
+    with path.open("w", encoding="utf-8") as out:
+
+        def write(number: int, run: LeadRun) -> None:
+            zone = ZoneInfo(run.lead.timezone or funnel.timezone)
+            out.write(json.dumps(timeline_record(number, run, zone, subject), ensure_ascii=False) + "\n")
+
+        yield write
+    err.print(f"wrote {path}", markup=False, highlight=False)
 
 
 @app.command("test")

@@ -202,3 +202,26 @@ def test_timelines_show_subjects_as_the_lead_reads_them_and_updates_in_words() -
     assert simulated.returncode == 0, simulated.stderr
     assert "update      tag-report-downloaded: tag report-downloaded, score +10" in simulated.stdout
     assert "{{" not in simulated.stdout and "UpdateLead" not in simulated.stdout
+
+
+def test_simulate_writes_every_leads_timeline_as_json_lines(tmp_path: Path) -> None:
+    out = tmp_path / "timelines.jsonl"
+    result = funnel("simulate", "lead-magnet", "-n", "40", "-d", "30", "--json", "--timelines", str(out))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    leads = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [lead["lead"] for lead in leads] == list(range(1, 41))
+    emails = [m for lead in leads for m in lead["timeline"] if m["kind"] == "email"]
+    assert len(emails) == summary["emails_sent"]
+    assert all(m["subject"] and "{{" not in m["subject"] for m in emails)
+    ended = {lead["ended"] for lead in leads}
+    assert ended <= set(summary["stages"]) | {f"exited:{reason}" for reason in summary["exited"]}
+    first = leads[0]
+    assert first["email"] == "lead-000001@sim.example" and first["timezone"] and first["attributes"]["first_name"]
+    entry = first["timeline"][1]
+    assert (entry["kind"], entry["from"], entry["to"]) == ("transition", None, "inquiry")
+    assert entry["at"].endswith("Z") and entry["local"]
+    report = next(m for m in first["timeline"] if m["kind"] == "email")
+    assert (report["step"], report["template"]) == ("deliver-report", "lead-magnet/report-delivery")
+    update = next(m for m in first["timeline"] if m["kind"] == "update")
+    assert update["words"] == "tag report-downloaded, score +10"
