@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from email import policy as email_policy
 from email.parser import BytesParser
@@ -21,6 +23,8 @@ from engine.cli_outbox import register as register_outbox
 if TYPE_CHECKING:
     from engine.definition import Funnel
     from engine.templates import RenderedEmail
+    from engine.virtual_timeline import Subjects
+    from engine.virtualclock import LeadRun
 
 app = typer.Typer(
     help="Marketing funnels as code: validate, simulate, test and run funnels defined in YAML.",
@@ -37,20 +41,20 @@ err = Console(stderr=True, emoji=False)
 
 @app.command()
 def validate(
-    paths: list[Path] = typer.Argument(None, help="Funnel files or folders (default: funnels/)."),
+    paths: list[str] = typer.Argument(None, help="Funnel files, folders or ids (default: funnels/)."),
     emails: Path = typer.Option(Path("emails"), help="Folder of email templates."),
 ) -> None:
     """Check funnel files (shape, graph, templates, where `webhook` steps call: every error names
     file:line:column) and, in the settings, the forms (page, confirmation email, a funnel that enters on
     each form's event) and where webhook subscriptions post."""
     from engine.form_checks import check_forms
+    from engine.funnel_lookup import find_funnels
     from engine.settings import get_settings
     from engine.templates import TemplateLibrary
-    from engine.validation import load_funnels
     from engine.webhook_targets import url_problem
 
     settings = get_settings()
-    result = load_funnels(paths or [Path("funnels")], emails_dir=emails, targets=settings.webhook_targets())
+    result = find_funnels(paths or ["funnels"], Path("funnels"), emails, settings.webhook_targets())
     for error in result.errors:
         err.print(str(error), markup=False, highlight=False, soft_wrap=True)
     if result.errors:
@@ -63,7 +67,7 @@ def validate(
         )
     # The forms belong to the project: they are checked with its funnels, not beside a file or folder
     # checked on its own (which funnel a form feeds is only known when all of them are loaded).
-    everything = not paths or any(p.resolve() == settings.funnels_dir.resolve() for p in paths)
+    everything = not paths or any(Path(p).resolve() == settings.funnels_dir.resolve() for p in paths)
     form_errors = check_forms(settings, result.funnels, TemplateLibrary(emails)) if everything else []
     targets = settings.webhook_targets()
     for name, subscription in sorted(settings.webhooks.subscriptions.items()) if everything else []:
@@ -103,30 +107,37 @@ def _load(paths: list[Path], emails: Path) -> list[Funnel]:
     return list(result.funnels)
 
 
-def _funnel(ref: str, emails: Path, funnels_dir: Path = Path("funnels")) -> Funnel:
-    """A funnel by file path or by id (looked up in the funnels folder)."""
-    path = Path(ref)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        found = _load([path], emails)
-    else:
-        found = [f for f in _load([funnels_dir], emails) if f.id == ref]
-    if not found:
-        err.print(f"no funnel {ref!r}: expected a funnel file or the id of a funnel in {funnels_dir}/")
+def _funnels(refs: list[str], emails: Path | None, funnels_dir: Path = Path("funnels")) -> list[Funnel]:
+    """The funnels named by file, folder or id (engine.funnel_lookup), or the errors and exit 1."""
+    from engine.funnel_lookup import find_funnels
+    from engine.settings import get_settings
+
+    result = find_funnels(refs, funnels_dir, emails, get_settings().webhook_targets())
+    if result.errors:
+        for error in result.errors:
+            err.print(str(error), markup=False, highlight=False, soft_wrap=True)
+        err.print(f"[red]{len(result.errors)} error(s)[/red]: fix the funnel files first (`funnel validate`)")
+        raise typer.Exit(1)
+    return list(result.funnels)
+
+
+def _funnel(ref: str, emails: Path | None, funnels_dir: Path = Path("funnels")) -> Funnel:
+    """One funnel by its file or its id."""
+    found = _funnels([ref], emails, funnels_dir)
+    if len(found) != 1:
+        err.print(f"{ref}: expected one funnel, found {len(found)}")
         raise typer.Exit(1)
     return found[0]
 
 
-def _subjects(emails: Path) -> dict[str, str]:
-    from engine.templates import TemplateError, TemplateLibrary
+def _subjects(emails: Path, funnel: Funnel | None = None) -> Subjects:
+    """Subjects as each virtual lead reads them, from the configured sender."""
+    from engine.settings import get_settings
+    from engine.templates import Sender, TemplateLibrary
+    from engine.virtual_timeline import Subjects
 
-    library = TemplateLibrary(emails)
-    out = {}
-    for name in library.names():
-        try:
-            out[name] = library.subject(name)
-        except TemplateError:
-            continue  # a timeline without this subject is still a timeline; `validate` reports it
-    return out
+    s = get_settings().sender
+    return Subjects(TemplateLibrary(emails), Sender(s.name, s.postal_address, s.website), funnel)
 
 
 @app.command()
@@ -141,6 +152,9 @@ def simulate(
     arrivals: float = typer.Option(1.0, "--arrivals", help="Days over which leads sign up."),
     emails: Path = typer.Option(Path("emails"), help="Folder of email templates."),
     as_json: bool = typer.Option(False, "--json", help="End with one JSON object of the figures."),
+    timelines: Path | None = typer.Option(
+        None, "--timelines", help="Write every lead's timeline to this file, one JSON object a line."
+    ),
 ) -> None:
     """Run the funnel on a virtual clock with many leads; print stage counts per day and conversions."""
     from engine.simulation import DEFAULT_MIX, load_mix
@@ -157,18 +171,44 @@ def simulate(
     if lead is not None and not 1 <= lead <= leads:
         err.print(f"--lead: expected a lead number from 1 to {leads}, found {lead}")
         raise typer.Exit(2)
-    result = run_simulation(
-        definition,
-        leads=leads,
-        days=days,
-        seed=seed,
-        start=first_day,
-        mix=mix,
-        emails_dir=emails,
-        arrival_days=arrivals,
-        sample_lead=lead,
-    )
-    print_simulation(console, result, subjects=_subjects(emails) if lead else {}, as_json=as_json)
+    with _timeline_writer(timelines, emails, definition) as each_lead:
+        result = run_simulation(
+            definition,
+            leads=leads,
+            days=days,
+            seed=seed,
+            start=first_day,
+            mix=mix,
+            emails_dir=emails,
+            arrival_days=arrivals,
+            sample_lead=lead,
+            each_lead=each_lead,
+        )
+    print_simulation(console, result, _subjects(emails, definition) if lead else None, as_json=as_json)
+
+
+@contextmanager
+def _timeline_writer(
+    path: Path | None, emails: Path, funnel: Funnel
+) -> Iterator[Callable[[int, LeadRun], None] | None]:
+    """`--timelines FILE`: each lead's timeline as one JSON line, written as the lead is simulated."""
+    if path is None:
+        yield None
+        return
+    import json
+    from zoneinfo import ZoneInfo
+
+    from engine.virtual_timeline import timeline_record
+
+    subject = _subjects(emails, funnel)
+    with path.open("w", encoding="utf-8") as out:
+
+        def write(number: int, run: LeadRun) -> None:
+            zone = ZoneInfo(run.lead.timezone or funnel.timezone)
+            out.write(json.dumps(timeline_record(number, run, zone, subject), ensure_ascii=False) + "\n")
+
+        yield write
+    err.print(f"wrote {path}", markup=False, highlight=False)
 
 
 @app.command("test")
@@ -180,7 +220,8 @@ def test_scenarios(
     """Run the marketers' scenarios (`*.scenarios.yaml`) on the virtual clock."""
     from zoneinfo import ZoneInfo
 
-    from engine.scenarios import ScenarioError, run_file, scenario_files, timeline_lines
+    from engine.scenarios import ScenarioError, load_scenarios, run_file, scenario_files
+    from engine.virtual_timeline import timeline_lines
 
     targets = paths or [Path("funnels")]
     files = scenario_files(targets)
@@ -197,6 +238,7 @@ def test_scenarios(
             err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
             failed += 1
             continue
+        subject = _subjects(emails, funnels.get(load_scenarios(file).funnel))
         for outcome in outcomes:
             mark = "[green]PASS[/green]" if outcome.passed else "[red]FAIL[/red]"
             console.print(f"{mark} {file}: {outcome.scenario}", highlight=False)
@@ -204,7 +246,7 @@ def test_scenarios(
                 console.print(f"     {failure}", markup=False, highlight=False, soft_wrap=True)
             if (verbose or not outcome.passed) and outcome.run is not None:
                 zone = ZoneInfo(outcome.run.lead.timezone or "UTC")
-                for line in timeline_lines(outcome.run, zone, _subjects(emails)):
+                for line in timeline_lines(outcome.run, zone, subject):
                     console.print(f"       {line}", markup=False, highlight=False, soft_wrap=True)
             passed += outcome.passed
             failed += not outcome.passed
@@ -381,7 +423,7 @@ def event(
 
 @app.command()
 def plan(
-    paths: list[Path] = typer.Argument(None, help="Edited funnel files or folders (default: funnels/)."),
+    paths: list[str] = typer.Argument(None, help="Edited funnel files, folders or ids (default: funnels/)."),
     emails: Path = typer.Option(Path("emails"), help="Folder of email templates."),
 ) -> None:
     """Before publishing an edited funnel: how many leads wait at each changed or removed step and
@@ -394,7 +436,7 @@ def plan(
     from engine.plan import plan as make_plan
     from engine.settings import get_settings
 
-    edited = _load(paths or [Path("funnels")], emails)
+    edited = _funnels(paths or ["funnels"], emails)
     url = get_settings().effective_database_url
     upgrade(url)
     engine = create_engine_for(url)

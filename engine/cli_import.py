@@ -83,20 +83,16 @@ def import_leads(
 
 def _funnel_id(ref: str, folder: Path, now: datetime, err: Console) -> str:
     """The funnel's id, after checking it exists and lets imported leads in."""
+    from engine.funnel_lookup import find_funnels
     from engine.importer import EVENT_NAME, funnel_admits_imports
-    from engine.validation import load_funnels
 
-    as_path = Path(ref)
-    by_path = as_path.suffix in (".yaml", ".yml") or as_path.is_file()
     # Templates are `funnel validate`'s business; entering leads only needs the funnel's logic.
-    loaded = load_funnels([as_path if by_path else folder], emails_dir=None)
+    loaded = find_funnels([ref], folder, emails_dir=None)
     for error in loaded.errors:
-        err.print(str(error), markup=False, highlight=False, soft_wrap=True)
-    found = [f for f in loaded.funnels if by_path or f.id == ref]
-    if not found:
-        err.print(f"--funnel: no funnel {ref!r}: expected a funnel file or the id of a funnel in {folder}/")
+        err.print(f"--funnel: {error}", markup=False, highlight=False, soft_wrap=True)
+    if loaded.errors or len(loaded.funnels) != 1:
         raise typer.Exit(2)
-    definition = found[0]
+    definition = loaded.funnels[0]
     if not funnel_admits_imports(definition, now):
         err.print(
             f"--funnel: funnel {definition.id!r} has no entry trigger for imported leads; add to its entry.triggers:\n"

@@ -273,7 +273,9 @@ def lead_export(
 @lead_app.command("enroll")
 def lead_enroll(
     email: str = typer.Argument(..., help="The lead's email address (created if new)."),
-    funnel_id: str = typer.Argument(..., metavar="FUNNEL", help="A funnel whose entry has `manual: true`."),
+    funnel_ref: str = typer.Argument(
+        ..., metavar="FUNNEL", help="A funnel (id or file) whose entry has `manual: true`."
+    ),
     by: str = typer.Option(os.environ.get("USER") or "ops", "--by", help="Who; recorded as the cause."),
     database_url: str | None = typer.Option(None, "--database-url", help=DATABASE_HELP),
 ) -> None:
@@ -283,17 +285,17 @@ def lead_enroll(
 
     from engine import store
     from engine.definition import ManualTrigger
+    from engine.funnel_lookup import find_funnels
     from engine.own_events import MANUAL_ENROLL, OPERATOR, engine_id
     from engine.settings import get_settings
-    from engine.validation import load_funnels
 
     settings = get_settings()
-    loaded = {f.id: f for f in load_funnels([settings.funnels_dir], emails_dir=None).funnels}
-    funnel = loaded.get(funnel_id)
-    if funnel is None:
-        raise _fail(
-            f"no funnel {funnel_id!r} in {settings.funnels_dir} (found: {', '.join(sorted(loaded)) or 'none'})", 2
-        )
+    # Entering a lead needs the funnel's logic only; templates are `funnel validate`'s business.
+    loaded = find_funnels([funnel_ref], settings.funnels_dir, emails_dir=None)
+    if loaded.errors or len(loaded.funnels) != 1:
+        raise _fail("\n".join(str(e) for e in loaded.errors) or f"{funnel_ref}: expected one funnel", 2)
+    funnel = loaded.funnels[0]
+    funnel_id = funnel.id
     if not any(isinstance(t, ManualTrigger) for t in funnel.entry.triggers):
         raise _fail(f"funnel {funnel_id!r} takes no manual entry: add `- manual: true` to its entry triggers", 2)
     email = lead_address(email)
@@ -420,21 +422,22 @@ def demo_month(
     days: int = typer.Option(30, "--days", "-d", min=1, help="Days of virtual time."),
     seed: int = typer.Option(0, "--seed", help="The same seed writes the same month."),
     start: str | None = typer.Option(None, "--start", help="First day (UTC date; default: --days before today)."),
-    funnel: str = typer.Option("lead-magnet", "--funnel", help="Funnel id (in the funnels folder)."),
+    funnel: str = typer.Option("lead-magnet", "--funnel", help="Funnel id (in the funnels folder) or file."),
     database_url: str | None = typer.Option(None, "--database-url", help="Default: the configured database."),
 ) -> None:
     """Fill an empty database with a month of made-up leads going through a funnel: the real worker on a
     virtual clock, emails through the send pipeline's steps without SMTP (opens, clicks, purchases,
     unsubscribes, bounces drawn at random). For trying `funnel report`, `lead show` and `watch`."""
     from engine import month
+    from engine.funnel_lookup import find_funnels
     from engine.settings import get_settings
-    from engine.validation import load_funnels
 
     settings = get_settings()
-    loaded = load_funnels([settings.funnels_dir], emails_dir=settings.emails_dir)
-    found = [f for f in loaded.funnels if f.id == funnel]
-    if not found:
-        raise _fail(f"--funnel: no valid funnel {funnel!r} in {settings.funnels_dir}/ (see `funnel validate`)", 2)
+    loaded = find_funnels([funnel], settings.funnels_dir, emails_dir=settings.emails_dir)
+    found = loaded.funnels
+    if loaded.errors or len(found) != 1:
+        problems = "\n".join(str(e) for e in loaded.errors) or f"{funnel}: expected one funnel"
+        raise _fail(f"--funnel: {problems}\n(see `funnel validate`)", 2)
     if start is None:
         first = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=days)
     else:

@@ -59,6 +59,12 @@ def shorten(text: str, keep: int = 60) -> str:
     return text if len(text) <= keep + 20 else f"{text[:keep]}... ({len(text):,} characters)"
 
 
+# Ten times what a large funnel needs (the example has 5 stages, at most 10 steps in one): what is drawn
+# as a map column per stage and walked by every check stays small. The file's size is bounded too
+# (engine.yamlfile.MAX_FILE_BYTES).
+MAX_STAGES = 50
+MAX_STEPS_PER_STAGE = 100
+
 # Waits are added to dates: anything longer would push a lead's next step past the calendar's end
 # (year 9999), which the journey cannot compute.
 MAX_DURATION = timedelta(days=36_500)
@@ -449,7 +455,7 @@ class Stage(Model):
         exclude_if=_absent_if_none,
         description="The persona's question, needs, feelings and preferred content here (`funnel map`).",
     )
-    steps: list[Step] = Field(default_factory=list)
+    steps: list[Step] = Field(default_factory=list, max_length=MAX_STEPS_PER_STAGE)
     on_end: Literal["next", "stay", "exit"] | OnEndMove = Field(
         default="next",
         description="When the sequence ends: `next` stage in order, `stay`, `exit`, or `{move_to: stage}`.",
@@ -599,7 +605,7 @@ class Funnel(Model):
         description="A step due longer ago than this (after downtime) is skipped and recorded, not sent late.",
     )
     entry: Entry
-    stages: list[Stage] = Field(min_length=1)
+    stages: list[Stage] = Field(min_length=1, max_length=MAX_STAGES)
     transitions: list[Transition] = Field(default_factory=list)
     goal: Goal | None = None
     exits: list[ExitRule] = Field(default_factory=list)

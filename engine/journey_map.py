@@ -397,11 +397,7 @@ def _steps(funnel: Funnel, stage: Stage, subjects: Mapping[str, str]) -> tuple[S
 
 def _update_words(step: UpdateStep) -> str:
     u = step.update
-    parts = [f"tag {t}" for t in u.add_tags] + [f"untag {t}" for t in u.remove_tags]
-    parts += [f"{k} = {words.scalar(v)}" for k, v in u.set.items()] + [f"unset {k}" for k in u.unset]
-    if u.score:
-        parts.append(f"score {u.score:+d}")
-    return ", ".join(parts) or "nothing"
+    return words.update(u.set, u.unset, u.add_tags, u.remove_tags, u.score)
 
 
 # -- drop-off ------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """A funnel's rules in a marketer's words, for the customer journey map: conditions (`employees ≥ 50`),
 events with their filters (`email_clicked (link: pricing, book-call)`), waits (`2 days`, `next weekday
-09:00`) and entry triggers. Pure functions of the definition."""
+09:00`), entry triggers and updates (which the virtual timelines use too). Pure functions of the
+definition."""
 
 from __future__ import annotations
 
@@ -108,3 +109,14 @@ def trigger(item: Any) -> str:
 
 
 __all__ = ["condition", "event", "local_time", "scalar", "span", "trigger", "weekdays"]
+
+
+def update(
+    set_: Mapping[str, Any], unset: Sequence[str], add_tags: Sequence[str], remove_tags: Sequence[str], score: int
+) -> str:
+    """An update step (or what it did) in words: `tag client, untag sales-ready, plan = pro, score +50`."""
+    parts = [f"tag {t}" for t in add_tags] + [f"untag {t}" for t in remove_tags]
+    parts += [f"{k} = {scalar(v)}" for k, v in set_.items()] + [f"unset {k}" for k in unset]
+    if score:
+        parts.append(f"score {score:+d}")
+    return ", ".join(parts) or "nothing"

@@ -247,29 +247,3 @@ def run_file(path: Path, funnels: dict[str, Funnel]) -> list[Outcome]:
     if funnel is None:
         raise ScenarioError(f"{path}:1:1: funnel: expected one of {', '.join(sorted(funnels))}, found {spec.funnel!r}")
     return [run_scenario(funnel, s, path) for s in spec.scenarios]
-
-
-def timeline_lines(run: LeadRun, zone: ZoneInfo, subjects: dict[str, str] | None = None) -> list[str]:
-    """One lead's story, in local time: events, emails (with subjects), transitions with causes."""
-    lines = []
-    for m in run.moments:
-        when = m.at.astimezone(zone).strftime("%a %Y-%m-%d %H:%M")
-        if m.event is not None:
-            props = ", ".join(f"{k}={v}" for k, v in m.event.properties.items() if k not in ("step", "template"))
-            lines.append(f"{when}  event       {m.event.name}" + (f" ({props})" if props else ""))
-            continue
-        c = m.command
-        if isinstance(c, SendEmail):
-            subject = (subjects or {}).get(c.template)
-            lines.append(f"{when}  email       {c.step}" + (f' "{subject}"' if subject else f" [{c.template}]"))
-        elif isinstance(c, RecordTransition):
-            frm, to = c.from_stage or "(new)", c.to_stage or f"(exit: {c.exit_reason})"
-            lines.append(f"{when}  transition  {frm} -> {to}  because {c.cause}")
-        elif isinstance(c, GoalReached):
-            lines.append(f"{when}  goal        {c.goal}" + ("" if c.within_window else " (outside its window)"))
-        elif c is not None:
-            name = type(c).__name__
-            detail = getattr(c, "step", "")
-            reason = getattr(c, "reason", None)
-            lines.append(f"{when}  {name:<11} {detail}" + (f" ({reason})" if reason else ""))
-    return lines

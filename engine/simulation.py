@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
@@ -184,7 +184,9 @@ def simulate(
     zones: Sequence[str] = DEFAULT_ZONES,
     arrival_days: float = 1.0,
     sample_lead: int | None = None,
+    each_lead: Callable[[int, LeadRun], None] | None = None,
 ) -> SimulationResult:
+    """`each_lead(number, run)`, when given, sees every lead's run as it is done (`--timelines`)."""
     import time as _time
 
     started = _time.perf_counter()
@@ -228,6 +230,8 @@ def simulate(
         entry = entry_event(funnel, lead, enter_at, f"sim-{number}-entry")
         run = drive(funnel, lead, entry, enter_at, scripted, until, reactions)
         _aggregate(result, run, boundaries, until)
+        if each_lead is not None:
+            each_lead(number, run)
         if sample_lead == number:
             result.sample = run
     result.elapsed_s = _time.perf_counter() - started

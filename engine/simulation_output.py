@@ -9,8 +9,8 @@ from zoneinfo import ZoneInfo
 from rich.console import Console
 from rich.table import Table
 
-from engine.scenarios import timeline_lines
 from engine.simulation import SimulationResult
+from engine.virtual_timeline import SubjectOf, timeline_lines
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -43,7 +43,7 @@ def summary(result: SimulationResult) -> dict[str, object]:
 
 
 def print_simulation(
-    console: Console, result: SimulationResult, subjects: dict[str, str], as_json: bool = False
+    console: Console, result: SimulationResult, subject: SubjectOf | None = None, as_json: bool = False
 ) -> None:
     stages = result.funnel.stage_ids()
     exit_columns = sorted({k for day in result.stage_by_day for k in day if k.startswith("exited:")})
@@ -94,7 +94,7 @@ def print_simulation(
         run = result.sample
         zone = ZoneInfo(run.lead.timezone or result.funnel.timezone)
         console.print(f"\n[bold]Timeline of {run.lead.id}[/bold] (local time, {zone.key})")
-        for line in timeline_lines(run, zone, subjects):
+        for line in timeline_lines(run, zone, subject):
             console.print("  " + line, markup=False, highlight=False, soft_wrap=True)
     rate = result.leads / result.elapsed_s if result.elapsed_s else 0.0
     console.print(f"simulated {result.leads} leads over {result.days} days in {result.elapsed_s:.2f} s "

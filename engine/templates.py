@@ -12,7 +12,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import re
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -22,8 +22,6 @@ import css_inline
 import jinja2
 from cmarkgfm import _cmark  # type: ignore[import-untyped]
 from cmarkgfm.cmark import Options as _CmarkOptions  # type: ignore[import-untyped]
-from jinja2.exceptions import SecurityError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from selectolax.lexbor import LexborHTMLParser, LexborNode
@@ -31,16 +29,13 @@ from selectolax.lexbor import LexborHTMLParser, LexborNode
 from engine.definition import ID_PATTERN, TEMPLATE_PATTERN
 from engine.folder_loader import FolderLoader, OutsideFolder, template_frame
 from engine.mime import mailboxes
+from engine.template_bounds import BoundedSandbox, check_written, render_budget
 from engine.yamlfile import YamlSyntaxError, read_yaml
 
 BODY_SUFFIXES = (".md", ".html")
 _UNSUBSCRIBE_SLOT = "{{ unsubscribe_url }}"
 LAYOUTS_DIR = "_layouts"
 PARTIALS_DIR = "_partials"
-
-# Bounds on what a template expression may build: a template is content, not a program.
-MAX_POWER_BITS = 4096
-MAX_REPEAT_LENGTH = 10_000
 
 
 class TemplateError(Exception):
@@ -224,6 +219,7 @@ def _markdown_escape(text: str) -> str:
 
 @jinja2.pass_context
 def _finalize(context: jinja2.runtime.Context, value: Any) -> Any:
+    check_written(value)  # a list of long texts is short in memory and long as text
     # HTML templates are autoescaped by Jinja2; Markdown templates escape for Markdown instead (the
     # Markdown renderer then escapes for HTML).
     if context.name and context.name.endswith(".md") and not isinstance(value, Markup | TrustedURL):
@@ -243,28 +239,8 @@ class _Undefined(jinja2.StrictUndefined):
         return str(super()._undefined_message)
 
 
-class _Sandbox(ImmutableSandboxedEnvironment):
-    intercepted_binops = frozenset({"*", "**"})
-
-    def make_globals(self, d: MutableMapping[str, Any] | None) -> MutableMapping[str, Any]:
-        # Jinja2's ChainMap is copied into a dict for every render and include, key by key in Python;
-        # our globals never change after a template is loaded, so one flat dict says the same.
-        return {**self.globals, **(d or {})}
-
-    def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
-        if (
-            operator == "**"
-            and isinstance(left, int)
-            and isinstance(right, int)
-            and max(abs(left).bit_length(), 1) * abs(right) > MAX_POWER_BITS
-        ):
-            raise SecurityError("number too large for a template")
-        if operator == "*":
-            for seq, times in ((left, right), (right, left)):
-                sized = isinstance(seq, str | list | tuple) and isinstance(times, int)
-                if sized and len(seq) * times > MAX_REPEAT_LENGTH:
-                    raise SecurityError("repetition too large for a template")
-        return super().call_binop(context, operator, left, right)
+class _Sandbox(BoundedSandbox):
+    """The sandbox every email template renders in (engine.template_bounds says what it bounds)."""
 
 
 class _Loader(FolderLoader):
@@ -435,7 +411,7 @@ class TemplateLibrary:
         template = self.load(name)
         recorder = _LinkRecorder(track)
         values = _template_values(context, recorder)
-        with self._located(template.source, template.front_lines):
+        with self._located(template.source, template.front_lines), render_budget():
             subject = _one_line(template.subject.render(values))
             preheader = _one_line(template.preheader.render(values)) if template.preheader else ""
             body = template.body.render(values)
@@ -454,6 +430,14 @@ class TemplateLibrary:
             from_=template.front.from_,
             reply_to=template.front.reply_to,
         )
+
+    def render_subject(self, name: str, context: Mapping[str, Any]) -> str:
+        """The subject alone, as the lead of `context` reads it (a timeline's line), rendered under the
+        same bounds as the whole email."""
+        template = self.load(name)
+        values = _template_values(context, _LinkRecorder())
+        with self._located(template.source, template.front_lines), render_budget():
+            return _one_line(template.subject.render(values))
 
     def check(self, name: str, sender: Sender | None = None) -> list[TemplateError]:
         """Every problem found by compiling the template and rendering it for two sample leads: one

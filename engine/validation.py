@@ -171,7 +171,7 @@ def _load_file(path: Path) -> tuple[Funnel | None, YamlDocument | None, list[Fun
         return None, None, [FunnelError(path, exc.position.line, exc.position.column, exc.message)]
     except (OSError, UnicodeDecodeError) as exc:
         return None, None, [FunnelError(path, 1, 1, f"cannot read the file: {exc}")]
-    errors = [FunnelError(path, pos.line, pos.column, msg) for pos, msg in _duplicate_keys(doc.root, (), doc.data)]
+    errors = [FunnelError(path, pos.line, pos.column, msg) for pos, msg in _duplicate_keys(doc.root, (), [])]
     try:
         funnel = Funnel.model_validate(doc.data)
     except ValidationError as exc:
@@ -185,8 +185,10 @@ def _error(doc: YamlDocument, loc: Loc, message: str, key: bool = False) -> Funn
     return FunnelError(doc.path, pos.line, pos.column, message)
 
 
-def _duplicate_keys(node: Node | None, loc: Loc, data: Any) -> Iterator[tuple[Position, str]]:
+def _duplicate_keys(node: Node | None, loc: Loc, trail: list[Node]) -> Iterator[tuple[Position, str]]:
     # PyYAML keeps the last of two equal keys without a word; a marketer would lose a step silently.
+    # `trail` holds the nodes from the root down to `node`: a duplicate is named by the copy it is written
+    # in, which the data (holding the last copy of each key) may not have.
     if isinstance(node, MappingNode):
         seen: set[str] = set()
         for key, value in node.value:
@@ -194,13 +196,36 @@ def _duplicate_keys(node: Node | None, loc: Loc, data: Any) -> Iterator[tuple[Po
                 if key.value in seen:
                     yield (
                         Position(key.start_mark.line + 1, key.start_mark.column + 1),
-                        f"{describe(loc, data)}: duplicate key '{key.value}': expected each key once, found it twice",
+                        f"{describe(loc, _as_written([*trail, node], loc))}: duplicate key '{key.value}':"
+                        " expected each key once, found it twice",
                     )
                 seen.add(key.value)
-                yield from _duplicate_keys(value, (*loc, key.value), data)
+                yield from _duplicate_keys(value, (*loc, key.value), [*trail, node])
     elif isinstance(node, SequenceNode):
         for i, item in enumerate(node.value):
-            yield from _duplicate_keys(item, (*loc, i), data)
+            yield from _duplicate_keys(item, (*loc, i), [*trail, node])
+
+
+def _as_written(trail: list[Node], loc: Loc) -> Any:
+    """Plain data along `loc` as these nodes hold it, for `describe`: each mapping with its first scalar
+    values (the ids that name stages and steps) and, on the way down, the next node of the trail."""
+    data: Any = None
+    for depth in range(len(trail) - 1, -1, -1):
+        node = trail[depth]
+        if isinstance(node, MappingNode):
+            mapping: dict[str, Any] = {}
+            for key, value in node.value:
+                if isinstance(key, ScalarNode) and isinstance(value, ScalarNode):
+                    mapping.setdefault(key.value, value.value)
+            if depth < len(loc):
+                mapping[str(loc[depth])] = data
+            data = mapping
+        elif isinstance(node, SequenceNode):
+            items: list[Any] = [None] * len(node.value)
+            if depth < len(loc) and isinstance(loc[depth], int):
+                items[int(loc[depth])] = data
+            data = items
+    return data
 
 
 # --------------------------------------------------------------------------------------------------
@@ -755,6 +780,7 @@ def _unreachable(funnel: Funnel, data: Any) -> list[Found]:
 
 
 Node_ = tuple[str, int]  # (stage id, step index); index == len(steps) is the end of the sequence
+Edge = tuple[Node_, Loc, bool]  # where to, the place that leads there, whether it is a `goto`
 
 
 def _instant_loops(funnel: Funnel, data: Any) -> list[Found]:
@@ -766,6 +792,16 @@ def _instant_loops(funnel: Funnel, data: Any) -> list[Found]:
     def enter(stage_id: str) -> Node_ | None:
         return (stage_id, 0) if stage_id in stage_index else None
 
+    def follow(outcome: Outcome, o_loc: Loc, step_loc: Loc, index: dict[str, int], nxt: Node_) -> list[Edge]:
+        """Where an outcome leads at once (`goto` edges are marked: they are where a loop is reported)."""
+        if outcome.goto is not None:
+            goto = outcome.goto
+            return [((nxt[0], index[goto]), (*o_loc, "goto"), True)] if goto in index else []
+        if outcome.move_to is not None:
+            target = enter(outcome.move_to)
+            return [(target, (*o_loc, "move_to"), False)] if target else []
+        return [] if outcome.exit is not None else [(nxt, step_loc, False)]
+
     for s_index, stage in enumerate(funnel.stages):
         index = {st.id: i for i, st in reversed(list(enumerate(stage.steps)))}
         end: Node_ = (stage.id, len(stage.steps))
@@ -774,19 +810,19 @@ def _instant_loops(funnel: Funnel, data: Any) -> list[Found]:
             loc: Loc = ("stages", s_index, "steps", i)
             nxt: Node_ = (stage.id, i + 1)
             out: list[tuple[Node_, Loc, bool]] = []
-            if isinstance(step, _WAITS):
-                pass  # a wait_for's outcomes come after time or an event, never at once
+            if isinstance(step, WaitStep):
+                if not step.wait:  # a zero wait is no wait: the next step follows at the same instant
+                    out.append((nxt, loc, False))
+            elif isinstance(step, WaitForStep):
+                # The event outcome needs a new event, so it never comes round at the same instant; the
+                # timeout outcome does when the timeout is 0s.
+                if not step.wait_for.timeout:
+                    out += follow(step.wait_for.on_timeout, (*loc, "wait_for", "on_timeout"), loc, index, nxt)
+            elif isinstance(step, WaitUntilStep):
+                pass  # always a later time (engine.localtime.next_local_time)
             elif isinstance(step, BranchStep):
                 for o_loc, outcome in _outcomes(step, loc):
-                    if outcome.goto is not None:
-                        if outcome.goto in index:
-                            out.append(((stage.id, index[outcome.goto]), (*o_loc, "goto"), True))
-                    elif outcome.move_to is not None:
-                        target = enter(outcome.move_to)
-                        if target:
-                            out.append((target, (*o_loc, "move_to"), False))
-                    elif outcome.exit is None:
-                        out.append((nxt, loc, False))
+                    out += follow(outcome, o_loc, loc, index, nxt)
             elif isinstance(step, MoveStep):
                 target = enter(step.move_to)
                 if target:
@@ -805,6 +841,13 @@ def _instant_loops(funnel: Funnel, data: Any) -> list[Found]:
             if following is not None:
                 end_out.append(((following, 0), ("stages", s_index, "id"), False))
         edges[end] = end_out
+    for t_index, t in enumerate(funnel.transitions):
+        # A stage timeout of 0s fires at the instant the lead enters the stage.
+        target = enter(t.to)
+        if t.after is not None and not t.after and target is not None:
+            for stage in funnel.stages:
+                if t.applies_to(stage.id) and stage.id != t.to:
+                    edges[(stage.id, 0)].append((target, ("transitions", t_index, "after"), False))
 
     def normal(node: Node_) -> Node_:
         stage_id, i = node
@@ -819,15 +862,30 @@ def _instant_loops(funnel: Funnel, data: Any) -> list[Found]:
         path = " -> ".join(
             f"{s}/{funnel.stage(s).steps[i].id}" if i < len(funnel.stage(s).steps) else f"{s}/(end)" for s, i in ordered
         )
+        timeless = [_timeless_wait(funnel.stage(s).steps[i]) for s, i in ordered if i < len(funnel.stage(s).steps)]
+        timeless += [
+            f"transition '{funnel.transitions[int(at[1])].id}' (after 0s)" for at, _ in inner if at[0] == "transitions"
+        ]
+        zero = ", ".join(w for w in timeless if w)
         found.append(
             (
                 loc,
-                f"{describe(loc, data)}: loop without a wait ({path}): expected a wait, wait_until or"
-                " wait_for step inside the loop, found none",
+                f"{describe(loc, data)}: loop without a wait ({path}): expected a step inside the loop that lets"
+                " time pass (a wait or a wait_for timeout longer than 0s, or a wait_until), found"
+                f" {'only ' + zero if zero else 'none'}",
                 False,
             )
         )
     return found
+
+
+def _timeless_wait(step: Any) -> str | None:
+    """`'pause' (wait 0s)` for a wait that lets no time pass, for the loop error."""
+    if isinstance(step, WaitStep) and not step.wait:
+        return f"'{step.id}' (wait 0s)"
+    if isinstance(step, WaitForStep) and not step.wait_for.timeout:
+        return f"'{step.id}' (wait_for timeout 0s)"
+    return None
 
 
 def _cycles(graph: dict[Node_, list[tuple[Node_, Loc, bool]]]) -> list[set[Node_]]:

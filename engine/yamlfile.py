@@ -9,10 +9,13 @@ aliases that stand for more than `MAX_ALIASED` values (a "billion laughs" file i
 expand to billions of values) and an alias inside its own anchor (a value containing itself) are
 refused where they happen, before anything walks the data. A value PyYAML cannot build (`2026-13-45`
 read as a date, `!!int abc`, a number of more digits than Python converts) is an error at its place.
+A file larger than `MAX_FILE_BYTES` is refused by its size, unread: PyYAML is pure Python and reads
+about 100 KB a second, so a 5 MB file held a command for half a minute and most of a gigabyte.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -30,6 +33,8 @@ from yaml.reader import ReaderError
 # the memory of whatever walks the data afterwards.
 MAX_DEPTH = 64
 MAX_ALIASED = 10_000
+# Thirty times the example funnel (8 KB); a file this size still reads in a second or two.
+MAX_FILE_BYTES = 256 * 1024
 
 # What PyYAML's scalar constructors raise on text that does not fit an explicit or implicit tag.
 _UNBUILDABLE = (ValueError, TypeError, OverflowError, AttributeError, KeyError, IndexError)
@@ -212,7 +217,7 @@ class YamlSyntaxError(Exception):
 def read_yaml(path: Path, text: str | None = None) -> YamlDocument:
     """Parse one YAML document; a syntax error becomes a YamlSyntaxError with its position."""
     if text is None:
-        text = _utf8_text(path, path.read_bytes())
+        text = _utf8_text(path, _bounded_bytes(path))
     try:
         loader = _Loader(text)
     except ReaderError as exc:  # a character YAML does not allow (NUL, other control characters)
@@ -232,6 +237,19 @@ def read_yaml(path: Path, text: str | None = None) -> YamlDocument:
     finally:
         loader.dispose()
     return YamlDocument(path=path, data=data, root=root)
+
+
+def _bounded_bytes(path: Path) -> bytes:
+    """The file's bytes, or an error naming its size when it is larger than MAX_FILE_BYTES: judged by the
+    size the file system gives before reading, and again by what is read (a file can grow meanwhile)."""
+    with path.open("rb") as stream:
+        size = os.fstat(stream.fileno()).st_size
+        raw = stream.read(MAX_FILE_BYTES + 1) if size <= MAX_FILE_BYTES else b""
+    if size > MAX_FILE_BYTES or len(raw) > MAX_FILE_BYTES:
+        found = max(size, len(raw))
+        bound = f"{MAX_FILE_BYTES:,} bytes ({MAX_FILE_BYTES // 1024} KiB)"
+        raise YamlSyntaxError(path, Position(1, 1), f"expected a file of at most {bound}, found {found:,} bytes")
+    return raw
 
 
 def _utf8_text(path: Path, raw: bytes) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -353,3 +354,35 @@ def test_a_message_the_screen_cannot_judge_spends_its_attempts_and_the_others_go
         assert rounds <= MAX_ATTEMPTS
     assert outcome(engine)["gone@example.com"][:2] == ("failed", MAX_ATTEMPTS)
     assert sorted(handler.accepted) == ["ok2@example.com", "ok@example.com"]
+
+
+@pytest.mark.parametrize("render_processes", [0, 1])
+def test_a_template_past_the_bounds_fails_its_own_message_and_the_round_goes_on(
+    engine: sa.Engine, scripted: tuple[ScriptedHandler, int], tmp_path: Path, render_processes: int
+) -> None:
+    handler, port = scripted
+    emails = tmp_path / "emails"
+    shutil.copytree(EMAILS, emails)
+    (emails / "lead-magnet" / "huge.md").write_text(
+        "---\nsubject: Big\n---\nHello,\n\n{{ lead.email | center(5000000) }}\n\n{{ unsubscribe_url }}\n"
+    )
+    queue_email(engine, "first@example.com", "step-0", NOW)
+    queue_email(engine, "huge@example.com", "step-1", NOW, template="lead-magnet/huge")
+    queue_email(engine, "last@example.com", "step-2", NOW)
+    settings = Settings(
+        smtp=SmtpSettings(host="127.0.0.1", port=port, security="none", timeout_s=TIMEOUT_S),
+        render_processes=render_processes,
+    )
+    mailer = Mailer(engine, settings, TemplateLibrary(emails))
+    try:
+        result = asyncio.run(mailer.dispatch(NOW, "127.0.0.1", port))
+    finally:
+        mailer.close()
+    assert (result.sent, result.failed) == (2, 1)
+    status, attempts, error = outcome(engine)["huge@example.com"]
+    assert (status, attempts) == ("failed", 0)
+    assert error == (
+        f"render: lead-magnet/huge: {(emails / 'lead-magnet' / 'huge.md').as_posix()}:6: center(5,000,000) would"
+        " build more than 1,000,000 characters (the most a template may build or write)"
+    )
+    assert sorted(handler.accepted) == ["first@example.com", "last@example.com"]

@@ -202,3 +202,100 @@ def test_validate_names_each_webhook_step_that_calls_an_address_webhooks_may_not
     )
     assert subscribed.returncode == 1
     assert subscribed.stderr.startswith("settings: webhooks.crm.url: 10.0.0.5 is a private address (10.0.0.0/8)")
+
+
+def test_validate_reports_a_template_past_the_bounds_with_its_file_and_line(tmp_path: Path) -> None:
+    for folder in ("funnels", "emails"):
+        shutil.copytree(ROOT / folder, tmp_path / folder)
+    email = tmp_path / "emails" / "lead-magnet" / "hidden-costs.md"
+    text = email.read_text()
+    email.write_text(text + "\n{{ '{:>5000000}'.format(lead.email) }}\n")
+    result = funnel("validate", "funnels/", cwd=tmp_path)
+    assert result.returncode == 1
+    line = text.count("\n") + 2
+    assert (
+        f"emails/lead-magnet/hidden-costs.md:{line}:1: str.format would build more than 1,000,000 characters"
+        in " ".join(result.stderr.split())
+    ), result.stderr
+
+
+def test_every_command_that_takes_a_funnel_takes_its_id_or_its_file(tmp_path: Path) -> None:
+    import os
+
+    for folder in ("funnels", "emails", "config"):
+        shutil.copytree(ROOT / folder, tmp_path / folder)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FUNNEL_")}
+    env |= {"FUNNEL_DATABASE_URL": f"sqlite:///{tmp_path / 'funnel.db'}", "COLUMNS": "200"}
+
+    def run(*args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "engine.cli", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, (args, result.stdout, result.stderr)
+        return " ".join((result.stdout + result.stderr).split())
+
+    for ref in ("lead-magnet", "funnels/lead-magnet.yaml"):
+        assert "ok lead-magnet" in run("validate", ref)
+        assert "simulated 5 leads" in run("simulate", ref, "-n", "5", "-d", "3")
+        assert "wrote" in run("map", ref, "--format", "md", "-o", str(tmp_path / "map.md"))
+        assert "lead-magnet: 0 lead(s) in flight" in run("plan", ref)
+        assert "enters lead-magnet" in run("lead", "enroll", "sam@example.com", ref, "--by", "ops")
+    assert "lead-magnet: 0 lead(s) in flight" in run("plan", "funnels")
+
+    missing = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "plan", "lead-magnit"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert missing.returncode == 1
+    assert (
+        "no funnel 'lead-magnit': expected a funnel file, a folder of funnel files or the id of a funnel in"
+        " funnels/ (found: lead-magnet)" in " ".join(missing.stderr.split())
+    ), missing.stderr
+
+
+def test_timelines_show_subjects_as_the_lead_reads_them_and_updates_in_words() -> None:
+    result = funnel("test", "-v")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    # The scenario lead Kiran buys: the welcome's subject names the sender and Kiran.
+    assert 'welcome-client "Welcome to Greenleaf Consulting, Kiran. Here\'s what happens next"' in out
+    assert "update      tag-report-downloaded: tag report-downloaded, score +10" in out
+    assert "update      tag-client: tag client, untag sales-ready, score +50" in out
+    assert "{{" not in out and "UpdateLead" not in out
+
+    simulated = funnel("simulate", "lead-magnet", "--leads", "20", "--lead", "3")
+    assert simulated.returncode == 0, simulated.stderr
+    assert "update      tag-report-downloaded: tag report-downloaded, score +10" in simulated.stdout
+    assert "{{" not in simulated.stdout and "UpdateLead" not in simulated.stdout
+
+
+def test_simulate_writes_every_leads_timeline_as_json_lines(tmp_path: Path) -> None:
+    out = tmp_path / "timelines.jsonl"
+    result = funnel("simulate", "lead-magnet", "-n", "40", "-d", "30", "--json", "--timelines", str(out))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    leads = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [lead["lead"] for lead in leads] == list(range(1, 41))
+    emails = [m for lead in leads for m in lead["timeline"] if m["kind"] == "email"]
+    assert len(emails) == summary["emails_sent"]
+    assert all(m["subject"] and "{{" not in m["subject"] for m in emails)
+    ended = {lead["ended"] for lead in leads}
+    assert ended <= set(summary["stages"]) | {f"exited:{reason}" for reason in summary["exited"]}
+    first = leads[0]
+    assert first["email"] == "lead-000001@sim.example" and first["timezone"] and first["attributes"]["first_name"]
+    entry = first["timeline"][1]
+    assert (entry["kind"], entry["from"], entry["to"]) == ("transition", None, "inquiry")
+    assert entry["at"].endswith("Z") and entry["local"]
+    report = next(m for m in first["timeline"] if m["kind"] == "email")
+    assert (report["step"], report["template"]) == ("deliver-report", "lead-magnet/report-delivery")
+    update = next(m for m in first["timeline"] if m["kind"] == "update")
+    assert update["words"] == "tag report-downloaded, score +10"

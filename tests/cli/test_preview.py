@@ -134,3 +134,20 @@ def test_a_template_cannot_read_a_file_outside_the_emails_folder(tmp_path: Path)
     assert "_partials/notes.txt" in result.stderr and "outside" in result.stderr
     assert "hunter2" not in result.stdout + result.stderr
     assert not out.exists() or not any("hunter2" in p.read_text() for p in out.iterdir())
+
+
+def test_a_template_past_the_bounds_is_refused_with_its_file_and_line_at_once(tmp_path: Path) -> None:
+    import shutil
+    import time
+
+    shutil.copytree(ROOT / "emails", tmp_path / "emails")
+    report = tmp_path / "emails" / "lead-magnet" / "report-delivery.md"
+    text = report.read_text()
+    report.write_text(text + "\n{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}\n")
+    started = time.monotonic()
+    result = preview(tmp_path / "out", "lead-magnet/report-delivery", "--emails", str(tmp_path / "emails"))
+    assert time.monotonic() - started < 30  # it kept a command busy for minutes
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        f"{report.as_posix()}:{text.count(chr(10)) + 2}: more than 100,000 loop iterations and calls in one email"
+    ), result.stderr

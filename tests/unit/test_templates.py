@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -468,3 +469,124 @@ def test_loading_is_cached(emails: Path) -> None:
     lib = write(emails, "t/c.md", "---\nsubject: One\n---\nx\n")
     assert lib.load("t/c") is lib.load("t/c")
     assert lib.subject("t/c") == "One"
+
+
+# --------------------------------------------------------------------------------------------------
+# Bounds: what a template may build, and how long it may run
+# --------------------------------------------------------------------------------------------------
+
+BIG = "{% set s = 'x' * 10000 %}"  # the largest repetition the sandbox allows
+TILDE5 = "{% set s = s ~ s ~ s ~ s ~ s %}"
+PLUS5 = "{% set s = s + s + s + s + s %}"
+CAPTURE = "{% set b %}{% for i in range(10000) %}" + "z" * 1000 + "{% endfor %}{% endset %}"
+NESTED = "{% set l = [s, s, s, s, s, s, s, s, s, s] %}{% set l = [l, l, l, l, l, l, l, l, l, l] %}"
+
+
+@pytest.mark.parametrize(
+    ("payload", "words"),
+    [
+        # Each built 50 to 100 MB, or kept `funnel validate` busy for minutes.
+        ("{{ lead.email | center(50000000) }}", "characters"),
+        ("{{ '%50000000s' | format(lead.email) }}", "characters"),
+        ("{{ '%50000000s' % lead.email }}", "characters"),
+        ("{{ '%*s' % (50000000, lead.email) }}", "characters"),
+        ("{{ '{:>50000000}'.format(lead.email) }}", "characters"),
+        ("{{ '{:.50000000f}'.format(1.5) }}", "characters"),
+        ("{{ lead.email.center(50000000) }}", "characters"),
+        ("{{ lead.email.zfill(50000000) }}", "characters"),
+        (BIG + "{{ ([s] * 10000) | join }}", "characters"),
+        (BIG + "{{ ''.join([s] * 10000) }}", "characters"),
+        (BIG + "{{ [s] * 10000 }}", "characters"),
+        (BIG + "{{ ([s] * 10000) | string }}", "characters"),
+        (BIG + "{{ ([s] * 10000) | tojson }}", "characters"),
+        (BIG + "{{ s.replace('x', s) }}", "characters"),
+        (BIG + "{{ s | replace('x', s) }}", "characters"),
+        (BIG + "{{ s | wordwrap(1) | indent(10000, true) }}", "characters"),
+        (BIG + "{{ s | wordwrap(1, wrapstring=s) }}", "characters"),
+        (BIG + TILDE5 * 3, "characters"),
+        (BIG + PLUS5 * 3, "characters"),
+        (BIG + NESTED + "{{ l }}", "characters"),
+        ("{{ lipsum(100000000) }}", "lipsum"),
+        ("{{ [1] | batch(1000000000, 'x') | list }}", "batch"),
+        ("{{ [1] | slice(1000000000) | list }}", "slice"),
+        ("{{ range(100000) | batch(1) | list | sum(start=[0]) | length }}", "items"),
+        ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "loop iterations"),
+        ("{% for i in range(100000) %}{{ 'y' * 10000 }}{% endfor %}", "characters"),
+        (CAPTURE + "{{ b | length }}", "characters"),
+        ("{% macro m(n) %}{% if n %}{{ m(n - 1) }}{{ m(n - 1) }}{% endif %}{% endmacro %}{{ m(40) }}", "calls"),
+        (
+            "{% for i in range(3) recursive %}{% if loop.depth < 3 %}{{ loop(range(100000)) }}{% endif %}{% endfor %}",
+            "loop iterations",
+        ),
+    ],
+)
+@pytest.mark.parametrize("suffix", [".md", ".html"])
+def test_a_template_that_would_exhaust_the_machine_fails_at_its_line(
+    emails: Path, payload: str, words: str, suffix: str
+) -> None:
+    lib = write(emails, f"t/huge{suffix}", f"---\nsubject: S\n---\n{payload}\n")
+    started = time.perf_counter()
+    with pytest.raises(TemplateError) as caught:
+        lib.render("t/huge", context())
+    assert time.perf_counter() - started < 2
+    assert (caught.value.path, caught.value.line) == ((emails / f"t/huge{suffix}").as_posix(), 4)
+    assert words in caught.value.message, caught.value.message
+    [error] = lib.check("t/huge")
+    assert str(error) == str(caught.value)
+
+
+def test_a_subject_is_bounded_like_the_body(emails: Path) -> None:
+    lib = write(emails, "t/subject.md", "---\nsubject: \"{{ lead.email | center(5000000) }}\"\n---\nx\n")
+    with pytest.raises(TemplateError) as caught:
+        lib.render("t/subject", context())
+    assert (caught.value.line, "characters" in caught.value.message) == (2, True)
+
+
+def test_the_output_bound_names_the_line_that_passes_it(emails: Path) -> None:
+    from engine.template_bounds import MAX_TEXT_CHARS
+
+    # Each line is well within the bound; the tenth is where the email passes it.
+    line = "{{ 'a' * 10000 }}" * (MAX_TEXT_CHARS // 10000 // 10 + 1) + "\n"
+    lib = write(emails, "t/long.html", "---\nsubject: S\n---\n" + line * 12)
+    with pytest.raises(TemplateError) as caught:
+        lib.render("t/long", context())
+    assert caught.value.line == 3 + 10
+    assert f"more than {MAX_TEXT_CHARS:,} characters" in caught.value.message
+
+
+def test_render_time_is_bounded_where_counting_steps_is_not_enough(
+    emails: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine import template_bounds
+
+    monkeypatch.setattr(template_bounds, "MAX_RENDER_SECONDS", 0.3)
+    # Few steps, each a sort of 100,000 items: the clock stops it, not the step count.
+    slow = "{% set r = range(100000) | list | reverse | list %}{% for i in range(20000) %}{{ (r|sort)[0] }}{% endfor %}"
+    lib = write(emails, "t/slow.html", "---\nsubject: S\n---\n" + slow + "\n")
+    started = time.perf_counter()
+    with pytest.raises(TemplateError) as caught:
+        lib.render("t/slow", context())
+    assert time.perf_counter() - started < 2
+    assert caught.value.line == 4
+    assert "took longer than 0.3 s" in caught.value.message
+
+
+def test_real_templates_stay_well_within_the_bounds(emails: Path) -> None:
+    # Loops, macros, includes, formatting and joins as emails use them all still work.
+    lib = write(
+        emails,
+        "t/fine.html",
+        "---\nsubject: \"{{ '%s, %d tips' | format(lead.first_name | default('Hi'), 3) }}\"\n---\n"
+        "{% macro item(n) %}<li>{{ '{:>3}'.format(n) }} {{ 'tip' | center(9) }}</li>{% endmacro %}"
+        "<ul>{% for n in range(1, 4) %}{{ item(n) }}{% endfor %}</ul>"
+        "<p>{{ ['a', 'b', 'c'] | join(', ') }} {{ 'x' ~ 1 ~ 'y' }} {{ 10 + 5 }} {{ 'ab' + 'cd' }}</p>"
+        "<p>{{ [[1], [2, 3]] | sum(start=[]) }} {{ range(100000) | sum }} {{ range(99999) | list | length }}</p>"
+        "{% for row in [[1, 2], [3, 4]] recursive %}{{ row if row is number else loop(row) }}{% endfor %}"
+        "<p>{{ lead.email | replace('@', ' at ') | wordwrap(40) | indent(2) }} {{ '%-5s|' % 'ab' }}</p>\n",
+    )
+    assert lib.check("t/fine", SENDER) == []
+    email = lib.render("t/fine", context(first_name="Sam"))
+    assert email.subject == "Sam, 3 tips"
+    assert "<li>  1    tip   </li>" in email.html and "a, b, c x1y 15 abcd" in email.html
+    assert "1234" in email.html and "sam at example.com" in email.html and "ab   |" in email.html
+    assert "[1, 2, 3] 4999950000 99999" in email.html

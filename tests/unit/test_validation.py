@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -250,6 +251,22 @@ def test_duplicate_yaml_keys_are_errors(tmp_path: Path) -> None:
     assert "duplicate key 'name'" in error.message
 
 
+def test_a_duplicate_key_is_named_by_the_stage_and_step_that_hold_it(tmp_path: Path) -> None:
+    # PyYAML keeps the last copy of a key; the place of a duplicate is the copy it is written in.
+    path = tmp_path / "dup.yaml"
+    text = (VALID / "nurture.yaml").read_text(encoding="utf-8")
+    text = text.replace("        transactional: true\n", "        transactional: true\n        transactional: false\n")
+    text = text.replace("  - id: conversion\n", "  - id: conversion\n    id: closing\n")
+    path.write_text(text + "stages:\n  - id: other\n", encoding="utf-8")
+    messages = [(e.line, e.column, e.message) for e in load(path).errors]
+    twice = "expected each key once, found it twice"
+    assert messages == [
+        (22, 9, f"stage 'inquiry' step 'report': duplicate key 'transactional': {twice}"),
+        (56, 5, f"stage 'conversion': duplicate key 'id': {twice}"),
+        (74, 1, f"funnel: duplicate key 'stages': {twice}"),
+    ]
+
+
 def test_loops_through_a_wait_are_allowed(tmp_path: Path) -> None:
     path = tmp_path / "loop.yaml"
     text = (BROKEN / "loop-without-wait.yaml").read_text(encoding="utf-8")
@@ -257,6 +274,71 @@ def test_loops_through_a_wait_are_allowed(tmp_path: Path) -> None:
         text.replace("      - id: again\n", "      - id: pause\n        wait: 1d\n      - id: again\n"),
         encoding="utf-8",
     )
+    assert load(path).errors == []
+
+
+LOOP = (BROKEN / "loop-without-wait.yaml").read_text(encoding="utf-8")
+TIMELESS = (
+    "expected a step inside the loop that lets time pass (a wait or a wait_for timeout longer than 0s,"
+    " or a wait_until), found"
+)
+
+
+@pytest.mark.parametrize(
+    ("step", "found"),
+    [
+        ("      - id: pause\n        wait: 0s\n", "only 'pause' (wait 0s)"),
+        (
+            "      - id: pause\n        wait_for: {event: email_clicked, timeout: 0s, on_event: {exit: clicked}}\n",
+            "only 'pause' (wait_for timeout 0s)",
+        ),
+    ],
+)
+def test_a_wait_of_no_time_does_not_break_a_loop(tmp_path: Path, step: str, found: str) -> None:
+    # The core would run such a loop until its step budget stops the lead ("step-limit").
+    path = tmp_path / "loop.yaml"
+    path.write_text(LOOP.replace("      - id: again\n", step + "      - id: again\n"), encoding="utf-8")
+    (error,) = load(path).errors
+    assert (error.line, error.column) == (17, 24)
+    assert error.message == (
+        "stage 'inquiry' step 'again' branch.then.goto: loop without a wait"
+        f" (inquiry/report -> inquiry/pause -> inquiry/again): {TIMELESS} {found}"
+    )
+
+
+def test_a_transition_after_0s_is_no_wait_either(tmp_path: Path) -> None:
+    path = tmp_path / "bounce.yaml"
+    text = (
+        "id: bounce\nname: Bounce\nentry:\n  triggers:\n    - manual: true\nstages:\n  - id: a\n    on_end: stay\n"
+        "  - id: b\n    on_end: {move_to: a}\ntransitions:\n  - id: quick\n    from: a\n    after: {after}\n    to: b\n"
+    )
+    path.write_text(text.replace("{after}", "0s"), encoding="utf-8")
+    messages = [(e.line, e.column, e.message) for e in load(path).errors]
+    assert messages == [
+        (
+            14,
+            12,
+            f"transition 'quick' after: loop without a wait (a/(end) -> b/(end)): {TIMELESS} only transition"
+            " 'quick' (after 0s)",
+        )
+    ]
+    path.write_text(text.replace("{after}", "1m"), encoding="utf-8")
+    assert load(path).errors == []
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        "      - id: pause\n        wait: 1s\n",
+        "      - id: pause\n        wait_until: {time: '09:00'}\n",
+        "      - id: pause\n        wait_for: {event: email_clicked, timeout: 1s}\n",
+        # Only a new event goes round again: the timeout leaves the loop.
+        "      - id: pause\n        wait_for: {event: email_clicked, timeout: 0s, on_timeout: {exit: quiet}}\n",
+    ],
+)
+def test_a_wait_that_lets_time_pass_breaks_a_loop(tmp_path: Path, step: str) -> None:
+    path = tmp_path / "loop.yaml"
+    path.write_text(LOOP.replace("      - id: again\n", step + "      - id: again\n"), encoding="utf-8")
     assert load(path).errors == []
 
 
@@ -293,3 +375,62 @@ def test_a_step_with_two_actions_or_none_says_which(tmp_path: Path) -> None:
         (10, 9, f"stage 'inquiry' step 'report': expected exactly one of {actions}, found 'send' and 'wait'"),
         (13, 9, f"stage 'inquiry' step 'nothing': expected exactly one of {actions}, found none"),
     ]
+
+
+# --------------------------------------------------------------------------------------------------
+# Bounds: a funnel file is small, and so is what it holds
+# --------------------------------------------------------------------------------------------------
+
+
+def test_a_funnel_file_over_the_size_bound_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
+    from engine.yamlfile import MAX_FILE_BYTES
+
+    path = write_funnel(tmp_path, "big.yaml")
+    stage = "  - id: s{0}\n    steps:\n" + "".join(f"      - id: s{{0}}-w{i}\n        wait: 1d\n" for i in range(20))
+    with path.open("a", encoding="utf-8") as out:
+        for n in range(10_000):  # ~5 MB of well-formed stages: what took half a minute and 900 MB to load
+            out.write(stage.format(n))
+    size = path.stat().st_size
+    assert size > 4 * MAX_FILE_BYTES
+    started = time.perf_counter()
+    result = load(path)
+    assert time.perf_counter() - started < 2
+    assert [str(e) for e in result.errors] == [
+        f"{path}:1:1: expected a file of at most {MAX_FILE_BYTES:,} bytes (256 KiB), found {size:,} bytes"
+    ]
+    assert result.funnels == []
+
+
+def test_a_funnel_file_at_the_size_bound_loads(tmp_path: Path) -> None:
+    from engine.yamlfile import MAX_FILE_BYTES
+
+    path = write_funnel(tmp_path, "padded.yaml")
+    padding = MAX_FILE_BYTES - path.stat().st_size
+    with path.open("a", encoding="utf-8") as out:
+        out.write(("#" * 99 + "\n") * (padding // 100) + "#" * (padding % 100))
+    assert path.stat().st_size == MAX_FILE_BYTES
+    assert load(path).errors == []
+
+
+def test_stages_and_steps_are_bounded_with_the_place_and_the_count(tmp_path: Path) -> None:
+    from engine.definition import MAX_STAGES, MAX_STEPS_PER_STAGE
+
+    head = ["id: many", "name: Many", "entry:", "  triggers:", "    - event: form_submitted", "stages:"]
+    many_stages = tmp_path / "stages.yaml"
+    many_stages.write_text("\n".join([*head, *(f"  - id: s{i}" for i in range(MAX_STAGES + 1))]) + "\n")
+    many_steps = tmp_path / "steps.yaml"
+    steps = [f"      - id: w{i}\n        wait: 1d" for i in range(MAX_STEPS_PER_STAGE + 1)]
+    many_steps.write_text("\n".join([*head, "  - id: first", "    steps:", *steps]) + "\n")
+    messages = [(e.path.name, e.line, e.column, e.message) for e in load(many_stages, many_steps).errors]
+    assert messages == [
+        ("stages.yaml", 7, 3, f"stages: expected at most {MAX_STAGES} item(s), found {MAX_STAGES + 1}"),
+        (
+            "steps.yaml",
+            9,
+            7,
+            f"stage 'first' steps: expected at most {MAX_STEPS_PER_STAGE} item(s), found {MAX_STEPS_PER_STAGE + 1}",
+        ),
+    ]
+    lines = many_stages.read_text().splitlines()
+    many_stages.write_text("\n".join(lines[:-1]) + "\n")
+    assert load(many_stages).errors == []
