@@ -380,7 +380,7 @@ def test_a_template_past_the_bounds_fails_its_own_message_and_the_round_goes_on(
         mailer.close()
     assert (result.sent, result.failed) == (2, 1)
     status, attempts, error = outcome(engine)["huge@example.com"]
-    assert (status, attempts) == ("failed", 0)
+    assert (status, attempts) == ("failed", 1)
     assert error == (
         f"render: lead-magnet/huge: {(emails / 'lead-magnet' / 'huge.md').as_posix()}:6: center(5,000,000) would"
         " build more than 1,000,000 characters (the most a template may build or write)"
