@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -39,6 +40,9 @@ def import_leads(
     from engine.database import create_engine_for
     from engine.settings import get_settings
 
+    # psycopg warns that it ended its pipeline while the import's own error was on its way out: that
+    # error is what the command says, in one line.
+    logging.getLogger("psycopg").setLevel(logging.ERROR)
     console, err = Console(emoji=False), Console(stderr=True, emoji=False)
     settings = get_settings()
     now = datetime.now(UTC)
