@@ -28,9 +28,10 @@ from engine import addresses
 # An address in any script: a local part, an at-sign (fullwidth, or percent-encoded in a path), and a
 # domain of two labels or more (with any of the dots IDNA reads as dots). Quotes, brackets, slashes and
 # query punctuation around an address are not taken into it, so that one address gets one pseudonym
-# however a line frames it.
-_LOCAL = r"[^\s@＠<>()\[\]{}\\,;:\"'`/|?#=&]+"
-_LABEL = r"[^\s@＠<>()\[\]{}\\,;:\"'`/|?#=&.．。｡]+"
+# however a line frames it. Bounded lengths (a local part is at most 64 octets, percent-encoded three
+# times that; a label 63) keep a long line without an address a linear scan.
+_LOCAL = r"[^\s@＠<>()\[\]{}\\,;:\"'`/|?#=&]{1,200}"
+_LABEL = r"[^\s@＠<>()\[\]{}\\,;:\"'`/|?#=&.．。｡]{1,200}"
 EMAIL = re.compile(rf"{_LOCAL}(?:[@＠]|%40){_LABEL}(?:[.．。｡]{_LABEL})+", re.IGNORECASE)
 # Links carrying a signed token (which holds the address): unsubscribe, preferences, clicks, opens,
 # opt-in confirmations; cut whole, even a token cut short.
@@ -78,6 +79,8 @@ def scrub(text: str) -> str:
     text = TOKEN_PATH.sub(lambda m: f"/{m.group(1)}/<token>", text)
     text = API_KEY.sub("fk_<key>", text)
     text = BEARER.sub(r"\1<key>", text)
+    if "@" not in text and "＠" not in text and "%40" not in text:
+        return text  # most lines: no address to look for
     return EMAIL.sub(lambda m: pseudonym(m.group(0)), text)
 
 
