@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import traceback
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -430,7 +431,9 @@ class _Connection:
             # when the lease runs out. The round reports the database outage once.
             self._drop()
         except Exception as exc:
-            log.debug("sending message %d raised", p.item.id, exc_info=True)
+            if log.isEnabledFor(logging.DEBUG):  # the traceback, with the recipient as its pseudonym
+                said = pseudonymise(traceback.format_exc(), p.item.email)
+                log.debug("sending message %d raised: %s", p.item.id, said.rstrip())
             self._drop()
             if self.handed:
                 self._unknown(p.item, f"after DATA: {reason(exc)}")
