@@ -510,7 +510,9 @@ def import_file(
         for item in reader:
             if isinstance(item, BadRow):
                 if item.stops:
-                    raise ImportFileError(f"{path}:{item.line}: {item.problem}; the rest of the file cannot be read")
+                    raise ImportFileError(
+                        f"{path}:{item.line}: {item.problem}; the rest of the file cannot be read: nothing imported"
+                    )
                 result.skipped += 1
                 if collect:
                     result.add_bad(item)

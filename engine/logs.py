@@ -28,8 +28,8 @@ from engine import addresses
 # An address in any script: a local part, an at-sign (fullwidth, or percent-encoded in a path), and a
 # domain of two labels or more (with any of the dots IDNA reads as dots). Quotes, brackets, slashes and
 # query punctuation around an address are not taken into it, so that one address gets one pseudonym
-# however a line frames it. Bounded lengths (a local part is at most 64 octets, percent-encoded three
-# times that; a label 63) keep a long line without an address a linear scan.
+# however a line frames it. Bounded lengths (a local part is at most 64 octets and a label 63, three
+# times that percent-encoded) keep the scan of a long line linear.
 _LOCAL = r"[^\s@＠<>()\[\]{}\\,;:\"'`/|?#=&]{1,200}"
 _LABEL = r"[^\s@＠<>()\[\]{}\\,;:\"'`/|?#=&.．。｡]{1,200}"
 EMAIL = re.compile(rf"{_LOCAL}(?:[@＠]|%40){_LABEL}(?:[.．。｡]{_LABEL})+", re.IGNORECASE)
@@ -94,7 +94,7 @@ class ScrubbingJsonFormatter(JsonFormatter):
         return scrub(super().format(record))
 
 
-def handler(log_format: str = "text") -> logging.Handler:
+def _handler(log_format: str) -> logging.Handler:
     """A scrubbing handler on stderr in the given format."""
     out = logging.StreamHandler(sys.stderr)
     if log_format == "json":
@@ -103,7 +103,7 @@ def handler(log_format: str = "text") -> logging.Handler:
                 "{asctime}{levelname}{name}{message}",
                 style="{",
                 rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-                # As written, not as \\u escapes: the scrubber reads addresses in any script.
+                # Characters as written, not as \u escapes: the scrubber reads addresses in any script.
                 json_ensure_ascii=False,
             )
         )
@@ -118,9 +118,9 @@ def setup(log_format: str = "text", level: str = "INFO", libraries: str = "WARNI
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
-    root.addHandler(handler(log_format))
+    root.addHandler(_handler(log_format))
     root.setLevel(libraries)
     logging.getLogger("engine").setLevel(level)
     # The HTTP app's server: its start, its stop, and the traceback of a request the app failed.
     logging.getLogger("uvicorn.error").setLevel(level)
-    logging.getLogger("mail.log").setLevel(logging.WARNING)  # the local sink's per-command chatter
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # the local sink's chatter, whatever libraries log
