@@ -96,6 +96,17 @@ def _domain(domain: str) -> _Domain | None:
     return _Domain(valid.domain, valid.ascii_domain.lower())
 
 
+def spellings(text: str) -> tuple[str, ...]:
+    """The ways one address may be written out (as given, as kept, with its domain in ASCII or in
+    Unicode), for finding it in text someone else wrote: a relay's reply, an exception's message."""
+    found = dict.fromkeys((text.strip(), lookup_key(text)))
+    local, _, domain = lookup_key(text).rpartition("@")
+    checked = _domain(domain) if local else None
+    if checked is not None:
+        found.update(dict.fromkeys((f"{local}@{checked.unicode}", f"{local}@{checked.ascii}")))
+    return tuple(found)
+
+
 def lookup_key(text: str) -> str:
     """The form an address is found and hashed under: `normalise(text)`, or, for text these rules refuse,
     the form the engine kept addresses in before them (trimmed, lower-cased). A row stored before the

@@ -20,6 +20,7 @@ from engine import api_v1, dashboard, forms, hooks, pages
 from engine.database import describe_failure
 from engine.http_context import HttpContext
 from engine.lead_headers import LeadFacingHeaders
+from engine.logs import safe_path
 from engine.metrics import Metrics
 from engine.request_bodies import RequestBodies
 from engine.settings import Settings
@@ -65,7 +66,7 @@ def create_app(
         problem = describe_failure(engine, exc)
         if problem is None:
             raise exc
-        log.warning("%s %s: %s", request.method, request.url.path, problem)
+        log.warning("%s %s: %s", request.method, safe_path(request.url.path), problem)
         return JSONResponse(
             status_code=503,
             content={"detail": "the database cannot take this request now; send it again later"},

@@ -7,7 +7,6 @@ Invariant 12: a batch with one bad item is rejected whole, with each item's and 
 from __future__ import annotations
 
 import json
-import math
 import re
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
@@ -35,9 +34,10 @@ from pydantic import (
 from pydantic.config import JsonDict
 from typing_extensions import TypeAliasType
 
-from engine import addresses, consents, ingest, lead_timeline, own_events, signup, store
+from engine import addresses, consents, ingest, lead_timeline, own_events, signup, storable, store
 from engine.http_context import BEARER, HttpContext
 from engine.own_events import LEAD_UPDATED, engine_id
+from engine.storable import FIRST_YEAR, LAST_YEAR
 
 EVENT_NAME = r"^[a-z][a-z0-9_.-]{0,99}$"
 MAX_BATCH = 1000
@@ -46,44 +46,17 @@ _DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]")
 ZONES = sorted(available_timezones())
 
 
-# Years as written: any offset then has a UTC date, and a hundred years of waits still fit the calendar.
-FIRST_YEAR, LAST_YEAR = 1900, 8999
-MAX_JSON_DEPTH = 64
-# NUL, which PostgreSQL's text and JSON types refuse, and lone surrogates, which are not Unicode text.
-_UNSTORABLE_TEXT = re.compile("[\x00\ud800-\udfff]")
-# The same said in the schema (a lone surrogate cannot be written in a JSON document that is UTF-8).
+# What no database can hold: NUL and lone surrogates in text (`engine.storable`), said in the schema (a lone
+# surrogate cannot be written in a JSON document that is UTF-8).
 _NO_NUL = {"pattern": "^[^\\x00]*$"}
 _Text = Annotated[str, Field(json_schema_extra=_NO_NUL)]
 _Object = Annotated[dict[str, "JsonValue"], Field(json_schema_extra={"propertyNames": _NO_NUL})]  # type: ignore[misc]
 # Only the schema of what `properties` and `attributes` may hold: validating it value by value costs a
-# hundred times what `unstorable` does.
+# hundred times what `storable.value_problem` does.
 JsonValue: Any = TypeAliasType(
     "JsonValue",
     Union[_Text, int, float, bool, list["JsonValue"], _Object, None],  # type: ignore[misc]
 )
-
-
-def unstorable(value: Any) -> str | None:
-    """What JSON from a client may hold that the database cannot store, or None: a NUL character or a lone
-    surrogate in any text, NaN or an infinity (Python's JSON parser reads them), nesting deeper than
-    `MAX_JSON_DEPTH` (the JSON encoder recurses). Checked the same on every backend, so an event refused
-    on PostgreSQL is refused on SQLite too."""
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, str):
-            bad = _UNSTORABLE_TEXT.search(item)
-            if bad is not None:
-                return f"expected text without NUL characters or lone surrogates, found {bad.group()!r}"
-        elif isinstance(item, float):
-            if not math.isfinite(item):
-                return f"expected a finite number (JSON has no NaN or infinity), found {item}"
-        elif isinstance(item, dict | list):
-            if depth >= MAX_JSON_DEPTH:
-                return f"expected at most {MAX_JSON_DEPTH} levels of nesting, found more"
-            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children)
-    return None
 
 
 class JsonSafeRoute(APIRoute):
@@ -134,7 +107,7 @@ def _same(value: Any) -> Any:
 
 
 def _storable(value: Any) -> Any:
-    problem = unstorable(value)
+    problem = storable.value_problem(value)
     if problem is not None:
         raise ValueError(problem)
     return value

@@ -322,7 +322,7 @@ def run(
     from engine.settings import get_settings
 
     settings = get_settings()
-    setup(settings.log_format, settings.log_level)
+    setup(settings.log_format, settings.log_level, settings.log_level_libraries)
     _refuse_unsafe_start(settings)
     funnels = _load([settings.funnels_dir], settings.emails_dir)
     try:
@@ -612,7 +612,7 @@ def api(
     from engine.settings import get_settings
 
     settings = get_settings()
-    setup(settings.log_format, settings.log_level)
+    setup(settings.log_format, settings.log_level, settings.log_level_libraries)
     _refuse_unsafe_start(settings, host)
     uvicorn.run(
         create_app(settings, _api_db()),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -14,6 +15,8 @@ import typer
 from rich.console import Console
 
 if TYPE_CHECKING:
+    import sqlalchemy as sa
+
     from engine.importer import ImportResult
 
 
@@ -34,9 +37,12 @@ def import_leads(
 ) -> None:
     """Import leads from a CSV file. Every row is checked first; by default one bad row imports nothing."""
     from engine import importer
-    from engine.database import create_engine_for, upgrade
+    from engine.database import create_engine_for
     from engine.settings import get_settings
 
+    # psycopg warns that it ended its pipeline while the import's own error was on its way out: that
+    # error is what the command says, in one line.
+    logging.getLogger("psycopg").setLevel(logging.ERROR)
     console, err = Console(emoji=False), Console(stderr=True, emoji=False)
     settings = get_settings()
     now = datetime.now(UTC)
@@ -61,9 +67,9 @@ def import_leads(
                     raise typer.Exit(1)
             if url.startswith("sqlite") and database_url is None:
                 settings.data_dir.mkdir(parents=True, exist_ok=True)
-            upgrade(url)
             engine = create_engine_for(url)
             try:
+                _upgrade(engine, url, path, err)
                 options = importer.ImportOptions(source=f"import {path.name}"[:200], funnel=funnel, now=now)
                 with _progress(console, "importing", size) as advance:
                     if skip_bad_rows:
@@ -75,10 +81,27 @@ def import_leads(
     except importer.ImportFileError as exc:
         err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
+    except importer.ImportWriteError as exc:
+        err.print(f"{path}: nothing imported: {exc}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
     elapsed = time.perf_counter() - started
     if result.bad_total:
         _report_bad(err, path, result)
     _summary(console, result, elapsed, funnel)
+
+
+def _upgrade(engine: sa.Engine, url: str, path: Path, err: Console) -> None:
+    """The schema brought up to date, or one line saying why the database cannot be used."""
+    import sqlalchemy
+
+    from engine.database import describe_failure, one_line, upgrade
+
+    try:
+        upgrade(url)
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        said = describe_failure(engine, exc) or one_line(exc)
+        err.print(f"{path}: nothing imported: cannot use the database: {said}", markup=False, highlight=False)
+        raise typer.Exit(1) from None
 
 
 def _funnel_id(ref: str, folder: Path, now: datetime, err: Console) -> str:

@@ -23,6 +23,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from engine.logs import scrub
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -48,7 +50,10 @@ READ_ONLY = "funnel_read_only"
 
 
 def create_engine_for(url: str | URL, **kwargs: Any) -> Engine:
-    """An engine configured for this product: WAL and a busy timeout on SQLite, psycopg 3 on PostgreSQL."""
+    """An engine configured for this product: WAL and a busy timeout on SQLite, psycopg 3 on PostgreSQL.
+    Its errors never quote the statement's parameters (addresses, attributes): an error's text ends up
+    in a log or on a terminal."""
+    kwargs.setdefault("hide_parameters", True)
     parsed = _normalise(make_url(url))
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, **kwargs)
@@ -114,6 +119,16 @@ def describe_failure(engine: Engine, exc: BaseException) -> str | None:
         said = str(exc.orig).strip().splitlines() or [repr(exc.orig)]
         return f"database {where}: {said[0]}"
     return None
+
+
+def one_line(exc: BaseException) -> str:
+    """What the database said about a failure, in one line and without the values it quotes: the
+    first line of the driver's message (PostgreSQL puts the row it refused in the lines after it), with
+    any address in it pseudonymised as the logs do. For a user's terminal as for the logs."""
+    cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+    lines = str(cause).strip().splitlines()
+    said = lines[0] if lines else ""
+    return scrub(f"{type(cause).__name__}: {said}" if said else type(cause).__name__)
 
 
 def _describe_sqlite(path: Path, error: sqlite3.Error) -> str | None:

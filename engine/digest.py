@@ -23,6 +23,7 @@ from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy.dialects import postgresql, sqlite
 
 from engine import tables
+from engine.logs import pseudonymise
 from engine.mailer import client_options
 from engine.mime import build_mime
 from engine.settings import Settings
@@ -162,7 +163,7 @@ async def send(engine: sa.Engine, settings: Settings, now: datetime, host: str, 
         with engine.begin() as conn:
             d = tables.ops_digests
             conn.execute(sa.update(d).where(d.c.day == day.isoformat()).values(status="failed", error=str(exc)))
-        log.error("daily digest for %s failed: %s", day, exc)
+        log.error("daily digest for %s failed: %s", day, pseudonymise(str(exc), *digest.to))
         return f"digest for {day} failed"
     with engine.begin() as conn:
         d = tables.ops_digests

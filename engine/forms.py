@@ -25,7 +25,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import TemplateNotFound
 from jinja2.sandbox import SandboxedEnvironment
 
-from engine import addresses, consents, signup, store
+from engine import addresses, consents, signup, storable, store
 from engine.addresses import AddressError
 from engine.consents import ConsentAct
 from engine.folder_loader import FolderLoader, OutsideFolder
@@ -296,7 +296,7 @@ def _check(values: dict[str, str], spec: FormSettings) -> tuple[str | None, dict
             continue
         if len(value) > MAX_FIELD:
             errors[name] = f"Please keep this under {MAX_FIELD} characters."
-        elif "\x00" in value:  # no browser sends it, and PostgreSQL's text and JSON types cannot hold it
+        elif storable.text_problem(value) is not None:  # a NUL: no browser sends it, no database holds it
             errors[name] = "Please remove the invisible characters from this field."
     return address, errors
 

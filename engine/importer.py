@@ -1,11 +1,16 @@
 """Bulk import of leads from CSV: parse and check each row, then write leads in batches.
 
-Streaming throughout: rows are read one at a time and written in transactions of `BATCH_SIZE`, so a
-file of millions of rows costs the memory of one batch. The check pass keeps the good rows, parsed, in
-a temporary file (`Parsed`), so nothing is written until every row is known good and the file is
-parsed once. Each batch is a handful of set-based
-statements (one lookup of existing leads, one of suppressions, one multi-row insert, one executemany
-update, events), not one round trip per row.
+Streaming throughout: rows are read one at a time and written in batches of `BATCH_SIZE`, so a file of
+millions of rows costs the memory of one batch. The check pass keeps the good rows, parsed, in a
+temporary file (`Parsed`), so nothing is written until every row is known good and the file is parsed
+once. Each batch is a handful of set-based statements (one lookup of existing leads, one of
+suppressions, one multi-row insert, one executemany update, events), not one round trip per row.
+
+A file is imported whole or not at all: every batch goes into one transaction, so a failure while
+writing (the database refusing a row, the disk filling up, the connection lost) leaves nothing behind,
+and running the command again starts from a clean slate. What a database cannot store is refused by
+the check like any other bad row, by the rule every entry uses (`engine.storable`), so a file that one
+database takes is taken by the other.
 
 Consent only ever gets stricter through an import: a lead who unsubscribed, bounced, complained or was
 erased keeps that status whatever the file says, a lead whose signup is unconfirmed stays pending, and
@@ -16,6 +21,7 @@ consent writes a consent record naming the import.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import io
@@ -31,8 +37,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import sqlalchemy as sa
 
-from engine import addresses, ingest, journey, signup, store, tables
+from engine import addresses, ingest, journey, signup, storable, store, tables
 from engine.addresses import AddressError
+from engine.database import describe_failure, one_line
 from engine.definition import Funnel
 from engine.own_events import LEAD_IMPORTED, engine_id
 from engine.signup import OPTED_OUT
@@ -68,6 +75,39 @@ class LeadRow(NamedTuple):
 class BadRow:
     line: int
     problem: str
+    stops: bool = False  # the file cannot be read past it
+
+
+# Line breaks as the CSV reader counts lines (universal newlines, `newline=""`).
+_LINE_BREAK = re.compile("\r\n|\r|\n")
+# What `surrogateescape` made of bytes that are not UTF-8: one character per byte, U+DC80 to U+DCFF.
+_NOT_UTF8 = re.compile("[\udc80-\udcff]+")
+
+
+def _unstorable_field(fields: Sequence[str]) -> tuple[int, int, str] | None:
+    """The first field holding what no database stores (`engine.storable`), or bytes that are not UTF-8:
+    (its index, the offset of the bad character, the problem). One check of the whole row first: nearly
+    every row is clean."""
+    if storable.unstorable_at("".join(fields)) is None:
+        return None
+    for index, value in enumerate(fields):
+        found = storable.unstorable_at(value)
+        if found is None:
+            continue
+        bad, problem = found
+        escaped = _NOT_UTF8.match(value, bad)
+        if escaped is not None:
+            shown = " ".join(f"0x{ord(c) - 0xDC00:02x}" for c in escaped.group())
+            problem = f"bytes that are not UTF-8 ({shown}); save the file as UTF-8"
+        return index, bad, problem
+    return None
+
+
+def _csv_problem(exc: csv.Error) -> str:
+    text = str(exc)
+    if text.startswith("field larger than field limit"):
+        return f"a field longer than {csv.field_size_limit():,} characters"
+    return text
 
 
 @functools.lru_cache(maxsize=1024)
@@ -92,20 +132,28 @@ def column_name(header: str) -> str:
 
 class RowReader:
     """Rows of a CSV file as `LeadRow`s or `BadRow`s, one at a time. `bytes_read` follows the file
-    for a progress bar. Line numbers are the file's: the header is line 1, and a row whose quoted
-    field spans lines is numbered by its first line."""
+    for a progress bar. Line numbers are the file's: the header is line 1, a row whose quoted field
+    spans lines is numbered by its first line, and a problem inside such a field by its own line.
+
+    Bytes that are not UTF-8 are kept as they are read (`surrogateescape`) and found in the row that
+    holds them: the decoder reads the file ahead in chunks, so its own error would name whichever line
+    was being read when it decoded the next chunk, and reading could not go on after it."""
 
     def __init__(self, binary: IO[bytes], name: str) -> None:
         self.name = name
         self._binary = binary
-        self._text = io.TextIOWrapper(binary, encoding="utf-8-sig", newline="")
+        self._text = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="surrogateescape", newline="")
         self._csv = csv.reader(self._text)
         try:
             header = next(self._csv)
         except StopIteration:
             raise ImportFileError(f"{name}:1: the file is empty; expected a header with an 'email' column") from None
-        except (UnicodeDecodeError, csv.Error) as exc:
-            raise ImportFileError(f"{name}:1: cannot read the header ({exc})") from None
+        except csv.Error as exc:
+            raise ImportFileError(f"{name}:1: cannot read the header ({_csv_problem(exc)})") from None
+        unstorable = _unstorable_field(header)
+        if unstorable is not None:
+            index, _, problem = unstorable
+            raise ImportFileError(f"{name}:1: column {index + 1} of the header: {problem}")
         self.columns = [column_name(h) for h in header]
         if "email" not in self.columns:
             found = ", ".join(repr(h) for h in header) or "nothing"
@@ -132,12 +180,9 @@ class RowReader:
                 fields = next(self._csv)
             except StopIteration:
                 return
-            except UnicodeDecodeError as exc:
-                # The decoder cannot resynchronise: report the line and stop reading.
-                yield BadRow(previous_end + 1, f"not valid UTF-8 ({exc.reason}); save the file as UTF-8")
-                return
             except csv.Error as exc:
-                yield BadRow(previous_end + 1, f"cannot parse the row ({exc})")
+                # The parser cannot tell where the next row starts (inside a quoted field, or not?).
+                yield BadRow(previous_end + 1, f"cannot parse the row ({_csv_problem(exc)})", stops=True)
                 return
             line = previous_end + 1
             previous_end = self._csv.line_num
@@ -148,6 +193,12 @@ class RowReader:
     def _row(self, line: int, fields: list[str]) -> LeadRow | BadRow:
         if len(fields) != len(self.columns):
             return BadRow(line, f"expected {len(self.columns)} fields as in the header, found {len(fields)}")
+        found = _unstorable_field(fields)
+        if found is not None:
+            index, at, problem = found
+            # The line holding the bad character: a quoted field before it may span lines.
+            before = "".join(fields[:index]) + fields[index][:at]
+            return BadRow(line + len(_LINE_BREAK.findall(before)), f"column {self.columns[index]!r}: {problem}")
         raw_email = fields[self._email].strip()
         if not raw_email:
             return BadRow(line, "email is empty")
@@ -432,12 +483,13 @@ def import_parsed(
     result: ImportResult,
     progress: Callable[[int], None] | None = None,
 ) -> None:
-    """Write rows `check_file` kept, in transactions of `BATCH_SIZE`."""
-    for rows, bytes_read in parsed.batches():
-        with engine.begin() as conn:
-            write_batch(conn, rows, options, result)
-        if progress is not None:
-            progress(bytes_read)
+    """Write the rows `check_file` kept, a batch of `BATCH_SIZE` at a time, in one transaction: the whole
+    file is imported, or nothing (`ImportWriteError`)."""
+    with _one_transaction(engine, options, result) as write:
+        for rows, bytes_read in parsed.batches():
+            write(rows)
+            if progress is not None:
+                progress(bytes_read)
 
 
 def import_file(
@@ -447,27 +499,61 @@ def import_file(
     result: ImportResult,
     progress: Callable[[int], None] | None = None,
 ) -> None:
-    """Read the file and write its good rows in transactions of `BATCH_SIZE`, in one pass; bad rows are
-    counted as skipped (and collected in `result.bad` unless a first pass already did)."""
+    """Read the file and write its good rows in one pass, a batch of `BATCH_SIZE` at a time, in one
+    transaction; bad rows are counted as skipped (and collected in `result.bad` unless a first pass
+    already did). A row the file cannot be read past imports nothing (`ImportFileError`), nor does a
+    write the database refuses (`ImportWriteError`)."""
     collect = result.bad_total == 0
     batch: list[LeadRow] = []
-    with path.open("rb") as binary:
+    with path.open("rb") as binary, _one_transaction(engine, options, result) as write:
         reader = RowReader(binary, str(path))
         for item in reader:
             if isinstance(item, BadRow):
+                if item.stops:
+                    raise ImportFileError(
+                        f"{path}:{item.line}: {item.problem}; the rest of the file cannot be read: nothing imported"
+                    )
                 result.skipped += 1
                 if collect:
                     result.add_bad(item)
                 continue
             batch.append(item)
             if len(batch) >= BATCH_SIZE:
-                with engine.begin() as conn:
-                    write_batch(conn, batch, options, result)
+                write(batch)
                 batch.clear()
                 if progress is not None:
                     progress(reader.bytes_read)
         if batch:
-            with engine.begin() as conn:
-                write_batch(conn, batch, options, result)
+            write(batch)
         if progress is not None:
             progress(reader.bytes_read)
+
+
+class ImportWriteError(Exception):
+    """The database refused a write (or the commit): the transaction is rolled back, nothing is imported.
+    The message names the lines of the batch being written and what the database said, without the
+    values it quotes."""
+
+
+@contextlib.contextmanager
+def _one_transaction(
+    engine: sa.Engine, options: ImportOptions, result: ImportResult
+) -> Iterator[Callable[[Sequence[LeadRow]], None]]:
+    """One transaction for the whole import, and a function writing one batch in it. On SQLite it holds
+    the writer lock until the commit (other writers wait, up to the busy timeout); on PostgreSQL other
+    writers wait only for the leads the import has touched."""
+    lines: tuple[int, int] | None = None
+    try:
+        with engine.begin() as conn:
+
+            def write(rows: Sequence[LeadRow]) -> None:
+                nonlocal lines
+                lines = (rows[0].line, rows[-1].line)
+                write_batch(conn, rows, options, result)
+
+            yield write
+            lines = None  # what fails from here is the commit
+    except sa.exc.SQLAlchemyError as exc:
+        said = describe_failure(engine, exc) or one_line(exc)
+        where = f"the rows of lines {lines[0]} to {lines[1]}" if lines is not None else "the import at its commit"
+        raise ImportWriteError(f"the database refused {where}: {said}") from exc

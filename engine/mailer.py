@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import traceback
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -30,6 +31,7 @@ import sqlalchemy as sa
 from engine import outbox
 from engine.composer import Composer, Failed, Prepared
 from engine.ledger import TAKEN, Ledger, RecordingFailed, screened
+from engine.logs import pseudonymise
 from engine.outbox import Change
 from engine.outbox_item import OutboxItem
 from engine.renderpool import RenderPool
@@ -173,9 +175,11 @@ def _try_failed(item: OutboxItem, now: datetime, error: str) -> Change:
 
 
 def _said(item: OutboxItem, change: Change) -> str:
-    """A message's failure as the runner logs it: which message, what became of it, why."""
+    """A message's failure as the runner logs it: which message, what became of it, why (the lead's
+    address, which a relay's reply or an exception may quote, as its pseudonym)."""
     outcome = "retried later" if change.values["status"] == "deferred" else change.values["status"]
-    return f"message {item.id} ({item.funnel_id}/{item.step}) {outcome}: {change.values['last_error']}"
+    why = pseudonymise(str(change.values["last_error"]), item.email)
+    return f"message {item.id} ({item.funnel_id}/{item.step}) {outcome}: {why}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,7 +319,8 @@ class Mailer:
         """A render process died holding this batch (the OS killed it, or one of these messages did): a
         new process composes each message alone, so the others go now and only one that kills its
         process again spends an attempt."""
-        log.warning("render process failed on %d message(s): %s; composing them one by one", len(items), reason(exc))
+        why = pseudonymise(reason(exc), *(item.email for item in items))
+        log.warning("render process failed on %d message(s): %s; composing them one by one", len(items), why)
         if isinstance(exc, BrokenProcessPool):
             self.close()
         out: list[Prepared | Failed | _Crashed] = []
@@ -426,7 +431,9 @@ class _Connection:
             # when the lease runs out. The round reports the database outage once.
             self._drop()
         except Exception as exc:
-            log.debug("sending message %d raised", p.item.id, exc_info=True)
+            if log.isEnabledFor(logging.DEBUG):  # the traceback, with the recipient as its pseudonym
+                said = pseudonymise(traceback.format_exc(), p.item.email)
+                log.debug("sending message %d raised: %s", p.item.id, said.rstrip())
             self._drop()
             if self.handed:
                 self._unknown(p.item, f"after DATA: {reason(exc)}")
@@ -519,7 +526,8 @@ class _Connection:
         change = _final(item, "unknown", error, ("sending",))
         self.ledger.record(change)
         self.result.unknown += 1
-        said_unknown(item.id, f"{item.funnel_id}/{item.step}", str(change.values["last_error"]))
+        why = pseudonymise(str(change.values["last_error"]), item.email)
+        said_unknown(item.id, f"{item.funnel_id}/{item.step}", why)
 
     def _relay_failed(self, item: OutboxItem, error: str) -> None:
         """The relay, not this message: connecting, TLS or the login failed. The message waits a minute

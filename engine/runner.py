@@ -264,4 +264,7 @@ class Runner:
             log_config=None,  # uvicorn's records go through the scrubbing handler of `engine.logs`
             lifespan="off",
         )
+        # Access lines are a library's, logged from `log_level_libraries` (off by default); the level
+        # uvicorn set above is for its own start, stop and errors.
+        logging.getLogger("uvicorn.access").setLevel(logging.NOTSET)
         return uvicorn.Server(config)

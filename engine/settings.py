@@ -223,6 +223,11 @@ class Settings(BaseSettings):
         default="text", description="json: one object per line, for a log pipeline. Addresses and tokens are scrubbed."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level_libraries: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="WARNING",
+        description="For the libraries' loggers (uvicorn's access lines, httpx, apscheduler, aiosmtplib...): "
+        "INFO shows each request served and each webhook sent, scrubbed like every line.",
+    )
     smtp: SmtpSettings = SmtpSettings()
     http: HttpSettings = HttpSettings()
     dkim: DkimSettings = DkimSettings()

@@ -19,13 +19,13 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from urllib.parse import urlsplit
 
 import httpx
 import sqlalchemy as sa
 
 from engine import webhook_policy as policy
 from engine.database import connect_read_only
+from engine.logs import origin
 from engine.webhook_deliveries import Claimed, claim, fan_out, has_fan_out_work, record
 from engine.webhook_network import GuardedTransport, TargetRefused
 from engine.webhook_policy import STEP_CALLS, WebhookSettings
@@ -55,12 +55,6 @@ class WebhookResult:
         self.retried += other.retried
         self.failed += other.failed
         self.errors.extend(other.errors)
-
-
-def _origin(url: str) -> str:
-    # For logs: a receiver's URL may carry a token in its path or query.
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
 
 
 class WebhookSender:
@@ -163,7 +157,8 @@ class WebhookSender:
         except httpx.ConnectError as error:
             return policy.Unanswered(f"could not connect: {error}".rstrip(": "))
         except (httpx.UnsupportedProtocol, httpx.InvalidURL) as error:
-            return policy.Unanswered(f"cannot call {url!r}: {error}", permanent=True)
+            # The error and the delivery's record name the receiver by its origin: the rest may be a secret.
+            return policy.Unanswered(f"cannot call {origin(url)}: {error}", permanent=True)
         except httpx.HTTPError as error:
             return policy.Unanswered(f"{type(error).__name__}: {error}".rstrip(": "))
 
@@ -194,7 +189,7 @@ class WebhookSender:
         url, _ = self._target(item)
         lane = item.subscription or "funnel step"
         message = (
-            f"webhook {policy.event_id(item.source, item.source_id)} to {lane} ({_origin(url)}) not delivered: "
+            f"webhook {policy.event_id(item.source, item.source_id)} to {lane} ({origin(url)}) not delivered: "
             f"{outcome.error}"
         )
         result.errors.append(message)

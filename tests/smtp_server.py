@@ -58,11 +58,16 @@ class RecordingHandler:
 class RecordingSmtpServer:
     """`with RecordingSmtpServer() as smtp:` then point the engine at `smtp.host`, `smtp.port`."""
 
-    def __init__(self, host: str = "127.0.0.1", handler: RecordingHandler | None = None) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", handler: RecordingHandler | None = None, smtputf8: bool = False
+    ) -> None:
         self.host = host
         self.port = _free_port(host)
         self.handler = handler or RecordingHandler()
-        self._controller = Controller(self.handler, hostname=host, port=self.port, ready_timeout=60)
+        # smtputf8: the server may answer in UTF-8 (a relay quoting an address with its Unicode domain).
+        self._controller = Controller(
+            self.handler, hostname=host, port=self.port, ready_timeout=60, enable_SMTPUTF8=smtputf8
+        )
 
     def __enter__(self) -> RecordingSmtpServer:
         self._controller.start()

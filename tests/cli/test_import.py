@@ -326,3 +326,156 @@ def test_an_import_never_subscribes_a_pending_lead_and_records_every_consent_cha
         ("withdrawn", "import leads.csv", "subscribed", "bounced")
     ]
     assert untouched == []
+
+
+# --------------------------------------------------------------------------------------------------
+# Whole or nothing: what the database cannot store is a bad row, and a failure while writing leaves
+# nothing behind
+# --------------------------------------------------------------------------------------------------
+
+ROWS = 2_499
+
+
+def numbered_file(path: Path, change: dict[int, list[str]] | None = None) -> list[str]:
+    """A file of `ROWS` leads (row n on line n + 1); `change` replaces some rows. Returns the addresses."""
+    emails = [f"lead{n}@example.com" for n in range(1, ROWS + 1)]
+    with path.open("w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+        writer = csv.writer(f)
+        writer.writerow(["email", "company", "tags"])
+        for n, email in enumerate(emails, start=1):
+            writer.writerow((change or {}).get(n, [email, f"Company {n}", "imported"]))
+    return emails
+
+
+def no_address_printed(output: str, emails: list[str]) -> bool:
+    return "@" not in output and not any(e.split("@")[0] in output for e in emails)
+
+
+def test_a_nul_on_row_2200_is_a_bad_row_and_nothing_is_imported(db: str, tmp_path: Path) -> None:
+    # PostgreSQL's text cannot hold NUL: it once committed 2,000 rows and then failed with a traceback.
+    path = tmp_path / "leads.csv"
+    numbered_file(path, {2200: ["lead2200@example.com", "Acme\x00Ltd", "imported"]})
+    result = run(str(path), "--database-url", db)
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert result.stderr.splitlines() == [
+        f"{path}:2201: column 'company': expected text without NUL characters or lone surrogates, found '\\x00'",
+        "nothing imported: fix the 1 bad row(s), or pass --skip-bad-rows",
+    ]
+    assert nothing_written(db)
+
+    skipped = run(str(path), "--database-url", db, "--skip-bad-rows")
+    assert skipped.exit_code == 0, skipped.output
+    assert f"imported {ROWS - 1} new lead(s), updated 0, unchanged 0, skipped 1 bad row(s)" in skipped.stdout
+    assert count(db, tables.leads) == ROWS - 1
+
+
+@pytest.mark.parametrize(
+    ("cell", "column"),
+    [("\x00", "tags"), ("a\x00", "company")],
+    ids=["nul-in-a-tag", "nul-in-an-attribute"],
+)
+def test_what_the_api_refuses_the_import_refuses(db: str, tmp_path: Path, cell: str, column: str) -> None:
+    path = tmp_path / "leads.csv"
+    row = ["ann@example.com", "Acme", "vip"]
+    row[("email", "company", "tags").index(column)] = cell
+    path.write_text("email,company,tags\n" + ",".join(row) + "\n", encoding="utf-8")
+    result = run(str(path), "--database-url", db)
+    assert result.exit_code == 1, result.output
+    assert f"leads.csv:2: column '{column}': expected text without NUL" in result.stderr
+    assert nothing_written(db)
+
+
+def test_a_nul_in_the_header_is_refused_at_line_1(db: str, tmp_path: Path) -> None:
+    path = tmp_path / "leads.csv"
+    path.write_text("email,comp\x00any\nann@example.com,Acme\n", encoding="utf-8")
+    result = run(str(path), "--database-url", db)
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"{path}:1: column 2 of the header: expected text without NUL")
+    assert nothing_written(db)
+
+
+def _refuse_an_address(url: str, email: str) -> None:
+    """A trigger that makes the database refuse one lead's insert: a failure in the middle of a file."""
+    from engine.database import upgrade
+
+    upgrade(url)
+    engine = create_engine_for(url)
+    try:
+        with engine.begin() as conn:
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql(
+                    "CREATE TRIGGER refuse_one BEFORE INSERT ON leads"
+                    f" WHEN NEW.email = '{email}' BEGIN SELECT RAISE(ABORT, 'refused by a test trigger'); END"
+                )
+            else:
+                conn.exec_driver_sql(
+                    "CREATE FUNCTION refuse_one() RETURNS trigger AS $$ BEGIN"
+                    f" IF NEW.email = '{email}' THEN RAISE EXCEPTION 'refused by a test trigger'; END IF;"
+                    " RETURN NEW; END $$ LANGUAGE plpgsql"
+                )
+                conn.exec_driver_sql(
+                    "CREATE TRIGGER refuse_one BEFORE INSERT ON leads FOR EACH ROW EXECUTE FUNCTION refuse_one()"
+                )
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("skip_bad_rows", [False, True], ids=["checked-first", "skip-bad-rows"])
+def test_a_database_failure_in_the_middle_of_a_file_leaves_nothing_and_says_so_in_one_line(
+    db: str, tmp_path: Path, skip_bad_rows: bool
+) -> None:
+    path = tmp_path / "leads.csv"
+    emails = numbered_file(path)
+    _refuse_an_address(db, "lead2200@example.com")
+    result = run(str(path), "--database-url", db, *(["--skip-bad-rows"] if skip_bad_rows else []))
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"{path}: nothing imported: the database refused the rows of lines 2002 to 2500: ")
+    assert "refused by a test trigger" in lines[0]
+    assert no_address_printed(result.output, emails), result.output
+    assert count(db, tables.leads) == 0
+
+
+def test_bytes_that_are_not_utf8_are_named_at_their_own_line(db: str, tmp_path: Path) -> None:
+    # The decoder reads the file 8 KB ahead: an error used to be named at the line being read then.
+    path = tmp_path / "leads.csv"
+    emails = numbered_file(path)
+    lines = path.read_bytes().split(b"\n")
+    lines[300] = lines[300].replace(b"Company", b"Caf\xe9")  # Latin-1, on line 301
+    lines[302] = lines[302].replace(b"imported", b"\xed\xa0\x80")  # a surrogate in UTF-8 form, on line 303
+    path.write_bytes(b"\n".join(lines))
+    result = run(str(path), "--database-url", db)
+    assert result.exit_code == 1, result.output
+    assert result.stderr.splitlines() == [
+        f"{path}:301: column 'company': bytes that are not UTF-8 (0xe9); save the file as UTF-8",
+        f"{path}:303: column 'tags': bytes that are not UTF-8 (0xed 0xa0 0x80); save the file as UTF-8",
+        "nothing imported: fix the 2 bad row(s), or pass --skip-bad-rows",
+    ]
+    assert nothing_written(db)
+    # Reading goes on after them: every other row is imported with --skip-bad-rows.
+    skipped = run(str(path), "--database-url", db, "--skip-bad-rows")
+    assert skipped.exit_code == 0, skipped.output
+    assert count(db, tables.leads) == len(emails) - 2
+
+
+def test_bytes_that_are_not_utf8_in_a_field_spanning_lines_are_named_at_their_line(tmp_path: Path) -> None:
+    path = tmp_path / "leads.csv"
+    path.write_bytes(b'email,notes\nann@example.com,"one\ntwo\nthr\xffee"\nbob@example.com,x\n')
+    result = run(str(path), "--database-url", f"sqlite:///{tmp_path / 'funnel.db'}")
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[0] == (
+        f"{path}:4: column 'notes': bytes that are not UTF-8 (0xff); save the file as UTF-8"
+    )
+
+
+def test_bytes_that_are_not_utf8_in_the_header_are_named_at_line_1(tmp_path: Path) -> None:
+    path = tmp_path / "leads.csv"
+    path.write_bytes(b"email,soci\xe9t\xe9\nann@example.com,x\n")
+    result = run(str(path), "--database-url", f"sqlite:///{tmp_path / 'funnel.db'}")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        f"{path}:1: column 2 of the header: bytes that are not UTF-8 (0xe9); save the file as UTF-8"
+    )

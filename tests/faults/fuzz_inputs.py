@@ -634,3 +634,148 @@ def form_posts(draw: Draw) -> Body:
     if shape == "garbage":
         return Body("unknown", draw(st.binary(max_size=200)), "application/x-www-form-urlencoded", shape)
     return Body("unknown", encoded, None, shape)
+
+
+# --------------------------------------------------------------------------------------------------
+# CSV files for `funnel import`
+# --------------------------------------------------------------------------------------------------
+
+CSV_COLUMNS = ("email", "company", "notes", "tags")
+# Bytes that are not UTF-8: Latin-1, a truncated sequence, an overlong form, a surrogate and a code point
+# past U+10FFFF in UTF-8 form, continuation bytes alone.
+_NOT_UTF8 = (
+    b"\xe9", b"\xff", b"\xc3(", b"\xc0\xaf", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\x80\x80", b"\xf0\x9f\x98",
+)  # fmt: skip
+# Cell text: what real exports hold, quotes, commas and line breaks included.
+_CELL = st.text(st.sampled_from("abcxyz ABC019-_.,;'\"éüß中🎉\n"), max_size=20)
+# The address of a row the database refuses (a trigger the scenario installs): a failure mid-file.
+TRIP = "trip-"
+CSV_FIELD_LIMIT = 131_072
+
+
+@dataclass(frozen=True)
+class CsvRow:
+    number: int
+    cells: tuple[str, ...]  # as written, in CSV_COLUMNS order; "{p}" in the address stands for a prefix
+    fault: str | None  # what was put in it: None for a good row
+
+    def address(self, prefix: str) -> str:
+        return self.cells[0].replace("{p}", prefix)
+
+
+@dataclass(frozen=True)
+class CsvFile:
+    """A generated file and what `funnel import` must make of it. Addresses carry a prefix given when
+    the file is written, so that every example's leads are its own in a shared database."""
+
+    rows: tuple[CsvRow, ...]
+    bom: bool
+    crlf: bool
+    header_fault: str | None  # bytes put in the second column's name
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        faults = [(r.number, r.fault) for r in self.rows if r.fault]
+        printer.text(f"CsvFile({len(self.rows)} rows, faults {faults}, header {self.header_fault!r})")
+
+    @property
+    def how(self) -> str:
+        kinds = sorted({(r.fault or "").split(" ")[0] for r in self.rows if r.fault})
+        return ", ".join(([f"header {self.header_fault}"] if self.header_fault else []) + kinds) or "clean"
+
+    def content(self, prefix: str) -> bytes:
+        eol = b"\r\n" if self.crlf else b"\n"
+        header = [c.encode() for c in CSV_COLUMNS]
+        if self.header_fault is not None:
+            header[1] = b"comp" + self.header_fault.encode("utf-8", "surrogateescape") + b"any"
+        out = [(b"\xef\xbb\xbf" if self.bom else b"") + b",".join(header) + eol]
+        out += [self._row_bytes(row, prefix) + eol for row in self.rows]
+        return b"".join(out)
+
+    @staticmethod
+    def _row_bytes(row: CsvRow, prefix: str) -> bytes:
+        cells = []
+        for n, cell in enumerate(row.cells):
+            raw = (row.address(prefix) if n == 0 else cell).encode("utf-8", "surrogateescape")
+            if any(c in raw for c in (b",", b'"', b"\n", b"\r")):
+                raw = b'"' + raw.replace(b'"', b'""') + b'"'
+            cells.append(raw)
+        return b",".join(cells)
+
+    def lines(self, prefix: str) -> dict[int, int]:
+        """Each row's first line in the file (the header is line 1)."""
+        line, found = 2, {}
+        for row in self.rows:
+            found[row.number] = line
+            line += self._row_bytes(row, prefix).count(b"\n") + 1
+        return found
+
+    def bad_lines(self, prefix: str) -> dict[int, int]:
+        """The line `funnel import` must name for each bad row, by row number: where its first NUL or first
+        byte that is not UTF-8 is (bytes put in a cell may happen to make UTF-8 with their neighbours: the
+        row is then good), or the row's own line for a field the parser cannot read."""
+        found = {}
+        for row, first in zip(self.rows, self.lines(prefix).values(), strict=True):
+            if any(len(cell) > CSV_FIELD_LIMIT for cell in row.cells):
+                found[row.number] = first
+                continue
+            raw = self._row_bytes(row, prefix)
+            positions = [raw.index(b"\x00")] if b"\x00" in raw else []
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                positions.append(exc.start)
+            if positions:
+                found[row.number] = first + raw[: min(positions)].count(b"\n")
+        return found
+
+    def stops_at(self) -> CsvRow | None:
+        """The first row whose field the parser cannot read past: nothing after it is read."""
+        return next((r for r in self.rows if any(len(c) > CSV_FIELD_LIMIT for c in r.cells)), None)
+
+
+@st.composite
+def csv_files(draw: Draw) -> CsvFile:
+    """A file of 1 to 40 leads in which up to three rows hold a NUL, bytes that are not UTF-8 (sequences
+    no decoder takes, or random bytes written as lone surrogates with `surrogateescape`), a field over
+    the parser's limit, or an address the database will refuse; rarely, the header holds bad bytes."""
+    count = draw(st.integers(1, 40))
+    rows = [
+        [f"lead-{{p}}-{n}@example.com", draw(_CELL), draw(_CELL), draw(st.sampled_from(("", "a", "a;b")))]
+        for n in range(1, count + 1)
+    ]
+    faults: dict[int, str] = {}
+    for _ in range(draw(st.integers(0, 3))):
+        number = draw(st.integers(1, count))
+        cells = rows[number - 1]
+        kind = draw(st.sampled_from(("nul", "bytes", "surrogates", "trip", "huge")))
+        # Bytes that make UTF-8 with their neighbours would make an address that is simply not valid.
+        column = draw(st.integers(1 if kind in ("surrogates", "huge") else 0, 3))
+        at = draw(st.integers(0, len(cells[column])))
+        if number in faults:
+            continue  # one fault per row
+        if kind == "nul":
+            cells[column] = cells[column][:at] + "\x00" + cells[column][at:]
+            faults[number] = f"NUL in {CSV_COLUMNS[column]}"
+        elif kind == "bytes":
+            bad = draw(st.sampled_from(_NOT_UTF8)).decode("utf-8", "surrogateescape")
+            cells[column] = cells[column][:at] + bad + cells[column][at:]
+            faults[number] = f"bytes {bad.encode('utf-8', 'surrogateescape')!r} in {CSV_COLUMNS[column]}"
+        elif kind == "surrogates":
+            escaped = "".join(chr(0xDC00 + b) for b in draw(st.lists(st.integers(0x80, 0xFF), min_size=1, max_size=3)))
+            cells[column] = cells[column][:at] + escaped + cells[column][at:]
+            faults[number] = f"surrogateescape bytes in {CSV_COLUMNS[column]}"
+        elif kind == "trip":
+            cells[0] = f"{TRIP}{{p}}-{number}@example.com"
+            faults[number] = "trip: the database refuses it"
+        else:
+            cells[column] = "x" * (CSV_FIELD_LIMIT + draw(st.integers(1, 50_000)))
+            faults[number] = f"huge field in {CSV_COLUMNS[column]}"
+    header_fault = None
+    if draw(st.integers(0, 15)) == 9:  # not 0: hypothesis draws the smallest value far more often
+        header_fault = draw(st.sampled_from(("\x00", *(b.decode("utf-8", "surrogateescape") for b in _NOT_UTF8[:3]))))
+    return CsvFile(
+        tuple(CsvRow(n, tuple(cells), faults.get(n)) for n, cells in enumerate(rows, start=1)),
+        bom=draw(st.booleans()),
+        crlf=draw(st.booleans()),
+        header_fault=header_fault,
+    )
