@@ -26,8 +26,10 @@ from urllib.parse import urlsplit
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from itsdangerous import BadSignature, URLSafeSerializer
+from itsdangerous import BadSignature
 from pydantic import BaseModel, Field, StringConstraints, field_validator
+
+from engine.tokens import TokenSerializer
 
 SESSION_COOKIE = "funnel_ops"
 LOGIN_COOKIE = "funnel_ops_login"
@@ -102,7 +104,7 @@ class Sessions:
 
     def __init__(self, secret_key: str, ops: OpsSettings) -> None:
         self.ops = ops
-        self._signer = URLSafeSerializer(secret_key, salt="funnel.ops-session")
+        self._signer = TokenSerializer(secret_key, salt="funnel.ops-session")
 
     def issue(self, user: str, now: datetime) -> tuple[str, Session]:
         """A new session for `user` (who must exist): the cookie value and what it holds."""
