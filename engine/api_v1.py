@@ -35,7 +35,7 @@ from pydantic import (
 from pydantic.config import JsonDict
 from typing_extensions import TypeAliasType
 
-from engine import addresses, consents, ingest, lead_timeline, own_events, signup, store
+from engine import addresses, consents, event_times, ingest, lead_timeline, own_events, signup, store
 from engine.http_context import BEARER, HttpContext
 from engine.own_events import LEAD_UPDATED, engine_id
 
@@ -306,7 +306,7 @@ def record_items(conn: sa.Connection, items: Sequence[EventIn], source: str, at:
             item.id,
             lead_ids[item.email],
             item.type,
-            item.occurred_at or at,
+            event_times.taken_at(item.occurred_at, at),
             item.properties,
             item.source or source,
         )
@@ -314,6 +314,24 @@ def record_items(conn: sa.Connection, items: Sequence[EventIn], source: str, at:
     ]
     inserted, _ = ingest.record(conn, new, at)
     return inserted, len(items) - inserted
+
+
+def refuse_future(body: EventIn | list[EventIn], now: datetime) -> None:
+    """A 422 naming every event dated after `now` by more than the clock skew (`engine.event_times`):
+    the whole batch is refused, as for any other invalid item. The clock is the engine's, known only
+    once the body is read, so this comes after the model's own checks."""
+    items = body if isinstance(body, list) else [body]
+    errors = []
+    for i, item in enumerate(items):
+        when = item.occurred_at
+        problem = event_times.future_problem(when, now) if when is not None else None
+        if when is None or problem is None:
+            continue
+        where = ("list[EventIn]", i) if isinstance(body, list) else ("EventIn",)
+        error = {"type": "value_error", "loc": ("body", *where, "occurred_at"), "msg": f"occurred_at {problem}"}
+        errors.append({**error, "input": when.isoformat()})
+    if errors:
+        raise RequestValidationError(errors)
 
 
 def router(ctx: HttpContext) -> APIRouter:
@@ -324,7 +342,7 @@ def router(ctx: HttpContext) -> APIRouter:
         """One event, or a batch of up to 1,000 (a JSON array). Answered after the commit."""
         items = body if isinstance(body, list) else [body]
         at = ctx.now()
-
+        refuse_future(body, at)
         inserted, duplicates = ingest.in_transaction(ctx.engine, lambda conn: record_items(conn, items, "api", at))
         if inserted:
             ctx.nudge()

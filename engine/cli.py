@@ -380,7 +380,7 @@ def event(
     import re
     import uuid
 
-    from engine import own_events, store
+    from engine import event_times, own_events, store
     from engine.cli_ops import lead_address
     from engine.database import create_engine_for, upgrade
     from engine.settings import get_settings
@@ -402,7 +402,13 @@ def event(
             raise typer.Exit(2)
         properties[key] = value
     settings = get_settings()
-    when = _parse_time(at, "--at") or datetime.now(UTC)
+    now = datetime.now(UTC)
+    when = _parse_time(at, "--at")
+    problem = event_times.future_problem(when, now) if when is not None else None
+    if problem is not None:
+        err.print(f"--at: {problem}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    when = event_times.taken_at(when, now)
     upgrade(settings.effective_database_url)
     engine = create_engine_for(settings.effective_database_url)
     try:
