@@ -204,3 +204,33 @@ def test_an_event_dated_after_the_engines_clock_is_refused_beyond_five_minutes(s
         taken = client.post("/v1/events", json=[batch[0], skewed])
     assert taken.json() == {"accepted": 2, "duplicates": 0}
     assert _occurred(served) == {"past": datetime(2026, 11, 22, 9, 0, tzinfo=UTC), "future": NOW}
+
+
+def test_an_event_may_carry_the_leads_time_zone(served: Served) -> None:
+    """`timezone` on an event sets the lead's zone (new or existing lead), once: a replay changes
+    nothing. A name that is not an IANA zone refuses the whole batch naming the item and field."""
+    with served.client() as client:
+        first = client.post("/v1/events", json={"id": "z1", "type": "page_viewed", "email": "ann@example.com",
+                                                "timezone": "Europe/Berlin"})  # fmt: skip
+        moved = client.post("/v1/events", json=[
+            {"id": "z2", "type": "page_viewed", "email": "ann@example.com", "timezone": "America/Chicago"},
+            {"id": "z3", "type": "page_viewed", "email": "bob@example.com"},
+        ])  # fmt: skip
+        replayed = client.post("/v1/events", json={"id": "z1", "type": "page_viewed", "email": "ann@example.com",
+                                                   "timezone": "Europe/Berlin"})  # fmt: skip
+        refused = client.post("/v1/events", json=[
+            {"id": "z4", "type": "page_viewed", "email": "bob@example.com", "timezone": "Asia/Tokyo"},
+            {"id": "z5", "type": "page_viewed", "email": "bob@example.com", "timezone": "Mars/Olympus_Mons"},
+        ])  # fmt: skip
+        shown = client.get("/v1/leads/ann@example.com").json()
+    assert first.json()["accepted"] == 1 and moved.json()["accepted"] == 2
+    assert replayed.json() == {"accepted": 0, "duplicates": 1}
+    assert shown["timezone"] == "America/Chicago"  # the replay of z1 did not set Berlin again
+    assert refused.status_code == 422
+    # (The answer also says the body is not a single event, as for every refused batch.)
+    (error,) = [e for e in refused.json()["detail"] if e["loc"][-1] == "timezone"]
+    assert error["loc"][-2:] == [1, "timezone"]
+    assert "unknown time zone 'Mars/Olympus_Mons'; expected an IANA name like Europe/Berlin" in error["msg"]
+    with served.engine.connect() as conn:
+        zones = dict(conn.execute(sa.select(tables.leads.c.email, tables.leads.c.timezone)).all())
+    assert zones == {"ann@example.com": "America/Chicago", "bob@example.com": None}
