@@ -266,6 +266,20 @@ def _parse_time(text: str | None, option: str) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+def _event_time(at: str | None) -> datetime:
+    """When an event recorded from the command line happened: `--at`, or now. A time after the clock
+    beyond the skew `engine.event_times` allows is refused (exit 2) with the clock's time."""
+    from engine import event_times
+
+    now = datetime.now(UTC)
+    when = _parse_time(at, "--at")
+    problem = event_times.future_problem(when, now) if when is not None else None
+    if problem is not None:
+        err.print(f"--at: {problem}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    return event_times.taken_at(when, now)
+
+
 DEMO_LEADS = (
     ("sam.taylor@acme-packaging.example", "Sam", "Acme Packaging", 35, "Europe/London"),
     ("priya.shah@northwind-foods.example", "Priya", "Northwind Foods", 240, "Europe/London"),
@@ -380,7 +394,7 @@ def event(
     import re
     import uuid
 
-    from engine import event_times, own_events, store
+    from engine import own_events, store
     from engine.cli_ops import lead_address
     from engine.database import create_engine_for, upgrade
     from engine.settings import get_settings
@@ -402,13 +416,7 @@ def event(
             raise typer.Exit(2)
         properties[key] = value
     settings = get_settings()
-    now = datetime.now(UTC)
-    when = _parse_time(at, "--at")
-    problem = event_times.future_problem(when, now) if when is not None else None
-    if problem is not None:
-        err.print(f"--at: {problem}", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(2)
-    when = event_times.taken_at(when, now)
+    when = _event_time(at)
     upgrade(settings.effective_database_url)
     engine = create_engine_for(settings.effective_database_url)
     try:

@@ -294,6 +294,7 @@ def lead_enroll(
         ..., metavar="FUNNEL", help="A funnel (id or file) whose entry has `manual: true`."
     ),
     by: str = typer.Option(os.environ.get("USER") or "ops", "--by", help="Who; recorded as the cause."),
+    at: str | None = typer.Option(None, "--at", help="When (ISO time; default now), e.g. to replay."),
     database_url: str | None = typer.Option(None, "--database-url", help=DATABASE_HELP),
 ) -> None:
     """Put a lead in a funnel by hand. Recorded as an event, so the engine enrolls the lead on its next
@@ -301,6 +302,7 @@ def lead_enroll(
     import uuid
 
     from engine import store
+    from engine.cli import _event_time
     from engine.definition import ManualTrigger
     from engine.funnel_lookup import find_funnels
     from engine.own_events import MANUAL_ENROLL, OPERATOR, engine_id
@@ -317,6 +319,7 @@ def lead_enroll(
         raise _fail(f"funnel {funnel_id!r} takes no manual entry: add `- manual: true` to its entry triggers", 2)
     email = lead_address(email)
     now = datetime.now(UTC)
+    when = _event_time(at)
     with _database(database_url, create=True) as engine, engine.begin() as conn:
         lead_id = store.find_lead_id(conn, email) or store.upsert_lead(conn, email, now=now)
         # Recorded as the operator's: the core takes a manual entry from no other source.
@@ -324,7 +327,7 @@ def lead_enroll(
             engine_id("manual-enroll", uuid.uuid4().hex),
             lead_id,
             MANUAL_ENROLL,
-            now,
+            when,
             {"funnel": funnel_id, "by": by},
             OPERATOR,
         )

@@ -1,5 +1,6 @@
-"""`funnel event --at`: an event dated after the engine's clock by more than the tolerance is refused with
-the engine's time, and one a little ahead (a clock skewed by up to 5 minutes) is recorded at now."""
+"""`funnel event --at` and `funnel lead enroll --at`: a time after the engine's clock by more than the
+tolerance is refused with the engine's time, one a little ahead (a clock skewed by up to 5 minutes) is
+recorded at now, and one in the past is recorded as given (a replay)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sqlalchemy as sa
 
 from engine import tables
 from engine.database import create_engine_for
-from tests.cli.test_existing_database import funnel
+from tests.cli.test_existing_database import ROOT, funnel
 
 
 def _occurred(folder: Path) -> dict[str, datetime]:
@@ -43,3 +44,17 @@ def test_an_event_dated_after_the_engines_clock_is_refused_and_a_skewed_one_is_t
     past = funnel(tmp_path, "event", "ana@example.com", "page_viewed", "--id", "past", "--at", "2026-01-05T09:00")
     assert past.returncode == 0, past.stderr
     assert _occurred(tmp_path)["past"] == datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+
+
+def test_a_manual_enroll_may_be_dated_in_the_past_and_not_after_the_engines_clock(tmp_path: Path) -> None:
+    funnel_file = str(ROOT / "funnels" / "lead-magnet.yaml")
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).replace(microsecond=0).isoformat()
+    refused = funnel(tmp_path, "lead", "enroll", "ana@example.com", funnel_file, "--at", tomorrow)
+    assert refused.returncode == 2 and refused.stderr.startswith(f"--at: {tomorrow} is after the engine's time ")
+    assert not (tmp_path / "data").exists()
+    done = funnel(
+        tmp_path, "lead", "enroll", "ana@example.com", funnel_file, "--by", "olivia", "--at", "2026-01-05T09:00"
+    )
+    assert done.returncode == 0, done.stderr
+    (when,) = _occurred(tmp_path).values()
+    assert when == datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
