@@ -251,6 +251,15 @@ def _sse(event: str, data: str, event_id: str | None = None) -> str:
     return head + "".join(f"data: {line}\n" for line in data.splitlines() or [""]) + "\n"
 
 
+@dataclass(frozen=True, slots=True)
+class _SignIn:
+    """A sign-in attempt's outcome: a session's cookie, a lockout's end, or neither (a wrong name or
+    password)."""
+
+    cookie: str | None = None
+    locked_until: datetime | None = None
+
+
 def router(ctx: HttpContext) -> APIRouter:
     router = APIRouter(prefix="/ops", include_in_schema=False)
     ops = ctx.settings.ops
@@ -258,7 +267,8 @@ def router(ctx: HttpContext) -> APIRouter:
     views = _Views()
     cookie = ops_auth.cookie_options(ctx.settings.base_url)
     # Checking a password takes a tenth of a second of CPU on purpose: a flood of sign-ins may queue for
-    # these two threads, but not take the thread pool every other route of the app runs in.
+    # these two threads, but not take the thread pool every other route of the app runs in. The lockout
+    # is checked in the same turn, so attempts sent at once cannot all pass it before any is counted.
     password_checks = anyio.CapacityLimiter(2)
 
     def session_of(request: Request) -> Session | None:
@@ -309,23 +319,27 @@ def router(ctx: HttpContext) -> APIRouter:
         response.set_cookie(ops_auth.LOGIN_COOKIE, nonce, max_age=ops_auth.LOGIN_COOKIE_SECONDS, **cookie)
         return response
 
-    def locked(counted: list[ops_auth.Counted], now: datetime) -> datetime | None:
+    def try_sign_in(name: str, password: str, client: str | None, now: datetime) -> _SignIn:
+        """One sign-in attempt, run under the password checks' limiter with its lockout check first, so
+        that attempts sent all at once are judged a few at a time against the counts of those before
+        them. A locked name or client is refused before its password is checked, alike for every name."""
+        counted = ops_auth.counted(name, client)
         with connect_read_only(ctx.engine) as conn:
-            return ops_sessions.locked_until(conn, counted, now)
-
-    def failed(counted: list[ops_auth.Counted], now: datetime) -> None:
-        with ctx.engine.begin() as conn:
-            started = ops_sessions.count_failure(conn, counted, now)
-        for key, until, failures in started:  # once per lockout; the attempts it refuses are not logged
-            ends = until.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-            log.warning("ops sign-in locked for %s until %s after %d failed sign-ins", key.shown, ends, failures)
-
-    def signed_in_as(name: str, counted: list[ops_auth.Counted], now: datetime) -> str:
-        value, session = sessions.issue(name, now)
+            until = ops_sessions.locked_until(conn, counted, now)
+        if until is not None:
+            return _SignIn(locked_until=until)
+        if not ops_auth.check_password(ops, name, password):
+            with ctx.engine.begin() as conn:
+                started = ops_sessions.count_failure(conn, counted, now)
+            for key, ends, failures in started:  # once per lockout; the attempts it refuses are not logged
+                when = ends.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+                log.warning("ops sign-in locked for %s until %s after %d failed sign-ins", key.shown, when, failures)
+            return _SignIn()
+        cookie, session = sessions.issue(name, now)
         with ctx.engine.begin() as conn:
             ops_sessions.clear_failures(conn, counted)
             ops_sessions.start(conn, session, now)
-        return value
+        return _SignIn(cookie=cookie)
 
     @router.get("/login")
     def login_form(request: Request, next: str | None = None) -> Response:
@@ -346,22 +360,19 @@ def router(ctx: HttpContext) -> APIRouter:
             return login_page(target, "The sign-in form had expired (or cookies are off). Please try again.", 403)
         name, password = fields.get("name", "").strip(), fields.get("password", "")
         now = ctx.now()
-        counted = ops_auth.counted(name, request.client.host if request.client else None)
-        until = await anyio.to_thread.run_sync(locked, counted, now)
-        if until is not None:
-            # Before the password is checked, and the same for every name: a lockout tells nothing.
-            wait = ops_auth.wait_seconds(until, now)
+        client = request.client.host if request.client else None
+        outcome = await anyio.to_thread.run_sync(try_sign_in, name, password, client, now, limiter=password_checks)
+        if outcome.locked_until is not None:
+            wait = ops_auth.wait_seconds(outcome.locked_until, now)
             refused = login_page(target, f"Too many failed sign-ins. Try again in {ops_auth.wait_words(wait)}.", 429)
             refused.headers["Retry-After"] = str(wait)
             return refused
-        if not await anyio.to_thread.run_sync(ops_auth.check_password, ops, name, password, limiter=password_checks):
-            await anyio.to_thread.run_sync(failed, counted, now)
+        if outcome.cookie is None:
             log.info("ops sign-in refused for %r", name[:64])
             return login_page(target, "Wrong name or password.", 401)
-        value = await anyio.to_thread.run_sync(signed_in_as, name, counted, now)
         log.info("ops sign-in: %s", name)
         response = RedirectResponse(target, status_code=303)
-        response.set_cookie(ops_auth.SESSION_COOKIE, value, max_age=int(ops.session_hours * 3600), **cookie)
+        response.set_cookie(ops_auth.SESSION_COOKIE, outcome.cookie, max_age=int(ops.session_hours * 3600), **cookie)
         response.delete_cookie(ops_auth.LOGIN_COOKIE, path=ops_auth.COOKIE_PATH)
         return response
 
