@@ -12,7 +12,6 @@ import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal, Union
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Body, HTTPException, Request, Security
@@ -34,7 +33,18 @@ from pydantic import (
 from pydantic.config import JsonDict
 from typing_extensions import TypeAliasType
 
-from engine import addresses, consents, ingest, lead_timeline, own_events, signup, storable, store
+from engine import (
+    addresses,
+    consents,
+    event_times,
+    ingest,
+    lead_timeline,
+    localtime,
+    own_events,
+    signup,
+    storable,
+    store,
+)
 from engine.http_context import BEARER, HttpContext
 from engine.own_events import LEAD_UPDATED, engine_id
 from engine.storable import FIRST_YEAR, LAST_YEAR
@@ -43,7 +53,7 @@ EVENT_NAME = r"^[a-z][a-z0-9_.-]{0,99}$"
 MAX_BATCH = 1000
 _DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]")
 # The schema lists the zones this machine knows, so a client can check a zone before sending it.
-ZONES = sorted(available_timezones())
+ZONES = sorted(localtime.known_zones())
 
 
 # What no database can hold: NUL and lone surrogates in text (`engine.storable`), said in the schema (a lone
@@ -143,6 +153,16 @@ def _reserved(problem: Callable[[str], str | None]) -> Callable[[str], str]:
 _EMAIL_SCHEMA = {"type": "string", "format": "email"}
 # An address as every entry takes it (`engine.addresses`): an event's `email`, a lead's path.
 Address = Annotated[str, AfterValidator(addresses.normalise), WithJsonSchema(_EMAIL_SCHEMA)]
+
+
+def _known_zone(value: str) -> str:
+    if not localtime.is_zone(value):
+        raise ValueError(f"unknown time zone {value!r}; expected an IANA name like Europe/Berlin")
+    return value
+
+
+# A lead's time zone, as `PUT /v1/leads` and events take it.
+Zone = Annotated[str, AfterValidator(_known_zone), WithJsonSchema({"type": "string", "enum": ZONES})]
 # The engine's own ids, names and sources (`engine.own_events`), which no client may write; the schema says so.
 _OWN_IDS: JsonDict = {"not": {"pattern": f"^({'|'.join(sorted(own_events.ID_KINDS))}):"}}
 _OWN_NAMES: JsonDict = {"not": {"enum": [*sorted(own_events.RESERVED_NAMES)]}}
@@ -174,6 +194,10 @@ class EventIn(BaseModel):
     source: Annotated[StorableText, AfterValidator(_reserved(own_events.source_problem))] | None = Field(
         default=None, max_length=200, json_schema_extra=_OWN_SOURCES
     )
+    timezone: Zone | None = Field(
+        default=None,
+        description="The lead's IANA time zone, e.g. Europe/Berlin: set on the lead (new or not) with a new event.",
+    )
 
     @field_validator("occurred_at", mode="before")
     @classmethod
@@ -201,21 +225,9 @@ class LeadIn(BaseModel):
 
     attributes: StorableObject = Field(default_factory=dict)
     tags: list[Annotated[StorableText, Field(min_length=1, max_length=100)]] = Field(default_factory=list)
-    timezone: Annotated[str, WithJsonSchema({"type": "string", "enum": ZONES})] | None = Field(
-        default=None, description="An IANA zone, e.g. Europe/Berlin."
-    )
+    timezone: Zone | None = Field(default=None, description="An IANA zone, e.g. Europe/Berlin.")
     consent: Literal["subscribed", "unsubscribed", "pending"] | None = None
     consent_source: StorableText | None = Field(default=None, max_length=200)
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                ZoneInfo(value)
-            except (ZoneInfoNotFoundError, ValueError):
-                raise ValueError(f"unknown time zone {value!r}; expected an IANA name like Europe/Berlin") from None
-        return value
 
 
 class EnrollmentOut(BaseModel):
@@ -274,12 +286,15 @@ def record_items(conn: sa.Connection, items: Sequence[EventIn], source: str, at:
     recorded = ingest.recorded_event_ids(conn, list(first))
     fresh = [item for event_id, item in first.items() if event_id not in recorded]
     lead_ids = ingest.lead_ids(conn, [item.email for item in fresh], at) if fresh else {}
+    zones = {lead_ids[item.email]: item.timezone for item in fresh if item.timezone is not None}
+    if zones:  # the last new event of a lead that names a zone sets it
+        ingest.set_timezones(conn, zones, lead_ids.values(), at)
     new = [
         store.NewEvent(
             item.id,
             lead_ids[item.email],
             item.type,
-            item.occurred_at or at,
+            event_times.taken_at(item.occurred_at, at),
             item.properties,
             item.source or source,
         )
@@ -287,6 +302,24 @@ def record_items(conn: sa.Connection, items: Sequence[EventIn], source: str, at:
     ]
     inserted, _ = ingest.record(conn, new, at)
     return inserted, len(items) - inserted
+
+
+def refuse_future(body: EventIn | list[EventIn], now: datetime) -> None:
+    """A 422 naming every event dated after `now` by more than the clock skew (`engine.event_times`):
+    the whole batch is refused, as for any other invalid item. The clock is the engine's, known only
+    once the body is read, so this comes after the model's own checks."""
+    items = body if isinstance(body, list) else [body]
+    errors = []
+    for i, item in enumerate(items):
+        when = item.occurred_at
+        problem = event_times.future_problem(when, now) if when is not None else None
+        if when is None or problem is None:
+            continue
+        where = ("list[EventIn]", i) if isinstance(body, list) else ("EventIn",)
+        error = {"type": "value_error", "loc": ("body", *where, "occurred_at"), "msg": f"occurred_at {problem}"}
+        errors.append({**error, "input": when.isoformat()})
+    if errors:
+        raise RequestValidationError(errors)
 
 
 def router(ctx: HttpContext) -> APIRouter:
@@ -297,7 +330,7 @@ def router(ctx: HttpContext) -> APIRouter:
         """One event, or a batch of up to 1,000 (a JSON array). Answered after the commit."""
         items = body if isinstance(body, list) else [body]
         at = ctx.now()
-
+        refuse_future(body, at)
         inserted, duplicates = ingest.in_transaction(ctx.engine, lambda conn: record_items(conn, items, "api", at))
         if inserted:
             ctx.nudge()

@@ -266,6 +266,20 @@ def _parse_time(text: str | None, option: str) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+def _event_time(at: str | None) -> datetime:
+    """When an event recorded from the command line happened: `--at`, or now. A time after the clock
+    beyond the skew `engine.event_times` allows is refused (exit 2) with the clock's time."""
+    from engine import event_times
+
+    now = datetime.now(UTC)
+    when = _parse_time(at, "--at")
+    problem = event_times.future_problem(when, now) if when is not None else None
+    if problem is not None:
+        err.print(f"--at: {problem}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    return event_times.taken_at(when, now)
+
+
 DEMO_LEADS = (
     ("sam.taylor@acme-packaging.example", "Sam", "Acme Packaging", 35, "Europe/London"),
     ("priya.shah@northwind-foods.example", "Priya", "Northwind Foods", 240, "Europe/London"),
@@ -402,7 +416,7 @@ def event(
             raise typer.Exit(2)
         properties[key] = value
     settings = get_settings()
-    when = _parse_time(at, "--at") or datetime.now(UTC)
+    when = _event_time(at)
     upgrade(settings.effective_database_url)
     engine = create_engine_for(settings.effective_database_url)
     try:
@@ -431,25 +445,19 @@ def plan(
     from rich.table import Table
 
     from engine import store
-    from engine.database import connect_read_only, create_engine_for, upgrade
+    from engine.cli_ops import _database
+    from engine.database import connect_read_only
     from engine.definition import Funnel as FunnelModel
     from engine.plan import plan as make_plan
-    from engine.settings import get_settings
 
     edited = _funnels(paths or ["funnels"], emails)
-    url = get_settings().effective_database_url
-    upgrade(url)
-    engine = create_engine_for(url)
-    try:
-        with connect_read_only(engine) as conn:
-            positions = store.positions(conn)
-            old: dict[str, FunnelModel | None] = {}
-            for p in positions:
-                if p.version not in old:
-                    raw = store.get_funnel_definition(conn, p.funnel_id, p.version)
-                    old[p.version] = FunnelModel.model_validate(raw) if raw else None
-    finally:
-        engine.dispose()
+    with _database(None) as engine, connect_read_only(engine) as conn:
+        positions = store.positions(conn)
+        old: dict[str, FunnelModel | None] = {}
+        for p in positions:
+            if p.version not in old:
+                raw = store.get_funnel_definition(conn, p.funnel_id, p.version)
+                old[p.version] = FunnelModel.model_validate(raw) if raw else None
     for definition in edited:
         lines = make_plan(positions, old, definition)
         table = Table(title=f"{definition.id}: leads in flight against version {definition.version}")
@@ -608,18 +616,20 @@ def api(
     import uvicorn
 
     from engine.api import create_app
+    from engine.cli_ops import _database
     from engine.logs import setup
     from engine.settings import get_settings
 
     settings = get_settings()
     setup(settings.log_format, settings.log_level, settings.log_level_libraries)
     _refuse_unsafe_start(settings, host)
-    uvicorn.run(
-        create_app(settings, _api_db()),
-        host=host or settings.http.host,
-        port=settings.http.port if port is None else port,
-        log_config=None,  # uvicorn's records go through our scrubbing handler
-    )
+    with _database(None, create=True) as engine:
+        uvicorn.run(
+            create_app(settings, engine),
+            host=host or settings.http.host,
+            port=settings.http.port if port is None else port,
+            log_config=None,  # uvicorn's records go through our scrubbing handler
+        )
 
 
 def _refuse_unsafe_start(settings: Any, host: str | None = None) -> None:
@@ -648,24 +658,13 @@ apikey_app = typer.Typer(help="Keys for the HTTP API.", no_args_is_help=True)
 app.add_typer(apikey_app, name="apikey")
 
 
-def _api_db() -> Any:
-    from engine.database import create_engine_for, upgrade
-    from engine.settings import get_settings
-
-    settings = get_settings()
-    url = settings.effective_database_url
-    if url.startswith("sqlite"):
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade(url)
-    return create_engine_for(url)
-
-
 @apikey_app.command("create")
 def apikey_create(name: str = typer.Option(..., "--name", help="Who or what uses it, e.g. shop-webhooks.")) -> None:
     """Make a key and print it, once: only its hash is stored."""
     from engine import apikeys
+    from engine.cli_ops import _database
 
-    with _api_db().begin() as conn:
+    with _database(None, create=True) as engine, engine.begin() as conn:
         key = apikeys.create(conn, name, datetime.now(UTC))
     err.print(f"API key '{name}' created. It is shown only this once; store it now:")
     console.print(key, markup=False, highlight=False)
@@ -677,8 +676,10 @@ def apikey_list() -> None:
     from rich.table import Table
 
     from engine import apikeys
+    from engine.cli_ops import _database
+    from engine.database import connect_read_only
 
-    with _api_db().connect() as conn:
+    with _database(None) as engine, connect_read_only(engine) as conn:
         keys = apikeys.listing(conn)
     table = Table("prefix", "name", "created", "revoked")
     for k in keys:
@@ -690,8 +691,9 @@ def apikey_list() -> None:
 def apikey_revoke(prefix: str = typer.Argument(..., help="The key prefix `funnel apikey list` shows.")) -> None:
     """Refuse a key from now on."""
     from engine import apikeys
+    from engine.cli_ops import _database
 
-    with _api_db().begin() as conn:
+    with _database(None) as engine, engine.begin() as conn:
         count = apikeys.revoke(conn, prefix, datetime.now(UTC))
     if not count:
         err.print(f"no active key with prefix {prefix!r}")

@@ -42,12 +42,29 @@ def register(app: typer.Typer) -> None:
 
 
 @contextmanager
-def _database(url: str | None) -> Iterator[sa.Engine]:
-    from engine.database import create_engine_for, upgrade
+def _database(url: str | None, create: bool = False) -> Iterator[sa.Engine]:
+    """The configured database (or `url`), migrated. Only a command that records something new may
+    `create` it: run in the wrong folder, a command that reads would otherwise make an empty SQLite file
+    there and answer from it. A database that cannot be opened is one line saying which and why."""
+    import sqlalchemy as sa
+
+    from engine.database import create_engine_for, describe_failure, missing_file, upgrade
     from engine.settings import get_settings
 
     url = url or get_settings().effective_database_url
-    upgrade(url)
+    missing = None if create else missing_file(url)
+    if missing is not None:
+        raise _fail(
+            f"no database at {missing}: this command creates none; run it in the engine's folder, or name the "
+            "database with FUNNEL_DATABASE_URL (or --database-url where the command takes it)"
+        )
+    try:
+        upgrade(url)
+    except sa.exc.DBAPIError as exc:
+        problem = describe_failure(create_engine_for(url), exc)
+        if problem is None:
+            raise
+        raise _fail(problem) from None
     engine = create_engine_for(url)
     try:
         yield engine
@@ -277,6 +294,7 @@ def lead_enroll(
         ..., metavar="FUNNEL", help="A funnel (id or file) whose entry has `manual: true`."
     ),
     by: str = typer.Option(os.environ.get("USER") or "ops", "--by", help="Who; recorded as the cause."),
+    at: str | None = typer.Option(None, "--at", help="When (ISO time; default now), e.g. to replay."),
     database_url: str | None = typer.Option(None, "--database-url", help=DATABASE_HELP),
 ) -> None:
     """Put a lead in a funnel by hand. Recorded as an event, so the engine enrolls the lead on its next
@@ -284,6 +302,7 @@ def lead_enroll(
     import uuid
 
     from engine import store
+    from engine.cli import _event_time
     from engine.definition import ManualTrigger
     from engine.funnel_lookup import find_funnels
     from engine.own_events import MANUAL_ENROLL, OPERATOR, engine_id
@@ -300,14 +319,15 @@ def lead_enroll(
         raise _fail(f"funnel {funnel_id!r} takes no manual entry: add `- manual: true` to its entry triggers", 2)
     email = lead_address(email)
     now = datetime.now(UTC)
-    with _database(database_url) as engine, engine.begin() as conn:
+    when = _event_time(at)
+    with _database(database_url, create=True) as engine, engine.begin() as conn:
         lead_id = store.find_lead_id(conn, email) or store.upsert_lead(conn, email, now=now)
         # Recorded as the operator's: the core takes a manual entry from no other source.
         event = store.NewEvent(
             engine_id("manual-enroll", uuid.uuid4().hex),
             lead_id,
             MANUAL_ENROLL,
-            now,
+            when,
             {"funnel": funnel_id, "by": by},
             OPERATOR,
         )
@@ -442,7 +462,7 @@ def demo_month(
         first = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=days)
     else:
         first = _utc(start, "--start")
-    with _database(database_url) as engine:
+    with _database(database_url, create=True) as engine:
         with engine.connect() as conn:
             if not month.is_empty(conn):
                 raise _fail("the database already has leads: demo-month only writes to an empty one (--database-url)")

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -35,7 +35,16 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from pydantic import ValidationError
 
-from engine import dashboard_data, journey_map, journey_map_html, lead_timeline, ops_auth, report, report_queries
+from engine import (
+    dashboard_data,
+    journey_map,
+    journey_map_html,
+    lead_timeline,
+    ops_auth,
+    ops_sessions,
+    report,
+    report_queries,
+)
 from engine.database import connect_read_only
 from engine.definition import Funnel
 from engine.http_context import HttpContext
@@ -242,6 +251,15 @@ def _sse(event: str, data: str, event_id: str | None = None) -> str:
     return head + "".join(f"data: {line}\n" for line in data.splitlines() or [""]) + "\n"
 
 
+@dataclass(frozen=True, slots=True)
+class _SignIn:
+    """A sign-in attempt's outcome: a session's cookie, a lockout's end, or neither (a wrong name or
+    password)."""
+
+    cookie: str | None = None
+    locked_until: datetime | None = None
+
+
 def router(ctx: HttpContext) -> APIRouter:
     router = APIRouter(prefix="/ops", include_in_schema=False)
     ops = ctx.settings.ops
@@ -249,11 +267,19 @@ def router(ctx: HttpContext) -> APIRouter:
     views = _Views()
     cookie = ops_auth.cookie_options(ctx.settings.base_url)
     # Checking a password takes a tenth of a second of CPU on purpose: a flood of sign-ins may queue for
-    # these two threads, but not take the thread pool every other route of the app runs in.
+    # these two threads, but not take the thread pool every other route of the app runs in. The lockout
+    # is checked in the same turn, so attempts sent at once cannot all pass it before any is counted.
     password_checks = anyio.CapacityLimiter(2)
 
     def session_of(request: Request) -> Session | None:
-        return sessions.read(request.cookies.get(ops_auth.SESSION_COOKIE), ctx.now())
+        """The request's session: a cookie that reads well, for a session the database still holds open
+        (a sign-out on any process of the app ends it). Reads the database: call it off the event loop."""
+        now = ctx.now()
+        session = sessions.read(request.cookies.get(ops_auth.SESSION_COOKIE), now)
+        if session is None:
+            return None
+        with connect_read_only(ctx.engine) as conn:
+            return session if ops_sessions.is_open(conn, session.id, now) else None
 
     def signed_in(request: Request) -> Session:
         """A FastAPI dependency for pages: the session, or a redirect to the login page."""
@@ -272,7 +298,7 @@ def router(ctx: HttpContext) -> APIRouter:
 
     async def posted(request: Request) -> tuple[Session, Mapping[str, str]]:
         """For POSTs: a session, the session's CSRF token in the form, and no foreign Origin; 403 else."""
-        session = signed_in(request)
+        session = await anyio.to_thread.run_sync(signed_in, request)
         form = await request.form()
         fields = {k: v for k, v in form.items() if isinstance(v, str)}
         if ops_auth.foreign_origin(request.headers.get("origin"), request.headers.get("host")):
@@ -293,6 +319,28 @@ def router(ctx: HttpContext) -> APIRouter:
         response.set_cookie(ops_auth.LOGIN_COOKIE, nonce, max_age=ops_auth.LOGIN_COOKIE_SECONDS, **cookie)
         return response
 
+    def try_sign_in(name: str, password: str, client: str | None, now: datetime) -> _SignIn:
+        """One sign-in attempt, run under the password checks' limiter with its lockout check first, so
+        that attempts sent all at once are judged a few at a time against the counts of those before
+        them. A locked name or client is refused before its password is checked, alike for every name."""
+        counted = ops_auth.counted(name, client)
+        with connect_read_only(ctx.engine) as conn:
+            until = ops_sessions.locked_until(conn, counted, now)
+        if until is not None:
+            return _SignIn(locked_until=until)
+        if not ops_auth.check_password(ops, name, password):
+            with ctx.engine.begin() as conn:
+                started = ops_sessions.count_failure(conn, counted, now)
+            for key, ends, failures in started:  # once per lockout; the attempts it refuses are not logged
+                when = ends.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+                log.warning("ops sign-in locked for %s until %s after %d failed sign-ins", key.shown, when, failures)
+            return _SignIn()
+        cookie, session = sessions.issue(name, now)
+        with ctx.engine.begin() as conn:
+            ops_sessions.clear_failures(conn, counted)
+            ops_sessions.start(conn, session, now)
+        return _SignIn(cookie=cookie)
+
     @router.get("/login")
     def login_form(request: Request, next: str | None = None) -> Response:
         target = ops_auth.safe_next(next)
@@ -311,18 +359,31 @@ def router(ctx: HttpContext) -> APIRouter:
         if expected is None or not ops_auth.same_token(expected, fields.get("nonce")):
             return login_page(target, "The sign-in form had expired (or cookies are off). Please try again.", 403)
         name, password = fields.get("name", "").strip(), fields.get("password", "")
-        if not await anyio.to_thread.run_sync(ops_auth.check_password, ops, name, password, limiter=password_checks):
-            log.warning("ops sign-in refused for %r", name[:64])
+        now = ctx.now()
+        client = request.client.host if request.client else None
+        outcome = await anyio.to_thread.run_sync(try_sign_in, name, password, client, now, limiter=password_checks)
+        if outcome.locked_until is not None:
+            wait = ops_auth.wait_seconds(outcome.locked_until, now)
+            refused = login_page(target, f"Too many failed sign-ins. Try again in {ops_auth.wait_words(wait)}.", 429)
+            refused.headers["Retry-After"] = str(wait)
+            return refused
+        if outcome.cookie is None:
+            log.info("ops sign-in refused for %r", name[:64])
             return login_page(target, "Wrong name or password.", 401)
-        value, _ = sessions.issue(name, ctx.now())
         log.info("ops sign-in: %s", name)
         response = RedirectResponse(target, status_code=303)
-        response.set_cookie(ops_auth.SESSION_COOKIE, value, max_age=int(ops.session_hours * 3600), **cookie)
+        response.set_cookie(ops_auth.SESSION_COOKIE, outcome.cookie, max_age=int(ops.session_hours * 3600), **cookie)
         response.delete_cookie(ops_auth.LOGIN_COOKIE, path=ops_auth.COOKIE_PATH)
         return response
 
     @router.post("/logout")
     def logout(post: tuple[Session, Mapping[str, str]] = posted_form) -> Response:
+        """Ends the session in the database, not only in this browser: a copy of the cookie opens
+        nothing afterwards."""
+        session, _ = post
+        with ctx.engine.begin() as conn:
+            ops_sessions.end(conn, session.id, ctx.now())
+        log.info("ops sign-out: %s", session.user)
         response = RedirectResponse("/ops/login", status_code=303)
         response.delete_cookie(ops_auth.SESSION_COOKIE, path=ops_auth.COOKIE_PATH)
         return response
@@ -403,7 +464,7 @@ def router(ctx: HttpContext) -> APIRouter:
                 if (
                     anyio.current_time() >= ends
                     or await request.is_disconnected()
-                    or sessions.read(request.cookies.get(ops_auth.SESSION_COOKIE), ctx.now()) is None
+                    or await anyio.to_thread.run_sync(session_of, request) is None
                 ):
                     return
                 pending = await anyio.to_thread.run_sync(poll)

@@ -94,6 +94,18 @@ def _sqlite_engine(url: URL, **kwargs: Any) -> Engine:
     return engine
 
 
+def missing_file(url: str | URL) -> Path | None:
+    """The file a SQLite URL names, if it does not exist (opening it would create it); None when it
+    exists, for an in-memory database, and for every other backend (a server says by itself when a
+    database does not exist)."""
+    parsed = make_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    path = Path(database)
+    return None if path.exists() else path.absolute()
+
+
 def connect_read_only(engine: Engine) -> sa.Connection:
     """A connection for reads only (dashboards, reports): on SQLite it never waits for the writer.
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from jinja2 import TemplateNotFound
 from jinja2.sandbox import SandboxedEnvironment
 
@@ -38,6 +38,10 @@ log = logging.getLogger("engine.forms")
 
 MAX_FIELD = 500
 TICKED = ("on", "yes", "true", "1")
+# The script that fills a signup page's hidden time zone field; served from here, so that a page whose
+# Content-Security-Policy allows only its own origin's scripts (no inline one) still runs it.
+ZONE_SCRIPT = Path(__file__).parent / "static" / "timezone.js"
+ZONE_SCRIPT_URL = "/forms/timezone.js"
 
 
 def _client(request: Request) -> tuple[str | None, str | None]:
@@ -93,6 +97,12 @@ def router(ctx: HttpContext) -> APIRouter:
                 log.error("form %s: %s:%d: %s", form_id, found.path, found.line, found.message)
         return page("Sign up", _plain_form(context))
 
+    @router.get(ZONE_SCRIPT_URL)
+    def zone_script() -> Response:
+        """Declared before the forms: a form id has no dot, so this path is never a form's."""
+        headers = {"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"}
+        return FileResponse(ZONE_SCRIPT, media_type="text/javascript; charset=utf-8", headers=headers)
+
     @router.get("/forms/{form_id}", response_class=HTMLResponse)
     def show(form_id: str) -> HTMLResponse:
         spec = form_of(form_id)
@@ -103,6 +113,8 @@ def router(ctx: HttpContext) -> APIRouter:
         spec = form_of(form_id)
         posted = await request.form()
         values = {k: v.strip() for k, v in posted.items() if isinstance(v, str)}
+        # Filled by the page's script, not typed: never an error shown to the person, only kept when valid.
+        zone = values.pop(signup.ZONE_FIELD, None)
         done_page = spec.redirect or f"/forms/{form_id}/{'check-inbox' if spec.double_opt_in else 'thanks'}"
         if values.get(spec.honeypot):
             log.info("form %s: honeypot filled, post ignored", form_id)
@@ -115,6 +127,8 @@ def router(ctx: HttpContext) -> APIRouter:
         if values.get("name"):
             attributes.setdefault("name", values["name"])
             attributes.setdefault("first_name", values["name"].split()[0])
+        fields = signup.with_zone(attributes, zone)  # as the consent record keeps them
+        attributes, zone = signup.lead_fields(fields)
         ip, agent = _client(request)
         at = ctx.now()
         source = f"form {form_id}"
@@ -125,16 +139,22 @@ def router(ctx: HttpContext) -> APIRouter:
                 log.info("form %s: a post for a lead that bounced or complained changes nothing", form_id)
             elif outcome.action == "subscribe":
                 created = store.create_lead(
-                    conn, address, attributes=attributes, consent="subscribed", consent_source=source, now=at
+                    conn,
+                    address,
+                    attributes=attributes,
+                    timezone=zone,
+                    consent="subscribed",
+                    consent_source=source,
+                    now=at,
                 )
                 if created is None:  # the same address, posted at the same instant: that post counts
                     log.info("form %s: a concurrent post made this lead first; this one changes nothing", form_id)
                 else:
-                    act = ConsentAct("given", source, form_id, spec.consent_version, ip, agent, attributes)
+                    act = ConsentAct("given", source, form_id, spec.consent_version, ip, agent, fields)
                     record_id = consents.record(conn, created, act, at, (None, "subscribed"))
                     _emit(conn, created, form_id, spec, record_id, attributes, at)
             else:
-                act = ConsentAct("requested", source, form_id, spec.consent_version, ip, agent, attributes)
+                act = ConsentAct("requested", source, form_id, spec.consent_version, ip, agent, fields)
                 _ask_owner(conn, form_id, spec, address, (lead_id, current), outcome.new_status, act, at)
         ctx.nudge()
         return RedirectResponse(done_page, status_code=303)
@@ -205,15 +225,17 @@ def router(ctx: HttpContext) -> APIRouter:
                 )
                 consents.record(conn, lead_id, act, at, (current, after))
                 changed = after != current
+                attributes, zone = signup.lead_fields(asked.fields)
                 store.upsert_lead(
                     conn,
                     address,
-                    attributes=asked.fields,
+                    attributes=attributes,
+                    timezone=zone,
                     consent=after if changed else None,
                     consent_source=f"double opt-in {form_id}" if changed else None,
                     now=at,
                 )
-                _emit(conn, lead_id, form_id, spec, asked.id, asked.fields, at)
+                _emit(conn, lead_id, form_id, spec, asked.id, attributes, at)
         if state == "confirm":
             ctx.nudge()
         return RedirectResponse(spec.confirmed_redirect or f"/forms/{form_id}/confirmed", status_code=303)
@@ -321,5 +343,7 @@ def _plain_form(context: dict[str, Any]) -> str:
         f"{error('consent')}"
         f'<p style="position:absolute;left:-10000px" aria-hidden="true"><label>Leave this empty '
         f'<input name="{html.escape(form["honeypot"])}" tabindex="-1" autocomplete="off"></label></p>'
+        f'<input type="hidden" name="{signup.ZONE_FIELD}" value="">'
         '<p><button type="submit">Send it to me</button></p></form>'
+        f'<script src="{ZONE_SCRIPT_URL}" defer></script>'
     )

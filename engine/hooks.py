@@ -25,7 +25,7 @@ from fastapi.routing import APIRoute
 from pydantic import Field
 
 from engine import signatures, tables
-from engine.api_v1 import MAX_BATCH, Accepted, EventIn, JsonSafeRoute, record_items
+from engine.api_v1 import MAX_BATCH, Accepted, EventIn, JsonSafeRoute, record_items, refuse_future
 from engine.http_context import HttpContext
 from engine.settings import HookSettings, Settings
 
@@ -126,6 +126,7 @@ def router(ctx: HttpContext) -> APIRouter:
         receipt = getattr(request.state, _VERIFIED)
         items = body if isinstance(body, list) else [body]
         at = ctx.now()
+        refuse_future(body, at)  # before the receipt: a refused request can be sent again once its time has come
         with ctx.engine.begin() as conn:
             sweep_receipts(conn, ctx.settings, at)
             try:

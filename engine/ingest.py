@@ -252,6 +252,19 @@ def lead_ids(conn: sa.Connection, emails: Iterable[str], now: datetime) -> dict[
     return found
 
 
+def set_timezones(conn: sa.Connection, zones: Mapping[int, str], batch: Iterable[int], now: datetime) -> None:
+    """Set leads' time zones (events that carry one). On PostgreSQL every lead of the batch is locked
+    first, in id order like every per-lead lock: the batch's events then wait for no lead another
+    transaction holds while this one holds some, so two batches never wait on each other in a cycle."""
+    lock_leads(conn, batch)
+    at = binder(conn, tables.leads.c.updated_at)(now)
+    mark = _mark(conn)
+    conn.exec_driver_sql(
+        f"UPDATE leads SET timezone = {mark}, updated_at = {mark} WHERE id = {mark}",  # noqa: S608
+        [(zone, at, lead_id) for lead_id, zone in sorted(zones.items())],
+    )
+
+
 # --------------------------------------------------------------------------------------------------
 # Events
 # --------------------------------------------------------------------------------------------------

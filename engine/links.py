@@ -1,19 +1,21 @@
 """Signed links: unsubscribe, preferences, click tracking and opt-in each carry a token with its own
-purpose (salt), so a token made for one can never be used as another (invariant 11)."""
+purpose (salt), so a token made for one can never be used as another (invariant 11), and each is valid
+only as it was written (`engine.tokens`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from itsdangerous import BadSignature, URLSafeSerializer
+from itsdangerous import BadSignature
 from itsdangerous.encoding import base64_encode
 
 from engine.settings import Settings
+from engine.tokens import TokenSerializer
 
 PURPOSES = ("unsubscribe", "preferences", "click", "open", "opt-in")
 
 
-class _Uncompressed(URLSafeSerializer):
+class _Uncompressed(TokenSerializer):
     """Tokens as itsdangerous writes them, minus the zlib attempt: our payloads are a few dozen bytes,
     compression never pays, and every email signs two. Still read by the standard `loads`."""
 

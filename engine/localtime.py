@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, time, timedelta
-from functools import lru_cache
-from zoneinfo import ZoneInfo
+from functools import cache, lru_cache
+from zoneinfo import ZoneInfo, available_timezones
 
 WEEKDAY_INDEX = {"mon": 0, "tue": 1, "wed": 2, "thu": 3, "fri": 4, "sat": 5, "sun": 6}
 
@@ -20,6 +20,18 @@ WEEKDAY_INDEX = {"mon": 0, "tue": 1, "wed": 2, "thu": 3, "fri": 4, "sat": 5, "su
 @lru_cache(maxsize=512)
 def zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
+
+
+@cache
+def known_zones() -> frozenset[str]:
+    """The IANA zone names this machine's time zone database holds."""
+    return frozenset(available_timezones())
+
+
+def is_zone(name: object) -> bool:
+    """Whether `name` is an IANA zone name such as Europe/London (not a file path `ZoneInfo` would
+    also open, such as posix/Europe/London)."""
+    return isinstance(name, str) and name in known_zones()
 
 
 def at_local(day: date, clock: time, tz: ZoneInfo, fold: int = 0) -> datetime:

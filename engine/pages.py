@@ -7,17 +7,18 @@ Invariant 5: an unsubscribe takes effect at once; the mailer reads consent again
 from __future__ import annotations
 
 import html
-from urllib.parse import parse_qs
 
 import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from engine import consents, signup, store
+from engine import consents, mime, signup, store
 from engine.consents import ConsentAct
 from engine.http_context import HttpContext
 from engine.own_events import engine_id
 
+# The field a one-click unsubscribe posts: the value of `List-Unsubscribe-Post` in every marketing email.
+ONE_CLICK_FIELD, ONE_CLICK_VALUE = mime.ONE_CLICK.split("=")
 # The smallest transparent GIF.
 PIXEL = bytes.fromhex("47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b")
 
@@ -113,9 +114,11 @@ def router(ctx: HttpContext) -> APIRouter:
         """RFC 8058 one-click (a mail client posts `List-Unsubscribe=One-Click`: all marketing email), or
         the page's buttons. No login, no redirect; effective at once."""
         address, funnel_id = address_in("unsubscribe", token)
-        body = (await request.body()).decode("utf-8", "replace")
-        one_click = "List-Unsubscribe=One-Click" in body
-        scope = parse_qs(body).get("scope", ["all"])[0]
+        fields = await _form(request)
+        # RFC 8058: the key/value pair of List-Unsubscribe-Post, as a form field, multipart/form-data
+        # (what clients should send) or form-encoded (what they may send). That field alone, exactly.
+        one_click = fields.get(ONE_CLICK_FIELD) == ONE_CLICK_VALUE
+        scope = fields.get("scope", "all")
         at = ctx.now()
         with ctx.engine.begin() as conn:
             if scope == "funnel" and funnel_id is not None and not one_click:
@@ -172,7 +175,7 @@ def router(ctx: HttpContext) -> APIRouter:
     @router.post("/p/{token}")
     async def preferences(token: str, request: Request) -> Response:
         address, _ = address_in("preferences", token)
-        scope = parse_qs((await request.body()).decode("utf-8", "replace")).get("scope", [""])[0]
+        scope = (await _form(request)).get("scope", "")
         at = ctx.now()
         with ctx.engine.begin() as conn:
             lead_id = store.find_lead_id(conn, address)
@@ -193,6 +196,12 @@ def router(ctx: HttpContext) -> APIRouter:
         return RedirectResponse(f"/p/{token}", status_code=303)
 
     return router
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """The posted form's text fields, whichever of the two form encodings it came in."""
+    form = await request.form()
+    return {name: value for name, value in form.items() if isinstance(value, str)}
 
 
 def _button(scope: str, label: str) -> str:

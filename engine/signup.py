@@ -9,9 +9,12 @@ only by the lead's own confirmed action; a pending lead becomes subscribed only 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
+
+from engine.localtime import is_zone
 
 # The lead said no, or the address does not work: nothing but the lead's own confirmed action lifts it.
 OPTED_OUT = ("unsubscribed", "bounced", "complained", "erased")
@@ -19,6 +22,9 @@ OPTED_OUT = ("unsubscribed", "bounced", "complained", "erased")
 # stays a complaint (a form post for such a lead is ignored).
 STICKY = ("bounced", "complained", "erased")
 
+# The field a signup page fills with the browser's time zone (a few lines of script): the lead's zone,
+# not an attribute.
+ZONE_FIELD = "timezone"
 # A confirmation email is queued as funnel `form:<form id>`, step `confirm-<request id>`.
 CONFIRM_FUNNEL_PREFIX = "form:"
 CONFIRM_STEP_PREFIX = "confirm-"
@@ -128,3 +134,18 @@ def confirmation_of(funnel_id: str, step: str) -> tuple[str, int] | None:
     if ours and number.isascii() and number.isdigit():
         return funnel_id.removeprefix(CONFIRM_FUNNEL_PREFIX), int(number)
     return None
+
+
+def with_zone(attributes: Mapping[str, Any], zone: str | None) -> dict[str, Any]:
+    """A signup's fields as its consent record keeps them: the attributes, and the time zone the page
+    read from the browser when it is an IANA name (anything else is left out: a browser that sent
+    something odd is no reason to refuse the person signing up)."""
+    return {**attributes, ZONE_FIELD: zone} if is_zone(zone) else dict(attributes)
+
+
+def lead_fields(posted: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """What a signup's fields (`with_zone`, kept in its request until confirmed) give the lead: its
+    attributes, and its time zone (checked again: the zone database may have changed meanwhile)."""
+    attributes = {name: value for name, value in posted.items() if name != ZONE_FIELD}
+    zone = posted.get(ZONE_FIELD)
+    return attributes, zone if is_zone(zone) else None

@@ -1,6 +1,6 @@
 """The durable tables: leads, enrollments, events, stage transitions, the email outbox, webhook calls,
-goals, suppressions, funnel versions, API keys, consent records, inbound webhook receipts, and outbound
-webhook deliveries with their cursors.
+goals, suppressions, funnel versions, API keys, consent records, inbound webhook receipts, outbound
+webhook deliveries with their cursors, and the dashboard's digests, sessions and failed sign-ins.
 
 Declared as SQLModel tables so the schema reads as one list of fields; the hot paths in `engine.store`
 use their SQLAlchemy Core `Table`s (`Lead.__table__`), not ORM objects. The migration in
@@ -395,6 +395,34 @@ class OpsDigest(SQLModel, table=True):
     error: str | None = Field(default=None, sa_type=sa.Text)
 
 
+class OpsSession(SQLModel, table=True):
+    """One sign-in to the dashboard. The cookie is signed and names the session; the session is valid
+    while its row is here, unexpired and not ended, so a sign-out ends it for every copy of the cookie
+    and on every process of the app. Kept by a hash of its id; expired rows are swept at sign-in."""
+
+    __tablename__ = "ops_sessions"
+    __table_args__ = (sa.Index("ix_ops_sessions_expires_at", "expires_at"),)
+
+    id_hash: str = Field(sa_type=sa.String(64), primary_key=True)
+    user_name: str = Field(sa_type=sa.String(64), nullable=False)
+    created_at: datetime = Field(sa_type=UtcDateTime, nullable=False)
+    expires_at: datetime = Field(sa_type=UtcDateTime, nullable=False)
+    ended_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+
+
+class OpsSignInFailure(SQLModel, table=True):
+    """Failed dashboard sign-ins counted per name (by a hash: a name field sometimes holds a password
+    typed in the wrong box) and per client address, and the lockout they earned (`engine.ops_auth`)."""
+
+    __tablename__ = "ops_sign_in_failures"
+    __table_args__ = (sa.Index("ix_ops_sign_in_failures_last_failed_at", "last_failed_at"),)
+
+    key: str = Field(sa_type=sa.String(100), primary_key=True)
+    failures: int = Field(nullable=False)
+    last_failed_at: datetime = Field(sa_type=UtcDateTime, nullable=False)
+    locked_until: datetime | None = Field(default=None, sa_type=UtcDateTime)
+
+
 metadata = SQLModel.metadata
 
 leads: sa.Table = Lead.__table__  # type: ignore[attr-defined]
@@ -412,3 +440,5 @@ webhook_receipts: sa.Table = WebhookReceipt.__table__  # type: ignore[attr-defin
 webhook_deliveries: sa.Table = WebhookDelivery.__table__  # type: ignore[attr-defined]
 webhook_cursors: sa.Table = WebhookCursor.__table__  # type: ignore[attr-defined]
 ops_digests: sa.Table = OpsDigest.__table__  # type: ignore[attr-defined]
+ops_sessions: sa.Table = OpsSession.__table__  # type: ignore[attr-defined]
+ops_sign_in_failures: sa.Table = OpsSignInFailure.__table__  # type: ignore[attr-defined]

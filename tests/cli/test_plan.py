@@ -59,7 +59,9 @@ def test_plan_counts_the_leads_an_edit_moves(tmp_path: Path) -> None:
 def test_plan_with_no_edit_affects_nobody(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "funnels", tmp_path / "funnels")
     shutil.copytree(ROOT / "emails", tmp_path / "emails")
-    env = {**os.environ, "FUNNEL_DATABASE_URL": f"sqlite:///{tmp_path / 'funnel.db'}"}
+    url = f"sqlite:///{tmp_path / 'funnel.db'}"
+    upgrade(url)  # an engine's database with no lead in it (plan reads a database, it makes none)
+    env = {**os.environ, "FUNNEL_DATABASE_URL": url}
     result = subprocess.run(
         [sys.executable, "-m", "engine.cli", "plan"], cwd=tmp_path, env=env, capture_output=True, text=True,
         timeout=120,

@@ -341,3 +341,29 @@ def test_a_batch_whose_snapshot_still_holds_is_written_as_decided(sqlite_db: Eng
     result = worker.process_events(T0 + timedelta(minutes=1))
     assert worker.decided == 1 and (result.events, result.enrolled, result.emails_queued) == (1, 1, 1)
     assert _count(sqlite_db, tables.enrollments) == 1 and _count(sqlite_db, tables.outbox) == 1
+
+
+def test_batches_setting_time_zones_on_the_same_leads_race_without_failing(db: Engine) -> None:
+    """Events that carry a zone set it on their lead: batches racing on the same leads, some with zones
+    and some without, all commit (the leads are locked in one order), and each lead ends with a zone
+    one of them sent."""
+    from engine.api_v1 import EventIn, record_items
+
+    emails = [f"zone{i}@example.com" for i in range(20)]
+    zones = ("Europe/Berlin", "Asia/Tokyo", "America/Chicago", None)
+    counter = iter(range(1_000_000))
+    lock = threading.Lock()
+
+    def post(conn: sa.Connection) -> tuple[int, int]:
+        with lock:
+            n = next(counter)
+        zone = zones[n % len(zones)]
+        order = emails if n % 2 else list(reversed(emails))
+        items = [EventIn(id=f"z{n}-{e}", type="page_viewed", email=e, timezone=zone) for e in order]
+        return record_items(conn, items, "api", T0)
+
+    results = _race(db, post, threads=4)
+    assert sum(inserted for inserted, _ in results) == 4 * len(emails)
+    with db.connect() as conn:
+        found = dict(conn.execute(sa.select(tables.leads.c.email, tables.leads.c.timezone)).all())
+    assert set(found) == set(emails) and set(found.values()) <= set(zones[:3])

@@ -82,20 +82,22 @@ class Stage:
 
 
 def rewrite_a_lead_with_a_form_post(stage: Stage) -> int:
-    """Hole 1: a cross-site form post about a subscribed lead, carrying the stranger's words."""
+    """Hole 1: a cross-site form post about a subscribed lead, carrying the stranger's words (and a time
+    zone that would send her emails at night)."""
     before = stage.lead("alice@example.com")
     posts = [
         {"email": "alice@example.com", "first_name": STRANGER_NAME, "company": "Evil Corp", "consent": "yes"},
-        {"email": " Alice@Example.com ", "first_name": STRANGER_NAME, "consent": "yes"},
+        {"email": " Alice@Example.com ", "first_name": STRANGER_NAME, "consent": "yes", "timezone": "Pacific/Apia"},
     ]
     for data in posts:
         assert stage.post_form(data).status_code in (200, 303)
     after = stage.lead("alice@example.com")
-    assert (after.attributes, after.consent_status, after.tags, after.score) == (
+    assert (after.attributes, after.consent_status, after.tags, after.score, after.timezone) == (
         before.attributes,
         before.consent_status,
         before.tags,
         before.score,
+        before.timezone,
     )
     return len(posts)
 

@@ -1,7 +1,9 @@
 """The `/v1` API over a real socket: keys, idempotent events committed before the answer, whole-batch
-rejection with per-item, per-field errors, and the OpenAPI document."""
+rejection with per-item, per-field errors, no event from the future, and the OpenAPI document."""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import sqlalchemy as sa
@@ -167,3 +169,68 @@ def test_the_engines_own_ids_names_and_sources_are_refused_saying_why(served: Se
                                                "source": "shop-eu"})  # fmt: skip
         assert fine.json() == {"accepted": 1, "duplicates": 0}
     assert _events(served) == [("shop:form:1", "signed_up", "ann@example.com")]
+
+
+def _occurred(served: Served) -> dict[str, datetime]:
+    e = tables.events
+    with served.engine.connect() as conn:
+        return {r.event_id: r.occurred_at for r in conn.execute(sa.select(e.c.event_id, e.c.occurred_at))}
+
+
+def test_an_event_dated_after_the_engines_clock_is_refused_beyond_five_minutes(served: Served) -> None:
+    """A sender's clock may run a little ahead of ours: up to 5 minutes is taken as now. Beyond it the
+    event has not happened yet, and the whole batch is refused saying the engine's time."""
+    late = (NOW + timedelta(minutes=5, seconds=1)).isoformat()
+    batch = [
+        {"id": "past", "type": "order_completed", "email": "ann@example.com", "occurred_at": "2026-11-22T09:00:00Z"},
+        {"id": "future", "type": "order_completed", "email": "bob@example.com", "occurred_at": late},
+    ]
+    with served.client() as client:
+        refused = client.post("/v1/events", json=batch)
+        single = client.post("/v1/events", json=batch[1])
+    for answer in (refused, single):
+        assert answer.status_code == 422
+        (error,) = answer.json()["detail"]
+        assert error["loc"][-1] == "occurred_at" and error["input"] == late
+        assert error["msg"] == (
+            f"occurred_at {late} is after the engine's time 2026-11-23T10:00:00+00:00 by more than 5 minutes "
+            "(an event is sent once it has happened; a clock up to 5 minutes ahead is taken as now)"
+        )
+    assert refused.json()["detail"][0]["loc"][-2] == 1
+    assert _events(served) == []
+
+    skewed = {**batch[1], "occurred_at": (NOW + timedelta(minutes=4)).isoformat()}
+    with served.client() as client:
+        taken = client.post("/v1/events", json=[batch[0], skewed])
+    assert taken.json() == {"accepted": 2, "duplicates": 0}
+    assert _occurred(served) == {"past": datetime(2026, 11, 22, 9, 0, tzinfo=UTC), "future": NOW}
+
+
+def test_an_event_may_carry_the_leads_time_zone(served: Served) -> None:
+    """`timezone` on an event sets the lead's zone (new or existing lead), once: a replay changes
+    nothing. A name that is not an IANA zone refuses the whole batch naming the item and field."""
+    with served.client() as client:
+        first = client.post("/v1/events", json={"id": "z1", "type": "page_viewed", "email": "ann@example.com",
+                                                "timezone": "Europe/Berlin"})  # fmt: skip
+        moved = client.post("/v1/events", json=[
+            {"id": "z2", "type": "page_viewed", "email": "ann@example.com", "timezone": "America/Chicago"},
+            {"id": "z3", "type": "page_viewed", "email": "bob@example.com"},
+        ])  # fmt: skip
+        replayed = client.post("/v1/events", json={"id": "z1", "type": "page_viewed", "email": "ann@example.com",
+                                                   "timezone": "Europe/Berlin"})  # fmt: skip
+        refused = client.post("/v1/events", json=[
+            {"id": "z4", "type": "page_viewed", "email": "bob@example.com", "timezone": "Asia/Tokyo"},
+            {"id": "z5", "type": "page_viewed", "email": "bob@example.com", "timezone": "Mars/Olympus_Mons"},
+        ])  # fmt: skip
+        shown = client.get("/v1/leads/ann@example.com").json()
+    assert first.json()["accepted"] == 1 and moved.json()["accepted"] == 2
+    assert replayed.json() == {"accepted": 0, "duplicates": 1}
+    assert shown["timezone"] == "America/Chicago"  # the replay of z1 did not set Berlin again
+    assert refused.status_code == 422
+    # (The answer also says the body is not a single event, as for every refused batch.)
+    (error,) = [e for e in refused.json()["detail"] if e["loc"][-1] == "timezone"]
+    assert error["loc"][-2:] == [1, "timezone"]
+    assert "unknown time zone 'Mars/Olympus_Mons'; expected an IANA name like Europe/Berlin" in error["msg"]
+    with served.engine.connect() as conn:
+        zones = dict(conn.execute(sa.select(tables.leads.c.email, tables.leads.c.timezone)).all())
+    assert zones == {"ann@example.com": "America/Chicago", "bob@example.com": None}

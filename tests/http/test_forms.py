@@ -406,3 +406,60 @@ def test_a_forms_address_goes_through_the_one_normaliser(serve: Any) -> None:
     taken = post(served, "report", {"email": " Idn@Bücher.Example ", "consent": "yes"})
     assert taken.status_code == 303
     assert [r.email for r in rows(served, tables.leads)] == ["idn@xn--bcher-kva.example"]
+
+
+def test_a_signup_carries_the_browsers_time_zone_and_a_bad_one_is_ignored(serve: Any) -> None:
+    """The signup page's script puts the browser's zone in the hidden `timezone` field: a new lead on a
+    single opt-in form gets it at once, as its other fields. A value that is not an IANA zone (an old
+    browser, a bot) is left out, and the person still signs up."""
+    served = serve(forms={"report": SINGLE})
+    answer = post(served, "report", {"email": "ny@example.com", "consent": "yes", "timezone": "America/New_York"})
+    assert answer.status_code == 303
+    row = lead(served, "ny@example.com")
+    assert (row.timezone, row.attributes) == ("America/New_York", {})
+    for i, bad in enumerate(("Mars/Olympus_Mons", "", "x" * 600, "Europe/London\x00", "../../etc/passwd")):
+        answer = post(served, "report", {"email": f"odd{i}@example.com", "consent": "yes", "timezone": bad})
+        assert answer.status_code == 303, bad
+        odd = lead(served, f"odd{i}@example.com")
+        assert (odd.consent_status, odd.timezone, odd.attributes) == ("subscribed", None, {}), bad
+    [given, *_] = rows(served, tables.consent_records)
+    assert given.fields == {"timezone": "America/New_York"}  # kept with the proof of consent
+
+
+def test_a_posted_time_zone_waits_for_the_confirmation_like_every_other_field(serve: Any) -> None:
+    """Invariant 13: a post about an existing lead changes nothing until its owner confirms, its zone
+    included; a new lead on a double opt-in form has no fields, nor a zone, until then."""
+    served = serve(forms={"report": DOUBLE})
+    served.client().put("/v1/leads/ivy@example.com", json={"timezone": "Europe/London"})
+    post(served, "report", {"email": "ivy@example.com", "company": "New Co", "consent": "on", "timezone": "Asia/Tokyo"})
+    post(served, "report", {"email": "new@example.com", "consent": "on", "timezone": "Australia/Sydney"})
+    assert lead(served, "ivy@example.com").timezone == "Europe/London"
+    assert lead(served, "new@example.com").timezone is None
+    ivy, new = rows(served, tables.consent_records)
+    assert ivy.fields == {"company": "New Co", "timezone": "Asia/Tokyo"}
+    for requested, address in ((ivy, "ivy@example.com"), (new, "new@example.com")):
+        assert httpx.post(confirm_link(served, requested.id, address), timeout=10).status_code == 303
+    confirmed = lead(served, "ivy@example.com")
+    assert (confirmed.timezone, confirmed.attributes) == ("Asia/Tokyo", {"company": "New Co"})
+    assert lead(served, "new@example.com").timezone == "Australia/Sydney"
+    submitted = [e.properties for e in rows(served, tables.events) if e.name == "form_submitted"]
+    assert submitted == [{"company": "New Co", "form": "report"}, {"form": "report"}]  # a zone is not an attribute
+
+
+def test_both_signup_pages_fill_the_zone_with_a_script_from_this_app(serve: Any) -> None:
+    """The engine's plain form and the example page carry the hidden field and load one script served
+    by the app itself (no inline script: a page under `script-src 'self'` still fills it)."""
+    served = serve(
+        pages_dir=ROOT / "pages",
+        forms={"cost-of-not-recycling": {"page": "lead-magnet/signup.html"}, "plain": {}},
+    )
+    for form in ("cost-of-not-recycling", "plain"):
+        page = httpx.get(f"{served.url}/forms/{form}", timeout=10)
+        assert '<input type="hidden" name="timezone" value="">' in page.text, form
+        assert '<script src="/forms/timezone.js" defer></script>' in page.text, form
+        assert "<script>" not in page.text, form
+    script = httpx.get(f"{served.url}/forms/timezone.js", timeout=10)
+    assert script.status_code == 200
+    assert script.headers["content-type"].startswith("text/javascript")
+    assert script.headers["x-content-type-options"] == "nosniff"
+    assert "resolvedOptions().timeZone" in script.text and 'input[name="timezone"]' in script.text

@@ -329,3 +329,17 @@ def test_a_hook_may_not_be_named_as_one_of_the_engines_own_sources() -> None:
     with pytest.raises(ValueError, match=r"hooks\.ops: 'ops' is a source the engine keeps for itself"):
         Settings(hooks={"ops": HookSettings(secret=secret)})
     assert set(Settings(hooks={"shop": HookSettings(secret=secret)}).hooks) == {"shop"}
+
+
+def test_a_signed_event_dated_after_the_engines_clock_is_refused_and_leaves_no_receipt(hooked: Hooked) -> None:
+    late = (NOW + timedelta(minutes=6)).isoformat()
+    response = hooked.signed({**ORDER, "occurred_at": late})
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"][-1] == "occurred_at" and "after the engine's time 2026-11-23T10:00:00+00:00" in error["msg"]
+    assert _events(hooked) == [] and _receipts(hooked) == []
+    hooked.clock.at = NOW + timedelta(minutes=2)  # its time has come (the sender's clock was 4 minutes ahead)
+    assert hooked.signed({**ORDER, "occurred_at": late}).status_code == 200
+    with hooked.engine.connect() as conn:
+        stored = conn.execute(sa.select(tables.events.c.occurred_at)).scalar_one()
+    assert stored == NOW + timedelta(minutes=2)

@@ -1,6 +1,6 @@
 """The unsubscribe and preference pages over a real socket: leave one funnel (its waiting emails are
 skipped at once, the funnel records the exit with its cause, other funnels go on) or stop all marketing
-email, and start again from the preference page."""
+email, and start again from the preference page. Only the exact one-click field stops all email."""
 
 from __future__ import annotations
 
@@ -155,3 +155,24 @@ def test_a_pending_lead_cannot_be_subscribed_from_the_preference_page(serve: Any
     confirm = Links(served.settings).confirm_url("pam@example.com", "report", records[0].id)
     assert httpx.post(confirm, timeout=10).status_code == 303
     assert consent(served) == "subscribed"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "scope=funnel&note=List-Unsubscribe=One-Click",
+        "scope=funnel&List-Unsubscribe=One-Clicks",
+        "scope=funnel&list-unsubscribe=One-Click",
+    ],
+)
+def test_only_the_exact_one_click_field_is_one_click(enrolled: tuple[Served, Worker], body: str) -> None:
+    """The page's "only this funnel" button with the words of one-click elsewhere in the body (another
+    field's value, a longer value, another name) leaves that funnel only: the form is parsed, not
+    searched."""
+    served, _ = enrolled
+    url = Links(served.settings).unsubscribe_url("ana@example.com", "recycling")
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    answer = httpx.post(url, content=body, headers=headers, timeout=10)
+    assert answer.status_code == 200 and "no more emails about Recycling report" in answer.text
+    assert consent(served) == "subscribed"
+    assert statuses(served) == {"recycling": "skipped", "water": "queued"}
