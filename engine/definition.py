@@ -669,8 +669,6 @@ class Funnel(Model):
 _INDEX: dict[int, tuple[Funnel, tuple[dict[str, Stage], dict[tuple[str, str], tuple[int, Any]]]]] = {}
 
 
-def describe_duration(delta: timedelta) -> str:
-    return format_duration(delta)
 
 
 AllCondition.model_rebuild()
