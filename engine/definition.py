@@ -34,7 +34,6 @@ ID_PATTERN = r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$"
 MAX_ID_LENGTH = 63
 EVENT_PATTERN = r"^[a-z][a-z0-9_.]*$"
 TEMPLATE_PATTERN = r"^[a-z0-9][a-z0-9_-]*(/[a-z0-9][a-z0-9_-]*)*$"
-STANDARD_STAGES = ("inquiry", "comparison", "conversion", "onboarding", "advocacy")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 Id = Annotated[

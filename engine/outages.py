@@ -38,10 +38,6 @@ class Outage:
         self.failures = 0
         self.said_at: datetime | None = None
 
-    @property
-    def down(self) -> bool:
-        return self.since is not None
-
     def failed(self, cause: str, now: datetime) -> Say | None:
         """It failed again (or for the first time): an ERROR when the outage starts, a WARNING when the
         last line is a minute old, nothing otherwise."""
