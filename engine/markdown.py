@@ -20,6 +20,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import mdurl
 from markdown_it import MarkdownIt
 from markdown_it.common.utils import escapeHtml
 from markdown_it.renderer import RendererHTML
@@ -82,17 +83,23 @@ class Values:
         return self._placeholders.found.sub(lambda found: self.texts[int(found.group(1))], value)
 
 
+# What mdurl.encode leaves as it is: a URL made only of these needs no encoding (most do).
+_ENCODED = re.compile(r"(?:[A-Za-z0-9;/?:@&=+$,\-_.!~*'()#]|%[0-9A-Fa-f]{2})*")
+
+
 @dataclass(frozen=True, slots=True)
 class _Address:
-    """A `href` or `src` attribute value with placeholders in it: filled, checked and encoded as
-    Markdown would have done had the values been written there."""
+    """A `href` or `src` attribute value with placeholders in it: filled, checked and percent-encoded
+    as Markdown does with an address written in the text."""
 
     parts: tuple[str | int, ...]  # unescaped text, and indexes into Values.texts
 
     def fill(self, markdown: MarkdownIt, texts: Sequence[str]) -> str:
         url = "".join(part if isinstance(part, str) else texts[part] for part in self.parts)
         # A javascript:, vbscript:, file: or data: address (but images) becomes an empty one.
-        return escapeHtml(markdown.normalizeLink(url) if markdown.validateLink(url) else "")
+        if not markdown.validateLink(url):
+            return ""
+        return escapeHtml(url if _ENCODED.fullmatch(url) else mdurl.encode(url))
 
 
 @dataclass(frozen=True, slots=True)
