@@ -17,6 +17,7 @@ import functools
 import html
 import re
 import secrets
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -200,10 +201,12 @@ class Markdown:
 
 def _markdown_it() -> MarkdownIt:
     # `html` on, so that raw HTML is recognised as such and left out, not shown as text.
-    markdown = MarkdownIt("commonmark", {"typographer": True, "html": True})
-    markdown.enable(["table", "strikethrough", "smartquotes"])
-    # Dashes and ellipses as cmark-gfm writes them, and no other replacement ((c), +-, ...).
-    markdown.core.ruler.before("smartquotes", "dashes_and_ellipses", _dashes_and_ellipses)
+    markdown = MarkdownIt("commonmark", {"html": True})
+    markdown.enable(["table", "strikethrough"])
+    # Smart punctuation as cmark-gfm writes it, and no other replacement ((c), +-, ...). Both run
+    # before escaped characters (`\"`) join the text around them, so those stay as written.
+    markdown.core.ruler.before("text_join", "dashes_and_ellipses", _dashes_and_ellipses)
+    markdown.core.ruler.before("text_join", "quotes", _quotes)
     markdown.add_render_rule("html_block", _omitted_block)
     markdown.add_render_rule("html_inline", _omitted_inline)
     markdown.add_render_rule("s_open", _del_open)
@@ -242,6 +245,141 @@ def _dashes_and_ellipses(state: StateCore) -> None:
         for token in block.children or ():
             if token.type == "text" and ("--" in token.content or "..." in token.content):
                 token.content = _DASHES_OR_DOTS.sub(_punctuation, token.content)
+
+
+_LEFT = {"'": "\u2018", '"': "\u201c"}
+_RIGHT = {"'": "\u2019", '"': "\u201d"}
+
+
+def _quotes(state: StateCore) -> None:
+    for block in state.tokens:
+        if block.type == "inline" and block.children:
+            _Quotes().paragraph(block.children)
+
+
+class _Quotes:
+    """Curly quotes by cmark-gfm's rule. A quote mark opens or closes by the characters around it in
+    the source, as CommonMark's emphasis does (`"` before a word opens, after one closes); a closing
+    mark pairs with the nearest opening one of its kind, not across the bounds of an emphasis or a
+    link's text; a `'` that pairs with nothing is an apostrophe. The tokens of markup (`*`, `](...)`,
+    `` ` ``) stand for the characters they were written with."""
+
+    def __init__(self) -> None:
+        # (token, offset): where each character that can matter is; markup is (None, its character).
+        self.chars: list[tuple[Token | None, int | str]] = []
+        self.events: list[tuple[int, str]] = []  # (position in chars, em_open, em_close, link_open, link_close)
+
+    def paragraph(self, tokens: Sequence[Token]) -> None:
+        self._flatten(tokens)
+        self._pair()
+
+    def _mark(self, text: str) -> None:
+        self.chars += [(None, c) for c in text]
+
+    def _bound(self, kind: str) -> None:
+        self.events.append((len(self.chars), kind))
+
+    def _flatten(self, tokens: Sequence[Token]) -> None:
+        for token in tokens:
+            kind = token.type
+            if kind == "text":
+                self.chars += [(token, i) for i in range(len(token.content))]
+            elif kind in ("em_open", "strong_open", "s_open"):
+                self._mark(token.markup)
+                self._bound("em_open")
+            elif kind in ("em_close", "strong_close", "s_close"):
+                self._bound("em_close")
+                self._mark(token.markup)
+            elif kind == "link_open":
+                self._mark("<" if token.info == "auto" else "[")
+                self._bound("link_open")
+            elif kind == "link_close":
+                self._bound("link_close")
+                self._mark(">" if token.info == "auto" else "]()")
+            elif kind == "image":
+                self._mark("![")
+                self._bound("link_open")
+                self._flatten(token.children or ())
+                self._bound("link_close")
+                self._mark("]()")
+            elif kind in ("softbreak", "hardbreak"):
+                self._mark("\n")
+            elif kind == "code_inline":
+                self._mark("``")
+            elif kind == "html_inline":
+                self._mark("<>")
+            elif kind == "text_special":
+                self._mark(token.markup)
+
+    def _char(self, at: int) -> str:
+        if not 0 <= at < len(self.chars):
+            return "\n"
+        token, where = self.chars[at]
+        return token.content[where] if token is not None and isinstance(where, int) else str(where)
+
+    def _pair(self) -> None:
+        events = iter(self.events)
+        event = next(events, None)
+        openers: list[int] = []  # positions of the marks that may still open, in order
+        emphases: list[int] = []  # where each open emphasis starts
+        # Each link's text: where it starts, and per mark the position below which no opener is looked
+        # for any more (a closer found none there).
+        scopes: list[tuple[int, dict[str, int]]] = [(0, {})]
+        quotes: dict[int, str] = {}
+        for at in range(len(self.chars) + 1):
+            while event is not None and event[0] == at:
+                kind, event = event[1], next(events, None)
+                if kind == "em_open":
+                    emphases.append(at)
+                elif kind == "link_open":
+                    scopes.append((at, {}))
+                else:  # what opened inside an emphasis or a link's text pairs with nothing after it
+                    start = emphases.pop() if kind == "em_close" else scopes.pop()[0]
+                    openers = [o for o in openers if o < start]
+            mark = self._char(at) if at < len(self.chars) and self.chars[at][0] is not None else ""
+            if mark not in _LEFT:
+                continue
+            can_open, can_close = _flanking(self._char(at - 1), self._char(at + 1))
+            quotes[at] = _RIGHT[mark] if mark == "'" or can_close else _LEFT[mark]
+            if can_close:
+                scope, floors = scopes[-1]
+                floor = max(scope, floors.get(mark, 0))
+                found = [o for o in openers if o >= floor and self._char(o) == mark]
+                if found:
+                    openers.remove(found[-1])
+                    quotes[found[-1]] = _LEFT[mark]
+                else:
+                    floors[mark] = at
+            elif can_open:
+                openers.append(at)
+        self._write(quotes)
+
+    def _write(self, quotes: dict[int, str]) -> None:
+        changed: dict[int, tuple[Token, list[str]]] = {}
+        for at, quote in quotes.items():
+            token, where = self.chars[at]
+            assert token is not None and isinstance(where, int)
+            changed.setdefault(id(token), (token, list(token.content)))[1][where] = quote
+        for token, content in changed.values():
+            token.content = "".join(content)
+
+
+def _flanking(before: str, after: str) -> tuple[bool, bool]:
+    """Whether a quote mark between these characters may open and may close (CommonMark's flanking
+    rules, as cmark-gfm applies them to quotes)."""
+    left = not _space(after) and (not _punctuation_char(after) or _space(before) or _punctuation_char(before))
+    right = not _space(before) and (not _punctuation_char(before) or _space(after) or _punctuation_char(after))
+    return left and not right and before not in "])", right
+
+
+def _space(char: str) -> bool:
+    return char in " \t\n\r\f" or unicodedata.category(char) == "Zs"
+
+
+def _punctuation_char(char: str) -> bool:
+    return (char.isascii() and not char.isalnum() and char.isprintable() and char != " ") or unicodedata.category(
+        char
+    ).startswith("P")
 
 
 def _omitted_block(
