@@ -16,9 +16,7 @@ def parse_duration(text: str) -> timedelta:
     """Parse `2d`, `36h`, `1d12h`; raise ValueError with the expected shape otherwise."""
     compact = text.strip().replace(" ", "")
     if not _WHOLE.match(compact):
-        raise ValueError(
-            f"expected a duration such as '30m', '36h', '2d' or '1w2d', found {text!r}"
-        )
+        raise ValueError(f"expected a duration such as '30m', '36h', '2d' or '1w2d', found {text!r}")
     seconds = sum(int(n) * _UNIT_SECONDS[u] for n, u in _PART.findall(compact))
     return timedelta(seconds=seconds)
 

@@ -35,8 +35,8 @@ def test_inline_text_as_cmark_gfm_writes_it(text: str, html: str) -> None:
 def test_blocks_as_cmark_gfm_writes_them() -> None:
     text = "# Title\n\n| Bin | Cost |\n|:--|--:|\n| Card | £5 |\n\n- one\n- two\n\n<div>x</div>\n\nbreak\\\nhere\n"
     assert MARKDOWN.render(text, MARKDOWN.values()) == (
-        "<h1>Title</h1>\n<table>\n<thead>\n<tr>\n<th align=\"left\">Bin</th>\n<th align=\"right\">Cost</th>\n"
-        "</tr>\n</thead>\n<tbody>\n<tr>\n<td align=\"left\">Card</td>\n<td align=\"right\">£5</td>\n</tr>\n"
+        '<h1>Title</h1>\n<table>\n<thead>\n<tr>\n<th align="left">Bin</th>\n<th align="right">Cost</th>\n'
+        '</tr>\n</thead>\n<tbody>\n<tr>\n<td align="left">Card</td>\n<td align="right">£5</td>\n</tr>\n'
         "</tbody>\n</table>\n<ul>\n<li>one</li>\n<li>two</li>\n</ul>\n<!-- raw HTML omitted -->\n"
         "<p>break<br />\nhere</p>\n"
     )
