@@ -168,7 +168,7 @@ def _share(count: int, whole: int) -> str:
 
 
 def _print_report(console: Console, r: FunnelReport, since: str | None) -> None:
-    from engine.report import duration
+    from engine.durations import stay_in_words
 
     cohort = f", entered since {since}" if since else ""
     exits = ", ".join(f"{reason} {n}" for reason, n in r.exited.items()) or "none"
@@ -182,7 +182,7 @@ def _print_report(console: Console, r: FunnelReport, since: str | None) -> None:
         conversion = "-" if s.conversion is None else f"{s.conversion:.1%}"
         stages.add_row(
             s.stage, str(s.now), str(s.reached), s.next_stage or "", conversion,
-            duration(s.median_minutes), duration(s.p90_minutes), str(s.stays),
+            stay_in_words(s.median_minutes), stay_in_words(s.p90_minutes), str(s.stays),
         )  # fmt: skip
     console.print(stages)
     if not r.emails:

@@ -47,6 +47,7 @@ from engine import (
 )
 from engine.database import connect_read_only
 from engine.definition import Funnel
+from engine.durations import stay_in_words
 from engine.http_context import HttpContext
 from engine.journey_map_sources import read_live, sample_subjects, templates_of
 from engine.ops_auth import Session, Sessions
@@ -165,7 +166,7 @@ class _Views:
         self.env = Environment(
             loader=FileSystemLoader(str(HERE / "templates_ops")), autoescape=True, undefined=StrictUndefined
         )
-        self.env.filters.update(when=_when, share=_share, duration=report.duration)
+        self.env.filters.update(when=_when, share=_share, duration=stay_in_words)
         # Asset URLs carry a hash of their content: cached for long, never stale after an upgrade.
         self.env.globals["asset"] = {
             name: f"/ops/static/{name}?v={hashlib.sha256((STATIC / name).read_bytes()).hexdigest()[:10]}"

@@ -34,7 +34,6 @@ ID_PATTERN = r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$"
 MAX_ID_LENGTH = 63
 EVENT_PATTERN = r"^[a-z][a-z0-9_.]*$"
 TEMPLATE_PATTERN = r"^[a-z0-9][a-z0-9_-]*(/[a-z0-9][a-z0-9_-]*)*$"
-STANDARD_STAGES = ("inquiry", "comparison", "conversion", "onboarding", "advocacy")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 Id = Annotated[
@@ -669,8 +668,6 @@ class Funnel(Model):
 _INDEX: dict[int, tuple[Funnel, tuple[dict[str, Stage], dict[tuple[str, str], tuple[int, Any]]]]] = {}
 
 
-def describe_duration(delta: timedelta) -> str:
-    return format_duration(delta)
 
 
 AllCondition.model_rebuild()

@@ -35,6 +35,7 @@ from engine.definition import (
     WaitUntilStep,
     WebhookStep,
 )
+from engine.durations import in_words
 from engine.journey_map_timing import when_sent
 from engine.own_events import FUNNEL_UNSUBSCRIBED
 from engine.report import EmailFigures, FunnelReport, StageFigures
@@ -263,7 +264,7 @@ def _goal(funnel: Funnel) -> str | None:
     named = "" if goal.id == "goal" else f"{goal.id}: "  # the default id says nothing
     text = f"{named}{words.event(goal.event, goal.where)}"
     if goal.within is not None:
-        text += f" within {words.span(goal.within)} of entering"
+        text += f" within {in_words(goal.within)} of entering"
     if goal.move_to is not None:
         text += f", then to {goal.move_to}"
     if goal.exit:
@@ -290,7 +291,7 @@ def _moves(funnel: Funnel) -> list[Move]:
             trigger = f"on {words.event(t.on.event, t.on.where)}"
         else:
             assert t.after is not None  # validated: exactly one of on, after
-            trigger = f"after {words.span(t.after)} in the stage"
+            trigger = f"after {in_words(t.after)} in the stage"
         if t.if_ is not None:
             trigger += f" if {words.condition(t.if_)}"
         sources = [ANY_STAGE] if t.from_ == "*" else list(t.from_)
@@ -331,7 +332,7 @@ def _outcomes(step: Any) -> list[tuple[Outcome, str]]:
     if isinstance(step, WaitForStep):
         w = step.wait_for
         what = words.event(w.event, w.where)
-        return [(w.on_event, f"on {what}"), (w.on_timeout, f"after {words.span(w.timeout)} without {w.event}")]
+        return [(w.on_event, f"on {what}"), (w.on_timeout, f"after {in_words(w.timeout)} without {w.event}")]
     return []
 
 
@@ -370,13 +371,13 @@ def _steps(funnel: Funnel, stage: Stage, subjects: Mapping[str, str]) -> tuple[S
             subject = subjects.get(step.send)
             kind, label, ways = "send", f"email {step.id}" + (f": {subject}" if subject else ""), [(following, "")]
         elif isinstance(step, WaitStep):
-            kind, label, ways = "wait", f"wait {words.span(step.wait)}", [(following, "")]
+            kind, label, ways = "wait", f"wait {in_words(step.wait)}", [(following, "")]
         elif isinstance(step, WaitUntilStep):
             label = f"wait until {words.local_time(step.wait_until.time, step.wait_until.days)}"
             kind, ways = "wait", [(following, "")]
         elif isinstance(step, WaitForStep):
             w = step.wait_for
-            kind, label = "wait_for", f"wait up to {words.span(w.timeout)} for {words.event(w.event, w.where)}"
+            kind, label = "wait_for", f"wait up to {in_words(w.timeout)} for {words.event(w.event, w.where)}"
             ways = [(go(w.on_event), w.event), (go(w.on_timeout), "timeout")]
         elif isinstance(step, BranchStep):
             kind, label = "branch", f"if {words.condition(step.branch.if_)}"

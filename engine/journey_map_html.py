@@ -11,8 +11,8 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
+from engine.durations import stay_in_words
 from engine.journey_map import JourneyMap
-from engine.report import duration
 
 HERE = Path(__file__).parent / "templates_ops"
 STYLE = (HERE / "journey_map.css").read_text(encoding="utf-8")
@@ -30,7 +30,7 @@ def _when(value: datetime) -> str:
 
 
 _env = Environment(loader=FileSystemLoader(str(HERE)), autoescape=True, undefined=StrictUndefined)
-_env.filters.update(share=_share, duration=duration, when=_when)
+_env.filters.update(share=_share, duration=stay_in_words, when=_when)
 
 
 def render(m: JourneyMap, back: str | None = None) -> str:

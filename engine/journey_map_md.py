@@ -8,8 +8,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
+from engine.durations import stay_in_words
 from engine.journey_map import ANY_STAGE, Column, JourneyMap, Move, StepView, Target, Touchpoint
-from engine.report import duration
 
 
 def render(m: JourneyMap) -> str:
@@ -77,7 +77,7 @@ def _stage_table(m: JourneyMap) -> list[str]:
             ("Leads now", [str(c.figures.now) if c.figures else "0" for c in cols]),
             ("Reached", [str(c.figures.reached) if c.figures else "0" for c in cols]),
             ("On to next stage", [_conversion(c) for c in cols]),
-            ("Median stay", [duration(c.figures.median_minutes) if c.figures else "-" for c in cols]),
+            ("Median stay", [stay_in_words(c.figures.median_minutes) if c.figures else "-" for c in cols]),
             ("Dropped out", [_items(f"{d.leads} {d.kind}" for d in c.drop_offs) for c in cols]),
         ]
     rows = [(title, cells) for title, cells in rows if any(cells)]

@@ -20,6 +20,7 @@ from engine.definition import (
     WaitUntilStep,
     WebhookStep,
 )
+from engine.durations import in_words
 
 MAX_WALK = 20_000
 Literal_ = tuple[str, bool]  # (a condition, as canonical JSON; whether it held)
@@ -60,13 +61,13 @@ def when_sent(stage: Stage) -> dict[str, list[str]]:
             # What held on the way here still holds after the email: the walk goes on from it.
             walk(i + 1, step.id, (), known, seen)
         elif isinstance(step, WaitStep):
-            walk(i + 1, origin, (*waits, words.span(step.wait)), known, seen)
+            walk(i + 1, origin, (*waits, in_words(step.wait)), known, seen)
         elif isinstance(step, WaitUntilStep):
             walk(i + 1, origin, (*waits, words.local_time(step.wait_until.time, step.wait_until.days)), known, seen)
         elif isinstance(step, WaitForStep):
             w = step.wait_for
             follow(w.on_event, (f"on {words.event(w.event, w.where)}",), known)
-            follow(w.on_timeout, (f"{words.span(w.timeout)} without {w.event}",), known)
+            follow(w.on_timeout, (f"{in_words(w.timeout)} without {w.event}",), known)
         elif isinstance(step, BranchStep):
             key, held = _literal(step.branch.if_)
             for outcome, value in ((step.branch.then, held), (step.branch.else_, not held)):

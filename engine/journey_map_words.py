@@ -1,12 +1,12 @@
 """A funnel's rules in a marketer's words, for the customer journey map: conditions (`employees ≥ 50`),
-events with their filters (`email_clicked (link: pricing, book-call)`), waits (`2 days`, `next weekday
+events with their filters (`email_clicked (link: pricing, book-call)`), local times (`next weekday
 09:00`), entry triggers and updates (which the virtual timelines use too). Pure functions of the
-definition."""
+definition. Lengths of time are said by `engine.durations.in_words`, like everywhere else."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import time, timedelta
+from datetime import time
 from typing import Any
 
 from engine.definition import (
@@ -71,19 +71,6 @@ def event(name: str, where: Mapping[str, Any]) -> str:
     return f"{name} ({'; '.join(parts)})"
 
 
-def span(delta: timedelta) -> str:
-    """`2 days`, `1 day 12 hours`, `28 days` (marketers count waits in days, not weeks)."""
-    total = int(delta.total_seconds())
-    if total <= 0:
-        return "no time"
-    out = []
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
-        count, total = divmod(total, size)
-        if count:
-            out.append(f"{count} {unit}{'' if count == 1 else 's'}")
-    return " ".join(out)
-
-
 def weekdays(days: Sequence[str] | None) -> str:
     """`weekday`, `day`, `mon, wed`: the days a local time may fall on."""
     if days is None or set(days) == set(WEEKDAYS):
@@ -108,7 +95,7 @@ def trigger(item: Any) -> str:
     return "added by hand"
 
 
-__all__ = ["condition", "event", "local_time", "scalar", "span", "trigger", "weekdays"]
+__all__ = ["condition", "event", "local_time", "scalar", "trigger", "weekdays"]
 
 
 def update(

@@ -19,8 +19,6 @@ from engine import store, tables
 
 # Within one instant, the cause before its effects: the event, then the move, then the emails.
 _ORDER = {"consent": 0, "event": 1, "transition": 2, "goal": 3, "email": 4, "webhook": 5}
-# Causes whose ref is the id of the event that caused them.
-EVENT_CAUSES = ("event", "exit_rule", "goal")
 
 
 @dataclass(frozen=True, slots=True)

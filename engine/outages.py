@@ -12,6 +12,8 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from engine.durations import in_words
+
 REMIND = timedelta(minutes=1)
 
 
@@ -36,10 +38,6 @@ class Outage:
         self.failures = 0
         self.said_at: datetime | None = None
 
-    @property
-    def down(self) -> bool:
-        return self.since is not None
-
     def failed(self, cause: str, now: datetime) -> Say | None:
         """It failed again (or for the first time): an ERROR when the outage starts, a WARNING when the
         last line is a minute old, nothing otherwise."""
@@ -51,7 +49,7 @@ class Outage:
             return None
         self.said_at = now
         return Say(
-            logging.WARNING, f"{cause}; still failing after {_seconds(now - self.since)}, failures: {self.failures}"
+            logging.WARNING, f"{cause}; still failing after {in_words(now - self.since)}, failures: {self.failures}"
         )
 
     def recovered(self, now: datetime) -> Say | None:
@@ -59,11 +57,9 @@ class Outage:
         if self.since is None:
             return None
         said = Say(
-            logging.INFO, f"{self.name} working again after {_seconds(now - self.since)}, failures: {self.failures}"
+            logging.INFO, f"{self.name} working again after {in_words(now - self.since)}, failures: {self.failures}"
         )
         self.since, self.said_at, self.failures = None, None, 0
         return said
 
 
-def _seconds(span: timedelta) -> str:
-    return f"{max(span.total_seconds(), 0):.0f} s"

@@ -9,7 +9,6 @@ that a forked child must not inherit.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
@@ -24,20 +23,7 @@ _composer: Composer | None = None
 
 def _start(settings: Settings, emails_dir: Path, funnel_names: dict[str, str]) -> None:
     global _composer
-    _keep_heap_top()
     _composer = Composer(settings, emails_dir, funnel_names)
-
-
-def _keep_heap_top() -> None:
-    """Rendering parses every email with lexbor, which frees its tree after each one; glibc would hand
-    that memory back to the OS each time and fault it in again on the next email. Keeping a few MiB at
-    the top of the heap avoids the churn. A process only composing emails can afford it."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return  # not glibc: nothing to tune
-    m_top_pad = -2
-    libc.mallopt(m_top_pad, 4 * 1024 * 1024)
 
 
 def _compose(items: list[OutboxItem], now: datetime) -> list[Prepared | Failed]:

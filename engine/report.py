@@ -312,16 +312,3 @@ def csv_rows(report: FunnelReport) -> list[tuple[str, str, str, str, object]]:
             if figure not in ("stage", "step"):
                 out.append((f, section, name, figure, "" if value is None else value))
     return out
-
-
-def duration(minutes: int | None) -> str:
-    """A stay for people: '45 min', '3 h 10 min', '2 d 4 h'."""
-    if minutes is None:
-        return "-"
-    days, rest = divmod(minutes, 1440)
-    hours, mins = divmod(rest, 60)
-    if days:
-        return f"{days} d {hours} h" if hours else f"{days} d"
-    if hours:
-        return f"{hours} h {mins} min" if mins else f"{hours} h"
-    return f"{mins} min"

@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 from engine.localtime import is_zone
 
+from engine.durations import in_words
+
 # The lead said no, or the address does not work: nothing but the lead's own confirmed action lifts it.
 OPTED_OUT = ("unsubscribed", "bounced", "complained", "erased")
 # Statuses not even the lead's own confirmation lifts: a bouncing address stays bouncing, a complaint
@@ -72,7 +74,7 @@ def confirmation_refusal(to_address: int, from_ip: int, limits: ConfirmationLimi
     """None when one more confirmation email may go, else why not (for the log). `to_address`: the
     confirmations this address got within the window, from every form; `from_ip`: those the posting
     client caused."""
-    hours = f"{limits.window.total_seconds() / 3600:g} h"
+    hours = in_words(limits.window)
     if to_address >= limits.per_address:
         return f"{to_address} confirmations to this address in {hours} (limit {limits.per_address})"
     if from_ip >= limits.per_ip:

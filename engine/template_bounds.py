@@ -166,6 +166,11 @@ def check_written(value: Any) -> None:
         _check(text_size(value), "writing out this value")
 
 
+def too_much_written() -> TemplateBound:
+    """The error for output past the bound, raised where it is written."""
+    return TemplateBound(f"writing more than {MAX_TEXT_CHARS:,} characters (the most a template may build or write)")
+
+
 def bounded_concat(parts: Iterable[str]) -> str:
     """The environment's `concat`: joins a template's output (a generator, streamed and counted as it
     comes) and every capture (a list). Past the bound, a template's output is stopped inside the
@@ -178,9 +183,7 @@ def bounded_concat(parts: Iterable[str]) -> str:
     for part in parts:
         size += len(part)
         if size > MAX_TEXT_CHARS:
-            error = TemplateBound(
-                f"writing more than {MAX_TEXT_CHARS:,} characters (the most a template may build or write)"
-            )
+            error = too_much_written()
             if isinstance(parts, Generator):
                 parts.throw(error)
             raise error

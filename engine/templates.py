@@ -9,10 +9,10 @@ placed in a layout (`emails/_layouts/<layout>.html`) through its `{{ content }}`
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import re
 from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -20,22 +20,20 @@ from typing import Any
 
 import css_inline
 import jinja2
-from cmarkgfm import _cmark  # type: ignore[import-untyped]
-from cmarkgfm.cmark import Options as _CmarkOptions  # type: ignore[import-untyped]
-from markupsafe import Markup
+from markupsafe import Markup, escape
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from selectolax.lexbor import LexborHTMLParser, LexborNode
 
 from engine.definition import ID_PATTERN, TEMPLATE_PATTERN
 from engine.folder_loader import FolderLoader, OutsideFolder, template_frame
+from engine.markdown import RAW_HTML_OMITTED, Markdown, Values
 from engine.mime import mailboxes
-from engine.template_bounds import BoundedSandbox, check_written, render_budget
+from engine.template_bounds import MAX_TEXT_CHARS, BoundedSandbox, check_written, render_budget, too_much_written
 from engine.yamlfile import YamlSyntaxError, read_yaml
 
 BODY_SUFFIXES = (".md", ".html")
 _UNSUBSCRIBE_SLOT = "{{ unsubscribe_url }}"
 LAYOUTS_DIR = "_layouts"
-PARTIALS_DIR = "_partials"
 
 
 class TemplateError(Exception):
@@ -153,7 +151,7 @@ class Record(Mapping[str, Any]):
 
 
 class TrustedURL(str):
-    """A URL the engine or the template author chose (not lead data): Markdown leaves it as written."""
+    """A URL the engine or the template author chose (not lead data): Markdown reads it as a URL."""
 
     __slots__ = ()
 
@@ -207,24 +205,25 @@ class _LinkRecorder:
 # The sandbox
 # --------------------------------------------------------------------------------------------------
 
-_MD_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
-_MD_LINE_BREAK = re.compile(r"\s*[\r\n]+\s*")
-
-
-def _markdown_escape(text: str) -> str:
-    """Backslash-escape ASCII punctuation (valid everywhere in CommonMark text and link targets), so
-    lead data inserted into Markdown stays text: no links, emphasis or HTML of its own."""
-    return _MD_PUNCTUATION.sub(r"\\\1", _MD_LINE_BREAK.sub(" ", text))
+# The values of the Markdown body being rendered (see engine.markdown), None outside one.
+_MARKDOWN_VALUES: ContextVar[Values | None] = ContextVar("markdown_values", default=None)
 
 
 @jinja2.pass_context
 def _finalize(context: jinja2.runtime.Context, value: Any) -> Any:
     check_written(value)  # a list of long texts is short in memory and long as text
-    # HTML templates are autoescaped by Jinja2; Markdown templates escape for Markdown instead (the
-    # Markdown renderer then escapes for HTML).
-    if context.name and context.name.endswith(".md") and not isinstance(value, Markup | TrustedURL):
-        return _markdown_escape(str(value))
-    return value
+    # HTML templates are autoescaped by Jinja2. In a Markdown body each value becomes a placeholder,
+    # filled in after the Markdown is rendered, so lead data is text wherever it stands; markup
+    # (a macro's output) is Markdown the author wrote.
+    if not context.name or not context.name.endswith(".md") or isinstance(value, Markup):
+        return value
+    values = _MARKDOWN_VALUES.get()
+    if values is None:  # a Markdown partial included in an HTML template: its text is HTML there
+        return escape(value)
+    placeholder = values.url(value) if isinstance(value, TrustedURL) else values.word(str(value))
+    if values.size > MAX_TEXT_CHARS:  # the values are written out with the Markdown, after it
+        raise too_much_written()
+    return placeholder
 
 
 class _Undefined(jinja2.StrictUndefined):
@@ -328,7 +327,7 @@ class TemplateLibrary:
             auto_reload=False,
             keep_trailing_newline=True,
         )
-        self._markdown = _Markdown()
+        self._markdown = Markdown()
         self._inliner = css_inline.CSSInliner(load_remote_stylesheets=False, keep_at_rules=True)
 
     def display(self, relative: str) -> str:
@@ -414,8 +413,10 @@ class TemplateLibrary:
         with self._located(template.source, template.front_lines), render_budget():
             subject = _one_line(template.subject.render(values))
             preheader = _one_line(template.preheader.render(values)) if template.preheader else ""
-            body = template.body.render(values)
-            content = self._markdown.render(body) if template.kind == "md" else body.strip()
+            if template.kind == "md":
+                content = self._markdown_body(template, values)
+            else:
+                content = template.body.render(values).strip()
             # The body is already safe: autoescaped by Jinja2, or escaped by the Markdown renderer.
             body_html = Markup(content)  # noqa: S704
             page = template.layout.render({**values, "subject": subject, "preheader": preheader, "content": body_html})
@@ -430,6 +431,15 @@ class TemplateLibrary:
             from_=template.front.from_,
             reply_to=template.front.reply_to,
         )
+
+    def _markdown_body(self, template: EmailTemplate, values: dict[str, Any]) -> str:
+        placed = self._markdown.values()
+        reset = _MARKDOWN_VALUES.set(placed)
+        try:
+            text = template.body.render(values)
+        finally:
+            _MARKDOWN_VALUES.reset(reset)
+        return self._markdown.render(text, placed)
 
     def render_subject(self, name: str, context: Mapping[str, Any]) -> str:
         """The subject alone, as the lead of `context` reads it (a timeline's line), rendered under the
@@ -467,7 +477,7 @@ class TemplateLibrary:
                 for part, body in (("HTML", rendered.html), ("plain-text", rendered.text))
                 if full["unsubscribe_url"] not in body
             ]
-            if template.kind == "md" and _RAW_HTML_OMITTED in rendered.html:
+            if template.kind == "md" and RAW_HTML_OMITTED in rendered.html:
                 found.append(self._raw_html_error(template))
             for error in found:
                 errors.setdefault(str(error), error)
@@ -553,79 +563,7 @@ def _one_line(text: str) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-# What cmark-gfm writes in place of raw HTML in Markdown.
-_RAW_HTML_OMITTED = "<!-- raw HTML omitted -->"
 _HTML_TAG = re.compile(r"<(?:[A-Za-z][A-Za-z0-9-]*[\s/>]|/[A-Za-z]|!--|\?)")
-
-
-class _Mem(ctypes.Structure):
-    """cmark's `cmark_mem`: its `free` releases the strings cmark allocates."""
-
-    _fields_ = [
-        ("calloc", ctypes.c_void_p),
-        ("realloc", ctypes.c_void_p),
-        ("free", ctypes.CFUNCTYPE(None, ctypes.c_void_p)),
-    ]
-
-
-class _Markdown:
-    """GitHub-flavoured Markdown (tables, strikethrough) with smart punctuation, through cmark-gfm.
-
-    It calls the C library of the cmarkgfm package directly because cmarkgfm's own wrapper frees
-    neither the syntax tree nor the rendered string (10 KB and more per email, a leak a send pipeline
-    would not survive). Without CMARK_OPT_UNSAFE, raw HTML is left out as `<!-- raw HTML omitted -->`.
-    No autolink extension: a bare URL stays text, so every link in an email goes through `link()`."""
-
-    EXTENSIONS = (b"table", b"strikethrough")
-
-    def __init__(self) -> None:
-        lib = ctypes.CDLL(_cmark.__file__)
-        c_void_p, c_int = ctypes.c_void_p, ctypes.c_int
-        signatures: dict[str, tuple[Any, list[Any]]] = {
-            "cmark_gfm_core_extensions_ensure_registered": (None, []),
-            "cmark_find_syntax_extension": (c_void_p, [ctypes.c_char_p]),
-            "cmark_parser_new": (c_void_p, [c_int]),
-            "cmark_parser_attach_syntax_extension": (c_int, [c_void_p, c_void_p]),
-            "cmark_parser_feed": (None, [c_void_p, ctypes.c_char_p, ctypes.c_size_t]),
-            "cmark_parser_finish": (c_void_p, [c_void_p]),
-            "cmark_parser_get_syntax_extensions": (c_void_p, [c_void_p]),
-            "cmark_render_html": (c_void_p, [c_void_p, c_int, c_void_p]),
-            "cmark_node_free": (None, [c_void_p]),
-            "cmark_parser_free": (None, [c_void_p]),
-            "cmark_get_default_mem_allocator": (ctypes.POINTER(_Mem), []),
-        }
-        for name, (restype, argtypes) in signatures.items():
-            function = getattr(lib, name)
-            function.restype, function.argtypes = restype, argtypes
-        lib.cmark_gfm_core_extensions_ensure_registered()
-        self._lib = lib
-        self._free = lib.cmark_get_default_mem_allocator().contents.free  # what allocated the output
-        self._extensions = [lib.cmark_find_syntax_extension(name) for name in self.EXTENSIONS]
-        if not all(self._extensions):
-            raise RuntimeError("cmark-gfm lacks the table or strikethrough extension")
-        self._options = _CmarkOptions.CMARK_OPT_SMART
-
-    def render(self, text: str) -> str:
-        lib, options = self._lib, self._options
-        source = text.encode("utf-8", "replace")
-        parser = lib.cmark_parser_new(options)
-        try:
-            for extension in self._extensions:
-                lib.cmark_parser_attach_syntax_extension(parser, extension)
-            lib.cmark_parser_feed(parser, source, len(source))
-            root = lib.cmark_parser_finish(parser)
-            if not root:
-                raise RuntimeError("cmark-gfm could not parse the Markdown")
-            try:
-                html = lib.cmark_render_html(root, options, lib.cmark_parser_get_syntax_extensions(parser))
-            finally:
-                lib.cmark_node_free(root)
-        finally:
-            lib.cmark_parser_free(parser)
-        try:
-            return ctypes.string_at(html).decode("utf-8")
-        finally:
-            self._free(html)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, model_validator
 
 from engine import signatures
+from engine.durations import in_words
 from engine.secret_keys import SigningSecret
 
 EventKind = Literal["transition", "goal"]
@@ -247,18 +248,9 @@ def next_step(
         error, status, retry_after = outcome.reason, None, None
     at = now + retry_delay(attempts, jitter, policy, retry_after)
     if attempts >= policy.max_attempts or at > created_at + policy.give_up_after:
-        span = describe(now - created_at)
+        span = in_words(now - created_at, units=2)
         return Failed(f"gave up after {attempts} attempts in {span}; last: {error}", status, permanent=False)
     return RetryAt(at, error, status)
-
-
-def describe(delta: timedelta) -> str:
-    seconds = int(delta.total_seconds())
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}m"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
-"""The code stays ruff- and mypy-clean: checked with the project's own configuration."""
+"""The code stays ruff- and mypy-clean (checked with the project's own configuration) and uses only the
+public interfaces of other projects."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -22,3 +24,30 @@ def test_ruff_is_clean() -> None:
 def test_mypy_is_clean() -> None:
     result = run(str(BIN / "mypy"), "engine")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def private_uses(path: Path) -> list[str]:
+    """Imports of ctypes, of another project's private module (`cmarkgfm._cmark`) or of a private name
+    (`from x import _y`): each can break or crash on an upgrade without any error beforehand."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+            names: list[str] = []
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            modules, names = [node.module], [alias.name for alias in node.names]
+        else:
+            continue
+        for module in modules:
+            if module.split(".")[0] == "engine":
+                continue
+            private = [part for part in module.split(".") if part.startswith("_") and not part.startswith("__")]
+            private += [name for name in names if name.startswith("_")]
+            if module.split(".")[0] == "ctypes" or private:
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {module} {' '.join(private)}".rstrip())
+    return found
+
+
+def test_the_engine_uses_only_public_interfaces_of_other_projects() -> None:
+    found = [use for path in sorted((ROOT / "engine").rglob("*.py")) for use in private_uses(path)]
+    assert found == []

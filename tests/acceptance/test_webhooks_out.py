@@ -397,7 +397,7 @@ def test_an_unreachable_receiver_is_retried_for_a_day_then_given_up(funnel_engin
 
     (row,) = env.deliveries(subscription="crm")
     assert (row.status, row.attempts, row.last_status) == ("failed", 32, None)
-    assert row.last_error.startswith("gave up after 32 attempts in 23h25m; last: could not connect")
+    assert row.last_error.startswith("gave up after 32 attempts in 23 hours 25 minutes; last: could not connect")
     assert NOW + timedelta(hours=23) < row.finished_at <= NOW + timedelta(hours=24)
 
 

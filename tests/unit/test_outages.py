@@ -24,11 +24,11 @@ def test_an_outage_is_said_when_it_starts_each_minute_it_lasts_and_when_it_ends(
     assert relay.failed("relay smtp.example.com:587: Connection refused", T0 + timedelta(seconds=59)) is None
     reminder = relay.failed("relay smtp.example.com:587: timed out", T0 + timedelta(seconds=61))
     assert reminder is not None and reminder.level == logging.WARNING
-    assert reminder.text == "relay smtp.example.com:587: timed out; still failing after 61 s, failures: 3"
+    assert reminder.text == "relay smtp.example.com:587: timed out; still failing after 1 minute 1 second, failures: 3"
     assert relay.failed("relay smtp.example.com:587: timed out", T0 + timedelta(seconds=100)) is None
     back = relay.recovered(T0 + timedelta(seconds=130))
     assert back is not None and back.level == logging.INFO
-    assert back.text == "relay smtp.example.com:587 working again after 130 s, failures: 4"
+    assert back.text == "relay smtp.example.com:587 working again after 2 minutes 10 seconds, failures: 4"
     assert relay.recovered(T0 + timedelta(seconds=140)) is None
     again = relay.failed("relay smtp.example.com:587: Connection refused", T0 + timedelta(seconds=150))
     assert again is not None and again.level == logging.ERROR  # a new outage

@@ -21,7 +21,6 @@ from engine.report import (
     Stays,
     build,
     csv_rows,
-    duration,
     percentile,
 )
 
@@ -171,9 +170,3 @@ def test_csv_has_one_row_per_figure() -> None:
     assert table[("stage", "inquiry", "median_minutes")] == 90
     assert table[("stage", "onboarding", "median_minutes")] == ""
     assert table[("email", "welcome", "delivered")] == 3
-
-
-def test_durations_read_like_people_write_them() -> None:
-    assert [duration(m) for m in (None, 0, 45, 60, 190, 1440, 1440 * 2 + 240)] == [
-        "-", "0 min", "45 min", "1 h", "3 h 10 min", "1 d", "2 d 4 h",
-    ]  # fmt: skip

@@ -66,8 +66,8 @@ def test_a_new_confirmation_only_once_the_last_one_has_expired_or_was_used() -> 
 def test_confirmations_are_limited_per_address_then_per_client() -> None:
     limits = ConfirmationLimits(per_address=3, per_ip=20, window=DAY)
     assert confirmation_refusal(2, 19, limits) is None
-    assert confirmation_refusal(3, 0, limits) == "3 confirmations to this address in 24 h (limit 3)"
-    assert confirmation_refusal(0, 20, limits) == "20 confirmations caused from this client in 24 h (limit 20)"
+    assert confirmation_refusal(3, 0, limits) == "3 confirmations to this address in 1 day (limit 3)"
+    assert confirmation_refusal(0, 20, limits) == "20 confirmations caused from this client in 1 day (limit 20)"
 
 
 def test_confirmation_state() -> None:

@@ -465,6 +465,98 @@ def test_rendering_many_markdown_emails_does_not_grow_memory(emails: Path) -> No
     assert resident() - before < 8 * 2**20  # a parse tree and output string kept per render would be ~20 KB
 
 
+def test_markdown_that_differs_per_lead_does_not_grow_memory(emails: Path) -> None:
+    statm = Path("/proc/self/statm")
+    if not statm.exists():
+        pytest.skip("reads the resident set size from /proc")
+    (emails / "_layouts" / "bare.html").write_text("{{ content }}")
+    # A loop over lead data and a value marked safe: each lead's Markdown is a text of its own.
+    body = (
+        "{% for i in range(lead.employees) %}- item {{ i }}\n{% endfor %}\n"
+        "{{ lead.company | e }} ~~x~~\n\n| a |\n|---|\n| 1 |\n"
+    )
+    lib = write(emails, "t/v.md", "---\nsubject: S\nlayout: bare\n---\n" + body * 5)
+
+    def resident() -> int:
+        return int(statm.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    for n in range(300):
+        lib.render("t/v", context(company=f"Acme {n}", employees=n % 7))
+    before = resident()
+    for n in range(1000):
+        email = lib.render("t/v", context(company=f"Acme {n}", employees=n % 7))
+    assert "Acme 999" in email.html and email.html.count("<li>") == 5 * (999 % 7)
+    assert resident() - before < 8 * 2**20  # a parse tree and output string kept per text would be ~14 MB
+
+
+def test_each_lead_gets_its_own_values_and_branches(emails: Path) -> None:
+    lib = write(
+        emails,
+        "t/b.md",
+        "---\nsubject: S\n---\nHi **{{ lead.first_name }}**,\n\n"
+        "{% if lead.employees > 10 %}Big [offer]({{ link('big', 'https://x.example/big') }}).{% else %}"
+        "Small offer.{% endif %}\n\n{% include '_partials/sig.md' %}\n",
+    )
+    (emails / "_partials" / "sig.md").write_text("{{ lead.company }}\\\nTeam\n")
+    seen = {}
+    for n in range(40):
+        email = lib.render("t/b", context(first_name=f"Sam{n}", company=f"Co{n} & sons", employees=n))
+        seen[n] = email
+        assert f">Hi <strong>Sam{n}</strong>,</p>" in email.html
+        assert f">Co{n} &amp; sons<br>\nTeam</p>" in email.html
+        assert ('<a href="https://x.example/big">offer</a>' in email.html) == (n > 10)
+        assert ("Small offer." in email.html) == (n <= 10)
+    assert seen[3].links == () and seen[30].links == (("big", "https://x.example/big"),)
+
+
+def test_lead_data_cannot_break_a_line_or_a_link_in_markdown(emails: Path) -> None:
+    lib = write(
+        emails,
+        "t/l.md",
+        "---\nsubject: S\n---\nHi {{ lead.first_name }}\nwelcome.\n\n"
+        "[Your page](https://x.example/u/{{ lead.handle }}) and {{ lead.company }}\n",
+    )
+    email = lib.render("t/l", context(first_name="Sam  ", handle="sam smith", company="   "))
+    # Two spaces at the end of a line are a line break in Markdown; from a lead's name they are spaces.
+    assert ">Hi Sam  \nwelcome.</p>" in email.html
+    assert '<a href="https://x.example/u/sam%20smith">Your page</a> and    </p>' in email.html
+
+
+def test_lead_data_in_a_markdown_code_span_shows_as_written(emails: Path) -> None:
+    lib = write(emails, "t/c.md", "---\nsubject: S\n---\nYour code: `{{ lead.code }}`\n")
+    email = lib.render("t/c", context(code="A&B (x)-1"))
+    assert "<code>A&amp;B (x)-1</code>" in email.html
+
+
+def test_an_unsafe_address_from_lead_data_is_left_empty(emails: Path) -> None:
+    lib = write(
+        emails,
+        "t/u.md",
+        '---\nsubject: S\n---\n[Site]({{ lead.website }}) and ![logo]({{ lead.logo }} "{{ lead.company }}")\n',
+    )
+    email = lib.render("t/u", context(website="javascript:alert(1)", logo="https://x.example/a b.png", company='"Q"'))
+    assert '<a href="">Site</a>' in email.html
+    assert '<img src="https://x.example/a%20b.png" alt="logo" title="&quot;Q&quot;">' in email.html
+
+
+def test_an_address_the_engine_chose_stays_a_link(emails: Path) -> None:
+    lib = write(emails, "t/a.md", "---\nsubject: S\n---\nConfirm: <{{ confirm_url }}>\n")
+    html = lib.render("t/a", context()).html
+    assert '<a href="https://example.com/confirm/sample-token">https://example.com/confirm/sample-token</a>' in html
+
+
+def test_what_a_macro_or_a_block_writes_in_markdown_is_text(emails: Path) -> None:
+    lib = write(
+        emails,
+        "t/m.md",
+        "---\nsubject: S\n---\n{% macro hi(name) %}Hello **{{ name }}**{% endmacro %}"
+        "{% set dear %}Dear {{ lead.first_name }}{% endset %}{{ hi(lead.first_name) }}. {{ dear }}.\n",
+    )
+    email = lib.render("t/m", context(first_name="S&m"))
+    assert ">Hello **S&amp;m**. Dear S&amp;m.</p>" in email.html
+    assert "Hello **S&m**. Dear S&m." in email.text
+
+
 def test_loading_is_cached(emails: Path) -> None:
     lib = write(emails, "t/c.md", "---\nsubject: One\n---\nx\n")
     assert lib.load("t/c") is lib.load("t/c")

@@ -124,14 +124,15 @@ def test_given_up_after_the_last_attempt() -> None:
         policy.next_step(Answered(503), attempts=2, created_at=NOW, now=NOW, jitter=0.5, policy=short), RetryAt
     )
     outcome = policy.next_step(Answered(503), attempts=3, created_at=NOW, now=NOW, jitter=0.5, policy=short)
-    assert outcome == Failed("gave up after 3 attempts in 0s; last: HTTP 503 Service Unavailable", 503, permanent=False)
+    reason = "gave up after 3 attempts in 0 seconds; last: HTTP 503 Service Unavailable"
+    assert outcome == Failed(reason, 503, permanent=False)
 
 
 def test_given_up_when_the_next_try_would_come_after_a_day() -> None:
     created = NOW - timedelta(hours=23, minutes=30)
     outcome = decide(Answered(500), attempts=12, created_at=created)  # next wait: an hour
     assert isinstance(outcome, Failed) and not outcome.permanent
-    assert outcome.error.startswith("gave up after 12 attempts in 23h30m")
+    assert outcome.error.startswith("gave up after 12 attempts in 23 hours 30 minutes")
 
 
 def test_a_dead_receiver_is_tried_for_most_of_a_day_then_given_up() -> None:
