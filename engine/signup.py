@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from engine.localtime import is_zone
-
 from engine.durations import in_words
+from engine.localtime import is_zone
 
 # The lead said no, or the address does not work: nothing but the lead's own confirmed action lifts it.
 OPTED_OUT = ("unsubscribed", "bounced", "complained", "erased")
