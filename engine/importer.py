@@ -281,15 +281,6 @@ def _consent_after(current: str | None, wanted: str | None, suppressed: bool) ->
     return status if status != current else None
 
 
-_LEAD_COLUMNS = (
-    "email", "attributes", "tags", "score", "timezone", "consent_status", "consent_source", "consent_at",
-    "created_at", "updated_at",
-)  # fmt: skip
-
-
-_RECORD_COLUMNS = ("lead_id", "action", "source", "fields", "status_before", "status_after", "at")
-
-
 def write_batch(conn: sa.Connection, rows: Sequence[LeadRow], options: ImportOptions, result: ImportResult) -> None:
     """Upsert one batch of leads (and their enrollment events) in the caller's transaction."""
     leads, now = tables.leads, options.now
@@ -301,27 +292,22 @@ def write_batch(conn: sa.Connection, rows: Sequence[LeadRow], options: ImportOpt
         else:
             wanted[row.email] = row
     emails = list(wanted)
-    attributes_of, tags_of = ingest.reader(conn, leads.c.attributes), ingest.reader(conn, leads.c.tags)
+    existing_stmt = sa.select(
+        leads.c.email, leads.c.id, leads.c.attributes, leads.c.tags, leads.c.timezone, leads.c.consent_status
+    )
     existing = {
-        email: (lead_id, attributes_of(attributes), tags_of(tags), timezone, consent)
-        for lead_id, email, attributes, tags, timezone, consent in ingest.rows_where_in(
-            conn, "SELECT id, email, attributes, tags, timezone, consent_status FROM leads", "email", emails
+        email: (lead_id, attributes, tags, timezone, consent)
+        for chunk in store.chunks(emails)
+        for email, lead_id, attributes, tags, timezone, consent in conn.execute(
+            existing_stmt.where(leads.c.email.in_(chunk))
         )
     }
-    suppressed: set[str] = set()
-    # An empty suppression list (a first import into a new database, the usual case for moving tools)
-    # is asked about once per batch, not once per address.
-    if conn.exec_driver_sql("SELECT 1 FROM suppressions LIMIT 1").first() is not None:
-        hashes = {store.email_hash(e): e for e in emails}
-        suppressed = {
-            hashes[h]
-            for (h,) in ingest.rows_where_in(conn, "SELECT email_hash FROM suppressions", "email_hash", list(hashes))
-        }
+    suppressed = _suppressed(conn, emails)
 
-    inserts: list[tuple[Any, ...]] = []
-    kept: list[tuple[Any, ...]] = []  # (attributes, tags, timezone, id)
-    changed: list[tuple[Any, ...]] = []  # (attributes, tags, timezone, consent, id)
-    records: list[tuple[Any, ...]] = []  # a consent record per changed status (`_RECORD_COLUMNS`)
+    inserts: list[dict[str, Any]] = []
+    kept: list[dict[str, Any]] = []  # leads whose consent stays
+    changed: list[dict[str, Any]] = []  # leads whose consent this import sets
+    records: list[dict[str, Any]] = []  # a consent record per changed status
     final_consent: dict[str, str] = {}
     for email, row in wanted.items():
         is_suppressed = email in suppressed
@@ -330,8 +316,10 @@ def write_batch(conn: sa.Connection, rows: Sequence[LeadRow], options: ImportOpt
             new_consent = _consent_after(None, row.consent, is_suppressed) or "subscribed"
             result.suppressed += is_suppressed
             inserts.append(
-                (email, row.attributes, sorted(row.tags), 0, row.timezone, new_consent, options.source, now, now, now)
-            )
+                {"email": email, "attributes": row.attributes, "tags": sorted(row.tags), "score": 0,
+                 "timezone": row.timezone, "consent_status": new_consent, "consent_source": options.source,
+                 "consent_at": now, "created_at": now, "updated_at": now}
+            )  # fmt: skip
             final_consent[email] = new_consent
             continue
         lead_id, old_attributes, old_tags, old_timezone, old_consent = old
@@ -349,42 +337,65 @@ def write_batch(conn: sa.Connection, rows: Sequence[LeadRow], options: ImportOpt
         if attributes == old_attributes and tags == sorted(old_tags) and timezone == old_timezone and consent is None:
             result.unchanged += 1
             continue
+        update = {"lead": lead_id, "new_attributes": attributes, "new_tags": tags, "new_timezone": timezone, "at": now}
         if consent is None:
-            kept.append((attributes, tags, timezone, lead_id))
+            kept.append(update)
         else:
-            changed.append((attributes, tags, timezone, consent, lead_id))
-            records.append((lead_id, signup.act_name(consent), options.source[:200], {}, old_consent, consent, now))
+            changed.append({**update, "consent": consent, "source": options.source})
+            records.append(
+                {"lead_id": lead_id, "action": signup.act_name(consent), "source": options.source[:200], "fields": {},
+                 "status_before": old_consent, "status_after": consent, "at": now}
+            )  # fmt: skip
     if inserts:
-        ingest.insert_many(conn, leads, _LEAD_COLUMNS, inserts, "ON CONFLICT (email) DO NOTHING")
+        store.insert_rows(conn, leads, inserts, "ON CONFLICT (email) DO NOTHING")
         result.imported += len(inserts)
-    if kept or changed:
-        _update(conn, kept, changed, options)
-        result.updated += len(kept) + len(changed)
-    ingest.insert_many(conn, tables.consent_records, _RECORD_COLUMNS, records)
+    if kept:
+        conn.execute(_UPDATE_KEPT, kept)
+    if changed:
+        conn.execute(_UPDATE_CHANGED, changed)
+    result.updated += len(kept) + len(changed)
+    if records:
+        conn.execute(sa.insert(tables.consent_records), records)
     if options.funnel is not None:
         _record_entries(conn, [e for e in emails if final_consent[e] not in OPTED_OUT], options, result)
 
 
-def _update(
-    conn: sa.Connection, kept: list[tuple[Any, ...]], changed: list[tuple[Any, ...]], options: ImportOptions
-) -> None:
-    """Two executemany updates: leads whose consent stays, and leads whose consent this import sets."""
+def _suppressed(conn: sa.Connection, emails: Sequence[str]) -> set[str]:
+    """The addresses among these on the suppression list. An empty list (a first import into a new
+    database, the usual case for moving tools) is asked about once per batch, not once per address."""
+    s = tables.suppressions
+    if conn.execute(sa.select(s.c.id).limit(1)).first() is None:
+        return set()
+    hashes = {store.email_hash(e): e for e in emails}
+    return {
+        hashes[h]
+        for chunk in store.chunks(list(hashes))
+        for h in conn.scalars(sa.select(s.c.email_hash).where(s.c.email_hash.in_(chunk)))
+    }
+
+
+def _lead_update(consent: bool) -> sa.Update:
+    """An executemany update of leads an import changed: their fields, and with `consent` their status."""
     leads = tables.leads
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    attributes, tags = ingest.binder(conn, leads.c.attributes), ingest.binder(conn, leads.c.tags)
-    at = ingest.binder(conn, leads.c.updated_at)(options.now)
-    fields = f"attributes = {mark}, tags = {mark}, timezone = {mark}, updated_at = {mark}"
-    if kept:
-        conn.exec_driver_sql(
-            f"UPDATE leads SET {fields} WHERE id = {mark}",  # noqa: S608
-            [(attributes(a), tags(t), tz, at, lead_id) for a, t, tz, lead_id in kept],
+    stmt = (
+        sa.update(leads)
+        .where(leads.c.id == sa.bindparam("lead"))
+        .values(
+            attributes=sa.bindparam("new_attributes"),
+            tags=sa.bindparam("new_tags"),
+            timezone=sa.bindparam("new_timezone"),
+            updated_at=sa.bindparam("at"),
         )
-    if changed:
-        conn.exec_driver_sql(
-            f"UPDATE leads SET {fields}, consent_status = {mark}, consent_source = {mark}, consent_at = {mark}"  # noqa: S608
-            f" WHERE id = {mark}",
-            [(attributes(a), tags(t), tz, at, c, options.source, at, lead_id) for a, t, tz, c, lead_id in changed],
+    )
+    if consent:
+        stmt = stmt.values(
+            consent_status=sa.bindparam("consent"), consent_source=sa.bindparam("source"), consent_at=sa.bindparam("at")
         )
+    return stmt
+
+
+_UPDATE_KEPT = _lead_update(consent=False)
+_UPDATE_CHANGED = _lead_update(consent=True)
 
 
 def event_id(funnel: str, email: str) -> str:

@@ -5,7 +5,8 @@ expires and another worker takes the message. A message in `sending` whose worke
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import functools
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,66 +24,85 @@ PENDING = ("queued", "deferred")
 HANDED_OVER = ("sending", "sent", "unknown")
 
 
+def _typed(sql: str, **types: sa.types.TypeEngine[Any]) -> sa.TextClause:
+    """SQL text whose parameters carry these types: SQLAlchemy converts their values as for any of its
+    statements (aware UTC datetimes), and compiles the text once into its statement cache."""
+    return sa.text(sql).bindparams(*(sa.bindparam(name, type_=type_) for name, type_ in types.items()))
+
+
+_ids: sa.BindParameter[list[int]] = sa.bindparam("ids", expanding=True)
+_LEASE = {
+    # The states are written out, not bound, so SQLite can use the partial index `ix_outbox_ready`.
+    dialect: _typed(
+        "UPDATE outbox SET claimed_at = :now WHERE id IN ("  # noqa: S608
+        "SELECT id FROM outbox WHERE status IN ('queued', 'deferred') AND next_attempt_at <= :now"
+        " AND (claimed_at IS NULL OR claimed_at < :expired)"
+        f" ORDER BY next_attempt_at, id LIMIT :limit{skip_locked}) RETURNING id",
+        now=outbox.c.claimed_at.type,
+        expired=outbox.c.claimed_at.type,
+        limit=sa.Integer(),
+    )
+    for dialect, skip_locked in (("postgresql", " FOR UPDATE SKIP LOCKED"), ("sqlite", ""))
+}
+_LEASED = (
+    sa.text(
+        "SELECT o.id, o.lead_id, l.email, l.consent_status, l.attributes, l.timezone, o.funnel_id, o.step,"
+        " o.template, o.stage, o.transactional, o.attempts"
+        " FROM outbox o JOIN leads l ON l.id = o.lead_id WHERE o.id IN :ids ORDER BY o.id"
+    )
+    .bindparams(_ids)
+    .columns(attributes=leads.c.attributes.type, transactional=outbox.c.transactional.type)
+)
+
+
 def lease_batch(conn: sa.Connection, now: datetime, limit: int, lease: timedelta = LEASE) -> list[OutboxItem]:
     """Queued or deferred messages that are due and not leased by a live worker, oldest first.
 
     A lease only spares two workers the same envelope work; it is not what makes a send happen once
     (`mark_sending` is). So it can be short: a worker killed while holding one delays its messages by
-    `lease`, no more. The states are written out, not bound, so SQLite can use the partial index
-    `ix_outbox_ready` (a queued row always has `next_attempt_at`)."""
-    mark = _placeholder(conn)
-    skip_locked = " FOR UPDATE SKIP LOCKED" if conn.dialect.name == "postgresql" else ""
-    at = _bind(conn, "claimed_at")
-    leased = conn.exec_driver_sql(
-        f"UPDATE outbox SET claimed_at = {mark} WHERE id IN ("  # noqa: S608
-        f"SELECT id FROM outbox WHERE status IN ('queued', 'deferred') AND next_attempt_at <= {mark}"
-        f" AND (claimed_at IS NULL OR claimed_at < {mark})"
-        f" ORDER BY next_attempt_at, id LIMIT {mark}{skip_locked}) RETURNING id",
-        (at(now), at(now), at(now - lease), limit),
-    )
+    `lease`, no more."""
+    statement = _LEASE["postgresql" if conn.dialect.name == "postgresql" else "sqlite"]
+    leased = conn.execute(statement, {"now": now, "expired": now - lease, "limit": limit})
     ids = sorted(row[0] for row in leased)
     if not ids:
         return []
-    rows = conn.exec_driver_sql(
-        "SELECT o.id, o.lead_id, l.email, l.consent_status, l.attributes, l.timezone, o.funnel_id, o.step,"  # noqa: S608
-        " o.template, o.stage, o.transactional, o.attempts"
-        f" FROM outbox o JOIN leads l ON l.id = o.lead_id WHERE o.id IN ({_marks(mark, len(ids))}) ORDER BY o.id",
-        tuple(ids),
-    ).all()
-    hashes = {r[2]: email_hash(r[2]) for r in rows}
-    suppressed: set[str] = set()
-    if hashes:
-        hits = conn.exec_driver_sql(
-            f"SELECT email_hash FROM suppressions WHERE email_hash IN ({_marks(mark, len(hashes))})",  # noqa: S608
-            tuple(hashes.values()),
-        )
-        suppressed = {h for (h,) in hits}
-    attributes = _attributes_reader(conn)
+    rows = conn.execute(_LEASED, {"ids": ids}).all()
+    hashes = {r.email: email_hash(r.email) for r in rows}
+    suppressed = _suppressed(conn, list(hashes.values()))
     return [
         OutboxItem(
-            id=r[0],
-            lead_id=r[1],
-            email=r[2],
-            consent_status=r[3],
-            attributes=dict(attributes(r[4]) or {}),
-            funnel_id=r[6],
-            step=r[7],
-            template=r[8],
-            stage=r[9],
-            transactional=bool(r[10]),
-            attempts=r[11],
-            suppressed=hashes[r[2]] in suppressed,
-            timezone=r[5],
+            id=r.id,
+            lead_id=r.lead_id,
+            email=r.email,
+            consent_status=r.consent_status,
+            attributes=dict(r.attributes or {}),
+            funnel_id=r.funnel_id,
+            step=r.step,
+            template=r.template,
+            stage=r.stage,
+            transactional=bool(r.transactional),
+            attempts=r.attempts,
+            suppressed=hashes[r.email] in suppressed,
+            timezone=r.timezone,
         )
         for r in rows
     ]
 
 
-def _attributes_reader(conn: sa.Connection) -> Callable[[Any], Any]:
-    """The JSON column's own decoding (text on SQLite; PostgreSQL's driver hands back objects)."""
-    impl = leads.c.attributes.type.dialect_impl(conn.dialect)
-    reader = impl.result_processor(conn.dialect, None)
-    return reader if reader is not None else _same
+# Ids, hashes and statuses need no conversion by a column type: these statements go to the driver as
+# they are (SQLAlchemy's typed statements cost tens of microseconds more each, paid per round of replies).
+
+
+def _marks(conn: sa.Connection, count: int) -> str:
+    return ", ".join(["?" if conn.dialect.paramstyle == "qmark" else "%s"] * count)
+
+
+def _suppressed(conn: sa.Connection, hashes: Sequence[str]) -> set[str]:
+    """The hashes among these on the suppression list."""
+    if not hashes:
+        return set()
+    sql = f"SELECT email_hash FROM suppressions WHERE email_hash IN ({_marks(conn, len(hashes))})"  # noqa: S608
+    return {h for (h,) in conn.exec_driver_sql(sql, tuple(hashes))}
 
 
 def consent_of(conn: sa.Connection, emails: Mapping[int, str], lock: bool = False) -> dict[int, tuple[str, bool]]:
@@ -93,17 +113,15 @@ def consent_of(conn: sa.Connection, emails: Mapping[int, str], lock: bool = Fals
     ids = sorted(emails)
     if not ids:
         return {}
-    mark = _placeholder(conn)
     hashes = {lead_id: email_hash(emails[lead_id]) for lead_id in ids}
-    leads_sql = f"SELECT id, consent_status FROM leads WHERE id IN ({_marks(mark, len(ids))})"  # noqa: S608
-    hits_sql = f"SELECT email_hash FROM suppressions WHERE email_hash IN ({_marks(mark, len(ids))})"  # noqa: S608
+    leads_sql = f"SELECT id, consent_status FROM leads WHERE id IN ({_marks(conn, len(ids))})"  # noqa: S608
     if lock and conn.dialect.name == "postgresql":
         rows = conn.exec_driver_sql(f"{leads_sql} ORDER BY id FOR UPDATE", tuple(ids)).all()
-        suppressed = {h for (h,) in conn.exec_driver_sql(hits_sql, tuple(hashes.values()))}
+        suppressed = _suppressed(conn, list(hashes.values()))
     else:
         # One round trip: the leads' rows, then the suppressed hashes (id -1).
-        hits_as_rows = hits_sql.replace("SELECT email_hash", "SELECT -1, email_hash", 1)
-        found = conn.exec_driver_sql(f"{leads_sql} UNION ALL {hits_as_rows}", (*ids, *hashes.values())).all()
+        hits = f"SELECT -1, email_hash FROM suppressions WHERE email_hash IN ({_marks(conn, len(ids))})"  # noqa: S608
+        found = conn.exec_driver_sql(f"{leads_sql} UNION ALL {hits}", (*ids, *hashes.values())).all()
         rows = [r for r in found if r[0] != -1]
         suppressed = {h for i, h in found if i == -1}
     return {lead_id: (status, hashes[lead_id] in suppressed) for lead_id, status in rows}
@@ -125,23 +143,30 @@ def marketing_sent_since(conn: sa.Connection, lead_ids: Iterable[int], since: da
     return found
 
 
+@functools.cache
+def _mark_sending(count: int) -> sa.TextClause:
+    """Queued/deferred -> sending for `count` messages, each with its Message-ID, in one statement."""
+    cases = " ".join(f"WHEN :id_{i} THEN :message_id_{i}" for i in range(count))
+    ids = ", ".join(f":id_{i}" for i in range(count))
+    return _typed(
+        "UPDATE outbox SET status = 'sending', claimed_at = :now, sent_at = :now, attempts = attempts + 1,"  # noqa: S608
+        f" message_id = CASE id {cases} END WHERE id IN ({ids}) AND status IN ('queued', 'deferred') RETURNING id",
+        now=outbox.c.sent_at.type,
+    )
+
+
 def mark_sending(conn: sa.Connection, message_ids: Mapping[int, str], now: datetime) -> set[int]:
     """Queued/deferred -> sending, with each one's Message-ID, all in one statement. Only the returned
     ids may be sent: a message that someone else got to first is not among them. `sent_at` is when
     DATA began."""
     if not message_ids:
         return set()
-    mark = _placeholder(conn)
     ids = list(message_ids)
-    at = _bind(conn, "sent_at")(now)
-    cases = " ".join(f"WHEN {mark} THEN {mark}" for _ in ids)
-    result = conn.exec_driver_sql(
-        f"UPDATE outbox SET status = 'sending', claimed_at = {mark}, sent_at = {mark}, attempts = attempts + 1,"  # noqa: S608
-        f" message_id = CASE id {cases} END"
-        f" WHERE id IN ({_marks(mark, len(ids))}) AND status IN ('queued', 'deferred') RETURNING id",
-        (at, at, *(v for i in ids for v in (i, message_ids[i])), *ids),
-    )
-    return {row[0] for row in result}
+    params: dict[str, Any] = {"now": now}
+    for i, message in enumerate(ids):
+        params[f"id_{i}"] = message
+        params[f"message_id_{i}"] = message_ids[message]
+    return set(conn.scalars(_mark_sending(len(ids)), params))
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,45 +184,23 @@ def apply(conn: sa.Connection, changes: Sequence[Change]) -> int:
     for change in changes:
         groups.setdefault((tuple(sorted(change.values)), change.expect), []).append(change)
     changed = 0
-    mark = _placeholder(conn)
     for (columns, expect), members in groups.items():
-        binds = [_bind(conn, c) for c in columns]
-        # Column names and states are our own constants, never input.
-        assert set(columns) <= set(outbox.c.keys()) and set(expect) <= set(OUTBOX_STATUSES)
-        sql = (
-            f"UPDATE outbox SET {', '.join(f'{c} = {mark}' for c in columns)}"  # noqa: S608
-            f" WHERE id = {mark} AND status IN ({', '.join(repr(s) for s in expect)})"
-        )
-        params = [(*(b(m.values[c]) for b, c in zip(binds, columns, strict=True)), m.id) for m in members]
-        result = conn.exec_driver_sql(sql, params)
-        changed += max(int(result.rowcount or 0), 0)
+        params = [{**m.values, "message": m.id} for m in members]
+        changed += max(int(conn.execute(_outcome(columns, expect), params).rowcount or 0), 0)
     return changed
 
 
-def _placeholder(conn: sa.Connection) -> str:
-    return "?" if conn.dialect.paramstyle == "qmark" else "%s"
-
-
-def _marks(mark: str, count: int) -> str:
-    return ", ".join([mark] * count)
-
-
-_BINDS: dict[tuple[str, str], Callable[[Any], Any]] = {}
-
-
-def _bind(conn: sa.Connection, column: str) -> Callable[[Any], Any]:
-    """The column type's own conversion to the driver's value (aware UTC datetimes, JSON ...), for the
-    hot statements that skip SQLAlchemy's compiler: a flush runs several of them per round of replies."""
-    key = (conn.dialect.name, column)
-    found = _BINDS.get(key)
-    if found is None:
-        processor = outbox.c[column].type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
-        found = _BINDS[key] = processor if processor is not None else _same
-    return found
-
-
-def _same(value: Any) -> Any:
-    return value
+@functools.cache
+def _outcome(columns: tuple[str, ...], expect: tuple[str, ...]) -> sa.TextClause:
+    """`UPDATE outbox SET columns WHERE id = :message AND status IN expect`, each value bound with its
+    column's type. Column names and states are our own constants, never input."""
+    if not set(columns) <= set(outbox.c.keys()) or not set(expect) <= set(OUTBOX_STATUSES):
+        raise ValueError(f"expected outbox columns and states, found {columns} and {expect}")
+    return _typed(
+        f"UPDATE outbox SET {', '.join(f'{c} = :{c}' for c in columns)}"  # noqa: S608
+        f" WHERE id = :message AND status IN ({', '.join(repr(s) for s in expect)})",
+        **{c: outbox.c[c].type for c in columns},
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,23 +1,26 @@
-"""The store: every read and write the engine and the mailer make, as SQLAlchemy Core statements.
+"""The store: leads, events, enrollments, transitions, suppressions and funnel versions read and written
+as SQLAlchemy Core statements, and the batched inserts the other writers share (`insert_rows`).
+
+Not everything is here: the journey core's decisions are written by `engine.decisions` (the one writer,
+in batches), events and leads in bulk by `engine.ingest`, and the send pipeline's queries are in
+`engine.outbox`; docs/database.md says which module writes what.
 
 Each function takes a `sqlalchemy.Connection` inside the caller's transaction (`engine.begin()`), so
 one commit covers an enrollment's new state, its stage transitions and its outbox rows (no lost
 intent), and a rollback drops all of them. Claims lock what they return: `FOR UPDATE SKIP LOCKED` on
 PostgreSQL, the writer lock taken by `BEGIN IMMEDIATE` on SQLite (see `engine.database`).
 
-The hot paths (claims, `apply_decision`, event ingestion) are Core, not ORM: no identity map, no
-per-row objects to flush, statements the reader can match to the SQL in docs/database.md.
+The hot paths (claims, event ingestion, decisions) are Core, not ORM: no identity map, no per-row
+objects to flush, statements the reader can match to the SQL in docs/database.md.
 """
-
 from __future__ import annotations
 
 import functools
 import hashlib
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -29,6 +32,7 @@ from engine.definition import Funnel
 from engine.tables import CONSENT_STATUSES
 
 Insert = postgresql.Insert | sqlite.Insert
+T = TypeVar("T")
 
 
 def _now(now: datetime | None) -> datetime:
@@ -53,8 +57,9 @@ def _wrote(conn: sa.Connection, stmt: Insert) -> bool:
     return conn.execute(stmt.returning(table.c.id)).first() is not None
 
 
-def _locking(conn: sa.Connection, stmt: sa.Select[Any], *, skip_locked: bool = False) -> sa.Select[Any]:
-    # SQLite has no row locks; its transaction already holds the single writer lock.
+def locking(conn: sa.Connection, stmt: sa.Select[Any], *, skip_locked: bool = False) -> sa.Select[Any]:
+    """`stmt` locking the rows it reads until the commit, on PostgreSQL. SQLite has no row locks: its
+    transaction already holds the single writer lock."""
     if conn.dialect.name == "postgresql":
         return stmt.with_for_update(skip_locked=skip_locked)
     return stmt
@@ -102,7 +107,7 @@ def upsert_lead(
         consent_values = {"consent_status": consent, "consent_source": consent_source, "consent_at": now}
     for _ in range(2):  # a concurrent insert of the same address makes the first try a no-op
         row = conn.execute(
-            _locking(conn, sa.select(leads.c.id, leads.c.attributes, leads.c.tags).where(leads.c.email == address))
+            locking(conn, sa.select(leads.c.id, leads.c.attributes, leads.c.tags).where(leads.c.email == address))
         ).first()
         if row is None:
             inserted = create_lead(
@@ -189,21 +194,46 @@ def get_lead(conn: sa.Connection, lead_id: int, *, for_update: bool = False) -> 
     PostgreSQL: a per-lead mutex for work that touches several of its enrollments."""
     leads = tables.leads
     stmt = sa.select(leads).where(leads.c.id == lead_id)
-    row = conn.execute(_locking(conn, stmt) if for_update else stmt).first()
+    row = conn.execute(locking(conn, stmt) if for_update else stmt).first()
     return _to_lead(row) if row is not None else None
+
+
+# Values per `IN` list: well under SQLite's limit of bound parameters per statement.
+CHUNK = 1000
+
+
+def chunks(values: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def id_chunks(ids: Iterable[int]) -> Iterator[Sequence[int]]:
+    """Ids sorted (the order every lock is taken in), a chunk at a time."""
+    return chunks(sorted(set(ids)))
 
 
 def load_leads(conn: sa.Connection, ids: Iterable[int], *, lock: bool = False) -> dict[int, journey.Lead]:
     """Leads by id. `lock`: lock their rows, skipping (leaving out) rows another transaction holds, so a
     tick never waits on an event being handled for the same lead (which holds the lead, then waits on
     the enrollment: waiting here would be a deadlock)."""
-    wanted = sorted(set(ids))
     leads = tables.leads
     found: dict[int, journey.Lead] = {}
-    for start in range(0, len(wanted), 1000):  # keep IN lists well under SQLite's parameter limit
-        chunk = wanted[start : start + 1000]
+    for chunk in id_chunks(ids):
         stmt = sa.select(leads).where(leads.c.id.in_(chunk))
-        for row in conn.execute(_locking(conn, stmt, skip_locked=True) if lock else stmt):
+        for row in conn.execute(locking(conn, stmt, skip_locked=True) if lock else stmt):
+            found[row.id] = _to_lead(row)
+    return found
+
+
+def lock_leads(conn: sa.Connection, ids: Iterable[int]) -> dict[int, journey.Lead]:
+    """Leads by id, locked until the commit on PostgreSQL, waiting for a transaction that holds one, in
+    id order like every per-lead lock, so two workers never wait on each other in a cycle. (SQLite has
+    no row locks: its writer lock covers the whole transaction.) An erased lead is missing."""
+    leads = tables.leads
+    found: dict[int, journey.Lead] = {}
+    for chunk in id_chunks(ids):
+        stmt = locking(conn, sa.select(leads).where(leads.c.id.in_(chunk)).order_by(leads.c.id))
+        for row in conn.execute(stmt):
             found[row.id] = _to_lead(row)
     return found
 
@@ -278,13 +308,14 @@ def claim_pending_events(conn: sa.Connection, limit: int) -> list[PendingEvent]:
             received_at=row.received_at,
             source=row.source,
         )
-        for row in conn.execute(_locking(conn, stmt, skip_locked=True))
+        for row in conn.execute(locking(conn, stmt, skip_locked=True))
     ]
 
 
-def mark_event_processed(conn: sa.Connection, event_pk: int, now: datetime) -> None:
+def mark_events_processed(conn: sa.Connection, event_pks: Iterable[int], now: datetime) -> None:
     events = tables.events
-    conn.execute(sa.update(events).where(events.c.id == event_pk).values(processed_at=now))
+    for chunk in id_chunks(event_pks):
+        conn.execute(sa.update(events).where(events.c.id.in_(chunk)).values(processed_at=now))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -326,7 +357,7 @@ def due_enrollments_query(
     stmt = sa.select(e).where(_is(e.c.status, "active"), e.c.wake_at <= now)
     if funnel_ids is not None:
         stmt = stmt.where(e.c.funnel_id.in_(list(funnel_ids)))
-    return _locking(conn, stmt.order_by(e.c.wake_at).limit(limit), skip_locked=True)
+    return locking(conn, stmt.order_by(e.c.wake_at).limit(limit), skip_locked=True)
 
 
 def claim_due_enrollments(
@@ -342,7 +373,7 @@ def claim_due_enrollments(
 def get_enrollments(conn: sa.Connection, lead_id: int, *, for_update: bool = False) -> list[journey.Enrollment]:
     e = tables.enrollments
     stmt = sa.select(e).where(e.c.lead_id == lead_id).order_by(e.c.funnel_id)
-    return [_to_enrollment(row) for row in conn.execute(_locking(conn, stmt) if for_update else stmt)]
+    return [_to_enrollment(row) for row in conn.execute(locking(conn, stmt) if for_update else stmt)]
 
 
 def get_enrollment(
@@ -350,274 +381,87 @@ def get_enrollment(
 ) -> journey.Enrollment | None:
     e = tables.enrollments
     stmt = sa.select(e).where(e.c.lead_id == lead_id, e.c.funnel_id == funnel_id)
-    row = conn.execute(_locking(conn, stmt) if for_update else stmt).first()
+    row = conn.execute(locking(conn, stmt) if for_update else stmt).first()
     return _to_enrollment(row) if row is not None else None
 
 
-# --------------------------------------------------------------------------------------------------
-# Applying a decision
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Applied:
-    """What `apply_decision` wrote. `duplicates` are email steps that already had an outbox row
-    (the database refused a second one); they are not errors."""
-
-    queued: tuple[str, ...] = ()
-    skipped: tuple[str, ...] = ()
-    duplicates: tuple[str, ...] = ()
-    transitions: int = 0
-    webhooks: int = 0
-    goals: int = 0
-
-
-def apply_decision(
-    conn: sa.Connection, lead_id: int, decision: journey.Decision, *, now: datetime | None = None
-) -> Applied:
-    """Write a decision in the caller's transaction: the enrollment row, lead updates, transitions,
-    outbox rows (sends and recorded skips), webhook calls and goals."""
-    state = decision.enrollment
-    if state is None:
-        raise ValueError("expected a decision with an enrollment; nothing says which funnel it belongs to")
-    now = _now(now)
-    _save_enrollment(conn, lead_id, state, now)
-    updates = [c for c in decision.commands if isinstance(c, journey.UpdateLead)]
-    if updates:
-        _update_lead(conn, lead_id, updates, now)
-
-    queued: list[str] = []
-    skipped: list[str] = []
-    duplicates: list[str] = []
-    transitions = webhooks = goals = 0
-    for command in decision.commands:
-        if isinstance(command, journey.SendEmail):
-            (queued if _queue_email(conn, lead_id, state.funnel, command, now) else duplicates).append(command.step)
-        elif isinstance(command, journey.SkipEmail):
-            (skipped if _record_skip(conn, lead_id, state.funnel, command, now) else duplicates).append(command.step)
-        elif isinstance(command, journey.RecordTransition):
-            _record_transition(conn, lead_id, state, command)
-            transitions += 1
-        elif isinstance(command, journey.CallWebhook):
-            webhooks += _queue_webhook(conn, lead_id, state.funnel, command, now)
-        elif isinstance(command, journey.GoalReached):
-            goals += _record_goal(conn, lead_id, state.funnel, command)
-    return Applied(tuple(queued), tuple(skipped), tuple(duplicates), transitions, webhooks, goals)
-
-
-_ENROLLMENT_STATE = (
-    "version", "status", "stage", "step", "phase", "due", "wake_at", "entered_at", "stage_entered_at",
-    "sent", "spent_timers", "goal_reached_at", "exit_reason", "exited_at", "updated_at",
-)
-
-
-def _prepared(stmt: Any, dialect: str) -> sa.TextClause:
-    """An INSERT ... ON CONFLICT compiled once into typed SQL text. SQLAlchemy does not cache the
-    dialects' ON CONFLICT inserts (`inherit_cache = False`), and compiling one costs more than running
-    it; these statements run for every lead a tick moves."""
-    named: sa.Dialect = (
-        postgresql.dialect(paramstyle="named")  # type: ignore[no-untyped-call]
-        if dialect == "postgresql"
-        else sqlite.dialect(paramstyle="named")
-    )
-    compiled = stmt.compile(dialect=named)
-    table: sa.Table = stmt.table
-    types = {c.name: c.type for c in table.columns}
-    # Column parameters come from the caller; anything else (a WHERE constant) is bound here.
-    params = [
-        sa.bindparam(name, type_=types[name]) if name in types else sa.bindparam(name, value=value)
-        for name, value in compiled.params.items()
-    ]
-    # text() cannot read PostgreSQL's `:name::JSONB` cast; spell it as CAST(:name AS JSONB).
-    sql = re.sub(r":(\w+)::(\w+)", r"CAST(:\1 AS \2)", str(compiled))
-    text = sa.text(sql).bindparams(*params)
-    returning = getattr(stmt, "_returning", ())
-    return text.columns(*returning) if returning else text  # type: ignore[return-value]
-
-
-@functools.cache
-def _enrollment_upsert(dialect: str) -> sa.TextClause:
-    stmt = _insert_for(dialect, tables.enrollments)
-    stmt = stmt.values({c.name: sa.bindparam(c.name) for c in tables.enrollments.columns if c.name != "id"})
-    return _prepared(
-        stmt.on_conflict_do_update(
-            index_elements=["lead_id", "funnel_id"], set_={k: stmt.excluded[k] for k in _ENROLLMENT_STATE}
-        ),
-        dialect,
-    )
-
-
-def _save_enrollment(conn: sa.Connection, lead_id: int, state: journey.Enrollment, now: datetime) -> None:
-    conn.execute(
-        _enrollment_upsert(conn.dialect.name),
-        {
-            "lead_id": lead_id,
-            "funnel_id": state.funnel,
-            "version": state.version,
-            "status": state.status,
-            "stage": state.stage,
-            "step": state.step,
-            "phase": state.phase,
-            "due": state.due,
-            "wake_at": state.wake_at,
-            "entered_at": state.entered_at,
-            "stage_entered_at": state.stage_entered_at,
-            "sent": sorted(state.sent),
-            "spent_timers": sorted(state.spent_timers),
-            "goal_reached_at": state.goal_reached_at,
-            "exit_reason": state.exit_reason,
-            "exited_at": state.exited_at,
-            "updated_at": now,
-        },
-    )
-
-
-def _update_lead(conn: sa.Connection, lead_id: int, updates: list[journey.UpdateLead], now: datetime) -> None:
-    """Apply the updates as deltas to the current row, so decisions of other funnels for the same
-    lead in the same tick are not overwritten."""
-    leads = tables.leads
-    row = conn.execute(_locking(conn, sa.select(leads.c.attributes, leads.c.tags).where(leads.c.id == lead_id))).one()
-    attributes = dict(row.attributes)
-    tags = set(row.tags)
-    score = 0
-    for u in updates:
-        for key in u.unset:
-            attributes.pop(key, None)
-        attributes.update(u.set)
-        tags = (tags | set(u.add_tags)) - set(u.remove_tags)
-        score += u.score
-    conn.execute(
-        sa.update(leads)
-        .where(leads.c.id == lead_id)
-        .values(attributes=attributes, tags=sorted(tags), score=leads.c.score + score, updated_at=now)
-    )
-
-
-_QUEUED = ("template", "stage", "transactional", "status", "due_at", "attempts", "next_attempt_at", "created_at",
-           "skip_reason")
-
-
-@functools.cache
-def _queue_email_stmt(dialect: str) -> sa.TextClause:
-    o = tables.outbox
-    stmt = _insert_for(dialect, o)
-    stmt = stmt.values({k: sa.bindparam(k) for k in ("lead_id", "funnel_id", "step", *_QUEUED)})
-    return _prepared(
-        stmt.on_conflict_do_update(
-            index_elements=["lead_id", "funnel_id", "step"],
-            set_={k: stmt.excluded[k] for k in _QUEUED},
-            where=o.c.status == "skipped",
-        ).returning(o.c.id),
-        dialect,
-    )
-
-
-def _queue_email(conn: sa.Connection, lead_id: int, funnel_id: str, c: journey.SendEmail, now: datetime) -> bool:
-    """True when this created the message. A step whose earlier row was only a recorded skip may take
-    the row once (e.g. a lead who re-enters after opting back in); any other row wins."""
-    params = {
-        "lead_id": lead_id,
-        "funnel_id": funnel_id,
-        "step": c.step,
-        "template": c.template,
-        "stage": c.stage,
-        "transactional": c.transactional,
-        "status": "queued",
-        "due_at": c.at,
-        "attempts": 0,
-        "next_attempt_at": c.at,
-        "created_at": now,
-        "skip_reason": None,
-    }
-    return conn.execute(_queue_email_stmt(conn.dialect.name), params).first() is not None
-
-
-def _record_skip(conn: sa.Connection, lead_id: int, funnel_id: str, c: journey.SkipEmail, now: datetime) -> bool:
-    o = tables.outbox
-    stmt = (
-        _insert(conn, o)
-        .values(
-            lead_id=lead_id,
-            funnel_id=funnel_id,
-            step=c.step,
-            template=c.template,
-            stage=c.stage,
-            transactional=False,
-            status="skipped",
-            due_at=c.at,
-            attempts=0,
-            created_at=now,
-            skip_reason=c.reason,
+def lock_enrollments(
+    conn: sa.Connection, lead_ids: Iterable[int], funnel_ids: Sequence[str]
+) -> dict[tuple[int, str], journey.Enrollment]:
+    """The enrollments of these leads in these funnels, by (lead id, funnel id), locked until the commit
+    on PostgreSQL (a tick that claimed one first makes this wait for its commit), in key order."""
+    e = tables.enrollments
+    found: dict[tuple[int, str], journey.Enrollment] = {}
+    if not funnel_ids:
+        return found
+    for chunk in id_chunks(lead_ids):
+        stmt = (
+            sa.select(e)
+            .where(e.c.lead_id.in_(chunk), e.c.funnel_id.in_(list(funnel_ids)))
+            .order_by(e.c.lead_id, e.c.funnel_id)
         )
-        .on_conflict_do_nothing(index_elements=["lead_id", "funnel_id", "step"])
-    )
-    return _wrote(conn, stmt)
+        for row in conn.execute(locking(conn, stmt)):
+            found[(row.lead_id, row.funnel_id)] = _to_enrollment(row)
+    return found
 
 
-def _record_transition(
-    conn: sa.Connection, lead_id: int, state: journey.Enrollment, c: journey.RecordTransition
-) -> None:
-    conn.execute(
-        tables.stage_transitions.insert(),
-        dict(
-            lead_id=lead_id,
-            funnel_id=state.funnel,
-            version=state.version,
-            from_stage=c.from_stage,
-            to_stage=c.to_stage,
-            cause_kind=c.cause.kind,
-            cause_ref=c.cause.ref,
-            at=c.at,
-            exit_reason=c.exit_reason,
-        ),
+# --------------------------------------------------------------------------------------------------
+# Writing rows in batches (the decision writer, `engine.decisions`, and the bulk paths in `engine.ingest`
+# and `engine.importer`)
+# --------------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _insert_text(table: sa.Table, columns: tuple[str, ...], on_conflict: str) -> sa.TextClause:
+    """`INSERT INTO table (columns) VALUES (...) on_conflict` as SQL text whose parameters carry their
+    columns' types, so SQLAlchemy converts each value as for any of its statements (aware UTC datetimes,
+    JSON) and compiles it once into its statement cache. (It caches no dialect `insert()` with an
+    ON CONFLICT clause: that would be compiled again for every batch.) The names and the clause are our
+    own constants, never input."""
+    unknown = set(columns) - set(table.c.keys())
+    if unknown:
+        raise ValueError(f"table {table.name} has no column {', '.join(sorted(unknown))}")
+    values = ", ".join(f":{c}" for c in columns)
+    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({values}) {on_conflict}"  # noqa: S608
+    return sa.text(sql).bindparams(*(sa.bindparam(c, type_=table.c[c].type) for c in columns))
+
+
+def insert_rows(conn: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]], on_conflict: str) -> int:
+    """Rows (mappings of the same columns) inserted by one executemany, in order, `on_conflict` deciding
+    what a row whose key exists does (`ON CONFLICT (...) DO NOTHING` or `DO UPDATE ...`: both backends
+    speak it). Returns the rows written: both drivers add up an executemany's counts, and a row that the
+    clause left alone counts 0."""
+    if not rows:
+        return 0
+    written = conn.execute(_insert_text(table, tuple(rows[0]), on_conflict), list(rows)).rowcount
+    if written < 0:  # pragma: no cover - a driver that does not count
+        raise RuntimeError(f"the database driver did not say how many rows it wrote into {table.name}")
+    return written
+
+
+def _cancel_marketing_statement() -> sa.Update:
+    o = tables.outbox
+    return (
+        sa.update(o)
+        .where(
+            o.c.lead_id == sa.bindparam("lead"),
+            o.c.funnel_id == sa.bindparam("funnel"),
+            _is(o.c.status, "queued", "deferred"),
+            o.c.transactional.is_(False),
+        )
+        .values(status="skipped", skip_reason=sa.bindparam("reason"))
     )
-    if c.to_stage is None and c.exit_reason == "unsubscribed":
-        cancel_marketing(conn, lead_id, state.funnel, "unsubscribed")
+
+
+CANCEL_MARKETING = _cancel_marketing_statement()
 
 
 def cancel_marketing(conn: sa.Connection, lead_id: int, funnel_id: str, reason: str) -> int:
     """Skip the lead's marketing emails of this funnel that are still waiting to go: a lead who leaves a
     funnel gets nothing more from it, even what was queued. One being sent right now is past this
-    point; the mailer only sends what it could move from queued to sending."""
-    o = tables.outbox
-    return conn.execute(
-        sa.update(o)
-        .where(
-            o.c.lead_id == lead_id,
-            o.c.funnel_id == funnel_id,
-            o.c.status.in_(("queued", "deferred")),
-            o.c.transactional.is_(False),
-        )
-        .values(status="skipped", skip_reason=reason)
-    ).rowcount
-
-
-def _queue_webhook(conn: sa.Connection, lead_id: int, funnel_id: str, c: journey.CallWebhook, now: datetime) -> int:
-    stmt = (
-        _insert(conn, tables.webhook_calls)
-        .values(
-            lead_id=lead_id,
-            funnel_id=funnel_id,
-            step=c.step,
-            url=c.url,
-            payload=dict(c.payload),
-            status="queued",
-            attempts=0,
-            next_attempt_at=c.at,
-            created_at=now,
-        )
-        .on_conflict_do_nothing(index_elements=["lead_id", "funnel_id", "step"])
-    )
-    return int(_wrote(conn, stmt))
-
-
-def _record_goal(conn: sa.Connection, lead_id: int, funnel_id: str, c: journey.GoalReached) -> int:
-    stmt = (
-        _insert(conn, tables.goals)
-        .values(lead_id=lead_id, funnel_id=funnel_id, goal=c.goal, at=c.at, within_window=c.within_window)
-        .on_conflict_do_nothing(index_elements=["lead_id", "funnel_id", "goal"])
-    )
-    return int(_wrote(conn, stmt))
+    point; the mailer only sends what it could move from queued to sending. (`CANCEL_MARKETING` takes
+    many (lead, funnel, reason) at once, as `engine.decisions` runs it.)"""
+    return int(conn.execute(CANCEL_MARKETING, {"lead": lead_id, "funnel": funnel_id, "reason": reason}).rowcount)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,8 +6,9 @@ tick at once: PostgreSQL hands each a disjoint batch (SKIP LOCKED) and row locks
 SQLite has a single writer, so each transaction is the lock (a batch of events is decided on a snapshot
 and written under the lock only if that snapshot still holds, see `Worker.process_events`).
 
-Events are handled a batch at a time (`engine.ingest` reads and writes the batch in bulk); due
-enrollments one decision at a time through `store.apply_decision`.
+Events and due enrollments are both handled a batch at a time: the batch's rows read (and locked) at
+once, each decided by the pure core, and every decision of the batch written together by the one
+decision writer (`engine.decisions`) before the commit.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-from engine import ingest, journey, store
+from engine import journey, store
 from engine.database import READ_ONLY
+from engine.decisions import apply_decisions
 from engine.definition import Funnel
 from engine.versions import migrate_enrollment
 
@@ -134,15 +136,15 @@ class Worker:
             return self._write(conn, batch, now) if batch is not None else TickResult()
 
     def _decide(self, conn: sa.Connection, now: datetime) -> _EventBatch | None:
-        pending = ingest.claim_events(conn, self.batch_size)
+        pending = store.claim_pending_events(conn, self.batch_size)
         if not pending:
             return None
         # A per-lead mutex: two workers holding two events of a lead not yet enrolled would both
         # find no enrollment row to lock and both enrol it. Taken in id order, so two workers
         # never wait on each other in a cycle.
-        leads = ingest.lock_leads(conn, {row.lead_id for row in pending})
+        leads = store.lock_leads(conn, {row.lead_id for row in pending})
         # The row locks serialise this with a tick that claimed the same enrollments.
-        states = ingest.lock_enrollments(conn, leads, list(self.funnels))
+        states = store.lock_enrollments(conn, leads, list(self.funnels))
         batch = _EventBatch(pending, dict(leads), dict(states))
         for row in pending:
             lead = leads.get(row.lead_id)
@@ -158,16 +160,16 @@ class Worker:
         """Whether the database still holds what `batch` was decided from (read again under the lock).
         Events recorded since come after the batch's in received order: they wait for the next batch."""
         return (
-            ingest.claim_events(conn, len(batch.pending)) == batch.pending
-            and ingest.lock_leads(conn, {row.lead_id for row in batch.pending}) == batch.leads
-            and ingest.lock_enrollments(conn, batch.leads, list(self.funnels)) == batch.states
+            store.claim_pending_events(conn, len(batch.pending)) == batch.pending
+            and store.lock_leads(conn, {row.lead_id for row in batch.pending}) == batch.leads
+            and store.lock_enrollments(conn, batch.leads, list(self.funnels)) == batch.states
         )
 
     def _write(self, conn: sa.Connection, batch: _EventBatch, now: datetime) -> TickResult:
-        written = ingest.apply_decisions(conn, batch.decisions, now)
+        written = apply_decisions(conn, batch.decisions, now)
         batch.result.transitions += written.transitions
         batch.result.emails_queued += written.queued
-        ingest.mark_processed(conn, [row.pk for row in batch.pending], now)
+        store.mark_events_processed(conn, [row.pk for row in batch.pending], now)
         return batch.result
 
     def _event_in_funnel(
@@ -211,6 +213,7 @@ class Worker:
             if not claimed:
                 return result
             leads = store.load_leads(conn, [c.lead_id for c in claimed], lock=True)
+            decisions: list[tuple[int, journey.Decision]] = []
             for item in claimed:
                 funnel = self.funnels.get(item.enrollment.funnel)
                 lead = leads.get(item.lead_id)
@@ -222,9 +225,11 @@ class Worker:
                     result.errors.append(f"no funnel {item.enrollment.funnel!r} loaded for a due enrollment")
                     continue
                 state, edited = self._current(conn, funnel, item.enrollment, now, result)
-                decision = edited(journey.on_clock(funnel, lead, state, now))
-                self._apply(conn, item.lead_id, decision, now, result)
+                decisions.append((item.lead_id, edited(journey.on_clock(funnel, lead, state, now))))
                 result.advanced += 1
+            written = apply_decisions(conn, decisions, now)
+            result.transitions += written.transitions
+            result.emails_queued += written.queued
         return result
 
     # -- shared ---------------------------------------------------------------------------------
@@ -249,10 +254,3 @@ class Worker:
             raw = store.get_funnel_definition(conn, funnel_id, version)
             self._old[key] = Funnel.model_validate(raw) if raw else None
         return self._old[key]
-
-    def _apply(
-        self, conn: sa.Connection, lead_id: int, decision: journey.Decision, now: datetime, result: TickResult
-    ) -> None:
-        applied = store.apply_decision(conn, lead_id, decision, now=now)
-        result.transitions += applied.transitions
-        result.emails_queued += len(applied.queued)

@@ -51,3 +51,18 @@ def private_uses(path: Path) -> list[str]:
 def test_the_engine_uses_only_public_interfaces_of_other_projects() -> None:
     found = [use for path in sorted((ROOT / "engine").rglob("*.py")) for use in private_uses(path)]
     assert found == []
+
+
+# Other projects' private interfaces (CPython's JSON scanner and C encoder), and a column type's
+# conversions done by hand beside SQLAlchemy: an upgrade can change any of them without an error.
+PRIVATE = ("json.scanner", "c_make_encoder", "bind_processor(", "result_processor(", "dialect_impl(")
+
+
+def test_the_engine_uses_no_private_interface_and_converts_no_column_type_by_hand() -> None:
+    found = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in sorted((ROOT / "engine").rglob("*.py"))
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+        if any(name in line for name in PRIVATE)
+    ]
+    assert found == []

@@ -172,6 +172,7 @@ def queue_email(
 ) -> None:
     """An outbox row due at `now`, written the way the engine writes one: with its decision."""
     from engine import store
+    from engine.decisions import apply_decisions
     from engine.journey import Decision, Enrollment, SendEmail
 
     with engine.begin() as conn:
@@ -179,4 +180,4 @@ def queue_email(
         state = Enrollment(funnel, "v1", "active", "s", None, "ready", now, None, now, now)
         command = SendEmail(step, template, "s", now, transactional)
         lead = store.get_lead(conn, lead_id)
-        store.apply_decision(conn, lead_id, Decision(state, lead, (command,)), now=now)  # type: ignore[arg-type]
+        apply_decisions(conn, [(lead_id, Decision(state, lead, (command,)))], now)  # type: ignore[arg-type]

@@ -19,6 +19,7 @@ from aiosmtpd.controller import Controller
 
 from engine import store, tables
 from engine.database import create_engine_for
+from engine.decisions import apply_decisions
 from engine.mailer import MAX_ATTEMPTS, Mailer
 from engine.settings import Settings, SmtpSettings
 from engine.templates import TemplateLibrary
@@ -179,7 +180,7 @@ def _kept_from_before(engine: sa.Engine, address: str, step: str) -> None:
         lead = store.get_lead(conn, lead_id)
         assert lead is not None
         command = SendEmail(step, "lead-magnet/report", "s", NOW)
-        store.apply_decision(conn, lead_id, Decision(state, lead, (command,)), now=NOW)
+        apply_decisions(conn, [(lead_id, Decision(state, lead, (command,)))], NOW)
 
 
 def test_rows_kept_from_before_the_address_rules_go_out_in_ascii_or_fail_alone(

@@ -186,8 +186,7 @@ def test_pending_events_are_not_claimed_twice_at_once(db: Engine) -> None:
             with db.begin() as second:
                 b = store.claim_pending_events(second, limit=4)
             assert {p.pk for p in a}.isdisjoint({p.pk for p in b}) and len(b) == 2
-        for p in a:
-            store.mark_event_processed(first, p.pk, NOW)
+        store.mark_events_processed(first, [p.pk for p in a], NOW)
         first.commit()
     with db.begin() as conn:
         assert [p.event.id for p in store.claim_pending_events(conn, limit=10)] == ["e4", "e5"]

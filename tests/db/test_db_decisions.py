@@ -1,5 +1,5 @@
-"""apply_decision: one transaction writes the state, the transitions and the outbox, and the database
-keeps at most one email per (lead, funnel, step)."""
+"""Writing a decision (`engine.decisions`): one transaction writes the state, the transitions and the
+outbox, and the database keeps at most one email per (lead, funnel, step)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from engine import journey, store, tables
+from engine.decisions import Written, apply_decisions
 from engine.definition import Funnel
 from engine.journey import Cause
 
@@ -36,6 +37,10 @@ def _decision(*commands: journey.Command, state: journey.Enrollment = STATE) -> 
     return journey.Decision(state, journey.Lead("d@example.com"), tuple(commands))
 
 
+def _apply(conn: sa.Connection, lead_id: int, *decisions: journey.Decision, now: datetime = T0) -> Written:
+    return apply_decisions(conn, [(lead_id, d) for d in decisions], now)
+
+
 def _lead(db: Engine) -> int:
     with db.begin() as conn:
         return store.upsert_lead(conn, "d@example.com", attributes={"plan": "free"}, tags=["x"], now=T0)
@@ -52,10 +57,7 @@ def test_a_decision_is_written_whole(db: Engine) -> None:
         journey.GoalReached("booked", T0, True),
     )
     with db.begin() as conn:
-        applied = store.apply_decision(conn, lead_id, decision, now=T0)
-    assert applied == store.Applied(
-        queued=("welcome",), skipped=("tips",), duplicates=(), transitions=1, webhooks=1, goals=1
-    )
+        assert _apply(conn, lead_id, decision) == Written(queued=1, transitions=1)
     with db.connect() as conn:
         assert store.get_enrollment(conn, lead_id, "guide") == STATE
         assert store.get_enrollments(conn, lead_id) == [STATE]
@@ -90,11 +92,10 @@ def test_the_same_send_applied_twice_leaves_one_message(db: Engine) -> None:
     lead_id = _lead(db)
     send = journey.SendEmail("welcome", "guide/welcome", "nurture", T0)
     with db.begin() as conn:
-        first = store.apply_decision(conn, lead_id, _decision(send), now=T0)
+        first = _apply(conn, lead_id, _decision(send))
     with db.begin() as conn:
-        second = store.apply_decision(conn, lead_id, _decision(send), now=T0 + timedelta(minutes=1))
-    assert (first.queued, first.duplicates) == (("welcome",), ())
-    assert (second.queued, second.duplicates) == ((), ("welcome",))
+        second = _apply(conn, lead_id, _decision(send), now=T0 + timedelta(minutes=1))
+    assert (first.queued, second.queued) == (1, 0)
     with db.connect() as conn:
         assert [(m.step, m.created_at) for m in store.get_outbox(conn, lead_id)] == [("welcome", T0)]
 
@@ -126,7 +127,7 @@ def test_a_rolled_back_decision_leaves_no_trace(db: Engine) -> None:
         journey.SendEmail("welcome", "guide/welcome", "nurture", T0),
     )
     with pytest.raises(RuntimeError, match="crash"), db.begin() as conn:
-        store.apply_decision(conn, lead_id, decision, now=T0)
+        _apply(conn, lead_id, decision)
         raise RuntimeError("crash before commit")
     with db.connect() as conn:
         assert store.get_enrollment(conn, lead_id, "guide") is None
@@ -137,17 +138,17 @@ def test_a_rolled_back_decision_leaves_no_trace(db: Engine) -> None:
 def test_a_recorded_skip_gives_way_to_a_later_send_but_a_send_never_to_a_skip(db: Engine) -> None:
     lead_id = _lead(db)
     with db.begin() as conn:
-        store.apply_decision(conn, lead_id, _decision(journey.SkipEmail("a", "t/a", "s", T0, "no-consent")), now=T0)
-        store.apply_decision(conn, lead_id, _decision(journey.SendEmail("b", "t/b", "s", T0)), now=T0)
+        _apply(conn, lead_id, _decision(journey.SkipEmail("a", "t/a", "s", T0, "no-consent")))
+        _apply(conn, lead_id, _decision(journey.SendEmail("b", "t/b", "s", T0)))
     later = T0 + timedelta(days=30)
     with db.begin() as conn:
-        applied = store.apply_decision(
+        applied = _apply(
             conn,
             lead_id,
             _decision(journey.SendEmail("a", "t/a", "s", later), journey.SkipEmail("b", "t/b", "s", later, "late")),
             now=later,
         )
-    assert (applied.queued, applied.skipped, applied.duplicates) == (("a",), (), ("b",))
+    assert applied.queued == 1
     with db.connect() as conn:
         rows = {m.step: (m.status, m.due_at, m.skip_reason) for m in store.get_outbox(conn, lead_id)}
     assert rows == {"a": ("queued", later, None), "b": ("queued", T0, None)}
@@ -166,8 +167,8 @@ def test_an_updated_enrollment_replaces_the_row(db: Engine) -> None:
         goal_reached_at=T0 + timedelta(days=1),
     )
     with db.begin() as conn:
-        store.apply_decision(conn, lead_id, _decision(), now=T0)
-        store.apply_decision(conn, lead_id, _decision(state=exited), now=T0 + timedelta(days=1))
+        _apply(conn, lead_id, _decision())
+        _apply(conn, lead_id, _decision(state=exited), now=T0 + timedelta(days=1))
     with db.connect() as conn:
         assert store.get_enrollments(conn, lead_id) == [exited]
 
@@ -176,17 +177,11 @@ def test_lead_updates_are_deltas_on_the_current_row(db: Engine) -> None:
     lead_id = _lead(db)
     bump = journey.UpdateLead("bump", {}, (), ("a",), (), 3, T0)
     with db.begin() as conn:
-        store.apply_decision(conn, lead_id, _decision(bump), now=T0)
-        store.apply_decision(conn, lead_id, _decision(replace(bump, add_tags=("b",))), now=T0)
+        _apply(conn, lead_id, _decision(bump))
+        _apply(conn, lead_id, _decision(replace(bump, add_tags=("b",))))
     with db.connect() as conn:
         lead = store.get_lead(conn, lead_id)
     assert lead is not None and (lead.score, lead.tags) == (6, frozenset({"x", "a", "b"}))
-
-
-def test_a_decision_without_an_enrollment_is_refused(db: Engine) -> None:
-    lead_id = _lead(db)
-    with pytest.raises(ValueError, match="enrollment"), db.begin() as conn:
-        store.apply_decision(conn, lead_id, journey.Decision(None, journey.Lead("d@example.com"), ()), now=T0)
 
 
 def test_a_real_journey_decision_round_trips(db: Engine) -> None:
@@ -203,7 +198,7 @@ def test_a_real_journey_decision_round_trips(db: Engine) -> None:
     with db.begin() as conn:
         assert store.save_funnel_version(conn, funnel, now=T0) is True
         assert store.save_funnel_version(conn, funnel, now=T0) is False
-        store.apply_decision(conn, lead_id, decision, now=T0)
+        _apply(conn, lead_id, decision)
     with db.connect() as conn:
         assert store.get_enrollment(conn, lead_id, "guide") == decision.enrollment
         assert store.get_funnel_definition(conn, "guide", funnel.version) == funnel.model_dump(

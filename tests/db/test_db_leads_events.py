@@ -122,7 +122,6 @@ def test_pending_events_are_claimed_in_received_order_until_processed(db: Engine
         assert [p.event.id for p in pending] == ["evt-3", "evt-1"]
         assert pending[1].event.properties == {"form": "guide"}
         assert pending[1].event.at == T0 and pending[1].source == "api"
-        for p in pending:
-            store.mark_event_processed(conn, p.pk, T0 + timedelta(minutes=10))
+        store.mark_events_processed(conn, [p.pk for p in pending], T0 + timedelta(minutes=10))
     with db.begin() as conn:
         assert [p.event.id for p in store.claim_pending_events(conn, limit=10)] == ["evt-2"]

@@ -1,6 +1,7 @@
 """Events in bulk (engine.ingest): leads by address and events recorded a batch at a time, idempotent and
-safe when two transactions race; the worker's batched writes have the effects of `store.apply_decision`,
-and on SQLite a batch decided without the writer lock is written only if what it was decided from holds."""
+safe when two transactions race; a real lead's decisions written in batches of any size leave the same
+rows, and on SQLite a batch decided without the writer lock is written only if what it was decided from
+holds."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from sqlalchemy.engine import Engine
 
 from engine import ingest, journey, store, tables
 from engine.database import create_engine_for
+from engine.decisions import apply_decisions
 from engine.validation import load_funnels
 from engine.worker import Worker
 
@@ -244,25 +246,34 @@ def _written(db: Engine, lead_id: int) -> dict[str, list[tuple[Any, ...]]]:
         for table in (tables.enrollments, tables.stage_transitions, tables.outbox, tables.goals, tables.webhook_calls):
             columns = [c for c in table.c if c.name not in ("id", "lead_id")]
             rows = conn.execute(sa.select(*columns).where(table.c.lead_id == lead_id).order_by(table.c.id))
+            # Transitions in the order they were written; rows with a unique key (outbox rows, goals, ...) by it.
             found[table.name] = [tuple(r) for r in rows]
+            if table is not tables.stage_transitions:
+                found[table.name].sort(key=repr)
         lead = conn.execute(sa.select(tables.leads).where(tables.leads.c.id == lead_id)).one()
         found["lead"] = [(lead.attributes, lead.tags, lead.score, lead.updated_at)]
     return found
 
 
-def test_a_batch_of_decisions_writes_what_applying_them_one_by_one_writes(db: Engine) -> None:
+def test_a_journeys_decisions_in_batches_of_any_size_write_the_same_rows(db: Engine) -> None:
     decisions = _journey()
     kinds = {type(c).__name__ for d in decisions for c in d.commands}
     assert {"SendEmail", "SkipEmail", "UpdateLead", "RecordTransition", "GoalReached"} <= kinds
     now = T0 + timedelta(days=5)
+    sizes = range(1, len(decisions) + 1)
     with db.begin() as conn:
-        ids = ingest.lead_ids(conn, ["one@example.com", "batch@example.com"], T0)
-        one, batch = ids["one@example.com"], ids["batch@example.com"]
-        applied = [store.apply_decision(conn, one, d, now=now) for d in decisions]
-        written = ingest.apply_decisions(conn, [(batch, d) for d in decisions], now)
-    assert written.queued == sum(len(a.queued) for a in applied) > 0
-    assert written.transitions == sum(a.transitions for a in applied) > 0
-    assert _written(db, batch) == _written(db, one)
+        ids = ingest.lead_ids(conn, [f"size{size}@example.com" for size in sizes], T0)
+    counts = set()
+    for size in sizes:
+        lead = ids[f"size{size}@example.com"]
+        queued = transitions = 0
+        for start in range(0, len(decisions), size):
+            with db.begin() as conn:
+                written = apply_decisions(conn, [(lead, d) for d in decisions[start : start + size]], now)
+            queued, transitions = queued + written.queued, transitions + written.transitions
+        counts.add((queued, transitions))
+    assert len(counts) == 1 and min(counts) > (0, 0)
+    assert all(_written(db, ids[f"size{size}@example.com"]) == _written(db, ids["size1@example.com"]) for size in sizes)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -325,8 +336,8 @@ def test_a_batch_already_handled_by_another_worker_meanwhile_is_not_written_twic
     other = _ChangedMeanwhile(sqlite_db, lambda conn: None)
 
     def handled_elsewhere(conn: sa.Connection) -> None:
-        pending = ingest.claim_events(conn, 10)
-        ingest.mark_processed(conn, [p.pk for p in pending], T0)
+        pending = store.claim_pending_events(conn, 10)
+        store.mark_events_processed(conn, [p.pk for p in pending], T0)
 
     worker = _ChangedMeanwhile(sqlite_db, handled_elsewhere)
     assert worker.process_events(T0 + timedelta(minutes=1)).events == 0
