@@ -14,7 +14,7 @@ other in a cycle. On SQLite the transaction holds the single writer lock (`BEGIN
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TypeVar
 
@@ -83,12 +83,12 @@ def set_timezones(conn: sa.Connection, zones: Mapping[int, str], batch: Iterable
     """Set leads' time zones (events that carry one). On PostgreSQL every lead of the batch is locked
     first, in id order like every per-lead lock: the batch's events then wait for no lead another
     transaction holds while this one holds some, so two batches never wait on each other in a cycle."""
-    lock_leads(conn, batch)
-    at = binder(conn, tables.leads.c.updated_at)(now)
-    mark = _mark(conn)
-    conn.exec_driver_sql(
-        f"UPDATE leads SET timezone = {mark}, updated_at = {mark} WHERE id = {mark}",  # noqa: S608
-        [(zone, at, lead_id) for lead_id, zone in sorted(zones.items())],
+    store.lock_leads(conn, batch)
+    conn.execute(
+        sa.update(tables.leads)
+        .where(tables.leads.c.id == sa.bindparam("lead_id"))
+        .values(timezone=sa.bindparam("zone"), updated_at=now),
+        [{"lead_id": lead_id, "zone": zone} for lead_id, zone in sorted(zones.items())],
     )
 
 
