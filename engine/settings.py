@@ -175,6 +175,56 @@ class HookSettings(BaseModel):
     tolerance_s: int = Field(default=300, ge=1, le=3600, description="How old a signature's timestamp may be.")
 
 
+class BounceReceiverSettings(BaseModel):
+    """The embedded LMTP receiver: an MTA's transport hands bounce-domain mail to it (postfix:
+    `lmtp:inet:HOST:PORT` in a transport map). Off while `port` is unset."""
+
+    host: str = Field(default="127.0.0.1", description="Where it listens; keep it on loopback or a private network.")
+    port: int | None = Field(default=None, ge=0, le=65535, description="Unset: off. 0: any free port.")
+    domains: list[str] = Field(
+        default_factory=list,
+        description="Recipient domains it accepts besides bounces.domain (a reply domain, a former bounce domain); "
+        "any other recipient is refused with 550 5.1.1.",
+    )
+    max_message_bytes: int = Field(
+        default=10 << 20, gt=0, description="Larger messages are refused with 552 5.3.4 (advertised as SIZE)."
+    )
+
+
+class BounceMailboxSettings(BaseModel):
+    """A bounce mailbox the sender already has, read over IMAP with TLS (port 993) every `interval_s`.
+    Only the messages the engine recognises as reports are moved (or deleted); the rest stay untouched,
+    not even marked as read."""
+
+    host: str | None = Field(default=None, description="The IMAP server; unset: no polling.")
+    port: int = Field(default=993, ge=1, le=65535)
+    username: str = ""
+    password: SecretStr | None = None
+    mailbox: str = Field(default="INBOX", description="The folder the reports arrive in.")
+    ca_file: Path | None = Field(
+        default=None, description="Trust this CA bundle for the server's certificate (a private CA); else the system's."
+    )
+    interval_s: float = Field(default=60.0, gt=0, description="Seconds between polls.")
+    timeout_s: float = Field(default=30.0, gt=0, description="For the connection and each command.")
+    on_taken: Literal["move", "delete"] = Field(
+        default="move", description="What becomes of a message taken as a report: moved to move_to, or deleted."
+    )
+    move_to: str = Field(default="Processed", description="The folder taken reports go to; created if missing.")
+    max_message_bytes: int = Field(
+        default=10 << 20, gt=0, description="Larger messages are left in the mailbox, with a warning."
+    )
+
+
+class BounceSettings(BaseModel):
+    """Reports that come back after the relay's 250: bounces, complaints, auto-replies."""
+
+    domain: str | None = Field(
+        default=None, description="The bounce domain: return paths are addresses there; unset: VERP is off."
+    )
+    receiver: BounceReceiverSettings = BounceReceiverSettings()
+    imap: BounceMailboxSettings = BounceMailboxSettings()
+
+
 # Ids that go into URLs and database columns: short and plain.
 FormId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,90}$")]
 HookName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,99}$")]
@@ -240,6 +290,7 @@ class Settings(BaseSettings):
     hooks: dict[HookName, HookSettings] = Field(
         default_factory=dict, description="Senders of signed inbound webhooks by name, each with its secret."
     )
+    bounces: BounceSettings = BounceSettings()
 
     @field_validator("hooks")
     @classmethod
