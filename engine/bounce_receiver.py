@@ -16,13 +16,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from aiosmtpd.lmtp import LMTP
 
+from engine.bounce_handover import Handover, utc_now
 from engine.bounce_outcome import Intake, Verdict
-from engine.outages import Outage, Say
 from engine.settings import BounceSettings
 
 log = logging.getLogger("engine.bounce_receiver")
@@ -63,9 +63,7 @@ class _Handler:
     def __init__(self, receiver: BounceReceiver) -> None:
         self.receiver = receiver
 
-    async def handle_RCPT(
-        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
-    ) -> str:
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]) -> str:
         if address.rpartition("@")[2].lower() not in self.receiver.domains:
             return f"550 5.1.1 <{address}>: not a bounce address here"
         envelope.rcpt_tos.append(address)
@@ -107,9 +105,7 @@ class _Session(LMTP):
 class BounceReceiver:
     """`await start()`, then `port` says where it listens; `await stop()` ends it."""
 
-    def __init__(
-        self, settings: BounceSettings, intake: Intake, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
-    ) -> None:
+    def __init__(self, settings: BounceSettings, intake: Intake, clock: Callable[[], datetime] = utc_now) -> None:
         self.settings = settings.receiver
         self.domains = {d.lower().rstrip(".") for d in (settings.domain, *settings.receiver.domains) if d}
         if not self.domains:
@@ -117,9 +113,7 @@ class BounceReceiver:
                 "bounces.receiver.port is set but there is no domain to accept mail for: "
                 "set bounces.domain (or bounces.receiver.domains)"
             )
-        self.intake = intake
-        self.clock = clock
-        self.outage = Outage("bounce intake", "when the MTA hands the message over again")
+        self.take = Handover(intake, SOURCE, "when the MTA hands the message over again", clock)
         self.sessions: set[_Session] = set()
         self.in_flight = 0
         self.idle = asyncio.Event()
@@ -162,22 +156,6 @@ class BounceReceiver:
             if not self.in_flight:
                 self.idle.set()
 
-    async def take(self, raw: bytes) -> Verdict:
-        """Hand one message to the intake; a failure of the intake is an outage, and the MTA retries."""
-        try:
-            verdict = await self.intake(raw, SOURCE)
-        except Exception as exc:
-            # A 5xx or a dropped session here would make the MTA bounce a bounce, which nobody reads:
-            # whatever went wrong, the message stays with the MTA for another try.
-            self._say(self.outage.failed(f"bounce intake failed: {type(exc).__name__}: {exc}", self.clock()))
-            log.debug("bounce intake failure", exc_info=exc)
-            return Verdict.RETRY
-        if verdict is Verdict.RETRY:
-            self._say(self.outage.failed("bounce intake cannot record reports now", self.clock()))
-        else:
-            self._say(self.outage.recovered(self.clock()))
-        return verdict
-
     async def stop(self, grace_s: float = 30.0) -> None:
         """Stop listening, let the messages in hand reach the intake (at most `grace_s`), close the rest."""
         if self.server is None:
@@ -192,7 +170,3 @@ class BounceReceiver:
                 session.transport.close()
         await self.server.wait_closed()
         self.server = None
-
-    def _say(self, line: Say | None) -> None:
-        if line is not None:
-            log.log(line.level, "%s", line.text)
