@@ -204,10 +204,8 @@ def test_a_mailbox_that_fails_is_an_outage_said_once_and_when_it_is_over(
     refused.settings = refused.settings.model_copy(update={"password": SecretStr(dovecot.password)})
     caplog.clear()
     assert asyncio.run(refused.poll()) == PollResult(taken=1)
-    assert any(
-        r.levelno == logging.INFO and r.getMessage().startswith(f"bounce mailbox 127.0.0.1:{dovecot.imaps_port} working again")
-        for r in caplog.records
-    )
+    back = f"bounce mailbox 127.0.0.1:{dovecot.imaps_port} working again"
+    assert any(r.levelno == logging.INFO and r.getMessage().startswith(back) for r in caplog.records)
     assert intake.subjects() == ["Delivery Status Notification"]
 
     untrusted = MailboxPoller(
