@@ -29,7 +29,9 @@ import aiosmtplib
 import sqlalchemy as sa
 
 from engine import outbox
+from engine.bounce_outcome import ADDRESS_GONE
 from engine.composer import Composer, Failed, Prepared
+from engine.failure_classes import classify_reply
 from engine.ledger import TAKEN, Ledger, RecordingFailed, screened
 from engine.logs import pseudonymise
 from engine.outbox import Change
@@ -43,7 +45,6 @@ from engine.timing import TimingRules
 
 log = logging.getLogger("engine.mailer")
 
-HARD_BOUNCE = {550, 551, 553}
 # Replies big mailbox providers use for "slow down": the whole domain waits, not just one message.
 THROTTLING = {421, 451}
 MAX_BACKOFF = timedelta(hours=6)
@@ -591,7 +592,9 @@ class _Connection:
                 self.mailer.throttle.pause(item.domain, delay.total_seconds())
             self.ledger.record(_deferred(item, self.now + delay, error, True, expect))
             self.result.deferred += 1
-        elif code in HARD_BOUNCE:
+        elif classify_reply(code, text) == ADDRESS_GONE:
+            # Only a refusal about the address costs it (invariant 4): a 550 5.7.1 for the sender's
+            # reputation fails this message and keeps the lead.
             self.ledger.record(_final(item, "bounced", error, expect))
             self.ledger.suppress(item.email)
             self.result.failed += 1

@@ -31,6 +31,10 @@ NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 TIMEOUT_S = 1.0
 
 
+# What a relay says about an address that does not exist, by code.
+REFUSALS = {"550": "5.1.1 <x>: Recipient address rejected: User unknown", "551": "5.1.6 User not local"}
+
+
 class ScriptedHandler:
     """Answers by the recipient's local part: `rcpt-450@...` gets 450 at RCPT, `data-552@...` gets 552
     after DATA, `drop-rcpt@...` / `drop-data@...` lose the connection there, `stall@...` never replies
@@ -43,7 +47,11 @@ class ScriptedHandler:
         local = address.split("@")[0]
         if local.startswith("rcpt-"):
             code = local.removeprefix("rcpt-")
-            return f"{code} scripted refusal"
+            return f"{code} {REFUSALS.get(code, 'scripted refusal')}"
+        if local == "blocked":
+            return "550 5.7.1 Client host [192.0.2.1] blocked using zen.spamhaus.org"
+        if local == "bare":
+            return "550 Requested action not taken"
         if local == "drop-rcpt":
             server.transport.close()
             return "421 closing"
@@ -128,6 +136,23 @@ def test_550_is_a_hard_bounce_that_suppresses_the_address(engine: sa.Engine,
     with engine.connect() as conn:
         assert store.is_suppressed(conn, "rcpt-550@example.com")
         assert not store.is_suppressed(conn, "ok@example.com")
+
+
+def test_a_550_for_the_senders_reputation_or_for_no_stated_reason_fails_the_message_and_keeps_the_address(
+    engine: sa.Engine, scripted: tuple[ScriptedHandler, int]
+) -> None:
+    """Invariant 4: a relay answering `550 5.7.1 ... blocked using a blocklist` must not suppress every lead
+    it touches; nor may a bare 550 whose words say nothing about the address."""
+    _, port = scripted
+    queue(engine, ["blocked@example.com", "bare@example.com"])
+    dispatch(engine, port)
+    result = outcome(engine)
+    assert result["blocked@example.com"][:2] == ("failed", 1)
+    assert result["bare@example.com"][:2] == ("failed", 1)
+    assert "5.7.1" in (result["blocked@example.com"][2] or "")
+    with engine.connect() as conn:
+        assert not store.is_suppressed(conn, "blocked@example.com")
+        assert not store.is_suppressed(conn, "bare@example.com")
 
 
 @pytest.mark.parametrize("code", ["552", "554"])

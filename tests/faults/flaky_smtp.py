@@ -38,6 +38,18 @@ THROTTLE_REPLIES = (
 THROTTLE_WEIGHTS = (7, 2, 1)
 
 
+# What a relay says with each code it refuses with: the address for 550, 551 and 553, the message or the
+# sender for the others (so that only the first ones cost the address).
+REPLIES = {
+    550: "5.1.1 Mailbox unavailable",
+    551: "5.1.6 User not local",
+    553: "5.1.3 Bad destination mailbox address syntax",
+    552: "5.3.4 Message too big for system",
+    554: "5.7.1 Rejected by policy",
+}
+ADDRESS_REFUSALS = frozenset({550, 551, 553})
+
+
 @dataclass(frozen=True, slots=True)
 class Arrival:
     """One message the server accepted (or kept although it never replied)."""
@@ -92,7 +104,7 @@ class FlakyHandler:
             aimed = self._aimed.get(rcpt or "")
             if aimed and aimed[0][1] == command:
                 code, _ = aimed.popleft()
-                text = "5.1.1 Mailbox unavailable" if code >= 500 else "4.3.0 Try again later"
+                text = REPLIES.get(code, "4.3.0 Try again later" if code < 500 else "5.3.0 Rejected")
             else:
                 fate = self._fate.get(id(session))
                 if fate is None or fate[2] != command:

@@ -42,7 +42,7 @@ from engine.api_v1 import EventIn, record_items
 from engine.database import create_engine_for, upgrade
 from engine.definition import Funnel
 from engine.journey import Event, Lead, SendEmail
-from engine.mailer import HARD_BOUNCE, DispatchResult, Mailer
+from engine.mailer import DispatchResult, Mailer
 from engine.settings import Settings
 from engine.tables import enrollments, leads, outbox
 from engine.templates import TemplateLibrary
@@ -51,7 +51,7 @@ from engine.virtualclock import drive
 from engine.worker import Worker
 from tests.acceptance.conftest import write_emails
 from tests.faults.conftest import full, size
-from tests.faults.flaky_smtp import FlakySmtpServer
+from tests.faults.flaky_smtp import ADDRESS_REFUSALS, FlakySmtpServer
 from tests.faults.tally import Key, Tally, count
 
 FUNNEL = """\
@@ -233,7 +233,7 @@ class EngineMachine(RuleBasedStateMachine):
         # An address that bounced is suppressed once the round's outcomes are written: no later round
         # may send to it. (Messages of the same round were in flight side by side.)
         for refusal in relay.refusals(self.refusals0):
-            if refusal.code in HARD_BOUNCE and refusal.rcpt is not None:
+            if refusal.code in ADDRESS_REFUSALS and refusal.rcpt is not None:
                 self.cut.setdefault(refusal.rcpt, len(relay.arrivals()))
         return result
 
@@ -302,8 +302,8 @@ class EngineMachine(RuleBasedStateMachine):
         assert all(statuses.get(k) == "sent" for k in received), {k: statuses.get(k) for k in received}
         # Only the relay fails or bounces a message, once per refusal for good.
         given_up = Counter(s for s in statuses.values() if s in ("failed", "bounced"))
-        assert given_up["bounced"] == sum(1 for r in refusals if r.code in HARD_BOUNCE)
-        assert given_up["failed"] == sum(1 for r in refusals if r.code >= 500 and r.code not in HARD_BOUNCE)
+        assert given_up["bounced"] == sum(1 for r in refusals if r.code in ADDRESS_REFUSALS)
+        assert given_up["failed"] == sum(1 for r in refusals if r.code >= 500 and r.code not in ADDRESS_REFUSALS)
 
         expected: set[Key] = set()
         seq_of = {(r, a.funnel_step): a.seq for a in self.world.relay.arrivals(self.arrivals0) for r in a.rcpt}
