@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.console import Console
 
+from engine.cli_bounces import register as register_bounces
 from engine.cli_import import register as register_import
 from engine.cli_map import register as register_map
 from engine.cli_ops import register as register_ops
@@ -653,6 +654,7 @@ register_ops_user(app)
 register_ops(app)
 register_map(app)
 register_outbox(app)
+register_bounces(app)
 
 apikey_app = typer.Typer(help="Keys for the HTTP API.", no_args_is_help=True)
 app.add_typer(apikey_app, name="apikey")

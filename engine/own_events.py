@@ -27,18 +27,21 @@ UNSUBSCRIBED = "unsubscribed"  # the lead opted out (its link, its preference pa
 LEAD_UPDATED = "lead_updated"  # the lead's fields changed (`PUT /v1/leads`): condition triggers look again
 LEAD_IMPORTED = "lead_imported"  # `funnel import --funnel`: {source: csv, funnel: <id>}
 EMAIL_DECIDED = "email_decided"  # an operator decided what became of an `unknown` message
+COMPLAINED = "complained"  # the lead reported an email as spam (a feedback report, a provider's event)
 RESERVED_NAMES = frozenset(
-    {MANUAL_ENROLL, FUNNEL_UNSUBSCRIBED, UNSUBSCRIBED, LEAD_UPDATED, LEAD_IMPORTED, EMAIL_DECIDED}
+    {MANUAL_ENROLL, FUNNEL_UNSUBSCRIBED, UNSUBSCRIBED, LEAD_UPDATED, LEAD_IMPORTED, EMAIL_DECIDED, COMPLAINED}
 )
 
 # Sources. `OPERATOR` is the `funnel lead` commands and the /ops dashboard.
 OPERATOR = "ops"
-SOURCES = frozenset({OPERATOR, "form", "import", "click", "open", "unsubscribe", "preferences", "demo"})
+SOURCES = frozenset(
+    {OPERATOR, "form", "import", "click", "open", "unsubscribe", "preferences", "demo", "complaint"}
+)
 
 # The kinds of the engine's event ids: every id the engine makes is `engine_id(kind, ...)`.
 ID_KINDS = frozenset(
     {"form", "click", "open", "import", "manual-enroll", "lead-updated", "unsubscribe", "funnel-unsubscribe", "ops",
-     "demo"}
+     "demo", "complaint"}
 )  # fmt: skip
 
 

@@ -21,7 +21,7 @@ import uvicorn
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from engine import digest
+from engine import bounce_processing, digest
 from engine.api import create_app
 from engine.bounce_mailbox import MailboxPoller
 from engine.bounce_outcome import Intake
@@ -73,22 +73,22 @@ class Runner:
         self.clock = clock
         if settings.smtp.host:
             check_ca_file(settings.smtp)  # before anything is written: a start that fails changes nothing
-        # The ways in for reports that `funnel run` serves itself, when configured; `intake` records them.
-        self.receiver: BounceReceiver | None = None
-        self.poller: MailboxPoller | None = None
-        bounces = settings.bounces
-        if (bounces.receiver.port is not None or bounces.imap.host) and intake is None:
-            log.warning("bounces.receiver and bounces.imap are set, but this engine has no report processor")
-        elif intake is not None:
-            if bounces.receiver.port is not None:
-                self.receiver = BounceReceiver(bounces, intake, clock)
-            if bounces.imap.host:
-                self.poller = MailboxPoller(bounces.imap, intake, clock)
         url = settings.effective_database_url
         if url.startswith("sqlite"):
             settings.data_dir.mkdir(parents=True, exist_ok=True)
         upgrade(url)
         self.engine = create_engine_for(url)
+        # The ways in for reports that `funnel run` serves itself, when configured; `intake` records them
+        # (by default the engine's own report processor, on this database).
+        self.receiver: BounceReceiver | None = None
+        self.poller: MailboxPoller | None = None
+        bounces = settings.bounces
+        if bounces.receiver.port is not None or bounces.imap.host:
+            take = intake or bounce_processing.intake(self.engine, bounces, clock)
+            if bounces.receiver.port is not None:
+                self.receiver = BounceReceiver(bounces, take, clock)
+            if bounces.imap.host:
+                self.poller = MailboxPoller(bounces.imap, take, clock)
         self.metrics = Metrics()
         # Ticks fail on a full disk or a database server restarting; the engine keeps ticking, so every
         # tick retries and it recovers by itself once the cause is gone.

@@ -221,6 +221,16 @@ class BounceSettings(BaseModel):
     domain: str | None = Field(
         default=None, description="The bounce domain: return paths are addresses there; unset: VERP is off."
     )
+    soft_limit: int = Field(
+        default=3, ge=1, description="Soft bounces (a full mailbox, transient failures) that suppress an address..."
+    )
+    soft_window_days: int = Field(
+        default=7, ge=1, description="...within this many days, with no open or click of the lead since the first."
+    )
+    sender_fault_alarm: int = Field(
+        default=20, ge=1, description="Reports of the sender's fault from one receiving domain that raise the alarm..."
+    )
+    sender_fault_window_minutes: int = Field(default=60, ge=1, description="...within this many minutes.")
     receiver: BounceReceiverSettings = BounceReceiverSettings()
     imap: BounceMailboxSettings = BounceMailboxSettings()
 

@@ -50,6 +50,13 @@ def _insert_for(dialect: str, table: sa.Table) -> Insert:
     return sqlite.insert(table)
 
 
+def insert_ignoring(
+    conn: sa.Connection, table: sa.Table, unique: Sequence[str], values: Mapping[str, Any]
+) -> bool:
+    """Insert a row unless one with the same unique key is there; whether it was written."""
+    return _wrote(conn, _insert(conn, table).values(**values).on_conflict_do_nothing(index_elements=list(unique)))
+
+
 def _wrote(conn: sa.Connection, stmt: Insert) -> bool:
     """Whether an INSERT ... ON CONFLICT wrote a row. Asked with RETURNING, because a driver's
     rowcount is not reliable for these statements (psycopg reports -1 for some)."""

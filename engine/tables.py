@@ -423,6 +423,37 @@ class OpsSignInFailure(SQLModel, table=True):
     locked_until: datetime | None = Field(default=None, sa_type=UtcDateTime)
 
 
+class BounceReport(SQLModel, table=True):
+    """What one report said about one recipient (`engine.bounce_store`), kept whether or not it matched a
+    message: the lead's timeline shows it with its source, and what matched nothing or could not be
+    classed waits for an operator (`funnel bounces unknown`) with the raw report. A report received
+    twice is one row (its key is a digest of the raw message, or the provider's event id)."""
+
+    __tablename__ = "bounce_reports"
+    __table_args__ = (
+        sa.UniqueConstraint("report_key", "recipient_key", name="uq_bounce_reports_key_recipient"),
+        sa.Index("ix_bounce_reports_recipient_hash", "recipient_hash", "received_at"),
+        sa.Index("ix_bounce_reports_lead_id", "lead_id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    report_key: str = Field(sa_type=sa.String(64), nullable=False)
+    recipient_key: str = Field(sa_type=sa.String(64), nullable=False)  # the recipient's hash, or "" for none
+    recipient_hash: str | None = Field(default=None, sa_type=sa.String(64))
+    recipient_domain: str | None = Field(default=None, sa_type=sa.String(255))
+    source: str = Field(sa_type=sa.String(16), nullable=False)
+    kind: str = Field(sa_type=sa.String(16), nullable=False)
+    failure_class: str | None = Field(default=None, sa_type=sa.String(16))
+    status: str | None = Field(default=None, sa_type=sa.String(16))
+    diagnostic: str | None = Field(default=None, sa_type=sa.Text)
+    outbox_id: int | None = Field(default=None, sa_type=sa.Integer)
+    lead_id: int | None = Field(default=None, sa_type=sa.Integer)
+    matched_by: str | None = Field(default=None, sa_type=sa.String(16))
+    action: str | None = Field(default=None, sa_type=sa.String(32))  # what it did: suppressed, soft bounce, ...
+    received_at: datetime = Field(sa_type=UtcDateTime, nullable=False)
+    raw: bytes | None = Field(default=None, sa_type=sa.LargeBinary)
+
+
 metadata = SQLModel.metadata
 
 leads: sa.Table = Lead.__table__  # type: ignore[attr-defined]
@@ -442,3 +473,4 @@ webhook_cursors: sa.Table = WebhookCursor.__table__  # type: ignore[attr-defined
 ops_digests: sa.Table = OpsDigest.__table__  # type: ignore[attr-defined]
 ops_sessions: sa.Table = OpsSession.__table__  # type: ignore[attr-defined]
 ops_sign_in_failures: sa.Table = OpsSignInFailure.__table__  # type: ignore[attr-defined]
+bounce_reports: sa.Table = BounceReport.__table__  # type: ignore[attr-defined]

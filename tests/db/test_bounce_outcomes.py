@@ -1,0 +1,119 @@
+"""What reports do to messages and leads, on SQLite and PostgreSQL: a dead address is suppressed, a
+full mailbox counts as soft until it happens too often, the sender's fault never costs a lead, a
+complaint opts out and tells the funnels; what matches nothing is kept; a report twice is once."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy.engine import Engine
+
+from engine import store, tables
+from engine.bounce_outcome import (
+    ADDRESS_GONE,
+    COMPLAINT,
+    MAILBOX_TROUBLE,
+    NOT_FAILURE,
+    SENDER_FAULT,
+    Outcome,
+)
+from engine.bounce_store import record_outcomes, unknown
+from engine.settings import BounceSettings
+
+T0 = datetime(2026, 5, 4, 10, 0, tzinfo=UTC)
+RULES = BounceSettings(soft_limit=3, soft_window_days=7)
+
+
+def sent(db: Engine, email: str, step: str = "s1", message_id: str | None = None) -> tuple[int, int]:
+    """A lead and one message the relay took."""
+    with db.begin() as conn:
+        lead_id = store.upsert_lead(conn, email, now=T0)
+        outbox_id = conn.execute(
+            sa.insert(tables.outbox)
+            .values(
+                lead_id=lead_id, funnel_id="guide", step=step, template=f"guide/{step}", stage="s",
+                transactional=False, status="sent", due_at=T0, attempts=1, created_at=T0, sent_at=T0,
+                message_id=message_id or f"<{step}.{email}@shop.test>",
+            )
+            .returning(tables.outbox.c.id)
+        ).scalar_one()  # fmt: skip
+    return lead_id, outbox_id
+
+
+def report(key: str, klass: str | None, recipient: str | None, **fields: str) -> Outcome:
+    return Outcome(key, "test", fields.pop("kind", "dsn"), klass, recipient, raw=b"raw " + key.encode(), **fields)
+
+
+def apply(db: Engine, *outcomes: Outcome, at: datetime = T0) -> list[str]:
+    with db.begin() as conn:
+        return [a.action for a in record_outcomes(conn, list(outcomes), at, RULES)]
+
+
+def state(db: Engine, email: str, outbox_id: int) -> tuple[bool, str, str | None]:
+    with db.connect() as conn:
+        status = conn.execute(sa.select(tables.outbox.c.status).where(tables.outbox.c.id == outbox_id)).scalar_one()
+        consent = conn.execute(sa.select(tables.leads.c.consent_status).where(tables.leads.c.email == email)).scalar()
+        return store.is_suppressed(conn, email), status, consent
+
+
+def test_a_dead_address_bounces_its_message_and_is_suppressed_by_message_id(db: Engine) -> None:
+    _, message = sent(db, "gone@example.com", message_id="<m1@shop.test>")
+    assert apply(db, report("k1", ADDRESS_GONE, None, status="5.1.1", message_id="<m1@shop.test>")) == ["suppressed"]
+    assert state(db, "gone@example.com", message)[:2] == (True, "bounced")
+
+
+def test_the_senders_fault_fails_the_message_and_keeps_the_lead(db: Engine) -> None:
+    _, message = sent(db, "ok@example.org")
+    assert apply(db, report("k2", SENDER_FAULT, "ok@example.org", status="5.7.1")) == ["failed, lead kept"]
+    assert state(db, "ok@example.org", message) == (False, "failed", "subscribed")
+
+
+def test_soft_bounces_suppress_only_past_the_limit_within_the_window_and_an_open_resets_them(db: Engine) -> None:
+    lead_id, message = sent(db, "full@example.com")
+    day = timedelta(days=1)
+    assert apply(db, report("a", MAILBOX_TROUBLE, "full@example.com"), at=T0) == ["soft bounce"]
+    assert apply(db, report("b", MAILBOX_TROUBLE, "full@example.com"), at=T0 + 10 * day) == ["soft bounce"]  # 1st gone
+    with db.begin() as conn:
+        store.record_events(conn, [store.NewEvent("o1", lead_id, "email_opened", T0 + 11 * day)], now=T0 + 11 * day)
+    assert apply(db, report("c", MAILBOX_TROUBLE, "full@example.com"), at=T0 + 12 * day) == ["soft bounce"]
+    assert apply(db, report("d", MAILBOX_TROUBLE, "full@example.com"), at=T0 + 13 * day) == ["soft bounce"]
+    assert not state(db, "full@example.com", message)[0]
+    assert apply(db, report("e", MAILBOX_TROUBLE, "full@example.com"), at=T0 + 14 * day) == [
+        "suppressed after soft bounces"
+    ]
+    assert state(db, "full@example.com", message)[0]
+
+
+def test_a_complaint_opts_out_and_tells_the_funnels(db: Engine) -> None:
+    lead_id, message = sent(db, "angry@example.com")
+    assert apply(db, report("arf", COMPLAINT, "angry@example.com", kind="complaint")) == ["complained"]
+    assert state(db, "angry@example.com", message) == (True, "sent", "complained")
+    with db.connect() as conn:
+        names = conn.execute(sa.select(tables.events.c.name).where(tables.events.c.lead_id == lead_id)).scalars()
+        assert list(names) == ["complained"]
+
+
+def test_what_matches_nothing_or_cannot_be_classed_is_kept_and_a_report_twice_is_once(db: Engine) -> None:
+    _, message = sent(db, "someone@example.com")
+    assert apply(db, report("x", ADDRESS_GONE, "stranger@example.net")) == ["kept for an operator"]
+    assert apply(db, report("y", None, "someone@example.com")) == ["kept for an operator"]
+    assert apply(db, report("y", None, "someone@example.com")) == ["duplicate"]
+    assert apply(db, report("z", NOT_FAILURE, "someone@example.com", kind="auto_reply")) == ["recorded"]
+    assert state(db, "someone@example.com", message) == (False, "sent", "subscribed")
+    assert not state(db, "stranger@example.net", message)[0]
+    with db.connect() as conn:
+        assert len(unknown(conn)) == 2
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.sampled_from([SENDER_FAULT, MAILBOX_TROUBLE, NOT_FAILURE, None]), min_size=1, max_size=8))
+def test_no_run_of_harmless_reports_below_the_soft_limit_suppresses(db: Engine, classes: list[str | None]) -> None:
+    email = f"h{abs(hash(tuple(map(str, classes))))}@example.com"
+    _, message = sent(db, email, step=f"s{abs(hash(email))}")
+    outcomes = [report(f"{email}-{i}", c, email) for i, c in enumerate(classes)]
+    apply(db, *outcomes)
+    soft = sum(c == MAILBOX_TROUBLE for c in classes)
+    assert state(db, email, message)[0] == (soft >= RULES.soft_limit)
