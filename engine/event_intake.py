@@ -52,7 +52,7 @@ JsonValue: Any = TypeAliasType(
     Union[_Text, int, float, bool, list["JsonValue"], _Object, None],  # type: ignore[misc]
 )
 # `_Object` with its values' type named, not written as text: a model of any module can take it.
-_JsonObject = Annotated[dict[str, JsonValue], Field(json_schema_extra={"propertyNames": _NO_NUL})]
+_JsonObject: Any = Annotated[dict[str, JsonValue], Field(json_schema_extra={"propertyNames": _NO_NUL})]
 
 
 def _same(value: Any) -> Any:
