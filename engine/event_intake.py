@@ -42,7 +42,7 @@ ZONES = sorted(localtime.known_zones())
 
 # What no database can hold: NUL and lone surrogates in text (`engine.storable`), said in the schema (a lone
 # surrogate cannot be written in a JSON document that is UTF-8).
-_NO_NUL = {"pattern": "^[^\\x00]*$"}
+_NO_NUL: JsonDict = {"pattern": "^[^\\x00]*$"}
 _Text = Annotated[str, Field(json_schema_extra=_NO_NUL)]
 _Object = Annotated[dict[str, "JsonValue"], Field(json_schema_extra={"propertyNames": _NO_NUL})]  # type: ignore[misc]
 # Only the schema of what `properties` and `attributes` may hold: validating it value by value costs a
