@@ -54,7 +54,7 @@ def prometheus(registry: Annotated[Metrics, Depends(_metrics)]) -> Response:
 
 # Every router of the app, in the order their routes are matched.
 ROUTERS = (router, api_v1.router, pages.router, hooks.router, forms.router, dashboard.router)
-_EVERY_ROUTE = [r for router in ROUTERS for r in router.routes if isinstance(r, APIRoute)]
+_EVERY_ROUTE = [r for each in ROUTERS for r in each.routes if isinstance(r, APIRoute)]
 
 
 def create_app(
