@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
 import anyio
@@ -34,6 +34,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from pydantic import ValidationError
+from starlette.datastructures import State
 
 from engine import (
     dashboard_data,
@@ -49,6 +50,7 @@ from engine.database import connect_read_only
 from engine.definition import Funnel
 from engine.durations import stay_in_words
 from engine.http_context import HttpContext
+from engine.http_deps import Context
 from engine.journey_map_sources import read_live, sample_subjects, templates_of
 from engine.ops_auth import Session, Sessions
 from engine.templates import Sender, TemplateLibrary
@@ -261,304 +263,372 @@ class _SignIn:
     locked_until: datetime | None = None
 
 
-def router(ctx: HttpContext) -> APIRouter:
-    router = APIRouter(prefix="/ops", include_in_schema=False)
-    ops = ctx.settings.ops
-    sessions = Sessions(ctx.settings.secret_key.get_secret_value(), ops)
-    views = _Views()
-    cookie = ops_auth.cookie_options(ctx.settings.base_url)
-    # Checking a password takes a tenth of a second of CPU on purpose: a flood of sign-ins may queue for
-    # these two threads, but not take the thread pool every other route of the app runs in. The lockout
-    # is checked in the same turn, so attempts sent at once cannot all pass it before any is counted.
-    password_checks = anyio.CapacityLimiter(2)
+# --------------------------------------------------------------------------------------------------
+# The app's dashboard state, and the dependencies every page is built on
+# --------------------------------------------------------------------------------------------------
 
-    def session_of(request: Request) -> Session | None:
+
+class OpsDesk:
+    """What the dashboard keeps for as long as its app runs: the session signer, its own templates, the
+    overview's figures, and the journey maps' subjects. One per app (`install`), handed to a handler by
+    the `Desk` dependency."""
+
+    def __init__(self, ctx: HttpContext) -> None:
+        self.ctx = ctx
+        self.ops = ctx.settings.ops
+        self.sessions = Sessions(ctx.settings.secret_key.get_secret_value(), self.ops)
+        self.views = _Views()
+        self.cookie = ops_auth.cookie_options(ctx.settings.base_url)
+        # Checking a password takes a tenth of a second of CPU on purpose: a flood of sign-ins may queue
+        # for these two threads, but not take the thread pool every other route of the app runs in. The
+        # lockout is checked in the same turn, so attempts sent at once cannot all pass it before any is
+        # counted.
+        self.password_checks = anyio.CapacityLimiter(2)
+        self.figures = _Recent(lambda: _read_figures(ctx))
+        self.library = TemplateLibrary(ctx.settings.emails_dir)
+        self.subjects_of: dict[str, dict[str, str]] = {}  # funnel version -> subjects (rendering them takes a while)
+
+    def session_of(self, request: Request) -> Session | None:
         """The request's session: a cookie that reads well, for a session the database still holds open
         (a sign-out on any process of the app ends it). Reads the database: call it off the event loop."""
-        now = ctx.now()
-        session = sessions.read(request.cookies.get(ops_auth.SESSION_COOKIE), now)
+        now = self.ctx.now()
+        session = self.sessions.read(request.cookies.get(ops_auth.SESSION_COOKIE), now)
         if session is None:
             return None
-        with connect_read_only(ctx.engine) as conn:
+        with connect_read_only(self.ctx.engine) as conn:
             return session if ops_sessions.is_open(conn, session.id, now) else None
 
-    def signed_in(request: Request) -> Session:
-        """A FastAPI dependency for pages: the session, or a redirect to the login page."""
-        session = session_of(request)
-        if session is None:
-            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-            raise HTTPException(status_code=303, headers={"Location": f"/ops/login?next={quote(target, safe='')}"})
-        return session
 
-    def streaming(request: Request) -> Session:
-        """For the event stream: a redirect to an HTML page would only confuse EventSource."""
-        session = session_of(request)
-        if session is None:
-            raise HTTPException(status_code=401)
-        return session
+def install(state: State, ctx: HttpContext) -> None:
+    """The app's `OpsDesk`, where the `Desk` dependency finds it."""
+    state.ops_desk = OpsDesk(ctx)
 
-    async def posted(request: Request) -> tuple[Session, Mapping[str, str]]:
-        """For POSTs: a session, the session's CSRF token in the form, and no foreign Origin; 403 else."""
-        session = await anyio.to_thread.run_sync(signed_in, request)
-        form = await request.form()
-        fields = {k: v for k, v in form.items() if isinstance(v, str)}
-        if ops_auth.foreign_origin(request.headers.get("origin"), request.headers.get("host")):
-            raise HTTPException(status_code=403, detail="cross-site request refused")
-        if not ops_auth.same_token(session.csrf, fields.get("csrf")):
-            raise HTTPException(status_code=403, detail="missing or wrong CSRF token: reload the page and try again")
-        return session, fields
 
-    # Dependencies as default values: with postponed annotations, FastAPI resolves names at module level.
-    page_session = Depends(signed_in)
-    posted_form = Depends(posted)
+async def _desk(request: Request) -> OpsDesk:
+    desk: OpsDesk = request.app.state.ops_desk
+    return desk
 
-    # -- login -----------------------------------------------------------------------------------
 
-    def login_page(next_url: str, error: str | None = None, status_code: int = 200) -> HTMLResponse:
-        nonce = ops_auth.new_login_nonce()
-        response = views.page("login.html", status_code, next=next_url, nonce=nonce, error=error, users=bool(ops.users))
-        response.set_cookie(ops_auth.LOGIN_COOKIE, nonce, max_age=ops_auth.LOGIN_COOKIE_SECONDS, **cookie)
-        return response
+Desk = Annotated[OpsDesk, Depends(_desk)]
 
-    def try_sign_in(name: str, password: str, client: str | None, now: datetime) -> _SignIn:
-        """One sign-in attempt, run under the password checks' limiter with its lockout check first, so
-        that attempts sent all at once are judged a few at a time against the counts of those before
-        them. A locked name or client is refused before its password is checked, alike for every name."""
-        counted = ops_auth.counted(name, client)
-        with connect_read_only(ctx.engine) as conn:
-            until = ops_sessions.locked_until(conn, counted, now)
-        if until is not None:
-            return _SignIn(locked_until=until)
-        if not ops_auth.check_password(ops, name, password):
-            with ctx.engine.begin() as conn:
-                started = ops_sessions.count_failure(conn, counted, now)
-            for key, ends, failures in started:  # once per lockout; the attempts it refuses are not logged
-                when = ends.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-                log.warning("ops sign-in locked for %s until %s after %d failed sign-ins", key.shown, when, failures)
-            return _SignIn()
-        cookie, session = sessions.issue(name, now)
-        with ctx.engine.begin() as conn:
-            ops_sessions.clear_failures(conn, counted)
-            ops_sessions.start(conn, session, now)
-        return _SignIn(cookie=cookie)
 
-    @router.get("/login")
-    def login_form(request: Request, next: str | None = None) -> Response:
-        target = ops_auth.safe_next(next)
-        if session_of(request) is not None:
-            return RedirectResponse(target, status_code=303)
-        return login_page(target)
+def signed_in(request: Request, desk: Desk) -> Session:
+    """A FastAPI dependency for pages: the session, or a redirect to the login page."""
+    session = desk.session_of(request)
+    if session is None:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        raise HTTPException(status_code=303, headers={"Location": f"/ops/login?next={quote(target, safe='')}"})
+    return session
 
-    @router.post("/login")
-    async def login(request: Request) -> Response:
-        form = await request.form()
-        fields = {k: v for k, v in form.items() if isinstance(v, str)}
-        target = ops_auth.safe_next(fields.get("next"))
-        if ops_auth.foreign_origin(request.headers.get("origin"), request.headers.get("host")):
-            raise HTTPException(status_code=403, detail="cross-site request refused")
-        expected = request.cookies.get(ops_auth.LOGIN_COOKIE)
-        if expected is None or not ops_auth.same_token(expected, fields.get("nonce")):
-            return login_page(target, "The sign-in form had expired (or cookies are off). Please try again.", 403)
-        name, password = fields.get("name", "").strip(), fields.get("password", "")
-        now = ctx.now()
-        client = request.client.host if request.client else None
-        outcome = await anyio.to_thread.run_sync(try_sign_in, name, password, client, now, limiter=password_checks)
-        if outcome.locked_until is not None:
-            wait = ops_auth.wait_seconds(outcome.locked_until, now)
-            refused = login_page(target, f"Too many failed sign-ins. Try again in {ops_auth.wait_words(wait)}.", 429)
-            refused.headers["Retry-After"] = str(wait)
-            return refused
-        if outcome.cookie is None:
-            log.info("ops sign-in refused for %r", name[:64])
-            return login_page(target, "Wrong name or password.", 401)
-        log.info("ops sign-in: %s", name)
-        response = RedirectResponse(target, status_code=303)
-        response.set_cookie(ops_auth.SESSION_COOKIE, outcome.cookie, max_age=int(ops.session_hours * 3600), **cookie)
-        response.delete_cookie(ops_auth.LOGIN_COOKIE, path=ops_auth.COOKIE_PATH)
-        return response
 
-    @router.post("/logout")
-    def logout(post: tuple[Session, Mapping[str, str]] = posted_form) -> Response:
-        """Ends the session in the database, not only in this browser: a copy of the cookie opens
-        nothing afterwards."""
-        session, _ = post
-        with ctx.engine.begin() as conn:
-            ops_sessions.end(conn, session.id, ctx.now())
-        log.info("ops sign-out: %s", session.user)
-        response = RedirectResponse("/ops/login", status_code=303)
-        response.delete_cookie(ops_auth.SESSION_COOKIE, path=ops_auth.COOKIE_PATH)
-        return response
+def streaming(request: Request, desk: Desk) -> Session:
+    """For the event stream: a redirect to an HTML page would only confuse EventSource."""
+    session = desk.session_of(request)
+    if session is None:
+        raise HTTPException(status_code=401)
+    return session
 
-    # -- overview --------------------------------------------------------------------------------
 
-    def read_figures() -> _Figures:
-        now = ctx.now()
-        since = datetime.combine((now - timedelta(days=DAYS - 1)).date(), datetime.min.time(), now.tzinfo)
-        with connect_read_only(ctx.engine) as conn:
-            rows = report_queries.read_rows(conn, report_queries.Scope())
-            funnels = report.build(rows, report_queries.layouts(conn, {r.funnel for r in rows.stage_counts}))
-            names = dashboard_data.funnel_names(conn)
-            per_day = dashboard_data.transitions_per_day(conn, since)
-        return _Figures(now, funnels, names, per_day)
+async def posted(request: Request, desk: Desk) -> tuple[Session, Mapping[str, str]]:
+    """For POSTs: a session, the session's CSRF token in the form, and no foreign Origin; 403 else."""
+    session = await anyio.to_thread.run_sync(signed_in, request, desk)
+    form = await request.form()
+    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    if ops_auth.foreign_origin(request.headers.get("origin"), request.headers.get("host")):
+        raise HTTPException(status_code=403, detail="cross-site request refused")
+    if not ops_auth.same_token(session.csrf, fields.get("csrf")):
+        raise HTTPException(status_code=403, detail="missing or wrong CSRF token: reload the page and try again")
+    return session, fields
 
-    figures = _Recent(read_figures)
 
-    @router.get("/")
-    def overview(session: Session = page_session) -> HTMLResponse:
-        found = figures.get()
-        with connect_read_only(ctx.engine) as conn:
-            counts = dashboard_data.outbox_counts(conn)
-        charts = [(f, found.names.get(f.funnel, f.funnel), funnel_chart(f.stages)) for f in found.funnels]
-        return views.page(
-            "overview.html",
-            session=session,
-            funnels=charts,
-            days=days_chart(found.per_day, found.at),
-            total_days=sum(found.per_day.values()),
-            counts=counts,
-            now=found.at,
-        )
+PageSession = Annotated[Session, Depends(signed_in)]
+StreamSession = Annotated[Session, Depends(streaming)]
+PostedForm = Annotated[tuple[Session, Mapping[str, str]], Depends(posted)]
 
-    # -- live feed -------------------------------------------------------------------------------
+router = APIRouter(prefix="/ops", include_in_schema=False)
 
-    @router.get("/feed")
-    def feed_page(session: Session = page_session, funnel: str | None = None) -> HTMLResponse:
-        stream = "/ops/feed/stream" + (f"?funnel={quote(funnel, safe='')}" if funnel else "")
-        return views.page("feed.html", session=session, stream=stream, funnel=funnel)
 
-    @router.get("/feed/stream")
-    async def feed_stream(
-        request: Request, session: Session = Depends(streaming), funnel: str | None = None
-    ) -> StreamingResponse:
-        """Server-sent events: `ready` (with the starting position as its id), then a `transition` or
-        `email` event for each new row. The last event of each batch carries the position as its id, so
-        a browser that reconnects (EventSource does, with Last-Event-ID) resumes where it was. A stream
-        ends after `feed_stream_seconds`, when the browser goes away, or when the session expires: a
-        server shutting down never waits on it for longer than that."""
-        feed = report_queries.Feed(funnel=funnel)
-        start = _cursor(request.headers.get("last-event-id") or request.query_params.get("from"))
-        if start is not None:
-            feed.transitions, feed.emails = start
+# --------------------------------------------------------------------------------------------------
+# Login
+# --------------------------------------------------------------------------------------------------
 
-        def poll() -> list[report_queries.TransitionSeen | report_queries.EmailSeen]:
-            with connect_read_only(ctx.engine) as conn:
-                return feed.poll(conn)
 
-        async def events() -> AsyncIterator[str]:
-            ends = anyio.current_time() + ops.feed_stream_seconds
+def _login_page(desk: OpsDesk, next_url: str, error: str | None = None, status_code: int = 200) -> HTMLResponse:
+    nonce = ops_auth.new_login_nonce()
+    users = bool(desk.ops.users)
+    response = desk.views.page("login.html", status_code, next=next_url, nonce=nonce, error=error, users=users)
+    response.set_cookie(ops_auth.LOGIN_COOKIE, nonce, max_age=ops_auth.LOGIN_COOKIE_SECONDS, **desk.cookie)
+    return response
+
+
+def _try_sign_in(desk: OpsDesk, name: str, password: str, client: str | None, now: datetime) -> _SignIn:
+    """One sign-in attempt, run under the password checks' limiter with its lockout check first, so
+    that attempts sent all at once are judged a few at a time against the counts of those before
+    them. A locked name or client is refused before its password is checked, alike for every name."""
+    counted = ops_auth.counted(name, client)
+    engine = desk.ctx.engine
+    with connect_read_only(engine) as conn:
+        until = ops_sessions.locked_until(conn, counted, now)
+    if until is not None:
+        return _SignIn(locked_until=until)
+    if not ops_auth.check_password(desk.ops, name, password):
+        with engine.begin() as conn:
+            started = ops_sessions.count_failure(conn, counted, now)
+        for key, ends, failures in started:  # once per lockout; the attempts it refuses are not logged
+            when = ends.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+            log.warning("ops sign-in locked for %s until %s after %d failed sign-ins", key.shown, when, failures)
+        return _SignIn()
+    cookie, session = desk.sessions.issue(name, now)
+    with engine.begin() as conn:
+        ops_sessions.clear_failures(conn, counted)
+        ops_sessions.start(conn, session, now)
+    return _SignIn(cookie=cookie)
+
+
+@router.get("/login")
+def login_form(request: Request, desk: Desk, next: str | None = None) -> Response:
+    target = ops_auth.safe_next(next)
+    if desk.session_of(request) is not None:
+        return RedirectResponse(target, status_code=303)
+    return _login_page(desk, target)
+
+
+@router.post("/login")
+async def login(request: Request, desk: Desk) -> Response:
+    form = await request.form()
+    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    target = ops_auth.safe_next(fields.get("next"))
+    if ops_auth.foreign_origin(request.headers.get("origin"), request.headers.get("host")):
+        raise HTTPException(status_code=403, detail="cross-site request refused")
+    expected = request.cookies.get(ops_auth.LOGIN_COOKIE)
+    if expected is None or not ops_auth.same_token(expected, fields.get("nonce")):
+        return _login_page(desk, target, "The sign-in form had expired (or cookies are off). Please try again.", 403)
+    name, password = fields.get("name", "").strip(), fields.get("password", "")
+    now = desk.ctx.now()
+    client = request.client.host if request.client else None
+    outcome = await anyio.to_thread.run_sync(
+        _try_sign_in, desk, name, password, client, now, limiter=desk.password_checks
+    )
+    if outcome.locked_until is not None:
+        wait = ops_auth.wait_seconds(outcome.locked_until, now)
+        refused = _login_page(desk, target, f"Too many failed sign-ins. Try again in {ops_auth.wait_words(wait)}.", 429)
+        refused.headers["Retry-After"] = str(wait)
+        return refused
+    if outcome.cookie is None:
+        log.info("ops sign-in refused for %r", name[:64])
+        return _login_page(desk, target, "Wrong name or password.", 401)
+    log.info("ops sign-in: %s", name)
+    response = RedirectResponse(target, status_code=303)
+    max_age = int(desk.ops.session_hours * 3600)
+    response.set_cookie(ops_auth.SESSION_COOKIE, outcome.cookie, max_age=max_age, **desk.cookie)
+    response.delete_cookie(ops_auth.LOGIN_COOKIE, path=ops_auth.COOKIE_PATH)
+    return response
+
+
+@router.post("/logout")
+def logout(post: PostedForm, ctx: Context) -> Response:
+    """Ends the session in the database, not only in this browser: a copy of the cookie opens
+    nothing afterwards."""
+    session, _ = post
+    with ctx.engine.begin() as conn:
+        ops_sessions.end(conn, session.id, ctx.now())
+    log.info("ops sign-out: %s", session.user)
+    response = RedirectResponse("/ops/login", status_code=303)
+    response.delete_cookie(ops_auth.SESSION_COOKIE, path=ops_auth.COOKIE_PATH)
+    return response
+
+
+# --------------------------------------------------------------------------------------------------
+# Overview
+# --------------------------------------------------------------------------------------------------
+
+
+def _read_figures(ctx: HttpContext) -> _Figures:
+    now = ctx.now()
+    since = datetime.combine((now - timedelta(days=DAYS - 1)).date(), datetime.min.time(), now.tzinfo)
+    with connect_read_only(ctx.engine) as conn:
+        rows = report_queries.read_rows(conn, report_queries.Scope())
+        funnels = report.build(rows, report_queries.layouts(conn, {r.funnel for r in rows.stage_counts}))
+        names = dashboard_data.funnel_names(conn)
+        per_day = dashboard_data.transitions_per_day(conn, since)
+    return _Figures(now, funnels, names, per_day)
+
+
+@router.get("/")
+def overview(session: PageSession, desk: Desk) -> HTMLResponse:
+    found = desk.figures.get()
+    with connect_read_only(desk.ctx.engine) as conn:
+        counts = dashboard_data.outbox_counts(conn)
+    charts = [(f, found.names.get(f.funnel, f.funnel), funnel_chart(f.stages)) for f in found.funnels]
+    return desk.views.page(
+        "overview.html",
+        session=session,
+        funnels=charts,
+        days=days_chart(found.per_day, found.at),
+        total_days=sum(found.per_day.values()),
+        counts=counts,
+        now=found.at,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Live feed
+# --------------------------------------------------------------------------------------------------
+
+
+@router.get("/feed")
+def feed_page(session: PageSession, desk: Desk, funnel: str | None = None) -> HTMLResponse:
+    stream = "/ops/feed/stream" + (f"?funnel={quote(funnel, safe='')}" if funnel else "")
+    return desk.views.page("feed.html", session=session, stream=stream, funnel=funnel)
+
+
+@router.get("/feed/stream")
+async def feed_stream(
+    request: Request, session: StreamSession, desk: Desk, funnel: str | None = None
+) -> StreamingResponse:
+    """Server-sent events: `ready` (with the starting position as its id), then a `transition` or
+    `email` event for each new row. The last event of each batch carries the position as its id, so
+    a browser that reconnects (EventSource does, with Last-Event-ID) resumes where it was. A stream
+    ends after `feed_stream_seconds`, when the browser goes away, or when the session expires: a
+    server shutting down never waits on it for longer than that."""
+    feed = report_queries.Feed(funnel=funnel)
+    start = _cursor(request.headers.get("last-event-id") or request.query_params.get("from"))
+    if start is not None:
+        feed.transitions, feed.emails = start
+    headers = {**SECURITY_HEADERS, "X-Accel-Buffering": "no"}  # nginx: pass each event on at once
+    events = _feed_events(desk, request, session, feed)
+    return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+
+
+async def _feed_events(
+    desk: OpsDesk, request: Request, session: Session, feed: report_queries.Feed
+) -> AsyncIterator[str]:
+    def poll() -> list[report_queries.TransitionSeen | report_queries.EmailSeen]:
+        with connect_read_only(desk.ctx.engine) as conn:
+            return feed.poll(conn)
+
+    ends = anyio.current_time() + desk.ops.feed_stream_seconds
+    quiet_since = anyio.current_time()
+    first = await anyio.to_thread.run_sync(poll)
+    yield "retry: 1000\n\n"
+    yield _sse("ready", json.dumps({"user": session.user}), f"{feed.transitions}.{feed.emails}")
+    pending = first
+    while True:
+        if pending:
+            position = f"{feed.transitions}.{feed.emails}"
+            for i, item in enumerate(pending):
+                kind, data = _seen_json(item)
+                yield _sse(kind, data, position if i == len(pending) - 1 else None)
             quiet_since = anyio.current_time()
-            first = await anyio.to_thread.run_sync(poll)
-            yield "retry: 1000\n\n"
-            yield _sse("ready", json.dumps({"user": session.user}), f"{feed.transitions}.{feed.emails}")
-            pending = first
-            while True:
-                if pending:
-                    position = f"{feed.transitions}.{feed.emails}"
-                    for i, item in enumerate(pending):
-                        kind, data = _seen_json(item)
-                        yield _sse(kind, data, position if i == len(pending) - 1 else None)
-                    quiet_since = anyio.current_time()
-                elif anyio.current_time() - quiet_since > KEEP_ALIVE_SECONDS:
-                    yield ": still here\n\n"  # a comment: proxies keep an idle stream open
-                    quiet_since = anyio.current_time()
-                await anyio.sleep(POLL_SECONDS)
-                if (
-                    anyio.current_time() >= ends
-                    or await request.is_disconnected()
-                    or await anyio.to_thread.run_sync(session_of, request) is None
-                ):
-                    return
-                pending = await anyio.to_thread.run_sync(poll)
+        elif anyio.current_time() - quiet_since > KEEP_ALIVE_SECONDS:
+            yield ": still here\n\n"  # a comment: proxies keep an idle stream open
+            quiet_since = anyio.current_time()
+        await anyio.sleep(POLL_SECONDS)
+        if (
+            anyio.current_time() >= ends
+            or await request.is_disconnected()
+            or await anyio.to_thread.run_sync(desk.session_of, request) is None
+        ):
+            return
+        pending = await anyio.to_thread.run_sync(poll)
 
-        headers = {**SECURITY_HEADERS, "X-Accel-Buffering": "no"}  # nginx: pass each event on at once
-        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
-    # -- leads -----------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
+# Leads
+# --------------------------------------------------------------------------------------------------
 
-    @router.get("/leads")
-    def leads(session: Session = page_session, q: str = "") -> Response:
-        q = q.strip()
-        found = []
-        if q:
-            with connect_read_only(ctx.engine) as conn:
-                found = dashboard_data.search_leads(conn, q)
-            if len(found) == 1 and found[0].email == q.lower():
-                return RedirectResponse(f"/ops/leads/{found[0].id}", status_code=303)
-        return views.page("leads.html", session=session, q=q, found=found)
 
-    @router.get("/leads/{lead_id}")
-    def lead(lead_id: int, session: Session = page_session) -> HTMLResponse:
-        with connect_read_only(ctx.engine) as conn:
-            address = dashboard_data.lead_email(conn, lead_id)
-            story = lead_timeline.read(conn, address) if address is not None else None
-            names = dashboard_data.funnel_names(conn)
-        if story is None:
+@router.get("/leads")
+def leads(session: PageSession, desk: Desk, q: str = "") -> Response:
+    q = q.strip()
+    found = []
+    if q:
+        with connect_read_only(desk.ctx.engine) as conn:
+            found = dashboard_data.search_leads(conn, q)
+        if len(found) == 1 and found[0].email == q.lower():
+            return RedirectResponse(f"/ops/leads/{found[0].id}", status_code=303)
+    return desk.views.page("leads.html", session=session, q=q, found=found)
+
+
+@router.get("/leads/{lead_id}")
+def lead(lead_id: int, session: PageSession, desk: Desk) -> HTMLResponse:
+    with connect_read_only(desk.ctx.engine) as conn:
+        address = dashboard_data.lead_email(conn, lead_id)
+        story = lead_timeline.read(conn, address) if address is not None else None
+        names = dashboard_data.funnel_names(conn)
+    if story is None:
+        raise HTTPException(status_code=404)
+    return desk.views.page("lead.html", session=session, story=story, names=names)
+
+
+# --------------------------------------------------------------------------------------------------
+# Outbox
+# --------------------------------------------------------------------------------------------------
+
+
+@router.get("/outbox")
+def outbox_page(session: PageSession, desk: Desk, done: int | None = None, decision: str | None = None) -> HTMLResponse:
+    with connect_read_only(desk.ctx.engine) as conn:
+        unknown = dashboard_data.messages(conn, ("unknown",))
+        counts = dashboard_data.outbox_counts(conn)
+    return desk.views.page("outbox.html", session=session, unknown=unknown, counts=counts, done=done, decision=decision)
+
+
+@router.post("/outbox/{message_id}")
+def decide(message_id: int, post: PostedForm, ctx: Context) -> Response:
+    session, fields = post
+    decision = fields.get("decision", "")
+    if decision not in dashboard_data.DECISIONS:
+        raise HTTPException(status_code=400, detail="decision must be 'sent' or 'resend'")
+    with ctx.engine.begin() as conn:
+        changed = dashboard_data.decide(conn, message_id, decision, session.user, ctx.now())
+    if changed:
+        log.info("ops: %s %s message %d", session.user, dashboard_data.DECISIONS[decision], message_id)
+        if decision == "resend":
+            ctx.nudge()
+    outcome = decision if changed else "stale"
+    return RedirectResponse(f"/ops/outbox?done={message_id}&decision={outcome}", status_code=303)
+
+
+# --------------------------------------------------------------------------------------------------
+# Journey map
+# --------------------------------------------------------------------------------------------------
+
+
+@router.get("/funnels/{funnel_id}/map")
+def funnel_map(funnel_id: str, session: PageSession, desk: Desk) -> HTMLResponse:
+    """The map of the definition the engine runs (the newest published), with the figures of now."""
+    with connect_read_only(desk.ctx.engine) as conn:
+        stored = report_queries.newest_definition(conn, funnel_id)
+        try:
+            definition = Funnel.model_validate(stored) if stored is not None else None
+        except ValidationError:
+            definition = None  # published by an engine of another shape; `funnel map FILE` still draws it
+        if definition is None:
             raise HTTPException(status_code=404)
-        return views.page("lead.html", session=session, story=story, names=names)
+        live = read_live(conn, funnel_id, desk.ctx.now())
+    subjects = desk.subjects_of.get(definition.version)
+    if subjects is None:
+        sender = desk.ctx.settings.sender
+        who = Sender(sender.name, sender.postal_address, sender.website)
+        subjects = desk.subjects_of[definition.version] = sample_subjects(desk.library, templates_of(definition), who)
+    page = journey_map_html.render(journey_map.build(definition, subjects, live), back="/ops/")
+    return HTMLResponse(page, headers=MAP_HEADERS)
 
-    # -- outbox ----------------------------------------------------------------------------------
 
-    @router.get("/outbox")
-    def outbox_page(
-        session: Session = page_session, done: int | None = None, decision: str | None = None
-    ) -> HTMLResponse:
-        with connect_read_only(ctx.engine) as conn:
-            unknown = dashboard_data.messages(conn, ("unknown",))
-            counts = dashboard_data.outbox_counts(conn)
-        return views.page("outbox.html", session=session, unknown=unknown, counts=counts, done=done, decision=decision)
+# --------------------------------------------------------------------------------------------------
+# Assets
+# --------------------------------------------------------------------------------------------------
 
-    @router.post("/outbox/{message_id}")
-    def decide(message_id: int, post: tuple[Session, Mapping[str, str]] = posted_form) -> Response:
-        session, fields = post
-        decision = fields.get("decision", "")
-        if decision not in dashboard_data.DECISIONS:
-            raise HTTPException(status_code=400, detail="decision must be 'sent' or 'resend'")
-        with ctx.engine.begin() as conn:
-            changed = dashboard_data.decide(conn, message_id, decision, session.user, ctx.now())
-        if changed:
-            log.info("ops: %s %s message %d", session.user, dashboard_data.DECISIONS[decision], message_id)
-            if decision == "resend":
-                ctx.nudge()
-        outcome = decision if changed else "stale"
-        return RedirectResponse(f"/ops/outbox?done={message_id}&decision={outcome}", status_code=303)
 
-    # -- journey map ------------------------------------------------------------------------------
-
-    sender = ctx.settings.sender
-    library = TemplateLibrary(ctx.settings.emails_dir)
-    subjects_of: dict[str, dict[str, str]] = {}  # funnel version -> subjects (rendering them takes a while)
-
-    @router.get("/funnels/{funnel_id}/map")
-    def funnel_map(funnel_id: str, session: Session = page_session) -> HTMLResponse:
-        """The map of the definition the engine runs (the newest published), with the figures of now."""
-        with connect_read_only(ctx.engine) as conn:
-            stored = report_queries.newest_definition(conn, funnel_id)
-            try:
-                definition = Funnel.model_validate(stored) if stored is not None else None
-            except ValidationError:
-                definition = None  # published by an engine of another shape; `funnel map FILE` still draws it
-            if definition is None:
-                raise HTTPException(status_code=404)
-            live = read_live(conn, funnel_id, ctx.now())
-        subjects = subjects_of.get(definition.version)
-        if subjects is None:
-            who = Sender(sender.name, sender.postal_address, sender.website)
-            subjects = subjects_of[definition.version] = sample_subjects(library, templates_of(definition), who)
-        page = journey_map_html.render(journey_map.build(definition, subjects, live), back="/ops/")
-        return HTMLResponse(page, headers=MAP_HEADERS)
-
-    # -- assets ----------------------------------------------------------------------------------
-
-    @router.get("/static/{name}")
-    def asset(name: str) -> Response:
-        """The style sheet and the script (no login: they hold nothing secret, and the login page uses
-        them). Only these names: no path from the URL reaches the file system."""
-        if name not in ASSETS:
-            raise HTTPException(status_code=404)
-        return FileResponse(
-            STATIC / name,
-            media_type=ASSETS[name],
-            headers={"Cache-Control": "public, max-age=31536000, immutable", "X-Content-Type-Options": "nosniff"},
-        )
-
-    return router
+@router.get("/static/{name}")
+def asset(name: str) -> Response:
+    """The style sheet and the script (no login: they hold nothing secret, and the login page uses
+    them). Only these names: no path from the URL reaches the file system."""
+    if name not in ASSETS:
+        raise HTTPException(status_code=404)
+    return FileResponse(
+        STATIC / name,
+        media_type=ASSETS[name],
+        headers={"Cache-Control": "public, max-age=31536000, immutable", "X-Content-Type-Options": "nosniff"},
+    )

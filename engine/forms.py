@@ -18,18 +18,20 @@ import html
 import logging
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from jinja2 import TemplateNotFound
 from jinja2.sandbox import SandboxedEnvironment
+from starlette.datastructures import State
 
 from engine import addresses, consents, signup, storable, store
 from engine.addresses import AddressError
 from engine.consents import ConsentAct
 from engine.folder_loader import FolderLoader, OutsideFolder
 from engine.http_context import HttpContext
+from engine.http_deps import Context
 from engine.own_events import engine_id
 from engine.pages import page
 from engine.settings import FormSettings
@@ -62,185 +64,205 @@ class _Pages:
         return self.env.get_template(name).render(context)
 
 
-def router(ctx: HttpContext) -> APIRouter:
-    router = APIRouter(include_in_schema=False)
-    pages = _Pages(ctx.settings.pages_dir)
+router = APIRouter(include_in_schema=False)
 
-    def form_of(form_id: str) -> FormSettings:
-        spec = ctx.settings.forms.get(form_id)
-        if spec is None:
-            raise HTTPException(status_code=404)
-        return spec
 
-    def signup_page(form_id: str, spec: FormSettings, values: dict[str, str], errors: dict[str, str]) -> str:
-        context = {
-            "form": {
-                "id": form_id,
-                "action": f"/forms/{form_id}",
-                "consent_text": spec.consent_text,
-                "consent_version": spec.consent_version,
-                "honeypot": spec.honeypot,
-                "double_opt_in": spec.double_opt_in,
-            },
-            "values": values,
-            "errors": errors,
-            "sender": ctx.settings.sender,
-        }
-        if spec.page is not None:
-            try:
-                return pages.render(spec.page, context)
-            except TemplateNotFound:
-                log.error("form %s: page template %s not found in %s", form_id, spec.page, ctx.settings.pages_dir)
-            except OutsideFolder as exc:
-                # The engine's own form instead: the signup keeps working, and nothing outside is shown.
-                found = pages.loader.locate(exc, exc.__traceback__)
-                log.error("form %s: %s:%d: %s", form_id, found.path, found.line, found.message)
-        return page("Sign up", _plain_form(context))
+def install(state: State, ctx: HttpContext) -> None:
+    """The app's page templates, read from its `pages_dir`, where the `Pages` dependency finds them."""
+    state.signup_pages = _Pages(ctx.settings.pages_dir)
 
-    @router.get(ZONE_SCRIPT_URL)
-    def zone_script() -> Response:
-        """Declared before the forms: a form id has no dot, so this path is never a form's."""
-        headers = {"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"}
-        return FileResponse(ZONE_SCRIPT, media_type="text/javascript; charset=utf-8", headers=headers)
 
-    @router.get("/forms/{form_id}", response_class=HTMLResponse)
-    def show(form_id: str) -> HTMLResponse:
-        spec = form_of(form_id)
-        return HTMLResponse(signup_page(form_id, spec, {}, {}))
+async def _pages(request: Request) -> _Pages:
+    pages: _Pages = request.app.state.signup_pages
+    return pages
 
-    @router.post("/forms/{form_id}")
-    async def submit(form_id: str, request: Request) -> Response:
-        spec = form_of(form_id)
-        posted = await request.form()
-        values = {k: v.strip() for k, v in posted.items() if isinstance(v, str)}
-        # Filled by the page's script, not typed: never an error shown to the person, only kept when valid.
-        zone = values.pop(signup.ZONE_FIELD, None)
-        done_page = spec.redirect or f"/forms/{form_id}/{'check-inbox' if spec.double_opt_in else 'thanks'}"
-        if values.get(spec.honeypot):
-            log.info("form %s: honeypot filled, post ignored", form_id)
-            return RedirectResponse(done_page, status_code=303)
-        address, errors = _check(values, spec)
-        if address is None or errors:
-            shown = {k: v for k, v in values.items() if k != spec.honeypot}
-            return HTMLResponse(signup_page(form_id, spec, shown, errors), status_code=422)
-        attributes = {k: values[k] for k in spec.fields if values.get(k)}
-        if values.get("name"):
-            attributes.setdefault("name", values["name"])
-            attributes.setdefault("first_name", values["name"].split()[0])
-        fields = signup.with_zone(attributes, zone)  # as the consent record keeps them
-        attributes, zone = signup.lead_fields(fields)
-        ip, agent = _client(request)
-        at = ctx.now()
-        source = f"form {form_id}"
-        with ctx.engine.begin() as conn:
-            lead_id, current = consents.lead_consent(conn, address)
-            outcome = signup.signup_outcome(current, spec.double_opt_in)
-            if outcome.action == "ignore":
-                log.info("form %s: a post for a lead that bounced or complained changes nothing", form_id)
-            elif outcome.action == "subscribe":
-                created = store.create_lead(
-                    conn,
-                    address,
-                    attributes=attributes,
-                    timezone=zone,
-                    consent="subscribed",
-                    consent_source=source,
-                    now=at,
-                )
-                if created is None:  # the same address, posted at the same instant: that post counts
-                    log.info("form %s: a concurrent post made this lead first; this one changes nothing", form_id)
-                else:
-                    act = ConsentAct("given", source, form_id, spec.consent_version, ip, agent, fields)
-                    record_id = consents.record(conn, created, act, at, (None, "subscribed"))
-                    _emit(conn, created, form_id, spec, record_id, attributes, at)
-            else:
-                act = ConsentAct("requested", source, form_id, spec.consent_version, ip, agent, fields)
-                _ask_owner(conn, form_id, spec, address, (lead_id, current), outcome.new_status, act, at)
-        ctx.nudge()
+
+Pages = Annotated[_Pages, Depends(_pages)]
+
+
+def _form_of(ctx: HttpContext, form_id: str) -> FormSettings:
+    spec = ctx.settings.forms.get(form_id)
+    if spec is None:
+        raise HTTPException(status_code=404)
+    return spec
+
+
+def _signup_page(
+    ctx: HttpContext, pages: _Pages, form_id: str, spec: FormSettings, values: dict[str, str], errors: dict[str, str]
+) -> str:
+    context = {
+        "form": {
+            "id": form_id,
+            "action": f"/forms/{form_id}",
+            "consent_text": spec.consent_text,
+            "consent_version": spec.consent_version,
+            "honeypot": spec.honeypot,
+            "double_opt_in": spec.double_opt_in,
+        },
+        "values": values,
+        "errors": errors,
+        "sender": ctx.settings.sender,
+    }
+    if spec.page is not None:
+        try:
+            return pages.render(spec.page, context)
+        except TemplateNotFound:
+            log.error("form %s: page template %s not found in %s", form_id, spec.page, ctx.settings.pages_dir)
+        except OutsideFolder as exc:
+            # The engine's own form instead: the signup keeps working, and nothing outside is shown.
+            found = pages.loader.locate(exc, exc.__traceback__)
+            log.error("form %s: %s:%d: %s", form_id, found.path, found.line, found.message)
+    return page("Sign up", _plain_form(context))
+
+
+@router.get(ZONE_SCRIPT_URL)
+def zone_script() -> Response:
+    """Declared before the forms: a form id has no dot, so this path is never a form's."""
+    headers = {"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"}
+    return FileResponse(ZONE_SCRIPT, media_type="text/javascript; charset=utf-8", headers=headers)
+
+
+@router.get("/forms/{form_id}", response_class=HTMLResponse)
+def show(form_id: str, ctx: Context, pages: Pages) -> HTMLResponse:
+    spec = _form_of(ctx, form_id)
+    return HTMLResponse(_signup_page(ctx, pages, form_id, spec, {}, {}))
+
+
+@router.post("/forms/{form_id}")
+async def submit(form_id: str, request: Request, ctx: Context, pages: Pages) -> Response:
+    spec = _form_of(ctx, form_id)
+    posted = await request.form()
+    values = {k: v.strip() for k, v in posted.items() if isinstance(v, str)}
+    # Filled by the page's script, not typed: never an error shown to the person, only kept when valid.
+    zone = values.pop(signup.ZONE_FIELD, None)
+    done_page = spec.redirect or f"/forms/{form_id}/{'check-inbox' if spec.double_opt_in else 'thanks'}"
+    if values.get(spec.honeypot):
+        log.info("form %s: honeypot filled, post ignored", form_id)
         return RedirectResponse(done_page, status_code=303)
-
-    @router.get("/forms/{form_id}/{outcome}", response_class=HTMLResponse)
-    def after(form_id: str, outcome: str) -> HTMLResponse:
-        """The engine's own thank-you pages, for forms that name no page of their own."""
-        form_of(form_id)
-        texts = {
-            "thanks": ("Thank you", "<p>It is on its way to your inbox.</p>"),
-            "check-inbox": (
-                "Check your inbox",
-                "<p>We have sent you an email with a link. Follow it to confirm your address, "
-                "and what you asked for comes straight after.</p>",
-            ),
-            "confirmed": ("Confirmed", "<p>Thank you: your address is confirmed. It is on its way.</p>"),
-        }
-        if outcome not in texts:
-            raise HTTPException(status_code=404)
-        return HTMLResponse(page(*texts[outcome]))
-
-    def confirmation(token: str) -> tuple[str, str, FormSettings, int]:
-        payload = ctx.links.verify("opt-in", token)
-        if not isinstance(payload, dict) or not isinstance(payload.get("r"), int):
-            raise HTTPException(status_code=404)
-        form_id = str(payload.get("f"))
-        return str(payload.get("e")), form_id, form_of(form_id), payload["r"]
-
-    @router.get("/confirm/{token}", response_class=HTMLResponse)
-    def confirm_page(token: str) -> HTMLResponse:
-        address, _, _, _ = confirmation(token)
-        return HTMLResponse(
-            page(
-                "Confirm your address",
-                f"<p>Confirm that <strong>{html.escape(address)}</strong> wants to hear from "
-                f"{html.escape(ctx.settings.sender.name)}.</p>"
-                '<form method="post"><button type="submit">Yes, confirm</button></form>',
+    address, errors = _check(values, spec)
+    if address is None or errors:
+        shown = {k: v for k, v in values.items() if k != spec.honeypot}
+        return HTMLResponse(_signup_page(ctx, pages, form_id, spec, shown, errors), status_code=422)
+    attributes = {k: values[k] for k in spec.fields if values.get(k)}
+    if values.get("name"):
+        attributes.setdefault("name", values["name"])
+        attributes.setdefault("first_name", values["name"].split()[0])
+    fields = signup.with_zone(attributes, zone)  # as the consent record keeps them
+    attributes, zone = signup.lead_fields(fields)
+    ip, agent = _client(request)
+    at = ctx.now()
+    source = f"form {form_id}"
+    with ctx.engine.begin() as conn:
+        lead_id, current = consents.lead_consent(conn, address)
+        outcome = signup.signup_outcome(current, spec.double_opt_in)
+        if outcome.action == "ignore":
+            log.info("form %s: a post for a lead that bounced or complained changes nothing", form_id)
+        elif outcome.action == "subscribe":
+            created = store.create_lead(
+                conn,
+                address,
+                attributes=attributes,
+                timezone=zone,
+                consent="subscribed",
+                consent_source=source,
+                now=at,
             )
+            if created is None:  # the same address, posted at the same instant: that post counts
+                log.info("form %s: a concurrent post made this lead first; this one changes nothing", form_id)
+            else:
+                act = ConsentAct("given", source, form_id, spec.consent_version, ip, agent, fields)
+                record_id = consents.record(conn, created, act, at, (None, "subscribed"))
+                _emit(conn, created, form_id, spec, record_id, attributes, at)
+        else:
+            act = ConsentAct("requested", source, form_id, spec.consent_version, ip, agent, fields)
+            _ask_owner(conn, form_id, spec, address, (lead_id, current), outcome.new_status, act, at)
+    ctx.nudge()
+    return RedirectResponse(done_page, status_code=303)
+
+
+@router.get("/forms/{form_id}/{outcome}", response_class=HTMLResponse)
+def after(form_id: str, outcome: str, ctx: Context) -> HTMLResponse:
+    """The engine's own thank-you pages, for forms that name no page of their own."""
+    _form_of(ctx, form_id)
+    texts = {
+        "thanks": ("Thank you", "<p>It is on its way to your inbox.</p>"),
+        "check-inbox": (
+            "Check your inbox",
+            "<p>We have sent you an email with a link. Follow it to confirm your address, "
+            "and what you asked for comes straight after.</p>",
+        ),
+        "confirmed": ("Confirmed", "<p>Thank you: your address is confirmed. It is on its way.</p>"),
+    }
+    if outcome not in texts:
+        raise HTTPException(status_code=404)
+    return HTMLResponse(page(*texts[outcome]))
+
+
+def _confirmation(ctx: HttpContext, token: str) -> tuple[str, str, FormSettings, int]:
+    payload = ctx.links.verify("opt-in", token)
+    if not isinstance(payload, dict) or not isinstance(payload.get("r"), int):
+        raise HTTPException(status_code=404)
+    form_id = str(payload.get("f"))
+    return str(payload.get("e")), form_id, _form_of(ctx, form_id), payload["r"]
+
+
+@router.get("/confirm/{token}", response_class=HTMLResponse)
+def confirm_page(token: str, ctx: Context) -> HTMLResponse:
+    address, _, _, _ = _confirmation(ctx, token)
+    return HTMLResponse(
+        page(
+            "Confirm your address",
+            f"<p>Confirm that <strong>{html.escape(address)}</strong> wants to hear from "
+            f"{html.escape(ctx.settings.sender.name)}.</p>"
+            '<form method="post"><button type="submit">Yes, confirm</button></form>',
         )
+    )
 
-    @router.post("/confirm/{token}")
-    def confirm(token: str, request: Request) -> Response:
-        address, form_id, spec, request_id = confirmation(token)
-        ip, agent = _client(request)
-        at = ctx.now()
-        with ctx.engine.begin() as conn:
-            lead_id, current = consents.lead_consent(conn, address)
-            asked = consents.get_request(conn, lead_id, form_id, request_id) if lead_id is not None else None
-            if lead_id is None or asked is None:
-                raise HTTPException(status_code=404)
-            state = signup.confirmation_state(
-                asked.at, at, timedelta(hours=spec.confirm_within_hours), consents.is_confirmed(conn, lead_id, asked.id)
+
+@router.post("/confirm/{token}")
+def confirm(token: str, request: Request, ctx: Context) -> Response:
+    address, form_id, spec, request_id = _confirmation(ctx, token)
+    ip, agent = _client(request)
+    at = ctx.now()
+    with ctx.engine.begin() as conn:
+        lead_id, current = consents.lead_consent(conn, address)
+        asked = consents.get_request(conn, lead_id, form_id, request_id) if lead_id is not None else None
+        if lead_id is None or asked is None:
+            raise HTTPException(status_code=404)
+        state = signup.confirmation_state(
+            asked.at, at, timedelta(hours=spec.confirm_within_hours), consents.is_confirmed(conn, lead_id, asked.id)
+        )
+        if state == "expired":
+            return HTMLResponse(
+                page(
+                    "This link has expired",
+                    f'<p>Please <a href="/forms/{html.escape(form_id)}">sign up again</a>: '
+                    "we will send you a new link.</p>",
+                ),
+                status_code=410,
             )
-            if state == "expired":
-                return HTMLResponse(
-                    page(
-                        "This link has expired",
-                        f'<p>Please <a href="/forms/{html.escape(form_id)}">sign up again</a>: '
-                        "we will send you a new link.</p>",
-                    ),
-                    status_code=410,
-                )
-            if state == "confirm" and current is not None:
-                # The link proves the address: what the post carried becomes the lead's now.
-                after = signup.status_after_confirming(current)
-                act = ConsentAct(
-                    "confirmed", f"form {form_id}", form_id, asked.text_version, ip, agent, {"request": asked.id}
-                )
-                consents.record(conn, lead_id, act, at, (current, after))
-                changed = after != current
-                attributes, zone = signup.lead_fields(asked.fields)
-                store.upsert_lead(
-                    conn,
-                    address,
-                    attributes=attributes,
-                    timezone=zone,
-                    consent=after if changed else None,
-                    consent_source=f"double opt-in {form_id}" if changed else None,
-                    now=at,
-                )
-                _emit(conn, lead_id, form_id, spec, asked.id, attributes, at)
-        if state == "confirm":
-            ctx.nudge()
-        return RedirectResponse(spec.confirmed_redirect or f"/forms/{form_id}/confirmed", status_code=303)
-
-    return router
+        if state == "confirm" and current is not None:
+            # The link proves the address: what the post carried becomes the lead's now.
+            after = signup.status_after_confirming(current)
+            act = ConsentAct(
+                "confirmed", f"form {form_id}", form_id, asked.text_version, ip, agent, {"request": asked.id}
+            )
+            consents.record(conn, lead_id, act, at, (current, after))
+            changed = after != current
+            attributes, zone = signup.lead_fields(asked.fields)
+            store.upsert_lead(
+                conn,
+                address,
+                attributes=attributes,
+                timezone=zone,
+                consent=after if changed else None,
+                consent_source=f"double opt-in {form_id}" if changed else None,
+                now=at,
+            )
+            _emit(conn, lead_id, form_id, spec, asked.id, attributes, at)
+    if state == "confirm":
+        ctx.nudge()
+    return RedirectResponse(spec.confirmed_redirect or f"/forms/{form_id}/confirmed", status_code=303)
 
 
 def _ask_owner(

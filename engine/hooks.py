@@ -20,13 +20,11 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Body, HTTPException, Path, Request, Response
-from fastapi.routing import APIRoute
-from pydantic import Field
+from fastapi import APIRouter, HTTPException, Path, Request, Response
 
 from engine import signatures, tables
-from engine.api_v1 import MAX_BATCH, Accepted, EventIn, JsonSafeRoute, record_items, refuse_future
-from engine.http_context import HttpContext
+from engine.event_intake import Accepted, EventsBody, record_items, refuse_future
+from engine.http_deps import Context, JsonSafeRoute, context_of
 from engine.settings import HookSettings, Settings
 
 log = logging.getLogger("engine.hooks")
@@ -41,40 +39,44 @@ def _refuse() -> HTTPException:
     return HTTPException(status_code=401, headers=_UNAUTHORIZED)
 
 
-def _signed_route(settings: Settings, now: Callable[[], datetime]) -> type[APIRoute]:
+class SignedRoute(JsonSafeRoute):  # a refused value that JSON cannot repeat still gets its 422
     """A route that checks the signature before FastAPI reads the body as JSON: a request that is not
     signed is refused before anything in it is interpreted, malformed JSON included, and one without a
     well-formed signature header before its body is even read."""
 
-    class SignedRoute(JsonSafeRoute):  # a refused value that JSON cannot repeat still gets its 422
-        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-            handler = super().get_route_handler()
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
 
-            async def signed(request: Request) -> Response:
-                source = str(request.path_params.get("source", ""))
-                header = request.headers.get(signatures.HEADER)
-                refusal = signatures.header_refusal(header)
-                if refusal is not None:
-                    log.info("refused a webhook from %r: %s", source, refusal.value)
-                    raise _refuse()
-                hook = settings.hooks.get(source)
-                # Kept by the request: the handler reads the same bytes. The body limit bounds it.
-                body = await request.body()
-                # An unknown source is checked as a known one is, so its refusal comes after the same work.
-                known = hook or _NO_SOURCE
-                outcome = signatures.verify([known.secret.get_secret_value()], header, body, now(), known.tolerance_s)
-                if hook is None:
-                    log.info("refused a webhook for unknown source %r", source)
-                    raise _refuse()
-                if isinstance(outcome, signatures.Refusal):
-                    log.info("refused a webhook from %r: %s", source, outcome.value)
-                    raise _refuse()
-                setattr(request.state, _VERIFIED, signatures.receipt(source, outcome.timestamp, body))
-                return await handler(request)
+        async def signed(request: Request) -> Response:
+            ctx = context_of(request)
+            receipt = await _verified(request, ctx.settings, ctx.now)
+            setattr(request.state, _VERIFIED, receipt)
+            return await handler(request)
 
-            return signed
+        return signed
 
-    return SignedRoute
+
+async def _verified(request: Request, settings: Settings, now: Callable[[], datetime]) -> str:
+    """The receipt of a request whose signature holds; a 401 else, alike whatever the reason."""
+    source = str(request.path_params.get("source", ""))
+    header = request.headers.get(signatures.HEADER)
+    refusal = signatures.header_refusal(header)
+    if refusal is not None:
+        log.info("refused a webhook from %r: %s", source, refusal.value)
+        raise _refuse()
+    hook = settings.hooks.get(source)
+    # Kept by the request: the handler reads the same bytes. The body limit bounds it.
+    body = await request.body()
+    # An unknown source is checked as a known one is, so its refusal comes after the same work.
+    known = hook or _NO_SOURCE
+    outcome = signatures.verify([known.secret.get_secret_value()], header, body, now(), known.tolerance_s)
+    if hook is None:
+        log.info("refused a webhook for unknown source %r", source)
+        raise _refuse()
+    if isinstance(outcome, signatures.Refusal):
+        log.info("refused a webhook from %r: %s", source, outcome.value)
+        raise _refuse()
+    return signatures.receipt(source, outcome.timestamp, body)
 
 
 def receipts_kept_for(settings: Settings) -> timedelta:
@@ -92,53 +94,50 @@ def sweep_receipts(conn: sa.Connection, settings: Settings, now: datetime) -> in
     return result.rowcount
 
 
-def router(ctx: HttpContext) -> APIRouter:
-    router = APIRouter(route_class=_signed_route(ctx.settings, ctx.now))
+router = APIRouter(route_class=SignedRoute)
 
-    @router.post(
-        "/hooks/{source}",
-        response_model=Accepted,
-        tags=["hooks"],
-        responses={
-            401: {"description": "Unknown source, a missing, malformed or wrong signature, or a stale timestamp."},
-            409: {"description": "This signed request was already received: nothing changed."},
-        },
-        openapi_extra={
-            "parameters": [
-                {
-                    "name": signatures.HEADER,
-                    "in": "header",
-                    "required": True,
-                    "description": "t=<unix seconds>,v1=<hex HMAC-SHA256, keyed with the hook's secret, of `{t}.` "
-                    "followed by the raw body>; several v1 values may be given. Checked before the body is parsed.",
-                    "schema": {"type": "string"},
-                }
-            ]
-        },
-    )
-    def receive(
-        source: Annotated[str, Path(description="The sender's name, as configured under [hooks].")],
-        request: Request,
-        body: Annotated[EventIn | Annotated[list[EventIn], Field(min_length=1, max_length=MAX_BATCH)], Body()],
-    ) -> Accepted:
-        """One event, or a batch of up to 1,000 (a JSON array), as for `/v1/events`, signed instead of
-        sent with a key. An event's `source` defaults to the hook's name. Answered after the commit."""
-        receipt = getattr(request.state, _VERIFIED)
-        items = body if isinstance(body, list) else [body]
-        at = ctx.now()
-        refuse_future(body, at)  # before the receipt: a refused request can be sent again once its time has come
-        with ctx.engine.begin() as conn:
-            sweep_receipts(conn, ctx.settings, at)
-            try:
-                conn.execute(
-                    sa.insert(tables.webhook_receipts).values(signature=receipt, source=source, received_at=at)
-                )
-            except sa.exc.IntegrityError:
-                # Leaving the block rolls back: a replay changes nothing, not even the sweep.
-                raise HTTPException(status_code=409, detail="already received") from None
-            accepted, duplicates = record_items(conn, items, source, at)
-        if accepted:
-            ctx.nudge()
-        return Accepted(accepted=accepted, duplicates=duplicates)
 
-    return router
+@router.post(
+    "/hooks/{source}",
+    response_model=Accepted,
+    tags=["hooks"],
+    responses={
+        401: {"description": "Unknown source, a missing, malformed or wrong signature, or a stale timestamp."},
+        409: {"description": "This signed request was already received: nothing changed."},
+    },
+    openapi_extra={
+        "parameters": [
+            {
+                "name": signatures.HEADER,
+                "in": "header",
+                "required": True,
+                "description": "t=<unix seconds>,v1=<hex HMAC-SHA256, keyed with the hook's secret, of `{t}.` "
+                "followed by the raw body>; several v1 values may be given. Checked before the body is parsed.",
+                "schema": {"type": "string"},
+            }
+        ]
+    },
+)
+def receive(
+    source: Annotated[str, Path(description="The sender's name, as configured under [hooks].")],
+    request: Request,
+    body: EventsBody,
+    ctx: Context,
+) -> Accepted:
+    """One event, or a batch of up to 1,000 (a JSON array), as for `/v1/events`, signed instead of
+    sent with a key. An event's `source` defaults to the hook's name. Answered after the commit."""
+    receipt = getattr(request.state, _VERIFIED)
+    items = body if isinstance(body, list) else [body]
+    at = ctx.now()
+    refuse_future(body, at)  # before the receipt: a refused request can be sent again once its time has come
+    with ctx.engine.begin() as conn:
+        sweep_receipts(conn, ctx.settings, at)
+        try:
+            conn.execute(sa.insert(tables.webhook_receipts).values(signature=receipt, source=source, received_at=at))
+        except sa.exc.IntegrityError:
+            # Leaving the block rolls back: a replay changes nothing, not even the sweep.
+            raise HTTPException(status_code=409, detail="already received") from None
+        accepted, duplicates = record_items(conn, items, source, at)
+    if accepted:
+        ctx.nudge()
+    return Accepted(accepted=accepted, duplicates=duplicates)
