@@ -23,6 +23,9 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from engine import digest
 from engine.api import create_app
+from engine.bounce_mailbox import MailboxPoller
+from engine.bounce_outcome import Intake
+from engine.bounce_receiver import BounceReceiver
 from engine.database import create_engine_for, describe_failure, upgrade
 from engine.definition import Funnel
 from engine.mailer import DispatchResult, Mailer, check_ca_file, reason
@@ -59,11 +62,28 @@ class Clock:
 
 
 class Runner:
-    def __init__(self, settings: Settings, funnels: Sequence[Funnel], clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        funnels: Sequence[Funnel],
+        clock: Callable[[], datetime],
+        intake: Intake | None = None,
+    ) -> None:
         self.settings = settings
         self.clock = clock
         if settings.smtp.host:
             check_ca_file(settings.smtp)  # before anything is written: a start that fails changes nothing
+        # The ways in for reports that `funnel run` serves itself, when configured; `intake` records them.
+        self.receiver: BounceReceiver | None = None
+        self.poller: MailboxPoller | None = None
+        bounces = settings.bounces
+        if (bounces.receiver.port is not None or bounces.imap.host) and intake is None:
+            log.warning("bounces.receiver and bounces.imap are set, but this engine has no report processor")
+        elif intake is not None:
+            if bounces.receiver.port is not None:
+                self.receiver = BounceReceiver(bounces, intake, clock)
+            if bounces.imap.host:
+                self.poller = MailboxPoller(bounces.imap, intake, clock)
         url = settings.effective_database_url
         if url.startswith("sqlite"):
             settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -214,8 +234,11 @@ class Runner:
         http = self.http_server(tick_now) if self.settings.http.enabled else None
         serving = asyncio.create_task(http.serve()) if http else None
         sending = asyncio.create_task(self.webhooks.run(stop))  # its own task: a slow receiver never holds a tick
+        polling = asyncio.create_task(self.poller.run(stop)) if self.poller is not None else None
         scheduler.start()
         try:
+            if self.receiver is not None:
+                await self.receiver.start()
             if serving is None:
                 await stop.wait()
             else:
@@ -229,6 +252,10 @@ class Runner:
             scheduler.pause()
             await self._finish_round(busy)  # before the shutdown, which would cancel the running tick
             scheduler.shutdown(wait=False)
+            if self.receiver is not None:
+                await self.receiver.stop(STOP_GRACE_S)
+            if polling is not None:
+                await asyncio.gather(polling, return_exceptions=True)  # a poll in flight ends its round first
             if http is not None and serving is not None:
                 http.should_exit = True
                 await asyncio.gather(serving, return_exceptions=True)
