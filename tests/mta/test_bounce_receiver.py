@@ -29,7 +29,7 @@ import pytest
 from engine.bounce_outcome import Verdict
 from engine.bounce_receiver import BounceReceiver, ReceiverError
 from engine.runner import Runner
-from engine.settings import BounceReceiverSettings, BounceSettings, Settings
+from engine.settings import BounceMailboxSettings, BounceReceiverSettings, BounceSettings, Settings
 from tests.mail_servers import Postfix, free_port, require
 
 REFUSED = "550 5.1.1 <ghost@far.test>: Recipient address rejected: User unknown"
@@ -253,7 +253,8 @@ def test_no_domain_or_a_taken_port_stops_the_start() -> None:
         first.stop()
 
 
-def test_funnel_run_serves_the_receiver_and_stops_it_cleanly(tmp_path: Path) -> None:
+def test_funnel_run_serves_the_receiver_and_stops_it_cleanly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="engine")
     port = free_port()
     settings = Settings(
         data_dir=tmp_path,
@@ -261,10 +262,14 @@ def test_funnel_run_serves_the_receiver_and_stops_it_cleanly(tmp_path: Path) -> 
         emails_dir=tmp_path,
         http={"enabled": False},
         tick_seconds=60,
-        bounces=settings_for(port),
+        # A mailbox too, here one that cannot be reached: its poller must not hold the stop either.
+        bounces=settings_for(port).model_copy(
+            update={"imap": BounceMailboxSettings(host="127.0.0.1", port=free_port(), interval_s=0.1)}
+        ),
     )
     intake = Intake()
     runner = Runner(settings, [], lambda: datetime.now(UTC), intake=intake)
+    assert runner.receiver is not None and runner.poller is not None
     answers: list[int] = []
 
     def deliver_then_stop() -> None:
@@ -296,3 +301,5 @@ def test_funnel_run_serves_the_receiver_and_stops_it_cleanly(tmp_path: Path) -> 
     assert [m["Delivered-To"] for m in intake.messages()] == ["bounces+run@bounce.test"]
     with pytest.raises(ConnectionRefusedError):
         smtplib.LMTP("127.0.0.1", port)
+    refused = [r for r in caplog.records if r.name == "engine.bounce_mailbox" and r.levelno == logging.ERROR]
+    assert len(refused) == 1, "the mailbox's outage was said more than once"
