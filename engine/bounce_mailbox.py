@@ -103,6 +103,10 @@ class MailboxPoller:
         self.judged: set[int] = set()  # UIDs left in the folder: not reports, or too large
 
     async def run(self, stop: asyncio.Event) -> None:
+        log.info(
+            "polling %s %s every %s",
+            self.where, self.settings.mailbox, in_words(timedelta(seconds=self.settings.interval_s)),
+        )  # fmt: skip
         while not stop.is_set():
             try:
                 await self.poll()

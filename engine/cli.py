@@ -329,6 +329,7 @@ def run(
 
     import sqlalchemy as sa
 
+    from engine.bounce_receiver import ReceiverError
     from engine.database import describe_failure
     from engine.logs import setup
     from engine.mailer import CaFileError
@@ -342,7 +343,7 @@ def run(
     funnels = _load([settings.funnels_dir], settings.emails_dir)
     try:
         runner = Runner(settings, funnels, Clock(_parse_time(now, "--now")))
-    except (DkimKeyError, CaFileError) as exc:
+    except (DkimKeyError, CaFileError, ReceiverError) as exc:
         err.print(f"cannot start: {exc}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     except sa.exc.DBAPIError as exc:
@@ -377,7 +378,11 @@ def run(
                 console.print(f"HTTP app (events API, unsubscribe) on http://{settings.http.host}:{settings.http.port}")
             lister = "funnel sink" if runner.sink is not None else "funnel outbox"
             console.print(f"ticking every {settings.tick_seconds:g} s; list emails with `{lister}`; Ctrl-C stops")
-            asyncio.run(runner.run_forever())
+            try:
+                asyncio.run(runner.run_forever())
+            except ReceiverError as exc:  # its port taken: said like a start refused
+                err.print(f"cannot start: {exc}", markup=False, highlight=False, soft_wrap=True)
+                raise typer.Exit(2) from None
     finally:
         runner.close()
 

@@ -2,9 +2,9 @@
 
 The mailbox holds what a real bounce mailbox holds: delivery status notifications, a feedback report,
 an auto-reply, and mail that is nothing of the kind, delivered over dovecot's own LMTP. The intake
-here stands for the engine's processor (it lands in the store): it recognises the reports by their
-subject and records what it was handed. What these tests prove is the IMAP side: what is taken leaves,
-what is not stays exactly as it was, and nothing is handed over twice.
+here stands for the engine's processor (test_bounces_through_postfix.py drives the real one): it
+recognises the reports by their subject and records what it was handed. What these tests prove is the
+IMAP side: what is taken leaves, what is not stays exactly as it was, and nothing is handed over twice.
 """
 
 from __future__ import annotations
