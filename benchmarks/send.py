@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
-    from engine.mailer import Mailer
+    from engine.mail.mailer import Mailer
 
 # The engine is imported inside the functions: a render process (spawned) re-imports this script, and
 # should carry no more than it does under `funnel run`.
@@ -67,7 +67,7 @@ def children_peak_rss_mb() -> dict[int, float]:
 def load(engine: sa.Engine, count: int, templates: list[str]) -> None:
     import sqlalchemy as sa
 
-    from engine import tables
+    from engine.store import tables
 
     created = NOW - timedelta(days=1)
     for start in range(0, count, CHUNK):
@@ -159,12 +159,12 @@ async def send_raw(payload: bytes, count: int, connections: int, port: int) -> N
 def main() -> None:
     import sqlalchemy as sa
 
-    from engine import tables
-    from engine.database import create_engine_for, upgrade
-    from engine.mailer import Mailer
-    from engine.outbox_item import OutboxItem
+    from engine.core.outbox_item import OutboxItem
+    from engine.mail.mailer import Mailer
+    from engine.mail.templates import TemplateLibrary
     from engine.settings import Settings
-    from engine.templates import TemplateLibrary
+    from engine.store import tables
+    from engine.store.database import create_engine_for, upgrade
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--emails", type=int, default=100_000)

@@ -28,10 +28,11 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine import store, tables  # noqa: E402
-from engine.database import create_engine_for, upgrade  # noqa: E402
-from engine.validation import load_funnels  # noqa: E402
-from engine.worker import Worker  # noqa: E402
+from engine.authoring.validation import load_funnels  # noqa: E402
+from engine.runtime.worker import Worker  # noqa: E402
+from engine.store import leads as store  # noqa: E402
+from engine.store import tables  # noqa: E402
+from engine.store.database import create_engine_for, upgrade  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from scratch_database import fresh_database, is_postgres  # noqa: E402

@@ -23,7 +23,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine, make_url
 
-from engine.database import create_engine_for, upgrade
+from engine.store.database import create_engine_for, upgrade
 
 POSTGRES_URL_ENV = "FUNNEL_TEST_POSTGRES_URL"
 

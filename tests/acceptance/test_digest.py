@@ -10,8 +10,9 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from engine import digest, tables
+from engine.runtime import digest
 from engine.settings import Settings
+from engine.store import tables
 from tests.acceptance.conftest import queue_email
 from tests.smtp_server import RecordingSmtpServer
 

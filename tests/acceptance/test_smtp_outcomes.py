@@ -17,12 +17,13 @@ import pytest
 import sqlalchemy as sa
 from aiosmtpd.controller import Controller
 
-from engine import store, tables
-from engine.database import create_engine_for
-from engine.decisions import apply_decisions
-from engine.mailer import MAX_ATTEMPTS, Mailer
+from engine.mail.mailer import MAX_ATTEMPTS, Mailer
+from engine.mail.templates import TemplateLibrary
 from engine.settings import Settings, SmtpSettings
-from engine.templates import TemplateLibrary
+from engine.store import leads as store
+from engine.store import tables
+from engine.store.database import create_engine_for
+from engine.store.decisions import apply_decisions
 from tests.acceptance.conftest import queue_email
 from tests.smtp_server import _free_port
 
@@ -167,7 +168,7 @@ def test_no_reply_after_data_is_unknown_and_never_resent(engine: sa.Engine, scri
 
 def _kept_from_before(engine: sa.Engine, address: str, step: str) -> None:
     """A lead row written before the address rules (as the old entries stored it), with a message due."""
-    from engine.journey import Decision, Enrollment, SendEmail
+    from engine.core.journey import Decision, Enrollment, SendEmail
 
     with engine.begin() as conn:
         lead_id = conn.execute(

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from engine import store
-from engine.database import create_engine_for
-from engine.tables import enrollments, leads, outbox, stage_transitions
+from engine.store import leads as store
+from engine.store.database import create_engine_for
+from engine.store.tables import enrollments, leads, outbox, stage_transitions
 from tests.acceptance.conftest import Project, write_emails
 from tests.faults.test_faults_sigkill import FUNNEL, STEPS
 from tests.smtp_server import RecordingSmtpServer
@@ -114,8 +114,8 @@ def test_two_workers_racing_on_one_leads_events_enrol_it_once(tmp_path: Path, po
     """Batches of one event: two workers take the two signups of the same lead at the same moment."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from engine.validation import load_funnels
-    from engine.worker import Worker
+    from engine.authoring.validation import load_funnels
+    from engine.runtime.worker import Worker
 
     write_emails(tmp_path, list(STEPS))
     (tmp_path / "funnels").mkdir()

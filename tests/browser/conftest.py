@@ -23,13 +23,14 @@ import pytest
 import sqlalchemy as sa
 import uvicorn
 
-from engine import outbox, store, tables
-from engine.api import create_app
-from engine.database import create_engine_for, upgrade
-from engine.ops_auth import OpsSettings, hash_password
+from engine.authoring.validation import load_funnels
+from engine.http.api import create_app
+from engine.http.ops_auth import OpsSettings, hash_password
+from engine.runtime.worker import Worker
 from engine.settings import Settings
-from engine.validation import load_funnels
-from engine.worker import Worker
+from engine.store import leads as store
+from engine.store import outbox, tables
+from engine.store.database import create_engine_for, upgrade
 from tests.http.conftest import NOW, Clock, start_server
 from tests.smtp_server import _free_port
 

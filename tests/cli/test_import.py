@@ -14,11 +14,12 @@ import sqlalchemy as sa
 import typer
 from typer.testing import CliRunner
 
-from engine import store, tables
-from engine.cli_import import register
-from engine.database import create_engine_for
-from engine.validation import load_funnels
-from engine.worker import Worker
+from engine.authoring.validation import load_funnels
+from engine.cli.imports import register
+from engine.runtime.worker import Worker
+from engine.store import leads as store
+from engine.store import tables
+from engine.store.database import create_engine_for
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "import"
 
@@ -190,7 +191,7 @@ def test_more_than_fifty_bad_rows_are_listed_up_to_fifty(db: str, tmp_path: Path
 
 
 def test_a_suppressed_address_is_imported_but_stays_unsubscribed(db: str, tmp_path: Path) -> None:
-    from engine.database import upgrade
+    from engine.store.database import upgrade
 
     upgrade(db)
     engine = create_engine_for(db)
@@ -262,7 +263,7 @@ def test_ten_thousand_rows_are_imported(db: str, tmp_path: Path) -> None:
 
 
 def test_an_address_in_a_row_goes_through_the_one_normaliser(db: str, tmp_path: Path) -> None:
-    from engine.database import upgrade
+    from engine.store.database import upgrade
 
     upgrade(db)
     engine = create_engine_for(db)
@@ -296,8 +297,8 @@ def test_an_address_in_a_row_goes_through_the_one_normaliser(db: str, tmp_path: 
 
 
 def test_an_import_never_subscribes_a_pending_lead_and_records_every_consent_change(db: str, tmp_path: Path) -> None:
-    from engine import consents
-    from engine.database import upgrade
+    from engine.store import consents
+    from engine.store.database import upgrade
 
     upgrade(db)
     engine = create_engine_for(db)
@@ -397,7 +398,7 @@ def test_a_nul_in_the_header_is_refused_at_line_1(db: str, tmp_path: Path) -> No
 
 def _refuse_an_address(url: str, email: str) -> None:
     """A trigger that makes the database refuse one lead's insert: a failure in the middle of a file."""
-    from engine.database import upgrade
+    from engine.store.database import upgrade
 
     upgrade(url)
     engine = create_engine_for(url)

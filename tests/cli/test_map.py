@@ -16,14 +16,14 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from engine import tables
-from engine.cli import app
-from engine.database import create_engine_for
-from engine.journey_map_png import find_browser, page_width, png_size
-from engine.journey_map_sources import read_live
+from engine.authoring.validation import load_funnels
+from engine.cli.main import app
+from engine.mail.templates import Sender, TemplateLibrary, sample_context
 from engine.settings import SenderSettings
-from engine.templates import Sender, TemplateLibrary, sample_context
-from engine.validation import load_funnels
+from engine.store import tables
+from engine.store.database import create_engine_for
+from engine.views.journey_map.png import find_browser, page_width, png_size
+from engine.views.journey_map.sources import read_live
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 REACHED_INBOX = ("sending", "sent", "unknown")

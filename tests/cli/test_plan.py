@@ -9,10 +9,10 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from engine import store
-from engine.database import create_engine_for, upgrade
-from engine.validation import load_funnels
-from engine.worker import Worker
+from engine.authoring.validation import load_funnels
+from engine.runtime.worker import Worker
+from engine.store import leads as store
+from engine.store.database import create_engine_for, upgrade
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 SIGNUP = datetime(2026, 11, 20, 18, 30, tzinfo=UTC)  # a Friday evening: leads wait for Monday 09:00

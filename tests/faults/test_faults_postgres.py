@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from engine import store
-from engine.database import create_engine_for, upgrade
-from engine.tables import events, leads, outbox
+from engine.store import leads as store
+from engine.store.database import create_engine_for, upgrade
+from engine.store.tables import events, leads, outbox
 from tests.acceptance.conftest import Project, write_emails
 from tests.conftest import _LocalPostgres, _postgres_bindir
 from tests.faults.conftest import size
@@ -231,7 +231,7 @@ def test_workers_ride_out_server_restarts(
     # A tick that failed said so once, with the database and the server's own words, and the worker said
     # when it worked again; no traceback per tick.
     assert all(
-        line.startswith(f"engine.runner database postgresql+psycopg://127.0.0.1:{server.port}/funnel: ")
+        line.startswith(f"engine.runtime.runner database postgresql+psycopg://127.0.0.1:{server.port}/funnel: ")
         for line in said
     ), said
     assert recovered == len(said)

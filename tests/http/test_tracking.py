@@ -11,11 +11,12 @@ from pathlib import Path
 import httpx
 import sqlalchemy as sa
 
-from engine import store, tables
-from engine.composer import Composer
-from engine.links import Links
-from engine.outbox_item import OutboxItem
+from engine.core.outbox_item import OutboxItem
+from engine.mail.composer import Composer
+from engine.mail.links import Links
 from engine.settings import Settings
+from engine.store import leads as store
+from engine.store import tables
 from tests.http.conftest import NOW, Served
 
 ROOT = Path(__file__).resolve().parents[2]

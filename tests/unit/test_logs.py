@@ -9,8 +9,8 @@ import logging
 
 import pytest
 
-from engine import logs
-from engine.logs import pseudonym
+from engine.runtime import logs
+from engine.runtime.logs import pseudonym
 
 
 @pytest.fixture

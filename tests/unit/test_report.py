@@ -1,4 +1,4 @@
-"""`engine.report`: the figures of `funnel report` from counted rows. Journeys are generated, counted the
+"""`engine.views.report`: the figures of `funnel report` from counted rows. Journeys are generated, counted the
 way the database counts them, and the figures checked against what the journeys say."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.report import (
+from engine.views.report import (
     EmailStatus,
     Engagement,
     Followed,

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from engine.definition import Funnel, SendStep
-from engine.templates import Sender, TemplateError, TemplateLibrary, html_to_text, lead_fields, sample_context
-from engine.yamlfile import read_yaml
+from engine.core.definition import Funnel, SendStep
+from engine.core.yamlfile import read_yaml
+from engine.mail.templates import Sender, TemplateError, TemplateLibrary, html_to_text, lead_fields, sample_context
 
 ROOT = Path(__file__).resolve().parents[2]
 EMAILS = ROOT / "emails"
@@ -635,7 +635,7 @@ def test_a_subject_is_bounded_like_the_body(emails: Path) -> None:
 
 
 def test_the_output_bound_names_the_line_that_passes_it(emails: Path) -> None:
-    from engine.template_bounds import MAX_TEXT_CHARS
+    from engine.mail.template_bounds import MAX_TEXT_CHARS
 
     # Each line is well within the bound; the tenth is where the email passes it.
     line = "{{ 'a' * 10000 }}" * (MAX_TEXT_CHARS // 10000 // 10 + 1) + "\n"
@@ -649,7 +649,7 @@ def test_the_output_bound_names_the_line_that_passes_it(emails: Path) -> None:
 def test_render_time_is_bounded_where_counting_steps_is_not_enough(
     emails: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from engine import template_bounds
+    from engine.mail import template_bounds
 
     monkeypatch.setattr(template_bounds, "MAX_RENDER_SECONDS", 0.3)
     # Few steps, each a sort of 100,000 items: the clock stops it, not the step count.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.templates import html_to_text
+from engine.mail.templates import html_to_text
 
 
 def page(body: str) -> str:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from engine.cli import app
-from engine.validation import FunnelError, LoadResult, load_funnels
+from engine.authoring.validation import FunnelError, LoadResult, load_funnels
+from engine.cli.main import app
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 BROKEN = FIXTURES / "broken"
@@ -383,7 +383,7 @@ def test_a_step_with_two_actions_or_none_says_which(tmp_path: Path) -> None:
 
 
 def test_a_funnel_file_over_the_size_bound_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
-    from engine.yamlfile import MAX_FILE_BYTES
+    from engine.core.yamlfile import MAX_FILE_BYTES
 
     path = write_funnel(tmp_path, "big.yaml")
     stage = "  - id: s{0}\n    steps:\n" + "".join(f"      - id: s{{0}}-w{i}\n        wait: 1d\n" for i in range(20))
@@ -402,7 +402,7 @@ def test_a_funnel_file_over_the_size_bound_is_refused_before_it_is_parsed(tmp_pa
 
 
 def test_a_funnel_file_at_the_size_bound_loads(tmp_path: Path) -> None:
-    from engine.yamlfile import MAX_FILE_BYTES
+    from engine.core.yamlfile import MAX_FILE_BYTES
 
     path = write_funnel(tmp_path, "padded.yaml")
     padding = MAX_FILE_BYTES - path.stat().st_size
@@ -413,7 +413,7 @@ def test_a_funnel_file_at_the_size_bound_loads(tmp_path: Path) -> None:
 
 
 def test_stages_and_steps_are_bounded_with_the_place_and_the_count(tmp_path: Path) -> None:
-    from engine.definition import MAX_STAGES, MAX_STEPS_PER_STAGE
+    from engine.core.definition import MAX_STAGES, MAX_STEPS_PER_STAGE
 
     head = ["id: many", "name: Many", "entry:", "  triggers:", "    - event: form_submitted", "stages:"]
     many_stages = tmp_path / "stages.yaml"
