@@ -21,10 +21,10 @@ from pydantic_settings import (
 )
 
 from engine.core import own_events
+from engine.core.ops_auth import OpsSettings
 from engine.core.secret_keys import DEFAULT_SECRET_KEY, SigningSecret, key_problem
 from engine.core.webhook_policy import WebhookSettings
 from engine.core.webhook_targets import Targets
-from engine.http.ops_auth import OpsSettings
 
 
 class SmtpSettings(BaseModel):

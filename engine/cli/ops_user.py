@@ -26,7 +26,7 @@ def add(
     ),
 ) -> None:
     """Ask for a password and print the config line with its argon2id hash (nothing is written)."""
-    from engine.http.ops_auth import hash_password
+    from engine.core.ops_auth import hash_password
 
     err = Console(stderr=True)
     if not NAME.match(name):

@@ -16,12 +16,12 @@ from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from engine.core.redaction import safe_path
 from engine.http import api_v1, dashboard, forms, hooks, pages
 from engine.http.http_context import HttpContext
 from engine.http.lead_headers import LeadFacingHeaders
 from engine.http.metrics import Metrics
 from engine.http.request_bodies import RequestBodies
-from engine.runtime.logs import safe_path
 from engine.settings import Settings
 from engine.store.database import describe_failure
 

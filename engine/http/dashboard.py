@@ -35,11 +35,11 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from pydantic import ValidationError
 
+from engine.core import ops_auth
 from engine.core.definition import Funnel
 from engine.core.durations import stay_in_words
-from engine.http import ops_auth
+from engine.core.ops_auth import Session, Sessions
 from engine.http.http_context import HttpContext
-from engine.http.ops_auth import Session, Sessions
 from engine.mail.templates import Sender, TemplateLibrary
 from engine.store import dashboard_data, ops_sessions, report_queries
 from engine.store.database import connect_read_only

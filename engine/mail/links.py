@@ -1,6 +1,6 @@
 """Signed links: unsubscribe, preferences, click tracking and opt-in each carry a token with its own
 purpose (salt), so a token made for one can never be used as another (invariant 11), and each is valid
-only as it was written (`engine.mail.tokens`)."""
+only as it was written (`engine.core.tokens`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 from itsdangerous import BadSignature
 from itsdangerous.encoding import base64_encode
 
-from engine.mail.tokens import TokenSerializer
+from engine.core.tokens import TokenSerializer
 from engine.settings import Settings
 
 PURPOSES = ("unsubscribe", "preferences", "click", "open", "opt-in")

@@ -29,12 +29,12 @@ import aiosmtplib
 import sqlalchemy as sa
 
 from engine.core.outbox_item import OutboxItem
+from engine.core.redaction import pseudonymise
 from engine.core.timing import TimingRules
 from engine.mail.composer import Composer, Failed, Prepared
 from engine.mail.renderpool import RenderPool
 from engine.mail.templates import RenderedEmail, TemplateLibrary
 from engine.mail.throttle import Throttle
-from engine.runtime.logs import pseudonymise
 from engine.settings import Settings, SmtpSettings
 from engine.store import outbox
 from engine.store.ledger import TAKEN, Ledger, RecordingFailed, screened

@@ -22,9 +22,9 @@ import sqlalchemy as sa
 from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy.dialects import postgresql, sqlite
 
+from engine.core.redaction import pseudonymise
 from engine.mail.mailer import client_options
 from engine.mail.mime import build_mime
-from engine.runtime.logs import pseudonymise
 from engine.settings import Settings
 from engine.store import tables
 

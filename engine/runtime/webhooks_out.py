@@ -24,9 +24,9 @@ import httpx
 import sqlalchemy as sa
 
 from engine.core import webhook_policy as policy
+from engine.core.redaction import origin
 from engine.core.webhook_policy import STEP_CALLS, WebhookSettings
 from engine.core.webhook_targets import Targets
-from engine.runtime.logs import origin
 from engine.runtime.webhook_network import GuardedTransport, TargetRefused
 from engine.store.database import connect_read_only
 from engine.store.webhook_deliveries import Claimed, claim, fan_out, has_fan_out_work, record

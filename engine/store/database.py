@@ -23,7 +23,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from engine.runtime.logs import scrub
+from engine.core.redaction import scrub
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 

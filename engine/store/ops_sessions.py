@@ -1,5 +1,5 @@
 """The dashboard's sessions and failed sign-ins, in the database: every process of the app sees a
-sign-out, and a lockout, at once (the rules are `engine.http.ops_auth`'s).
+sign-out, and a lockout, at once (the rules are `engine.core.ops_auth`'s).
 
 A session is kept by a hash of its id (the id travels only in the signed cookie). Failures are counted
 with one `INSERT ... ON CONFLICT DO UPDATE` per key, which PostgreSQL applies atomically under the row's
@@ -17,7 +17,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from engine.http.ops_auth import FAILURES_FORGOTTEN_AFTER, Counted, Session
+from engine.core.ops_auth import FAILURES_FORGOTTEN_AFTER, Counted, Session
 from engine.store.tables import ops_sessions, ops_sign_in_failures
 
 

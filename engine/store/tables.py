@@ -412,7 +412,7 @@ class OpsSession(SQLModel, table=True):
 
 class OpsSignInFailure(SQLModel, table=True):
     """Failed dashboard sign-ins counted per name (by a hash: a name field sometimes holds a password
-    typed in the wrong box) and per client address, and the lockout they earned (`engine.http.ops_auth`)."""
+    typed in the wrong box) and per client address, and the lockout they earned (`engine.core.ops_auth`)."""
 
     __tablename__ = "ops_sign_in_failures"
     __table_args__ = (sa.Index("ix_ops_sign_in_failures_last_failed_at", "last_failed_at"),)

@@ -25,7 +25,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from engine.runtime.logs import pseudonym
+from engine.core.redaction import pseudonym
 from engine.store import leads as store
 from engine.store import tables
 from tests.acceptance.conftest import Project, write_emails

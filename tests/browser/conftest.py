@@ -24,8 +24,8 @@ import sqlalchemy as sa
 import uvicorn
 
 from engine.authoring.validation import load_funnels
+from engine.core.ops_auth import OpsSettings, hash_password
 from engine.http.api import create_app
-from engine.http.ops_auth import OpsSettings, hash_password
 from engine.runtime.worker import Worker
 from engine.settings import Settings
 from engine.store import leads as store

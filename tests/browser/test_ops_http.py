@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 from itsdangerous import URLSafeSerializer
 
-from engine.http.ops_auth import LOGIN_COOKIE, SESSION_COOKIE, OpsSettings, Sessions, hash_password
+from engine.core.ops_auth import LOGIN_COOKIE, SESSION_COOKIE, OpsSettings, Sessions, hash_password
 from engine.store import tables
 from tests.browser.conftest import NOW, PASSWORD, USER, USER_HASH, Dashboard
 

@@ -8,7 +8,7 @@ import tomllib
 import typer
 from typer.testing import CliRunner
 
-from engine.http.ops_auth import OpsSettings, check_password
+from engine.core.ops_auth import OpsSettings, check_password
 
 PASSWORD = "a long enough passphrase"
 

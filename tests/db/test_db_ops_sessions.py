@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from engine.http.ops_auth import Session, counted
+from engine.core.ops_auth import Session, counted
 from engine.store import ops_sessions, tables
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)

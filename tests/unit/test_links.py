@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 from pydantic import SecretStr
 
-from engine.http.ops_auth import OpsSettings, Sessions, hash_password
+from engine.core.ops_auth import OpsSettings, Sessions, hash_password
 from engine.mail.links import PURPOSES, Links
 from engine.settings import Settings
 

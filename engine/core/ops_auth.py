@@ -40,7 +40,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from itsdangerous import BadSignature
 from pydantic import BaseModel, Field, StringConstraints, field_validator
 
-from engine.mail.tokens import TokenSerializer
+from engine.core.tokens import TokenSerializer
 
 SESSION_COOKIE = "funnel_ops"
 LOGIN_COOKIE = "funnel_ops_login"
