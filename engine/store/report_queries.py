@@ -20,9 +20,18 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from engine.core.report_rows import (
+    EmailStatus,
+    Engagement,
+    ExitRow,
+    Followed,
+    Layout,
+    Reached,
+    Rows,
+    StageCount,
+    Stays,
+)
 from engine.store import tables
-from engine.views.journey_map.model import ExitRow
-from engine.views.report import EmailStatus, Engagement, Followed, Layout, Reached, Rows, StageCount, Stays
 
 OPENED, CLICKED = "email_opened", "email_clicked"
 UNSUBSCRIBED, FUNNEL_UNSUBSCRIBED = "unsubscribed", "funnel_unsubscribed"

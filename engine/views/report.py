@@ -12,6 +12,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from engine.core.report_rows import Layout, Rows, StageCount
+
 # Handed to the relay and taken, or maybe taken, or refused for its address: what "sent" means in the
 # report. A `failed` message never went out (refused for good, or never composed or handed over): it is
 # counted apart, not as sent.
@@ -19,86 +21,7 @@ HANDED_OVER = ("sending", "sent", "bounced", "unknown")
 WAITING = ("queued", "deferred")
 
 
-# --------------------------------------------------------------------------------------------------
-# Rows in (one per group the database counted)
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class StageCount:
-    """Enrollments in one place: active in `stage`, or exited (from `stage`) for `exit_reason`."""
-
-    funnel: str
-    stage: str
-    status: str  # active | exited
-    exit_reason: str | None
-    leads: int
-
-
-@dataclass(frozen=True, slots=True)
-class Reached:
-    """Leads that ever entered `stage`."""
-
-    funnel: str
-    stage: str
-    leads: int
-
-
-@dataclass(frozen=True, slots=True)
-class Followed:
-    """Leads whose first visit of `later` came after their first visit of `stage`."""
-
-    funnel: str
-    stage: str
-    later: str
-    leads: int
-
-
-@dataclass(frozen=True, slots=True)
-class Stays:
-    """`count` completed stays in `stage` that lasted `minutes` (rounded to the minute)."""
-
-    funnel: str
-    stage: str
-    minutes: int
-    count: int
-
-
-@dataclass(frozen=True, slots=True)
-class EmailStatus:
-    funnel: str
-    step: str
-    template: str
-    status: str
-    count: int
-
-
-@dataclass(frozen=True, slots=True)
-class Engagement:
-    """Leads who did `kind` (opened, clicked, unsubscribed) after this email."""
-
-    funnel: str
-    step: str
-    kind: str
-    leads: int
-
-
-@dataclass(frozen=True, slots=True)
-class Layout:
-    """A funnel's stages and email steps in the order its definition gives them."""
-
-    stages: tuple[str, ...] = ()
-    emails: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Rows:
-    stage_counts: Sequence[StageCount] = ()
-    reached: Sequence[Reached] = ()
-    followed: Sequence[Followed] = ()
-    stays: Sequence[Stays] = ()
-    email_statuses: Sequence[EmailStatus] = ()
-    engagement: Sequence[Engagement] = ()
+# The rows in are `engine.core.report_rows`'.
 
 
 # --------------------------------------------------------------------------------------------------

@@ -13,9 +13,10 @@ import yaml
 
 from engine.authoring.validation import load_funnels
 from engine.core.definition import Funnel
+from engine.core.report_rows import ExitRow
 from engine.views.journey_map import markdown as journey_map_md
 from engine.views.journey_map import model as journey_map
-from engine.views.journey_map.model import ANY_STAGE, ExitRow, Live
+from engine.views.journey_map.model import ANY_STAGE, Live
 from engine.views.report import EmailFigures, FunnelReport, StageFigures
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,19 +10,8 @@ from dataclasses import dataclass
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.views.report import (
-    EmailStatus,
-    Engagement,
-    Followed,
-    Layout,
-    Reached,
-    Rows,
-    StageCount,
-    Stays,
-    build,
-    csv_rows,
-    percentile,
-)
+from engine.core.report_rows import EmailStatus, Engagement, Followed, Layout, Reached, Rows, StageCount, Stays
+from engine.views.report import build, csv_rows, percentile
 
 STAGES = ("inquiry", "comparison", "conversion", "onboarding")
 LAYOUT = Layout(stages=STAGES, emails=("welcome", "nudge", "invite"))

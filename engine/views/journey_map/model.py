@@ -36,31 +36,16 @@ from engine.core.definition import (
 )
 from engine.core.durations import in_words
 from engine.core.own_events import FUNNEL_UNSUBSCRIBED
-from engine.views.journey_map import words as words
+from engine.core.report_rows import ExitRow
+from engine.views.journey_map import words
 from engine.views.journey_map.timing import when_sent
 from engine.views.report import EmailFigures, FunnelReport, StageFigures
 
 ANY_STAGE = "*"
 
 # --------------------------------------------------------------------------------------------------
-# Live figures in: the report's figures, and exits counted by `journey_map_queries`
+# Live figures in: the report's figures, and exits counted by `engine.store.report_queries`
 # --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ExitRow:
-    """`leads` who left `funnel` from `stage` for `reason`, their last email there being `after`.
-
-    `cause` is the transition's cause kind (`timeout`, `sequence_end`, `exit_rule`, ...) or `bounce`
-    for leads whose email bounced; `goal_reached` whether they had reached the funnel's goal by then."""
-
-    funnel: str
-    stage: str
-    reason: str
-    cause: str
-    goal_reached: bool
-    after: str | None
-    leads: int
 
 
 @dataclass(frozen=True)
@@ -443,7 +428,6 @@ __all__ = [
     "ANY_STAGE",
     "Column",
     "DropOff",
-    "ExitRow",
     "JourneyMap",
     "Live",
     "Move",
