@@ -15,9 +15,8 @@ import typer
 from rich.console import Console
 
 if TYPE_CHECKING:
-    import sqlalchemy as sa
-
     from engine.runtime.importer import ImportResult
+    from engine.store.database import Engine
 
 
 def register(app: typer.Typer) -> None:
@@ -90,15 +89,13 @@ def import_leads(
     _summary(console, result, elapsed, funnel)
 
 
-def _upgrade(engine: sa.Engine, url: str, path: Path, err: Console) -> None:
+def _upgrade(engine: Engine, url: str, path: Path, err: Console) -> None:
     """The schema brought up to date, or one line saying why the database cannot be used."""
-    import sqlalchemy
-
-    from engine.store.database import describe_failure, one_line, upgrade
+    from engine.store.database import DatabaseError, describe_failure, one_line, upgrade
 
     try:
         upgrade(url)
-    except sqlalchemy.exc.SQLAlchemyError as exc:
+    except DatabaseError as exc:
         said = describe_failure(engine, exc) or one_line(exc)
         err.print(f"{path}: nothing imported: cannot use the database: {said}", markup=False, highlight=False)
         raise typer.Exit(1) from None

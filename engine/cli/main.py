@@ -326,14 +326,12 @@ def run(
     """Run the engine: the scheduler ticks, leads move, emails go out (to a local sink if no relay is set)."""
     import asyncio
 
-    import sqlalchemy as sa
-
     from engine.mail.mailer import CaFileError
     from engine.mail.mime import DkimKeyError
     from engine.runtime.logs import setup
     from engine.runtime.runner import Clock, Runner
     from engine.settings import get_settings
-    from engine.store.database import describe_failure
+    from engine.store.database import DBAPIError, describe_failure, shown_url
 
     settings = get_settings()
     setup(settings.log_format, settings.log_level, settings.log_level_libraries)
@@ -344,8 +342,8 @@ def run(
     except (DkimKeyError, CaFileError) as exc:
         err.print(f"cannot start: {exc}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
-    except sa.exc.DBAPIError as exc:
-        problem = describe_failure(sa.create_engine(settings.effective_database_url), exc)
+    except DBAPIError as exc:
+        problem = describe_failure(settings.effective_database_url, exc)
         if problem is None:
             raise
         err.print(f"cannot start: {problem}", markup=False, highlight=False, soft_wrap=True)
@@ -358,7 +356,7 @@ def run(
             if settings.smtp.host
             else (f"the local sink, stored as .eml files in {settings.data_dir / 'outbox'}")
         )
-        shown = sa.make_url(settings.effective_database_url).render_as_string(hide_password=True)
+        shown = shown_url(settings.effective_database_url)
         console.print(f"database: {shown}\nemails go to {where}", markup=False, soft_wrap=True)
         if demo:
             count = _demo_signups(runner, runner.clock())

@@ -23,8 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    import sqlalchemy as sa
-
+    from engine.store.database import Connection, Engine
     from engine.store.report_queries import EmailSeen, TransitionSeen
     from engine.views.report import FunnelReport
 
@@ -42,14 +41,12 @@ def register(app: typer.Typer) -> None:
 
 
 @contextmanager
-def _database(url: str | None, create: bool = False) -> Iterator[sa.Engine]:
+def _database(url: str | None, create: bool = False) -> Iterator[Engine]:
     """The configured database (or `url`), migrated. Only a command that records something new may
     `create` it: run in the wrong folder, a command that reads would otherwise make an empty SQLite file
     there and answer from it. A database that cannot be opened is one line saying which and why."""
-    import sqlalchemy as sa
-
     from engine.settings import get_settings
-    from engine.store.database import create_engine_for, describe_failure, missing_file, upgrade
+    from engine.store.database import DBAPIError, create_engine_for, describe_failure, missing_file, upgrade
 
     url = url or get_settings().effective_database_url
     missing = None if create else missing_file(url)
@@ -60,7 +57,7 @@ def _database(url: str | None, create: bool = False) -> Iterator[sa.Engine]:
         )
     try:
         upgrade(url)
-    except sa.exc.DBAPIError as exc:
+    except DBAPIError as exc:
         problem = describe_failure(create_engine_for(url), exc)
         if problem is None:
             raise
@@ -105,7 +102,7 @@ def lead_address(text: str) -> str:
         raise _fail(f"EMAIL: {exc}", 2) from None
 
 
-def _known_address(conn: sa.Connection, text: str) -> str:
+def _known_address(conn: Connection, text: str) -> str:
     """For the commands that look a lead up: the address as `lead_address` takes it, or, for text the
     rules refuse, the lead stored under it before the rules existed (it can still be shown and erased)."""
     from engine.core.addresses import AddressError, lookup_key, normalise

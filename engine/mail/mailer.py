@@ -26,7 +26,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import aiosmtplib
-import sqlalchemy as sa
 
 from engine.core.outbox_item import OutboxItem
 from engine.core.redaction import pseudonymise
@@ -37,6 +36,7 @@ from engine.mail.templates import RenderedEmail, TemplateLibrary
 from engine.mail.throttle import Throttle
 from engine.settings import Settings, SmtpSettings
 from engine.store import outbox
+from engine.store.database import Engine
 from engine.store.ledger import TAKEN, Ledger, RecordingFailed, screened
 from engine.store.outbox import Change
 from engine.store.screen import GO, Later, Never, Screen, Unsure
@@ -193,7 +193,7 @@ class _Crashed:
 class Mailer:
     def __init__(
         self,
-        engine: sa.Engine,
+        engine: Engine,
         settings: Settings,
         templates: TemplateLibrary,
         funnel_names: dict[str, str] | None = None,

@@ -21,14 +21,13 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import httpx
-import sqlalchemy as sa
 
 from engine.core import webhook_policy as policy
 from engine.core.redaction import origin
 from engine.core.webhook_policy import STEP_CALLS, WebhookSettings
 from engine.core.webhook_targets import Targets
 from engine.runtime.webhook_network import GuardedTransport, TargetRefused
-from engine.store.database import connect_read_only
+from engine.store.database import DatabaseError, Engine, connect_read_only
 from engine.store.webhook_deliveries import Claimed, claim, fan_out, has_fan_out_work, record
 
 log = logging.getLogger("engine.webhooks_out")
@@ -67,7 +66,7 @@ class WebhookSender:
 
     def __init__(
         self,
-        engine: sa.Engine,
+        engine: Engine,
         settings: WebhookSettings,
         clock: Callable[[], datetime] | None = None,
         *,
@@ -211,7 +210,7 @@ class WebhookSender:
                 break
             outcomes = await asyncio.gather(*(self.deliver(item) for item in claimed), return_exceptions=True)
             for item, outcome in zip(claimed, outcomes, strict=True):
-                if isinstance(outcome, sa.exc.SQLAlchemyError):
+                if isinstance(outcome, DatabaseError):
                     # Sent, but the outcome could not be written: the lease runs out and it is sent again.
                     result.errors.append(f"webhook delivery {item.id}: outcome not recorded: {outcome}")
                 elif isinstance(outcome, BaseException):
@@ -296,7 +295,7 @@ class WebhookSender:
         # A database hiccup must not end the sender: it is logged and the next round tries again.
         try:
             return bool(await step())
-        except sa.exc.SQLAlchemyError:
+        except DatabaseError:
             log.exception("webhook sender: database error")
             return False
 

@@ -18,13 +18,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
-import sqlalchemy as sa
-
 from engine.core import journey
 from engine.core.definition import Funnel
 from engine.core.versions import migrate_enrollment
 from engine.store import leads as store
-from engine.store.database import READ_ONLY
+from engine.store.database import READ_ONLY, Connection, Engine, data_version
 from engine.store.decisions import apply_decisions
 
 log = logging.getLogger("engine.worker")
@@ -69,13 +67,8 @@ class _EventBatch:
     result: TickResult = field(default_factory=TickResult)
 
 
-def _data_version(conn: sa.Connection) -> int:
-    """SQLite's count that moves whenever another connection commits (seen from this connection)."""
-    return int(conn.exec_driver_sql("PRAGMA data_version").scalar_one())
-
-
 class Worker:
-    def __init__(self, engine: sa.Engine, funnels: Mapping[str, Funnel], batch_size: int = 500) -> None:
+    def __init__(self, engine: Engine, funnels: Mapping[str, Funnel], batch_size: int = 500) -> None:
         self.engine = engine
         self.funnels = dict(funnels)
         self.batch_size = batch_size
@@ -124,19 +117,19 @@ class Worker:
             # connection commits, is only comparable within a connection.
             with self.engine.connect() as conn:
                 with conn.execution_options(**{READ_ONLY: True}).begin():
-                    seen = _data_version(conn)  # the snapshot's: it is the transaction's first read
+                    seen = data_version(conn)  # the snapshot's: it is the transaction's first read
                     batch = self._decide(conn, now)
                 if batch is None:
                     return TickResult()
                 with conn.execution_options(**{READ_ONLY: False}).begin():
-                    if _data_version(conn) != seen and not self._unchanged(conn, batch):
+                    if data_version(conn) != seen and not self._unchanged(conn, batch):
                         batch = self._decide(conn, now)
                     return self._write(conn, batch, now) if batch is not None else TickResult()
         with self.engine.begin() as conn:
             batch = self._decide(conn, now)
             return self._write(conn, batch, now) if batch is not None else TickResult()
 
-    def _decide(self, conn: sa.Connection, now: datetime) -> _EventBatch | None:
+    def _decide(self, conn: Connection, now: datetime) -> _EventBatch | None:
         pending = store.claim_pending_events(conn, self.batch_size)
         if not pending:
             return None
@@ -157,7 +150,7 @@ class Worker:
             batch.result.events += 1
         return batch
 
-    def _unchanged(self, conn: sa.Connection, batch: _EventBatch) -> bool:
+    def _unchanged(self, conn: Connection, batch: _EventBatch) -> bool:
         """Whether the database still holds what `batch` was decided from (read again under the lock).
         Events recorded since come after the batch's in received order: they wait for the next batch."""
         return (
@@ -166,7 +159,7 @@ class Worker:
             and store.lock_enrollments(conn, batch.leads, list(self.funnels)) == batch.states
         )
 
-    def _write(self, conn: sa.Connection, batch: _EventBatch, now: datetime) -> TickResult:
+    def _write(self, conn: Connection, batch: _EventBatch, now: datetime) -> TickResult:
         written = apply_decisions(conn, batch.decisions, now)
         batch.result.transitions += written.transitions
         batch.result.emails_queued += written.queued
@@ -175,7 +168,7 @@ class Worker:
 
     def _event_in_funnel(
         self,
-        conn: sa.Connection,
+        conn: Connection,
         funnel: Funnel,
         row: store.PendingEvent,
         lead: journey.Lead,
@@ -236,7 +229,7 @@ class Worker:
     # -- shared ---------------------------------------------------------------------------------
 
     def _current(
-        self, conn: sa.Connection, funnel: Funnel, state: journey.Enrollment, now: datetime, result: TickResult
+        self, conn: Connection, funnel: Funnel, state: journey.Enrollment, now: datetime, result: TickResult
     ) -> tuple[journey.Enrollment, Callable[[journey.Decision], journey.Decision]]:
         """Move an enrollment made under an older definition onto the loaded one (by step id). The
         second value adds the stage change the edit made, if any, to the decision's records."""
@@ -249,7 +242,7 @@ class Worker:
             return migration.enrollment, _same
         return migration.enrollment, lambda d: replace(d, commands=(record, *d.commands))
 
-    def _definition(self, conn: sa.Connection, funnel_id: str, version: str) -> Funnel | None:
+    def _definition(self, conn: Connection, funnel_id: str, version: str) -> Funnel | None:
         key = (funnel_id, version)
         if key not in self._old:
             raw = store.get_funnel_definition(conn, funnel_id, version)

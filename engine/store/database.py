@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
-from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from engine.core.redaction import scrub
@@ -47,6 +47,14 @@ NEARLY_FULL_BYTES = 64 * 2**20
 # Execution option for connections that only read: on SQLite they begin a deferred transaction and so
 # never wait for the writer (WAL gives them a snapshot). No effect on PostgreSQL.
 READ_ONLY = "funnel_read_only"
+
+# What the packages above hold and catch: an engine and its connections, handed out here and passed back to
+# the functions of this package, and the errors a statement raises. They build no statement themselves.
+Connection = sa.Connection
+Engine = sa.Engine
+DatabaseError = sa.exc.SQLAlchemyError
+DBAPIError = sa.exc.DBAPIError
+IntegrityError = sa.exc.IntegrityError
 
 
 def create_engine_for(url: str | URL, **kwargs: Any) -> Engine:
@@ -115,22 +123,33 @@ def connect_read_only(engine: Engine) -> sa.Connection:
     return engine.connect().execution_options(**{READ_ONLY: True})
 
 
-def describe_failure(engine: Engine, exc: BaseException) -> str | None:
+def data_version(conn: Connection) -> int:
+    """SQLite's count that moves whenever another connection commits (seen from this connection)."""
+    return int(conn.exec_driver_sql("PRAGMA data_version").scalar_one())
+
+
+def describe_failure(engine: Engine | str | URL, exc: BaseException) -> str | None:
     """The database's part in a failure, in words ops can act on: which database, and what is wrong with
     it (a full disk, a file at the size limit, a server that went away). None when the database is not
     the cause (a bug, a constraint): those keep their traceback."""
     if not isinstance(exc, sa.exc.DBAPIError):
         return None
+    url = engine.url if isinstance(engine, Engine) else make_url(engine)
     if isinstance(exc.orig, sqlite3.Error):
-        return _describe_sqlite(Path(engine.url.database or ":memory:"), exc.orig)
+        return _describe_sqlite(Path(url.database or ":memory:"), exc.orig)
     if exc.connection_invalidated or isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError)):
         # The server's own first line says what happened ("Connection refused", "terminating connection
         # due to administrator command"); where is the URL, without the user (logs would take it for an
         # address) or the password.
-        where = engine.url._replace(username=None, password=None).render_as_string()
+        where = url._replace(username=None, password=None).render_as_string()
         said = str(exc.orig).strip().splitlines() or [repr(exc.orig)]
         return f"database {where}: {said[0]}"
     return None
+
+
+def shown_url(url: str | URL) -> str:
+    """The database's URL for a person to read: without its password."""
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def one_line(exc: BaseException) -> str:

@@ -7,16 +7,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-import sqlalchemy as sa
-
 from engine.core.definition import Funnel, SendStep
 from engine.mail.templates import Sender, TemplateError, TemplateLibrary, sample_context
 from engine.store import report_queries
+from engine.store.database import Connection
 from engine.views import report
 from engine.views.journey_map.model import Live
 
 
-def read_live(conn: sa.Connection, funnel_id: str, at: datetime) -> Live:
+def read_live(conn: Connection, funnel_id: str, at: datetime) -> Live:
     """The funnel's figures as `funnel report` computes them, and who left it where and why."""
     scope = report_queries.Scope(funnel_id)
     rows = report_queries.read_rows(conn, scope)
