@@ -35,16 +35,14 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import sqlalchemy as sa
-
 from engine.core import addresses, journey, signup, storable
 from engine.core.addresses import AddressError
 from engine.core.definition import Funnel
 from engine.core.own_events import LEAD_IMPORTED, engine_id
 from engine.core.signup import OPTED_OUT
-from engine.store import ingest, tables
+from engine.store import imports, ingest
 from engine.store import leads as store
-from engine.store.database import describe_failure, one_line
+from engine.store.database import Connection, DatabaseError, Engine, describe_failure, one_line
 from engine.store.tables import CONSENT_STATUSES
 
 BATCH_SIZE = 1000
@@ -283,9 +281,9 @@ def _consent_after(current: str | None, wanted: str | None, suppressed: bool) ->
     return status if status != current else None
 
 
-def write_batch(conn: sa.Connection, rows: Sequence[LeadRow], options: ImportOptions, result: ImportResult) -> None:
+def write_batch(conn: Connection, rows: Sequence[LeadRow], options: ImportOptions, result: ImportResult) -> None:
     """Upsert one batch of leads (and their enrollment events) in the caller's transaction."""
-    leads, now = tables.leads, options.now
+    now = options.now
     wanted: dict[str, LeadRow] = {}
     for row in rows:
         if row.email in wanted:
@@ -294,17 +292,8 @@ def write_batch(conn: sa.Connection, rows: Sequence[LeadRow], options: ImportOpt
         else:
             wanted[row.email] = row
     emails = list(wanted)
-    existing_stmt = sa.select(
-        leads.c.email, leads.c.id, leads.c.attributes, leads.c.tags, leads.c.timezone, leads.c.consent_status
-    )
-    existing = {
-        email: (lead_id, attributes, tags, timezone, consent)
-        for chunk in store.chunks(emails)
-        for email, lead_id, attributes, tags, timezone, consent in conn.execute(
-            existing_stmt.where(leads.c.email.in_(chunk))
-        )
-    }
-    suppressed = _suppressed(conn, emails)
+    existing = imports.existing_leads(conn, emails)
+    suppressed = imports.suppressed_among(conn, emails)
 
     inserts: list[dict[str, Any]] = []
     kept: list[dict[str, Any]] = []  # leads whose consent stays
@@ -348,63 +337,18 @@ def write_batch(conn: sa.Connection, rows: Sequence[LeadRow], options: ImportOpt
                 {"lead_id": lead_id, "action": signup.act_name(consent), "source": options.source[:200], "fields": {},
                  "status_before": old_consent, "status_after": consent, "at": now}
             )  # fmt: skip
-    if inserts:
-        store.insert_rows(conn, leads, inserts, "ON CONFLICT (email) DO NOTHING")
-        result.imported += len(inserts)
-    if kept:
-        conn.execute(_UPDATE_KEPT, kept)
-    if changed:
-        conn.execute(_UPDATE_CHANGED, changed)
+    imports.write_leads(conn, inserts, kept, changed, records)
+    result.imported += len(inserts)
     result.updated += len(kept) + len(changed)
-    if records:
-        conn.execute(sa.insert(tables.consent_records), records)
     if options.funnel is not None:
         _record_entries(conn, [e for e in emails if final_consent[e] not in OPTED_OUT], options, result)
-
-
-def _suppressed(conn: sa.Connection, emails: Sequence[str]) -> set[str]:
-    """The addresses among these on the suppression list. An empty list (a first import into a new
-    database, the usual case for moving tools) is asked about once per batch, not once per address."""
-    s = tables.suppressions
-    if conn.execute(sa.select(s.c.id).limit(1)).first() is None:
-        return set()
-    hashes = {store.email_hash(e): e for e in emails}
-    return {
-        hashes[h]
-        for chunk in store.chunks(list(hashes))
-        for h in conn.scalars(sa.select(s.c.email_hash).where(s.c.email_hash.in_(chunk)))
-    }
-
-
-def _lead_update(consent: bool) -> sa.Update:
-    """An executemany update of leads an import changed: their fields, and with `consent` their status."""
-    leads = tables.leads
-    stmt = (
-        sa.update(leads)
-        .where(leads.c.id == sa.bindparam("lead"))
-        .values(
-            attributes=sa.bindparam("new_attributes"),
-            tags=sa.bindparam("new_tags"),
-            timezone=sa.bindparam("new_timezone"),
-            updated_at=sa.bindparam("at"),
-        )
-    )
-    if consent:
-        stmt = stmt.values(
-            consent_status=sa.bindparam("consent"), consent_source=sa.bindparam("source"), consent_at=sa.bindparam("at")
-        )
-    return stmt
-
-
-_UPDATE_KEPT = _lead_update(consent=False)
-_UPDATE_CHANGED = _lead_update(consent=True)
 
 
 def event_id(funnel: str, email: str) -> str:
     return engine_id("import", funnel, store.email_hash(email))
 
 
-def _record_entries(conn: sa.Connection, emails: list[str], options: ImportOptions, result: ImportResult) -> None:
+def _record_entries(conn: Connection, emails: list[str], options: ImportOptions, result: ImportResult) -> None:
     """One `lead_imported` event per lead; its id makes a second import of the same file a no-op."""
     if not emails or options.funnel is None:
         return
@@ -490,7 +434,7 @@ def check_file(
 
 
 def import_parsed(
-    engine: sa.Engine,
+    engine: Engine,
     parsed: Parsed,
     options: ImportOptions,
     result: ImportResult,
@@ -506,7 +450,7 @@ def import_parsed(
 
 
 def import_file(
-    engine: sa.Engine,
+    engine: Engine,
     path: Path,
     options: ImportOptions,
     result: ImportResult,
@@ -550,7 +494,7 @@ class ImportWriteError(Exception):
 
 @contextlib.contextmanager
 def _one_transaction(
-    engine: sa.Engine, options: ImportOptions, result: ImportResult
+    engine: Engine, options: ImportOptions, result: ImportResult
 ) -> Iterator[Callable[[Sequence[LeadRow]], None]]:
     """One transaction for the whole import, and a function writing one batch in it. On SQLite it holds
     the writer lock until the commit (other writers wait, up to the busy timeout); on PostgreSQL other
@@ -566,7 +510,7 @@ def _one_transaction(
 
             yield write
             lines = None  # what fails from here is the commit
-    except sa.exc.SQLAlchemyError as exc:
+    except DatabaseError as exc:
         said = describe_failure(engine, exc) or one_line(exc)
         where = f"the rows of lines {lines[0]} to {lines[1]}" if lines is not None else "the import at its commit"
         raise ImportWriteError(f"the database refused {where}: {said}") from exc
