@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import sqlalchemy as sa
-
 from engine.authoring.simulation import DEFAULT_ZONES, FIRST_NAMES, email_links
 from engine.authoring.virtualclock import entry_event
 from engine.core import journey
@@ -32,8 +30,9 @@ from engine.core.timing import TimingRules
 from engine.mail.composer import message_id
 from engine.runtime.worker import Worker
 from engine.settings import Settings
-from engine.store import consents, ingest, outbox, tables
+from engine.store import consents, demo_month, ingest, outbox
 from engine.store import leads as store
+from engine.store.database import Connection, Engine
 from engine.store.ledger import screened
 from engine.store.screen import GO, Later, Never, Screen
 
@@ -94,7 +93,7 @@ class _Due:
 class DemoMonth:
     def __init__(
         self,
-        engine: sa.Engine,
+        engine: Engine,
         funnel: Funnel,
         screen: Screen,
         links: Mapping[str, tuple[str, ...]],
@@ -155,17 +154,8 @@ class DemoMonth:
 
     def _due_times(self) -> tuple[datetime | None, datetime | None]:
         """When the next enrollment wakes and the next email is due."""
-        e, o = tables.enrollments, tables.outbox
         with self.engine.connect() as conn:
-            # Constants written out, so SQLite sees the partial indexes' conditions and reads one entry.
-            active = e.c.status == sa.literal_column("'active'")
-            ready = o.c.status.in_([sa.literal_column("'queued'"), sa.literal_column("'deferred'")])
-            wake = sa.select(sa.func.min(e.c.wake_at)).where(active).scalar_subquery()
-            mail = sa.select(sa.func.min(o.c.next_attempt_at)).where(ready).scalar_subquery()
-            row = conn.execute(
-                sa.select(sa.type_coerce(wake, e.c.wake_at.type), sa.type_coerce(mail, o.c.due_at.type))
-            ).one()
-        return row[0], row[1]
+            return demo_month.next_due(conn)
 
     # -- what the leads do ------------------------------------------------------------------------
 
@@ -189,7 +179,7 @@ class DemoMonth:
             self.result.events += ingest.record(conn, new, now)[0]
         return True
 
-    def _signup(self, conn: sa.Connection, number: int, at: datetime) -> store.NewEvent:
+    def _signup(self, conn: Connection, number: int, at: datetime) -> store.NewEvent:
         rng = random.Random(f"{self.seed}:{number}")
         first = rng.choice(FIRST_NAMES)
         company = f"{rng.choice(('Acme', 'Northwind', 'Bayside', 'Oakfield', 'Fernside'))} {rng.choice(COMPANIES)}"
@@ -282,7 +272,7 @@ class DemoMonth:
             if len(items) < BATCH:
                 return
 
-    def _outcome(self, conn: sa.Connection, item: OutboxItem, now: datetime) -> outbox.Change:
+    def _outcome(self, conn: Connection, item: OutboxItem, now: datetime) -> outbox.Change:
         person = self.by_lead[item.lead_id]
         if person.bad_mailbox:
             store.suppress(conn, item.email, "bounced", now=now)
@@ -306,7 +296,7 @@ def screen_for(settings: Settings, funnel: Funnel) -> Screen:
 
 
 def run(
-    engine: sa.Engine, funnel: Funnel, settings: Settings, leads: int, days: int, start: datetime, seed: int = 0
+    engine: Engine, funnel: Funnel, settings: Settings, leads: int, days: int, start: datetime, seed: int = 0
 ) -> MonthResult:
     """A month (or `days`) of `leads` made-up leads through `funnel`, signing up from `start` on."""
     links = email_links(funnel, settings.emails_dir)
@@ -317,5 +307,5 @@ def _ip(number: int) -> str:
     return f"198.51.100.{number % 250 + 1}"  # documentation range (RFC 5737)
 
 
-def is_empty(conn: sa.Connection) -> bool:
-    return conn.execute(sa.select(tables.leads.c.id).limit(1)).first() is None
+def is_empty(conn: Connection) -> bool:
+    return demo_month.no_leads(conn)
