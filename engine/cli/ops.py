@@ -340,19 +340,19 @@ def lead_forget(
 ) -> None:
     """Erasure: delete the lead and every row about it. Only a hash of the address stays, on the
     suppression list, so it is never mailed again."""
+    from engine.store import lead_data
     from engine.store import leads as store
-    from engine.views import lead_timeline
 
     with _database(database_url) as engine:
         with engine.connect() as conn:
             address = _known_address(conn, email)
             lead_id = store.find_lead_id(conn, address)
-            counts = lead_timeline.held(conn, lead_id) if lead_id is not None else {}
+            counts = lead_data.held(conn, lead_id) if lead_id is not None else {}
         what = ", ".join(f"{n} {table}" for table, n in counts.items() if n) or "no lead with this address"
         if not yes and not typer.confirm(f"Erase {address} ({what})? This cannot be undone", default=False):
             raise _fail("nothing erased")
         with engine.begin() as conn:
-            erased = lead_timeline.erase(conn, address, datetime.now(UTC))
+            erased = lead_data.erase(conn, address, datetime.now(UTC))
     console = Console()
     if erased is None:
         _say(console, f"no lead {address}; its hash is on the suppression list, so it is never mailed")

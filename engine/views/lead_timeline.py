@@ -1,9 +1,9 @@
 """One lead, all of it: the timeline that answers "why is this lead in this stage?" (invariant 9), the
 export of everything held about the lead (GDPR art. 15 and 20), and erasure (art. 17).
 
-Every table that holds a row about a lead has a `lead_id` that cascades on delete; export and erasure
-go by that, so a table added later is exported and erased without a change here. Only the suppression
-survives erasure: a hash of the address, so it is never mailed again.
+What the database holds about the lead (its row, and its rows in every table with a `lead_id`) is read,
+counted and erased by `engine.store.lead_data`; this module tells it as a story, and exports it as
+JSON-able data. Only the suppression survives erasure: a hash of the address, so it is never mailed again.
 """
 
 from __future__ import annotations
@@ -13,10 +13,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
-
+from engine.store import lead_data
 from engine.store import leads as store
-from engine.store import tables
+from engine.store.database import Connection
+
+# Counting and erasing what is held about a lead are the store's; `erase` is named here too, beside
+# the export, for the callers that ask this module about a lead.
+from engine.store.lead_data import erase as erase
+from engine.store.lead_data import held as held
+
+_TIMELINE_TABLES = ("events", "stage_transitions", "outbox", "consent_records", "goals", "webhook_calls", "enrollments")
 
 # Within one instant, the cause before its effects: the event, then the move, then the emails.
 _ORDER = {"consent": 0, "event": 1, "transition": 2, "goal": 3, "email": 4, "webhook": 5}
@@ -89,46 +95,36 @@ def merge(entries: Iterable[Entry]) -> list[Entry]:
     return sorted(entries, key=lambda e: (e.at, _ORDER.get(e.kind, 9)))
 
 
-def _rows(conn: sa.Connection, table: sa.Table, lead_id: int) -> list[dict[str, Any]]:
-    stmt = sa.select(table).where(table.c.lead_id == lead_id).order_by(*table.primary_key)
-    return [dict(r._mapping) for r in conn.execute(stmt)]
-
-
-def _suppression(conn: sa.Connection, address: str) -> dict[str, Any] | None:
-    s = tables.suppressions
-    row = conn.execute(sa.select(s.c.reason, s.c.created_at).where(s.c.email_hash == store.email_hash(address))).first()
-    return dict(row._mapping) if row is not None else None
-
-
-def read(conn: sa.Connection, address: str) -> Timeline | None:
+def read(conn: Connection, address: str) -> Timeline | None:
     """The lead's story, for an address as an entry took it (`engine.core.addresses`) or as it is stored."""
     lead_id = store.find_lead_id(conn, address)
     if lead_id is None:
         return None
-    lead = dict(conn.execute(sa.select(tables.leads).where(tables.leads.c.id == lead_id)).one()._mapping)
-    events = _rows(conn, tables.events, lead_id)
+    lead = lead_data.lead(conn, lead_id)
+    found = lead_data.rows(conn, lead_id, _TIMELINE_TABLES)
+    events = found["events"]
     by_event_id = {e["event_id"]: (e["name"], e["properties"]) for e in events}
-    transitions = _rows(conn, tables.stage_transitions, lead_id)
+    transitions = found["stage_transitions"]
     entries = [
         *(_event(e) for e in events),
         *(_transition(t, by_event_id) for t in transitions),
-        *(_email(o) for o in _rows(conn, tables.outbox, lead_id)),
-        *(_consent(c) for c in _rows(conn, tables.consent_records, lead_id)),
-        *(_goal(g) for g in _rows(conn, tables.goals, lead_id)),
-        *(_webhook(w) for w in _rows(conn, tables.webhook_calls, lead_id)),
+        *(_email(o) for o in found["outbox"]),
+        *(_consent(c) for c in found["consent_records"]),
+        *(_goal(g) for g in found["goals"]),
+        *(_webhook(w) for w in found["webhook_calls"]),
     ]
     last: dict[str, dict[str, Any]] = {}
     for t in transitions:
         last[t["funnel_id"]] = t
     places = []
-    for e in _rows(conn, tables.enrollments, lead_id):
+    for e in found["enrollments"]:
         moved = last.get(e["funnel_id"])
         why = "no recorded transition"
         if moved is not None:
             why = describe_cause(moved["cause_kind"], moved["cause_ref"], by_event_id.get(moved["cause_ref"]))
         since = e["exited_at"] if e["status"] == "exited" and e["exited_at"] else e["stage_entered_at"]
         places.append(Place(e["funnel_id"], e["status"], e["stage"], e["step"], since, why, e["exit_reason"]))
-    suppressed = _suppression(conn, address)
+    suppressed = lead_data.suppression(conn, address)
     return Timeline(lead["email"], lead, places, merge(entries), suppressed["reason"] if suppressed else None)
 
 
@@ -181,11 +177,6 @@ def _webhook(w: Mapping[str, Any]) -> Entry:
 # --------------------------------------------------------------------------------------------------
 
 
-def lead_tables() -> list[sa.Table]:
-    """Every table with rows about one lead (by `lead_id`), in dependency order."""
-    return [t for t in tables.metadata.sorted_tables if "lead_id" in t.c]
-
-
 def _plain(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
@@ -196,36 +187,17 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def export(conn: sa.Connection, address: str, now: datetime) -> dict[str, Any] | None:
+def export(conn: Connection, address: str, now: datetime) -> dict[str, Any] | None:
     """Everything held about the lead, as JSON-able data: its row, and its rows in every other table."""
     lead_id = store.find_lead_id(conn, address)
     if lead_id is None:
         return None
-    lead = dict(conn.execute(sa.select(tables.leads).where(tables.leads.c.id == lead_id)).one()._mapping)
-    rows = {table.name: _rows(conn, table, lead_id) for table in lead_tables()}
-    data: dict[str, Any] = {"exported_at": now, "lead": lead, **rows, "suppression": _suppression(conn, address)}
+    lead = lead_data.lead(conn, lead_id)
+    rows = lead_data.rows(conn, lead_id, lead_data.lead_table_names())
+    data: dict[str, Any] = {
+        "exported_at": now,
+        "lead": lead,
+        **rows,
+        "suppression": lead_data.suppression(conn, address),
+    }
     return {key: _plain(value) for key, value in data.items()}
-
-
-def held(conn: sa.Connection, lead_id: int) -> dict[str, int]:
-    """How many rows each table holds about the lead (what erasure will delete)."""
-    counts = {"leads": 1}
-    for table in lead_tables():
-        counts[table.name] = conn.execute(
-            sa.select(sa.func.count()).select_from(table).where(table.c.lead_id == lead_id)
-        ).scalar_one()
-    return counts
-
-
-def erase(conn: sa.Connection, address: str, now: datetime) -> dict[str, int] | None:
-    """Erasure: the lead and every row about it go (the foreign keys cascade); only a hash of the address
-    stays, so it is never mailed again and a later import or signup cannot quietly bring it back into
-    marketing. Returns the rows deleted per table, or None when there was no such lead (the address is
-    suppressed all the same). `address` as an entry took it (`engine.core.addresses`) or as it is stored."""
-    lead_id = store.find_lead_id(conn, address)
-    store.suppress(conn, address, "erased", now=now)
-    if lead_id is None:
-        return None
-    counts = held(conn, lead_id)
-    conn.execute(sa.delete(tables.leads).where(tables.leads.c.id == lead_id))
-    return counts
