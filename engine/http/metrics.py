@@ -14,12 +14,13 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import datetime
 
-import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from engine.store import tables
+from engine.store import metric_counts
+from engine.store.database import Connection, Engine
+from engine.store.tables import OUTBOX_STATUSES
 
 # Group-by over the whole outbox is a scan: on a big outbox, scrapes reuse the last count for a while
 # (twenty times what it cost, at most this long); on a small one it is counted every time.
@@ -27,7 +28,7 @@ STATUS_CACHE_MAX_S = 5.0
 
 
 class DatabaseCollector(Collector):
-    def __init__(self, engine: sa.Engine, now: Callable[[], datetime]) -> None:
+    def __init__(self, engine: Engine, now: Callable[[], datetime]) -> None:
         self.engine = engine
         self.now = now
         self._lock = threading.Lock()
@@ -41,12 +42,10 @@ class DatabaseCollector(Collector):
             self._count_new_transitions(conn)
             started = time.monotonic()
             if started >= self._statuses_until:
-                o = tables.outbox
-                rows = conn.execute(sa.select(o.c.status, sa.func.count()).group_by(o.c.status))
-                self._statuses = {status: int(n) for status, n in rows}
+                self._statuses = metric_counts.outbox_statuses(conn)
                 cost = time.monotonic() - started
                 self._statuses_until = started + min(20 * cost, STATUS_CACHE_MAX_S)
-            backlog = self._backlog(conn)
+            backlog = metric_counts.backlog(conn, self.now())
             transitions = dict(self._transitions)
             statuses = dict(self._statuses)
 
@@ -59,7 +58,7 @@ class DatabaseCollector(Collector):
             counter.add_metric([funnel, from_stage, to_stage], n)
         yield counter
         emails = GaugeMetricFamily("funnel_emails", "Emails in the outbox, by status.", labels=["status"])
-        for status in tables.OUTBOX_STATUSES:
+        for status in OUTBOX_STATUSES:
             emails.add_metric([status], statuses.get(status, 0))
         yield emails
         for name, text, value in (
@@ -69,32 +68,10 @@ class DatabaseCollector(Collector):
         ):
             yield GaugeMetricFamily(name, text, value=value)
 
-    def _count_new_transitions(self, conn: sa.Connection) -> None:
-        t = tables.stage_transitions
-        rows = conn.execute(
-            sa.select(t.c.funnel_id, t.c.from_stage, t.c.to_stage, sa.func.count(), sa.func.max(t.c.id))
-            .where(t.c.id > self._last_transition)
-            .group_by(t.c.funnel_id, t.c.from_stage, t.c.to_stage)
-        ).all()
-        for funnel, from_stage, to_stage, n, last in rows:
-            self._transitions[(funnel, from_stage or "", to_stage or "")] += int(n)
-            self._last_transition = max(self._last_transition, int(last))
-
-    def _backlog(self, conn: sa.Connection) -> tuple[int, int, int]:
-        now = self.now()
-        e, o, ev = tables.enrollments, tables.outbox, tables.events
-        due = conn.execute(
-            sa.select(sa.func.count()).select_from(e).where(e.c.status == "active", e.c.wake_at <= now)
-        ).scalar_one()
-        ready = conn.execute(
-            sa.select(sa.func.count())
-            .select_from(o)
-            .where(sa.text("status IN ('queued', 'deferred')"), o.c.next_attempt_at <= now)
-        ).scalar_one()
-        pending = conn.execute(
-            sa.select(sa.func.count()).select_from(ev).where(ev.c.processed_at.is_(None))
-        ).scalar_one()
-        return int(due), int(ready), int(pending)
+    def _count_new_transitions(self, conn: Connection) -> None:
+        for funnel, from_stage, to_stage, n, last in metric_counts.transitions_after(conn, self._last_transition):
+            self._transitions[(funnel, from_stage or "", to_stage or "")] += n
+            self._last_transition = max(self._last_transition, last)
 
 
 class Metrics:
@@ -116,7 +93,7 @@ class Metrics:
         )
         self._database: DatabaseCollector | None = None
 
-    def watch(self, engine: sa.Engine, now: Callable[[], datetime]) -> None:
+    def watch(self, engine: Engine, now: Callable[[], datetime]) -> None:
         if self._database is None:
             self._database = DatabaseCollector(engine, now)
             self.registry.register(self._database)
