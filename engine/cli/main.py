@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -12,8 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
 
+from engine.cli.common import console, err, event_time, loaded_funnels, named_funnel, named_funnels, parse_time
 from engine.cli.imports import register as register_import
 from engine.cli.maps import register as register_map
 from engine.cli.ops import register as register_ops
@@ -32,11 +31,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(emoji=False)  # ":fire:" in a funnel file is text, not an emoji
-# `funnel run` is long-lived: its lines must reach a log collector or a pipe as they happen.
-if hasattr(sys.stdout, "reconfigure"):
-    sys.stdout.reconfigure(line_buffering=True)
-err = Console(stderr=True, emoji=False)
 
 
 @app.command()
@@ -94,42 +88,6 @@ def schema(
     console.print(f"wrote {output}")
 
 
-def _load(paths: list[Path], emails: Path) -> list[Funnel]:
-    from engine.authoring.validation import load_funnels
-    from engine.settings import get_settings
-
-    result = load_funnels(paths, emails_dir=emails, targets=get_settings().webhook_targets())
-    if result.errors:
-        for error in result.errors:
-            err.print(str(error), markup=False, highlight=False, soft_wrap=True)
-        err.print(f"[red]{len(result.errors)} error(s)[/red]: fix the funnel files first (`funnel validate`)")
-        raise typer.Exit(1)
-    return list(result.funnels)
-
-
-def _funnels(refs: list[str], emails: Path | None, funnels_dir: Path = Path("funnels")) -> list[Funnel]:
-    """The funnels named by file, folder or id (engine.authoring.funnel_lookup), or the errors and exit 1."""
-    from engine.authoring.funnel_lookup import find_funnels
-    from engine.settings import get_settings
-
-    result = find_funnels(refs, funnels_dir, emails, get_settings().webhook_targets())
-    if result.errors:
-        for error in result.errors:
-            err.print(str(error), markup=False, highlight=False, soft_wrap=True)
-        err.print(f"[red]{len(result.errors)} error(s)[/red]: fix the funnel files first (`funnel validate`)")
-        raise typer.Exit(1)
-    return list(result.funnels)
-
-
-def _funnel(ref: str, emails: Path | None, funnels_dir: Path = Path("funnels")) -> Funnel:
-    """One funnel by its file or its id."""
-    found = _funnels([ref], emails, funnels_dir)
-    if len(found) != 1:
-        err.print(f"{ref}: expected one funnel, found {len(found)}")
-        raise typer.Exit(1)
-    return found[0]
-
-
 def _subjects(emails: Path, funnel: Funnel | None = None) -> Subjects:
     """Subjects as each virtual lead reads them, from the configured sender."""
     from engine.authoring.virtual_timeline import Subjects
@@ -161,7 +119,7 @@ def simulate(
     from engine.authoring.simulation import simulate as run_simulation
     from engine.authoring.simulation_output import print_simulation
 
-    definition = _funnel(funnel, emails)
+    definition = named_funnel(funnel, emails)
     mix = load_mix(events) if events else DEFAULT_MIX
     try:
         first_day = datetime.fromisoformat(start).replace(tzinfo=UTC)
@@ -229,7 +187,7 @@ def test_scenarios(
         err.print(f"no *.scenarios.yaml files in {', '.join(map(str, targets))}")
         raise typer.Exit(1)
     funnel_dirs = sorted({f.parent for f in files})
-    funnels = {f.id: f for f in _load(funnel_dirs, emails)}
+    funnels = {f.id: f for f in loaded_funnels(funnel_dirs, emails)}
     passed = failed = 0
     for file in files:
         try:
@@ -253,31 +211,6 @@ def test_scenarios(
     console.print(f"{passed} scenarios passed, {failed} failed")
     if failed:
         raise typer.Exit(1)
-
-
-def _parse_time(text: str | None, option: str) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        err.print(f"{option}: expected an ISO time such as 2026-11-23T09:00:00+00:00, found {text!r}")
-        raise typer.Exit(2) from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def _event_time(at: str | None) -> datetime:
-    """When an event recorded from the command line happened: `--at`, or now. A time after the clock
-    beyond the skew `engine.core.event_times` allows is refused (exit 2) with the clock's time."""
-    from engine.core import event_times
-
-    now = datetime.now(UTC)
-    when = _parse_time(at, "--at")
-    problem = event_times.future_problem(when, now) if when is not None else None
-    if problem is not None:
-        err.print(f"--at: {problem}", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(2)
-    return event_times.taken_at(when, now)
 
 
 DEMO_LEADS = (
@@ -336,9 +269,9 @@ def run(
     settings = get_settings()
     setup(settings.log_format, settings.log_level, settings.log_level_libraries)
     _refuse_unsafe_start(settings)
-    funnels = _load([settings.funnels_dir], settings.emails_dir)
+    funnels = loaded_funnels([settings.funnels_dir], settings.emails_dir)
     try:
-        runner = Runner(settings, funnels, Clock(_parse_time(now, "--now")))
+        runner = Runner(settings, funnels, Clock(parse_time(now, "--now")))
     except (DkimKeyError, CaFileError) as exc:
         err.print(f"cannot start: {exc}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
@@ -392,7 +325,7 @@ def event(
     import re
     import uuid
 
-    from engine.cli.ops import lead_address
+    from engine.cli.common import lead_address
     from engine.core import own_events
     from engine.settings import get_settings
     from engine.store import leads as store
@@ -415,7 +348,7 @@ def event(
             raise typer.Exit(2)
         properties[key] = value
     settings = get_settings()
-    when = _event_time(at)
+    when = event_time(at)
     upgrade(settings.effective_database_url)
     engine = create_engine_for(settings.effective_database_url)
     try:
@@ -444,13 +377,13 @@ def plan(
     from rich.table import Table
 
     from engine.authoring.plan import plan as make_plan
-    from engine.cli.ops import _database
+    from engine.cli.common import database
     from engine.core.definition import Funnel as FunnelModel
     from engine.store import leads as store
     from engine.store.database import connect_read_only
 
-    edited = _funnels(paths or ["funnels"], emails)
-    with _database(None) as engine, connect_read_only(engine) as conn:
+    edited = named_funnels(paths or ["funnels"], emails)
+    with database(None) as engine, connect_read_only(engine) as conn:
         positions = store.positions(conn)
         old: dict[str, FunnelModel | None] = {}
         for p in positions:
@@ -614,7 +547,7 @@ def api(
     """Serve the HTTP app alone (events API, unsubscribe), for running it apart from the workers."""
     import uvicorn
 
-    from engine.cli.ops import _database
+    from engine.cli.common import database
     from engine.http.api import create_app
     from engine.runtime.logs import setup
     from engine.settings import get_settings
@@ -622,7 +555,7 @@ def api(
     settings = get_settings()
     setup(settings.log_format, settings.log_level, settings.log_level_libraries)
     _refuse_unsafe_start(settings, host)
-    with _database(None, create=True) as engine:
+    with database(None, create=True) as engine:
         uvicorn.run(
             create_app(settings, engine),
             host=host or settings.http.host,
@@ -660,10 +593,10 @@ app.add_typer(apikey_app, name="apikey")
 @apikey_app.command("create")
 def apikey_create(name: str = typer.Option(..., "--name", help="Who or what uses it, e.g. shop-webhooks.")) -> None:
     """Make a key and print it, once: only its hash is stored."""
-    from engine.cli.ops import _database
+    from engine.cli.common import database
     from engine.store import apikeys
 
-    with _database(None, create=True) as engine, engine.begin() as conn:
+    with database(None, create=True) as engine, engine.begin() as conn:
         key = apikeys.create(conn, name, datetime.now(UTC))
     err.print(f"API key '{name}' created. It is shown only this once; store it now:")
     console.print(key, markup=False, highlight=False)
@@ -674,11 +607,11 @@ def apikey_list() -> None:
     """The keys: name, prefix, when made, and whether revoked."""
     from rich.table import Table
 
-    from engine.cli.ops import _database
+    from engine.cli.common import database
     from engine.store import apikeys
     from engine.store.database import connect_read_only
 
-    with _database(None) as engine, connect_read_only(engine) as conn:
+    with database(None) as engine, connect_read_only(engine) as conn:
         keys = apikeys.listing(conn)
     table = Table("prefix", "name", "created", "revoked")
     for k in keys:
@@ -689,10 +622,10 @@ def apikey_list() -> None:
 @apikey_app.command("revoke")
 def apikey_revoke(prefix: str = typer.Argument(..., help="The key prefix `funnel apikey list` shows.")) -> None:
     """Refuse a key from now on."""
-    from engine.cli.ops import _database
+    from engine.cli.common import database
     from engine.store import apikeys
 
-    with _database(None) as engine, engine.begin() as conn:
+    with database(None) as engine, engine.begin() as conn:
         count = apikeys.revoke(conn, prefix, datetime.now(UTC))
     if not count:
         err.print(f"no active key with prefix {prefix!r}")

@@ -49,7 +49,7 @@ def journey_map(
     """Draw the funnel's customer journey map: its persona, the stages as columns with the persona's question
     and needs, the emails (subjects, when they go), the moves in and out with their triggers and, with
     --live, the figures and where leads drop out."""
-    from engine.cli.main import _funnel
+    from engine.cli.common import named_funnel
     from engine.mail.templates import Sender, TemplateLibrary
     from engine.settings import get_settings
     from engine.views.journey_map import html as journey_map_html
@@ -66,7 +66,7 @@ def journey_map(
         raise _fail(f"funnel map --format png needs a headless browser: {journey_map_png.INSTALL_HINT}")
     settings = get_settings()
     emails = emails or settings.emails_dir
-    definition = _funnel(funnel, emails, settings.funnels_dir)
+    definition = named_funnel(funnel, emails, settings.funnels_dir)
     s = settings.sender
     subjects = sample_subjects(
         TemplateLibrary(emails), templates_of(definition), Sender(s.name, s.postal_address, s.website)
@@ -94,11 +94,11 @@ def journey_map(
 
 
 def _read_live(funnel_id: str, database_url: str | None) -> Live:
-    from engine.cli.ops import _database
+    from engine.cli.common import database
     from engine.store.database import connect_read_only
     from engine.views.journey_map.sources import read_live
 
-    with _database(database_url) as engine, connect_read_only(engine) as conn:
+    with database(database_url) as engine, connect_read_only(engine) as conn:
         return read_live(conn, funnel_id, datetime.now(UTC))
 
 

@@ -12,8 +12,6 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,12 +20,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from engine.cli.common import DATABASE_HELP, database, fail, lead_address, output_console, say
+
 if TYPE_CHECKING:
-    from engine.store.database import Connection, Engine
+    from engine.store.database import Connection
     from engine.store.report_queries import EmailSeen, TransitionSeen
     from engine.views.report import FunnelReport
 
-DATABASE_HELP = "Default: the configured database."
 lead_app = typer.Typer(help="One lead: why it is where it is, everything held about it, erasure.", no_args_is_help=True)
 
 
@@ -40,66 +39,13 @@ def register(app: typer.Typer) -> None:
     app.add_typer(lead_app, name="lead")
 
 
-@contextmanager
-def _database(url: str | None, create: bool = False) -> Iterator[Engine]:
-    """The configured database (or `url`), migrated. Only a command that records something new may
-    `create` it: run in the wrong folder, a command that reads would otherwise make an empty SQLite file
-    there and answer from it. A database that cannot be opened is one line saying which and why."""
-    from engine.settings import get_settings
-    from engine.store.database import DBAPIError, create_engine_for, describe_failure, missing_file, upgrade
-
-    url = url or get_settings().effective_database_url
-    missing = None if create else missing_file(url)
-    if missing is not None:
-        raise _fail(
-            f"no database at {missing}: this command creates none; run it in the engine's folder, or name the "
-            "database with FUNNEL_DATABASE_URL (or --database-url where the command takes it)"
-        )
-    try:
-        upgrade(url)
-    except DBAPIError as exc:
-        problem = describe_failure(create_engine_for(url), exc)
-        if problem is None:
-            raise
-        raise _fail(problem) from None
-    engine = create_engine_for(url)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-
-
-def _console() -> Console:
-    # Piped or captured output has no terminal width; rich would fold the tables at 80 columns.
-    return Console() if sys.stdout.isatty() else Console(width=160)
-
-
 def _utc(text: str, option: str) -> datetime:
     """A date or time from the command line; without an offset it is UTC."""
     try:
         value = datetime.fromisoformat(text)
     except ValueError:
-        raise _fail(f"{option}: expected a date YYYY-MM-DD, found {text!r}", 2) from None
+        raise fail(f"{option}: expected a date YYYY-MM-DD, found {text!r}", 2) from None
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def _say(console: Console, text: str) -> None:
-    console.print(text, markup=False, highlight=False, soft_wrap=True)
-
-
-def _fail(text: str, code: int = 1) -> typer.Exit:
-    _say(Console(stderr=True), text)
-    return typer.Exit(code)
-
-
-def lead_address(text: str) -> str:
-    """The address as every entry takes it (`engine.core.addresses`), or exit 2 saying what is wrong with it."""
-    from engine.core.addresses import AddressError, normalise
-
-    try:
-        return normalise(text)
-    except AddressError as exc:
-        raise _fail(f"EMAIL: {exc}", 2) from None
 
 
 def _known_address(conn: Connection, text: str) -> str:
@@ -113,7 +59,7 @@ def _known_address(conn: Connection, text: str) -> str:
     except AddressError as exc:
         if store.find_lead_id(conn, text) is not None:
             return lookup_key(text)
-        raise _fail(f"EMAIL: {exc}", 2) from None
+        raise fail(f"EMAIL: {exc}", 2) from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -135,10 +81,10 @@ def report(
     from engine.views import report as figures
 
     if as_json and as_csv:
-        raise _fail("--json and --csv: choose one", 2)
+        raise fail("--json and --csv: choose one", 2)
     cohort = None if since is None else _utc(since, "--since")
     scope = report_queries.Scope(funnel, cohort)
-    with _database(database_url) as engine, connect_read_only(engine) as conn:
+    with database(database_url) as engine, connect_read_only(engine) as conn:
         rows = report_queries.read_rows(conn, scope)
         layouts = report_queries.layouts(conn, {r.funnel for r in rows.stage_counts})
     reports = figures.build(rows, layouts)
@@ -150,9 +96,9 @@ def report(
         for r in reports:
             out.writerows(figures.csv_rows(r))
     else:
-        console = _console()
+        console = output_console()
         if not reports:
-            _say(
+            say(
                 console,
                 f"no leads in {'funnel ' + funnel if funnel else 'any funnel'}" + (f" since {since}" if since else ""),
             )
@@ -169,7 +115,7 @@ def _print_report(console: Console, r: FunnelReport, since: str | None) -> None:
 
     cohort = f", entered since {since}" if since else ""
     exits = ", ".join(f"{reason} {n}" for reason, n in r.exited.items()) or "none"
-    _say(
+    say(
         console, f"\n{r.funnel}: {r.leads} leads{cohort}: {r.active} in a stage, {r.leads - r.active} exited ({exits})"
     )
     stages = Table(title="Stages", title_justify="left")
@@ -227,10 +173,10 @@ def lead_show(
     from engine.store.database import connect_read_only
     from engine.views import lead_timeline
 
-    with _database(database_url) as engine, connect_read_only(engine) as conn:
+    with database(database_url) as engine, connect_read_only(engine) as conn:
         found = lead_timeline.read(conn, _known_address(conn, email))
     if found is None:
-        raise _fail(f"no lead {email!r}")
+        raise fail(f"no lead {email!r}")
     lead = found.lead
     zone_name = "UTC" if utc else (lead["timezone"] or "UTC")
     zone = ZoneInfo(zone_name)
@@ -238,22 +184,22 @@ def lead_show(
     def local(at: datetime) -> str:
         return at.astimezone(zone).strftime("%Y-%m-%d %H:%M")
 
-    console = _console()
+    console = output_console()
     tags = ", ".join(lead["tags"]) or "none"
     zone_set = lead["timezone"] or "not set"
-    _say(
+    say(
         console, f"{found.email}: consent {lead['consent_status']}, tags {tags}, score {lead['score']}, zone {zone_set}"
     )
     if lead["attributes"]:
-        _say(console, "attributes: " + ", ".join(f"{k}={v}" for k, v in sorted(lead["attributes"].items())))
+        say(console, "attributes: " + ", ".join(f"{k}={v}" for k, v in sorted(lead["attributes"].items())))
     if found.suppressed:
-        _say(console, f"suppressed ({found.suppressed}): no email will go to this address")
+        say(console, f"suppressed ({found.suppressed}): no email will go to this address")
     for p in found.places:
         if p.status == "exited":
             where = f"exited from {p.stage} ({p.exit_reason}) at {local(p.since)}"
         else:
             where = f"in {p.stage}" + (f", step {p.step}" if p.step else "") + f", since {local(p.since)}"
-        _say(console, f"{p.funnel}: {where}, because {p.why}")
+        say(console, f"{p.funnel}: {where}, because {p.why}")
     table = Table(title=f"Timeline ({zone_name})", title_justify="left")
     for column in ("time", "funnel", "what"):
         table.add_column(column, overflow="fold")
@@ -272,10 +218,10 @@ def lead_export(
     from engine.store.database import connect_read_only
     from engine.views import lead_timeline
 
-    with _database(database_url) as engine, connect_read_only(engine) as conn:
+    with database(database_url) as engine, connect_read_only(engine) as conn:
         data = lead_timeline.export(conn, _known_address(conn, email), datetime.now(UTC))
     if data is None:
-        raise _fail(f"no lead {email!r}")
+        raise fail(f"no lead {email!r}")
     text = json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
     if output is None:
         sys.stdout.write(text)
@@ -299,7 +245,7 @@ def lead_enroll(
     import uuid
 
     from engine.authoring.funnel_lookup import find_funnels
-    from engine.cli.main import _event_time
+    from engine.cli.common import event_time
     from engine.core.definition import ManualTrigger
     from engine.core.own_events import MANUAL_ENROLL, OPERATOR, engine_id
     from engine.settings import get_settings
@@ -309,15 +255,15 @@ def lead_enroll(
     # Entering a lead needs the funnel's logic only; templates are `funnel validate`'s business.
     loaded = find_funnels([funnel_ref], settings.funnels_dir, emails_dir=None)
     if loaded.errors or len(loaded.funnels) != 1:
-        raise _fail("\n".join(str(e) for e in loaded.errors) or f"{funnel_ref}: expected one funnel", 2)
+        raise fail("\n".join(str(e) for e in loaded.errors) or f"{funnel_ref}: expected one funnel", 2)
     funnel = loaded.funnels[0]
     funnel_id = funnel.id
     if not any(isinstance(t, ManualTrigger) for t in funnel.entry.triggers):
-        raise _fail(f"funnel {funnel_id!r} takes no manual entry: add `- manual: true` to its entry triggers", 2)
+        raise fail(f"funnel {funnel_id!r} takes no manual entry: add `- manual: true` to its entry triggers", 2)
     email = lead_address(email)
     now = datetime.now(UTC)
-    when = _event_time(at)
-    with _database(database_url, create=True) as engine, engine.begin() as conn:
+    when = event_time(at)
+    with database(database_url, create=True) as engine, engine.begin() as conn:
         lead_id = store.find_lead_id(conn, email) or store.upsert_lead(conn, email, now=now)
         # Recorded as the operator's: the core takes a manual entry from no other source.
         event = store.NewEvent(
@@ -329,7 +275,7 @@ def lead_enroll(
             OPERATOR,
         )
         store.record_events(conn, [event], now=now)
-    _say(Console(), f"recorded: {email} enters {funnel_id} on the engine's next tick (cause: manual ({by}))")
+    say(Console(), f"recorded: {email} enters {funnel_id} on the engine's next tick (cause: manual ({by}))")
 
 
 @lead_app.command("forget")
@@ -343,22 +289,22 @@ def lead_forget(
     from engine.store import lead_data
     from engine.store import leads as store
 
-    with _database(database_url) as engine:
+    with database(database_url) as engine:
         with engine.connect() as conn:
             address = _known_address(conn, email)
             lead_id = store.find_lead_id(conn, address)
             counts = lead_data.held(conn, lead_id) if lead_id is not None else {}
         what = ", ".join(f"{n} {table}" for table, n in counts.items() if n) or "no lead with this address"
         if not yes and not typer.confirm(f"Erase {address} ({what})? This cannot be undone", default=False):
-            raise _fail("nothing erased")
+            raise fail("nothing erased")
         with engine.begin() as conn:
             erased = lead_data.erase(conn, address, datetime.now(UTC))
     console = Console()
     if erased is None:
-        _say(console, f"no lead {address}; its hash is on the suppression list, so it is never mailed")
+        say(console, f"no lead {address}; its hash is on the suppression list, so it is never mailed")
         return
     rows = ", ".join(f"{n} {table}" for table, n in erased.items() if n)
-    _say(console, f"erased {address}: {rows}; only a hash of the address is kept, on the suppression list")
+    say(console, f"erased {address}: {rows}; only a hash of the address is kept, on the suppression list")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -383,7 +329,7 @@ def watch(
     feed = Feed(funnel, from_start)
     console = Console()
     deadline = None if seconds is None else time.monotonic() + seconds
-    with _database(database_url) as engine:
+    with database(database_url) as engine:
         try:
             while True:
                 with connect_read_only(engine) as conn:
@@ -392,7 +338,7 @@ def watch(
                     if as_json:
                         typer.echo(json.dumps(_as_json(item)))
                     else:
-                        _say(console, _line(item))
+                        say(console, _line(item))
                 if once and not seen:
                     return
                 if deadline is not None and time.monotonic() >= deadline:
@@ -455,18 +401,18 @@ def demo_month(
     found = loaded.funnels
     if loaded.errors or len(found) != 1:
         problems = "\n".join(str(e) for e in loaded.errors) or f"{funnel}: expected one funnel"
-        raise _fail(f"--funnel: {problems}\n(see `funnel validate`)", 2)
+        raise fail(f"--funnel: {problems}\n(see `funnel validate`)", 2)
     if start is None:
         first = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=days)
     else:
         first = _utc(start, "--start")
-    with _database(database_url, create=True) as engine:
+    with database(database_url, create=True) as engine:
         with engine.connect() as conn:
             if not month.is_empty(conn):
-                raise _fail("the database already has leads: demo-month only writes to an empty one (--database-url)")
+                raise fail("the database already has leads: demo-month only writes to an empty one (--database-url)")
         result = month.run(engine, found[0], settings, leads, days, first, seed)
     last = first + timedelta(days=days)
-    _say(
+    say(
         Console(),
         f"{funnel}: {result.leads} leads signed up between {first:%Y-%m-%d} and {last:%Y-%m-%d}; "
         f"{result.events} events, {result.delivered} emails delivered, {result.bounced} bounced, "

@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from engine.cli.ops import DATABASE_HELP, _console, _database, _fail, _say
+from engine.cli.common import DATABASE_HELP, database, fail, output_console, say
 
 if TYPE_CHECKING:
     from engine.store.dashboard_data import OutboxMessage
@@ -56,18 +56,18 @@ def outbox_list(
 
     for wanted in status:
         if wanted not in OUTBOX_STATUSES:
-            raise _fail(f"--status: expected one of {', '.join(OUTBOX_STATUSES)}, found {wanted!r}", 2)
-    with _database(database_url) as engine, connect_read_only(engine) as conn:
+            raise fail(f"--status: expected one of {', '.join(OUTBOX_STATUSES)}, found {wanted!r}", 2)
+    with database(database_url) as engine, connect_read_only(engine) as conn:
         counts = dashboard_data.outbox_counts(conn)
         found = dashboard_data.messages(conn, status, limit)
-    console = _console()
+    console = output_console()
     if as_json:
         for message in found:
-            _say(console, json.dumps(_as_dict(message)))
+            say(console, json.dumps(_as_dict(message)))
         return
-    _say(console, "outbox: " + ", ".join(f"{s} {n}" for s, n in counts.items()))
+    say(console, "outbox: " + ", ".join(f"{s} {n}" for s, n in counts.items()))
     if not found:
-        _say(console, f"no message is {' or '.join(status)}")
+        say(console, f"no message is {' or '.join(status)}")
         return
     table = Table(title=f"{len(found)} message(s): {', '.join(status)}", title_justify="left")
     for column in ("#", "status", "lead", "email", "attempts", "when", "Message-ID", "reason"):
@@ -93,16 +93,16 @@ def outbox_decide(
     from engine.store import dashboard_data
 
     if decision not in dashboard_data.DECISIONS:
-        raise _fail(f"decision: expected 'sent' or 'resend', found {decision!r}", 2)
-    with _database(database_url) as engine, engine.begin() as conn:
+        raise fail(f"decision: expected 'sent' or 'resend', found {decision!r}", 2)
+    with database(database_url) as engine, engine.begin() as conn:
         status = dashboard_data.status_of(conn, message_id)
         changed = status == "unknown" and dashboard_data.decide(conn, message_id, decision, by, datetime.now(UTC))
     if status is None:
-        raise _fail(f"no message {message_id} in the outbox")
+        raise fail(f"no message {message_id} in the outbox")
     if not changed:
-        raise _fail(f"message {message_id} is not unknown (it is {status}): nothing changed")
+        raise fail(f"message {message_id} is not unknown (it is {status}): nothing changed")
     then = "marked sent" if decision == "sent" else "queued to be sent again on the next round"
-    _say(_console(), f"message {message_id} {then}, by {by}")
+    say(output_console(), f"message {message_id} {then}, by {by}")
 
 
 def sink(
@@ -117,12 +117,12 @@ def sink(
 
     folder = get_settings().data_dir / "outbox"
     files = sorted(folder.glob("*.eml"), reverse=True) if folder.is_dir() else []
-    console = _console()
+    console = output_console()
     if message is not None:
         matches = [f for f in files if f.name.startswith(message)]
         if not matches:
-            raise _fail(f"no message {message!r} in {folder}")
-        _say(console, matches[0].read_text(errors="replace"))
+            raise fail(f"no message {message!r} in {folder}")
+        say(console, matches[0].read_text(errors="replace"))
         return
     table = Table(title=f"{len(files)} message(s) in {folder}")
     for col in ("file", "time", "to", "subject", "funnel / step"):

@@ -17,7 +17,7 @@ import typer
 from hypothesis import example, given, settings
 from pydantic import TypeAdapter, ValidationError
 
-from engine.cli.ops import lead_address
+from engine.cli.common import lead_address
 from engine.core.addresses import AddressError, normalise
 from engine.http import forms
 from engine.http.api_v1 import Address, EventIn, EventsBody
