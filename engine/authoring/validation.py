@@ -565,28 +565,47 @@ _WAITS = (WaitStep, WaitUntilStep, WaitForStep)
 Found = tuple[Loc, str, bool]  # location, message, point at the key rather than the value
 
 
-def check_graph(funnel: Funnel, data: Any) -> list[Found]:
-    """Targets exist, ids are unique, every stage is reachable, every `goto` loop waits.
+class _StageTargets:
+    """Checks that a place names a stage of the funnel, collecting an error (with a "did you mean") if not."""
 
-    `data` is the file's plain data, used to name places; the funnel model has the meaning."""
-    found: list[Found] = []
-    stages = {s.id: i for i, s in enumerate(funnel.stages)}
+    def __init__(self, funnel: Funnel, data: Any, found: list[Found]) -> None:
+        self.stages = [s.id for s in funnel.stages]
+        self.data = data
+        self.found = found
 
-    def target(loc: Loc, stage_id: str) -> bool:
-        if stage_id in stages:
+    def __call__(self, loc: Loc, stage_id: str) -> bool:
+        if stage_id in self.stages:
             return True
-        close = difflib.get_close_matches(stage_id, list(stages), n=1)
+        close = difflib.get_close_matches(stage_id, self.stages, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        found.append(
+        self.found.append(
             (
                 loc,
-                f"{describe(loc, data)}: unknown stage '{stage_id}': expected one of"
-                f" {', '.join(stages)}, found '{stage_id}'{hint}",
+                f"{describe(loc, self.data)}: unknown stage '{stage_id}': expected one of"
+                f" {', '.join(self.stages)}, found '{stage_id}'{hint}",
                 False,
             )
         )
         return False
 
+
+def check_graph(funnel: Funnel, data: Any) -> list[Found]:
+    """Targets exist, ids are unique, every stage is reachable, every `goto` loop waits.
+
+    `data` is the file's plain data, used to name places; the funnel model has the meaning."""
+    found: list[Found] = []
+    target = _StageTargets(funnel, data, found)
+    _funnel_targets(funnel, target, found)
+    _step_targets(funnel, data, target, found)
+    found += _duplicate_transitions(funnel)
+    found += _unreachable(funnel, data)
+    found += _instant_loops(funnel, data)
+    found += _persona_entry(funnel, data)
+    return found
+
+
+def _funnel_targets(funnel: Funnel, target: _StageTargets, found: list[Found]) -> None:
+    """The stages the entry, the renames, the goal and the transitions name."""
     if funnel.entry.stage is not None:
         target(("entry", "stage"), funnel.entry.stage)
     if funnel.renamed is not None:
@@ -605,6 +624,9 @@ def check_graph(funnel: Funnel, data: Any) -> list[Found]:
             for f_index, stage_id in enumerate(t.from_):
                 target(("transitions", t_index, "from", f_index), stage_id)
 
+
+def _step_targets(funnel: Funnel, data: Any, target: _StageTargets, found: list[Found]) -> None:
+    """Step ids unique within the funnel; the stages steps move to and the steps they go to exist."""
     step_seen: dict[str, Loc] = {}
     for s_index, stage in enumerate(funnel.stages):
         if isinstance(stage.on_end, OnEndMove):
@@ -641,6 +663,9 @@ def check_graph(funnel: Funnel, data: Any) -> list[Found]:
                         )
                     )
 
+
+def _duplicate_transitions(funnel: Funnel) -> list[Found]:
+    found: list[Found] = []
     t_seen: set[str] = set()
     for t_index, t in enumerate(funnel.transitions):
         if t.id in t_seen:
@@ -654,10 +679,6 @@ def check_graph(funnel: Funnel, data: Any) -> list[Found]:
                 )
             )
         t_seen.add(t.id)
-
-    found += _unreachable(funnel, data)
-    found += _instant_loops(funnel, data)
-    found += _persona_entry(funnel, data)
     return found
 
 
@@ -786,97 +807,112 @@ Edge = tuple[Node_, Loc, bool]  # where to, the place that leads there, whether 
 def _instant_loops(funnel: Funnel, data: Any) -> list[Found]:
     """Cycles of moves that happen at the same instant (no wait in between). The core would run such a
     loop until its step budget stops the lead, so it is refused here."""
-    edges: dict[Node_, list[tuple[Node_, Loc, bool]]] = {}
-    stage_index = {s.id: i for i, s in enumerate(funnel.stages)}
+    graph = _InstantMoves(funnel).graph()
+    return [_loop_error(funnel, data, graph, component) for component in _cycles(graph)]
 
-    def enter(stage_id: str) -> Node_ | None:
-        return (stage_id, 0) if stage_id in stage_index else None
 
-    def follow(outcome: Outcome, o_loc: Loc, step_loc: Loc, index: dict[str, int], nxt: Node_) -> list[Edge]:
+class _InstantMoves:
+    """The graph of moves a lead makes at one instant: from each step (and each stage's end) to where the
+    lead goes next without time passing."""
+
+    def __init__(self, funnel: Funnel) -> None:
+        self.funnel = funnel
+        self.stage_index = {s.id: i for i, s in enumerate(funnel.stages)}
+
+    def enter(self, stage_id: str) -> Node_ | None:
+        return (stage_id, 0) if stage_id in self.stage_index else None
+
+    def follow(self, outcome: Outcome, o_loc: Loc, step_loc: Loc, index: dict[str, int], nxt: Node_) -> list[Edge]:
         """Where an outcome leads at once (`goto` edges are marked: they are where a loop is reported)."""
         if outcome.goto is not None:
             goto = outcome.goto
             return [((nxt[0], index[goto]), (*o_loc, "goto"), True)] if goto in index else []
         if outcome.move_to is not None:
-            target = enter(outcome.move_to)
+            target = self.enter(outcome.move_to)
             return [(target, (*o_loc, "move_to"), False)] if target else []
         return [] if outcome.exit is not None else [(nxt, step_loc, False)]
 
-    for s_index, stage in enumerate(funnel.stages):
-        index = {st.id: i for i, st in reversed(list(enumerate(stage.steps)))}
-        end: Node_ = (stage.id, len(stage.steps))
-        for i, step in enumerate(stage.steps):
-            here: Node_ = (stage.id, i)
-            loc: Loc = ("stages", s_index, "steps", i)
-            nxt: Node_ = (stage.id, i + 1)
-            out: list[tuple[Node_, Loc, bool]] = []
-            if isinstance(step, WaitStep):
-                if not step.wait:  # a zero wait is no wait: the next step follows at the same instant
-                    out.append((nxt, loc, False))
-            elif isinstance(step, WaitForStep):
-                # The event outcome needs a new event, so it never comes round at the same instant; the
-                # timeout outcome does when the timeout is 0s.
-                if not step.wait_for.timeout:
-                    out += follow(step.wait_for.on_timeout, (*loc, "wait_for", "on_timeout"), loc, index, nxt)
-            elif isinstance(step, WaitUntilStep):
-                pass  # always a later time (engine.core.localtime.next_local_time)
-            elif isinstance(step, BranchStep):
-                for o_loc, outcome in _outcomes(step, loc):
-                    out += follow(outcome, o_loc, loc, index, nxt)
-            elif isinstance(step, MoveStep):
-                target = enter(step.move_to)
-                if target:
-                    out.append((target, (*loc, "move_to"), False))
-            elif not isinstance(step, ExitStep):
+    def step_edges(self, step: Any, loc: Loc, index: dict[str, int], nxt: Node_) -> list[Edge]:
+        out: list[Edge] = []
+        if isinstance(step, WaitStep):
+            if not step.wait:  # a zero wait is no wait: the next step follows at the same instant
                 out.append((nxt, loc, False))
-            edges[here] = out
-        end_out: list[tuple[Node_, Loc, bool]] = []
+        elif isinstance(step, WaitForStep):
+            # The event outcome needs a new event, so it never comes round at the same instant; the
+            # timeout outcome does when the timeout is 0s.
+            if not step.wait_for.timeout:
+                out += self.follow(step.wait_for.on_timeout, (*loc, "wait_for", "on_timeout"), loc, index, nxt)
+        elif isinstance(step, WaitUntilStep):
+            pass  # always a later time (engine.core.localtime.next_local_time)
+        elif isinstance(step, BranchStep):
+            for o_loc, outcome in _outcomes(step, loc):
+                out += self.follow(outcome, o_loc, loc, index, nxt)
+        elif isinstance(step, MoveStep):
+            target = self.enter(step.move_to)
+            if target:
+                out.append((target, (*loc, "move_to"), False))
+        elif not isinstance(step, ExitStep):
+            out.append((nxt, loc, False))
+        return out
+
+    def end_edges(self, s_index: int, stage: Any) -> list[Edge]:
+        end_out: list[Edge] = []
         on_end_loc: Loc = ("stages", s_index, "on_end")
         if isinstance(stage.on_end, OnEndMove):
-            target = enter(stage.on_end.move_to)
+            target = self.enter(stage.on_end.move_to)
             if target:
                 end_out.append((target, (*on_end_loc, "move_to"), False))
         elif stage.on_end == "next":
-            following = funnel.next_stage(stage.id)
+            following = self.funnel.next_stage(stage.id)
             if following is not None:
                 end_out.append(((following, 0), ("stages", s_index, "id"), False))
-        edges[end] = end_out
-    for t_index, t in enumerate(funnel.transitions):
-        # A stage timeout of 0s fires at the instant the lead enters the stage.
-        target = enter(t.to)
-        if t.after is not None and not t.after and target is not None:
-            for stage in funnel.stages:
-                if t.applies_to(stage.id) and stage.id != t.to:
-                    edges[(stage.id, 0)].append((target, ("transitions", t_index, "after"), False))
+        return end_out
 
-    def normal(node: Node_) -> Node_:
-        stage_id, i = node
-        return (stage_id, min(i, len(funnel.stage(stage_id).steps)))
+    def graph(self) -> dict[Node_, list[Edge]]:
+        funnel = self.funnel
+        edges: dict[Node_, list[Edge]] = {}
+        for s_index, stage in enumerate(funnel.stages):
+            index = {st.id: i for i, st in reversed(list(enumerate(stage.steps)))}
+            for i, step in enumerate(stage.steps):
+                loc: Loc = ("stages", s_index, "steps", i)
+                edges[(stage.id, i)] = self.step_edges(step, loc, index, (stage.id, i + 1))
+            edges[(stage.id, len(stage.steps))] = self.end_edges(s_index, stage)
+        for t_index, t in enumerate(funnel.transitions):
+            # A stage timeout of 0s fires at the instant the lead enters the stage.
+            target = self.enter(t.to)
+            if t.after is not None and not t.after and target is not None:
+                for stage in funnel.stages:
+                    if t.applies_to(stage.id) and stage.id != t.to:
+                        edges[(stage.id, 0)].append((target, ("transitions", t_index, "after"), False))
 
-    graph = {n: [(normal(t), loc, g) for t, loc, g in outs] for n, outs in edges.items()}
-    found: list[Found] = []
-    for component in _cycles(graph):
-        ordered = sorted(component, key=lambda n: (stage_index[n[0]], n[1]))
-        inner = [(loc, g) for n in ordered for t, loc, g in graph[n] if t in component]
-        loc, _ = next(((loc, g) for loc, g in inner if g), inner[0])
-        path = " -> ".join(
-            f"{s}/{funnel.stage(s).steps[i].id}" if i < len(funnel.stage(s).steps) else f"{s}/(end)" for s, i in ordered
-        )
-        timeless = [_timeless_wait(funnel.stage(s).steps[i]) for s, i in ordered if i < len(funnel.stage(s).steps)]
-        timeless += [
-            f"transition '{funnel.transitions[int(at[1])].id}' (after 0s)" for at, _ in inner if at[0] == "transitions"
-        ]
-        zero = ", ".join(w for w in timeless if w)
-        found.append(
-            (
-                loc,
-                f"{describe(loc, data)}: loop without a wait ({path}): expected a step inside the loop that lets"
-                " time pass (a wait or a wait_for timeout longer than 0s, or a wait_until), found"
-                f" {'only ' + zero if zero else 'none'}",
-                False,
-            )
-        )
-    return found
+        def normal(node: Node_) -> Node_:
+            stage_id, i = node
+            return (stage_id, min(i, len(funnel.stage(stage_id).steps)))
+
+        return {n: [(normal(t), loc, g) for t, loc, g in outs] for n, outs in edges.items()}
+
+
+def _loop_error(funnel: Funnel, data: Any, graph: dict[Node_, list[Edge]], component: set[Node_]) -> Found:
+    """The error for one loop without a wait: at its `goto` if it has one, naming its steps."""
+    stage_index = {s.id: i for i, s in enumerate(funnel.stages)}
+    ordered = sorted(component, key=lambda n: (stage_index[n[0]], n[1]))
+    inner = [(loc, g) for n in ordered for t, loc, g in graph[n] if t in component]
+    loc, _ = next(((loc, g) for loc, g in inner if g), inner[0])
+    path = " -> ".join(
+        f"{s}/{funnel.stage(s).steps[i].id}" if i < len(funnel.stage(s).steps) else f"{s}/(end)" for s, i in ordered
+    )
+    timeless = [_timeless_wait(funnel.stage(s).steps[i]) for s, i in ordered if i < len(funnel.stage(s).steps)]
+    timeless += [
+        f"transition '{funnel.transitions[int(at[1])].id}' (after 0s)" for at, _ in inner if at[0] == "transitions"
+    ]
+    zero = ", ".join(w for w in timeless if w)
+    return (
+        loc,
+        f"{describe(loc, data)}: loop without a wait ({path}): expected a step inside the loop that lets"
+        " time pass (a wait or a wait_for timeout longer than 0s, or a wait_until), found"
+        f" {'only ' + zero if zero else 'none'}",
+        False,
+    )
 
 
 def _timeless_wait(step: Any) -> str | None:
