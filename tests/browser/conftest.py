@@ -32,6 +32,7 @@ from engine.store import leads as store
 from engine.store import outbox, tables
 from engine.store.database import create_engine_for, upgrade
 from tests.http.conftest import NOW, Clock, start_server
+from tests.required import missing
 from tests.smtp_server import _free_port
 
 USER, PASSWORD = "olivia", "correct horse battery staple"
@@ -156,7 +157,7 @@ def ops(serve_dashboard: Callable[..., Dashboard]) -> Dashboard:
 def chromium() -> Iterator[Any]:
     executable = shutil.which("chromium") or shutil.which("chromium-browser")
     if executable is None:
-        pytest.skip("no chromium binary on PATH (Debian: apt-get install chromium)")
+        missing("no chromium binary on PATH (Debian: apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

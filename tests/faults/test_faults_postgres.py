@@ -32,6 +32,7 @@ from tests.conftest import _LocalPostgres, _postgres_bindir
 from tests.faults.conftest import size
 from tests.faults.engine_state import left as still_to_do
 from tests.faults.tally import Tally, count
+from tests.required import missing
 from tests.smtp_server import RecordingSmtpServer
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -79,12 +80,12 @@ class _Server(_LocalPostgres):
 def server() -> Iterator[_Server]:
     bindir = _postgres_bindir()
     if bindir is None:
-        pytest.skip("no PostgreSQL binaries (initdb, pg_ctl) found: this scenario restarts a server of its own")
+        missing("no PostgreSQL binaries (initdb, pg_ctl) found: this scenario restarts a server of its own")
     if os.geteuid() == 0:
         try:
             pwd.getpwnam("postgres")
         except KeyError:
-            pytest.skip("running as root and there is no `postgres` user to run the server as")
+            missing("running as root and there is no `postgres` user to run the server as")
     pg = _Server(bindir)
     pg.start()
     try:
