@@ -9,9 +9,28 @@ from engine.core.definition import AllCondition, AnyCondition, AttrCondition, No
 
 if TYPE_CHECKING:
     from engine.core.definition import Condition
-    from engine.core.journey import Lead
 
 _MISSING = object()
+
+
+class Lead(Protocol):
+    """What a condition reads of a lead (`engine.core.journey.Lead` is one): declared here, so that the
+    journey imports the conditions and not the other way round."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def timezone(self) -> str | None: ...
+
+    @property
+    def attributes(self) -> Mapping[str, Any]: ...
+
+    @property
+    def tags(self) -> frozenset[str]: ...
+
+    @property
+    def score(self) -> int: ...
 
 
 class EventFilter(Protocol):
