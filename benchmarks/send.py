@@ -115,8 +115,9 @@ class SinkProcess:
     def __init__(self, folder: Path) -> None:
         self.port_file = folder / "sink.port"
         self.stats_file = folder / "sink.json"
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "smtp_sink.py"),
-                                      str(self.port_file), str(self.stats_file)])
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "benchmarks" / "smtp_sink.py"), str(self.port_file), str(self.stats_file)]
+        )
         deadline = time.monotonic() + 30
         while not (self.port_file.exists() and self.port_file.read_text()):
             if time.monotonic() > deadline or self.proc.poll() is not None:
@@ -184,15 +185,24 @@ def main() -> None:
         templates = [n for n in library.names() if n.startswith("lead-magnet/")]
         started = time.perf_counter()
         load(engine, args.emails, templates)
-        print(f"loaded {args.emails:,} due emails in {time.perf_counter() - started:.1f} s"
-              f" (peak memory so far {peak_rss_mb():.0f} MB)", flush=True)
+        print(
+            f"loaded {args.emails:,} due emails in {time.perf_counter() - started:.1f} s"
+            f" (peak memory so far {peak_rss_mb():.0f} MB)",
+            flush=True,
+        )
 
         settings = Settings(
             data_dir=folder,
             render_processes=args.render_processes,
             emails_dir=ROOT / "emails",
-            smtp={"host": "127.0.0.1", "port": sink.port, "security": "none", "connections": args.connections,
-                  "rate_per_s": 1_000_000, "messages_per_connection": 1_000_000},
+            smtp={
+                "host": "127.0.0.1",
+                "port": sink.port,
+                "security": "none",
+                "connections": args.connections,
+                "rate_per_s": 1_000_000,
+                "messages_per_connection": 1_000_000,
+            },
         )
         mailer = Mailer(engine, settings, library, {"lead-magnet": "Lead magnet"})
         started = time.perf_counter()
@@ -208,8 +218,20 @@ def main() -> None:
             statuses = dict(
                 conn.execute(sa.select(tables.outbox.c.status, sa.func.count()).group_by(tables.outbox.c.status)).all()
             )
-        sample = OutboxItem(1, 1, "lead@bench.example", "subscribed", {"first_name": "Zoë"}, "lead-magnet", "raw",
-                            templates[0], "inquiry", False, 0, False)
+        sample = OutboxItem(
+            1,
+            1,
+            "lead@bench.example",
+            "subscribed",
+            {"first_name": "Zoë"},
+            "lead-magnet",
+            "raw",
+            templates[0],
+            "inquiry",
+            False,
+            0,
+            False,
+        )
         payload = mailer.compose(sample, NOW).payload
         started = time.perf_counter()
         asyncio.run(send_raw(payload, args.raw, args.connections, sink.port))

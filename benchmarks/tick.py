@@ -178,9 +178,9 @@ def main() -> None:
         if size in by_size:
             summary[f"claim_ms_{key}"] = by_size[size]["claim_ms"]
     largest = results[-1]
-    summary["due_rows_per_s_1m" if largest["size"] == 1_000_000 else f"due_rows_per_s_{largest['size']}"] = (
-        largest["due_rows_per_s"]
-    )
+    summary["due_rows_per_s_1m" if largest["size"] == 1_000_000 else f"due_rows_per_s_{largest['size']}"] = largest[
+        "due_rows_per_s"
+    ]
     summary["claim_uses_index"] = all(bool(r["uses_index"]) for r in results)
     # Every size's figures, whatever the sizes were (`benchmarks/run --quick` uses small ones).
     summary["sizes"] = [

@@ -1,5 +1,5 @@
-"""The code stays ruff-clean, ruff-formatted and mypy-clean (checked with the project's own configuration) and uses only the
-public interfaces of other projects."""
+"""The code stays ruff-clean, ruff-formatted and mypy-clean (checked with the project's own configuration)
+and uses only the public interfaces of other projects."""
 
 from __future__ import annotations
 

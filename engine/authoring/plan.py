@@ -69,5 +69,7 @@ def plan(positions: Sequence[Position], old: Mapping[str, Funnel | None], new: F
         previous = lines.get(key)
         leads = p.leads + (previous.leads if previous else 0)
         lines[key] = PlanLine(new.id, p.stage, p.step, leads, change, goes_to)
-    return sorted(lines.values(), key=lambda line: (new.stage_ids().index(line.stage)
-                                                     if line.stage in new.stage_ids() else -1, line.step or ""))
+    return sorted(
+        lines.values(),
+        key=lambda line: (new.stage_ids().index(line.stage) if line.stage in new.stage_ids() else -1, line.step or ""),
+    )

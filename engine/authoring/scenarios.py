@@ -28,8 +28,7 @@ _RELATIVE = re.compile(r"^\+(?:\d+[wdhms])+$")
 def _when(value: Any) -> Any:
     if not isinstance(value, str) or not (_LOCAL.match(value.strip()) or _RELATIVE.match(value.strip())):
         raise ValueError(
-            f"expected a local time 'YYYY-MM-DD HH:MM' or a time after the start like '+3d' or '+2d9h', "
-            f"found {value!r}"
+            f"expected a local time 'YYYY-MM-DD HH:MM' or a time after the start like '+3d' or '+2d9h', found {value!r}"
         )
     return value.strip()
 
@@ -71,8 +70,7 @@ class Expectation(_Model):
         kinds = [k for k in ("email", "no_email", "stage", "exited", "goal") if getattr(self, k) is not None]
         if len(kinds) != 1:
             raise ValueError(
-                "expected exactly one of email, no_email, stage, exited, goal, found "
-                + (", ".join(kinds) or "none")
+                "expected exactly one of email, no_email, stage, exited, goal, found " + (", ".join(kinds) or "none")
             )
         for when in (self.at, self.by):
             if when is not None:

@@ -81,14 +81,14 @@ def print_simulation(
     for stage in result.funnel.stages:
         for step in stage.steps:
             if hasattr(step, "send"):
-                emails.add_row(f"{stage.id} / {step.id}", str(result.emails.get(step.id, 0)),
-                               str(result.skipped.get(step.id, 0)))
+                emails.add_row(
+                    f"{stage.id} / {step.id}", str(result.emails.get(step.id, 0)), str(result.skipped.get(step.id, 0))
+                )
     console.print(emails)
     goal = result.funnel.goal
     if goal is not None:
         console.print(
-            f"goal [bold]{goal.id}[/bold]: reached by {result.goals} leads "
-            f"({result.goals_within} within its window)"
+            f"goal [bold]{goal.id}[/bold]: reached by {result.goals} leads ({result.goals_within} within its window)"
         )
     if result.sample is not None:
         run = result.sample
@@ -97,7 +97,8 @@ def print_simulation(
         for line in timeline_lines(run, zone, subject):
             console.print("  " + line, markup=False, highlight=False, soft_wrap=True)
     rate = result.leads / result.elapsed_s if result.elapsed_s else 0.0
-    console.print(f"simulated {result.leads} leads over {result.days} days in {result.elapsed_s:.2f} s "
-                  f"({rate:,.0f} leads/s)")
+    console.print(
+        f"simulated {result.leads} leads over {result.days} days in {result.elapsed_s:.2f} s ({rate:,.0f} leads/s)"
+    )
     if as_json:
         print(json.dumps(summary(result), sort_keys=True))

@@ -102,8 +102,6 @@ def entry_event(funnel: Funnel, lead: Lead, at: datetime, event_id: str) -> Even
 
     for trigger in funnel.entry.triggers:
         if isinstance(trigger, EventTrigger):
-            props: dict[str, Any] = {
-                k: (v[0] if isinstance(v, list) else v) for k, v in trigger.where.items()
-            }
+            props: dict[str, Any] = {k: (v[0] if isinstance(v, list) else v) for k, v in trigger.where.items()}
             return Event(event_id, trigger.event, at, props)
     return None

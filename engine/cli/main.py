@@ -660,4 +660,3 @@ def main() -> None:
             err.print(f"settings: {key}: {error['msg']}", markup=False, highlight=False, soft_wrap=True)
         err.print("check config/funnel.toml, .env and FUNNEL_* environment variables")
         raise SystemExit(2) from None
-

@@ -115,9 +115,7 @@ def _print_report(console: Console, r: FunnelReport, since: str | None) -> None:
 
     cohort = f", entered since {since}" if since else ""
     exits = ", ".join(f"{reason} {n}" for reason, n in r.exited.items()) or "none"
-    say(
-        console, f"\n{r.funnel}: {r.leads} leads{cohort}: {r.active} in a stage, {r.leads - r.active} exited ({exits})"
-    )
+    say(console, f"\n{r.funnel}: {r.leads} leads{cohort}: {r.active} in a stage, {r.leads - r.active} exited ({exits})")
     stages = Table(title="Stages", title_justify="left")
     for column in ("stage", "now", "reached", "then reached", "conversion", "median time", "p90 time", "stays"):
         stages.add_column(column, justify="left" if column in ("stage", "then reached") else "right")

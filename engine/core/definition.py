@@ -668,8 +668,6 @@ class Funnel(Model):
 _INDEX: dict[int, tuple[Funnel, tuple[dict[str, Stage], dict[tuple[str, str], tuple[int, Any]]]]] = {}
 
 
-
-
 AllCondition.model_rebuild()
 AnyCondition.model_rebuild()
 NotCondition.model_rebuild()

@@ -74,4 +74,3 @@ def _after_cap(instant: datetime, tz: ZoneInfo, rules: TimingRules, sent: Sequen
     if sum(1 for s in sent if local_date(s, tz) == day) < rules.max_per_day:
         return instant
     return at_local(day + timedelta(days=1), time(0), tz)
-

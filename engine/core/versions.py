@@ -101,7 +101,5 @@ def _place(state: Enrollment, new: Funnel, old: Funnel | None, resume: datetime)
     except KeyError:
         pass
     nxt = _surviving_step(old, new, state.stage, state.step)
-    moved = replace(
-        state, version=new.version, step=nxt, phase="ready" if nxt else "ended", due=resume, wake_at=resume
-    )
+    moved = replace(state, version=new.version, step=nxt, phase="ready" if nxt else "ended", due=resume, wake_at=resume)
     return Migration(moved, "step-removed", f"{state.step} -> {nxt or 'end of stage'}")

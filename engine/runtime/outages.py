@@ -61,5 +61,3 @@ class Outage:
         )
         self.since, self.said_at, self.failures = None, None, 0
         return said
-
-

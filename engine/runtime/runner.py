@@ -111,10 +111,15 @@ class Runner:
             mail = await self.mailer.dispatch(now, self.smtp_host, self.smtp_port, self.settings.batch_size)
         if tick.work or mail.work:
             log.info(
-                "tick events=%d advanced=%d enrolled=%d transitions=%d "
-                "sent=%d deferred=%d failed=%d unknown=%d",
-                tick.events, tick.advanced, tick.enrolled, tick.transitions,
-                mail.sent, mail.deferred, mail.failed, mail.unknown,
+                "tick events=%d advanced=%d enrolled=%d transitions=%d sent=%d deferred=%d failed=%d unknown=%d",
+                tick.events,
+                tick.advanced,
+                tick.enrolled,
+                tick.transitions,
+                mail.sent,
+                mail.deferred,
+                mail.failed,
+                mail.unknown,
             )
         for error in tick.errors + mail.errors:
             log.error("%s", error)
@@ -203,6 +208,7 @@ class Runner:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+
         def wake() -> None:
             with contextlib.suppress(JobLookupError):  # stopping: the job is gone
                 scheduler.modify_job("tick", next_run_time=datetime.now(UTC))

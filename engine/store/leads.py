@@ -13,6 +13,7 @@ PostgreSQL, the writer lock taken by `BEGIN IMMEDIATE` on SQLite (see `engine.st
 The hot paths (claims, event ingestion, decisions) are Core, not ORM: no identity map, no per-row
 objects to flush, statements the reader can match to the SQL in docs/database.md.
 """
+
 from __future__ import annotations
 
 import functools

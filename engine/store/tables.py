@@ -316,7 +316,6 @@ class WebhookReceipt(SQLModel, table=True):
     received_at: datetime = Field(sa_type=UtcDateTime, nullable=False)
 
 
-
 DELIVERY_STATUSES = ("queued", "sent", "failed")
 DELIVERY_SOURCES = ("transition", "goal", "call")
 

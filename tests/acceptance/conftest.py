@@ -38,7 +38,7 @@ def write_emails(root: Path, names: list[str]) -> Path:
     (emails / "drip").mkdir(exist_ok=True)
     for name in names:
         (emails / "drip" / f"{name}.md").write_text(
-            f'---\nsubject: "{name.title()} for {{{{ lead.first_name | default(\'you\') }}}}"\n---\n'
+            f"---\nsubject: \"{name.title()} for {{{{ lead.first_name | default('you') }}}}\"\n---\n"
             f"Hello {{{{ lead.first_name | default('there') }}}}, this is the {name} email.\n"
         )
     return emails
@@ -139,8 +139,15 @@ def outbox_rows(engine: Engine) -> list[sa.Row[tuple[object, ...]]]:
     with engine.connect() as conn:
         return list(
             conn.execute(
-                sa.select(leads.c.email, outbox.c.funnel_id, outbox.c.step, outbox.c.status, outbox.c.skip_reason,
-                          outbox.c.id, outbox.c.due_at)
+                sa.select(
+                    leads.c.email,
+                    outbox.c.funnel_id,
+                    outbox.c.step,
+                    outbox.c.status,
+                    outbox.c.skip_reason,
+                    outbox.c.id,
+                    outbox.c.due_at,
+                )
                 .join(leads, leads.c.id == outbox.c.lead_id)
                 .order_by(outbox.c.id)
             )

@@ -102,8 +102,9 @@ def dispatch(engine: sa.Engine, port: int) -> None:
 
 
 @pytest.mark.parametrize("code", ["421", "450", "451", "452", "454"])
-def test_a_4xx_refusal_before_data_is_retried_later(engine: sa.Engine, scripted: tuple[ScriptedHandler, int],
-                                                    code: str) -> None:
+def test_a_4xx_refusal_before_data_is_retried_later(
+    engine: sa.Engine, scripted: tuple[ScriptedHandler, int], code: str
+) -> None:
     handler, port = scripted
     queue(engine, [f"rcpt-{code}@example.com", "ok@example.com"])
     dispatch(engine, port)
@@ -113,13 +114,15 @@ def test_a_4xx_refusal_before_data_is_retried_later(engine: sa.Engine, scripted:
     assert result["ok@example.com"][0] == "sent"
     assert handler.accepted == ["ok@example.com"]
     with engine.connect() as conn:
-        retry_at = conn.execute(sa.select(tables.outbox.c.next_attempt_at).where(
-            tables.outbox.c.status == "deferred")).scalar_one()
+        retry_at = conn.execute(
+            sa.select(tables.outbox.c.next_attempt_at).where(tables.outbox.c.status == "deferred")
+        ).scalar_one()
     assert retry_at > NOW  # requeued with a backoff, not skipped and not hammered
 
 
-def test_550_is_a_hard_bounce_that_suppresses_the_address(engine: sa.Engine,
-                                                          scripted: tuple[ScriptedHandler, int]) -> None:
+def test_550_is_a_hard_bounce_that_suppresses_the_address(
+    engine: sa.Engine, scripted: tuple[ScriptedHandler, int]
+) -> None:
     _, port = scripted
     queue(engine, ["rcpt-550@example.com", "ok@example.com"])
     dispatch(engine, port)
@@ -132,8 +135,9 @@ def test_550_is_a_hard_bounce_that_suppresses_the_address(engine: sa.Engine,
 
 
 @pytest.mark.parametrize("code", ["552", "554"])
-def test_a_5xx_reply_to_data_is_a_final_failure(engine: sa.Engine, scripted: tuple[ScriptedHandler, int],
-                                               code: str) -> None:
+def test_a_5xx_reply_to_data_is_a_final_failure(
+    engine: sa.Engine, scripted: tuple[ScriptedHandler, int], code: str
+) -> None:
     handler, port = scripted
     queue(engine, [f"data-{code}@example.com", "ok@example.com"])
     dispatch(engine, port)
@@ -153,8 +157,9 @@ def test_a_connection_lost_before_data_is_retried(engine: sa.Engine, scripted: t
 
 
 @pytest.mark.parametrize("address", ["drop-data@example.com", "stall@example.com"])
-def test_no_reply_after_data_is_unknown_and_never_resent(engine: sa.Engine, scripted: tuple[ScriptedHandler, int],
-                                                        address: str) -> None:
+def test_no_reply_after_data_is_unknown_and_never_resent(
+    engine: sa.Engine, scripted: tuple[ScriptedHandler, int], address: str
+) -> None:
     handler, port = scripted
     queue(engine, [address, "ok@example.com"])
     dispatch(engine, port)

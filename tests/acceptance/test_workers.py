@@ -93,9 +93,7 @@ def test_three_workers_do_each_step_once(tmp_path: Path, postgres_url: str, smtp
     duplicates = sum(c - 1 for c in received.values() if c > 1)
     lost = expected - set(received)
     double_entries = sum(1 for c in entries.values() if c > 1)
-    errors = sum(
-        (project.root / f"worker{i}.log").read_text().count("ERROR") for i in range(WORKERS)
-    )
+    errors = sum((project.root / f"worker{i}.log").read_text().count("ERROR") for i in range(WORKERS))
     print(
         f"\nworkers test: {WORKERS} workers, {LEADS} leads in {elapsed:.0f} s; emails expected {len(expected)}, "
         f"delivered {sum(received.values())}, duplicates {duplicates}, lost {len(lost)}; outbox "

@@ -63,6 +63,7 @@ transitions:
     to: conversion
 """
 
+
 @dataclass
 class Dashboard:
     url: str

@@ -123,8 +123,9 @@ def test_an_import_into_a_funnel_enrolls_the_leads_through_its_entry_trigger(db:
     funnels = tmp_path / "funnels"
     funnels.mkdir()
     (funnels / "imported-welcome.yaml").write_text(FUNNEL)
-    result = run(str(FIXTURES / "good.csv"), "--database-url", db, "--funnel", "imported-welcome",
-                 "--funnels", str(funnels))
+    result = run(
+        str(FIXTURES / "good.csv"), "--database-url", db, "--funnel", "imported-welcome", "--funnels", str(funnels)
+    )
     assert result.exit_code == 0, result.output
     loaded = load_funnels([funnels], emails_dir=None)
     assert not loaded.errors
@@ -132,20 +133,22 @@ def test_an_import_into_a_funnel_enrolls_the_leads_through_its_entry_trigger(db:
     try:
         Worker(engine, {f.id: f for f in loaded.funnels}).run_until_idle(datetime.now(UTC))
         with engine.connect() as conn:
-            enrolled = conn.execute(
-                sa.select(tables.leads.c.email).join(tables.enrollments).where(
-                    tables.enrollments.c.funnel_id == "imported-welcome"
+            enrolled = (
+                conn.execute(
+                    sa.select(tables.leads.c.email)
+                    .join(tables.enrollments)
+                    .where(tables.enrollments.c.funnel_id == "imported-welcome")
                 )
-            ).scalars().all()
+                .scalars()
+                .all()
+            )
     finally:
         engine.dispose()
     assert sorted(enrolled) == sorted(leads(db))
     assert all("welcomed" in row.tags for row in leads(db).values())
 
 
-def test_a_funnel_without_an_entry_for_imports_is_refused_before_anything_is_written(
-    db: str, tmp_path: Path
-) -> None:
+def test_a_funnel_without_an_entry_for_imports_is_refused_before_anything_is_written(db: str, tmp_path: Path) -> None:
     funnels = tmp_path / "funnels"
     funnels.mkdir()
     (funnels / "other.yaml").write_text(FUNNEL.replace("imported-welcome", "other").replace("lead_imported", "signup"))
@@ -253,8 +256,9 @@ def test_ten_thousand_rows_are_imported(db: str, tmp_path: Path) -> None:
         writer = csv.writer(f)
         writer.writerow(["email", "first_name", "company", "tags", "timezone"])
         for i in range(10_000):
-            writer.writerow([f"lead{i}@company{i % 50}.example", f"Lead {i}", f"Company {i % 50}", "imported",
-                             "Europe/Berlin"])
+            writer.writerow(
+                [f"lead{i}@company{i % 50}.example", f"Lead {i}", f"Company {i % 50}", "imported", "Europe/Berlin"]
+            )
     result = run(str(path), "--database-url", db)
     assert result.exit_code == 0, result.output
     assert "imported 10000 new lead(s), updated 0, unchanged 0, skipped 0" in result.stdout
@@ -293,7 +297,6 @@ def test_an_address_in_a_row_goes_through_the_one_normaliser(db: str, tmp_path: 
     assert set(found) == {"idn@xn--bcher-kva.example", "erased1@example.com"}
     assert found["idn@xn--bcher-kva.example"].attributes == {"first_name": "Ida", "company": "Bücher"}
     assert found["erased1@example.com"].consent_status == "unsubscribed"  # still on the suppression list
-
 
 
 def test_an_import_never_subscribes_a_pending_lead_and_records_every_consent_change(db: str, tmp_path: Path) -> None:

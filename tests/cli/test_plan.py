@@ -47,7 +47,11 @@ def test_plan_counts_the_leads_an_edit_moves(tmp_path: Path) -> None:
 
     env = {**os.environ, "FUNNEL_DATABASE_URL": url, "COLUMNS": "200"}
     result = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "plan"], cwd=tmp_path, env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "engine.cli", "plan"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
@@ -63,7 +67,11 @@ def test_plan_with_no_edit_affects_nobody(tmp_path: Path) -> None:
     upgrade(url)  # an engine's database with no lead in it (plan reads a database, it makes none)
     env = {**os.environ, "FUNNEL_DATABASE_URL": url}
     result = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "plan"], cwd=tmp_path, env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "engine.cli", "plan"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=120,
     )
     assert result.returncode == 0, result.stderr

@@ -79,9 +79,7 @@ EXPECTED: dict[str, list[tuple[int, int, tuple[str, ...]]]] = {
         )
     ],
     "bad-timezone.yaml": [(4, 11, ("timezone: expected an IANA time zone", "found 'Europe/Atlantis'"))],
-    "two-operators.yaml": [
-        (13, 13, ("step 'check' branch.if: expected exactly one operator", "found gte, lt"))
-    ],
+    "two-operators.yaml": [(13, 13, ("step 'check' branch.if: expected exactly one operator", "found gte, lt"))],
     # `on:` must be read as the key "on" (YAML 1.2), not as the boolean true of YAML 1.1.
     "on-key.yaml": [(11, 5, ("transition 'demo': expected exactly one of 'on'", "found 'on' and 'after'"))],
     "unknown-condition-key.yaml": [
@@ -125,9 +123,7 @@ def test_broken_file_reports_each_error_at_its_position(name: str) -> None:
     path = BROKEN / name
     result = load(path)
     expected = EXPECTED[name]
-    assert located(result.errors) == [(line, column) for line, column, _ in expected], [
-        str(e) for e in result.errors
-    ]
+    assert located(result.errors) == [(line, column) for line, column, _ in expected], [str(e) for e in result.errors]
     for error, (line, column, gists) in zip(result.errors, expected, strict=True):
         text = str(error)
         assert text.startswith(f"{path}:{line}:{column}: ")
@@ -241,9 +237,7 @@ def test_missing_path_and_empty_folder_are_errors(tmp_path: Path) -> None:
 def test_duplicate_yaml_keys_are_errors(tmp_path: Path) -> None:
     path = tmp_path / "dup.yaml"
     path.write_text(
-        (VALID / "nurture.yaml")
-        .read_text(encoding="utf-8")
-        .replace("name: Report nurture", "name: A\nname: B"),
+        (VALID / "nurture.yaml").read_text(encoding="utf-8").replace("name: Report nurture", "name: A\nname: B"),
         encoding="utf-8",
     )
     (error,) = load(path).errors
@@ -363,9 +357,7 @@ def test_a_step_with_two_actions_or_none_says_which(tmp_path: Path) -> None:
     path = tmp_path / "steps.yaml"
     text = (BROKEN / "unknown-step-key.yaml").read_text(encoding="utf-8")
     path.write_text(
-        text.replace(
-            "        sned: lead-magnet/report\n", "        send: lead-magnet/report\n        wait: 2d\n"
-        )
+        text.replace("        sned: lead-magnet/report\n", "        send: lead-magnet/report\n        wait: 2d\n")
         + "      - id: nothing\n",
         encoding="utf-8",
     )
