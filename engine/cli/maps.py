@@ -1,8 +1,8 @@
 """`funnel map FUNNEL`: the funnel's customer journey map as an HTML page, Markdown with a Mermaid diagram,
 or a PNG, drawn from the funnel file and, with `--live`, from the database.
 
-Thin: the map is `engine.views.journey_map.model`'s, its inputs `engine.views.journey_map.sources`', its drawings
-`engine.views.journey_map.html`'s, `_md`'s and `_png`'s.
+Thin: the map is `engine.views.journey_map`'s: `model` builds it, `sources` reads its inputs, `html`,
+`markdown` and `png` draw it.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ webhook deliveries with their cursors, and the dashboard's digests, sessions and
 
 Declared as SQLModel tables so the schema reads as one list of fields; the hot paths in `engine.store.leads`
 use their SQLAlchemy Core `Table`s (`Lead.__table__`), not ORM objects. The migration in
-`engine/migrations/versions` creates exactly this schema, and a test checks the two agree.
+`engine/store/migrations/versions` creates exactly this schema, and a test checks the two agree.
 """
 
 from __future__ import annotations

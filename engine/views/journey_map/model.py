@@ -5,7 +5,7 @@ conversion to the next stage, the median stay, each email's open and click rates
 out (why, and after which email).
 
 Pure: the funnel definition, the email subjects and optionally the figures read from the database go
-in; a `JourneyMap` comes out. The renderers (`journey_map_html`, `journey_map_md`) only lay it out, so
+in; a `JourneyMap` comes out. The renderers (`html`, `markdown`) only lay it out, so
 the HTML page, the Markdown with its Mermaid diagram and the PNG always tell the same story.
 """
 
