@@ -1,6 +1,7 @@
 """The pure core: the funnel definition, the journey decisions (stage transitions, steps, waits in
 local time), editing a live funnel, and the rules every adapter asks (addresses, consent, timing,
-signatures, webhook policy, what an entry refuses). No clock, no socket, no database: callers pass the
+signatures and signed tokens, webhook policy, ops sign-in, what an entry refuses, what a log line may
+not show), and the plain rows the store hands to the views (`report_rows`). No clock, no socket, no database: callers pass the
 time and the state, and get decisions back.
 
 May import: nothing else of the engine (third-party libraries that do no IO are fine). The one module

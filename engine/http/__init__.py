@@ -3,6 +3,6 @@ systems, `forms`, `pages` for leads, `hooks` for signed webhooks, `dashboard` fo
 (`http_context`), request bodies' limits, response headers, ops sign-in, and `/metrics`. Also its
 `static/` files and `templates_ops/`.
 
-May import: `engine.authoring`, `engine.views`, `engine.mail`, `engine.store.leads`, `engine.settings`,
+May import: `engine.authoring`, `engine.views`, `engine.mail`, `engine.store`, `engine.settings`,
 `engine.core`.
 """

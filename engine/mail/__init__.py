@@ -2,5 +2,5 @@
 exact bytes (MIME, DKIM), signed links, and the dispatcher that sends them over SMTP with its rate
 limits, render processes and the local sink.
 
-May import: `engine.store.leads`, `engine.settings`, `engine.core`.
+May import: `engine.store`, `engine.settings`, `engine.core`.
 """

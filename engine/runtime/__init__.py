@@ -2,5 +2,5 @@
 outages said as state changes, outbound webhooks, the ops digest, CSV imports and the demo month.
 
 May import: everything below it: `engine.http` (the runner serves the app), `engine.authoring`,
-`engine.views`, `engine.mail`, `engine.store.leads`, `engine.settings`, `engine.core`.
+`engine.views`, `engine.mail`, `engine.store`, `engine.settings`, `engine.core`.
 """
