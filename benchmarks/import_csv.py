@@ -23,8 +23,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine import importer  # noqa: E402
-from engine.database import create_engine_for, upgrade  # noqa: E402
+from engine.runtime import importer  # noqa: E402
+from engine.store.database import create_engine_for, upgrade  # noqa: E402
 
 ZONES = ("Europe/London", "Europe/Berlin", "America/New_York", "Asia/Tokyo", "")
 

@@ -2,9 +2,9 @@
 
     python benchmarks/ingest.py [--leads 10000] [--clients 2] [--rows 100000] [--only http,import]
 
-- http_events_per_s: the real app (`engine.api.create_app`) under uvicorn in its own process, on a
+- http_events_per_s: the real app (`engine.http.api.create_app`) under uvicorn in its own process, on a
   loopback port, over a fresh SQLite file with the example funnel (funnels/lead-magnet.yaml) published;
-  a worker process (`engine.worker.Worker`, ticking as `funnel run` does: again at once while there is
+  a worker process (`engine.runtime.worker.Worker`, ticking as `funnel run` does: again at once while there is
   work, else after the tick interval) handles the events as they arrive; client threads post batches of
   1,000. Each lead gets a `form_submitted` for the report (enrollment and the report email queued), a
   click on the pricing link (a stage transition and the call invitation), and two events the funnel
@@ -48,8 +48,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import httpx  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 
-from engine import apikeys, tables  # noqa: E402
-from engine.database import connect_read_only, create_engine_for, upgrade  # noqa: E402
+from engine.store import apikeys, tables  # noqa: E402
+from engine.store.database import connect_read_only, create_engine_for, upgrade  # noqa: E402
 
 BATCH = 1000
 DEADLINE_S = 900  # the whole HTTP run stops by itself after this, finished or not
@@ -69,7 +69,7 @@ def serve(database_url: str, port: int, data_dir: Path) -> None:
     """The HTTP app alone, as `funnel api` serves it (without the access log)."""
     import uvicorn
 
-    from engine.api import create_app
+    from engine.http.api import create_app
     from engine.settings import Settings
 
     settings = Settings(
@@ -90,8 +90,8 @@ def serve(database_url: str, port: int, data_dir: Path) -> None:
 def work(database_url: str, tick_s: float, batch_size: int) -> None:
     """A worker: publishes the funnel, then ticks until SIGTERM. Like `funnel run`, it ticks again at
     once after a tick that found work and otherwise waits the tick interval."""
-    from engine.validation import load_funnels
-    from engine.worker import TickResult, Worker
+    from engine.authoring.validation import load_funnels
+    from engine.runtime.worker import TickResult, Worker
 
     loaded = load_funnels([ROOT / "funnels"], emails_dir=ROOT / "emails")
     if loaded.errors:

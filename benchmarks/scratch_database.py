@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.database import create_engine_for  # noqa: E402
+from engine.store.database import create_engine_for  # noqa: E402
 
 
 def is_postgres(url: str) -> bool:

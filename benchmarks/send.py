@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
-    from engine.mailer import Mailer
+    from engine.mail.mailer import Mailer
 
 # The engine is imported inside the functions: a render process (spawned) re-imports this script, and
 # should carry no more than it does under `funnel run`.
@@ -67,7 +67,7 @@ def children_peak_rss_mb() -> dict[int, float]:
 def load(engine: sa.Engine, count: int, templates: list[str]) -> None:
     import sqlalchemy as sa
 
-    from engine import tables
+    from engine.store import tables
 
     created = NOW - timedelta(days=1)
     for start in range(0, count, CHUNK):
@@ -115,8 +115,9 @@ class SinkProcess:
     def __init__(self, folder: Path) -> None:
         self.port_file = folder / "sink.port"
         self.stats_file = folder / "sink.json"
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "smtp_sink.py"),
-                                      str(self.port_file), str(self.stats_file)])
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "benchmarks" / "smtp_sink.py"), str(self.port_file), str(self.stats_file)]
+        )
         deadline = time.monotonic() + 30
         while not (self.port_file.exists() and self.port_file.read_text()):
             if time.monotonic() > deadline or self.proc.poll() is not None:
@@ -159,12 +160,12 @@ async def send_raw(payload: bytes, count: int, connections: int, port: int) -> N
 def main() -> None:
     import sqlalchemy as sa
 
-    from engine import tables
-    from engine.database import create_engine_for, upgrade
-    from engine.mailer import Mailer
-    from engine.outbox_item import OutboxItem
+    from engine.core.outbox_item import OutboxItem
+    from engine.mail.mailer import Mailer
+    from engine.mail.templates import TemplateLibrary
     from engine.settings import Settings
-    from engine.templates import TemplateLibrary
+    from engine.store import tables
+    from engine.store.database import create_engine_for, upgrade
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--emails", type=int, default=100_000)
@@ -184,15 +185,24 @@ def main() -> None:
         templates = [n for n in library.names() if n.startswith("lead-magnet/")]
         started = time.perf_counter()
         load(engine, args.emails, templates)
-        print(f"loaded {args.emails:,} due emails in {time.perf_counter() - started:.1f} s"
-              f" (peak memory so far {peak_rss_mb():.0f} MB)", flush=True)
+        print(
+            f"loaded {args.emails:,} due emails in {time.perf_counter() - started:.1f} s"
+            f" (peak memory so far {peak_rss_mb():.0f} MB)",
+            flush=True,
+        )
 
         settings = Settings(
             data_dir=folder,
             render_processes=args.render_processes,
             emails_dir=ROOT / "emails",
-            smtp={"host": "127.0.0.1", "port": sink.port, "security": "none", "connections": args.connections,
-                  "rate_per_s": 1_000_000, "messages_per_connection": 1_000_000},
+            smtp={
+                "host": "127.0.0.1",
+                "port": sink.port,
+                "security": "none",
+                "connections": args.connections,
+                "rate_per_s": 1_000_000,
+                "messages_per_connection": 1_000_000,
+            },
         )
         mailer = Mailer(engine, settings, library, {"lead-magnet": "Lead magnet"})
         started = time.perf_counter()
@@ -208,8 +218,20 @@ def main() -> None:
             statuses = dict(
                 conn.execute(sa.select(tables.outbox.c.status, sa.func.count()).group_by(tables.outbox.c.status)).all()
             )
-        sample = OutboxItem(1, 1, "lead@bench.example", "subscribed", {"first_name": "Zoë"}, "lead-magnet", "raw",
-                            templates[0], "inquiry", False, 0, False)
+        sample = OutboxItem(
+            1,
+            1,
+            "lead@bench.example",
+            "subscribed",
+            {"first_name": "Zoë"},
+            "lead-magnet",
+            "raw",
+            templates[0],
+            "inquiry",
+            False,
+            0,
+            False,
+        )
         payload = mailer.compose(sample, NOW).payload
         started = time.perf_counter()
         asyncio.run(send_raw(payload, args.raw, args.connections, sink.port))

@@ -28,10 +28,11 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine import store, tables  # noqa: E402
-from engine.database import create_engine_for, upgrade  # noqa: E402
-from engine.validation import load_funnels  # noqa: E402
-from engine.worker import Worker  # noqa: E402
+from engine.authoring.validation import load_funnels  # noqa: E402
+from engine.runtime.worker import Worker  # noqa: E402
+from engine.store import leads as store  # noqa: E402
+from engine.store import tables  # noqa: E402
+from engine.store.database import create_engine_for, upgrade  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from scratch_database import fresh_database, is_postgres  # noqa: E402
@@ -177,9 +178,9 @@ def main() -> None:
         if size in by_size:
             summary[f"claim_ms_{key}"] = by_size[size]["claim_ms"]
     largest = results[-1]
-    summary["due_rows_per_s_1m" if largest["size"] == 1_000_000 else f"due_rows_per_s_{largest['size']}"] = (
-        largest["due_rows_per_s"]
-    )
+    summary["due_rows_per_s_1m" if largest["size"] == 1_000_000 else f"due_rows_per_s_{largest['size']}"] = largest[
+        "due_rows_per_s"
+    ]
     summary["claim_uses_index"] = all(bool(r["uses_index"]) for r in results)
     # Every size's figures, whatever the sizes were (`benchmarks/run --quick` uses small ones).
     summary["sizes"] = [

@@ -20,11 +20,11 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from engine import own_events
-from engine.ops_auth import OpsSettings
-from engine.secret_keys import DEFAULT_SECRET_KEY, SigningSecret, key_problem
-from engine.webhook_policy import WebhookSettings
-from engine.webhook_targets import Targets
+from engine.core import own_events
+from engine.core.ops_auth import OpsSettings
+from engine.core.secret_keys import DEFAULT_SECRET_KEY, SigningSecret, key_problem
+from engine.core.webhook_policy import WebhookSettings
+from engine.core.webhook_targets import Targets
 
 
 class SmtpSettings(BaseModel):
@@ -106,7 +106,7 @@ class DigestSettings(BaseModel):
 
 class BodyLimits(BaseModel):
     """The most bytes a request body may have, by kind of route; a longer one is refused with 413 before
-    it is read (see `engine.request_bodies`)."""
+    it is read (see `engine.http.request_bodies`)."""
 
     events: int = Field(
         default=4 << 20, gt=0, description="POST /v1/events and /hooks/*: a batch of up to 1,000 events."

@@ -23,7 +23,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine, make_url
 
-from engine.database import create_engine_for, upgrade
+from engine.store.database import create_engine_for, upgrade
+from tests.required import missing
 
 POSTGRES_URL_ENV = "FUNNEL_TEST_POSTGRES_URL"
 
@@ -134,12 +135,12 @@ def postgres_admin_url() -> Iterator[URL]:
         return
     bindir = _postgres_bindir()
     if bindir is None:
-        pytest.skip(f"no PostgreSQL binaries (initdb, pg_ctl) found; install PostgreSQL or set {POSTGRES_URL_ENV}")
+        missing(f"no PostgreSQL binaries (initdb, pg_ctl) found; install PostgreSQL or set {POSTGRES_URL_ENV}")
     if os.geteuid() == 0:
         try:
             pwd.getpwnam("postgres")
         except KeyError:
-            pytest.skip("running as root and there is no `postgres` user to run the server as")
+            missing("running as root and there is no `postgres` user to run the server as")
     server = _LocalPostgres(bindir)
     server.start()
     try:

@@ -1,6 +1,6 @@
 """Hypothesis strategies for random funnels, leads and input streams (events, clock ticks, downtime).
 
-Funnels are built as engine.definition models directly, validated for shape only (pydantic): they may
+Funnels are built as engine.core.definition models directly, validated for shape only (pydantic): they may
 hold loops without a wait, stages that bounce between each other, or unreachable stages, because the
 journey core must stay sane on definitions that slipped past the graph checks too.
 """
@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 from hypothesis import strategies as st
 
-from engine.definition import WEEKDAYS, Funnel
-from engine.journey import Event, Lead
+from engine.core.definition import WEEKDAYS, Funnel
+from engine.core.journey import Event, Lead
 
 ZONES = ("Europe/Berlin", "America/Los_Angeles", "Asia/Kolkata", "UTC")
 EVENT_NAMES = ("email_opened", "email_clicked", "purchase_completed", "replied", "demo_booked")

@@ -1,5 +1,5 @@
-"""The code stays ruff- and mypy-clean (checked with the project's own configuration) and uses only the
-public interfaces of other projects."""
+"""The code stays ruff-clean, ruff-formatted and mypy-clean (checked with the project's own configuration)
+and uses only the public interfaces of other projects."""
 
 from __future__ import annotations
 
@@ -18,6 +18,11 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_ruff_is_clean() -> None:
     result = run(str(BIN / "ruff"), "check", "engine", "benchmarks")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_format_is_applied() -> None:
+    result = run(str(BIN / "ruff"), "format", "--check", "engine", "tests", "benchmarks")
     assert result.returncode == 0, result.stdout + result.stderr
 
 

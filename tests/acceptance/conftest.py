@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from engine.database import create_engine_for
+from engine.store.database import create_engine_for
 from tests.smtp_server import RecordingSmtpServer
 
 LAYOUT = """<!doctype html>
@@ -38,7 +38,7 @@ def write_emails(root: Path, names: list[str]) -> Path:
     (emails / "drip").mkdir(exist_ok=True)
     for name in names:
         (emails / "drip" / f"{name}.md").write_text(
-            f'---\nsubject: "{name.title()} for {{{{ lead.first_name | default(\'you\') }}}}"\n---\n'
+            f"---\nsubject: \"{name.title()} for {{{{ lead.first_name | default('you') }}}}\"\n---\n"
             f"Hello {{{{ lead.first_name | default('there') }}}}, this is the {name} email.\n"
         )
     return emails
@@ -134,13 +134,20 @@ def sqlite_project(tmp_path: Path, smtp: RecordingSmtpServer) -> Project:
 
 
 def outbox_rows(engine: Engine) -> list[sa.Row[tuple[object, ...]]]:
-    from engine.tables import leads, outbox
+    from engine.store.tables import leads, outbox
 
     with engine.connect() as conn:
         return list(
             conn.execute(
-                sa.select(leads.c.email, outbox.c.funnel_id, outbox.c.step, outbox.c.status, outbox.c.skip_reason,
-                          outbox.c.id, outbox.c.due_at)
+                sa.select(
+                    leads.c.email,
+                    outbox.c.funnel_id,
+                    outbox.c.step,
+                    outbox.c.status,
+                    outbox.c.skip_reason,
+                    outbox.c.id,
+                    outbox.c.due_at,
+                )
                 .join(leads, leads.c.id == outbox.c.lead_id)
                 .order_by(outbox.c.id)
             )
@@ -150,7 +157,7 @@ def outbox_rows(engine: Engine) -> list[sa.Row[tuple[object, ...]]]:
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
     """A migrated SQLite database of its own, for tests that drive the mailer in this process."""
-    from engine.database import upgrade
+    from engine.store.database import upgrade
 
     url = f"sqlite:///{tmp_path / 'funnel.db'}"
     upgrade(url)
@@ -171,9 +178,9 @@ def queue_email(
     timezone: str | None = None,
 ) -> None:
     """An outbox row due at `now`, written the way the engine writes one: with its decision."""
-    from engine import store
-    from engine.decisions import apply_decisions
-    from engine.journey import Decision, Enrollment, SendEmail
+    from engine.core.journey import Decision, Enrollment, SendEmail
+    from engine.store import leads as store
+    from engine.store.decisions import apply_decisions
 
     with engine.begin() as conn:
         lead_id = store.upsert_lead(conn, address, timezone=timezone, now=now)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from engine import tables
+from engine.store import tables
 from tests.acceptance.conftest import Project, write_emails
 
 NOTES = """\

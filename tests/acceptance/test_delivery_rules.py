@@ -23,11 +23,11 @@ import dkim  # type: ignore[import-untyped]
 import sqlalchemy as sa
 from aiosmtpd.controller import Controller
 
-from engine import tables
-from engine.mailer import DispatchResult, Mailer
-from engine.renderpool import RenderPool
+from engine.mail.mailer import DispatchResult, Mailer
+from engine.mail.renderpool import RenderPool
+from engine.mail.templates import TemplateLibrary
 from engine.settings import Settings
-from engine.templates import TemplateLibrary
+from engine.store import tables
 from tests.acceptance.conftest import queue_email
 from tests.smtp_server import _free_port
 

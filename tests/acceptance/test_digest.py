@@ -10,8 +10,9 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from engine import digest, tables
+from engine.runtime import digest
 from engine.settings import Settings
+from engine.store import digests, tables
 from tests.acceptance.conftest import queue_email
 from tests.smtp_server import RecordingSmtpServer
 
@@ -103,7 +104,7 @@ def test_a_failed_send_is_recorded_and_not_retried_blindly(engine: Engine) -> No
 
 
 def test_the_window_is_the_local_day_and_the_trigger_its_local_time() -> None:
-    start, end = digest.window(date(2026, 10, 25), LONDON)  # clocks go back: a 25-hour day
+    start, end = digests.window(date(2026, 10, 25), LONDON)  # clocks go back: a 25-hour day
     assert end - start == timedelta(hours=25)
     settings = Settings(digest={"to": ["ops@greenleaf.example"], "at": "07:30", "timezone": "America/New_York"})
     fire = digest.trigger(settings).get_next_fire_time(None, datetime(2026, 11, 23, 13, 0, tzinfo=UTC))

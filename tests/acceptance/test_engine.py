@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
-from engine import store
-from engine.tables import events
-from engine.validation import load_funnels
-from engine.worker import Worker
+from engine.authoring.validation import load_funnels
+from engine.runtime.worker import Worker
+from engine.store import leads as store
+from engine.store.tables import events
 from tests.acceptance.conftest import Project, iso, outbox_rows, write_emails
 
 DRIP = """\

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import sqlalchemy as sa
 
-from engine import tables
+from engine.store import tables
 from tests.acceptance.conftest import Project, write_emails
 from tests.acceptance.test_http_engine import _wait_until_up
 from tests.smtp_server import _free_port

@@ -25,8 +25,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from engine import store, tables
-from engine.logs import pseudonym
+from engine.core.redaction import pseudonym
+from engine.store import leads as store
+from engine.store import tables
 from tests.acceptance.conftest import Project, write_emails
 from tests.acceptance.test_http_engine import _wait_until_up
 from tests.smtp_server import Received, RecordingHandler, RecordingSmtpServer, _free_port

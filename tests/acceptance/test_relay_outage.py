@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 
-from engine.runner import Runner
+from engine.runtime.runner import Runner
 from engine.settings import Settings
 from tests.acceptance.conftest import queue_email
 from tests.smtp_server import RecordingHandler, _free_port

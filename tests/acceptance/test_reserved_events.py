@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import sqlalchemy as sa
 
-from engine import tables
+from engine.store import tables
 from tests.acceptance.conftest import Project, write_emails
 from tests.acceptance.test_form_journey import CONFIG, CONFIRM, GUIDE, WELCOME
 from tests.acceptance.test_http_engine import _wait_until_up

@@ -13,9 +13,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from engine import store
-from engine.database import upgrade
-from engine.tables import outbox
+from engine.store import leads as store
+from engine.store.database import upgrade
+from engine.store.tables import outbox
 from tests.acceptance.conftest import Project, write_emails
 from tests.smtp_server import RecordingHandler, RecordingSmtpServer
 

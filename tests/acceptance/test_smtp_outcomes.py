@@ -17,12 +17,13 @@ import pytest
 import sqlalchemy as sa
 from aiosmtpd.controller import Controller
 
-from engine import store, tables
-from engine.database import create_engine_for
-from engine.decisions import apply_decisions
-from engine.mailer import MAX_ATTEMPTS, Mailer
+from engine.mail.mailer import MAX_ATTEMPTS, Mailer
+from engine.mail.templates import TemplateLibrary
 from engine.settings import Settings, SmtpSettings
-from engine.templates import TemplateLibrary
+from engine.store import leads as store
+from engine.store import tables
+from engine.store.database import create_engine_for
+from engine.store.decisions import apply_decisions
 from tests.acceptance.conftest import queue_email
 from tests.smtp_server import _free_port
 
@@ -109,8 +110,9 @@ def dispatch(engine: sa.Engine, port: int) -> None:
 
 
 @pytest.mark.parametrize("code", ["421", "450", "451", "452", "454"])
-def test_a_4xx_refusal_before_data_is_retried_later(engine: sa.Engine, scripted: tuple[ScriptedHandler, int],
-                                                    code: str) -> None:
+def test_a_4xx_refusal_before_data_is_retried_later(
+    engine: sa.Engine, scripted: tuple[ScriptedHandler, int], code: str
+) -> None:
     handler, port = scripted
     queue(engine, [f"rcpt-{code}@example.com", "ok@example.com"])
     dispatch(engine, port)
@@ -120,13 +122,15 @@ def test_a_4xx_refusal_before_data_is_retried_later(engine: sa.Engine, scripted:
     assert result["ok@example.com"][0] == "sent"
     assert handler.accepted == ["ok@example.com"]
     with engine.connect() as conn:
-        retry_at = conn.execute(sa.select(tables.outbox.c.next_attempt_at).where(
-            tables.outbox.c.status == "deferred")).scalar_one()
+        retry_at = conn.execute(
+            sa.select(tables.outbox.c.next_attempt_at).where(tables.outbox.c.status == "deferred")
+        ).scalar_one()
     assert retry_at > NOW  # requeued with a backoff, not skipped and not hammered
 
 
-def test_550_is_a_hard_bounce_that_suppresses_the_address(engine: sa.Engine,
-                                                          scripted: tuple[ScriptedHandler, int]) -> None:
+def test_550_is_a_hard_bounce_that_suppresses_the_address(
+    engine: sa.Engine, scripted: tuple[ScriptedHandler, int]
+) -> None:
     _, port = scripted
     queue(engine, ["rcpt-550@example.com", "ok@example.com"])
     dispatch(engine, port)
@@ -156,8 +160,9 @@ def test_a_550_for_the_senders_reputation_or_for_no_stated_reason_fails_the_mess
 
 
 @pytest.mark.parametrize("code", ["552", "554"])
-def test_a_5xx_reply_to_data_is_a_final_failure(engine: sa.Engine, scripted: tuple[ScriptedHandler, int],
-                                               code: str) -> None:
+def test_a_5xx_reply_to_data_is_a_final_failure(
+    engine: sa.Engine, scripted: tuple[ScriptedHandler, int], code: str
+) -> None:
     handler, port = scripted
     queue(engine, [f"data-{code}@example.com", "ok@example.com"])
     dispatch(engine, port)
@@ -177,8 +182,9 @@ def test_a_connection_lost_before_data_is_retried(engine: sa.Engine, scripted: t
 
 
 @pytest.mark.parametrize("address", ["drop-data@example.com", "stall@example.com"])
-def test_no_reply_after_data_is_unknown_and_never_resent(engine: sa.Engine, scripted: tuple[ScriptedHandler, int],
-                                                        address: str) -> None:
+def test_no_reply_after_data_is_unknown_and_never_resent(
+    engine: sa.Engine, scripted: tuple[ScriptedHandler, int], address: str
+) -> None:
     handler, port = scripted
     queue(engine, [address, "ok@example.com"])
     dispatch(engine, port)
@@ -192,7 +198,7 @@ def test_no_reply_after_data_is_unknown_and_never_resent(engine: sa.Engine, scri
 
 def _kept_from_before(engine: sa.Engine, address: str, step: str) -> None:
     """A lead row written before the address rules (as the old entries stored it), with a message due."""
-    from engine.journey import Decision, Enrollment, SendEmail
+    from engine.core.journey import Decision, Enrollment, SendEmail
 
     with engine.begin() as conn:
         lead_id = conn.execute(

@@ -22,10 +22,10 @@ import sqlalchemy as sa
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from engine import tables
-from engine.mailer import DispatchResult, Mailer
+from engine.mail.mailer import DispatchResult, Mailer
+from engine.mail.templates import TemplateLibrary
 from engine.settings import Settings
-from engine.templates import TemplateLibrary
+from engine.store import tables
 from tests.acceptance.conftest import queue_email
 from tests.smtp_server import _free_port
 
@@ -43,8 +43,24 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("tls")
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-         "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
         check=True,
         capture_output=True,
     )
@@ -105,8 +121,17 @@ def queue(engine: sa.Engine, count: int) -> None:
 
 
 def dispatch(engine: sa.Engine, port: int, security: str, **smtp: Any) -> DispatchResult:
-    options = {"host": "127.0.0.1", "port": port, "security": security, "timeout_s": 5.0, "rate_per_s": 1000,
-               "connections": 2, "username": USER, "password": PASSWORD, **smtp}
+    options = {
+        "host": "127.0.0.1",
+        "port": port,
+        "security": security,
+        "timeout_s": 5.0,
+        "rate_per_s": 1000,
+        "connections": 2,
+        "username": USER,
+        "password": PASSWORD,
+        **smtp,
+    }
     mailer = Mailer(engine, Settings(smtp=options), TemplateLibrary(EMAILS))
     return asyncio.run(mailer.dispatch(NOW, "127.0.0.1", port))
 

@@ -24,14 +24,16 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from engine import signatures, store, tables
-from engine.database import create_engine_for
+from engine.authoring.validation import load_funnels
+from engine.core import signatures
+from engine.core.webhook_policy import WebhookSettings
+from engine.runtime.webhooks_out import WebhookSender
+from engine.runtime.worker import Worker
 from engine.settings import HttpSettings, Settings
-from engine.validation import load_funnels
-from engine.webhook_deliveries import failures, pending
-from engine.webhook_policy import WebhookSettings
-from engine.webhooks_out import WebhookSender
-from engine.worker import Worker
+from engine.store import leads as store
+from engine.store import tables
+from engine.store.database import create_engine_for
+from engine.store.webhook_deliveries import failures, pending
 from tests.smtp_server import _free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -599,10 +601,10 @@ def test_a_redirect_is_not_followed(funnel_engine: Scene, receiver: Receiver) ->
 CRASHING_SENDER = """
 import asyncio, sys
 from datetime import datetime
-from engine.database import create_engine_for
-from engine.webhook_policy import WebhookSettings
+from engine.store.database import create_engine_for
+from engine.core.webhook_policy import WebhookSettings
 
-from engine.webhooks_out import WebhookSender
+from engine.runtime.webhooks_out import WebhookSender
 database, hook, secret, now = sys.argv[1:5]
 at = datetime.fromisoformat(now)
 crm = {"url": hook, "secret": secret, "events": ["transition"], "start": "beginning"}

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from engine import store
-from engine.database import create_engine_for
-from engine.tables import enrollments, leads, outbox, stage_transitions
+from engine.store import leads as store
+from engine.store.database import create_engine_for
+from engine.store.tables import enrollments, leads, outbox, stage_transitions
 from tests.acceptance.conftest import Project, write_emails
 from tests.faults.test_faults_sigkill import FUNNEL, STEPS
 from tests.smtp_server import RecordingSmtpServer
@@ -93,9 +93,7 @@ def test_three_workers_do_each_step_once(tmp_path: Path, postgres_url: str, smtp
     duplicates = sum(c - 1 for c in received.values() if c > 1)
     lost = expected - set(received)
     double_entries = sum(1 for c in entries.values() if c > 1)
-    errors = sum(
-        (project.root / f"worker{i}.log").read_text().count("ERROR") for i in range(WORKERS)
-    )
+    errors = sum((project.root / f"worker{i}.log").read_text().count("ERROR") for i in range(WORKERS))
     print(
         f"\nworkers test: {WORKERS} workers, {LEADS} leads in {elapsed:.0f} s; emails expected {len(expected)}, "
         f"delivered {sum(received.values())}, duplicates {duplicates}, lost {len(lost)}; outbox "
@@ -114,8 +112,8 @@ def test_two_workers_racing_on_one_leads_events_enrol_it_once(tmp_path: Path, po
     """Batches of one event: two workers take the two signups of the same lead at the same moment."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from engine.validation import load_funnels
-    from engine.worker import Worker
+    from engine.authoring.validation import load_funnels
+    from engine.runtime.worker import Worker
 
     write_emails(tmp_path, list(STEPS))
     (tmp_path / "funnels").mkdir()

@@ -23,14 +23,16 @@ import pytest
 import sqlalchemy as sa
 import uvicorn
 
-from engine import outbox, store, tables
-from engine.api import create_app
-from engine.database import create_engine_for, upgrade
-from engine.ops_auth import OpsSettings, hash_password
+from engine.authoring.validation import load_funnels
+from engine.core.ops_auth import OpsSettings, hash_password
+from engine.http.api import create_app
+from engine.runtime.worker import Worker
 from engine.settings import Settings
-from engine.validation import load_funnels
-from engine.worker import Worker
+from engine.store import leads as store
+from engine.store import outbox, tables
+from engine.store.database import create_engine_for, upgrade
 from tests.http.conftest import NOW, Clock, start_server
+from tests.required import missing
 from tests.smtp_server import _free_port
 
 USER, PASSWORD = "olivia", "correct horse battery staple"
@@ -60,6 +62,7 @@ transitions:
     on: {event: purchase_completed}
     to: conversion
 """
+
 
 @dataclass
 class Dashboard:
@@ -155,7 +158,7 @@ def ops(serve_dashboard: Callable[..., Dashboard]) -> Dashboard:
 def chromium() -> Iterator[Any]:
     executable = shutil.which("chromium") or shutil.which("chromium-browser")
     if executable is None:
-        pytest.skip("no chromium binary on PATH (Debian: apt-get install chromium)")
+        missing("no chromium binary on PATH (Debian: apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

@@ -12,7 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from engine import tables
+from engine.store import tables
 from tests.browser.conftest import USER, Dashboard, Watched, sign_in
 
 

@@ -15,9 +15,10 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from engine import store, tables
-from engine.cli import app
-from engine.validation import load_funnels
+from engine.authoring.validation import load_funnels
+from engine.cli.main import app
+from engine.store import leads as store
+from engine.store import tables
 from tests.browser.conftest import Dashboard, Watched, sign_in
 from tests.cli.test_map import expected_subjects
 

@@ -20,8 +20,8 @@ import pytest
 import sqlalchemy as sa
 from itsdangerous import URLSafeSerializer
 
-from engine import tables
-from engine.ops_auth import LOGIN_COOKIE, SESSION_COOKIE, OpsSettings, Sessions, hash_password
+from engine.core.ops_auth import LOGIN_COOKIE, SESSION_COOKIE, OpsSettings, Sessions, hash_password
+from engine.store import tables
 from tests.browser.conftest import NOW, PASSWORD, USER, USER_HASH, Dashboard
 
 PAGES = ("/ops/", "/ops/feed", "/ops/leads?q=a", "/ops/leads/1", "/ops/outbox")

@@ -13,7 +13,7 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from engine.ops_auth import SESSION_COOKIE
+from engine.core.ops_auth import SESSION_COOKIE
 from tests.browser.conftest import NOW, PASSWORD, USER, Dashboard
 from tests.browser.test_ops_http import _field, _goes_to_login, sign_in
 

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from engine import tables
-from engine.api import create_app
-from engine.database import create_engine_for, upgrade
+from engine.http.api import create_app
 from engine.settings import Settings
+from engine.store import tables
+from engine.store.database import create_engine_for, upgrade
 from tests.http.conftest import Clock, start_server
 from tests.smtp_server import _free_port
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from engine import tables
-from engine.database import create_engine_for
+from engine.store import tables
+from engine.store.database import create_engine_for
 from tests.cli.test_existing_database import ROOT, funnel
 
 

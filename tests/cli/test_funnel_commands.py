@@ -226,7 +226,7 @@ def test_every_command_that_takes_a_funnel_takes_its_id_or_its_file(tmp_path: Pa
         shutil.copytree(ROOT / folder, tmp_path / folder)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FUNNEL_")}
     env |= {"FUNNEL_DATABASE_URL": f"sqlite:///{tmp_path / 'funnel.db'}", "COLUMNS": "200"}
-    from engine.database import upgrade
+    from engine.store.database import upgrade
 
     upgrade(env["FUNNEL_DATABASE_URL"])  # the engine's database (plan reads one, it makes none)
 

@@ -14,11 +14,12 @@ import sqlalchemy as sa
 import typer
 from typer.testing import CliRunner
 
-from engine import store, tables
-from engine.cli_import import register
-from engine.database import create_engine_for
-from engine.validation import load_funnels
-from engine.worker import Worker
+from engine.authoring.validation import load_funnels
+from engine.cli.imports import register
+from engine.runtime.worker import Worker
+from engine.store import leads as store
+from engine.store import tables
+from engine.store.database import create_engine_for
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "import"
 
@@ -122,8 +123,9 @@ def test_an_import_into_a_funnel_enrolls_the_leads_through_its_entry_trigger(db:
     funnels = tmp_path / "funnels"
     funnels.mkdir()
     (funnels / "imported-welcome.yaml").write_text(FUNNEL)
-    result = run(str(FIXTURES / "good.csv"), "--database-url", db, "--funnel", "imported-welcome",
-                 "--funnels", str(funnels))
+    result = run(
+        str(FIXTURES / "good.csv"), "--database-url", db, "--funnel", "imported-welcome", "--funnels", str(funnels)
+    )
     assert result.exit_code == 0, result.output
     loaded = load_funnels([funnels], emails_dir=None)
     assert not loaded.errors
@@ -131,20 +133,22 @@ def test_an_import_into_a_funnel_enrolls_the_leads_through_its_entry_trigger(db:
     try:
         Worker(engine, {f.id: f for f in loaded.funnels}).run_until_idle(datetime.now(UTC))
         with engine.connect() as conn:
-            enrolled = conn.execute(
-                sa.select(tables.leads.c.email).join(tables.enrollments).where(
-                    tables.enrollments.c.funnel_id == "imported-welcome"
+            enrolled = (
+                conn.execute(
+                    sa.select(tables.leads.c.email)
+                    .join(tables.enrollments)
+                    .where(tables.enrollments.c.funnel_id == "imported-welcome")
                 )
-            ).scalars().all()
+                .scalars()
+                .all()
+            )
     finally:
         engine.dispose()
     assert sorted(enrolled) == sorted(leads(db))
     assert all("welcomed" in row.tags for row in leads(db).values())
 
 
-def test_a_funnel_without_an_entry_for_imports_is_refused_before_anything_is_written(
-    db: str, tmp_path: Path
-) -> None:
+def test_a_funnel_without_an_entry_for_imports_is_refused_before_anything_is_written(db: str, tmp_path: Path) -> None:
     funnels = tmp_path / "funnels"
     funnels.mkdir()
     (funnels / "other.yaml").write_text(FUNNEL.replace("imported-welcome", "other").replace("lead_imported", "signup"))
@@ -190,7 +194,7 @@ def test_more_than_fifty_bad_rows_are_listed_up_to_fifty(db: str, tmp_path: Path
 
 
 def test_a_suppressed_address_is_imported_but_stays_unsubscribed(db: str, tmp_path: Path) -> None:
-    from engine.database import upgrade
+    from engine.store.database import upgrade
 
     upgrade(db)
     engine = create_engine_for(db)
@@ -252,8 +256,9 @@ def test_ten_thousand_rows_are_imported(db: str, tmp_path: Path) -> None:
         writer = csv.writer(f)
         writer.writerow(["email", "first_name", "company", "tags", "timezone"])
         for i in range(10_000):
-            writer.writerow([f"lead{i}@company{i % 50}.example", f"Lead {i}", f"Company {i % 50}", "imported",
-                             "Europe/Berlin"])
+            writer.writerow(
+                [f"lead{i}@company{i % 50}.example", f"Lead {i}", f"Company {i % 50}", "imported", "Europe/Berlin"]
+            )
     result = run(str(path), "--database-url", db)
     assert result.exit_code == 0, result.output
     assert "imported 10000 new lead(s), updated 0, unchanged 0, skipped 0" in result.stdout
@@ -262,7 +267,7 @@ def test_ten_thousand_rows_are_imported(db: str, tmp_path: Path) -> None:
 
 
 def test_an_address_in_a_row_goes_through_the_one_normaliser(db: str, tmp_path: Path) -> None:
-    from engine.database import upgrade
+    from engine.store.database import upgrade
 
     upgrade(db)
     engine = create_engine_for(db)
@@ -294,10 +299,9 @@ def test_an_address_in_a_row_goes_through_the_one_normaliser(db: str, tmp_path: 
     assert found["erased1@example.com"].consent_status == "unsubscribed"  # still on the suppression list
 
 
-
 def test_an_import_never_subscribes_a_pending_lead_and_records_every_consent_change(db: str, tmp_path: Path) -> None:
-    from engine import consents
-    from engine.database import upgrade
+    from engine.store import consents
+    from engine.store.database import upgrade
 
     upgrade(db)
     engine = create_engine_for(db)
@@ -397,7 +401,7 @@ def test_a_nul_in_the_header_is_refused_at_line_1(db: str, tmp_path: Path) -> No
 
 def _refuse_an_address(url: str, email: str) -> None:
     """A trigger that makes the database refuse one lead's insert: a failure in the middle of a file."""
-    from engine.database import upgrade
+    from engine.store.database import upgrade
 
     upgrade(url)
     engine = create_engine_for(url)

@@ -16,14 +16,15 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from engine import tables
-from engine.cli import app
-from engine.database import create_engine_for
-from engine.journey_map_png import find_browser, page_width, png_size
-from engine.journey_map_sources import read_live
+from engine.authoring.validation import load_funnels
+from engine.cli.main import app
+from engine.mail.templates import Sender, TemplateLibrary, sample_context
 from engine.settings import SenderSettings
-from engine.templates import Sender, TemplateLibrary, sample_context
-from engine.validation import load_funnels
+from engine.store import tables
+from engine.store.database import create_engine_for
+from engine.views.journey_map.png import find_browser, page_width, png_size
+from engine.views.journey_map.sources import read_live
+from tests.required import missing
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 REACHED_INBOX = ("sending", "sent", "unknown")
@@ -67,10 +68,11 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.mark.skipif(find_browser() is None, reason="no chromium binary on PATH (Debian: apt-get install chromium)")
 def test_map_writes_html_markdown_and_png_for_the_example_funnel(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    if find_browser() is None:
+        missing("no chromium binary on PATH (Debian: apt-get install chromium)")
     monkeypatch.chdir(project)  # where the files go by default, and where funnels/ and emails/ are
     for extra in ([], ["--format", "md"], ["--format", "png"]):
         result = CliRunner().invoke(app, ["map", "lead-magnet", *extra])

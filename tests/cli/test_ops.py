@@ -23,11 +23,12 @@ import sqlalchemy as sa
 import typer
 from typer.testing import CliRunner, Result
 
-from engine import consents, ingest, outbox, report_queries, store, tables
-from engine.cli_ops import register
-from engine.database import create_engine_for
-from engine.validation import load_funnels
-from engine.worker import Worker
+from engine.authoring.validation import load_funnels
+from engine.cli.ops import register
+from engine.runtime.worker import Worker
+from engine.store import consents, ingest, outbox, report_queries, tables
+from engine.store import leads as store
+from engine.store.database import create_engine_for
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 LEADS = 200
@@ -416,7 +417,7 @@ def test_forget_asks_before_it_erases(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'funnel.db'}"
     engine = create_engine_for(url)
     try:
-        from engine.database import upgrade
+        from engine.store.database import upgrade
 
         upgrade(url)
         a_lead_with_a_history(engine)
@@ -462,7 +463,7 @@ def test_watch_from_the_start_replays_every_transition_and_email(month_on: str) 
 
 @pytest.fixture
 def live(tmp_path: Path) -> Iterator[tuple[str, sa.Engine]]:
-    from engine.database import upgrade
+    from engine.store.database import upgrade
 
     url = f"sqlite:///{tmp_path / 'funnel.db'}"
     upgrade(url)
@@ -554,8 +555,8 @@ def test_a_manual_enroll_that_did_not_come_from_an_operator_enrolls_nobody(tmp_p
     # Recorded before the entries refused the name from outside (or slipped in some other way): the
     # worker hands the event's source to the core, which takes only an operator's for a manual entry.
     url = f"sqlite:///{tmp_path / 'funnel.db'}"
-    from engine.database import upgrade
-    from engine.own_events import MANUAL_ENROLL
+    from engine.core.own_events import MANUAL_ENROLL
+    from engine.store.database import upgrade
 
     upgrade(url)
     now = datetime.now(UTC)
@@ -577,7 +578,7 @@ def test_a_manual_enroll_that_did_not_come_from_an_operator_enrolls_nobody(tmp_p
 def test_a_lead_stored_before_the_address_rules_can_still_be_shown_and_erased(tmp_path: Path) -> None:
     # An address the entries now refuse (a local part only SMTPUTF8 carries), stored as the engine used to.
     url = f"sqlite:///{tmp_path / 'funnel.db'}"
-    from engine.database import upgrade
+    from engine.store.database import upgrade
 
     upgrade(url)
     engine = create_engine_for(url)

@@ -8,13 +8,13 @@ import tomllib
 import typer
 from typer.testing import CliRunner
 
-from engine.ops_auth import OpsSettings, check_password
+from engine.core.ops_auth import OpsSettings, check_password
 
 PASSWORD = "a long enough passphrase"
 
 
 def _app() -> typer.Typer:
-    from engine.cli import app
+    from engine.cli.main import app
 
     return app
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import sqlalchemy as sa
 from typer.testing import CliRunner, Result
 
-from engine import tables
-from engine.cli import app
-from engine.database import create_engine_for
+from engine.cli.main import app
+from engine.store import tables
+from engine.store.database import create_engine_for
 from tests.acceptance.conftest import queue_email
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)

@@ -9,10 +9,10 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from engine import store
-from engine.database import create_engine_for, upgrade
-from engine.validation import load_funnels
-from engine.worker import Worker
+from engine.authoring.validation import load_funnels
+from engine.runtime.worker import Worker
+from engine.store import leads as store
+from engine.store.database import create_engine_for, upgrade
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 SIGNUP = datetime(2026, 11, 20, 18, 30, tzinfo=UTC)  # a Friday evening: leads wait for Monday 09:00
@@ -47,7 +47,11 @@ def test_plan_counts_the_leads_an_edit_moves(tmp_path: Path) -> None:
 
     env = {**os.environ, "FUNNEL_DATABASE_URL": url, "COLUMNS": "200"}
     result = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "plan"], cwd=tmp_path, env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "engine.cli", "plan"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
@@ -63,7 +67,11 @@ def test_plan_with_no_edit_affects_nobody(tmp_path: Path) -> None:
     upgrade(url)  # an engine's database with no lead in it (plan reads a database, it makes none)
     env = {**os.environ, "FUNNEL_DATABASE_URL": url}
     result = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "plan"], cwd=tmp_path, env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "engine.cli", "plan"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=120,
     )
     assert result.returncode == 0, result.stderr

@@ -47,7 +47,7 @@ def test_line_breaks_in_lead_data_never_make_an_extra_header(tmp_path: Path) -> 
 
 
 def _example_templates() -> list[str]:
-    from engine.templates import TemplateLibrary
+    from engine.mail.templates import TemplateLibrary
 
     return [n for n in TemplateLibrary(ROOT / "emails").names() if n.startswith("lead-magnet/")]
 
@@ -55,10 +55,10 @@ def _example_templates() -> list[str]:
 def test_every_example_email_has_the_required_headers_and_a_text_part() -> None:
     from datetime import UTC, datetime
 
-    from engine.mailer import Mailer
-    from engine.outbox_item import OutboxItem
+    from engine.core.outbox_item import OutboxItem
+    from engine.mail.mailer import Mailer
+    from engine.mail.templates import TemplateLibrary
     from engine.settings import Settings
-    from engine.templates import TemplateLibrary
 
     settings = Settings()
     mailer = Mailer(None, settings, TemplateLibrary(ROOT / "emails"))  # type: ignore[arg-type]
@@ -96,10 +96,10 @@ def test_a_from_with_a_display_name_is_sent_with_that_name(tmp_path: Path) -> No
     import shutil
     from datetime import UTC, datetime
 
-    from engine.mailer import Mailer
-    from engine.outbox_item import OutboxItem
+    from engine.core.outbox_item import OutboxItem
+    from engine.mail.mailer import Mailer
+    from engine.mail.templates import TemplateLibrary
     from engine.settings import Settings
-    from engine.templates import TemplateLibrary
 
     emails = tmp_path / "emails"
     for shared in ("_layouts", "_partials"):

@@ -11,8 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
-from engine import store, tables
-from engine.bounce_outcome import (
+from engine.core.bounce_outcome import (
     ADDRESS_GONE,
     COMPLAINT,
     MAILBOX_TROUBLE,
@@ -20,8 +19,10 @@ from engine.bounce_outcome import (
     SENDER_FAULT,
     Outcome,
 )
-from engine.bounce_store import record_outcomes, unknown
 from engine.settings import BounceSettings
+from engine.store import leads as store
+from engine.store import tables
+from engine.store.bounces import record_outcomes, unknown
 
 T0 = datetime(2026, 5, 4, 10, 0, tzinfo=UTC)
 RULES = BounceSettings(soft_limit=3, soft_window_days=7)

@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from engine import dashboard_data, outbox, store, tables
+from engine.store import dashboard_data, outbox, tables
+from engine.store import leads as store
 
 T0 = datetime(2026, 3, 29, 0, 30, tzinfo=UTC)  # half past midnight UTC; already 01:30 or later in Europe
 

@@ -1,4 +1,4 @@
-"""The upgrade that brings stored addresses under the address rules (`engine.addresses`): a lead whose
+"""The upgrade that brings stored addresses under the address rules (`engine.core.addresses`): a lead whose
 domain was stored in Unicode gets its ASCII form, so the entries, which now give the ASCII form, find it;
 its suppression follows it. What cannot move is left as it was, on each backend."""
 
@@ -14,8 +14,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
-from engine import store, tables
-from engine.database import create_engine_for, upgrade
+from engine.store import leads as store
+from engine.store import tables
+from engine.store.database import create_engine_for, upgrade
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 BEFORE = "0006"  # the last revision whose entries stored IDN domains in Unicode

@@ -9,8 +9,9 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from engine import store, tables
-from engine.tables import UtcDateTime
+from engine.store import leads as store
+from engine.store import tables
+from engine.store.tables import UtcDateTime
 
 NOW = datetime(2026, 4, 1, 8, 0, tzinfo=UTC)
 

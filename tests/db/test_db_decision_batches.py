@@ -15,9 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
-from engine import journey, tables
-from engine.decisions import apply_decisions
-from engine.journey import Cause
+from engine.core import journey
+from engine.core.journey import Cause
+from engine.store import tables
+from engine.store.decisions import apply_decisions
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 NOW = T0 + timedelta(days=30)

@@ -1,4 +1,4 @@
-"""Writing a decision (`engine.decisions`): one transaction writes the state, the transitions and the
+"""Writing a decision (`engine.store.decisions`): one transaction writes the state, the transitions and the
 outbox, and the database keeps at most one email per (lead, funnel, step)."""
 
 from __future__ import annotations
@@ -10,10 +10,12 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from engine import journey, store, tables
-from engine.decisions import Written, apply_decisions
-from engine.definition import Funnel
-from engine.journey import Cause
+from engine.core import journey
+from engine.core.definition import Funnel
+from engine.core.journey import Cause
+from engine.store import leads as store
+from engine.store import tables
+from engine.store.decisions import Written, apply_decisions
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 

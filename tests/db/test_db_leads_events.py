@@ -8,7 +8,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from engine import store, tables
+from engine.store import leads as store
+from engine.store import tables
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

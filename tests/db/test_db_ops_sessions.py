@@ -1,4 +1,4 @@
-"""The dashboard's sessions and failed sign-ins on each backend (`engine.ops_sessions`): a session is open
+"""The dashboard's sessions and failed sign-ins on each backend (`engine.store.ops_sessions`): a session is open
 until it ends or expires; failures racing from several processes are each counted once, and each
 lockout is started by exactly one of them; counts are forgotten a day after the last failure."""
 
@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from engine import ops_sessions, tables
-from engine.ops_auth import Session, counted
+from engine.core.ops_auth import Session, counted
+from engine.store import ops_sessions, tables
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 

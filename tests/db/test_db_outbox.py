@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from engine import outbox, store, tables
+from engine.store import leads as store
+from engine.store import outbox, tables
 
 T0 = datetime(2026, 5, 4, 10, 0, tzinfo=UTC)
 MIN = timedelta(minutes=1)

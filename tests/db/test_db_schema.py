@@ -15,8 +15,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL, Engine
 
-from engine import store, tables
-from engine.database import alembic_config, connect_read_only, create_engine_for, current_revision, upgrade
+from engine.store import leads as store
+from engine.store import tables
+from engine.store.database import alembic_config, connect_read_only, create_engine_for, current_revision, upgrade
 
 
 def test_migrations_reach_head_and_match_the_table_models(db_url: str, db: Engine) -> None:

@@ -1,4 +1,4 @@
-"""Events in bulk (engine.ingest): leads by address and events recorded a batch at a time, idempotent and
+"""Events in bulk (engine.store.ingest): leads by address and events recorded a batch at a time, idempotent and
 safe when two transactions race; a real lead's decisions written in batches of any size leave the same
 rows, and on SQLite a batch decided without the writer lock is written only if what it was decided from
 holds."""
@@ -17,11 +17,13 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from engine import ingest, journey, store, tables
-from engine.database import create_engine_for
-from engine.decisions import apply_decisions
-from engine.validation import load_funnels
-from engine.worker import Worker
+from engine.authoring.validation import load_funnels
+from engine.core import journey
+from engine.runtime.worker import Worker
+from engine.store import ingest, tables
+from engine.store import leads as store
+from engine.store.database import create_engine_for
+from engine.store.decisions import apply_decisions
 
 T0 = datetime(2026, 3, 2, 9, 0, 0, 0, tzinfo=UTC)  # a whole second: the stored text keeps its microseconds
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -358,7 +360,7 @@ def test_batches_setting_time_zones_on_the_same_leads_race_without_failing(db: E
     """Events that carry a zone set it on their lead: batches racing on the same leads, some with zones
     and some without, all commit (the leads are locked in one order), and each lead ends with a zone
     one of them sent."""
-    from engine.api_v1 import EventIn, record_items
+    from engine.http.api_v1 import EventIn, record_items
 
     emails = [f"zone{i}@example.com" for i in range(20)]
     zones = ("Europe/Berlin", "Asia/Tokyo", "America/Chicago", None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from engine.tables import enrollments, outbox
+from engine.store.tables import enrollments, outbox
 
 
 def left(engine: sa.Engine, leads: int) -> tuple[int, int]:

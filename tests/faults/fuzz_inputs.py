@@ -22,9 +22,9 @@ from urllib.parse import urlencode
 import yaml
 from hypothesis import strategies as st
 
-from engine import own_events
-from engine.api_v1 import EVENT_NAME, MAX_BATCH
-from engine.yamlfile import load_yaml_text
+from engine.core import own_events
+from engine.core.yamlfile import load_yaml_text
+from engine.http.api_v1 import EVENT_NAME, MAX_BATCH
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_TEXT = (ROOT / "funnels" / "lead-magnet.yaml").read_text(encoding="utf-8")

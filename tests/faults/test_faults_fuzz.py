@@ -35,13 +35,13 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from engine import apikeys, tables
-from engine.addresses import normalise
-from engine.api import create_app
-from engine.database import create_engine_for
+from engine.authoring.simulation import simulate
+from engine.authoring.validation import FunnelError, load_funnels
+from engine.core.addresses import normalise
+from engine.http.api import create_app
 from engine.settings import Settings
-from engine.simulation import simulate
-from engine.validation import FunnelError, load_funnels
+from engine.store import apikeys, tables
+from engine.store.database import create_engine_for
 from tests.faults.conftest import size
 from tests.faults.fuzz_inputs import (
     Body,

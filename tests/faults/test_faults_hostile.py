@@ -21,18 +21,18 @@ import pytest
 import sqlalchemy as sa
 from pydantic import SecretStr, ValidationError
 
-from engine import apikeys, tables
-from engine.addresses import AddressError, normalise
-from engine.api import create_app
-from engine.database import create_engine_for
-from engine.links import Links
-from engine.mailer import Mailer
-from engine.secret_keys import new_key
+from engine.authoring.validation import load_funnels
+from engine.core.addresses import AddressError, normalise
+from engine.core.secret_keys import new_key
+from engine.core.webhook_targets import url_problem
+from engine.http.api import create_app
+from engine.mail.links import Links
+from engine.mail.mailer import Mailer
+from engine.mail.templates import TemplateError, TemplateLibrary, sample_context
+from engine.runtime.worker import Worker
 from engine.settings import DEFAULT_SECRET_KEY, HookSettings, Settings
-from engine.templates import TemplateError, TemplateLibrary, sample_context
-from engine.validation import load_funnels
-from engine.webhook_targets import url_problem
-from engine.worker import Worker
+from engine.store import apikeys, tables
+from engine.store.database import create_engine_for
 from tests.faults.tally import Tally
 from tests.http.conftest import NOW, Clock, Served, start_server
 from tests.smtp_server import RecordingSmtpServer, _free_port

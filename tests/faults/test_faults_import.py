@@ -27,9 +27,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from engine import tables
-from engine.cli import app
-from engine.database import create_engine_for, upgrade
+from engine.cli.main import app
+from engine.store import tables
+from engine.store.database import create_engine_for, upgrade
 from tests.faults.conftest import size
 from tests.faults.fuzz_inputs import CSV_FIELD_LIMIT, TRIP, CsvFile, CsvRow, csv_files
 from tests.faults.tally import Tally

@@ -24,14 +24,15 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from engine import store
-from engine.database import create_engine_for, upgrade
-from engine.tables import events, leads, outbox
+from engine.store import leads as store
+from engine.store.database import create_engine_for, upgrade
+from engine.store.tables import events, leads, outbox
 from tests.acceptance.conftest import Project, write_emails
 from tests.conftest import _LocalPostgres, _postgres_bindir
 from tests.faults.conftest import size
 from tests.faults.engine_state import left as still_to_do
 from tests.faults.tally import Tally, count
+from tests.required import missing
 from tests.smtp_server import RecordingSmtpServer
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -79,12 +80,12 @@ class _Server(_LocalPostgres):
 def server() -> Iterator[_Server]:
     bindir = _postgres_bindir()
     if bindir is None:
-        pytest.skip("no PostgreSQL binaries (initdb, pg_ctl) found: this scenario restarts a server of its own")
+        missing("no PostgreSQL binaries (initdb, pg_ctl) found: this scenario restarts a server of its own")
     if os.geteuid() == 0:
         try:
             pwd.getpwnam("postgres")
         except KeyError:
-            pytest.skip("running as root and there is no `postgres` user to run the server as")
+            missing("running as root and there is no `postgres` user to run the server as")
     pg = _Server(bindir)
     pg.start()
     try:
@@ -231,7 +232,7 @@ def test_workers_ride_out_server_restarts(
     # A tick that failed said so once, with the database and the server's own words, and the worker said
     # when it worked again; no traceback per tick.
     assert all(
-        line.startswith(f"engine.runner database postgresql+psycopg://127.0.0.1:{server.port}/funnel: ")
+        line.startswith(f"engine.runtime.runner database postgresql+psycopg://127.0.0.1:{server.port}/funnel: ")
         for line in said
     ), said
     assert recovered == len(said)

@@ -29,14 +29,14 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from engine.composer import Composer, Failed, Prepared
-from engine.database import create_engine_for, upgrade
-from engine.mailer import MAX_ATTEMPTS, Mailer
-from engine.outbox_item import OutboxItem
+from engine.core.outbox_item import OutboxItem
+from engine.mail.composer import Composer, Failed, Prepared
+from engine.mail.mailer import MAX_ATTEMPTS, Mailer
+from engine.mail.templates import TemplateLibrary
+from engine.mail.throttle import Throttle
 from engine.settings import Settings
-from engine.tables import leads, outbox
-from engine.templates import TemplateLibrary
-from engine.throttle import Throttle
+from engine.store.database import create_engine_for, upgrade
+from engine.store.tables import leads, outbox
 from tests.acceptance.conftest import queue_email
 from tests.faults.conftest import full, size
 from tests.faults.tally import Key, Tally, count

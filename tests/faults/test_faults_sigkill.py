@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from engine import store
-from engine.database import upgrade
-from engine.tables import leads, outbox
+from engine.store import leads as store
+from engine.store.database import upgrade
+from engine.store.tables import leads, outbox
 from tests.acceptance.conftest import Project, write_emails
 from tests.faults.conftest import size
 from tests.faults.engine_state import left as still_to_do

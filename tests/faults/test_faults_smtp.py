@@ -26,9 +26,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from engine import store
-from engine.database import upgrade
-from engine.tables import enrollments, events, leads, outbox
+from engine.store import leads as store
+from engine.store.database import upgrade
+from engine.store.tables import enrollments, events, leads, outbox
 from tests.acceptance.conftest import Project, iso, write_emails
 from tests.faults.conftest import size
 from tests.faults.flaky_smtp import FlakySmtpServer

@@ -37,18 +37,18 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from engine import consents, ingest
-from engine.api_v1 import EventIn, record_items
-from engine.database import create_engine_for, upgrade
-from engine.definition import Funnel
-from engine.journey import Event, Lead, SendEmail
-from engine.mailer import DispatchResult, Mailer
+from engine.authoring.validation import load_funnels
+from engine.authoring.virtualclock import drive
+from engine.core.definition import Funnel
+from engine.core.journey import Event, Lead, SendEmail
+from engine.http.api_v1 import EventIn, record_items
+from engine.mail.mailer import DispatchResult, Mailer
+from engine.mail.templates import TemplateLibrary
+from engine.runtime.worker import Worker
 from engine.settings import Settings
-from engine.tables import enrollments, leads, outbox
-from engine.templates import TemplateLibrary
-from engine.validation import load_funnels
-from engine.virtualclock import drive
-from engine.worker import Worker
+from engine.store import consents, ingest
+from engine.store.database import create_engine_for, upgrade
+from engine.store.tables import enrollments, leads, outbox
 from tests.acceptance.conftest import write_emails
 from tests.faults.conftest import full, size
 from tests.faults.flaky_smtp import ADDRESS_REFUSALS, FlakySmtpServer

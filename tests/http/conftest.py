@@ -16,10 +16,10 @@ import pytest
 import sqlalchemy as sa
 import uvicorn
 
-from engine import apikeys
-from engine.api import create_app
-from engine.database import create_engine_for, upgrade
+from engine.http.api import create_app
 from engine.settings import Settings
+from engine.store import apikeys
+from engine.store.database import create_engine_for, upgrade
 from tests.smtp_server import _free_port
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import sqlalchemy as sa
 
-from engine import apikeys, tables
+from engine.store import apikeys, tables
 from tests.http.conftest import NOW, Served
 from tests.http.raw_client import Raw
 

@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
-from engine.links import Links
-from engine.signatures import sign
+from engine.core.signatures import sign
+from engine.mail.links import Links
 from tests.http.conftest import NOW, Served
 from tests.http.raw_client import Raw
 from tests.smtp_server import _free_port

@@ -13,12 +13,12 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from engine import tables
-from engine.links import Links
-from engine.mailer import Mailer
-from engine.templates import TemplateLibrary
-from engine.validation import load_funnels
-from engine.worker import Worker
+from engine.authoring.validation import load_funnels
+from engine.mail.links import Links
+from engine.mail.mailer import Mailer
+from engine.mail.templates import TemplateLibrary
+from engine.runtime.worker import Worker
+from engine.store import tables
 from tests.http.conftest import NOW, Clock, Served
 from tests.smtp_server import Received, RecordingSmtpServer
 

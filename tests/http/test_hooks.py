@@ -20,11 +20,11 @@ import sqlalchemy as sa
 import uvicorn
 from pydantic import SecretStr
 
-from engine import tables
-from engine.api import create_app
-from engine.database import create_engine_for
+from engine.core.signatures import sign
+from engine.http.api import create_app
 from engine.settings import HookSettings, Settings
-from engine.signatures import sign
+from engine.store import tables
+from engine.store.database import create_engine_for
 from tests.http.conftest import NOW, Clock
 from tests.http.raw_client import Raw
 from tests.smtp_server import _free_port

@@ -11,12 +11,14 @@ import httpx
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from engine import cli, consents, store, tables
-from engine.mailer import Mailer
+from engine.authoring.validation import load_funnels
+from engine.cli import main as cli
+from engine.mail.mailer import Mailer
+from engine.mail.templates import TemplateLibrary
+from engine.runtime.worker import Worker
 from engine.settings import Settings
-from engine.templates import TemplateLibrary
-from engine.validation import load_funnels
-from engine.worker import Worker
+from engine.store import consents, tables
+from engine.store import leads as store
 from tests.acceptance.conftest import queue_email
 from tests.http.conftest import NOW, Served
 from tests.smtp_server import RecordingSmtpServer

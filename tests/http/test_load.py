@@ -29,8 +29,8 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from engine import apikeys, tables
-from engine.database import create_engine_for, upgrade
+from engine.store import apikeys, tables
+from engine.store.database import create_engine_for, upgrade
 from tests.smtp_server import _free_port
 
 ROOT = Path(__file__).resolve().parents[2]

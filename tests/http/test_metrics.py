@@ -7,9 +7,9 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine import store
-from engine.validation import load_funnels
-from engine.worker import Worker
+from engine.authoring.validation import load_funnels
+from engine.runtime.worker import Worker
+from engine.store import leads as store
 from tests.acceptance.conftest import queue_email
 from tests.http.conftest import NOW, Served
 

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
-from engine.addresses import AddressError, normalise
+from engine.core.addresses import AddressError, normalise
 from tests.http.conftest import Served
 
 
@@ -36,7 +36,7 @@ def _taken_by_the_app(address: str) -> bool:
 
 # The app refuses addresses that JSON Schema's `format: email` allows: at special-use names (`x@y.test`,
 # `.invalid`, `.local`, ...: RFC 6761), where mail cannot arrive, and with a local part that needs
-# SMTPUTF8, which the engine never offers the relay (`engine.addresses`). Both refusals are deliberate.
+# SMTPUTF8, which the engine never offers the relay (`engine.core.addresses`). Both refusals are deliberate.
 # Valid addresses are therefore those the app's own normaliser takes; invalid ones are still generated.
 schemathesis.openapi.format("email", st.emails().filter(_taken_by_the_app))
 # An event's `occurred_at` must not be after the engine's clock (beyond 5 minutes of skew): a rule about

@@ -11,10 +11,11 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from engine import store, tables
-from engine.links import Links
-from engine.validation import load_funnels
-from engine.worker import Worker
+from engine.authoring.validation import load_funnels
+from engine.mail.links import Links
+from engine.runtime.worker import Worker
+from engine.store import leads as store
+from engine.store import tables
 from tests.http.conftest import NOW, Served
 
 FUNNEL = """\

@@ -14,10 +14,17 @@ import pytest
 from fastapi import APIRouter
 from fastapi.routing import APIRoute
 
-from engine import api
+from engine.http import api
 
-ROUTER_MODULES = ["engine.api", "engine.api_v1", "engine.pages", "engine.hooks", "engine.forms", "engine.dashboard"]
-HTTP_MODULES = [*ROUTER_MODULES, "engine.http_context", "engine.http_deps", "engine.event_intake"]
+ROUTER_MODULES = [
+    "engine.http.api",
+    "engine.http.api_v1",
+    "engine.http.pages",
+    "engine.http.hooks",
+    "engine.http.forms",
+    "engine.http.dashboard",
+]
+HTTP_MODULES = [*ROUTER_MODULES, "engine.http.http_context", "engine.http.deps", "engine.http.event_intake"]
 MAX_LINES = 80
 ROUTE_METHODS = {"get", "post", "put", "delete", "patch", "head", "options", "api_route", "route"}
 

@@ -11,11 +11,12 @@ from pathlib import Path
 import httpx
 import sqlalchemy as sa
 
-from engine import store, tables
-from engine.composer import Composer
-from engine.links import Links
-from engine.outbox_item import OutboxItem
+from engine.core.outbox_item import OutboxItem
+from engine.mail.composer import Composer
+from engine.mail.links import Links
 from engine.settings import Settings
+from engine.store import leads as store
+from engine.store import tables
 from tests.http.conftest import NOW, Served
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,8 +32,20 @@ def _clicks(served: Served) -> list[tuple[str, dict[str, object]]]:
 def _tracked_links(served: Served, email: str) -> dict[str, str]:
     """The pricing email of the example funnel, composed for `email`: its tracked links by target."""
     composer = Composer(served.settings, ROOT / "emails")
-    item = OutboxItem(1, 1, email, "subscribed", {}, "lead-magnet", "invite-to-call", "lead-magnet/book-a-call",
-                      "conversion", False, 0, False)
+    item = OutboxItem(
+        1,
+        1,
+        email,
+        "subscribed",
+        {},
+        "lead-magnet",
+        "invite-to-call",
+        "lead-magnet/book-a-call",
+        "conversion",
+        False,
+        0,
+        False,
+    )
     html = composer.compose(item, datetime(2026, 11, 23, tzinfo=UTC)).payload.decode()
     rendered = composer.render(item)
     assert dict(rendered.links)["pricing"] == "https://greenleaf.example/pricing"
@@ -52,8 +65,14 @@ def test_a_click_redirects_to_the_emails_url_and_is_recorded_once(served: Served
     assert response.status_code == 302 and response.headers["location"] == "https://greenleaf.example/pricing"
     clicks = [p for name, p in _clicks(served) if name == "email_clicked" and p["link"] == "pricing"]
     # _tracked_links followed every link once, and this test clicked pricing again: still one event.
-    assert clicks == [{"link": "pricing", "url": "https://greenleaf.example/pricing", "funnel": "lead-magnet",
-                       "step": "invite-to-call"}]
+    assert clicks == [
+        {
+            "link": "pricing",
+            "url": "https://greenleaf.example/pricing",
+            "funnel": "lead-magnet",
+            "step": "invite-to-call",
+        }
+    ]
 
 
 def test_no_open_redirect_and_tampered_tokens_are_not_found(served: Served) -> None:
@@ -64,7 +83,9 @@ def test_no_open_redirect_and_tampered_tokens_are_not_found(served: Served) -> N
     tampered = f"{served.url}/c/{payload}.{signature[:-1]}{'A' if signature[-1] != 'A' else 'B'}"
     stranger = Links(Settings(base_url=served.url, secret_key="someone-else"))
     forged = stranger.click_url("jo@example.com", "lead-magnet", "s", "pricing", "https://evil.example/")
-    as_unsubscribe = f"{served.url}/c/" + links.sign("unsubscribe", {"e": "jo@example.com", "u": "https://evil.example/"})
+    as_unsubscribe = f"{served.url}/c/" + links.sign(
+        "unsubscribe", {"e": "jo@example.com", "u": "https://evil.example/"}
+    )
     for url in (tampered, forged, as_unsubscribe, f"{served.url}/c/not-a-token"):
         response = httpx.get(url, timeout=10, follow_redirects=False)
         assert response.status_code == 404 and "location" not in response.headers
@@ -75,8 +96,20 @@ def test_the_open_pixel_records_one_open_per_email(served: Served) -> None:
     with served.engine.begin() as conn:
         store.upsert_lead(conn, "jo@example.com", now=NOW)
     composer = Composer(served.settings, ROOT / "emails")
-    item = OutboxItem(1, 1, "jo@example.com", "subscribed", {}, "lead-magnet", "welcome", "lead-magnet/welcome",
-                      "inquiry", False, 0, False)
+    item = OutboxItem(
+        1,
+        1,
+        "jo@example.com",
+        "subscribed",
+        {},
+        "lead-magnet",
+        "welcome",
+        "lead-magnet/welcome",
+        "inquiry",
+        False,
+        0,
+        False,
+    )
     body = composer.compose(item, NOW).payload.decode().replace("=\r\n", "").replace("=3D", "=")
     (pixel,) = re.findall(re.escape(served.url) + r"/o/[A-Za-z0-9_.\-]+\.gif", body)
     for _ in range(2):

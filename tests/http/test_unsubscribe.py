@@ -10,11 +10,12 @@ from pathlib import Path
 import httpx
 import sqlalchemy as sa
 
-from engine import consents, store, tables
-from engine.links import Links
-from engine.mailer import Mailer
+from engine.mail.links import Links
+from engine.mail.mailer import Mailer
+from engine.mail.templates import TemplateLibrary
 from engine.settings import Settings
-from engine.templates import TemplateLibrary
+from engine.store import consents, tables
+from engine.store import leads as store
 from tests.acceptance.conftest import queue_email
 from tests.http.conftest import NOW, Served
 from tests.smtp_server import RecordingSmtpServer

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from engine.bounce_mailbox import MailboxPoller, PollResult
-from engine.bounce_outcome import Verdict
+from engine.core.bounce_outcome import Verdict
+from engine.runtime.bounce_mailbox import MailboxPoller, PollResult
 from engine.settings import BounceMailboxSettings
 from tests.mail_servers import Dovecot, free_port, require
 

@@ -26,9 +26,9 @@ from typing import Any
 
 import pytest
 
-from engine.bounce_outcome import Verdict
-from engine.bounce_receiver import BounceReceiver, ReceiverError
-from engine.runner import Runner
+from engine.core.bounce_outcome import Verdict
+from engine.runtime.bounce_receiver import BounceReceiver, ReceiverError
+from engine.runtime.runner import Runner
 from engine.settings import BounceMailboxSettings, BounceReceiverSettings, BounceSettings, Settings
 from tests.mail_servers import Postfix, free_port, require
 

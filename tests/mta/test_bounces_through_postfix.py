@@ -20,13 +20,14 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from engine import store, tables
-from engine.bounce_processing import intake
-from engine.bounce_receiver import BounceReceiver
-from engine.database import create_engine_for, upgrade
-from engine.mailer import Mailer
+from engine.mail.mailer import Mailer
+from engine.mail.templates import TemplateLibrary
+from engine.runtime.bounce_processing import intake
+from engine.runtime.bounce_receiver import BounceReceiver
 from engine.settings import BounceReceiverSettings, BounceSettings, Settings, SmtpSettings
-from engine.templates import TemplateLibrary
+from engine.store import leads as store
+from engine.store import tables
+from engine.store.database import create_engine_for, upgrade
 from tests.acceptance.conftest import queue_email
 from tests.mail_servers import Dovecot, Postfix, require
 

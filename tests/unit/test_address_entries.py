@@ -17,11 +17,11 @@ import typer
 from hypothesis import example, given, settings
 from pydantic import TypeAdapter, ValidationError
 
-from engine import forms
-from engine.addresses import AddressError, normalise
-from engine.api_v1 import Address, EventIn, EventsBody
-from engine.cli_ops import lead_address
-from engine.importer import BadRow, RowReader
+from engine.cli.common import lead_address
+from engine.core.addresses import AddressError, normalise
+from engine.http import forms
+from engine.http.api_v1 import Address, EventIn, EventsBody
+from engine.runtime.importer import BadRow, RowReader
 from engine.settings import FormSettings
 from tests.strategies import address_texts
 

@@ -1,4 +1,4 @@
-"""What an address is here (`engine.addresses`): the one normaliser every entry calls, checked against
+"""What an address is here (`engine.core.addresses`): the one normaliser every entry calls, checked against
 email-validator's own verdict and on the shapes the security review used."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 from email_validator import EmailNotValidError, validate_email
 from hypothesis import example, given, settings
 
-from engine.addresses import AddressError, lookup_key, normalise
+from engine.core.addresses import AddressError, lookup_key, normalise
 from tests.strategies import address_texts
 
 # --------------------------------------------------------------------------------------------------

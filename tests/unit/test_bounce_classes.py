@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.bounce_outcome import ADDRESS_GONE, MAILBOX_TROUBLE, NOT_FAILURE, SENDER_FAULT
-from engine.failure_classes import classify, classify_reply, failed, status_in
+from engine.core.bounce_outcome import ADDRESS_GONE, MAILBOX_TROUBLE, NOT_FAILURE, SENDER_FAULT
+from engine.core.failure_classes import classify, classify_reply, failed, status_in
 
 
 @pytest.mark.parametrize(

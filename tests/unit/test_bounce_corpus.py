@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.bounce_outcome import ADDRESS_GONE, COMPLAINT, NOT_FAILURE
-from engine.bounce_reports import read_report
+from engine.core.bounce_outcome import ADDRESS_GONE, COMPLAINT, NOT_FAILURE
+from engine.core.bounce_reports import read_report
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "bounces"
 RECIPIENT_FLOOR = 0.965

@@ -8,8 +8,8 @@ import string
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.bounce_outcome import ADDRESS_GONE, COMPLAINT, MAILBOX_TROUBLE, NOT_FAILURE, SENDER_FAULT
-from engine.bounce_reports import NOT_REPORT, UNREADABLE, read_report
+from engine.core.bounce_outcome import ADDRESS_GONE, COMPLAINT, MAILBOX_TROUBLE, NOT_FAILURE, SENDER_FAULT
+from engine.core.bounce_reports import NOT_REPORT, UNREADABLE, read_report
 
 
 def dsn(*blocks: str, to: str = "bounces+abc123@bounce.test", original: str = "<m1@shop.test>") -> bytes:

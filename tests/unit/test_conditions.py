@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from engine.conditions import evaluate, event_matches, lead_field
-from engine.definition import Condition, EventMatch
-from engine.journey import Lead
+from engine.core.conditions import evaluate, event_matches, lead_field
+from engine.core.definition import Condition, EventMatch
+from engine.core.journey import Lead
 
 CONDITION: TypeAdapter[Condition] = TypeAdapter(Condition)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import dkim  # type: ignore[import-untyped]
 import pytest
 
-from engine.mime import DkimKeyError, build_mime, dkim_sign, load_dkim_key
+from engine.mail.mime import DkimKeyError, build_mime, dkim_sign, load_dkim_key
 
 SELECTOR = "s2026"
 DOMAIN = "greenleaf.example"

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.durations import format_duration, in_words, parse_duration, stay_in_words
+from engine.core.durations import format_duration, in_words, parse_duration, stay_in_words
 
 
 @given(st.integers(min_value=0, max_value=100 * 365 * 86400))

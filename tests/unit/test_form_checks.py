@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.form_checks import check_forms
+from engine.authoring.form_checks import check_forms
+from engine.authoring.validation import load_funnels
+from engine.mail.templates import TemplateLibrary
 from engine.settings import Settings
-from engine.templates import TemplateLibrary
-from engine.validation import load_funnels
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from engine import journey
-from engine.definition import Funnel
-from engine.journey import (
+from engine.core import journey
+from engine.core.definition import Funnel
+from engine.core.journey import (
     CallWebhook,
     Cause,
     Command,
@@ -24,7 +24,7 @@ from engine.journey import (
     SkipEmail,
     UpdateLead,
 )
-from engine.own_events import FUNNEL_UNSUBSCRIBED, LEAD_UPDATED, MANUAL_ENROLL, OPERATOR
+from engine.core.own_events import FUNNEL_UNSUBSCRIBED, LEAD_UPDATED, MANUAL_ENROLL, OPERATOR
 
 MONDAY = datetime(2026, 6, 1, 8, 0, tzinfo=UTC)  # 10:00 in Berlin (CEST)
 DAY = timedelta(days=1)

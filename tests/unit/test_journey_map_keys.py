@@ -10,10 +10,11 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from engine import store, tables
-from engine.database import create_engine_for, upgrade
-from engine.validation import load_funnels, schema_text
-from engine.worker import Worker
+from engine.authoring.validation import load_funnels, schema_text
+from engine.runtime.worker import Worker
+from engine.store import leads as store
+from engine.store import tables
+from engine.store.database import create_engine_for, upgrade
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"

@@ -11,11 +11,13 @@ from typing import Any
 import pytest
 import yaml
 
-from engine import journey_map, journey_map_md
-from engine.definition import Funnel
-from engine.journey_map import ANY_STAGE, ExitRow, Live
-from engine.report import EmailFigures, FunnelReport, StageFigures
-from engine.validation import load_funnels
+from engine.authoring.validation import load_funnels
+from engine.core.definition import Funnel
+from engine.core.report_rows import ExitRow
+from engine.views.journey_map import markdown as journey_map_md
+from engine.views.journey_map import model as journey_map
+from engine.views.journey_map.model import ANY_STAGE, Live
+from engine.views.report import EmailFigures, FunnelReport, StageFigures
 
 ROOT = Path(__file__).resolve().parents[2]
 AT = datetime(2026, 11, 2, 9, tzinfo=UTC)

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import journey
-from engine.definition import Funnel, SendStep
-from engine.journey import (
+from engine.core import journey
+from engine.core.definition import Funnel, SendStep
+from engine.core.journey import (
     CallWebhook,
     Cause,
     Decision,
@@ -24,7 +24,7 @@ from engine.journey import (
     SendEmail,
     SkipEmail,
 )
-from engine.localtime import zone
+from engine.core.localtime import zone
 from tests.strategies import (
     Input,
     entry_event,

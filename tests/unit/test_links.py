@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 
 from pydantic import SecretStr
 
-from engine.links import PURPOSES, Links
-from engine.ops_auth import OpsSettings, Sessions, hash_password
+from engine.core.ops_auth import OpsSettings, Sessions, hash_password
+from engine.mail.links import PURPOSES, Links
 from engine.settings import Settings
 
 

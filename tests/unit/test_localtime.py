@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from engine.localtime import at_local, in_window, next_local_time, window_open_at, zone
+from engine.core.localtime import at_local, in_window, next_local_time, window_open_at, zone
 
 BERLIN = zone("Europe/Berlin")
 LOS_ANGELES = zone("America/Los_Angeles")

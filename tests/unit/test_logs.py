@@ -9,8 +9,9 @@ import logging
 
 import pytest
 
-from engine import logs
-from engine.logs import pseudonym
+from engine.core import redaction
+from engine.core.redaction import pseudonym
+from engine.runtime import logs
 
 
 @pytest.fixture
@@ -42,7 +43,7 @@ def test_addresses_tokens_and_keys_are_scrubbed(log_format: str, captured: io.St
         assert secret not in out
     assert "/u/<token>" in out and "fk_<key>" in out
     # The same address gives the same pseudonym, whatever its case.
-    pseudonym = logs.scrub("ann.lee@example.com")
+    pseudonym = redaction.scrub("ann.lee@example.com")
     assert pseudonym.startswith("<lead:") and pseudonym in out
     if log_format == "json":
         lines = [json.loads(line) for line in out.splitlines()]
@@ -90,7 +91,7 @@ def test_one_address_has_one_pseudonym_however_it_is_written() -> None:
 
 def test_text_about_a_lead_names_it_by_its_pseudonym_in_every_spelling() -> None:
     said = "550 5.1.1 <quokka7@straße.example>: no mailbox; recipient QUOKKA7@XN--STRAE-OQA.EXAMPLE"
-    out = logs.pseudonymise(said, "quokka7@xn--strae-oqa.example")
+    out = redaction.pseudonymise(said, "quokka7@xn--strae-oqa.example")
     assert "quokka7" not in out.lower() and "stra" not in out.lower()
     assert out == f"550 5.1.1 <{pseudonym('quokka7@xn--strae-oqa.example')}>: no mailbox; recipient " + pseudonym(
         "quokka7@xn--strae-oqa.example"
@@ -98,15 +99,15 @@ def test_text_about_a_lead_names_it_by_its_pseudonym_in_every_spelling() -> None
 
 
 def test_a_path_keeps_no_address_nor_token() -> None:
-    assert logs.safe_path("/v1/leads/josé@example.com") == f"/v1/leads/{pseudonym('josé@example.com')}"
-    assert logs.safe_path("/u/eyJlIjoiYW5uQGV4YW1wbGUuY29tIn0") == "/u/<token>"  # no signature: still cut
-    assert logs.safe_path("/forms/report") == "/forms/report"
+    assert redaction.safe_path("/v1/leads/josé@example.com") == f"/v1/leads/{pseudonym('josé@example.com')}"
+    assert redaction.safe_path("/u/eyJlIjoiYW5uQGV4YW1wbGUuY29tIn0") == "/u/<token>"  # no signature: still cut
+    assert redaction.safe_path("/forms/report") == "/forms/report"
 
 
 def test_a_url_is_logged_by_its_origin() -> None:
     line = 'HTTP Request: POST https://hooks.example.com/services/T00/B00/XoXo?api_key=sk_live_123 "HTTP/1.1 200 OK"'
-    assert logs.scrub(line) == 'HTTP Request: POST https://hooks.example.com "HTTP/1.1 200 OK"'
-    assert logs.origin("https://user:pw@crm.example:8443/x?y=1") == "https://crm.example:8443"
+    assert redaction.scrub(line) == 'HTTP Request: POST https://hooks.example.com "HTTP/1.1 200 OK"'
+    assert redaction.origin("https://user:pw@crm.example:8443/x?y=1") == "https://crm.example:8443"
 
 
 def test_libraries_log_from_warning_unless_asked(captured: io.StringIO) -> None:

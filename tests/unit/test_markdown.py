@@ -1,11 +1,11 @@
-"""Markdown to HTML (`engine.markdown`): it writes what cmark-gfm, the renderer the engine used before,
+"""Markdown to HTML (`engine.mail.markdown`): it writes what cmark-gfm, the renderer the engine used before,
 wrote for the same text. Each expected line below is cmark-gfm's output with smart punctuation."""
 
 from __future__ import annotations
 
 import pytest
 
-from engine.markdown import Markdown
+from engine.mail.markdown import Markdown
 
 MARKDOWN = Markdown()
 

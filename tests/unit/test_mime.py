@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.mime import build_mime
+from engine.mail.mime import build_mime
 
 ONE_CLICK = "List-Unsubscribe=One-Click"
 # The documented normalisation of free text: a run of line breaks (as str.splitlines sees them) becomes one space,
@@ -49,7 +49,7 @@ class Inputs:
 
 
 def slow(i: Inputs) -> EmailMessage:
-    """What engine/mailer.py builds, with free text normalised as build_mime documents (the email package
+    """What engine/mail/mailer.py builds, with free text normalised as build_mime documents (the email package
     refuses line breaks outright)."""
     msg = EmailMessage(policy=SMTP)
     msg["From"] = formataddr((one_line(i.from_name), i.from_address))

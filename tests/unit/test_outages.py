@@ -1,4 +1,4 @@
-"""An outage as a state change (`engine.outages`): one ERROR when it starts, at most one WARNING a minute
+"""An outage as a state change (`engine.runtime.outages`): one ERROR when it starts, at most one WARNING a minute
 while it lasts, one INFO when it is over; nothing while all is well."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from itertools import pairwise
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.outages import Outage
+from engine.runtime.outages import Outage
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 

@@ -1,4 +1,4 @@
-"""`engine.report`: the figures of `funnel report` from counted rows. Journeys are generated, counted the
+"""`engine.views.report`: the figures of `funnel report` from counted rows. Journeys are generated, counted the
 way the database counts them, and the figures checked against what the journeys say."""
 
 from __future__ import annotations
@@ -10,19 +10,8 @@ from dataclasses import dataclass
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.report import (
-    EmailStatus,
-    Engagement,
-    Followed,
-    Layout,
-    Reached,
-    Rows,
-    StageCount,
-    Stays,
-    build,
-    csv_rows,
-    percentile,
-)
+from engine.core.report_rows import EmailStatus, Engagement, Followed, Layout, Reached, Rows, StageCount, Stays
+from engine.views.report import build, csv_rows, percentile
 
 STAGES = ("inquiry", "comparison", "conversion", "onboarding")
 LAYOUT = Layout(stages=STAGES, emails=("welcome", "nudge", "invite"))

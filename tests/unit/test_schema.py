@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from engine.validation import funnel_schema, schema_text, write_schema
+from engine.authoring.validation import funnel_schema, schema_text, write_schema
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "config" / "funnel.schema.json"

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.secret_keys import DEFAULT_SECRET_KEY, key_problem, new_key
+from engine.core.secret_keys import DEFAULT_SECRET_KEY, key_problem, new_key
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,7 +71,7 @@ def test_no_value_printed_in_the_docs_can_be_used_as_a_key() -> None:
     published = _published()
     assert published  # the scan reads the files
     usable = sorted(value for value in published if key_problem(value) is None)
-    assert usable == [], "add these to engine/secret_keys.py's published values, or take them out of the docs"
+    assert usable == [], "add these to engine/core/secret_keys.py's published values, or take them out of the docs"
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.signatures import Refusal, Verified, receipt, sign, verify
+from engine.core.signatures import Refusal, Verified, receipt, sign, verify
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 T = int(NOW.timestamp())

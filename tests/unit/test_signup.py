@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.signup import (
+from engine.core.signup import (
     OPTED_OUT,
     ConfirmationLimits,
     SignupOutcome,
@@ -23,7 +23,7 @@ from engine.signup import (
     signup_outcome,
     status_after_confirming,
 )
-from engine.tables import CONSENT_STATUSES
+from engine.store.tables import CONSENT_STATUSES
 
 T = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 DAY = timedelta(days=1)

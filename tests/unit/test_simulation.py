@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from engine.definition import Funnel
-from engine.journey import RecordTransition, SendEmail
-from engine.simulation import EmailReaction, EventMix, LeadAction, simulate
-from engine.yamlfile import load_yaml_text
+from engine.authoring.simulation import EmailReaction, EventMix, LeadAction, simulate
+from engine.core.definition import Funnel
+from engine.core.journey import RecordTransition, SendEmail
+from engine.core.yamlfile import load_yaml_text
 
 FUNNEL = """
 id: sim

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from engine.definition import Funnel, SendStep
-from engine.templates import Sender, TemplateError, TemplateLibrary, html_to_text, lead_fields, sample_context
-from engine.yamlfile import read_yaml
+from engine.core.definition import Funnel, SendStep
+from engine.core.yamlfile import read_yaml
+from engine.mail.templates import Sender, TemplateError, TemplateLibrary, html_to_text, lead_fields, sample_context
 
 ROOT = Path(__file__).resolve().parents[2]
 EMAILS = ROOT / "emails"
@@ -123,9 +123,7 @@ def test_html_to_text_keeps_structure_and_drops_hidden_parts() -> None:
 
 
 def test_html_templates_and_layout_choice(emails: Path) -> None:
-    (emails / "_layouts" / "plain.html").write_text(
-        "<div>{{ content }}</div>{% include '_partials/footer.html' %}"
-    )
+    (emails / "_layouts" / "plain.html").write_text("<div>{{ content }}</div>{% include '_partials/footer.html' %}")
     lib = write(
         emails,
         "t/page.html",
@@ -332,9 +330,7 @@ def test_a_folder_of_partials_that_is_a_link_to_elsewhere_is_refused(emails: Pat
 
 
 @pytest.mark.parametrize("tag", ["{% extends '_layouts/leak.html' %}", "{% import '_layouts/leak.html' as m %}"])
-def test_extends_and_import_through_a_link_that_leads_outside_are_refused(
-    emails: Path, secret: Path, tag: str
-) -> None:
+def test_extends_and_import_through_a_link_that_leads_outside_are_refused(emails: Path, secret: Path, tag: str) -> None:
     (emails / "_layouts" / "leak.html").symlink_to(secret)  # an absolute link
     lib = write(emails, "t/leak.html", f"---\nsubject: S\n---\n{tag}\n")
     with pytest.raises(TemplateError) as caught:
@@ -386,9 +382,7 @@ def test_links_that_stay_inside_the_folder_are_followed(emails: Path, tmp_path: 
 
 
 def test_lead_data_is_escaped_in_html_templates(emails: Path) -> None:
-    lib = write(
-        emails, "t/x.html", '---\nsubject: S\n---\n<p title="{{ lead.company }}">{{ lead.first_name }}</p>\n'
-    )
+    lib = write(emails, "t/x.html", '---\nsubject: S\n---\n<p title="{{ lead.company }}">{{ lead.first_name }}</p>\n')
     html = lib.render("t/x", context(first_name="<script>alert(1)</script>", company='" onmouseover="x')).html
     assert "<script>" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
@@ -396,9 +390,7 @@ def test_lead_data_is_escaped_in_html_templates(emails: Path) -> None:
 
 
 def test_lead_data_in_markdown_stays_text(emails: Path) -> None:
-    lib = write(
-        emails, "t/x.md", "---\nsubject: S\n---\nHi {{ lead.first_name }}, from {{ lead.company }}.\n"
-    )
+    lib = write(emails, "t/x.md", "---\nsubject: S\n---\nHi {{ lead.first_name }}, from {{ lead.company }}.\n")
     email = lib.render(
         "t/x",
         context(
@@ -422,7 +414,7 @@ def test_markdown_is_github_flavoured_with_smart_punctuation(emails: Path) -> No
     lib = write(
         emails,
         "t/g.md",
-        "---\nsubject: S\n---\n\"Quoted\" and it's ~~old~~ -- see https://x.example/new...\n\n"
+        '---\nsubject: S\n---\n"Quoted" and it\'s ~~old~~ -- see https://x.example/new...\n\n'
         "| Bin | Cost |\n|:--|--:|\n| Card | £5 |\n",
     )
     email = lib.render("t/g", context())
@@ -433,9 +425,7 @@ def test_markdown_is_github_flavoured_with_smart_punctuation(emails: Path) -> No
 
 
 def test_raw_html_in_markdown_is_left_out_and_the_check_says_where(emails: Path) -> None:
-    lib = write(
-        emails, "t/raw.md", '---\nsubject: S\n---\nHello\n\n<div class="box">Boxed</div>\n\nBye <b>now</b>\n'
-    )
+    lib = write(emails, "t/raw.md", '---\nsubject: S\n---\nHello\n\n<div class="box">Boxed</div>\n\nBye <b>now</b>\n')
     email = lib.render("t/raw", context())
     assert "Boxed" not in email.html and "<b>" not in email.html and "class=" not in email.html
     assert email.text.startswith("Hello\n\nBye now\n")
@@ -628,14 +618,14 @@ def test_a_template_that_would_exhaust_the_machine_fails_at_its_line(
 
 
 def test_a_subject_is_bounded_like_the_body(emails: Path) -> None:
-    lib = write(emails, "t/subject.md", "---\nsubject: \"{{ lead.email | center(5000000) }}\"\n---\nx\n")
+    lib = write(emails, "t/subject.md", '---\nsubject: "{{ lead.email | center(5000000) }}"\n---\nx\n')
     with pytest.raises(TemplateError) as caught:
         lib.render("t/subject", context())
     assert (caught.value.line, "characters" in caught.value.message) == (2, True)
 
 
 def test_the_output_bound_names_the_line_that_passes_it(emails: Path) -> None:
-    from engine.template_bounds import MAX_TEXT_CHARS
+    from engine.mail.template_bounds import MAX_TEXT_CHARS
 
     # Each line is well within the bound; the tenth is where the email passes it.
     line = "{{ 'a' * 10000 }}" * (MAX_TEXT_CHARS // 10000 // 10 + 1) + "\n"
@@ -649,7 +639,7 @@ def test_the_output_bound_names_the_line_that_passes_it(emails: Path) -> None:
 def test_render_time_is_bounded_where_counting_steps_is_not_enough(
     emails: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from engine import template_bounds
+    from engine.mail import template_bounds
 
     monkeypatch.setattr(template_bounds, "MAX_RENDER_SECONDS", 0.3)
     # Few steps, each a sort of 100,000 items: the clock stops it, not the step count.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.templates import html_to_text
+from engine.mail.templates import html_to_text
 
 
 def page(body: str) -> str:
@@ -20,7 +20,10 @@ def page(body: str) -> str:
         ('<p><a href="#top">Back to top</a></p>', "Back to top\n"),
         ('<p><a href="https://x.example/a"><img src="logo.png"></a></p>', "https://x.example/a\n"),
         ("<p><a>no target</a></p>", "no target\n"),
-        ('<p><a href="https://x.example/">  Our\n  <b>new</b>\tprices </a></p>', "Our new prices (https://x.example/)\n"),
+        (
+            '<p><a href="https://x.example/">  Our\n  <b>new</b>\tprices </a></p>',
+            "Our new prices (https://x.example/)\n",
+        ),
     ],
 )
 def test_links_show_their_target_once(body: str, text: str) -> None:

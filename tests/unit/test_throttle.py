@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.throttle import Throttle
+from engine.mail.throttle import Throttle
 
 
 class Clock:

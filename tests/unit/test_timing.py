@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.localtime import local_date, zone
-from engine.timing import TimingRules, earliest_send
+from engine.core.localtime import local_date, zone
+from engine.core.timing import TimingRules, earliest_send
 
 BERLIN = zone("Europe/Berlin")
 NIGHTS = TimingRules.parse("21:00-08:00", None)

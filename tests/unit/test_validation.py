@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from engine.cli import app
-from engine.validation import FunnelError, LoadResult, load_funnels
+from engine.authoring.validation import FunnelError, LoadResult, load_funnels
+from engine.cli.main import app
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 BROKEN = FIXTURES / "broken"
@@ -79,9 +79,7 @@ EXPECTED: dict[str, list[tuple[int, int, tuple[str, ...]]]] = {
         )
     ],
     "bad-timezone.yaml": [(4, 11, ("timezone: expected an IANA time zone", "found 'Europe/Atlantis'"))],
-    "two-operators.yaml": [
-        (13, 13, ("step 'check' branch.if: expected exactly one operator", "found gte, lt"))
-    ],
+    "two-operators.yaml": [(13, 13, ("step 'check' branch.if: expected exactly one operator", "found gte, lt"))],
     # `on:` must be read as the key "on" (YAML 1.2), not as the boolean true of YAML 1.1.
     "on-key.yaml": [(11, 5, ("transition 'demo': expected exactly one of 'on'", "found 'on' and 'after'"))],
     "unknown-condition-key.yaml": [
@@ -125,9 +123,7 @@ def test_broken_file_reports_each_error_at_its_position(name: str) -> None:
     path = BROKEN / name
     result = load(path)
     expected = EXPECTED[name]
-    assert located(result.errors) == [(line, column) for line, column, _ in expected], [
-        str(e) for e in result.errors
-    ]
+    assert located(result.errors) == [(line, column) for line, column, _ in expected], [str(e) for e in result.errors]
     for error, (line, column, gists) in zip(result.errors, expected, strict=True):
         text = str(error)
         assert text.startswith(f"{path}:{line}:{column}: ")
@@ -241,9 +237,7 @@ def test_missing_path_and_empty_folder_are_errors(tmp_path: Path) -> None:
 def test_duplicate_yaml_keys_are_errors(tmp_path: Path) -> None:
     path = tmp_path / "dup.yaml"
     path.write_text(
-        (VALID / "nurture.yaml")
-        .read_text(encoding="utf-8")
-        .replace("name: Report nurture", "name: A\nname: B"),
+        (VALID / "nurture.yaml").read_text(encoding="utf-8").replace("name: Report nurture", "name: A\nname: B"),
         encoding="utf-8",
     )
     (error,) = load(path).errors
@@ -363,9 +357,7 @@ def test_a_step_with_two_actions_or_none_says_which(tmp_path: Path) -> None:
     path = tmp_path / "steps.yaml"
     text = (BROKEN / "unknown-step-key.yaml").read_text(encoding="utf-8")
     path.write_text(
-        text.replace(
-            "        sned: lead-magnet/report\n", "        send: lead-magnet/report\n        wait: 2d\n"
-        )
+        text.replace("        sned: lead-magnet/report\n", "        send: lead-magnet/report\n        wait: 2d\n")
         + "      - id: nothing\n",
         encoding="utf-8",
     )
@@ -383,7 +375,7 @@ def test_a_step_with_two_actions_or_none_says_which(tmp_path: Path) -> None:
 
 
 def test_a_funnel_file_over_the_size_bound_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
-    from engine.yamlfile import MAX_FILE_BYTES
+    from engine.core.yamlfile import MAX_FILE_BYTES
 
     path = write_funnel(tmp_path, "big.yaml")
     stage = "  - id: s{0}\n    steps:\n" + "".join(f"      - id: s{{0}}-w{i}\n        wait: 1d\n" for i in range(20))
@@ -402,7 +394,7 @@ def test_a_funnel_file_over_the_size_bound_is_refused_before_it_is_parsed(tmp_pa
 
 
 def test_a_funnel_file_at_the_size_bound_loads(tmp_path: Path) -> None:
-    from engine.yamlfile import MAX_FILE_BYTES
+    from engine.core.yamlfile import MAX_FILE_BYTES
 
     path = write_funnel(tmp_path, "padded.yaml")
     padding = MAX_FILE_BYTES - path.stat().st_size
@@ -413,7 +405,7 @@ def test_a_funnel_file_at_the_size_bound_loads(tmp_path: Path) -> None:
 
 
 def test_stages_and_steps_are_bounded_with_the_place_and_the_count(tmp_path: Path) -> None:
-    from engine.definition import MAX_STAGES, MAX_STEPS_PER_STAGE
+    from engine.core.definition import MAX_STAGES, MAX_STEPS_PER_STAGE
 
     head = ["id: many", "name: Many", "entry:", "  triggers:", "    - event: form_submitted", "stages:"]
     many_stages = tmp_path / "stages.yaml"

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from engine import journey
-from engine.definition import Funnel
-from engine.journey import Cause, Lead, RecordTransition, SendEmail
-from engine.versions import migrate_enrollment
-from engine.yamlfile import load_yaml_text
+from engine.core import journey
+from engine.core.definition import Funnel
+from engine.core.journey import Cause, Lead, RecordTransition, SendEmail
+from engine.core.versions import migrate_enrollment
+from engine.core.yamlfile import load_yaml_text
 
 T0 = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
 LEAD = Lead("sam@example.com")

@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr, ValidationError
 
-from engine import signatures
-from engine import webhook_policy as policy
-from engine.webhook_policy import (
+from engine.core import signatures
+from engine.core import webhook_policy as policy
+from engine.core.webhook_policy import (
     GAP_GRACE,
     Answered,
     Cursor,

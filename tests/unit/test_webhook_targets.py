@@ -9,7 +9,7 @@ from ipaddress import ip_address
 
 import pytest
 
-from engine.webhook_targets import Targets, address_problem, literal_address, url_problem
+from engine.core.webhook_targets import Targets, address_problem, literal_address, url_problem
 
 NOTHING_ALLOWED = Targets()
 

@@ -1,0 +1,247 @@
+"""`funnel test`: marketers' expectations written next to a funnel, checked on the virtual clock.
+
+A file `funnels/NAME.scenarios.yaml` names a funnel and lists scenarios: a lead, when it signs up,
+what it does later, and what must happen (which email at which local time, which stage by when).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from engine.authoring.virtualclock import LeadRun, drive, entry_event
+from engine.core.definition import EventName, Funnel, Id, Scalar, TimeZoneName
+from engine.core.durations import parse_duration
+from engine.core.journey import Event, GoalReached, Lead, RecordTransition, SendEmail, SkipEmail
+from engine.core.yamlfile import YamlSyntaxError, read_yaml
+
+_LOCAL = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}$")
+_RELATIVE = re.compile(r"^\+(?:\d+[wdhms])+$")
+
+
+def _when(value: Any) -> Any:
+    if not isinstance(value, str) or not (_LOCAL.match(value.strip()) or _RELATIVE.match(value.strip())):
+        raise ValueError(
+            f"expected a local time 'YYYY-MM-DD HH:MM' or a time after the start like '+3d' or '+2d9h', found {value!r}"
+        )
+    return value.strip()
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ScenarioLead(_Model):
+    email: str = "lead@example.com"
+    timezone: TimeZoneName | None = None
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    tags: list[Id] = Field(default_factory=list)
+    score: int = 0
+
+
+class ScenarioEvent(_Model):
+    at: str
+    event: EventName
+    properties: dict[str, Scalar] = Field(default_factory=dict)
+
+    @field_validator("at", mode="before")
+    @classmethod
+    def _at(cls, value: Any) -> Any:
+        return _when(value)
+
+
+class Expectation(_Model):
+    email: Id | None = None
+    no_email: Id | None = None
+    stage: Id | None = None
+    exited: Id | None = None
+    goal: bool | None = None
+    at: str | None = None
+    by: str | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> Expectation:
+        kinds = [k for k in ("email", "no_email", "stage", "exited", "goal") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(
+                "expected exactly one of email, no_email, stage, exited, goal, found " + (", ".join(kinds) or "none")
+            )
+        for when in (self.at, self.by):
+            if when is not None:
+                _when(when)
+        if self.stage is not None and self.at is None:
+            raise ValueError("expected 'at' with 'stage' (the time at which the lead is in that stage)")
+        if self.at is not None and self.by is not None:
+            raise ValueError("expected one of 'at' or 'by', found both")
+        return self
+
+
+class Scenario(_Model):
+    name: str
+    lead: ScenarioLead = Field(default_factory=ScenarioLead)
+    start: str
+    enter: str = Field(default="event", pattern="^(event|manual)$")
+    events: list[ScenarioEvent] = Field(default_factory=list)
+    until: str = "+60d"
+    expect: list[Expectation] = Field(min_length=1)
+
+    @field_validator("start", "until", mode="before")
+    @classmethod
+    def _times(cls, value: Any) -> Any:
+        return _when(value)
+
+
+class ScenarioFile(_Model):
+    funnel: Id
+    scenarios: list[Scenario] = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    file: Path
+    scenario: str
+    failures: tuple[str, ...]
+    run: LeadRun | None = None
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+class ScenarioError(Exception):
+    pass
+
+
+def load_scenarios(path: Path) -> ScenarioFile:
+    try:
+        doc = read_yaml(path)
+    except YamlSyntaxError as exc:
+        raise ScenarioError(str(exc)) from None
+    try:
+        return ScenarioFile.model_validate(doc.data)
+    except ValidationError as exc:
+        lines = []
+        for e in exc.errors():
+            pos = doc.position(tuple(e["loc"]))
+            where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"]).lstrip(".")
+            lines.append(f"{path}:{pos.line}:{pos.column}: {where}: {e['msg'].removeprefix('Value error, ')}")
+        raise ScenarioError("\n".join(lines)) from None
+
+
+class _Clock:
+    """Turns scenario times into UTC instants: local times in the lead's zone, or `+Nd` after start."""
+
+    def __init__(self, zone: ZoneInfo, start: datetime | None = None) -> None:
+        self.zone = zone
+        self.start = start
+
+    def __call__(self, text: str) -> datetime:
+        if text.startswith("+"):
+            assert self.start is not None
+            return self.start + parse_duration(text[1:])
+        local = datetime.strptime(text.replace("T", " "), "%Y-%m-%d %H:%M")
+        return local.replace(tzinfo=self.zone).astimezone(ZoneInfo("UTC"))
+
+    def show(self, instant: datetime) -> str:
+        return instant.astimezone(self.zone).strftime("%Y-%m-%d %H:%M %a")
+
+
+def run_scenario(funnel: Funnel, scenario: Scenario, file: Path) -> Outcome:
+    zone = ZoneInfo(scenario.lead.timezone or funnel.timezone)
+    clock = _Clock(zone)
+    start = clock(scenario.start)
+    clock.start = start
+    lead = Lead(
+        id=scenario.lead.email,
+        timezone=scenario.lead.timezone,
+        attributes=dict(scenario.lead.attributes),
+        tags=frozenset(scenario.lead.tags),
+        score=scenario.lead.score,
+    )
+    events = [
+        Event(f"scenario-{i}", e.event, clock(e.at), dict(e.properties)) for i, e in enumerate(scenario.events, 1)
+    ]
+    entry = entry_event(funnel, lead, start, "scenario-entry") if scenario.enter == "event" else None
+    if scenario.enter == "event" and entry is None:
+        return Outcome(file, scenario.name, ("the funnel has no event entry trigger; use `enter: manual`",))
+    run = drive(funnel, lead, entry, start, events, clock(scenario.until))
+    failures = tuple(f for f in (_check(e, run, clock) for e in scenario.expect) if f)
+    return Outcome(file, scenario.name, failures, run)
+
+
+def _check(e: Expectation, run: LeadRun, clock: _Clock) -> str | None:
+    commands = list(run.commands())
+    if e.email is not None or e.no_email is not None:
+        step = e.email or e.no_email
+        sent = [c for c in commands if isinstance(c, SendEmail) and c.step == step]
+        if e.no_email is not None:
+            return f"email '{step}' should never be sent, found it sent at {clock.show(sent[0].at)}" if sent else None
+        if not sent:
+            skipped = [c for c in commands if isinstance(c, SkipEmail) and c.step == step]
+            why = f" (skipped: {skipped[0].reason})" if skipped else ""
+            return f"email '{step}' should be sent, found it never sent{why}"
+        when = sent[0].at
+        if e.at is not None and when != clock(e.at):
+            return f"email '{step}' expected at {clock.show(clock(e.at))}, found at {clock.show(when)}"
+        if e.by is not None and when > clock(e.by):
+            return f"email '{step}' expected by {clock.show(clock(e.by))}, found at {clock.show(when)}"
+        return None
+    if e.stage is not None:
+        assert e.at is not None
+        at = clock(e.at)
+        where = _stage_at(commands, at)
+        if where != e.stage:
+            return f"expected stage '{e.stage}' at {clock.show(at)}, found {where or 'not in the funnel'}"
+        return None
+    if e.exited is not None:
+        exits = [c for c in commands if isinstance(c, RecordTransition) and c.to_stage is None]
+        if not exits:
+            return f"expected exit '{e.exited}', found the lead still in the funnel"
+        ex = exits[0]
+        if ex.exit_reason != e.exited:
+            return f"expected exit '{e.exited}', found exit '{ex.exit_reason}' at {clock.show(ex.at)}"
+        if e.by is not None and ex.at > clock(e.by):
+            return f"expected exit '{e.exited}' by {clock.show(clock(e.by))}, found at {clock.show(ex.at)}"
+        if e.at is not None and ex.at != clock(e.at):
+            return f"expected exit '{e.exited}' at {clock.show(clock(e.at))}, found at {clock.show(ex.at)}"
+        return None
+    goals = [c for c in commands if isinstance(c, GoalReached)]
+    if e.goal is False:
+        return f"expected no goal, found it reached at {clock.show(goals[0].at)}" if goals else None
+    if not goals:
+        return "expected the goal reached, found it never reached"
+    if e.by is not None and goals[0].at > clock(e.by):
+        return f"expected the goal by {clock.show(clock(e.by))}, found at {clock.show(goals[0].at)}"
+    return None
+
+
+def _stage_at(commands: list[Any], at: datetime) -> str | None:
+    where: str | None = None
+    for c in commands:
+        if isinstance(c, RecordTransition) and c.at <= at:
+            where = c.to_stage
+    return where
+
+
+def scenario_files(paths: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            files.extend(sorted(p.rglob("*.scenarios.yaml")))
+        else:
+            files.append(p)
+    return files
+
+
+def run_file(path: Path, funnels: dict[str, Funnel]) -> list[Outcome]:
+    spec = load_scenarios(path)
+    funnel = funnels.get(spec.funnel)
+    if funnel is None:
+        raise ScenarioError(f"{path}:1:1: funnel: expected one of {', '.join(sorted(funnels))}, found {spec.funnel!r}")
+    return [run_scenario(funnel, s, path) for s in spec.scenarios]

@@ -1,0 +1,104 @@
+"""Printing a simulation: a rich table for people, one JSON line for scripts."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from zoneinfo import ZoneInfo
+
+from rich.console import Console
+from rich.table import Table
+
+from engine.authoring.simulation import SimulationResult
+from engine.authoring.virtual_timeline import SubjectOf, timeline_lines
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summary(result: SimulationResult) -> dict[str, object]:
+    stages = result.funnel.stage_ids()
+    final = {s: result.final.get(s, 0) for s in stages}
+    exited = {k.removeprefix("exited:"): v for k, v in sorted(result.final.items()) if k.startswith("exited:")}
+    return {
+        "funnel": result.funnel.id,
+        "version": result.funnel.version,
+        "leads": result.leads,
+        "days": result.days,
+        "elapsed_s": round(result.elapsed_s, 3),
+        "stages": final,
+        "exited": exited,
+        "reached": {s: result.reached.get(s, 0) for s in stages},
+        "conversion": {f"{a}->{b}": round(rate, 4) for a, b, rate in result.conversion()},
+        "emails_sent": sum(result.emails.values()),
+        "emails_skipped": sum(result.skipped.values()),
+        "goals": result.goals,
+        "goals_within_window": result.goals_within,
+    }
+
+
+def print_simulation(
+    console: Console, result: SimulationResult, subject: SubjectOf | None = None, as_json: bool = False
+) -> None:
+    stages = result.funnel.stage_ids()
+    exit_columns = sorted({k for day in result.stage_by_day for k in day if k.startswith("exited:")})
+    table = Table(title=f"{result.funnel.name}: {result.leads} leads over {result.days} days (end of each day, UTC)")
+    table.add_column("day", justify="right")
+    for s in stages:
+        table.add_column(s, justify="right")
+    for k in exit_columns:
+        table.add_column(k.replace("exited:", "exit: "), justify="right", style="dim")
+    for d, counts in enumerate(result.stage_by_day, 1):
+        table.add_row(str(d), *(str(counts.get(s, 0)) for s in stages), *(str(counts.get(k, 0)) for k in exit_columns))
+    console.print(table)
+
+    conv = Table(title="Stage to stage (share of leads who reached the first that reached the second)")
+    for col in ("from", "to", "leads reached", "conversion", "median days in stage", "p90 days in stage"):
+        conv.add_column(col, justify="right" if col not in ("from", "to") else "left")
+    for a, b, rate in result.conversion():
+        times = result.time_in_stage.get(a, [])
+        median = statistics.median(times) if times else None
+        p90 = _percentile(times, 0.9)
+        conv.add_row(
+            a,
+            b,
+            f"{result.reached.get(a, 0)} -> {result.pairs.get((a, b), 0)}",
+            f"{rate:.1%}",
+            f"{median:.1f}" if median is not None else "-",
+            f"{p90:.1f}" if p90 is not None else "-",
+        )
+    console.print(conv)
+
+    emails = Table(title="Emails")
+    emails.add_column("step")
+    emails.add_column("sent", justify="right")
+    emails.add_column("skipped", justify="right")
+    for stage in result.funnel.stages:
+        for step in stage.steps:
+            if hasattr(step, "send"):
+                emails.add_row(
+                    f"{stage.id} / {step.id}", str(result.emails.get(step.id, 0)), str(result.skipped.get(step.id, 0))
+                )
+    console.print(emails)
+    goal = result.funnel.goal
+    if goal is not None:
+        console.print(
+            f"goal [bold]{goal.id}[/bold]: reached by {result.goals} leads ({result.goals_within} within its window)"
+        )
+    if result.sample is not None:
+        run = result.sample
+        zone = ZoneInfo(run.lead.timezone or result.funnel.timezone)
+        console.print(f"\n[bold]Timeline of {run.lead.id}[/bold] (local time, {zone.key})")
+        for line in timeline_lines(run, zone, subject):
+            console.print("  " + line, markup=False, highlight=False, soft_wrap=True)
+    rate = result.leads / result.elapsed_s if result.elapsed_s else 0.0
+    console.print(
+        f"simulated {result.leads} leads over {result.days} days in {result.elapsed_s:.2f} s ({rate:,.0f} leads/s)"
+    )
+    if as_json:
+        print(json.dumps(summary(result), sort_keys=True))

@@ -1,0 +1,144 @@
+"""A virtual lead's timeline (engine.authoring.virtualclock's LeadRun), for people and for scripts: the lines
+`funnel simulate --lead` and `funnel test -v` print, and the JSON record per lead `funnel simulate
+--timelines` writes. Emails show their subject as that lead reads it, updates say what they did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from engine.authoring.virtualclock import LeadRun, Moment
+from engine.core.definition import Funnel
+from engine.core.journey import CallWebhook, GoalReached, Lead, RecordTransition, SendEmail, SkipEmail, UpdateLead
+from engine.mail.templates import Sender, TemplateError, TemplateLibrary, lead_fields, sample_context
+from engine.views.journey_map import words as words
+
+# (template, lead) -> the subject that lead reads, or None when there is nothing to show.
+SubjectOf = Callable[[str, Lead], str | None]
+
+
+class Subjects:
+    """Each email's subject rendered for the lead it goes to, from the configured sender. A subject that
+    does not render is shown as written (`funnel validate` says what is wrong with it)."""
+
+    def __init__(self, library: TemplateLibrary, sender: Sender, funnel: Funnel | None = None) -> None:
+        self.library = library
+        self.context = sample_context(sender)
+        if funnel is not None:
+            self.context["funnel"] = {"id": funnel.id, "name": funnel.name}
+
+    def __call__(self, template: str, lead: Lead) -> str | None:
+        context = {**self.context, "lead": lead_fields(lead.id, lead.attributes)}
+        try:
+            return self.library.render_subject(template, context)
+        except TemplateError:
+            try:
+                return self.library.subject(template)
+            except TemplateError:
+                return None
+
+
+def timeline_lines(run: LeadRun, zone: ZoneInfo, subject: SubjectOf | None = None) -> list[str]:
+    """One lead's story, in local time: events, emails (with subjects), transitions with causes."""
+    lines = []
+    for m in run.moments:
+        when = m.at.astimezone(zone).strftime("%a %Y-%m-%d %H:%M")
+        if m.event is not None:
+            props = ", ".join(f"{k}={v}" for k, v in _shown(m.event.properties).items())
+            lines.append(f"{when}  event       {m.event.name}" + (f" ({props})" if props else ""))
+            continue
+        c = m.command
+        if isinstance(c, SendEmail):
+            said = subject(c.template, run.lead) if subject else None
+            lines.append(f"{when}  email       {c.step}" + (f' "{said}"' if said else f" [{c.template}]"))
+        elif isinstance(c, SkipEmail):
+            lines.append(f"{when}  skipped     {c.step} [{c.template}] ({c.reason})")
+        elif isinstance(c, RecordTransition):
+            frm, to = c.from_stage or "(new)", c.to_stage or f"(exit: {c.exit_reason})"
+            lines.append(f"{when}  transition  {frm} -> {to}  because {c.cause}")
+        elif isinstance(c, UpdateLead):
+            lines.append(f"{when}  update      {c.step}: {_update(c)}")
+        elif isinstance(c, CallWebhook):
+            lines.append(f"{when}  webhook     {c.step}")
+        elif isinstance(c, GoalReached):
+            lines.append(f"{when}  goal        {c.goal}" + ("" if c.within_window else " (outside its window)"))
+    return lines
+
+
+def timeline_record(number: int, run: LeadRun, zone: ZoneInfo, subject: SubjectOf | None = None) -> dict[str, Any]:
+    """One lead as plain JSON data: who it is, where it ended, and every moment with UTC and local times."""
+    return {
+        "lead": number,
+        "email": run.lead.id,
+        "timezone": zone.key,
+        "attributes": dict(run.lead.attributes),
+        "ended": _ended(run),
+        "timeline": [_moment(m, run.lead, zone, subject) for m in run.moments],
+    }
+
+
+def _moment(m: Moment, lead: Lead, zone: ZoneInfo, subject: SubjectOf | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"at": _utc(m.at), "local": m.at.astimezone(zone).strftime("%Y-%m-%d %H:%M %a")}
+    if m.event is not None:
+        return out | {"kind": "event", "event": m.event.name, "properties": _shown(m.event.properties)}
+    c = m.command
+    if isinstance(c, SendEmail):
+        said = subject(c.template, lead) if subject else None
+        return out | {
+            "kind": "email",
+            "step": c.step,
+            "template": c.template,
+            "stage": c.stage,
+            "subject": said,
+            "transactional": c.transactional,
+        }
+    if isinstance(c, SkipEmail):
+        return out | {"kind": "skipped", "step": c.step, "template": c.template, "stage": c.stage, "reason": c.reason}
+    if isinstance(c, RecordTransition):
+        return out | {
+            "kind": "transition",
+            "from": c.from_stage,
+            "to": c.to_stage,
+            "cause": str(c.cause),
+            "exit_reason": c.exit_reason,
+        }
+    if isinstance(c, UpdateLead):
+        return out | {
+            "kind": "update",
+            "step": c.step,
+            "set": dict(c.set),
+            "unset": list(c.unset),
+            "add_tags": list(c.add_tags),
+            "remove_tags": list(c.remove_tags),
+            "score": c.score,
+            "words": _update(c),
+        }
+    if isinstance(c, CallWebhook):
+        return out | {"kind": "webhook", "step": c.step}
+    if isinstance(c, GoalReached):
+        return out | {"kind": "goal", "goal": c.goal, "within_window": c.within_window}
+    raise AssertionError(f"unknown moment {m!r}")  # pragma: no cover - the command union is closed
+
+
+def _ended(run: LeadRun) -> str | None:
+    """Where the lead was at the end: a stage, `exited:<reason>`, or None if it never entered."""
+    state = run.state
+    if state is None:
+        return None
+    return f"exited:{state.exit_reason}" if state.status == "exited" else state.stage
+
+
+def _update(c: UpdateLead) -> str:
+    return words.update(c.set, c.unset, c.add_tags, c.remove_tags, c.score)
+
+
+def _shown(properties: Mapping[str, Any]) -> dict[str, Any]:
+    # The step and template a simulated reaction answers are on the email's own line.
+    return {k: v for k, v in properties.items() if k not in ("step", "template")}
+
+
+def _utc(at: datetime) -> str:
+    return at.isoformat().replace("+00:00", "Z")

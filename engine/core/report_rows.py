@@ -1,0 +1,102 @@
+"""The rows the report's queries read (`engine.store.report_queries`), one per group the database
+counted, and the layout of a funnel they are put in order by: plain values handed from the store to the
+views (`engine.views.report`, `engine.views.journey_map`). Pure: no database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class StageCount:
+    """Enrollments in one place: active in `stage`, or exited (from `stage`) for `exit_reason`."""
+
+    funnel: str
+    stage: str
+    status: str  # active | exited
+    exit_reason: str | None
+    leads: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reached:
+    """Leads that ever entered `stage`."""
+
+    funnel: str
+    stage: str
+    leads: int
+
+
+@dataclass(frozen=True, slots=True)
+class Followed:
+    """Leads whose first visit of `later` came after their first visit of `stage`."""
+
+    funnel: str
+    stage: str
+    later: str
+    leads: int
+
+
+@dataclass(frozen=True, slots=True)
+class Stays:
+    """`count` completed stays in `stage` that lasted `minutes` (rounded to the minute)."""
+
+    funnel: str
+    stage: str
+    minutes: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class EmailStatus:
+    funnel: str
+    step: str
+    template: str
+    status: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Engagement:
+    """Leads who did `kind` (opened, clicked, unsubscribed) after this email."""
+
+    funnel: str
+    step: str
+    kind: str
+    leads: int
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """A funnel's stages and email steps in the order its definition gives them."""
+
+    stages: tuple[str, ...] = ()
+    emails: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Rows:
+    stage_counts: Sequence[StageCount] = ()
+    reached: Sequence[Reached] = ()
+    followed: Sequence[Followed] = ()
+    stays: Sequence[Stays] = ()
+    email_statuses: Sequence[EmailStatus] = ()
+    engagement: Sequence[Engagement] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ExitRow:
+    """`leads` who left `funnel` from `stage` for `reason`, their last email there being `after`.
+
+    `cause` is the transition's cause kind (`timeout`, `sequence_end`, `exit_rule`, ...) or `bounce`
+    for leads whose email bounced; `goal_reached` whether they had reached the funnel's goal by then."""
+
+    funnel: str
+    stage: str
+    reason: str
+    cause: str
+    goal_reached: bool
+    after: str | None
+    leads: int

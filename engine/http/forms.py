@@ -1,0 +1,373 @@
+"""Lead-magnet forms: an ordinary HTML form posts here, the lead is recorded with proof of consent, and
+the funnel's entry event is emitted (at once, or after the double opt-in link is followed). A post about
+an address that already has a lead changes nothing of it: it is a request its owner confirms by the
+link (invariant 13; the decisions are in `engine.signup`).
+
+    GET  /forms/{id}          the signup page (a Jinja template under `pages_dir`, or a plain one)
+    POST /forms/{id}          the signup: 303 to a thank-you, check-your-inbox or download page
+    GET  /confirm/{token}     the double opt-in page: a button, because link scanners fetch URLs
+    POST /confirm/{token}     confirms: consent recorded, entry event emitted, 303 to the download page
+
+A bad post (an invalid address, the consent box not ticked) gets the page again with its errors (422)
+and changes nothing. A bot that fills the honeypot gets the same redirect as a person and changes nothing.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from jinja2 import TemplateNotFound
+from jinja2.sandbox import SandboxedEnvironment
+from starlette.datastructures import State
+
+from engine.core import addresses, signup, storable
+from engine.core.addresses import AddressError
+from engine.core.own_events import engine_id
+from engine.http.deps import Context
+from engine.http.http_context import HttpContext
+from engine.http.pages import page
+from engine.mail.folder_loader import FolderLoader, OutsideFolder
+from engine.settings import FormSettings
+from engine.store import consents
+from engine.store import leads as store
+from engine.store.consents import ConsentAct
+
+log = logging.getLogger("engine.forms")
+
+MAX_FIELD = 500
+TICKED = ("on", "yes", "true", "1")
+# The script that fills a signup page's hidden time zone field; served from here, so that a page whose
+# Content-Security-Policy allows only its own origin's scripts (no inline one) still runs it.
+ZONE_SCRIPT = Path(__file__).parent / "static" / "timezone.js"
+ZONE_SCRIPT_URL = "/forms/timezone.js"
+
+
+def _client(request: Request) -> tuple[str | None, str | None]:
+    """The poster's IP (as uvicorn sees it: behind a proxy, run it with --forwarded-allow-ips) and agent."""
+    return (request.client.host if request.client else None), request.headers.get("user-agent")
+
+
+class _Pages:
+    """The marketer's page templates: sandboxed and autoescaped like the emails, and read only from
+    inside their folder. Lenient about missing values (unlike emails), because `errors.email` and
+    `values.company` are missing on most renders."""
+
+    def __init__(self, folder: Path) -> None:
+        self.loader = FolderLoader(folder)
+        self.env = SandboxedEnvironment(loader=self.loader, autoescape=True)
+
+    def render(self, name: str, context: dict[str, Any]) -> str:
+        return self.env.get_template(name).render(context)
+
+
+router = APIRouter(include_in_schema=False)
+
+
+def install(state: State, ctx: HttpContext) -> None:
+    """The app's page templates, read from its `pages_dir`, where the `Pages` dependency finds them."""
+    state.signup_pages = _Pages(ctx.settings.pages_dir)
+
+
+async def _pages(request: Request) -> _Pages:
+    pages: _Pages = request.app.state.signup_pages
+    return pages
+
+
+Pages = Annotated[_Pages, Depends(_pages)]
+
+
+def _form_of(ctx: HttpContext, form_id: str) -> FormSettings:
+    spec = ctx.settings.forms.get(form_id)
+    if spec is None:
+        raise HTTPException(status_code=404)
+    return spec
+
+
+def _signup_page(
+    ctx: HttpContext, pages: _Pages, form_id: str, spec: FormSettings, values: dict[str, str], errors: dict[str, str]
+) -> str:
+    context = {
+        "form": {
+            "id": form_id,
+            "action": f"/forms/{form_id}",
+            "consent_text": spec.consent_text,
+            "consent_version": spec.consent_version,
+            "honeypot": spec.honeypot,
+            "double_opt_in": spec.double_opt_in,
+        },
+        "values": values,
+        "errors": errors,
+        "sender": ctx.settings.sender,
+    }
+    if spec.page is not None:
+        try:
+            return pages.render(spec.page, context)
+        except TemplateNotFound:
+            log.error("form %s: page template %s not found in %s", form_id, spec.page, ctx.settings.pages_dir)
+        except OutsideFolder as exc:
+            # The engine's own form instead: the signup keeps working, and nothing outside is shown.
+            found = pages.loader.locate(exc, exc.__traceback__)
+            log.error("form %s: %s:%d: %s", form_id, found.path, found.line, found.message)
+    return page("Sign up", _plain_form(context))
+
+
+@router.get(ZONE_SCRIPT_URL)
+def zone_script() -> Response:
+    """Declared before the forms: a form id has no dot, so this path is never a form's."""
+    headers = {"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"}
+    return FileResponse(ZONE_SCRIPT, media_type="text/javascript; charset=utf-8", headers=headers)
+
+
+@router.get("/forms/{form_id}", response_class=HTMLResponse)
+def show(form_id: str, ctx: Context, pages: Pages) -> HTMLResponse:
+    spec = _form_of(ctx, form_id)
+    return HTMLResponse(_signup_page(ctx, pages, form_id, spec, {}, {}))
+
+
+@router.post("/forms/{form_id}")
+async def submit(form_id: str, request: Request, ctx: Context, pages: Pages) -> Response:
+    spec = _form_of(ctx, form_id)
+    posted = await request.form()
+    values = {k: v.strip() for k, v in posted.items() if isinstance(v, str)}
+    # Filled by the page's script, not typed: never an error shown to the person, only kept when valid.
+    zone = values.pop(signup.ZONE_FIELD, None)
+    done_page = spec.redirect or f"/forms/{form_id}/{'check-inbox' if spec.double_opt_in else 'thanks'}"
+    if values.get(spec.honeypot):
+        log.info("form %s: honeypot filled, post ignored", form_id)
+        return RedirectResponse(done_page, status_code=303)
+    address, errors = _check(values, spec)
+    if address is None or errors:
+        shown = {k: v for k, v in values.items() if k != spec.honeypot}
+        return HTMLResponse(_signup_page(ctx, pages, form_id, spec, shown, errors), status_code=422)
+    attributes = {k: values[k] for k in spec.fields if values.get(k)}
+    if values.get("name"):
+        attributes.setdefault("name", values["name"])
+        attributes.setdefault("first_name", values["name"].split()[0])
+    fields = signup.with_zone(attributes, zone)  # as the consent record keeps them
+    attributes, zone = signup.lead_fields(fields)
+    ip, agent = _client(request)
+    at = ctx.now()
+    source = f"form {form_id}"
+    with ctx.engine.begin() as conn:
+        lead_id, current = consents.lead_consent(conn, address)
+        outcome = signup.signup_outcome(current, spec.double_opt_in)
+        if outcome.action == "ignore":
+            log.info("form %s: a post for a lead that bounced or complained changes nothing", form_id)
+        elif outcome.action == "subscribe":
+            created = store.create_lead(
+                conn,
+                address,
+                attributes=attributes,
+                timezone=zone,
+                consent="subscribed",
+                consent_source=source,
+                now=at,
+            )
+            if created is None:  # the same address, posted at the same instant: that post counts
+                log.info("form %s: a concurrent post made this lead first; this one changes nothing", form_id)
+            else:
+                act = ConsentAct("given", source, form_id, spec.consent_version, ip, agent, fields)
+                record_id = consents.record(conn, created, act, at, (None, "subscribed"))
+                _emit(conn, created, form_id, spec, record_id, attributes, at)
+        else:
+            act = ConsentAct("requested", source, form_id, spec.consent_version, ip, agent, fields)
+            _ask_owner(conn, form_id, spec, address, (lead_id, current), outcome.new_status, act, at)
+    ctx.nudge()
+    return RedirectResponse(done_page, status_code=303)
+
+
+@router.get("/forms/{form_id}/{outcome}", response_class=HTMLResponse)
+def after(form_id: str, outcome: str, ctx: Context) -> HTMLResponse:
+    """The engine's own thank-you pages, for forms that name no page of their own."""
+    _form_of(ctx, form_id)
+    texts = {
+        "thanks": ("Thank you", "<p>It is on its way to your inbox.</p>"),
+        "check-inbox": (
+            "Check your inbox",
+            "<p>We have sent you an email with a link. Follow it to confirm your address, "
+            "and what you asked for comes straight after.</p>",
+        ),
+        "confirmed": ("Confirmed", "<p>Thank you: your address is confirmed. It is on its way.</p>"),
+    }
+    if outcome not in texts:
+        raise HTTPException(status_code=404)
+    return HTMLResponse(page(*texts[outcome]))
+
+
+def _confirmation(ctx: HttpContext, token: str) -> tuple[str, str, FormSettings, int]:
+    payload = ctx.links.verify("opt-in", token)
+    if not isinstance(payload, dict) or not isinstance(payload.get("r"), int):
+        raise HTTPException(status_code=404)
+    form_id = str(payload.get("f"))
+    return str(payload.get("e")), form_id, _form_of(ctx, form_id), payload["r"]
+
+
+@router.get("/confirm/{token}", response_class=HTMLResponse)
+def confirm_page(token: str, ctx: Context) -> HTMLResponse:
+    address, _, _, _ = _confirmation(ctx, token)
+    return HTMLResponse(
+        page(
+            "Confirm your address",
+            f"<p>Confirm that <strong>{html.escape(address)}</strong> wants to hear from "
+            f"{html.escape(ctx.settings.sender.name)}.</p>"
+            '<form method="post"><button type="submit">Yes, confirm</button></form>',
+        )
+    )
+
+
+@router.post("/confirm/{token}")
+def confirm(token: str, request: Request, ctx: Context) -> Response:
+    address, form_id, spec, request_id = _confirmation(ctx, token)
+    ip, agent = _client(request)
+    at = ctx.now()
+    with ctx.engine.begin() as conn:
+        lead_id, current = consents.lead_consent(conn, address)
+        asked = consents.get_request(conn, lead_id, form_id, request_id) if lead_id is not None else None
+        if lead_id is None or asked is None:
+            raise HTTPException(status_code=404)
+        state = signup.confirmation_state(
+            asked.at, at, timedelta(hours=spec.confirm_within_hours), consents.is_confirmed(conn, lead_id, asked.id)
+        )
+        if state == "expired":
+            return HTMLResponse(
+                page(
+                    "This link has expired",
+                    f'<p>Please <a href="/forms/{html.escape(form_id)}">sign up again</a>: '
+                    "we will send you a new link.</p>",
+                ),
+                status_code=410,
+            )
+        if state == "confirm" and current is not None:
+            # The link proves the address: what the post carried becomes the lead's now.
+            after = signup.status_after_confirming(current)
+            act = ConsentAct(
+                "confirmed", f"form {form_id}", form_id, asked.text_version, ip, agent, {"request": asked.id}
+            )
+            consents.record(conn, lead_id, act, at, (current, after))
+            changed = after != current
+            attributes, zone = signup.lead_fields(asked.fields)
+            store.upsert_lead(
+                conn,
+                address,
+                attributes=attributes,
+                timezone=zone,
+                consent=after if changed else None,
+                consent_source=f"double opt-in {form_id}" if changed else None,
+                now=at,
+            )
+            _emit(conn, lead_id, form_id, spec, asked.id, attributes, at)
+    if state == "confirm":
+        ctx.nudge()
+    return RedirectResponse(spec.confirmed_redirect or f"/forms/{form_id}/confirmed", status_code=303)
+
+
+def _ask_owner(
+    conn: Any,
+    form_id: str,
+    spec: FormSettings,
+    address: str,
+    lead: tuple[int | None, str | None],
+    new_status: str | None,
+    act: ConsentAct,
+    at: datetime,
+) -> None:
+    """A confirmation email for this post, unless one still valid is waiting or a limit is reached.
+    `lead` is the address's (id, consent status), (None, None) for a new address, which is made with
+    `new_status`. The post's fields wait in the request record: nothing of an existing lead changes, and
+    a new lead has no fields yet, so the confirmation shows nothing the poster typed."""
+    lead_id, current = lead
+    if lead_id is not None:
+        last = consents.latest_request(conn, lead_id, form_id)
+        if last is not None and not signup.confirmation_due(
+            last.at, consents.is_confirmed(conn, lead_id, last.id), at, timedelta(hours=spec.confirm_within_hours)
+        ):
+            return  # the link sent before still works
+    limits = signup.ConfirmationLimits(
+        spec.confirmations_per_address, spec.confirmations_per_ip, timedelta(hours=spec.limit_window_hours)
+    )
+    since = at - limits.window
+    refusal = signup.confirmation_refusal(
+        consents.confirmations_to(conn, lead_id, since) if lead_id is not None else 0,
+        consents.confirmations_from(conn, act.ip, since),
+        limits,
+    )
+    if refusal is not None:
+        # Answered like any other post: the poster learns nothing about the address.
+        log.warning("form %s: post from client %s sends no confirmation: %s", form_id, act.ip or "unknown", refusal)
+        return
+    status = (current, current)
+    if lead_id is None:
+        made = new_status or "pending"
+        lead_id = store.create_lead(conn, address, consent=made, consent_source=act.source, now=at)
+        if lead_id is None:  # the same address, posted at the same instant: that post's link goes
+            log.info("form %s: a concurrent post made this lead first; this one changes nothing", form_id)
+            return
+        status = (None, made)
+    request_id = consents.record(conn, lead_id, act, at, status)
+    consents.queue_confirmation(conn, lead_id, form_id, request_id, spec.confirm_template, at)
+
+
+def _emit(
+    conn: Any, lead_id: int, form_id: str, spec: FormSettings, record_id: int, fields: dict[str, Any], at: datetime
+) -> None:
+    """The event the funnel's entry trigger listens to. Its id is the consent record's: a second click
+    on the same confirmation link, or a replayed post, cannot enter the lead twice."""
+    event_id = engine_id("form", form_id, record_id)
+    event = store.NewEvent(event_id, lead_id, spec.event, at, {**fields, "form": form_id}, "form")
+    store.record_events(conn, [event], now=at)
+
+
+def _check(values: dict[str, str], spec: FormSettings) -> tuple[str | None, dict[str, str]]:
+    """The normalised address and the errors by field (shown next to each field)."""
+    errors: dict[str, str] = {}
+    address: str | None = None
+    raw = values.get("email", "")
+    if not raw:
+        errors["email"] = "Please enter your email address."
+    else:
+        try:
+            address = addresses.normalise(raw)
+        except AddressError as exc:
+            errors["email"] = f"Please check your email address: {exc.reason}"
+    if spec.consent_required and values.get("consent", "").lower() not in TICKED:
+        errors["consent"] = "Please tick the box so that we may email you."
+    for name, value in values.items():
+        if name == "email":  # the address rules bound its length, as at every other entry
+            continue
+        if len(value) > MAX_FIELD:
+            errors[name] = f"Please keep this under {MAX_FIELD} characters."
+        elif storable.text_problem(value) is not None:  # a NUL: no browser sends it, no database holds it
+            errors[name] = "Please remove the invisible characters from this field."
+    return address, errors
+
+
+def _plain_form(context: dict[str, Any]) -> str:
+    form, values, errors = context["form"], context["values"], context["errors"]
+
+    def error(name: str) -> str:
+        return f'<p role="alert" style="color:#b00">{html.escape(errors[name])}</p>' if name in errors else ""
+
+    others = "".join(
+        f'<p role="alert" style="color:#b00">{html.escape(name)}: {html.escape(text)}</p>'
+        for name, text in errors.items()
+        if name not in ("email", "consent")
+    )
+    return (
+        f'{others}<form method="post" action="{html.escape(form["action"])}">'
+        f'<p><label>Name <input name="name" value="{html.escape(values.get("name", ""))}"></label></p>'
+        f'<p><label>Email <input name="email" type="email" required value="{html.escape(values.get("email", ""))}">'
+        f"</label></p>{error('email')}"
+        f'<p><label><input type="checkbox" name="consent" value="yes"> {html.escape(form["consent_text"])}</label></p>'
+        f"{error('consent')}"
+        f'<p style="position:absolute;left:-10000px" aria-hidden="true"><label>Leave this empty '
+        f'<input name="{html.escape(form["honeypot"])}" tabindex="-1" autocomplete="off"></label></p>'
+        f'<input type="hidden" name="{signup.ZONE_FIELD}" value="">'
+        '<p><button type="submit">Send it to me</button></p></form>'
+        f'<script src="{ZONE_SCRIPT_URL}" defer></script>'
+    )

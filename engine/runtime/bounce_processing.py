@@ -1,0 +1,64 @@
+"""One processor for every way a report comes in: read it, then record what it says in one transaction.
+
+`funnel bounces ingest` (an MTA's pipe), the LMTP receiver and the mailbox poller hand it raw messages;
+provider webhooks hand it outcomes they read themselves. Its verdict is what the way in tells its MTA:
+taken (recorded, matched or kept for an operator), not a report (left alone), or try again later (the
+database is away: nothing is lost, the MTA or the mailbox keeps the message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from engine.core.bounce_outcome import Intake, Outcome, Verdict
+from engine.core.bounce_reports import NOT_REPORT, read_report
+from engine.settings import BounceSettings
+from engine.store.bounces import Applied, record_outcomes
+from engine.store.database import DBAPIError, Engine
+
+log = logging.getLogger("engine.bounces")
+VERP_LOCAL_PART = "bounces"
+
+
+def record(
+    engine: Engine, outcomes: Sequence[Outcome], now: datetime, settings: BounceSettings
+) -> list[Applied] | None:
+    """Outcomes recorded in one transaction; None when the database cannot take them now."""
+    try:
+        with engine.begin() as conn:
+            return record_outcomes(conn, outcomes, now, settings)
+    except DBAPIError as exc:
+        log.warning("bounce reports: the database cannot record them now (%s); they are kept for later", exc.orig)
+        return None
+
+
+def process_report(
+    engine: Engine, raw: bytes, source: str, now: datetime, settings: BounceSettings
+) -> tuple[Verdict, list[Applied]]:
+    report = read_report(raw, source, VERP_LOCAL_PART)
+    if report.kind == NOT_REPORT:
+        return Verdict.NOT_RECOGNISED, []
+    applied = record(engine, report.outcomes, now, settings)
+    if applied is None:
+        return Verdict.RETRY, []
+    for item in applied:
+        if item.action != "duplicate":
+            log.info(
+                "%s report (%s, %s): message %s, %s",
+                item.outcome.kind, source, item.outcome.failure_class or "unclassed", item.outbox_id or "unmatched",
+                item.action,
+            )  # fmt: skip
+    return Verdict.TAKEN, applied
+
+
+def intake(engine: Engine, settings: BounceSettings, clock: Callable[[], datetime]) -> Intake:
+    """The processor as the LMTP receiver and the poller take it: off the event loop, in a thread."""
+
+    async def take(raw: bytes, source: str) -> Verdict:
+        verdict, _ = await asyncio.to_thread(process_report, engine, raw, source, clock(), settings)
+        return verdict
+
+    return take

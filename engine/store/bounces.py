@@ -1,0 +1,235 @@
+"""The one writer of what reports say: each outcome matched to its message and acted on, in the
+caller's transaction (invariant 15).
+
+A report is matched to the message it is about by the original Message-ID it returns, else by the
+recipient's most recent message; what matches nothing, or cannot be classed, is kept with its raw
+report for an operator, never guessed. Then, by class (docs/bounces.md):
+
+- address gone: the message `bounced`, the address suppressed at once;
+- mailbox trouble: a soft bounce; the address is suppressed once `soft_limit` of them fall within
+  `soft_window_days` with no open or click of the lead since the first of them;
+- the sender's fault: the message `failed`, the lead kept; counted per receiving domain, and the
+  count passing `sender_fault_alarm` within the window is said once, as a warning;
+- complaint: an opt-out at once (consent `complained`, suppressed), and a `complained` event that the
+  lead's funnels hear on the next tick, so their exit rules fire;
+- not a failure: recorded, nothing changes.
+
+A report received twice is one row: its second copy changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from engine.core.bounce_outcome import ADDRESS_GONE, COMPLAINT, MAILBOX_TROUBLE, SENDER_FAULT, Outcome
+from engine.core.own_events import COMPLAINED, engine_id
+from engine.settings import BounceSettings
+from engine.store import consents, tables
+from engine.store import leads as store
+
+log = logging.getLogger("engine.bounces")
+ENGAGED = ("email_opened", "email_clicked")  # what shows the address reads its mail: soft bounces count anew
+# Statuses a report may overturn: the relay took the message, or nobody knows whether it did.
+HANDED_OVER = ("sent", "unknown", "sending")
+
+
+@dataclass(frozen=True)
+class Applied:
+    outcome: Outcome
+    outbox_id: int | None
+    lead_id: int | None
+    action: str  # suppressed, soft bounce, complained, failed, recorded, kept for an operator, duplicate
+
+
+def record_outcomes(
+    conn: sa.Connection, outcomes: Sequence[Outcome], now: datetime, settings: BounceSettings
+) -> list[Applied]:
+    return [_record(conn, outcome, now, settings) for outcome in outcomes]
+
+
+def _record(conn: sa.Connection, outcome: Outcome, now: datetime, settings: BounceSettings) -> Applied:
+    recipient = outcome.recipient.lower() if outcome.recipient else None
+    digest = store.email_hash(recipient) if recipient else None
+    message, matched_by = _match(conn, outcome.message_id, recipient)
+    lead_id = message.lead_id if message is not None else (store.find_lead_id(conn, recipient) if recipient else None)
+    if message is not None and recipient is None:
+        recipient = _address_of(conn, message.lead_id)
+        digest = store.email_hash(recipient) if recipient else None
+    row: dict[str, Any] = {
+        "report_key": outcome.report_key[:64],
+        "recipient_key": digest or "",
+        "recipient_hash": digest,
+        "recipient_domain": recipient.rpartition("@")[2][:255] if recipient else None,
+        "source": outcome.source[:16],
+        "kind": outcome.kind[:16],
+        "failure_class": outcome.failure_class,
+        "status": (outcome.status or "")[:16] or None,
+        "diagnostic": outcome.diagnostic,
+        "outbox_id": message.id if message is not None else None,
+        "lead_id": lead_id,
+        "matched_by": matched_by,
+        "received_at": now,
+    }
+    if message is None or outcome.failure_class is None:
+        row["raw"] = outcome.raw  # for the operator who decides what it was
+    if not store.insert_ignoring(conn, tables.bounce_reports, ("report_key", "recipient_key"), row):
+        return Applied(outcome, message.id if message else None, lead_id, "duplicate")
+    action = _act(conn, outcome, message, recipient, lead_id, now, settings)
+    conn.execute(
+        sa.update(tables.bounce_reports)
+        .where(tables.bounce_reports.c.report_key == row["report_key"])
+        .where(tables.bounce_reports.c.recipient_key == row["recipient_key"])
+        .values(action=action)
+    )
+    return Applied(outcome, message.id if message else None, lead_id, action)
+
+
+@dataclass(frozen=True)
+class _Message:
+    id: int
+    lead_id: int
+    status: str
+
+
+def _match(conn: sa.Connection, message_id: str | None, recipient: str | None) -> tuple[_Message | None, str | None]:
+    o = tables.outbox
+    columns = (o.c.id, o.c.lead_id, o.c.status)
+    if message_id:
+        found = conn.execute(sa.select(*columns).where(o.c.message_id == message_id.strip()).limit(1)).first()
+        if found is not None:
+            return _Message(*found), "message-id"
+    if recipient:
+        lead_id = store.find_lead_id(conn, recipient)
+        if lead_id is not None:
+            found = conn.execute(
+                sa.select(*columns)
+                .where(o.c.lead_id == lead_id, o.c.sent_at.is_not(None))
+                .order_by(o.c.sent_at.desc(), o.c.id.desc())
+                .limit(1)
+            ).first()
+            if found is not None:
+                return _Message(*found), "recipient"
+    return None, None
+
+
+def _address_of(conn: sa.Connection, lead_id: int) -> str | None:
+    found = conn.execute(sa.select(tables.leads.c.email).where(tables.leads.c.id == lead_id)).scalar()
+    return str(found) if found is not None else None
+
+
+def _act(
+    conn: sa.Connection,
+    outcome: Outcome,
+    message: _Message | None,
+    recipient: str | None,
+    lead_id: int | None,
+    now: datetime,
+    settings: BounceSettings,
+) -> str:
+    klass = outcome.failure_class
+    if message is None or klass is None:
+        return "kept for an operator"
+    reason = " ".join(x for x in (outcome.status, outcome.diagnostic) if x)[:500] or klass
+    if klass == ADDRESS_GONE:
+        _finish(conn, message, "bounced", f"{outcome.source} report: {reason}")
+        if recipient:
+            store.suppress(conn, recipient, "bounced", now=now)
+        return "suppressed"
+    if klass == MAILBOX_TROUBLE:
+        if recipient and _soft_bounces(conn, recipient, lead_id, now, settings) >= settings.soft_limit:
+            store.suppress(conn, recipient, "bounced", now=now)
+            return "suppressed after soft bounces"
+        return "soft bounce"
+    if klass == SENDER_FAULT:
+        _finish(conn, message, "failed", f"{outcome.source} report, the sender's fault: {reason}")
+        if recipient:
+            _sender_fault_alarm(conn, recipient.rpartition("@")[2], now, settings)
+        return "failed, lead kept"
+    if klass == COMPLAINT:
+        _complaint(conn, outcome, recipient, lead_id, now)
+        return "complained"
+    return "recorded"
+
+
+def _finish(conn: sa.Connection, message: _Message, status: str, reason: str) -> None:
+    o = tables.outbox
+    conn.execute(
+        sa.update(o).where(o.c.id == message.id, o.c.status.in_(HANDED_OVER)).values(status=status, last_error=reason)
+    )
+
+
+def _soft_bounces(
+    conn: sa.Connection, recipient: str, lead_id: int | None, now: datetime, settings: BounceSettings
+) -> int:
+    b = tables.bounce_reports
+    since = now - timedelta(days=settings.soft_window_days)
+    if lead_id is not None:
+        e = tables.events
+        engaged = conn.execute(
+            sa.select(sa.func.max(e.c.occurred_at)).where(e.c.lead_id == lead_id, e.c.name.in_(ENGAGED))
+        ).scalar()
+        if engaged is not None and engaged > since:
+            since = engaged
+    counted = conn.execute(
+        sa.select(sa.func.count())
+        .select_from(b)
+        .where(
+            b.c.recipient_hash == store.email_hash(recipient),
+            b.c.failure_class == MAILBOX_TROUBLE,
+            b.c.received_at >= since,
+        )
+    ).scalar()
+    return int(counted or 0)
+
+
+def _sender_fault_alarm(conn: sa.Connection, domain: str, now: datetime, settings: BounceSettings) -> None:
+    b = tables.bounce_reports
+    since = now - timedelta(minutes=settings.sender_fault_window_minutes)
+    counted = conn.execute(
+        sa.select(sa.func.count())
+        .select_from(b)
+        .where(b.c.recipient_domain == domain, b.c.failure_class == SENDER_FAULT, b.c.received_at >= since)
+    ).scalar()
+    if int(counted or 0) == settings.sender_fault_alarm:
+        log.warning(
+            "%d reports in %d minutes say %s refuses this sender (blocklisting, policy, authentication): "
+            "its leads are kept; look at the reports with `funnel bounces list --domain %s`",
+            counted, settings.sender_fault_window_minutes, domain, domain,
+        )  # fmt: skip
+
+
+def _complaint(
+    conn: sa.Connection, outcome: Outcome, recipient: str | None, lead_id: int | None, now: datetime
+) -> None:
+    if recipient is None:
+        return
+    store.suppress(conn, recipient, "complained", now=now)
+    if lead_id is None:
+        return
+    current = conn.execute(sa.select(tables.leads.c.consent_status).where(tables.leads.c.id == lead_id)).scalar()
+    act = consents.ConsentAct("withdrawn", f"complaint ({outcome.source})")
+    if current != "complained":
+        consents.change_status(conn, lead_id, recipient, str(current), "complained", act, now)
+    event = store.NewEvent(
+        engine_id("complaint", outcome.report_key[:40]), lead_id, COMPLAINED, now, {"via": outcome.source}, "complaint"
+    )
+    store.record_events(conn, [event], now=now)
+
+
+def unknown(conn: sa.Connection, limit: int = 100) -> list[sa.Row[tuple[object, ...]]]:
+    """Reports that matched no message or could not be classed, newest first."""
+    b = tables.bounce_reports
+    return list(
+        conn.execute(
+            sa.select(b.c.id, b.c.received_at, b.c.source, b.c.kind, b.c.failure_class, b.c.status, b.c.diagnostic)
+            .where(sa.or_(b.c.outbox_id.is_(None), b.c.failure_class.is_(None)))
+            .order_by(b.c.received_at.desc(), b.c.id.desc())
+            .limit(limit)
+        )
+    )

@@ -1,0 +1,227 @@
+"""The outbox queries of the send pipeline: lease a batch, mark one message `sending` right before DATA,
+record the outcome. A lease is not a send: a worker that dies holding a lease loses nothing, the lease
+expires and another worker takes the message. A message in `sending` whose worker died is `unknown`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from engine.core.outbox_item import OutboxItem
+from engine.store.leads import email_hash
+from engine.store.tables import OUTBOX_STATUSES, leads, outbox
+
+LEASE = timedelta(minutes=2)
+# Not handed to the SMTP server yet: the only states a worker may act on before DATA.
+PENDING = ("queued", "deferred")
+# Handed to (or maybe taken by) an SMTP server: these count against a lead's daily cap.
+HANDED_OVER = ("sending", "sent", "unknown")
+
+
+def _typed(sql: str, **types: sa.types.TypeEngine[Any]) -> sa.TextClause:
+    """SQL text whose parameters carry these types: SQLAlchemy converts their values as for any of its
+    statements (aware UTC datetimes), and compiles the text once into its statement cache."""
+    return sa.text(sql).bindparams(*(sa.bindparam(name, type_=type_) for name, type_ in types.items()))
+
+
+_ids: sa.BindParameter[list[int]] = sa.bindparam("ids", expanding=True)
+_LEASE = {
+    # The states are written out, not bound, so SQLite can use the partial index `ix_outbox_ready`.
+    dialect: _typed(
+        "UPDATE outbox SET claimed_at = :now WHERE id IN ("  # noqa: S608
+        "SELECT id FROM outbox WHERE status IN ('queued', 'deferred') AND next_attempt_at <= :now"
+        " AND (claimed_at IS NULL OR claimed_at < :expired)"
+        f" ORDER BY next_attempt_at, id LIMIT :limit{skip_locked}) RETURNING id",
+        now=outbox.c.claimed_at.type,
+        expired=outbox.c.claimed_at.type,
+        limit=sa.Integer(),
+    )
+    for dialect, skip_locked in (("postgresql", " FOR UPDATE SKIP LOCKED"), ("sqlite", ""))
+}
+_LEASED = (
+    sa.text(
+        "SELECT o.id, o.lead_id, l.email, l.consent_status, l.attributes, l.timezone, o.funnel_id, o.step,"
+        " o.template, o.stage, o.transactional, o.attempts"
+        " FROM outbox o JOIN leads l ON l.id = o.lead_id WHERE o.id IN :ids ORDER BY o.id"
+    )
+    .bindparams(_ids)
+    .columns(attributes=leads.c.attributes.type, transactional=outbox.c.transactional.type)
+)
+
+
+def lease_batch(conn: sa.Connection, now: datetime, limit: int, lease: timedelta = LEASE) -> list[OutboxItem]:
+    """Queued or deferred messages that are due and not leased by a live worker, oldest first.
+
+    A lease only spares two workers the same envelope work; it is not what makes a send happen once
+    (`mark_sending` is). So it can be short: a worker killed while holding one delays its messages by
+    `lease`, no more."""
+    statement = _LEASE["postgresql" if conn.dialect.name == "postgresql" else "sqlite"]
+    leased = conn.execute(statement, {"now": now, "expired": now - lease, "limit": limit})
+    ids = sorted(row[0] for row in leased)
+    if not ids:
+        return []
+    rows = conn.execute(_LEASED, {"ids": ids}).all()
+    hashes = {r.email: email_hash(r.email) for r in rows}
+    suppressed = _suppressed(conn, list(hashes.values()))
+    return [
+        OutboxItem(
+            id=r.id,
+            lead_id=r.lead_id,
+            email=r.email,
+            consent_status=r.consent_status,
+            attributes=dict(r.attributes or {}),
+            funnel_id=r.funnel_id,
+            step=r.step,
+            template=r.template,
+            stage=r.stage,
+            transactional=bool(r.transactional),
+            attempts=r.attempts,
+            suppressed=hashes[r.email] in suppressed,
+            timezone=r.timezone,
+        )
+        for r in rows
+    ]
+
+
+# Ids, hashes and statuses need no conversion by a column type: these statements go to the driver as
+# they are (SQLAlchemy's typed statements cost tens of microseconds more each, paid per round of replies).
+
+
+def _marks(conn: sa.Connection, count: int) -> str:
+    return ", ".join(["?" if conn.dialect.paramstyle == "qmark" else "%s"] * count)
+
+
+def _suppressed(conn: sa.Connection, hashes: Sequence[str]) -> set[str]:
+    """The hashes among these on the suppression list."""
+    if not hashes:
+        return set()
+    sql = f"SELECT email_hash FROM suppressions WHERE email_hash IN ({_marks(conn, len(hashes))})"  # noqa: S608
+    return {h for (h,) in conn.exec_driver_sql(sql, tuple(hashes))}
+
+
+def consent_of(conn: sa.Connection, emails: Mapping[int, str], lock: bool = False) -> dict[int, tuple[str, bool]]:
+    """Each lead's consent and suppression as they are at this instant (read again right before DATA),
+    for `emails` {lead id: address}. A lead missing from the answer was erased. With `lock`, the leads'
+    rows stay locked until the transaction ends (PostgreSQL), so two workers cannot both send a lead's
+    last email of the day."""
+    ids = sorted(emails)
+    if not ids:
+        return {}
+    hashes = {lead_id: email_hash(emails[lead_id]) for lead_id in ids}
+    leads_sql = f"SELECT id, consent_status FROM leads WHERE id IN ({_marks(conn, len(ids))})"  # noqa: S608
+    if lock and conn.dialect.name == "postgresql":
+        rows = conn.exec_driver_sql(f"{leads_sql} ORDER BY id FOR UPDATE", tuple(ids)).all()
+        suppressed = _suppressed(conn, list(hashes.values()))
+    else:
+        # One round trip: the leads' rows, then the suppressed hashes (id -1).
+        hits = f"SELECT -1, email_hash FROM suppressions WHERE email_hash IN ({_marks(conn, len(ids))})"  # noqa: S608
+        found = conn.exec_driver_sql(f"{leads_sql} UNION ALL {hits}", (*ids, *hashes.values())).all()
+        rows = [r for r in found if r[0] != -1]
+        suppressed = {h for i, h in found if i == -1}
+    return {lead_id: (status, hashes[lead_id] in suppressed) for lead_id, status in rows}
+
+
+def marketing_sent_since(conn: sa.Connection, lead_ids: Iterable[int], since: datetime) -> dict[int, list[datetime]]:
+    """When each lead's marketing emails were handed to a server (or may have been), across funnels."""
+    rows = conn.execute(
+        sa.select(outbox.c.lead_id, outbox.c.sent_at).where(
+            outbox.c.lead_id.in_(sorted(set(lead_ids))),
+            outbox.c.transactional.is_(False),
+            outbox.c.status.in_(HANDED_OVER),
+            outbox.c.sent_at >= since,
+        )
+    )
+    found: dict[int, list[datetime]] = {}
+    for lead_id, sent_at in rows:
+        found.setdefault(lead_id, []).append(sent_at)
+    return found
+
+
+@functools.cache
+def _mark_sending(count: int) -> sa.TextClause:
+    """Queued/deferred -> sending for `count` messages, each with its Message-ID, in one statement."""
+    cases = " ".join(f"WHEN :id_{i} THEN :message_id_{i}" for i in range(count))
+    ids = ", ".join(f":id_{i}" for i in range(count))
+    return _typed(
+        "UPDATE outbox SET status = 'sending', claimed_at = :now, sent_at = :now, attempts = attempts + 1,"  # noqa: S608
+        f" message_id = CASE id {cases} END WHERE id IN ({ids}) AND status IN ('queued', 'deferred') RETURNING id",
+        now=outbox.c.sent_at.type,
+    )
+
+
+def mark_sending(conn: sa.Connection, message_ids: Mapping[int, str], now: datetime) -> set[int]:
+    """Queued/deferred -> sending, with each one's Message-ID, all in one statement. Only the returned
+    ids may be sent: a message that someone else got to first is not among them. `sent_at` is when
+    DATA began."""
+    if not message_ids:
+        return set()
+    ids = list(message_ids)
+    params: dict[str, Any] = {"now": now}
+    for i, message in enumerate(ids):
+        params[f"id_{i}"] = message
+        params[f"message_id_{i}"] = message_ids[message]
+    return set(conn.scalars(_mark_sending(len(ids)), params))
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One message's new state, applied only while it is still in one of the `expect`ed states."""
+
+    id: int
+    values: Mapping[str, Any]
+    expect: tuple[str, ...] = PENDING
+
+
+def apply(conn: sa.Connection, changes: Sequence[Change]) -> int:
+    """Many outcomes at once: one executemany per shape of change. Returns how many rows changed."""
+    groups: dict[tuple[tuple[str, ...], tuple[str, ...]], list[Change]] = {}
+    for change in changes:
+        groups.setdefault((tuple(sorted(change.values)), change.expect), []).append(change)
+    changed = 0
+    for (columns, expect), members in groups.items():
+        params = [{**m.values, "message": m.id} for m in members]
+        changed += max(int(conn.execute(_outcome(columns, expect), params).rowcount or 0), 0)
+    return changed
+
+
+@functools.cache
+def _outcome(columns: tuple[str, ...], expect: tuple[str, ...]) -> sa.TextClause:
+    """`UPDATE outbox SET columns WHERE id = :message AND status IN expect`, each value bound with its
+    column's type. Column names and states are our own constants, never input."""
+    if not set(columns) <= set(outbox.c.keys()) or not set(expect) <= set(OUTBOX_STATUSES):
+        raise ValueError(f"expected outbox columns and states, found {columns} and {expect}")
+    return _typed(
+        f"UPDATE outbox SET {', '.join(f'{c} = :{c}' for c in columns)}"  # noqa: S608
+        f" WHERE id = :message AND status IN ({', '.join(repr(s) for s in expect)})",
+        **{c: outbox.c[c].type for c in columns},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Swept:
+    """A message the sweep found left in `sending`, now `unknown`."""
+
+    id: int
+    funnel_id: str
+    step: str
+
+
+STALE_SENDING = "worker stopped between DATA and the server's reply"
+
+
+def sweep_stale_sending(conn: sa.Connection, older_than: datetime) -> list[Swept]:
+    """Messages left in `sending` by a worker that died: the server may or may not have them. They become
+    `unknown` for an operator to decide; never sent again automatically (at most once)."""
+    result = conn.execute(
+        sa.update(outbox)
+        .where(outbox.c.status == "sending", outbox.c.claimed_at < older_than)
+        .values(status="unknown", last_error=STALE_SENDING)
+        .returning(outbox.c.id, outbox.c.funnel_id, outbox.c.step)
+    )
+    return sorted((Swept(*row) for row in result), key=lambda swept: swept.id)

@@ -1,0 +1,48 @@
+"""Where the customer journey map's inputs come from, for `funnel map` and the dashboard alike: the
+live figures from the database (the report's own queries, and the exits for drop-off) and the email
+subjects from the templates."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from engine.core.definition import Funnel, SendStep
+from engine.mail.templates import Sender, TemplateError, TemplateLibrary, sample_context
+from engine.store import report_queries
+from engine.store.database import Connection
+from engine.views import report
+from engine.views.journey_map.model import Live
+
+
+def read_live(conn: Connection, funnel_id: str, at: datetime) -> Live:
+    """The funnel's figures as `funnel report` computes them, and who left it where and why."""
+    scope = report_queries.Scope(funnel_id)
+    rows = report_queries.read_rows(conn, scope)
+    built = report.build(rows, report_queries.layouts(conn, [funnel_id]))
+    exits = [*report_queries.exits(conn, scope), *report_queries.bounces(conn, scope)]
+    return Live(built[0] if built else None, exits, at)
+
+
+def templates_of(funnel: Funnel) -> list[str]:
+    return sorted({step.send for stage in funnel.stages for step in stage.steps if isinstance(step, SendStep)})
+
+
+def sample_subjects(library: TemplateLibrary, names: Iterable[str], sender: Sender) -> dict[str, str]:
+    """Each template's subject as the preview's sample lead (Alex, of Example Ltd) would see it, from the
+    configured sender: a subject reads as a subject, not as template code. A template that does not
+    render shows its subject as written (`funnel validate` says what is wrong with it)."""
+    out: dict[str, str] = {}
+    context = sample_context(sender)
+    for name in names:
+        try:
+            out[name] = library.render(name, context).subject
+        except TemplateError:
+            try:
+                out[name] = library.subject(name)
+            except TemplateError:
+                continue
+    return out
+
+
+__all__ = ["read_live", "sample_subjects", "templates_of"]

@@ -1,0 +1,203 @@
+"""One lead, all of it: the timeline that answers "why is this lead in this stage?" (invariant 9), the
+export of everything held about the lead (GDPR art. 15 and 20), and erasure (art. 17).
+
+What the database holds about the lead (its row, and its rows in every table with a `lead_id`) is read,
+counted and erased by `engine.store.lead_data`; this module tells it as a story, and exports it as
+JSON-able data. Only the suppression survives erasure: a hash of the address, so it is never mailed again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from engine.store import lead_data
+from engine.store import leads as store
+from engine.store.database import Connection
+
+# Counting and erasing what is held about a lead are the store's; `erase` is named here too, beside
+# the export, for the callers that ask this module about a lead.
+from engine.store.lead_data import erase as erase
+from engine.store.lead_data import held as held
+
+_TIMELINE_TABLES = ("events", "stage_transitions", "outbox", "consent_records", "goals", "webhook_calls", "enrollments")
+
+# Within one instant, the cause before its effects: the event, then the move, then the emails.
+_ORDER = {"consent": 0, "event": 1, "transition": 2, "goal": 3, "email": 4, "webhook": 5}
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    at: datetime
+    kind: str  # consent | event | transition | goal | email | webhook
+    funnel: str | None
+    what: str  # one line for people
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where the lead is in one funnel, and why."""
+
+    funnel: str
+    status: str
+    stage: str
+    step: str | None
+    since: datetime
+    why: str
+    exit_reason: str | None
+
+
+@dataclass(frozen=True)
+class Timeline:
+    email: str
+    lead: Mapping[str, Any]
+    places: Sequence[Place]
+    entries: Sequence[Entry]
+    suppressed: str | None  # the reason, if the address is suppressed
+
+
+def _properties(props: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(props.items()) if v is not None)
+
+
+def describe_cause(kind: str, ref: str | None, event: tuple[str, Mapping[str, Any]] | None = None) -> str:
+    """A transition's cause for people. `event`: (name, properties) of the event the ref names."""
+    happened = None
+    if event is not None:
+        name, props = event
+        happened = f"event {name} ({_properties(props)})" if props else f"event {name}"
+    match kind:
+        case "event" | "entry":
+            return happened or (f"event {ref}" if kind == "event" else f"entry ({ref})")
+        case "exit_rule":
+            return f"exit rule on {happened or f'event {ref}'}"
+        case "goal":
+            return f"goal reached: {happened or f'event {ref}'}"
+        case "timeout":
+            return f"timeout of {ref}"
+        case "sequence_end":
+            return f"end of stage {ref}'s steps"
+        case "step":
+            return f"step {ref}"
+        case "guard":
+            return f"step limit reached at {ref}"
+        case "edit":
+            return f"funnel edit ({ref})"
+        case "manual":
+            return f"manual ({ref})" if ref else "manual"
+    return f"{kind} ({ref})" if ref else kind
+
+
+def merge(entries: Iterable[Entry]) -> list[Entry]:
+    """All of a lead's entries in time order; within one instant, causes before effects."""
+    return sorted(entries, key=lambda e: (e.at, _ORDER.get(e.kind, 9)))
+
+
+def read(conn: Connection, address: str) -> Timeline | None:
+    """The lead's story, for an address as an entry took it (`engine.core.addresses`) or as it is stored."""
+    lead_id = store.find_lead_id(conn, address)
+    if lead_id is None:
+        return None
+    lead = lead_data.lead(conn, lead_id)
+    found = lead_data.rows(conn, lead_id, _TIMELINE_TABLES)
+    events = found["events"]
+    by_event_id = {e["event_id"]: (e["name"], e["properties"]) for e in events}
+    transitions = found["stage_transitions"]
+    entries = [
+        *(_event(e) for e in events),
+        *(_transition(t, by_event_id) for t in transitions),
+        *(_email(o) for o in found["outbox"]),
+        *(_consent(c) for c in found["consent_records"]),
+        *(_goal(g) for g in found["goals"]),
+        *(_webhook(w) for w in found["webhook_calls"]),
+    ]
+    last: dict[str, dict[str, Any]] = {}
+    for t in transitions:
+        last[t["funnel_id"]] = t
+    places = []
+    for e in found["enrollments"]:
+        moved = last.get(e["funnel_id"])
+        why = "no recorded transition"
+        if moved is not None:
+            why = describe_cause(moved["cause_kind"], moved["cause_ref"], by_event_id.get(moved["cause_ref"]))
+        since = e["exited_at"] if e["status"] == "exited" and e["exited_at"] else e["stage_entered_at"]
+        places.append(Place(e["funnel_id"], e["status"], e["stage"], e["step"], since, why, e["exit_reason"]))
+    suppressed = lead_data.suppression(conn, address)
+    return Timeline(lead["email"], lead, places, merge(entries), suppressed["reason"] if suppressed else None)
+
+
+def _event(e: Mapping[str, Any]) -> Entry:
+    props = _properties(e["properties"])
+    funnel = e["properties"].get("funnel") if isinstance(e["properties"].get("funnel"), str) else None
+    source = f" from {e['source']}" if e["source"] else ""
+    return Entry(e["occurred_at"], "event", funnel, f"event {e['name']}" + (f" ({props})" if props else "") + source)
+
+
+def _transition(t: Mapping[str, Any], events: Mapping[str, tuple[str, Mapping[str, Any]]]) -> Entry:
+    before = t["from_stage"] or "(enters)"
+    after = t["to_stage"] or f"(exits: {t['exit_reason'] or 'exited'})"
+    cause = describe_cause(t["cause_kind"], t["cause_ref"], events.get(t["cause_ref"]))
+    return Entry(t["at"], "transition", t["funnel_id"], f"{before} -> {after}, because {cause}")
+
+
+OUTCOMES = {"sent": "delivered", "sending": "being sent", "queued": "waiting", "deferred": "deferred"}
+
+
+def _email(o: Mapping[str, Any]) -> Entry:
+    outcome = OUTCOMES.get(o["status"], o["status"])
+    detail = o["skip_reason"] if o["status"] == "skipped" else o["last_error"]
+    at = o["sent_at"] or o["due_at"]
+    kind = " (transactional)" if o["transactional"] else ""
+    text = f"email {o['step']}: {o['template']}{kind}, {outcome}" + (f": {detail}" if detail else "")
+    return Entry(at, "email", o["funnel_id"], text)
+
+
+def _consent(c: Mapping[str, Any]) -> Entry:
+    where = ", ".join(
+        f"{label} {c[key]}" for key, label in (("form_id", "form"), ("text_version", "text"), ("ip", "from")) if c[key]
+    )
+    return Entry(
+        c["at"], "consent", None, f"consent {c['action']} via {c['source']}" + (f" ({where})" if where else "")
+    )
+
+
+def _goal(g: Mapping[str, Any]) -> Entry:
+    window = "within its window" if g["within_window"] else "after its window"
+    return Entry(g["at"], "goal", g["funnel_id"], f"goal {g['goal']} reached, {window}")
+
+
+def _webhook(w: Mapping[str, Any]) -> Entry:
+    return Entry(w["created_at"], "webhook", w["funnel_id"], f"webhook {w['step']} to {w['url']}: {w['status']}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Export and erasure
+# --------------------------------------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def export(conn: Connection, address: str, now: datetime) -> dict[str, Any] | None:
+    """Everything held about the lead, as JSON-able data: its row, and its rows in every other table."""
+    lead_id = store.find_lead_id(conn, address)
+    if lead_id is None:
+        return None
+    lead = lead_data.lead(conn, lead_id)
+    rows = lead_data.rows(conn, lead_id, lead_data.lead_table_names())
+    data: dict[str, Any] = {
+        "exported_at": now,
+        "lead": lead,
+        **rows,
+        "suppression": lead_data.suppression(conn, address),
+    }
+    return {key: _plain(value) for key, value in data.items()}
