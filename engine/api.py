@@ -16,7 +16,8 @@ from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from engine import api_v1, dashboard, forms, hooks, pages
+from engine import api_v1, dashboard, forms, hooks, pages, provider_hooks
+from engine.bounce_outcome import Outcome
 from engine.database import describe_failure
 from engine.http_context import HttpContext
 from engine.lead_headers import LeadFacingHeaders
@@ -36,9 +37,11 @@ def create_app(
     clock: Callable[[], datetime] | None = None,
     nudge: Callable[[], None] | None = None,
     metrics: Metrics | None = None,
+    record_outcomes: Callable[[list[Outcome]], None] | None = None,
 ) -> FastAPI:
     """`nudge` is called after a commit that gives the engine work (see `HttpContext.nudge`); `metrics`
-    is the process's registry (`funnel run` times its ticks in it)."""
+    is the process's registry (`funnel run` times its ticks in it); `record_outcomes` takes the bounces
+    and complaints of provider webhooks (`engine.provider_hooks`), in one transaction or not at all."""
     ctx = HttpContext(settings, engine, clock or (lambda: datetime.now(UTC)), nudge or (lambda: None))
     app = FastAPI(title="funnel engine", version="1", docs_url="/docs", redoc_url=None)
 
@@ -54,7 +57,9 @@ def create_app(
         """Prometheus text format. Counts only: no addresses, no tokens."""
         return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)
 
+    provider_hooks.install(app, provider_hooks.ProviderHooks.of(settings.bounces.providers, ctx.now, record_outcomes))
     routers = [api_v1.router(ctx), pages.router(ctx), hooks.router(ctx), forms.router(ctx), dashboard.router(ctx)]
+    routers.append(provider_hooks.router)
     for router in routers:
         app.include_router(router)
     every_route = [r for router in routers for r in router.routes if isinstance(r, APIRoute)]
