@@ -22,7 +22,7 @@ from pydantic_settings import (
 
 from engine import own_events, provider_events
 from engine.ops_auth import OpsSettings
-from engine.secret_keys import DEFAULT_SECRET_KEY, SigningSecret, key_problem
+from engine.secret_keys import DEFAULT_SECRET_KEY, PUBLISHED, SigningSecret, key_problem
 from engine.webhook_policy import WebhookSettings
 from engine.webhook_targets import Targets
 
@@ -253,9 +253,12 @@ class MailgunProvider(BaseModel):
 
     @field_validator("signing_key")
     @classmethod
-    def _not_empty(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value().strip():
-            raise ValueError("the signing key is empty: anyone could sign with it")
+    def _a_key_mailgun_made(cls, value: SecretStr) -> SecretStr:
+        # Mailgun makes the key, so its length is Mailgun's (36 or 50 characters): only what cannot be one
+        # is refused here, an empty value or an example from the docs among them.
+        key = value.get_secret_value()
+        if len(key) < 32 or not key.isascii() or any(c.isspace() for c in key) or key in PUBLISHED:
+            raise ValueError("this is not a Mailgun signing key (32 or more characters, no spaces)")
         return value
 
 
