@@ -410,41 +410,49 @@ def _ses_message_id(mail: Mapping[str, Any]) -> str | None:
     return _angled(mail.get("messageId"))
 
 
+@dataclass(frozen=True)
+class _SesMail:
+    """What every outcome of one SES notification shares."""
+
+    message_id: str | None
+    raw: bytes
+
+    def outcome(self, key: str, kind: str, cls: str | None, recipient: Any, **more: Any) -> Outcome:
+        if not isinstance(recipient, str) or not recipient.strip():
+            raise Malformed("a recipient is missing")
+        return Outcome(
+            f"ses:{key}", "ses", kind, cls, recipient.strip(), message_id=self.message_id, raw=self.raw, **more
+        )
+
+    def failures(self, key: str, kind: str, entries: list[Any], hint: str | None, transient: bool) -> list[Outcome]:
+        """The outcomes of bounced or delayed recipients, each with its own status and diagnostic."""
+        found = []
+        for entry in entries:
+            fields = entry if isinstance(entry, dict) else {}
+            status, diagnostic = _optional_text(fields, "status"), _one_line(fields.get("diagnosticCode"))
+            cls = failure_class(status, diagnostic, hint=hint, transient=transient)
+            status = status or status_in(diagnostic)
+            found.append(self.outcome(key, kind, cls, fields.get("emailAddress"), status=status, diagnostic=diagnostic))
+        return found
+
+
 def ses_outcomes(notification: str, sns_message_id: str) -> list[Outcome]:
     """The outcomes of one SES notification (the SNS message's `Message`): a bounce's recipients, a
     complaint's, a delivery's, a delay's, a rejection's; other events (sends, opens, clicks) none."""
     data = _object(notification)
     event = data.get("notificationType") or data.get("eventType")
     mail = _mapping(data, "mail")
-    message_id = _ses_message_id(mail)
-    raw = notification.encode()
-
-    def outcome(key: str, kind: str, cls: str | None, recipient: Any, **more: Any) -> Outcome:
-        if not isinstance(recipient, str) or not recipient.strip():
-            raise Malformed("a recipient is missing")
-        return Outcome(f"ses:{key}", "ses", kind, cls, recipient.strip(), message_id=message_id, raw=raw, **more)
-
+    ses = _SesMail(_ses_message_id(mail), notification.encode())
     if event == "Bounce":
         bounce = _mapping(data, "bounce")
-        key = str(bounce.get("feedbackId") or sns_message_id)
         hint = _SES_BOUNCE_HINTS.get((str(bounce.get("bounceType")), str(bounce.get("bounceSubType"))))
         transient = bounce.get("bounceType") == "Transient"
-        found = []
-        for r in _list(bounce, "bouncedRecipients"):
-            entry = r if isinstance(r, dict) else {}
-            status, diagnostic = _optional_text(entry, "status"), _one_line(entry.get("diagnosticCode"))
-            cls = failure_class(status, diagnostic, hint=hint, transient=transient)
-            found.append(
-                outcome(
-                    key,
-                    "dsn",
-                    cls,
-                    entry.get("emailAddress"),
-                    status=status or status_in(diagnostic),
-                    diagnostic=diagnostic,
-                )
-            )
-        return found
+        key = str(bounce.get("feedbackId") or sns_message_id)
+        return ses.failures(key, "dsn", _list(bounce, "bouncedRecipients"), hint, transient)
+    if event == "DeliveryDelay":
+        delay = _mapping(data, "deliveryDelay")
+        hint = _SES_DELAY_HINTS.get(str(delay.get("delayType")))
+        return ses.failures(sns_message_id, "delay", _list(delay, "delayedRecipients"), hint, True)
     if event == "Complaint":
         complaint = _mapping(data, "complaint")
         key = str(complaint.get("feedbackId") or sns_message_id)
@@ -453,31 +461,23 @@ def ses_outcomes(notification: str, sns_message_id: str) -> list[Outcome]:
         cls = None if complaint.get("complaintSubType") == "OnAccountSuppressionList" else COMPLAINT
         feedback = _one_line(complaint.get("complaintFeedbackType"))
         return [
-            outcome(key, "complaint", cls, r.get("emailAddress") if isinstance(r, dict) else None, diagnostic=feedback)
+            ses.outcome(
+                key, "complaint", cls, r.get("emailAddress") if isinstance(r, dict) else None, diagnostic=feedback
+            )
             for r in _list(complaint, "complainedRecipients")
         ]
     if event == "Delivery":
         delivery = _mapping(data, "delivery")
         response = _one_line(delivery.get("smtpResponse"))
         return [
-            outcome(sns_message_id, "delivered", NOT_FAILURE, r, status=status_in(response), diagnostic=response)
+            ses.outcome(sns_message_id, "delivered", NOT_FAILURE, r, status=status_in(response), diagnostic=response)
             for r in _list(delivery, "recipients")
         ]
-    if event == "DeliveryDelay":
-        delay = _mapping(data, "deliveryDelay")
-        hint = _SES_DELAY_HINTS.get(str(delay.get("delayType")))
-        found = []
-        for r in _list(delay, "delayedRecipients"):
-            entry = r if isinstance(r, dict) else {}
-            status, diagnostic = _optional_text(entry, "status"), _one_line(entry.get("diagnosticCode"))
-            cls = failure_class(status, diagnostic, hint=hint, transient=True)
-            found.append(
-                outcome(sns_message_id, "delay", cls, entry.get("emailAddress"), status=status, diagnostic=diagnostic)
-            )
-        return found
     if event == "Reject":
         reason = _one_line(_mapping(data, "reject").get("reason"))
-        return [outcome(sns_message_id, "dsn", SENDER_FAULT, r, diagnostic=reason) for r in _list(mail, "destination")]
+        return [
+            ses.outcome(sns_message_id, "dsn", SENDER_FAULT, r, diagnostic=reason) for r in _list(mail, "destination")
+        ]
     return []
 
 

@@ -248,3 +248,54 @@ def test_a_sendgrid_key_must_be_p256() -> None:
     assert events.sendgrid_key_problem(spki(ec.generate_private_key(ec.SECP384R1()))) is not None
     assert events.sendgrid_key_problem(spki(rsa.generate_private_key(public_exponent=65537, key_size=2048))) is not None
     assert events.sendgrid_key_problem("not a key") is not None
+
+
+MAIL = {"messageId": "0100018c-ses-id", "destination": ["ann@example.com", "bob@example.com"]}
+
+
+def test_ses_delays_rejections_and_suppressed_complaints() -> None:
+    delay = {
+        "eventType": "DeliveryDelay",
+        "mail": MAIL,
+        "deliveryDelay": {
+            "delayType": "TransientCommunicationFailure",
+            "delayedRecipients": [
+                {"emailAddress": "ann@example.com", "status": "4.4.1", "diagnosticCode": "smtp; 421 4.4.1 timeout"},
+                {"emailAddress": "bob@example.com", "status": "4.7.0", "diagnosticCode": "smtp; 421 4.7.0 rate limit"},
+            ],
+        },
+    }
+    reject = {"eventType": "Reject", "mail": MAIL, "reject": {"reason": "Bad content"}}
+    suppressed = {
+        "notificationType": "Complaint",
+        "mail": MAIL,
+        "complaint": {
+            "complainedRecipients": [{"emailAddress": "ann@example.com"}],
+            "complaintSubType": "OnAccountSuppressionList",
+            "feedbackId": "f1",
+        },
+    }
+    got = [
+        (o.kind, o.failure_class, o.recipient, o.report_key)
+        for payload in (delay, reject, suppressed)
+        for o in events.ses_outcomes(json.dumps(payload), "sns-1")
+    ]
+    assert got == [
+        ("delay", MAILBOX_TROUBLE, "ann@example.com", "ses:sns-1"),
+        ("delay", SENDER_FAULT, "bob@example.com", "ses:sns-1"),
+        ("dsn", SENDER_FAULT, "ann@example.com", "ses:sns-1"),
+        ("dsn", SENDER_FAULT, "bob@example.com", "ses:sns-1"),
+        ("complaint", None, "ann@example.com", "ses:f1"),  # SES did not send: not the lead's complaint now
+    ]
+    assert {o.message_id for o in events.ses_outcomes(json.dumps(reject), "sns-1")} == {"0100018c-ses-id"}
+    assert events.ses_outcomes(json.dumps({"eventType": "Open", "mail": MAIL}), "sns-1") == []
+
+
+def test_mailgun_and_sendgrid_unsubscribe_lists_are_left_for_an_operator() -> None:
+    mailgun = {"event": "failed", "id": "a", "timestamp": 1.5, "severity": "permanent",
+               "reason": "suppress-unsubscribe", "recipient": "ann@example.com"}  # fmt: skip
+    sendgrid = [{"event": "dropped", "email": "ann@example.com", "reason": "Unsubscribed Address"}]
+    [from_mailgun] = events.mailgun_outcomes(mailgun)
+    [from_sendgrid] = events.sendgrid_outcomes(json.dumps(sendgrid).encode())
+    assert (from_mailgun.failure_class, from_sendgrid.failure_class) == (None, None)
+    assert from_sendgrid.report_key.startswith("sendgrid:")  # no event id: a digest of the event
