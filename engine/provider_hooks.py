@@ -88,8 +88,8 @@ class Replays:
         self._until.pop(key, None)
 
 
-class CertificateUnavailable(Exception):
-    """The SNS signing certificate could not be fetched now."""
+class FetchFailed(Exception):
+    """A certificate or a subscription URL could not be fetched now."""
 
 
 async def https_get(url: str) -> bytes:
@@ -99,12 +99,12 @@ async def https_get(url: str) -> bytes:
         client.stream("GET", url) as response,
     ):
         if response.status_code != 200:
-            raise CertificateUnavailable(f"{url} answered {response.status_code}")
+            raise FetchFailed(f"{url} answered {response.status_code}")
         body = b""
         async for chunk in response.aiter_bytes():
             body += chunk
             if len(body) > _CERTIFICATE_MAX:
-                raise CertificateUnavailable(f"{url} sent more than {_CERTIFICATE_MAX} bytes")
+                raise FetchFailed(f"{url} sent more than {_CERTIFICATE_MAX} bytes")
         return body
 
 
@@ -136,7 +136,7 @@ class SesCertificates:
         try:
             found = events.load_certificates(await self.fetch(url))
         except (httpx.HTTPError, events.Malformed) as problem:
-            raise CertificateUnavailable(f"{url}: {problem}") from None
+            raise FetchFailed(f"{url}: {problem}") from None
         self._kept[url] = found[:1]  # the signing certificate is the first; the rest would be its chain
         while len(self._kept) > _CERTIFICATES_KEPT:
             self._kept.popitem(last=False)
@@ -229,7 +229,7 @@ async def _ses(hooks: ProviderHooks, settings: SesProvider, request: Request) ->
     assert hooks.ses_certificates is not None  # set whenever the provider is
     try:
         candidates = await hooks.ses_certificates.for_url(message.signing_cert_url)
-    except CertificateUnavailable as problem:
+    except FetchFailed as problem:
         log.warning("cannot fetch the SNS signing certificate: %s", problem)
         raise HTTPException(status_code=503, detail="try again later", headers={"Retry-After": "60"}) from None
     trust = hooks.ses_certificates.trust
@@ -258,7 +258,7 @@ async def _confirmation(hooks: ProviderHooks, settings: SesProvider, message: ev
         return
     try:
         await hooks.fetch(url)
-    except (httpx.HTTPError, CertificateUnavailable) as problem:
+    except (httpx.HTTPError, FetchFailed) as problem:
         log.warning("could not confirm the subscription to %s (%s): visit %s", message.topic_arn, problem, url)
         raise HTTPException(status_code=503, detail="try again later", headers={"Retry-After": "60"}) from None
     log.info("confirmed the SNS subscription to %s", message.topic_arn)
