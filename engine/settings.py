@@ -20,9 +20,9 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from engine.core import own_events
+from engine.core import own_events, provider_events
 from engine.core.ops_auth import OpsSettings
-from engine.core.secret_keys import DEFAULT_SECRET_KEY, SigningSecret, key_problem
+from engine.core.secret_keys import DEFAULT_SECRET_KEY, PUBLISHED, SigningSecret, key_problem
 from engine.core.webhook_policy import WebhookSettings
 from engine.core.webhook_targets import Targets
 
@@ -175,6 +175,104 @@ class HookSettings(BaseModel):
     tolerance_s: int = Field(default=300, ge=1, le=3600, description="How old a signature's timestamp may be.")
 
 
+class SesProvider(BaseModel):
+    """Amazon SES events through an SNS topic that posts to `/hooks/bounces/ses` (raw message delivery off)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    topic_arns: list[str] = Field(
+        min_length=1, description="The SNS topics whose messages are taken; a message from any other is refused."
+    )
+    trust_file: Path | None = Field(
+        default=None,
+        description="PEM file of CA certificates (a root and its intermediates) that must have issued the SNS "
+        "signing certificate; unset: the certificate is trusted for having come over HTTPS from an SNS host.",
+    )
+    signing_certificates_file: Path | None = Field(
+        default=None,
+        description="PEM file of pinned SNS signing certificates: messages are checked against these only and "
+        "no certificate is ever fetched (update the file when AWS rotates its certificate).",
+    )
+    confirm_subscriptions: bool = Field(
+        default=False,
+        description="Visit the SubscribeURL of a signed subscription confirmation for a listed topic; off: the "
+        "URL is logged for an operator to visit.",
+    )
+    tolerance_s: int = Field(
+        default=3600, ge=60, le=7 * 86400, description="How old a message's Timestamp may be (SNS retries keep it)."
+    )
+
+
+class SendgridProvider(BaseModel):
+    """SendGrid's Signed Event Webhook, posting to `/hooks/bounces/sendgrid`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    public_key: str = Field(
+        description="The verification key SendGrid shows for the signed webhook: base64 of the DER public key "
+        "(ECDSA P-256), or the same in PEM."
+    )
+    tolerance_s: int = Field(
+        default=90000,
+        ge=60,
+        le=7 * 86400,
+        description="How far the signed timestamp may be from now; SendGrid retries a failed post for 24 hours.",
+    )
+
+    @field_validator("public_key")
+    @classmethod
+    def _p256_key(cls, value: str) -> str:
+        problem = provider_events.sendgrid_key_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+
+class PostmarkProvider(BaseModel):
+    """Postmark's bounce and spam complaint webhooks, posting to `/hooks/bounces/postmark` with the basic
+    auth credentials put in the webhook's URL (Postmark signs nothing)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    username: str = Field(min_length=1, max_length=200, pattern=r"^[^:\s]+$")
+    password: SigningSecret
+
+
+class MailgunProvider(BaseModel):
+    """Mailgun's webhooks (failed, complained, delivered), posting to `/hooks/bounces/mailgun`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    signing_key: SecretStr = Field(description="The HTTP webhook signing key of the Mailgun account.")
+    tolerance_s: int = Field(
+        default=32400,
+        ge=60,
+        le=7 * 86400,
+        description="How old a signature's timestamp may be; Mailgun retries a failed post for 8 hours.",
+    )
+
+    @field_validator("signing_key")
+    @classmethod
+    def _a_key_mailgun_made(cls, value: SecretStr) -> SecretStr:
+        # Mailgun makes the key, so its length is Mailgun's (36 or 50 characters): only what cannot be one
+        # is refused here, an empty value or an example from the docs among them.
+        key = value.get_secret_value()
+        if len(key) < 32 or not key.isascii() or any(c.isspace() for c in key) or key in PUBLISHED:
+            raise ValueError("this is not a Mailgun signing key (32 or more characters, no spaces)")
+        return value
+
+
+class BounceProviders(BaseModel):
+    """Providers whose bounce and complaint events come in by webhook; an unset one answers 404."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ses: SesProvider | None = None
+    sendgrid: SendgridProvider | None = None
+    postmark: PostmarkProvider | None = None
+    mailgun: MailgunProvider | None = None
+
+
 class BounceReceiverSettings(BaseModel):
     """The embedded LMTP receiver: an MTA's transport hands bounce-domain mail to it (postfix:
     `lmtp:inet:HOST:PORT` in a transport map). Off while `port` is unset."""
@@ -232,6 +330,7 @@ class BounceSettings(BaseModel):
     )
     sender_fault_window_minutes: int = Field(default=60, ge=1, description="...within this many minutes.")
     receiver: BounceReceiverSettings = BounceReceiverSettings()
+    providers: BounceProviders = BounceProviders()
     imap: BounceMailboxSettings = BounceMailboxSettings()
 
 

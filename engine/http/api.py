@@ -17,8 +17,9 @@ from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from engine.core.bounce_outcome import Outcome
 from engine.core.redaction import safe_path
-from engine.http import api_v1, dashboard, forms, hooks, pages
+from engine.http import api_v1, dashboard, forms, hooks, pages, provider_hooks
 from engine.http import deps as http_deps
 from engine.http.deps import context_of
 from engine.http.http_context import HttpContext
@@ -26,6 +27,7 @@ from engine.http.lead_headers import LeadFacingHeaders
 from engine.http.metrics import Metrics
 from engine.http.request_bodies import RequestBodies
 from engine.settings import Settings
+from engine.store import bounces
 from engine.store.database import describe_failure
 
 log = logging.getLogger("engine.api")
@@ -54,7 +56,7 @@ def prometheus(registry: Annotated[Metrics, Depends(_metrics)]) -> Response:
 
 
 # Every router of the app, in the order their routes are matched.
-ROUTERS = (router, api_v1.router, pages.router, hooks.router, forms.router, dashboard.router)
+ROUTERS = (router, api_v1.router, pages.router, hooks.router, forms.router, dashboard.router, provider_hooks.router)
 _EVERY_ROUTE = [r for each in ROUTERS for r in each.routes if isinstance(r, APIRoute)]
 
 
@@ -64,10 +66,12 @@ def create_app(
     clock: Callable[[], datetime] | None = None,
     nudge: Callable[[], None] | None = None,
     metrics: Metrics | None = None,
+    record_outcomes: Callable[[list[Outcome]], None] | None = None,
 ) -> FastAPI:
     """`nudge` is called after a commit that gives the engine work (see `HttpContext.nudge`); `metrics`
     is the process's registry (`funnel run` times its ticks in it). The routers are the modules'
-    own; what they need of this app reaches them through its state (`engine.http_deps`)."""
+    own; what they need of this app reaches them through its state (`engine.http.deps`). `record_outcomes`
+    takes the bounces and complaints of provider webhooks; by default the store's one writer of them."""
     ctx = HttpContext(settings, engine, clock or (lambda: datetime.now(UTC)), nudge or (lambda: None))
     app = FastAPI(title="funnel engine", version="1", docs_url="/docs", redoc_url=None)
     registry = metrics or Metrics()
@@ -76,6 +80,8 @@ def create_app(
     http_deps.install(app.state, ctx)
     forms.install(app.state, ctx)
     dashboard.install(app.state, ctx)
+    record = record_outcomes or _recorder(ctx)
+    provider_hooks.install(app, provider_hooks.ProviderHooks.of(settings.bounces.providers, ctx.now, record))
     for each in ROUTERS:
         app.include_router(each)
     app.add_exception_handler(sa.exc.DBAPIError, database_down)
@@ -83,6 +89,14 @@ def create_app(
     app.add_middleware(RequestBodies, limits=settings.http.body_limits)
     app.add_middleware(LeadFacingHeaders)  # outermost: a 413 of a lead-facing page gets its headers too
     return app
+
+
+def _recorder(ctx: HttpContext) -> Callable[[list[Outcome]], None]:
+    def record(outcomes: list[Outcome]) -> None:
+        with ctx.engine.begin() as conn:
+            bounces.record_outcomes(conn, outcomes, ctx.now(), ctx.settings.bounces)
+
+    return record
 
 
 async def database_down(request: Request, exc: Exception) -> Response:

@@ -23,6 +23,7 @@ ROUTER_MODULES = [
     "engine.http.hooks",
     "engine.http.forms",
     "engine.http.dashboard",
+    "engine.http.provider_hooks",
 ]
 HTTP_MODULES = [*ROUTER_MODULES, "engine.http.http_context", "engine.http.deps", "engine.http.event_intake"]
 MAX_LINES = 80
