@@ -319,6 +319,11 @@ class BounceSettings(BaseModel):
     domain: str | None = Field(
         default=None, description="The bounce domain: return paths are addresses there; unset: VERP is off."
     )
+    local_part: str = Field(
+        default="bounces",
+        pattern=r"^[a-z0-9][a-z0-9._-]{0,29}$",
+        description="The local part of return paths before +TOKEN, lowercase (some MTAs fold case).",
+    )
     soft_limit: int = Field(
         default=3, ge=1, description="Soft bounces (a full mailbox, transient failures) that suppress an address..."
     )
@@ -427,6 +432,11 @@ class Settings(BaseSettings):
             TomlConfigSettingsSource(settings_cls),
             file_secret_settings,
         )
+
+    @property
+    def signing_keys(self) -> list[str]:
+        """The secret key, then the previous ones: what signed links and return paths are read with."""
+        return [k.get_secret_value() for k in (self.secret_key, *self.previous_secret_keys)]
 
     @property
     def effective_database_url(self) -> str:

@@ -39,9 +39,12 @@ def register(app: typer.Typer) -> None:
             raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
         except OSError as exc:
             raise fail(f"{path}: {exc.strerror}") from None
+        settings = get_settings()
         try:
             with database(database_url, create=True) as engine:
-                verdict, applied = process_report(engine, raw, source[:16], datetime.now(UTC), get_settings().bounces)
+                verdict, applied = process_report(
+                    engine, raw, source[:16], datetime.now(UTC), settings.bounces, settings.signing_keys
+                )
         except typer.Exit:
             raise typer.Exit(EX_TEMPFAIL) from None
         if verdict is Verdict.RETRY:

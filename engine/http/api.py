@@ -94,7 +94,7 @@ def create_app(
 def _recorder(ctx: HttpContext) -> Callable[[list[Outcome]], None]:
     def record(outcomes: list[Outcome]) -> None:
         with ctx.engine.begin() as conn:
-            bounces.record_outcomes(conn, outcomes, ctx.now(), ctx.settings.bounces)
+            bounces.record_outcomes(conn, outcomes, ctx.now(), ctx.settings.bounces, ctx.settings.signing_keys)
 
     return record
 

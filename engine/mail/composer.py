@@ -14,6 +14,7 @@ from typing import Any
 
 from engine.core import addresses, signup
 from engine.core.outbox_item import OutboxItem
+from engine.core.return_paths import return_path
 from engine.mail.links import Links
 from engine.mail.mime import build_mime, dkim_sign, load_dkim_key, mailboxes
 from engine.mail.templates import RenderedEmail, Sender, TemplateLibrary, lead_fields
@@ -26,6 +27,7 @@ class Prepared:
     payload: bytes
     message_id: str
     rcpt: str  # the envelope recipient: the address in its ASCII form, as in the To header
+    mail_from: str  # the envelope sender: the message's own return path with a bounce domain (`return_paths`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +134,15 @@ class Composer:
         dkim = self.settings.dkim
         if self.dkim_key is not None and dkim.selector and dkim.domain:
             payload = dkim_sign(payload, selector=dkim.selector, domain=dkim.domain, private_key=self.dkim_key)
-        return Prepared(item, payload, mid, rcpt)
+        return Prepared(item, payload, mid, rcpt, self.mail_from(item))
+
+    def mail_from(self, item: OutboxItem) -> str:
+        """The envelope sender: with a bounce domain, one per message (its outbox row's, so every retry
+        has the same one); else the sender's address. From and DKIM do not depend on it."""
+        bounces = self.settings.bounces
+        if bounces.domain is None or item.id < 1:
+            return self.settings.sender.address
+        return return_path(item.id, self.settings.secret_key.get_secret_value(), bounces.local_part, bounces.domain)
 
     def compose_many(self, items: list[OutboxItem], now: datetime) -> list[Prepared | Failed]:
         """Each item's message, or the error that stopped it (a broken template fails one email, not all)."""

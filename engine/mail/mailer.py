@@ -470,7 +470,7 @@ class _Connection:
             return
         self.result.relay_reached = True
         try:
-            await smtp.mail(self.mailer.settings.sender.address)
+            await smtp.mail(p.mail_from)
             self.dirty = True
             await smtp.rcpt(p.rcpt)
         except aiosmtplib.SMTPResponseException as exc:

@@ -20,28 +20,27 @@ from engine.store.bounces import Applied, record_outcomes
 from engine.store.database import DBAPIError, Engine
 
 log = logging.getLogger("engine.bounces")
-VERP_LOCAL_PART = "bounces"
 
 
 def record(
-    engine: Engine, outcomes: Sequence[Outcome], now: datetime, settings: BounceSettings
+    engine: Engine, outcomes: Sequence[Outcome], now: datetime, settings: BounceSettings, keys: Sequence[str] = ()
 ) -> list[Applied] | None:
     """Outcomes recorded in one transaction; None when the database cannot take them now."""
     try:
         with engine.begin() as conn:
-            return record_outcomes(conn, outcomes, now, settings)
+            return record_outcomes(conn, outcomes, now, settings, keys)
     except DBAPIError as exc:
         log.warning("bounce reports: the database cannot record them now (%s); they are kept for later", exc.orig)
         return None
 
 
 def process_report(
-    engine: Engine, raw: bytes, source: str, now: datetime, settings: BounceSettings
+    engine: Engine, raw: bytes, source: str, now: datetime, settings: BounceSettings, keys: Sequence[str] = ()
 ) -> tuple[Verdict, list[Applied]]:
-    report = read_report(raw, source, VERP_LOCAL_PART)
+    report = read_report(raw, source, settings.local_part)
     if report.kind == NOT_REPORT:
         return Verdict.NOT_RECOGNISED, []
-    applied = record(engine, report.outcomes, now, settings)
+    applied = record(engine, report.outcomes, now, settings, keys)
     if applied is None:
         return Verdict.RETRY, []
     for item in applied:
@@ -54,11 +53,11 @@ def process_report(
     return Verdict.TAKEN, applied
 
 
-def intake(engine: Engine, settings: BounceSettings, clock: Callable[[], datetime]) -> Intake:
+def intake(engine: Engine, settings: BounceSettings, clock: Callable[[], datetime], keys: Sequence[str] = ()) -> Intake:
     """The processor as the LMTP receiver and the poller take it: off the event loop, in a thread."""
 
     async def take(raw: bytes, source: str) -> Verdict:
-        verdict, _ = await asyncio.to_thread(process_report, engine, raw, source, clock(), settings)
+        verdict, _ = await asyncio.to_thread(process_report, engine, raw, source, clock(), settings, keys)
         return verdict
 
     return take

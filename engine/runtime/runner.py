@@ -84,7 +84,7 @@ class Runner:
         self.poller: MailboxPoller | None = None
         bounces = settings.bounces
         if bounces.receiver.port is not None or bounces.imap.host:
-            take = intake or bounce_processing.intake(self.engine, bounces, clock)
+            take = intake or bounce_processing.intake(self.engine, bounces, clock, settings.signing_keys)
             if bounces.receiver.port is not None:
                 self.receiver = BounceReceiver(bounces, take, clock)
             if bounces.imap.host:

@@ -29,6 +29,7 @@ import sqlalchemy as sa
 
 from engine.core.bounce_outcome import ADDRESS_GONE, COMPLAINT, MAILBOX_TROUBLE, SENDER_FAULT, Outcome
 from engine.core.own_events import COMPLAINED, engine_id
+from engine.core.return_paths import read_token
 from engine.settings import BounceSettings
 from engine.store import consents, tables
 from engine.store import leads as store
@@ -48,15 +49,24 @@ class Applied:
 
 
 def record_outcomes(
-    conn: sa.Connection, outcomes: Sequence[Outcome], now: datetime, settings: BounceSettings
+    conn: sa.Connection,
+    outcomes: Sequence[Outcome],
+    now: datetime,
+    settings: BounceSettings,
+    keys: Sequence[str] = (),
 ) -> list[Applied]:
-    return [_record(conn, outcome, now, settings) for outcome in outcomes]
+    """`keys` are the engine's signing keys: a return path's VERP token is read with any of them."""
+    return [_record(conn, outcome, now, settings, keys) for outcome in outcomes]
 
 
-def _record(conn: sa.Connection, outcome: Outcome, now: datetime, settings: BounceSettings) -> Applied:
+def _record(
+    conn: sa.Connection, outcome: Outcome, now: datetime, settings: BounceSettings, keys: Sequence[str]
+) -> Applied:
     recipient = outcome.recipient.lower() if outcome.recipient else None
     digest = store.email_hash(recipient) if recipient else None
-    message, matched_by = _match(conn, outcome.message_id, recipient)
+    message, matched_by = _match(
+        conn, read_token(outcome.token, keys) if outcome.token else None, outcome.message_id, recipient
+    )
     lead_id = message.lead_id if message is not None else (store.find_lead_id(conn, recipient) if recipient else None)
     if message is not None and recipient is None:
         recipient = _address_of(conn, message.lead_id)
@@ -97,9 +107,16 @@ class _Message:
     status: str
 
 
-def _match(conn: sa.Connection, message_id: str | None, recipient: str | None) -> tuple[_Message | None, str | None]:
+def _match(
+    conn: sa.Connection, outbox_id: int | None, message_id: str | None, recipient: str | None
+) -> tuple[_Message | None, str | None]:
+    """By the return path's signed token, else the returned Message-ID, else the recipient's latest message."""
     o = tables.outbox
     columns = (o.c.id, o.c.lead_id, o.c.status)
+    if outbox_id is not None:
+        found = conn.execute(sa.select(*columns).where(o.c.id == outbox_id)).first()
+        if found is not None:
+            return _Message(*found), "token"
     if message_id:
         found = conn.execute(sa.select(*columns).where(o.c.message_id == message_id.strip()).limit(1)).first()
         if found is not None:

@@ -1,6 +1,7 @@
 """Bounces the way they really come back: the engine sends through postfix, postfix delivers to
 dovecot or to a server that refuses the sender, writes the delivery status notifications itself and
-hands them back over LMTP to the engine's own receiver, whose report processor acts on them.
+hands them back over LMTP to the engine's own receiver, whose report processor matches each to its
+message by the signed return path (VERP) and acts on it.
 
 - a mailbox that does not exist (5.1.1): the message bounces, the address is suppressed, and the
   lead's next email is never sent;
@@ -34,7 +35,7 @@ from tests.mail_servers import Dovecot, Postfix, require
 EMAILS = Path(__file__).resolve().parent.parent / "fixtures" / "emails"
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 BLOCKLISTED = "554 5.7.1 Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org"
-SENDER_DOMAIN = "greenleaf.example"  # the engine's sender address; its bounces come back to the receiver
+BOUNCE_DOMAIN = "bounce.example"  # return paths are bounces+TOKEN@ here; postfix hands its mail to the receiver
 
 
 @pytest.fixture
@@ -60,13 +61,15 @@ def statuses(engine: sa.Engine) -> dict[tuple[str, str], str]:
         return {(r.email, r.step): r.status for r in rows}
 
 
-def reports(engine: sa.Engine) -> dict[str, tuple[str | None, str | None, str | None]]:
+def reports(engine: sa.Engine) -> dict[str, tuple[str | None, str | None, str | None, str | None]]:
     b, leads = tables.bounce_reports, tables.leads
     with engine.connect() as conn:
         rows = conn.execute(
-            sa.select(leads.c.email, b.c.failure_class, b.c.status, b.c.action).join(leads, leads.c.id == b.c.lead_id)
+            sa.select(leads.c.email, b.c.failure_class, b.c.status, b.c.action, b.c.matched_by).join(
+                leads, leads.c.id == b.c.lead_id
+            )
         )
-        return {r.email: (r.failure_class, r.status, r.action) for r in rows}
+        return {r.email: (r.failure_class, r.status, r.action, r.matched_by) for r in rows}
 
 
 def count_reports(engine: sa.Engine) -> int:
@@ -75,12 +78,13 @@ def count_reports(engine: sa.Engine) -> int:
 
 
 async def send_and_hear_back(engine: sa.Engine, dovecot: Dovecot, expected_reports: int) -> None:
-    bounces = BounceSettings(domain=SENDER_DOMAIN, receiver=BounceReceiverSettings(port=0))
-    receiver = BounceReceiver(bounces, intake(engine, bounces, lambda: NOW))
+    bounces = BounceSettings(domain=BOUNCE_DOMAIN, receiver=BounceReceiverSettings(port=0))
+    settings = Settings(bounces=bounces)
+    receiver = BounceReceiver(bounces, intake(engine, bounces, lambda: NOW, settings.signing_keys))
     await receiver.start()
     routes = {
         "mail.example.com": f"lmtp:inet:127.0.0.1:{dovecot.lmtp_port}",
-        SENDER_DOMAIN: f"lmtp:inet:127.0.0.1:{receiver.port}",
+        BOUNCE_DOMAIN: f"lmtp:inet:127.0.0.1:{receiver.port}",
     }
     try:
         with Postfix(routes, remote_refuse={"blocked.example.com": BLOCKLISTED}) as postfix:
@@ -102,9 +106,9 @@ def test_postfixs_own_reports_suppress_a_dead_address_only(engine: sa.Engine, do
     asyncio.run(send_and_hear_back(engine, dovecot, expected_reports=3))
 
     assert reports(engine) == {
-        "ghost@mail.example.com": ("address_gone", "5.1.1", "suppressed"),
-        "full@mail.example.com": ("mailbox_trouble", "5.2.2", "soft bounce"),
-        "x@blocked.example.com": ("sender_fault", "5.7.1", "failed, lead kept"),
+        "ghost@mail.example.com": ("address_gone", "5.1.1", "suppressed", "token"),
+        "full@mail.example.com": ("mailbox_trouble", "5.2.2", "soft bounce", "token"),
+        "x@blocked.example.com": ("sender_fault", "5.7.1", "failed, lead kept", "token"),
     }
     assert statuses(engine) == {
         ("ghost@mail.example.com", "first"): "bounced",
