@@ -67,5 +67,9 @@ def erase(conn: sa.Connection, address: str, now: datetime) -> dict[str, int] | 
     if lead_id is None:
         return None
     counts = held(conn, lead_id)
+    # Bounce reports name the lead without a foreign key (a report may name no lead) and keep raw
+    # messages that hold the address: they go too, matched or not.
+    b = tables.bounce_reports
+    conn.execute(sa.delete(b).where(sa.or_(b.c.lead_id == lead_id, b.c.recipient_hash == store.email_hash(address))))
     conn.execute(sa.delete(tables.leads).where(tables.leads.c.id == lead_id))
     return counts

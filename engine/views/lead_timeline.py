@@ -22,16 +22,25 @@ from engine.store.database import Connection
 from engine.store.lead_data import erase as erase
 from engine.store.lead_data import held as held
 
-_TIMELINE_TABLES = ("events", "stage_transitions", "outbox", "consent_records", "goals", "webhook_calls", "enrollments")
+_TIMELINE_TABLES = (
+    "events",
+    "stage_transitions",
+    "outbox",
+    "consent_records",
+    "goals",
+    "webhook_calls",
+    "enrollments",
+    "bounce_reports",
+)
 
 # Within one instant, the cause before its effects: the event, then the move, then the emails.
-_ORDER = {"consent": 0, "event": 1, "transition": 2, "goal": 3, "email": 4, "webhook": 5}
+_ORDER = {"report": 0, "consent": 1, "event": 2, "transition": 3, "goal": 4, "email": 5, "webhook": 6}
 
 
 @dataclass(frozen=True, slots=True)
 class Entry:
     at: datetime
-    kind: str  # consent | event | transition | goal | email | webhook
+    kind: str  # report | consent | event | transition | goal | email | webhook
     funnel: str | None
     what: str  # one line for people
 
@@ -112,6 +121,7 @@ def read(conn: Connection, address: str) -> Timeline | None:
         *(_consent(c) for c in found["consent_records"]),
         *(_goal(g) for g in found["goals"]),
         *(_webhook(w) for w in found["webhook_calls"]),
+        *(_report(r) for r in found["bounce_reports"]),
     ]
     last: dict[str, dict[str, Any]] = {}
     for t in transitions:
@@ -177,6 +187,16 @@ def _webhook(w: Mapping[str, Any]) -> Entry:
 # --------------------------------------------------------------------------------------------------
 
 
+def _report(r: Mapping[str, Any]) -> Entry:
+    """What came back after the relay's 250 (a bounce, a delay, a complaint, an auto-reply): from where,
+    its class and code, which message it matched and how, what it did, and the remote server's words."""
+    code = f" {r['status']}" if r["status"] else ""
+    matched = f"message {r['outbox_id']} by {r['matched_by']}" if r["outbox_id"] else "no message matched"
+    said = f": {r['diagnostic']}" if r["diagnostic"] else ""
+    what = f"{r['kind']} report via {r['source']}, {r['failure_class'] or 'unclassed'}{code} ({matched}; {r['action']})"
+    return Entry(r["received_at"], "report", None, what + said)
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
@@ -184,6 +204,8 @@ def _plain(value: Any) -> Any:
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
+    if isinstance(value, bytes):  # a bounce report's raw message
+        return value.decode("utf-8", "replace")
     return value
 
 

@@ -29,6 +29,7 @@ from engine.settings import BounceReceiverSettings, BounceSettings, Settings, Sm
 from engine.store import leads as store
 from engine.store import tables
 from engine.store.database import create_engine_for, upgrade
+from engine.views import lead_timeline
 from tests.acceptance.conftest import queue_email
 from tests.mail_servers import Dovecot, Postfix, require
 
@@ -127,5 +128,13 @@ def test_postfixs_own_reports_suppress_a_dead_address_only(engine: sa.Engine, do
         queue_email(engine, address, "second", NOW)
     asyncio.run(send_and_hear_back(engine, dovecot, expected_reports=4))
     after = statuses(engine)
+    with engine.connect() as conn:
+        why = [e.what for e in lead_timeline.read(conn, "ghost@mail.example.com").entries if e.kind == "report"]
+    # `funnel lead show` says why the lead gets no more mail, and from which report.
+    assert (
+        why
+        and why[0].startswith("dsn report via lmtp, address_gone 5.1.1 (message ")
+        and "by token; suppressed" in why[0]
+    )
     assert after[("ghost@mail.example.com", "second")] == "skipped"
     assert after[("x@blocked.example.com", "second")] == "failed"  # refused again, and tried: not suppressed
