@@ -9,12 +9,13 @@ database is away: nothing is lost, the MTA or the mailbox keeps the message).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
-from engine.core.bounce_outcome import Intake, Outcome, Verdict
-from engine.core.bounce_reports import NOT_REPORT, read_report
+from engine.core.bounce_outcome import COMPLAINT, NOT_FAILURE, Intake, Outcome, Verdict
+from engine.core.bounce_reports import Report, ReportKind, read_report
 from engine.settings import BounceSettings
 from engine.store.bounces import Applied, record_outcomes
 from engine.store.database import DBAPIError, Engine
@@ -34,13 +35,41 @@ def record(
         return None
 
 
+def outcomes_of(report: Report, raw: bytes, source: str) -> tuple[Outcome, ...]:
+    """One outcome per recipient the report names. A report that names none (a complaint with its
+    recipient redacted, an auto-reply, what no detector reads) is one outcome about the message its
+    token or Message-ID names; of the failures only a complaint then acts (its message says whose), the
+    rest are kept for an operator rather than cost an address the report does not name."""
+    key = hashlib.sha256(raw).hexdigest()
+    token, message_id = report.verp_token, report.message_id
+    if report.recipients:
+        return tuple(
+            Outcome(
+                key,
+                source,
+                "delay" if r.action == "delayed" else str(report.kind),
+                r.failure_class,
+                r.address,
+                status=r.status or None,
+                diagnostic=r.diagnostic or None,
+                token=token,
+                message_id=message_id,
+                raw=raw,
+            )
+            for r in report.recipients
+        )
+    acts = report.failure_class in (COMPLAINT, NOT_FAILURE) and report.kind != ReportKind.UNREADABLE
+    klass = report.failure_class if acts else None
+    return (Outcome(key, source, str(report.kind), klass, token=token, message_id=message_id, raw=raw),)
+
+
 def process_report(
     engine: Engine, raw: bytes, source: str, now: datetime, settings: BounceSettings, keys: Sequence[str] = ()
 ) -> tuple[Verdict, list[Applied]]:
-    report = read_report(raw, source, settings.local_part)
-    if report.kind == NOT_REPORT:
+    report = read_report(raw, settings.local_part)
+    if report.kind == ReportKind.NOT_REPORT:
         return Verdict.NOT_RECOGNISED, []
-    applied = record(engine, report.outcomes, now, settings, keys)
+    applied = record(engine, outcomes_of(report, raw, source), now, settings, keys)
     if applied is None:
         return Verdict.RETRY, []
     for item in applied:

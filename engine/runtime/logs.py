@@ -59,3 +59,6 @@ def setup(log_format: str = "text", level: str = "INFO", libraries: str = "WARNI
     # The HTTP app's server: its start, its stop, and the traceback of a request the app failed.
     logging.getLogger("uvicorn.error").setLevel(level)
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # the local sink's chatter, whatever libraries log
+    # flufl.bounce logs each detector it runs, and a traceback when one meets malformed input; the bounce
+    # reader catches that and reads on (engine.core.bounce_reports), so neither is news to an operator.
+    logging.getLogger("flufl.bounce").setLevel(logging.CRITICAL)

@@ -1,70 +1,163 @@
-"""What failed, by the enhanced status code's subject first and the server's words second (RFC 3463)."""
+"""Failure classes by what failed: the RFC 3463 subject of the enhanced code decides, the words decide
+only under a missing or generic code, and the relay's own reply at send time is read the same way."""
 
 from __future__ import annotations
 
 import pytest
 
-from engine.core.bounce_outcome import ADDRESS_GONE, MAILBOX_TROUBLE, NOT_FAILURE, SENDER_FAULT
-from engine.core.failure_classes import classify, classify_reply, failed, status_in
+from engine.core.failure_classes import FailureClass, classify, classify_reply, status_in, text_class
+
+GONE = FailureClass.ADDRESS_GONE
+TROUBLE = FailureClass.MAILBOX_TROUBLE
+SENDER = FailureClass.SENDER_FAULT
 
 
 @pytest.mark.parametrize(
-    ("status", "diagnostic", "action", "expected"),
+    ("status", "expected"),
     [
-        ("5.1.1", "smtp; 550 5.1.1 <x@y> User unknown", "failed", ADDRESS_GONE),
-        ("5.1.2", None, "failed", ADDRESS_GONE),  # no such domain
-        ("5.1.10", None, "failed", ADDRESS_GONE),  # null MX
-        ("5.4.4", None, "failed", ADDRESS_GONE),  # no route to the domain
-        ("5.1.8", None, "failed", SENDER_FAULT),  # the sender's own domain is bad, not the recipient's
-        ("5.2.2", "smtp; 552 5.2.2 Quota exceeded", "failed", MAILBOX_TROUBLE),
-        ("5.2.1", None, "failed", MAILBOX_TROUBLE),  # mailbox disabled
-        ("5.7.1", "smtp; 554 5.7.1 Client host blocked using zen.spamhaus.org", "failed", SENDER_FAULT),
-        ("5.7.26", "DMARC policy", "failed", SENDER_FAULT),
-        ("5.3.4", "message too big", "failed", SENDER_FAULT),
-        ("5.4.6", "routing loop", "failed", SENDER_FAULT),
-        ("5.6.0", None, "failed", SENDER_FAULT),
-        ("4.2.2", "mailbox full", "delayed", MAILBOX_TROUBLE),
-        ("4.7.1", "greylisted", "failed", MAILBOX_TROUBLE),  # transient: soft, whatever its subject
-        ("2.0.0", None, "delivered", NOT_FAILURE),
-        ("5.0.0", "smtp; 550 #5.7.1 relaying denied", "failed", SENDER_FAULT),  # the remote's own code
-        ("5.0.0", "smtp; 550 unknown user account", "failed", ADDRESS_GONE),
-        ("5.0.0", "smtp; 552 user has exceeded the disk quota", "failed", MAILBOX_TROUBLE),
-        ("5.0.0", "smtp; 550 Host not found, try again", "failed", MAILBOX_TROUBLE),
-        ("5.0.0", "smtp; 554 something nobody wrote down", "failed", None),
-        (None, "550 5.1.1 The email account that you tried to reach does not exist", None, ADDRESS_GONE),
+        ("5.1.1", GONE),  # bad destination mailbox
+        ("5.1.2", GONE),  # bad destination system
+        ("5.1.6", GONE),  # mailbox moved
+        ("5.1.10", GONE),  # null MX (RFC 7505)
+        ("5.4.4", GONE),  # unable to route
+        ("5.2.1", TROUBLE),  # mailbox disabled
+        ("5.2.2", TROUBLE),  # mailbox full
+        ("5.2.3", TROUBLE),  # message larger than the mailbox takes
+        ("5.4.7", TROUBLE),  # delivery time expired
+        ("5.7.1", SENDER),  # delivery not authorised (blocklists, policy)
+        ("5.7.26", SENDER),  # DMARC / authentication failures
+        ("5.3.0", SENDER),  # mail system
+        ("5.3.4", SENDER),  # message too big for the system
+        ("5.4.6", SENDER),  # routing loop
+        ("5.4.1", SENDER),  # no answer from host
+        ("5.5.2", SENDER),  # syntax error
+        ("5.6.0", SENDER),  # content
+        ("5.1.7", SENDER),  # the sender's own address is malformed
+        ("5.1.8", SENDER),  # the sender's system address is bad
+        ("4.1.1", TROUBLE),  # any transient report is a soft bounce, even about the address
+        ("4.7.1", TROUBLE),
+        ("4.2.2", TROUBLE),
     ],
 )
-def test_a_report_is_classed_by_what_failed(
-    status: str | None, diagnostic: str | None, action: str | None, expected: str | None
-) -> None:
-    assert classify(status, diagnostic, action) == expected
+def test_the_subject_of_a_specific_code_decides(status: str, expected: FailureClass) -> None:
+    assert classify(status, "", "failed") is expected
 
 
-def test_a_failure_nothing_explains_is_a_soft_bounce_never_a_dead_address() -> None:
-    assert failed("5.0.0", "554 something nobody wrote down") == MAILBOX_TROUBLE
+def test_a_specific_code_wins_over_the_words_around_it() -> None:
+    assert classify("5.7.1", "550 5.7.1 No such user here", "failed") is SENDER
+    assert classify("5.1.1", "mailbox is full", "failed") is GONE
+    assert classify("5.3.0", "553 5.3.0 Addressee unknown", "failed") is SENDER
+
+
+@pytest.mark.parametrize("action", ["delivered", "relayed", "expanded", "Delivered (comment)"])
+def test_delivered_relayed_and_expanded_are_not_failures(action: str) -> None:
+    assert classify("2.0.0", "250 ok", action) is FailureClass.NOT_FAILURE
+    assert classify("5.1.1", "user unknown", action) is FailureClass.NOT_FAILURE
+
+
+def test_a_delay_is_mailbox_trouble_whatever_its_code() -> None:
+    assert classify("5.1.1", "user unknown", "delayed") is TROUBLE
+    assert classify("4.4.1", "connection timed out", "delayed") is TROUBLE
+
+
+def test_a_generic_status_is_read_by_the_specific_code_in_the_diagnostic() -> None:
+    assert classify("5.0.0", "550 5.1.1 <a@example.com>... User unknown", "failed") is GONE
+    assert classify("5.0.0", "550 user mail-box not found (#5.7.1)", "failed") is SENDER
+    assert classify("5.0.0", "451 4.3.0 temporary local problem", "failed") is TROUBLE
+
+
+@pytest.mark.parametrize(
+    ("diagnostic", "expected"),
+    [
+        ("550 User unknown", GONE),
+        ("550 <a@example.com>: Recipient address rejected: User unknown in local recipient table", GONE),
+        ("550 Requested action not taken: mailbox unavailable", GONE),
+        ("550 No such user here", GONE),
+        ("550 Host unknown (Name server: example.invalid: host not found)", GONE),
+        ("550 is not a known user", GONE),
+        ("550 Mailbox full", TROUBLE),
+        ("552 Requested mail action aborted: exceeded storage allocation", TROUBLE),
+        ("550 This account has been disabled or discontinued", TROUBLE),
+        ("550 Host not found, try again", TROUBLE),
+        ("554 Message rejected: listed at zen.spamhaus.org", SENDER),
+        ("550 Message rejected because of its content: looks like spam", SENDER),
+        ("550 Relaying denied", SENDER),
+        ("550 SPF check failed", SENDER),
+        ("554 Too many hops 26 (25 max)", SENDER),
+        ("554 Message size exceeds fixed maximum message size", SENDER),
+        ("550 Service currently unavailable", SENDER),
+        ("550 <a@example.com>: Sender address rejected: Domain not found", SENDER),
+        ("550 The domain of the sender address does not exist", SENDER),
+        ("450 Client host rejected: cannot find your hostname", TROUBLE),  # transient by its reply code
+        ("550 Client host rejected: cannot find your hostname", SENDER),
+        ("550 Your server is not listed in our allowed senders", TROUBLE),  # nothing about the address
+        ("550 User ola not listed in Domino Directory", GONE),
+        ("Exceeded Maximum Delivery Attempts", TROUBLE),
+        ("Reason 1 (Unable-To-Transfer)", TROUBLE),  # no reason given: a soft bounce, never a suppression
+        ("", TROUBLE),
+    ],
+)
+def test_under_a_generic_code_the_words_decide(diagnostic: str, expected: FailureClass) -> None:
+    assert classify("5.0.0", diagnostic, "failed") is expected
+    assert classify(None, diagnostic, "failed") is expected
+
+
+def test_words_that_point_several_ways_never_suppress() -> None:
+    assert classify(None, "550 user unknown - your IP is on our blocklist", "failed") is SENDER
+    assert classify(None, "550 No such user. Mailbox full.", "failed") is TROUBLE
+
+
+def test_an_address_refused_after_the_message_was_sent_is_not_trusted_under_a_generic_code() -> None:
+    said = "host mx.example.com said: 550 Address unknown (in reply to end of DATA command)"
+    assert classify("5.0.0", said, "failed") is TROUBLE
+    assert classify("5.0.0", "550 Address unknown (in reply to RCPT TO command)", "failed") is GONE
+    assert classify("5.1.1", said, "failed") is GONE  # a specific code still decides
 
 
 @pytest.mark.parametrize(
     ("code", "text", "expected"),
     [
-        (550, "5.7.1 Client host [192.0.2.1] blocked using a blocklist", SENDER_FAULT),
-        (554, "5.7.1 Service unavailable; Client host blocked using zen.spamhaus.org", SENDER_FAULT),
-        (550, "5.1.1 <ann@example.com>: Recipient address rejected: User unknown", ADDRESS_GONE),
-        (550, "user unknown", ADDRESS_GONE),  # a bare 550: the words decide
-        (553, "sorry, that domain isn't in my list of allowed rcpthosts", SENDER_FAULT),
-        (552, "5.2.2 Mailbox full", MAILBOX_TROUBLE),
-        (550, "Requested action not taken", None),  # nothing says what failed: not suppressed
-        (451, "4.3.0 try again later", MAILBOX_TROUBLE),
-        (550, "5.1.1 ok 2.0.0", ADDRESS_GONE),  # the reply's own 5.x.x code, not a stray one in its words
+        (550, "5.7.1 Client host [192.0.2.1] blocked using a blocklist", SENDER),
+        (554, "5.7.1 Service unavailable; client host blocked using zen.spamhaus.org", SENDER),
+        (550, "5.1.1 user unknown", GONE),
+        (550, "user unknown", GONE),
+        (551, "User not local; please try <b@example.com>", GONE),
+        (553, "5.1.7 Sender address rejected: malformed", SENDER),
+        (552, "5.2.2 mailbox full", TROUBLE),
+        (552, "5.3.4 Message size exceeds fixed limit", SENDER),
+        (550, "Requested action not taken", TROUBLE),  # a bare 550 that gives no reason
+        (450, "4.2.1 mailbox temporarily unavailable", TROUBLE),
+        (421, "4.7.0 Try again later, closing connection", TROUBLE),
+        (451, "5.1.1 user unknown", TROUBLE),  # the reply code says transient: it is
+        (250, "2.0.0 Ok: queued", FailureClass.NOT_FAILURE),
     ],
 )
-def test_the_relays_own_refusal_at_send_time_is_classed_the_same_way(
-    code: int, text: str, expected: str | None
-) -> None:
-    assert classify_reply(code, text) == expected
+def test_the_relays_own_reply_at_send_time(code: int, text: str, expected: FailureClass) -> None:
+    assert classify_reply(code, text) is expected
 
 
-def test_status_in_finds_an_enhanced_code_and_not_a_version_number() -> None:
-    assert status_in("smtp; 550 5.1.1 <x@y>: unknown") == "5.1.1"
-    assert status_in("Postfix 3.7.10 says no") is None
-    assert status_in(None) is None
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("smtp; 550 5.1.1 <a@example.com>: Recipient address rejected", "5.1.1"),
+        ("550 5.0.0 user mail-box not found (#5.7.1)", "5.7.1"),
+        ("Sorry, no mailbox here by that name. (#5.1.1)", "5.1.1"),
+        ("host 10.5.1.1 said: 550 5.2.2 full", "5.2.2"),  # not the IP address
+        ("Postfix 2.5.1 says 550 5.1.1 unknown", "5.1.1"),  # not the version number
+        ("Office 365: 550 5.1.10 RESOLVER.ADR.RecipientNotFound", "5.1.10"),
+        ("Status: 5.0.0", "5.0.0"),
+        ("connect to 192.0.2.4 failed", None),
+        ("", None),
+    ],
+)
+def test_status_in_finds_the_enhanced_code_a_server_wrote(text: str, expected: str | None) -> None:
+    assert status_in(text) == expected
+
+
+def test_text_class_is_none_when_the_words_name_nothing() -> None:
+    assert text_class("Your message could not be delivered.") is None
+    assert text_class("user unknown") is GONE
+
+
+def test_only_address_gone_and_complaint_suppress_at_once() -> None:
+    assert {c for c in FailureClass if c.suppresses} == {GONE, FailureClass.COMPLAINT}
