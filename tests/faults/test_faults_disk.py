@@ -260,7 +260,7 @@ def test_a_full_disk_stops_writes_loses_nothing_and_the_engine_recovers(
     # One clear line per full disk: which database, what is wrong; no traceback per failed tick.
     assert len(said) == WALLS, text[-6000:]
     clear = re.compile(
-        rf"ERROR engine.runtime.runner database {re.escape(str(database))}: disk I/O error \(SQLITE_IOERR_WRITE\): "
+        rf"ERROR engine.runner database {re.escape(str(database))}: disk I/O error \(SQLITE_IOERR_WRITE\): "
         r"file too large, this process may write no file beyond 4,096 bytes \(ulimit -f\) and funnel.db-wal is "
     )
     assert all(clear.search(line) for line in said), said

@@ -232,7 +232,7 @@ def test_workers_ride_out_server_restarts(
     # A tick that failed said so once, with the database and the server's own words, and the worker said
     # when it worked again; no traceback per tick.
     assert all(
-        line.startswith(f"engine.runtime.runner database postgresql+psycopg://127.0.0.1:{server.port}/funnel: ")
+        line.startswith(f"engine.runner database postgresql+psycopg://127.0.0.1:{server.port}/funnel: ")
         for line in said
     ), said
     assert recovered == len(said)
