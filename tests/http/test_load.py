@@ -1,5 +1,5 @@
 """Event ingestion under load: `funnel api` in its own process over a SQLite file, twenty clients posting
-batches over loopback for FUNNEL_LOAD_SECONDS (default 60).
+batches over loopback for FUNNEL_LOAD_SECONDS (default 30; set it higher for a longer soak).
 
 The clients behave like real senders: fresh events in batches of 1 to 200, replays of events already
 acknowledged (their own and other clients'), the same ids raced by several clients at once, and
@@ -34,7 +34,7 @@ from engine.store.database import create_engine_for, upgrade
 from tests.smtp_server import _free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-SECONDS = float(os.environ.get("FUNNEL_LOAD_SECONDS", "60"))
+SECONDS = float(os.environ.get("FUNNEL_LOAD_SECONDS", "30"))
 CLIENTS = 20
 LEADS = [f"lead{n}@example.com" for n in range(300)]
 PATIENT = httpx.Timeout(60.0)  # an answer later than this is a stalled server, not load
