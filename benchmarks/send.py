@@ -112,12 +112,11 @@ def load(engine: sa.Engine, count: int, templates: list[str]) -> None:
 
 
 class SinkProcess:
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, envelopes: bool = False) -> None:
         self.port_file = folder / "sink.port"
         self.stats_file = folder / "sink.json"
-        self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "benchmarks" / "smtp_sink.py"), str(self.port_file), str(self.stats_file)]
-        )
+        sink = [sys.executable, str(ROOT / "benchmarks" / "smtp_sink.py"), str(self.port_file), str(self.stats_file)]
+        self.proc = subprocess.Popen(sink + (["--envelopes"] if envelopes else []))
         deadline = time.monotonic() + 30
         while not (self.port_file.exists() and self.port_file.read_text()):
             if time.monotonic() > deadline or self.proc.poll() is not None:

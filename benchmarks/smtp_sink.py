@@ -3,10 +3,11 @@ that does not pipeline, keeps nothing but a count per Message-ID, and costs a fe
 message, so the benchmark measures the sender and not the sink. (The behaviour tests use aiosmtpd, a
 real server.)
 
-    python benchmarks/smtp_sink.py PORT_FILE STATS_FILE
+    python benchmarks/smtp_sink.py PORT_FILE STATS_FILE [--envelopes]
 
 Writes the port it listens on to PORT_FILE; on SIGTERM writes {"messages": n, "ids": {id: count}} to
-STATS_FILE and exits.
+STATS_FILE and exits. With --envelopes it also keeps each message's envelope, as
+"envelopes": {id: [MAIL FROM, [RCPT TO, ...]]} (what a bounce is addressed to, and about).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class Stats:
     def __init__(self) -> None:
         self.ids: Counter[str] = Counter()
         self.messages = 0
+        self.envelopes: dict[str, tuple[str, list[str]]] | None = None
 
 
 class Session(asyncio.Protocol):
@@ -35,6 +37,8 @@ class Session(asyncio.Protocol):
         self.buffer = b""
         self.in_data = False
         self.transport: asyncio.WriteTransport | None = None
+        self.mail_from = ""
+        self.rcpts: list[str] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # a stream transport: it can write
@@ -50,7 +54,11 @@ class Session(asyncio.Protocol):
                     return
                 message, self.buffer = self.buffer[: end + 2], self.buffer[end + len(END_OF_DATA) :]
                 found = MESSAGE_ID.search(message)
-                self.stats.ids[found.group(1).decode() if found else ""] += 1
+                mid = found.group(1).decode() if found else ""
+                self.stats.ids[mid] += 1
+                if self.stats.envelopes is not None:
+                    self.stats.envelopes[mid] = (self.mail_from, self.rcpts)
+                self.mail_from, self.rcpts = "", []
                 self.stats.messages += 1
                 self.in_data = False
                 self.transport.write(b"250 2.0.0 queued\r\n")
@@ -58,7 +66,8 @@ class Session(asyncio.Protocol):
             end = self.buffer.find(b"\r\n")
             if end < 0:
                 return
-            verb, self.buffer = self.buffer[:4].upper(), self.buffer[end + 2 :]
+            line, self.buffer = self.buffer[:end], self.buffer[end + 2 :]
+            verb = line[:4].upper()
             if verb in (b"EHLO", b"HELO"):
                 self.transport.write(b"250-sink\r\n250-8BITMIME\r\n250 SIZE 52428800\r\n")
             elif verb == b"DATA":
@@ -69,11 +78,23 @@ class Session(asyncio.Protocol):
                 self.transport.close()
                 return
             else:  # MAIL, RCPT, RSET, NOOP
+                if self.stats.envelopes is not None and verb in (b"MAIL", b"RCPT"):
+                    self._envelope(verb, line)
                 self.transport.write(b"250 ok\r\n")
 
 
-async def main(port_file: Path, stats_file: Path) -> None:
+    def _envelope(self, verb: bytes, line: bytes) -> None:
+        address = line.partition(b":")[2].strip().split(b" ")[0].strip(b"<>").decode("utf-8", "replace")
+        if verb == b"MAIL":
+            self.mail_from, self.rcpts = address, []
+        else:
+            self.rcpts.append(address)
+
+
+async def main(port_file: Path, stats_file: Path, envelopes: bool) -> None:
     stats = Stats()
+    if envelopes:
+        stats.envelopes = {}
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: Session(stats), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -82,13 +103,16 @@ async def main(port_file: Path, stats_file: Path) -> None:
     port_file.write_text(str(port))
     async with server:
         await stop.wait()
-    stats_file.write_text(json.dumps({"messages": stats.messages, "ids": dict(stats.ids)}))
+    out: dict[str, object] = {"messages": stats.messages, "ids": dict(stats.ids)}
+    if stats.envelopes is not None:
+        out["envelopes"] = stats.envelopes
+    stats_file.write_text(json.dumps(out))
 
 
 if __name__ == "__main__":
     try:
         import uvloop  # a faster event loop, when installed, makes the sink cheaper still
     except ImportError:
-        asyncio.run(main(Path(sys.argv[1]), Path(sys.argv[2])))
+        asyncio.run(main(Path(sys.argv[1]), Path(sys.argv[2]), "--envelopes" in sys.argv[3:]))
     else:
-        uvloop.run(main(Path(sys.argv[1]), Path(sys.argv[2])))
+        uvloop.run(main(Path(sys.argv[1]), Path(sys.argv[2]), "--envelopes" in sys.argv[3:]))

@@ -91,13 +91,24 @@ def _record(
     if not store.insert_ignoring(conn, tables.bounce_reports, ("report_key", "recipient_key"), row):
         return Applied(outcome, message.id if message else None, lead_id, "duplicate")
     action = _act(conn, outcome, message, recipient, lead_id, now, settings)
-    conn.execute(
-        sa.update(tables.bounce_reports)
-        .where(tables.bounce_reports.c.report_key == row["report_key"])
-        .where(tables.bounce_reports.c.recipient_key == row["recipient_key"])
-        .values(action=action)
-    )
+    conn.execute(_SET_ACTION, {"key": row["report_key"], "rkey": row["recipient_key"], "action": action})
     return Applied(outcome, message.id if message else None, lead_id, action)
+
+
+# The statements every report runs, built once (building one costs about as much as running it).
+_b, _o = tables.bounce_reports, tables.outbox
+_SET_ACTION = (
+    sa.update(_b)
+    .where(_b.c.report_key == sa.bindparam("key"), _b.c.recipient_key == sa.bindparam("rkey"))
+    .values(action=sa.bindparam("action"))
+)
+_BY_ID = sa.select(_o.c.id, _o.c.lead_id, _o.c.status).where(_o.c.id == sa.bindparam("id"))
+_BY_MESSAGE_ID = sa.select(_o.c.id, _o.c.lead_id, _o.c.status).where(_o.c.message_id == sa.bindparam("mid")).limit(1)
+_FINISH = (
+    sa.update(_o)
+    .where(_o.c.id == sa.bindparam("outbox_id"), _o.c.status.in_(HANDED_OVER))
+    .values(status=sa.bindparam("new_status"), last_error=sa.bindparam("reason"))
+)
 
 
 @dataclass(frozen=True)
@@ -114,11 +125,11 @@ def _match(
     o = tables.outbox
     columns = (o.c.id, o.c.lead_id, o.c.status)
     if outbox_id is not None:
-        found = conn.execute(sa.select(*columns).where(o.c.id == outbox_id)).first()
+        found = conn.execute(_BY_ID, {"id": outbox_id}).first()
         if found is not None:
             return _Message(*found), "token"
     if message_id:
-        found = conn.execute(sa.select(*columns).where(o.c.message_id == message_id.strip()).limit(1)).first()
+        found = conn.execute(_BY_MESSAGE_ID, {"mid": message_id.strip()}).first()
         if found is not None:
             return _Message(*found), "message-id"
     if recipient:
@@ -175,33 +186,32 @@ def _act(
 
 
 def _finish(conn: sa.Connection, message: _Message, status: str, reason: str) -> None:
-    o = tables.outbox
-    conn.execute(
-        sa.update(o).where(o.c.id == message.id, o.c.status.in_(HANDED_OVER)).values(status=status, last_error=reason)
+    conn.execute(_FINISH, {"outbox_id": message.id, "new_status": status, "reason": reason})
+
+
+_ENGAGED_SINCE = sa.select(sa.func.max(tables.events.c.occurred_at)).where(
+    tables.events.c.lead_id == sa.bindparam("lead_id"), tables.events.c.name.in_(ENGAGED)
+)
+_SOFT_COUNT = (
+    sa.select(sa.func.count())
+    .select_from(_b)
+    .where(
+        _b.c.recipient_hash == sa.bindparam("digest"),
+        _b.c.failure_class == MAILBOX_TROUBLE,
+        _b.c.received_at >= sa.bindparam("since", type_=_b.c.received_at.type),
     )
+)
 
 
 def _soft_bounces(
     conn: sa.Connection, recipient: str, lead_id: int | None, now: datetime, settings: BounceSettings
 ) -> int:
-    b = tables.bounce_reports
     since = now - timedelta(days=settings.soft_window_days)
     if lead_id is not None:
-        e = tables.events
-        engaged = conn.execute(
-            sa.select(sa.func.max(e.c.occurred_at)).where(e.c.lead_id == lead_id, e.c.name.in_(ENGAGED))
-        ).scalar()
+        engaged = conn.execute(_ENGAGED_SINCE, {"lead_id": lead_id}).scalar()
         if engaged is not None and engaged > since:
             since = engaged
-    counted = conn.execute(
-        sa.select(sa.func.count())
-        .select_from(b)
-        .where(
-            b.c.recipient_hash == store.email_hash(recipient),
-            b.c.failure_class == MAILBOX_TROUBLE,
-            b.c.received_at >= since,
-        )
-    ).scalar()
+    counted = conn.execute(_SOFT_COUNT, {"digest": store.email_hash(recipient), "since": since}).scalar()
     return int(counted or 0)
 
 
