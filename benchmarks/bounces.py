@@ -66,7 +66,12 @@ FAILURES = [
     Failure("blocked", "failed", "5.7.1", "550 5.7.1 Service unavailable; client host blocked using a blocklist",
             "Undelivered Mail Returned to Sender"),
 ]  # fmt: skip
-EXPECTED_CLASS = {"5.1.1": "address_gone", "5.2.2": "mailbox_trouble", "4.4.7": "mailbox_trouble", "5.7.1": "sender_fault"}
+EXPECTED_CLASS = {
+    "5.1.1": "address_gone",
+    "5.2.2": "mailbox_trouble",
+    "4.4.7": "mailbox_trouble",
+    "5.7.1": "sender_fault",
+}
 
 
 def recipient_block(rcpt: str, failure: Failure, original: str | None = None) -> str:
@@ -161,7 +166,6 @@ def send_all(engine: object, count: int, folder: Path) -> dict[str, list[object]
     """The real dispatcher sends every message to the sink; the envelopes the sink saw, by Message-ID."""
     from engine.mail.mailer import Mailer
     from engine.mail.templates import TemplateLibrary
-    from engine.settings import Settings
 
     library = TemplateLibrary(ROOT / "emails")
     templates = [n for n in library.names() if n.startswith("lead-magnet/")]
@@ -227,7 +231,9 @@ def database_says(engine: object) -> tuple[set[str], dict[str, int]]:
     with engine.begin() as conn:  # type: ignore[attr-defined]
         hashes = {str(h) for h in conn.execute(sa.select(tables.suppressions.c.email_hash)).scalars()}
         o = tables.outbox
-        statuses = {str(s): int(c) for s, c in conn.execute(sa.select(o.c.status, sa.func.count()).group_by(o.c.status))}
+        statuses = {
+            str(s): int(c) for s, c in conn.execute(sa.select(o.c.status, sa.func.count()).group_by(o.c.status))
+        }
     return hashes, statuses
 
 
@@ -248,7 +254,9 @@ def problems_of(cases: list[Case], applied: list[object], hashes: set[str], stat
         out.append(f"{len(wrong)} outcomes classed otherwise than their status says")
     # A message ends as its first final report says: the lead's own block comes first.
     blocked = sum(1 for c in cases if c.failure.status == "5.7.1")
-    hard = sum(1 for c in cases if c.failure.status == "5.1.1" or (len(c.addresses) > 1 and c.failure.status != "5.7.1"))
+    hard = sum(
+        1 for c in cases if c.failure.status == "5.1.1" or (len(c.addresses) > 1 and c.failure.status != "5.7.1")
+    )
     if statuses.get("bounced", 0) != hard or statuses.get("failed", 0) != blocked:
         out.append(f"outbox statuses {statuses}: expected {hard} bounced and {blocked} failed")
     return out
@@ -305,8 +313,12 @@ def main() -> None:
         "database": "sqlite",
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }
-    print(f"{len(cases):,} reports ({len(applied):,} outcomes) in {seconds:.1f} s: {figures['reports_per_s']:,} reports/s")
-    print(f"p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms; unmatched {unmatched}; actions {figures['actions']}")
+    print(
+        f"{len(cases):,} reports ({len(applied):,} outcomes) in {seconds:.1f} s: {figures['reports_per_s']:,} reports/s"
+    )
+    print(
+        f"p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms; unmatched {unmatched}; actions {figures['actions']}"
+    )
     for problem in problems:
         print(f"problem: {problem}")
     print(json.dumps(figures))

@@ -82,7 +82,6 @@ class Session(asyncio.Protocol):
                     self._envelope(verb, line)
                 self.transport.write(b"250 ok\r\n")
 
-
     def _envelope(self, verb: bytes, line: bytes) -> None:
         address = line.partition(b":")[2].strip().split(b" ")[0].strip(b"<>").decode("utf-8", "replace")
         if verb == b"MAIL":

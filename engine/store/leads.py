@@ -66,11 +66,12 @@ def _insert_ignoring_sql(table: sa.Table, unique: tuple[str, ...], columns: tupl
     types bind the values, as they would in a Core insert. RETURNING says whether a row was written:
     a driver's rowcount is not reliable for these statements (psycopg reports -1 for some)."""
     quote = '"{}"'.format
-    sql = (
-        f"INSERT INTO {quote(table.name)} ({', '.join(map(quote, columns))}) "
-        f"VALUES ({', '.join(':' + c for c in columns)}) "
-        f"ON CONFLICT ({', '.join(map(quote, unique))}) DO NOTHING RETURNING {quote('id')}"
-    )
+    columns = tuple(table.c[name].name for name in columns)  # real columns only: nothing else reaches the SQL
+    target = f"{quote(table.name)} ({', '.join(map(quote, columns))})"
+    values = ", ".join(":" + c for c in columns)
+    conflict = ", ".join(map(quote, unique))
+    # Names of the schema's own table and columns; the values are bound.
+    sql = f"INSERT INTO {target} VALUES ({values}) ON CONFLICT ({conflict}) DO NOTHING RETURNING id"  # noqa: S608
     return sa.text(sql).bindparams(*(sa.bindparam(c, type_=table.c[c].type) for c in columns))
 
 

@@ -20,11 +20,13 @@ FIGURES = [
     "e2e_to_raw_ratio",
     *(f"tick_{what}_{size}" for size in ("1k", "3k", "10k") for what in ("claim_ms", "due_rows_per_s")),
     "http_events_per_s",
+    "bounce_reports_per_s",
+    "bounce_report_p99_ms",
     "import_rows_per_s",
     "form_to_email_ms",
     "simulate_leads_per_s",
     "simulate_emails_per_s",
-    *(f"peak_rss_mb_{name}" for name in ("send", "tick", "http", "import", "form", "simulate")),
+    *(f"peak_rss_mb_{name}" for name in ("send", "tick", "http", "bounces", "import", "form", "simulate")),
     "peak_rss_mb",
 ]
 
@@ -40,7 +42,7 @@ def test_quick_run_reports_every_figure(tmp_path: Path) -> None:
     data = json.loads(out.read_text())
     assert data["mode"] == "quick" and data["ok"] is True
     assert {name: b["status"] for name, b in data["benchmarks"].items()} == {
-        name: "ok" for name in ("send", "tick", "http", "import", "form", "simulate")
+        name: "ok" for name in ("send", "tick", "http", "bounces", "import", "form", "simulate")
     }
     figures = data["figures"]
     assert sorted(figures) == sorted(FIGURES)
