@@ -11,6 +11,7 @@ decide.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -93,6 +94,8 @@ def register(app: typer.Typer) -> None:
         with database(database_url, create=True) as engine:
             poller = _poller(settings, engine)
             if once:
+                # The command says a failure of the mailbox itself, without the poller's "retrying every".
+                logging.getLogger("engine.bounce_mailbox").setLevel(logging.CRITICAL)
                 _report_poll(poller, asyncio.run(poller.poll()))
                 return
             _poll_until_stopped(poller)
@@ -136,7 +139,9 @@ def _report_poll(poller: MailboxPoller, result: PollResult) -> None:
     if result.error is not None:
         raise fail(f"cannot poll {where}: {result.error}")
     if result.retried:
-        raise fail(f"{where}: the database cannot record reports now; they stay in the mailbox", EX_TEMPFAIL)
+        raise fail(
+            f"{where}: a report could not be recorded now; it stays in the mailbox for the next poll", EX_TEMPFAIL
+        )
 
 
 def _poll_until_stopped(poller: MailboxPoller) -> None:
