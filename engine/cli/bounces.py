@@ -58,7 +58,7 @@ def register(app: typer.Typer) -> None:
         except typer.Exit:
             raise typer.Exit(EX_TEMPFAIL) from None
         if verdict is Verdict.RETRY:
-            raise typer.Exit(EX_TEMPFAIL)
+            raise fail("the database cannot record the report now: the MTA keeps the message for a retry", EX_TEMPFAIL)
         if verdict is Verdict.NOT_RECOGNISED:
             output_console().print("not a report: nothing recorded")
             return

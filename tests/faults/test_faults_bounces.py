@@ -266,6 +266,7 @@ def test_reports_under_kills_and_outages_are_recorded_once_and_acted_on(
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=20)
+        said = log.read_text().count("cannot record")
         recorded, suppressed, complained, by_key = _database(engine)
         engine.dispose()
         received = smtp.per_lead_step()
@@ -289,6 +290,8 @@ def test_reports_under_kills_and_outages_are_recorded_once_and_acted_on(
     assert mta.refused == []
     assert mta.deferred > 0, "no report met the database away"
     assert mta.cut > 0, "no report met a killed engine"
+    # The database away is said once an outage (invariant 17), not once a report.
+    assert 0 < said <= OUTAGES, f"{said} lines say the database cannot record reports, for {mta.deferred} reports"
     assert len(recorded) == distinct, "every report recorded exactly once"
     assert all(action for _, action in recorded), recorded
     assert suppressed == {store.email_hash(lead) for lead in dead}, "dead addresses suppressed, no other"
