@@ -215,14 +215,25 @@ def _soft_bounces(
     return int(counted or 0)
 
 
+# The alarm is said when the count reaches the threshold, so counting stops one past it, newest first:
+# during a wave of refusals from one domain (when reports come fastest) each count reads a few rows.
+_SENDER_FAULTS = sa.select(sa.func.count()).select_from(
+    sa.select(_b.c.id)
+    .where(
+        _b.c.recipient_domain == sa.bindparam("domain"),
+        _b.c.failure_class == SENDER_FAULT,
+        _b.c.received_at >= sa.bindparam("since", type_=_b.c.received_at.type),
+    )
+    .order_by(_b.c.id.desc())
+    .limit(sa.bindparam("enough"))
+    .subquery()
+)
+
+
 def _sender_fault_alarm(conn: sa.Connection, domain: str, now: datetime, settings: BounceSettings) -> None:
-    b = tables.bounce_reports
     since = now - timedelta(minutes=settings.sender_fault_window_minutes)
-    counted = conn.execute(
-        sa.select(sa.func.count())
-        .select_from(b)
-        .where(b.c.recipient_domain == domain, b.c.failure_class == SENDER_FAULT, b.c.received_at >= since)
-    ).scalar()
+    enough = settings.sender_fault_alarm + 1
+    counted = conn.execute(_SENDER_FAULTS, {"domain": domain, "since": since, "enough": enough}).scalar()
     if int(counted or 0) == settings.sender_fault_alarm:
         log.warning(
             "%d reports in %d minutes say %s refuses this sender (blocklisting, policy, authentication): "
