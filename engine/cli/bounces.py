@@ -70,6 +70,27 @@ def register(app: typer.Typer) -> None:
                 highlight=False,
             )
 
+    _register_poll(bounces)
+
+    @bounces.command("unknown")
+    def unknown(database_url: str | None = typer.Option(None, help=DATABASE_HELP)) -> None:
+        """Reports that matched no message or could not be classed, newest first."""
+        from engine.store import bounces as bounce_store
+        from engine.store.database import connect_read_only
+
+        with database(database_url) as engine, connect_read_only(engine) as conn:
+            rows = bounce_store.unknown(conn)
+        table = Table("id", "received", "source", "kind", "class", "status", "why")
+        for row in rows:
+            table.add_row(
+                str(row.id), row.received_at.isoformat(timespec="seconds"), row.source, row.kind,
+                row.failure_class or "unclassed", row.status or "", (row.diagnostic or "")[:80],
+            )  # fmt: skip
+        output_console().print(table)
+        output_console().print(f"{len(rows)} report(s) for an operator")
+
+
+def _register_poll(bounces: typer.Typer) -> None:
     @bounces.command("poll")
     def poll(
         once: bool = typer.Option(False, "--once", help="One poll, then exit (else every bounces.imap.interval_s)."),
@@ -99,23 +120,6 @@ def register(app: typer.Typer) -> None:
                 _report_poll(poller, asyncio.run(poller.poll()))
                 return
             _poll_until_stopped(poller)
-
-    @bounces.command("unknown")
-    def unknown(database_url: str | None = typer.Option(None, help=DATABASE_HELP)) -> None:
-        """Reports that matched no message or could not be classed, newest first."""
-        from engine.store import bounces as bounce_store
-        from engine.store.database import connect_read_only
-
-        with database(database_url) as engine, connect_read_only(engine) as conn:
-            rows = bounce_store.unknown(conn)
-        table = Table("id", "received", "source", "kind", "class", "status", "why")
-        for row in rows:
-            table.add_row(
-                str(row.id), row.received_at.isoformat(timespec="seconds"), row.source, row.kind,
-                row.failure_class or "unclassed", row.status or "", (row.diagnostic or "")[:80],
-            )  # fmt: skip
-        output_console().print(table)
-        output_console().print(f"{len(rows)} report(s) for an operator")
 
 
 def _poller(settings: Settings, engine: Engine) -> MailboxPoller:

@@ -178,6 +178,13 @@ class OutboxMessage(SQLModel, table=True):
             sqlite_where=sa.text("status = 'sending'"),
             postgresql_where=sa.text("status = 'sending'"),
         ),
+        # A report that returns only the original Message-ID is matched through it.
+        sa.Index(
+            "ix_outbox_message_id",
+            "message_id",
+            sqlite_where=sa.text("message_id IS NOT NULL"),
+            postgresql_where=sa.text("message_id IS NOT NULL"),
+        ),
         sa.CheckConstraint(_in("status", OUTBOX_STATUSES), name="ck_outbox_status"),
     )
 

@@ -75,7 +75,10 @@ def test_one_poll_takes_the_reports_leaves_the_rest_and_prints_the_counts(tmp_pa
     assert f"bounce mailbox 127.0.0.1:{dovecot.imaps_port} INBOX: taken 2, left 1, retried 0" in first.stdout
     # Recorded by the engine's processor, each once: neither report names a message sent from this
     # database, so both wait for an operator.
-    assert recorded(tmp_path) == [("imap", "dsn", "kept for an operator"), ("imap", "complaint", "kept for an operator")]
+    assert recorded(tmp_path) == [
+        ("imap", "dsn", "kept for an operator"),
+        ("imap", "complaint", "kept for an operator"),
+    ]
     assert list(folder(dovecot, "ann")) == ["Our spring newsletter"]
     assert set(folder(dovecot, "ann", "Processed")) == {"Delivery Status Notification", "FW: Earn money"}
     unknown = funnel(tmp_path, "bounces", "unknown")
