@@ -266,10 +266,16 @@ def _lost_in(funnel_id: Any, lead_id: Any) -> Any:
     """Whether the lead lost its address to a message of this funnel (see `_lost_messages`)."""
     o, b = tables.outbox, tables.bounce_reports
     bounced = sa.exists().where(o.c.lead_id == lead_id, o.c.funnel_id == funnel_id, o.c.status == BOUNCED)
-    reported = sa.exists().where(
-        b.c.lead_id == lead_id,
-        b.c.action.in_((*SUPPRESSED_BY_REPORT, COMPLAINED)),
-        sa.exists().where(o.c.id == b.c.outbox_id, o.c.funnel_id == funnel_id),
+    about = o.alias("about")
+    reported = (
+        sa.select(b.c.id)
+        .select_from(b.join(about, about.c.id == b.c.outbox_id))
+        .where(
+            b.c.lead_id == lead_id,
+            about.c.funnel_id == funnel_id,
+            b.c.action.in_((*SUPPRESSED_BY_REPORT, COMPLAINED)),
+        )
+        .exists()
     )
     return sa.or_(bounced, reported)
 
@@ -277,10 +283,14 @@ def _lost_in(funnel_id: Any, lead_id: Any) -> Any:
 def exits(conn: sa.Connection, scope: Scope) -> list[ExitRow]:
     """Leads who left each funnel, grouped by the stage they left from, the exit reason and cause, whether
     they had reached the goal, and the last email of that stage they got before leaving (the customer
-    journey map's drop-off). A lead that lost its address to an email of the funnel (a bounce, a
-    complaint) is counted once, at that email (`losses`), not again when it leaves later: that email is
-    where it dropped out. An exit caused by the engine's `complained` event (an exit rule on it, for a
-    complaint about another funnel's email) has the cause `complaint`."""
+    journey map's drop-off). Not here, but in `losses`: a lead that lost its address to an email of the
+    funnel (a bounce, a complaint), counted once at that email, not again when it leaves later; and an
+    exit caused by the engine's `complained` event (an exit rule on it, after a complaint about another
+    funnel's email)."""
+    return _exits(conn, scope, by_complaint=False)
+
+
+def _exits(conn: sa.Connection, scope: Scope, by_complaint: bool) -> list[ExitRow]:
     t, o, g = tables.stage_transitions, tables.outbox, tables.goals
     _, terms = _transitions(scope)
     last = o.alias("last_email")
@@ -299,20 +309,25 @@ def exits(conn: sa.Connection, scope: Scope) -> list[ExitRow]:
         .scalar_subquery()
     )
     reached = sa.exists().where(g.c.lead_id == t.c.lead_id, g.c.funnel_id == t.c.funnel_id, g.c.at <= t.c.at)
-    cause = sa.case(
-        (sa.and_(t.c.cause_kind == "exit_rule", t.c.cause_ref.like(COMPLAINT_EVENT_IDS)), "complaint"),
-        else_=t.c.cause_kind,
-    )
+    complained = sa.and_(
+        t.c.cause_kind == "exit_rule", sa.func.coalesce(t.c.cause_ref, "").like(COMPLAINT_EVENT_IDS)
+    )  # never NULL: NOT of it keeps every other exit
     leaving = (
         sa.select(
             t.c.funnel_id,
             t.c.from_stage.label("stage"),
             sa.func.coalesce(t.c.exit_reason, "exited").label("reason"),
-            cause.label("cause_kind"),
+            t.c.cause_kind,
             sa.case((reached, 1), else_=0).label("goal"),
             after.label("after"),
         )
-        .where(t.c.to_stage.is_(None), t.c.from_stage.is_not(None), ~_lost_in(t.c.funnel_id, t.c.lead_id), *terms)
+        .where(
+            t.c.to_stage.is_(None),
+            t.c.from_stage.is_not(None),
+            complained if by_complaint else sa.not_(complained),
+            ~_lost_in(t.c.funnel_id, t.c.lead_id),
+            *terms,
+        )
         .subquery()
     )
     # Grouped outside: the correlated subquery is computed once per exit, then counted.
@@ -323,15 +338,17 @@ def exits(conn: sa.Connection, scope: Scope) -> list[ExitRow]:
         leaving.c.funnel_id, leaving.c.stage, leaving.c.reason, leaving.c.cause_kind, leaving.c.goal, leaving.c.after
     )  # fmt: skip
     return [
-        ExitRow(f, stage, reason, cause, bool(goal), step, n)
+        ExitRow(f, stage, reason, "complaint" if by_complaint else cause, bool(goal), step, n)
         for f, stage, reason, cause, goal, step, n in conn.execute(stmt)
     ]
 
 
 def losses(conn: sa.Connection, scope: Scope) -> list[ExitRow]:
-    """Leads who lost their address to an email of a funnel, at the first such email of each funnel (after
-    it no marketing email reaches them: the address is suppressed): `bounced` (cause `bounce`) or
-    `complained` (cause `complaint`). Counted by stage and email, as exits are."""
+    """Leads a funnel lost to a bounce or a complaint, by stage and email as exits are: those who lost
+    their address to an email of the funnel, at the first such email (after it no marketing email reaches
+    them: the address is suppressed), `bounced` (cause `bounce`) or `complained` (cause `complaint`); and
+    those who left it on an exit rule for the engine's `complained` event (cause `complaint`, the rule's
+    reason), after a complaint about another funnel's email."""
     o = tables.outbox
     lost = _lost_messages()
     first = sa.func.row_number().over(
@@ -345,7 +362,8 @@ def losses(conn: sa.Connection, scope: Scope) -> list[ExitRow]:
         .group_by(o.c.funnel_id, o.c.stage, o.c.step, ranked.c.kind)
     )
     named = {0: ("bounced", "bounce"), 1: ("complained", "complaint")}
-    return [ExitRow(f, stage, *named[int(kind)], False, step, n) for f, stage, step, kind, n in conn.execute(stmt)]
+    at_emails = [ExitRow(f, stage, *named[int(kind)], False, step, n) for f, stage, step, kind, n in conn.execute(stmt)]
+    return [*at_emails, *_exits(conn, scope, by_complaint=True)]
 
 
 def newest_definition(conn: sa.Connection, funnel_id: str) -> dict[str, Any] | None:

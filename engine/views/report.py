@@ -39,8 +39,8 @@ class StageFigures:
     stays: int  # completed stays measured
     median_minutes: int | None
     p90_minutes: int | None
-    left_bounced: int = 0  # leads who lost their address here: an email of this stage bounced
-    left_complained: int = 0  # leads who complained about an email of this stage
+    left_bounced: int = 0  # leads lost here because an email of this stage bounced
+    left_complained: int = 0  # leads lost here to a complaint: about an email of this stage, or elsewhere
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +126,7 @@ def _funnel(funnel: str, counts: list[StageCount], rows: Rows, layout: Layout) -
     lost: dict[tuple[str, str], int] = defaultdict(int)
     for row in rows.losses:
         if row.funnel == funnel:
-            lost[(row.stage, row.reason)] += row.leads
+            lost[(row.stage, row.cause)] += row.leads
     stage_ids = _ordered(layout.stages, [*now, *reached, *stays])
     stages = []
     for i, stage in enumerate(stage_ids):
@@ -144,8 +144,8 @@ def _funnel(funnel: str, counts: list[StageCount], rows: Rows, layout: Layout) -
                 stays=sum(count for _, count in histogram),
                 median_minutes=percentile(histogram, 0.5),
                 p90_minutes=percentile(histogram, 0.9),
-                left_bounced=lost[(stage, "bounced")],
-                left_complained=lost[(stage, "complained")],
+                left_bounced=lost[(stage, "bounce")],
+                left_complained=lost[(stage, "complaint")],
             )
         )
     active = sum(now.values())
