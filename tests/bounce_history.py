@@ -2,10 +2,10 @@
 enrolls leads and decides, the mailer sends to a real SMTP server, and real reports of
 `tests/data/bounces` go through the processor that `funnel bounces ingest` and the receivers use.
 
-Six leads sign up for `guide` (stages welcome -> nurture, one email each) and `news` (no email, an
-exit rule on `complained`). After the welcome email: a hard bounce, a soft bounce, a complaint, a
-refusal for the sender's reasons; a day later, after the nurture email, a second complaint; and a
-report about an address nobody has, kept for an operator.
+Seven leads sign up for `guide` (stages welcome -> nurture, one email each) and `news` (no email, an
+exit rule on `complained`). The relay refuses one address at once (550 5.1.1). After the welcome email
+come a hard bounce, a soft bounce, a complaint, a refusal for the sender's reasons, and a report about
+an address nobody has (kept for an operator); a day later, after the nurture email, a second complaint.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.engine import Engine
 
@@ -25,7 +26,7 @@ from engine.runtime.bounce_processing import process_report
 from engine.runtime.worker import Worker
 from engine.settings import BounceSettings, Settings
 from engine.store import leads as store
-from tests.smtp_server import RecordingSmtpServer
+from tests.smtp_server import RecordingHandler, RecordingSmtpServer
 
 TESTS = Path(__file__).resolve().parent
 REPORTS = TESTS / "data" / "bounces"
@@ -79,7 +80,8 @@ COMPLAINS_EARLY = "user@yahoo.com"  # flanker/yahoo.eml: a Yahoo feedback report
 REFUSED = "stellamiranda@interlink.com.ar"  # PHP-Bounce-Handler/32.eml: 5.7.1, a bulk-mail filter
 COMPLAINS_LATER = "user@example.com"  # email-arf/example2.eml: an ARF abuse report
 FINE = "fine@example.org"
-LEADS = (HARD, SOFT, COMPLAINS_EARLY, REFUSED, COMPLAINS_LATER, FINE)
+GONE_AT_SEND = "nobody@refusing.example"  # the relay itself says 550 5.1.1
+LEADS = (HARD, SOFT, COMPLAINS_EARLY, REFUSED, COMPLAINS_LATER, FINE, GONE_AT_SEND)
 AFTER_WELCOME = {
     "PHP-Bounce-Handler/36.eml": HARD,
     "flanker/mailbox-full.eml": SOFT,
@@ -105,8 +107,18 @@ def _write_funnels(root: Path) -> Path:
     return folder
 
 
+class _Relay(RecordingHandler):
+    """A relay that knows one of its recipients is gone."""
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
+        if address.lower() == GONE_AT_SEND:
+            return "550 5.1.1 <nobody@refusing.example>: Recipient address rejected: User unknown"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+
 def _send(engine: Engine, now: datetime) -> None:
-    with RecordingSmtpServer() as smtp:
+    with RecordingSmtpServer(handler=_Relay()) as smtp:
         settings = Settings(smtp={"host": smtp.host, "port": smtp.port, "security": "none"})
         mailer = Mailer(engine, settings, TemplateLibrary(EMAILS))
         try:

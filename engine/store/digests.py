@@ -98,10 +98,12 @@ def gather_returns(conn: sa.Connection, start: datetime, end: datetime) -> Retur
         ).all()
     )
     reported_gone = sa.exists().where(b.c.outbox_id == o.c.id, b.c.failure_class == ADDRESS_GONE)
+    # Refused at RCPT, a message has no `sent_at`: its last try was due at `next_attempt_at`.
+    tried = sa.func.coalesce(o.c.sent_at, o.c.next_attempt_at)
     refused = conn.execute(
         sa.select(sa.func.count())
         .select_from(o)
-        .where(o.c.status == "bounced", o.c.sent_at >= start, o.c.sent_at < end, ~reported_gone)
+        .where(o.c.status == "bounced", tried >= start, tried < end, ~reported_gone)
     ).scalar_one()
     delivered = conn.execute(
         sa.select(sa.func.count()).select_from(o).where(o.c.status == "sent", o.c.sent_at >= start, o.c.sent_at < end)

@@ -34,10 +34,11 @@ def digest_of(engine: Engine, now: datetime) -> str:
 def test_the_digest_says_the_days_bounces_complaints_and_rate_and_what_waits(engine: Engine, tmp_path: Path) -> None:
     bounce_history.build(engine, tmp_path)
     first = digest_of(engine, bounce_history.T0 + timedelta(days=1) - timedelta(hours=1))
-    # 23 November: six welcome emails, one refused for the sender's reasons (failed), one bounced: four
-    # delivered. Back came the dead address, one for an address nobody has, a full mailbox, a complaint.
+    # 23 November: seven welcome emails, one refused for the sender's reasons (failed), one refused by
+    # the relay for its address, one bounced later: four delivered. Back came the dead address, one for
+    # an address nobody has, a full mailbox, a complaint.
     assert (
-        "Bounces and complaints: 2 hard bounces, 1 soft bounce, 1 complaint; complaint rate 25.00% of 4 delivered "
+        "Bounces and complaints: 3 hard bounces, 1 soft bounce, 1 complaint; complaint rate 25.00% of 4 delivered "
         "(WARN: past 0.1%; providers block bulk senders past 0.3%)"
     ) in first
     assert "Bounce reports waiting for an operator: 1 (1 new; `funnel bounces unknown` lists them)" in first

@@ -55,31 +55,32 @@ def test_report_counts_bounces_and_complaints_per_email_and_the_leads_each_stage
     (guide,) = json.loads(run("report", "--json", "--funnel", "guide", "--database-url", history).output)["funnels"]
     emails = {e["step"]: e for e in guide["emails"]}
     hello, tips = emails["hello"], emails["tips"]
-    # hello: six sent, the sender's refusal `failed` (not sent); one hard, one soft, one complaint of five.
-    assert (hello["sent"], hello["delivered"], hello["failed"]) == (5, 4, 1)
-    assert (hello["bounced"], hello["soft_bounced"], hello["complained"]) == (1, 1, 1)
-    assert (hello["hard_bounce_rate"], hello["soft_bounce_rate"], hello["complaint_rate"]) == (0.2, 0.2, 0.2)
-    # tips: the bounced address skipped, the first complainer gone; one complaint of four.
-    assert (tips["sent"], tips["skipped"], tips["bounced"], tips["complained"]) == (4, 1, 0, 1)
+    # hello: seven tried, the sender's refusal `failed` (not sent); of six sent two hard bounces (the
+    # relay's own refusal, a report), one soft, one complaint.
+    assert (hello["sent"], hello["delivered"], hello["failed"]) == (6, 4, 1)
+    assert (hello["bounced"], hello["soft_bounced"], hello["complained"]) == (2, 1, 1)
+    assert (hello["hard_bounce_rate"], hello["soft_bounce_rate"], hello["complaint_rate"]) == (0.3333, 0.1667, 0.1667)
+    # tips: the two bounced addresses skipped, the first complainer gone; one complaint of four.
+    assert (tips["sent"], tips["skipped"], tips["bounced"], tips["complained"]) == (4, 2, 0, 1)
     assert tips["complaint_rate"] == 0.25
     stages = {s["stage"]: s for s in guide["stages"]}
-    assert (stages["welcome"]["left_bounced"], stages["welcome"]["left_complained"]) == (1, 1)
+    assert (stages["welcome"]["left_bounced"], stages["welcome"]["left_complained"]) == (2, 1)
     assert (stages["nurture"]["left_bounced"], stages["nurture"]["left_complained"]) == (0, 1)
 
     text = run("report", "--funnel", "guide", "--database-url", history).output
     returned = table(text, "Bounces and complaints (shares of sent)")
     assert returned["hello"] == {
-        "step": "hello", "sent": "5", "hard bounces": "1 (20.0%)", "soft bounces": "1 (20.0%)",
-        "complaints": "1 (20.0%)",
+        "step": "hello", "sent": "6", "hard bounces": "2 (33.3%)", "soft bounces": "1 (16.7%)",
+        "complaints": "1 (16.7%)",
     }  # fmt: skip
     assert returned["tips"]["complaints"] == "1 (25.0%)"
     stage_rows = table(text, "Stages")
-    assert (stage_rows["welcome"]["left: bounced"], stage_rows["welcome"]["left: complained"]) == ("1", "1")
+    assert (stage_rows["welcome"]["left: bounced"], stage_rows["welcome"]["left: complained"]) == ("2", "1")
     assert stage_rows["nurture"]["left: complained"] == "1"
 
     rows = list(csv.reader(io.StringIO(run("report", "--csv", "--database-url", history).output)))
     figures = {(r[0], r[1], r[2], r[3]): r[4] for r in rows[1:]}
-    assert figures[("guide", "email", "hello", "complaint_rate")] == "0.2"
+    assert figures[("guide", "email", "hello", "complaint_rate")] == "0.1667"
     assert figures[("guide", "stage", "nurture", "left_complained")] == "1"
     # `news` sent nothing; the complaints about `guide`'s emails made its exit rule fire.
     assert figures[("news", "stage", "reading", "left_complained")] == "2"
@@ -105,7 +106,7 @@ def test_the_journey_map_shows_bounces_and_complaints_as_drop_outs_of_their_own(
     found = sorted((d["kind"], d["reason"], d["after"], d["leads"]) for d in drops(html))
     # The early complainer's exit rule is not counted again as "left": the complaint is where it dropped out.
     assert found == [
-        ("bounced", "bounced", "hello", "1"),
+        ("bounced", "bounced", "hello", "2"),
         ("complained", "complained", "hello", "1"),
         ("complained", "complained", "tips", "1"),
     ]
