@@ -118,8 +118,8 @@ def _print_report(console: Console, r: FunnelReport, since: str | None) -> None:
     exits = ", ".join(f"{reason} {n}" for reason, n in r.exited.items()) or "none"
     say(console, f"\n{r.funnel}: {r.leads} leads{cohort}: {r.active} in a stage, {r.leads - r.active} exited ({exits})")
     stages = Table(title="Stages", title_justify="left")
-    columns = ("stage", "now", "reached", "then reached", "conversion", "median time", "p90 time", "stays")
-    for column in (*columns, "left: bounced", "left: complained"):
+    stage_columns = ("stage", "now", "reached", "then reached", "conversion", "median time", "p90 time", "stays")
+    for column in (*stage_columns, "left: bounced", "left: complained"):
         stages.add_column(column, justify="left" if column in ("stage", "then reached") else "right")
     for s in r.stages:
         conversion = "-" if s.conversion is None else f"{s.conversion:.1%}"

@@ -90,13 +90,14 @@ def gather_returns(conn: sa.Connection, start: datetime, end: datetime) -> Retur
     """The day's `Returns`, for [start, end)."""
     b, o = tables.bounce_reports, tables.outbox
     in_day = (b.c.received_at >= start, b.c.received_at < end)
-    by_class = dict(
-        conn.execute(
+    by_class: dict[str, int] = {
+        klass: int(n)
+        for klass, n in conn.execute(
             sa.select(b.c.failure_class, sa.func.count())
             .where(*in_day, b.c.failure_class.in_((ADDRESS_GONE, MAILBOX_TROUBLE, COMPLAINT)))
             .group_by(b.c.failure_class)
-        ).all()
-    )
+        )
+    }
     reported_gone = sa.exists().where(b.c.outbox_id == o.c.id, b.c.failure_class == ADDRESS_GONE)
     # Refused at RCPT, a message has no `sent_at`: its last try was due at `next_attempt_at`.
     tried = sa.func.coalesce(o.c.sent_at, o.c.next_attempt_at)
@@ -113,9 +114,9 @@ def gather_returns(conn: sa.Connection, start: datetime, end: datetime) -> Retur
         sa.select(sa.func.count(), sa.func.count().filter(sa.and_(*in_day))).select_from(b).where(kept)
     ).one()
     return Returns(
-        hard_bounces=int(by_class.get(ADDRESS_GONE, 0)) + int(refused),
-        soft_bounces=int(by_class.get(MAILBOX_TROUBLE, 0)),
-        complaints=int(by_class.get(COMPLAINT, 0)),
+        hard_bounces=by_class.get(ADDRESS_GONE, 0) + int(refused),
+        soft_bounces=by_class.get(MAILBOX_TROUBLE, 0),
+        complaints=by_class.get(COMPLAINT, 0),
         delivered=int(delivered),
         kept=int(kept_all),
         kept_new=int(kept_new or 0),
