@@ -4,7 +4,10 @@ The report's queries count in the database and return groups, not leads: a milli
 hundred rows. Each reads its table once (a report looks at everything, so a scan is the plan); the
 one per-row lookup, the email an unsubscribe followed, goes through the outbox's (lead, ...) key.
 Time in stage comes back as a histogram of whole minutes, so `engine.views.report` can take exact
-percentiles without fetching every stay.
+percentiles without fetching every stay. What came back after the relay's 250 is read from the bounce
+reports joined to their messages: soft bounces and complaints per email (`report_outcomes`), and the
+leads each funnel lost to a bounce or a complaint (`losses`), which `exits` leaves out so that no lead
+is counted twice.
 
 The watch follows appended rows by id (stage transitions, new outbox rows) and, for email outcomes,
 the rows that are about to be sent: the head of the ready index and the messages being sent (both
