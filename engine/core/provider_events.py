@@ -418,9 +418,10 @@ def ses_outcomes(notification: str, sns_message_id: str) -> list[Outcome]:
     if event == "Bounce":
         bounce = _mapping(data, "bounce")
         hint = _SES_BOUNCE_HINTS.get((str(bounce.get("bounceType")), str(bounce.get("bounceSubType"))))
-        transient = bounce.get("bounceType") == "Transient"
         key = str(bounce.get("feedbackId") or sns_message_id)
-        return ses.failures(key, "dsn", _list(bounce, "bouncedRecipients"), hint, transient)
+        # A bounce, even a `Transient` one, is SES giving up on the message: a DSN whose Action is
+        # `failed` (as its recipients say), read by its code; without one, a soft bounce.
+        return ses.failures(key, "dsn", _list(bounce, "bouncedRecipients"), hint, False)
     if event == "DeliveryDelay":
         delay = _mapping(data, "deliveryDelay")
         hint = _SES_DELAY_HINTS.get(str(delay.get("delayType")))

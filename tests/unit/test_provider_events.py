@@ -332,3 +332,27 @@ def test_mailgun_and_sendgrid_unsubscribe_lists_are_left_for_an_operator() -> No
     [from_sendgrid] = events.sendgrid_outcomes(json.dumps(sendgrid).encode())
     assert (from_mailgun.failure_class, from_sendgrid.failure_class) == (None, None)
     assert from_sendgrid.report_key.startswith("sendgrid:")  # no event id: a digest of the event
+
+
+def test_an_ses_transient_bounce_is_ses_giving_up_read_by_its_code() -> None:
+    """SES's `Transient` bounce is final (a DSN whose Action is failed): its code decides, as in a DSN."""
+    bounce = {
+        "notificationType": "Bounce",
+        "mail": MAIL,
+        "bounce": {
+            "bounceType": "Transient",
+            "bounceSubType": "General",
+            "feedbackId": "f2",
+            "bouncedRecipients": [
+                {"emailAddress": "ann@example.com", "status": "5.7.1", "diagnosticCode": "smtp; 554 5.7.1 blocked"},
+                {"emailAddress": "bob@example.com", "status": "4.4.7", "diagnosticCode": "smtp; expired"},
+                {"emailAddress": "cy@example.com"},
+            ],
+        },
+    }
+    got = [(o.recipient, o.failure_class) for o in events.ses_outcomes(json.dumps(bounce), "sns-2")]
+    assert got == [
+        ("ann@example.com", SENDER_FAULT),
+        ("bob@example.com", MAILBOX_TROUBLE),
+        ("cy@example.com", MAILBOX_TROUBLE),  # nothing explains it: a soft bounce
+    ]
