@@ -130,9 +130,7 @@ def test_a_reply_becomes_one_event_and_reaches_the_inbox_unchanged_once(
     with Inbox(relay_port) as inbox:
         assert served.deliver("ana@example.com", address, message) == {}
         assert served.deliver("ana@example.com", address, message) == {}  # the MTA's second copy
-    assert replied_events(db) == [
-        (lead_id, "reply", {"funnel": "guide", "step": "guide", "message": outbox_id})
-    ]
+    assert replied_events(db) == [(lead_id, "reply", {"funnel": "guide", "step": "guide", "message": outbox_id})]
     [(mail_from, rcpts, forwarded)] = inbox.got
     assert (mail_from, rcpts) == ("hello@shop.test", ["owner@inbox.test"])
     # The reply as the lead's server wrote it, signature included, under the receiver's delivery lines.
@@ -155,9 +153,7 @@ def test_an_auto_reply_is_on_the_timeline_and_moves_nothing(served: Served, db: 
     ]
 
 
-def test_a_forged_token_is_kept_for_an_operator_and_put_on_no_lead(
-    served: Served, db: Engine, relay_port: int
-) -> None:
+def test_a_forged_token_is_kept_for_an_operator_and_put_on_no_lead(served: Served, db: Engine, relay_port: int) -> None:
     _, outbox_id = sent(db, "ana@example.com")
     forged = return_path(outbox_id, "another key entirely, not the engine's", "reply", "reply.shop.test")
     with Inbox(relay_port) as inbox:
@@ -167,13 +163,15 @@ def test_a_forged_token_is_kept_for_an_operator_and_put_on_no_lead(
     b = tables.bounce_reports
     with db.connect() as conn:
         [row] = conn.execute(sa.select(b.c.kind, b.c.outbox_id, b.c.lead_id, b.c.action, b.c.raw)).all()
-    assert row[:4] == ("reply", None, None, "kept for an operator, forwarded") and row.raw.endswith(b"please call me.\r\n")
+    assert row[:4] == ("reply", None, None, "kept for an operator, forwarded") and row.raw.endswith(
+        b"please call me.\r\n"
+    )
 
 
 def test_a_relay_that_is_down_makes_the_mta_keep_the_reply_until_it_is_forwarded(
     served: Served, db: Engine, relay_port: int
 ) -> None:
-    lead_id, outbox_id = sent(db, "ana@example.com")
+    _, outbox_id = sent(db, "ana@example.com")
     address = return_path(outbox_id, KEY, "reply", "reply.shop.test")
     message = reply(address)
     with pytest.raises(smtplib.SMTPDataError) as refused:  # nothing listens on the relay's port
