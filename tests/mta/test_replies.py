@@ -7,6 +7,7 @@ reply (451) until it can be forwarded."""
 from __future__ import annotations
 
 import asyncio
+import re
 import smtplib
 import threading
 from collections.abc import Iterator
@@ -26,7 +27,8 @@ from engine.settings import BounceReceiverSettings, BounceSettings, Settings
 from engine.store import tables
 from engine.views import lead_timeline
 from tests.db.test_bounce_outcomes import sent
-from tests.mail_servers import free_port
+from tests.mail_servers import Postfix, free_port, require
+from tests.mta.test_bounce_receiver import wait_for_log
 
 KEY = "r" * 43
 NOW = datetime(2026, 5, 4, 10, 0, tzinfo=UTC)
@@ -102,6 +104,7 @@ def served(db: Engine, relay_port: int) -> Iterator[Served]:
 def reply(to: str, message_id: str = "<answer-1@example.com>", extra: str = "") -> bytes:
     return (
         f"From: Ana <ana@example.com>\r\nTo: Shop <{to}>\r\nSubject: Re: Your guide\r\n{extra}"
+        "Date: Mon, 04 May 2026 10:00:00 +0000\r\n"
         f"Message-ID: {message_id}\r\nDKIM-Signature: v=1; a=rsa-sha256; d=example.com; b=abc\r\n\r\n"
         "Yes, please call me.\r\n"
     ).encode()
@@ -182,3 +185,26 @@ def test_a_relay_that_is_down_makes_the_mta_keep_the_reply_until_it_is_forwarded
         assert served.deliver("ana@example.com", address, message) == {}  # the MTA's retry
     assert len(replied_events(db)) == 1
     assert [got[2].endswith(message) for got in inbox.got] == [True]
+
+
+def test_postfix_hands_a_reply_over_lmtp_and_keeps_it_while_the_relay_is_down(
+    served: Served, db: Engine, relay_port: int
+) -> None:
+    require()
+    lead_id, outbox_id = sent(db, "ana@example.com")
+    address = return_path(outbox_id, KEY, "reply", "reply.shop.test")
+    message = reply(address)
+    with Postfix({"reply.shop.test": f"lmtp:inet:127.0.0.1:{served.receiver.port}"}) as postfix:
+        with smtplib.SMTP("127.0.0.1", postfix.port) as smtp:  # the lead's server, sending the answer
+            smtp.sendmail("ana@example.com", [address], message)
+        wait_for_log(postfix, rf"to=<{re.escape(address)}>.*status=deferred.*451 4\.3\.0")
+        assert len(replied_events(db)) == 1
+        with Inbox(relay_port) as inbox:
+            postfix.flush()
+            wait_for_log(postfix, rf"to=<{re.escape(address)}>.*status=sent \(250 2\.0\.0")
+    assert replied_events(db) == [(lead_id, "reply", {"funnel": "guide", "step": "s1", "message": outbox_id})]
+    [(_, rcpts, forwarded)] = inbox.got
+    assert rcpts == ["owner@inbox.test"]
+    # The lead's message as postfix delivered it: its trace lines on top, then the bytes the lead sent.
+    assert forwarded.endswith(message)
+    assert b"Delivered-To: " + address.encode() in forwarded
