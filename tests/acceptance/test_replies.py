@@ -21,6 +21,7 @@ from engine.settings import Settings
 from engine.store import leads as store
 from engine.store import tables
 from tests.acceptance.conftest import Project, iso, write_emails
+from tests.mail_servers import free_port
 from tests.smtp_server import Received, RecordingSmtpServer
 
 KEY = "s" * 43
@@ -186,3 +187,29 @@ def _lmtp(port: int, sender: str, recipient: str, message: bytes) -> dict[str, t
     with smtplib.LMTP("127.0.0.1", port, timeout=30) as client:
         client.ehlo("mta.test")
         return client.sendmail(sender, [recipient], message)
+
+
+def test_the_pipe_exits_75_while_the_relay_is_down_and_takes_the_reply_once_it_is_back(
+    sqlite_project: Project,
+) -> None:
+    project = sqlite_project
+    write_emails(project.root, ["welcome", "tip"])
+    project.add_funnel("drip", WAITS)
+    project.extra_env.update(FUNNEL_SECRET_KEY=KEY, FUNNEL_REPLIES__DOMAIN="reply.shop.test")
+    start = datetime.now(UTC)
+    project.funnel("event", "ada@example.com", "signed_up", "--id", "signup-ada", "--at", iso(start))
+    project.funnel("run", "--once", "--now", iso(start))
+    [welcome] = project.smtp.wait_for(1)
+    (project.root / "reply.eml").write_bytes(answer(welcome))
+
+    project.extra_env["FUNNEL_SMTP__PORT"] = str(free_port())  # nothing listens there
+    down = project.funnel("bounces", "ingest", "reply.eml", check=False)
+    assert down.returncode == 75, down.stdout + down.stderr  # postfix keeps the message and tries again
+    assert "did not take the forward" in down.stdout
+    del project.extra_env["FUNNEL_SMTP__PORT"]
+    back = project.funnel("bounces", "ingest", "reply.eml")
+    assert "reply message 1: duplicate, forwarded" in back.stdout, back.stdout  # recorded once, forwarded now
+    forwards = [m for m in project.smtp.wait_for(2) if not m.funnel_step]
+    assert [(m.rcpt, m.mail_from) for m in forwards] == [(("hello@greenleaf.example",), "hello@greenleaf.example")]
+    project.funnel("run", "--once", "--now", iso(start + timedelta(days=1, minutes=10)))
+    assert [m.funnel_step for m in project.smtp.wait_for(3, timeout=1) if m.funnel_step] == ["drip/welcome"]
