@@ -86,6 +86,7 @@ def _take_reply(raw: bytes, source: str, database_url: str | None) -> None:
 
     from engine.core.bounce_outcome import Verdict
     from engine.core.replies import read_reply
+    from engine.mail.forward import ForwardError
     from engine.runtime.replies import ReplyDesk
     from engine.settings import get_settings
 
@@ -98,6 +99,9 @@ def _take_reply(raw: bytes, source: str, database_url: str | None) -> None:
         with database(database_url, create=True) as engine:
             desk = ReplyDesk(engine, settings, relay, lambda: datetime.now(UTC))
             taken = asyncio.run(desk.take(raw, source))
+    except ForwardError as exc:
+        output_console().print(f"reply recorded, not forwarded now: {exc}", markup=False, highlight=False)
+        raise typer.Exit(EX_TEMPFAIL) from None
     except typer.Exit:
         raise typer.Exit(EX_TEMPFAIL) from None
     assert taken is not None

@@ -3,8 +3,9 @@ receiver, the mailbox poller), is recorded, then forwarded unchanged to the send
 
 Recording comes first, in one transaction (the `email_replied` event of a person's answer, or an
 auto-reply on the timeline, or a reply kept for an operator); then the forward. The verdict is what the way
-in tells its MTA or mailbox: TAKEN once both are done; RETRY when the database or the relay cannot do it
-now, so that the MTA keeps the message (451) or the mailbox keeps it, and hands it over again. The second
+in tells its MTA or mailbox: TAKEN once both are done; RETRY when the database cannot record it now, and
+a `ForwardError` when the relay cannot take the forward now (the way in says that outage once, as for any
+intake failure); either way the MTA keeps the message (451), or the mailbox, and hands it over again. The second
 copy changes nothing recorded (one event) and is forwarded only if the first was not. A relay that
 refuses the forward for good (5xx) would refuse every copy: the reply is kept whole for an operator and
 taken, rather than bounced back to the lead days later.
@@ -22,7 +23,6 @@ from engine.core.bounce_outcome import Verdict
 from engine.core.replies import Reply, read_reply
 from engine.core.return_paths import read_token
 from engine.mail.forward import ForwardError, forward
-from engine.runtime.outages import Outage, Say
 from engine.settings import Settings
 from engine.store import replies as store
 from engine.store.database import DBAPIError, Engine
@@ -39,8 +39,9 @@ class Taken:
 
 
 class ReplyDesk:
-    """`await desk.take(raw, source)`: the reply's `Taken`, or None when `raw` is no reply (a report).
-    `relay` is (host, port) of the SMTP relay forwards go through; None: there is none to forward with."""
+    """`await desk.take(raw, source)`: the reply's `Taken`, or None when `raw` is no reply (a report);
+    raises `ForwardError` when the relay cannot take the forward now (the reply is recorded: hand it over
+    again). `relay` is (host, port) of the SMTP relay forwards go through; None: there is none."""
 
     def __init__(
         self, engine: Engine, settings: Settings, relay: tuple[str, int] | None, clock: Callable[[], datetime]
@@ -51,7 +52,6 @@ class ReplyDesk:
         self.domain = settings.replies.domain
         self.relay = relay
         self.clock = clock
-        self.outage = Outage("reply forwarding", "when the reply is handed over again")
 
     def read(self, raw: bytes) -> Reply | None:
         return read_reply(raw, self.settings.replies.local_part, self.domain)
@@ -92,9 +92,7 @@ class ReplyDesk:
                 log.error("reply to message %s: %s; kept for an operator", recorded.outbox_id or "unmatched", exc)
                 await asyncio.to_thread(self._write, store.keep_for_operator, reply.key, raw, str(exc))
                 return Taken(Verdict.TAKEN, "kept, forward refused", recorded.outbox_id)
-            self._say(self.outage.failed(str(exc), self.clock()))
-            return Taken(Verdict.RETRY, str(exc), recorded.outbox_id)
-        self._say(self.outage.recovered(self.clock()))
+            raise  # the way in keeps the reply and says the outage once (`bounce_handover`)
         try:
             await asyncio.to_thread(self._write, store.mark_forwarded, reply.key)
         except DBAPIError as exc:  # forwarded all the same; a second copy would be forwarded again
@@ -104,7 +102,3 @@ class ReplyDesk:
     def _write(self, write: Callable[..., None], *args: object) -> None:
         with self.engine.begin() as conn:
             write(conn, *args)
-
-    def _say(self, line: Say | None) -> None:
-        if line is not None:
-            log.log(line.level, "%s", line.text)
