@@ -92,7 +92,8 @@ def _take_reply(raw: bytes, source: str, database_url: str | None) -> None:
 
     settings = get_settings()
     assert settings.replies.domain is not None
-    if read_reply(raw, settings.replies.local_part, settings.replies.domain) is None:
+    replies = settings.replies
+    if read_reply(raw, replies.local_part, replies.domain, settings.bounces.local_part) is None:
         return
     relay = (settings.smtp.host, settings.smtp.port) if settings.smtp.host else None
     try:

@@ -7,7 +7,8 @@ out-of-office, a vacation responder, a delivery report), because only a person's
 
 Where the address is looked for: the envelope first (`Delivered-To`, `X-Original-To`, as the LMTP
 receiver, a pipe with postfix's `D` flag and most mailbox servers write it), else `To` and `Cc` (what the
-lead's mail program wrote from the Reply-To).
+lead's mail program wrote from the Reply-To; a mailbox filled by a catch-all names only itself in its
+envelope). Mail delivered to a return path is a report, whatever its headers say.
 """
 
 from __future__ import annotations
@@ -47,11 +48,12 @@ class Reply:
     automatic: str | None
 
 
-def read_reply(raw: bytes, local_part: str, domain: str) -> Reply | None:
-    """The reply in `raw`, or None when it was not sent to an address at the reply domain."""
+def read_reply(raw: bytes, local_part: str, domain: str, report_local: str = "bounces") -> Reply | None:
+    """The reply in `raw`, or None when it was not sent to an address at the reply domain, or was
+    delivered to a return path (`report_local+TOKEN@...`: a report, read as such)."""
     try:
         message = parse(raw)
-        address = _reply_address(message, local_part, domain)
+        address = _reply_address(message, local_part, domain, report_local)
         if address is None:
             return None
         token = token_in(address, local_part, domain)
@@ -71,15 +73,21 @@ def reply_key(token: str | None, message_id: str | None, raw: bytes) -> str:
     return hashlib.sha256(seed).hexdigest()
 
 
-def _reply_address(message: Message, local_part: str, domain: str) -> str | None:
+def _reply_address(message: Message, local_part: str, domain: str, report_local: str) -> str | None:
     domain = domain.lower().rstrip(".")
-    for names in (ENVELOPE, HEADERS):
-        found = [a for name in names for value in header_values(message, name) for a in addresses_in(value)]
-        if found or names is HEADERS:
-            ours = [a for a in found if _at_reply_domain(a, local_part, domain)]
-            # With an envelope, only it counts: a report to the return path may quote a Reply-To.
-            return next((a for a in ours if token_in(a, local_part, domain)), ours[0] if ours else None)
-    return None
+
+    def found(names: tuple[str, ...]) -> list[str]:
+        return [a for name in names for value in header_values(message, name) for a in addresses_in(value)]
+
+    envelope = found(ENVELOPE)
+    # Delivered to a return path: a report, even if it quotes or copies a reply address.
+    if any(a.startswith(f"{report_local.lower()}+") for a in envelope):
+        return None
+    # The envelope first; a mailbox that a catch-all fills names itself there, and the reply address
+    # only in To or Cc.
+    ours = [a for a in envelope if _at_reply_domain(a, local_part, domain)]
+    ours = ours or [a for a in found(HEADERS) if _at_reply_domain(a, local_part, domain)]
+    return next((a for a in ours if token_in(a, local_part, domain)), ours[0] if ours else None)
 
 
 def _at_reply_domain(address: str, local_part: str, domain: str) -> bool:

@@ -54,7 +54,7 @@ class ReplyDesk:
         self.clock = clock
 
     def read(self, raw: bytes) -> Reply | None:
-        return read_reply(raw, self.settings.replies.local_part, self.domain)
+        return read_reply(raw, self.settings.replies.local_part, self.domain, self.settings.bounces.local_part)
 
     async def take(self, raw: bytes, source: str) -> Taken | None:
         reply = self.read(raw)

@@ -20,6 +20,7 @@ from aiosmtpd.controller import Controller
 from sqlalchemy.engine import Engine
 
 from engine.core.return_paths import return_path
+from engine.runtime.bounce_mailbox import PollResult
 from engine.runtime.bounce_processing import intake
 from engine.runtime.bounce_receiver import BounceReceiver
 from engine.runtime.replies import ReplyDesk
@@ -27,7 +28,8 @@ from engine.settings import BounceReceiverSettings, BounceSettings, Settings
 from engine.store import tables
 from engine.views import lead_timeline
 from tests.db.test_bounce_outcomes import sent
-from tests.mail_servers import Postfix, free_port, require
+from tests.mail_servers import Dovecot, Postfix, free_port, require
+from tests.mta.test_bounce_mailbox import folder, poller
 from tests.mta.test_bounce_receiver import wait_for_log
 
 KEY = "r" * 43
@@ -58,14 +60,18 @@ class Inbox:
 class Served:
     """The receiver with the engine's own intake (reports and replies) on a loop of its own thread."""
 
-    def __init__(self, db: Engine, relay_port: int) -> None:
-        self.settings = Settings(
+    @staticmethod
+    def settings_for(relay_port: int) -> Settings:
+        return Settings(
             secret_key=KEY,
             sender={"name": "Shop", "address": "hello@shop.test"},
             smtp={"host": "127.0.0.1", "port": relay_port, "security": "none", "timeout_s": 5},
             replies={"domain": "reply.shop.test", "forward_to": "owner@inbox.test"},
             bounces=BounceSettings(domain="bounce.shop.test", receiver=BounceReceiverSettings(port=0)),
         )
+
+    def __init__(self, db: Engine, relay_port: int) -> None:
+        self.settings = self.settings_for(relay_port)
         self.desk = ReplyDesk(db, self.settings, ("127.0.0.1", relay_port), lambda: NOW)
         take = intake(db, self.settings.bounces, lambda: NOW, self.settings.signing_keys, replies=self.desk)
         self.loop = asyncio.new_event_loop()
@@ -208,3 +214,25 @@ def test_postfix_hands_a_reply_over_lmtp_and_keeps_it_while_the_relay_is_down(
     # The lead's message as postfix delivered it: its trace lines on top, then the bytes the lead sent.
     assert forwarded.endswith(message)
     assert b"Delivered-To: " + address.encode() in forwarded
+
+
+def test_a_reply_in_the_polled_mailbox_is_taken_moved_and_forwarded(db: Engine, relay_port: int) -> None:
+    require()
+    lead_id, outbox_id = sent(db, "ana@example.com")
+    address = return_path(outbox_id, KEY, "reply", "reply.shop.test")
+    message = reply(address)
+    newsletter = b"From: news@other.test\r\nTo: desk@bounce.test\r\nSubject: Spring news\r\n\r\nSeeds.\r\n"
+    settings = Served.settings_for(relay_port)
+    desk = ReplyDesk(db, settings, ("127.0.0.1", relay_port), lambda: NOW)
+    take = intake(db, settings.bounces, lambda: NOW, settings.signing_keys, replies=desk)
+    with Dovecot({"desk": None}) as dovecot, Inbox(relay_port) as inbox:
+        # A catch-all delivers to the mailbox: its envelope names the mailbox, the To the reply address.
+        with smtplib.LMTP("127.0.0.1", dovecot.lmtp_port) as lmtp:
+            lmtp.sendmail("ana@example.com", ["desk@bounce.test"], message)
+            lmtp.sendmail("news@other.test", ["desk@bounce.test"], newsletter)
+        assert asyncio.run(poller(dovecot, "desk", take).poll()) == PollResult(taken=1, left=1)
+        assert list(folder(dovecot, "desk")) == ["Spring news"]
+        assert list(folder(dovecot, "desk", "Processed")) == ["Re: Your guide"]
+    assert replied_events(db) == [(lead_id, "reply", {"funnel": "guide", "step": "s1", "message": outbox_id})]
+    [(_, rcpts, forwarded)] = inbox.got
+    assert rcpts == ["owner@inbox.test"] and forwarded.endswith(message)

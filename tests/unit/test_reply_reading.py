@@ -114,12 +114,17 @@ def test_out_of_office_subjects_are_automatic_but_a_person_quoting_one_is_not() 
     assert ooo is not None and ooo.automatic and person is not None and person.automatic is None
 
 
-def test_mail_elsewhere_is_no_reply_and_the_envelope_wins_over_the_headers() -> None:
+def test_mail_elsewhere_is_no_reply_and_mail_to_a_return_path_is_a_report() -> None:
     address = return_path(7, KEY, "reply", "reply.shop.test")
     assert read_reply(REPLY.format(to="someone@else.test").encode(), "reply", "reply.shop.test") is None
     # A report to the return path that carries the reply address in its headers is a report.
     report = f"Delivered-To: bounces+abc@bounce.shop.test\r\n{REPLY.format(to=address)}"
     assert read_reply(report.encode(), "reply", "reply.shop.test") is None
+    # A mailbox a catch-all fills names itself in the envelope: the To names the reply address.
+    caught = read_reply(
+        f"Delivered-To: desk@mail.test\r\n{REPLY.format(to=address)}".encode(), "reply", "reply.shop.test"
+    )
+    assert caught is not None and caught.address == address
 
 
 def test_a_forged_token_is_read_but_names_no_message() -> None:
