@@ -91,9 +91,8 @@ def _take_reply(raw: bytes, source: str, database_url: str | None) -> None:
     from engine.settings import get_settings
 
     settings = get_settings()
-    assert settings.replies.domain is not None
-    replies = settings.replies
-    if read_reply(raw, replies.local_part, replies.domain, settings.bounces.local_part) is None:
+    replies, domain = settings.replies, settings.replies.domain
+    if domain is None or read_reply(raw, replies.local_part, domain, settings.bounces.local_part) is None:
         return
     relay = (settings.smtp.host, settings.smtp.port) if settings.smtp.host else None
     try:
