@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
         source: str = typer.Option("ingest", help="Where it came from, as the lead's timeline will say."),
         database_url: str | None = typer.Option(None, help=DATABASE_HELP),
     ) -> None:
-        """Take one returned message (a DSN, a feedback report, an auto-reply)."""
+        """Take one returned message (a DSN, a feedback report, an auto-reply), or a reply to the reply domain."""
         from engine.core.bounce_outcome import Verdict
         from engine.runtime.bounce_processing import process_report
         from engine.settings import get_settings
@@ -40,6 +40,8 @@ def register(app: typer.Typer) -> None:
         except OSError as exc:
             raise fail(f"{path}: {exc.strerror}") from None
         settings = get_settings()
+        if settings.replies.domain is not None:
+            _take_reply(raw, source[:16], database_url)
         try:
             with database(database_url, create=True) as engine:
                 verdict, applied = process_report(
@@ -76,3 +78,38 @@ def register(app: typer.Typer) -> None:
             )  # fmt: skip
         output_console().print(table)
         output_console().print(f"{len(rows)} report(s) for an operator")
+
+
+def _take_reply(raw: bytes, source: str, database_url: str | None) -> None:
+    """Mail to the reply domain: taken as a reply (and the command ends), else left to the reports."""
+    import asyncio
+
+    from engine.core.bounce_outcome import Verdict
+    from engine.core.replies import read_reply
+    from engine.mail.forward import ForwardError
+    from engine.runtime.replies import ReplyDesk
+    from engine.settings import get_settings
+
+    settings = get_settings()
+    replies, domain = settings.replies, settings.replies.domain
+    if domain is None or read_reply(raw, replies.local_part, domain, settings.bounces.local_part) is None:
+        return
+    relay = (settings.smtp.host, settings.smtp.port) if settings.smtp.host else None
+    try:
+        with database(database_url, create=True) as engine:
+            desk = ReplyDesk(engine, settings, relay, lambda: datetime.now(UTC))
+            taken = asyncio.run(desk.take(raw, source))
+    except ForwardError as exc:
+        output_console().print(f"reply recorded, not forwarded now: {exc}", markup=False, highlight=False)
+        raise typer.Exit(EX_TEMPFAIL) from None
+    except typer.Exit:
+        raise typer.Exit(EX_TEMPFAIL) from None
+    assert taken is not None
+    if taken.verdict is Verdict.RETRY:
+        output_console().print(f"reply not taken now: {taken.action}", markup=False, highlight=False)
+        raise typer.Exit(EX_TEMPFAIL)
+    forwarded = ", forwarded" if taken.forwarded else ""
+    output_console().print(
+        f"reply message {taken.outbox_id or 'unmatched'}: {taken.action}{forwarded}", markup=False, highlight=False
+    )
+    raise typer.Exit(0)

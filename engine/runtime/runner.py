@@ -32,6 +32,7 @@ from engine.runtime import bounce_processing, digest
 from engine.runtime.bounce_mailbox import MailboxPoller
 from engine.runtime.bounce_receiver import BounceReceiver
 from engine.runtime.outages import Outage, Say
+from engine.runtime.replies import ReplyDesk
 from engine.runtime.webhooks_out import WebhookSender
 from engine.runtime.worker import TickResult, Worker
 from engine.settings import Settings
@@ -83,10 +84,14 @@ class Runner:
         self.receiver: BounceReceiver | None = None
         self.poller: MailboxPoller | None = None
         bounces = settings.bounces
+        # Mail to the reply domain comes in the same ways; its forwards use the relay (set below).
+        self.replies = ReplyDesk(self.engine, settings, None, clock) if settings.replies.domain else None
         if bounces.receiver.port is not None or bounces.imap.host:
-            take = intake or bounce_processing.intake(self.engine, bounces, clock, settings.signing_keys)
+            take = intake or bounce_processing.intake(
+                self.engine, bounces, clock, settings.signing_keys, replies=self.replies
+            )
             if bounces.receiver.port is not None:
-                self.receiver = BounceReceiver(bounces, take, clock)
+                self.receiver = BounceReceiver(bounces, take, clock, settings.replies.domain)
             if bounces.imap.host:
                 self.poller = MailboxPoller(bounces.imap, take, clock)
         self.metrics = Metrics()
@@ -114,6 +119,8 @@ class Runner:
             self.smtp_host, self.smtp_port = "127.0.0.1", int(self.sink.port)
             # The local sink speaks plain SMTP on loopback.
             settings.smtp.security = "none"
+        if self.replies is not None:
+            self.replies.relay = (self.smtp_host, self.smtp_port)
         # Messages the relay could not take wait a minute, with no attempt spent (`mailer.RELAY_RETRY`).
         self.relay = Outage(f"relay {self.smtp_host}:{self.smtp_port}", "every minute")
 
