@@ -79,12 +79,15 @@ def count_report(conn: sa.Connection, domain: str, now: datetime, settings: Boun
             .values(reports=a.c.reports + 1, last_report_at=now, ends_at=now + window)
         )
         return None
+    # Reports before the domain's last alarm ended (an operator cleared it) were heard already.
+    ended = conn.execute(sa.select(sa.func.max(a.c.ended_at)).where(a.c.domain == domain)).scalar()
+    since = max(now - window, ended) if ended is not None else now - window
     b = tables.bounce_reports
     counted = int(
         conn.execute(
             sa.select(sa.func.count())
             .select_from(b)
-            .where(b.c.recipient_domain == domain, b.c.failure_class == SENDER_FAULT, b.c.received_at > now - window)
+            .where(b.c.recipient_domain == domain, b.c.failure_class == SENDER_FAULT, b.c.received_at > since)
         ).scalar()
         or 0
     )
