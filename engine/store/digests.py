@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from engine.store import tables
+from engine.store import domain_alarms, tables
 
 
 @dataclass
@@ -24,6 +24,7 @@ class Figures:
     bounced: Counter[str] = field(default_factory=Counter)  # funnel
     unknown_new: int = 0
     unknown_open: int = 0
+    alarms: list[domain_alarms.Alarm] = field(default_factory=list)  # raised that day, or on at its end
 
 
 def window(day: date, zone: ZoneInfo) -> tuple[datetime, datetime]:
@@ -64,6 +65,7 @@ def gather(conn: sa.Connection, day: date, zone: ZoneInfo) -> Figures:
             .where(o.c.status == "unknown", o.c.sent_at >= start, o.c.sent_at < end)
         ).scalar_one()
     )
+    figures.alarms = [a for a in domain_alarms.listing(conn, start) if a.raised_at < end]
     return figures
 
 
