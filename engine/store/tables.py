@@ -317,7 +317,7 @@ class WebhookReceipt(SQLModel, table=True):
 
 
 DELIVERY_STATUSES = ("queued", "sent", "failed")
-DELIVERY_SOURCES = ("transition", "goal", "call")
+DELIVERY_SOURCES = ("transition", "goal", "call", "alarm", "alarm_over")
 
 
 class WebhookDelivery(SQLModel, table=True):
@@ -352,7 +352,7 @@ class WebhookDelivery(SQLModel, table=True):
     subscription: str = Field(sa_type=sa.String(100), nullable=False)
     source: str = Field(sa_type=sa.String(16), nullable=False)
     source_id: int = Field(nullable=False)
-    lead_id: int = _lead_fk()
+    lead_id: int | None = Field(default=None, foreign_key="leads.id", ondelete="CASCADE")  # NULL: a domain alarm
     url: str | None = Field(default=None, sa_type=sa.Text)
     payload: dict[str, Any] = Field(default_factory=dict, sa_type=Json, nullable=False)
     status: str = Field(sa_type=sa.String(16), nullable=False)

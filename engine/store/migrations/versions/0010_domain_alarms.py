@@ -1,4 +1,5 @@
-"""Alarms per receiving domain that refuses the sender, and consent records of a lifted bounce.
+"""Alarms per receiving domain that refuses the sender, sent as outbound webhooks too (a delivery about no
+lead), and consent records of a lifted bounce.
 
 Revision ID: 0010
 Revises: 0009
@@ -17,6 +18,8 @@ depends_on: str | None = None
 
 BEFORE = "action IN ('given', 'requested', 'confirmed', 'withdrawn')"
 AFTER = "action IN ('given', 'requested', 'confirmed', 'withdrawn', 'lifted')"
+SOURCES_BEFORE = "source IN ('transition', 'goal', 'call')"
+SOURCES_AFTER = "source IN ('transition', 'goal', 'call', 'alarm', 'alarm_over')"
 
 
 def upgrade() -> None:
@@ -35,12 +38,22 @@ def upgrade() -> None:
         sa.UniqueConstraint("open_key", name="uq_domain_alarms_open_key"),
     )
     _action_check(AFTER)
+    _deliveries(SOURCES_AFTER, lead_required=False)
 
 
 def downgrade() -> None:
+    op.execute("DELETE FROM webhook_deliveries WHERE lead_id IS NULL")
+    _deliveries(SOURCES_BEFORE, lead_required=True)
     op.execute("DELETE FROM consent_records WHERE action = 'lifted'")
     _action_check(BEFORE)
     op.drop_table("domain_alarms")
+
+
+def _deliveries(sources: str, lead_required: bool) -> None:
+    with op.batch_alter_table("webhook_deliveries", recreate="auto") as batch:
+        batch.drop_constraint("ck_webhook_deliveries_source", type_="check")
+        batch.create_check_constraint("ck_webhook_deliveries_source", sources)
+        batch.alter_column("lead_id", existing_type=sa.Integer(), nullable=not lead_required)
 
 
 def _action_check(condition: str) -> None:
