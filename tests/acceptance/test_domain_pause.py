@@ -5,8 +5,10 @@ email goes; once the alarm ends, the held email goes."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -90,3 +92,38 @@ def test_without_the_setting_an_alarm_holds_nothing(engine: sa.Engine, smtp: Rec
     queue_email(engine, "ana@blocky.example", "news", NOW)
     dispatch(engine, smtp, NOW, pause=False)
     assert statuses(engine)["ana@blocky.example"][0] == "sent"
+
+
+def test_the_engines_round_ends_the_alarm_when_its_time_comes_and_sends_what_it_held(
+    tmp_path: Path, smtp: RecordingSmtpServer, caplog: Any
+) -> None:
+    from engine.runtime.runner import Runner
+
+    now = [NOW]
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=f"sqlite:///{tmp_path / 'engine.db'}",
+        emails_dir=EMAILS,
+        smtp=SmtpSettings(host="127.0.0.1", port=smtp.port, security="none", timeout_s=5),
+        bounces=RULES,
+    )
+    runner = Runner(settings, [], lambda: now[0])
+    try:
+        alarm = raise_alarm(runner.engine)
+        queue_email(runner.engine, "ana@blocky.example", "news", NOW)
+        asyncio.run(runner.step())
+        assert statuses(runner.engine)["ana@blocky.example"][0] == "deferred"
+        now[0] = alarm.ends_at - timedelta(seconds=1)
+        asyncio.run(runner.step())
+        assert statuses(runner.engine)["ana@blocky.example"][0] == "deferred"
+        caplog.set_level(logging.INFO, logger="engine.bounces")
+        now[0] = alarm.ends_at
+        asyncio.run(runner.step())  # the alarm ends, and what it held goes in the same round
+        assert statuses(runner.engine)["ana@blocky.example"][:2] == ("sent", 1)
+        assert [r for r in smtp.messages() for r in r.rcpt] == ["ana@blocky.example"]
+        [over] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("alarm over")]
+        assert "blocky.example" in over and "1 held email(s) released" in over
+        asyncio.run(runner.step())
+        assert len([r for r in caplog.records if r.getMessage().startswith("alarm over")]) == 1  # said once
+    finally:
+        runner.close()
