@@ -23,67 +23,6 @@ from engine.cli.common import DATABASE_HELP, database, fail, lead_address, outpu
 EX_TEMPFAIL = 75
 
 
-def register(app: typer.Typer) -> None:
-    bounces = typer.Typer(help="Bounces, complaints and auto-replies that come back after sending.")
-    app.add_typer(bounces, name="bounces")
-
-    @bounces.command("ingest")
-    def ingest(
-        path: str = typer.Argument("-", help="The message: a file, or - for standard input (an MTA's pipe)."),
-        source: str = typer.Option("ingest", help="Where it came from, as the lead's timeline will say."),
-        database_url: str | None = typer.Option(None, help=DATABASE_HELP),
-    ) -> None:
-        """Take one returned message (a DSN, a feedback report, an auto-reply)."""
-        from engine.core.bounce_outcome import Verdict
-        from engine.runtime.bounce_processing import process_report
-        from engine.settings import get_settings
-
-        try:
-            raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
-        except OSError as exc:
-            raise fail(f"{path}: {exc.strerror}") from None
-        settings = get_settings()
-        try:
-            with database(database_url, create=True) as engine:
-                verdict, applied = process_report(
-                    engine, raw, source[:16], datetime.now(UTC), settings.bounces, settings.signing_keys
-                )
-        except typer.Exit:
-            raise typer.Exit(EX_TEMPFAIL) from None
-        if verdict is Verdict.RETRY:
-            raise typer.Exit(EX_TEMPFAIL)
-        if verdict is Verdict.NOT_RECOGNISED:
-            output_console().print("not a report: nothing recorded")
-            return
-        for item in applied:
-            output_console().print(
-                f"{item.outcome.kind} {item.outcome.failure_class or 'unclassed'} "
-                f"{item.outcome.status or ''} message {item.outbox_id or 'unmatched'}: {item.action}",
-                markup=False,
-                highlight=False,
-            )
-
-    @bounces.command("unknown")
-    def unknown(database_url: str | None = typer.Option(None, help=DATABASE_HELP)) -> None:
-        """Reports that matched no message or could not be classed, newest first."""
-        from engine.store import bounces as bounce_store
-        from engine.store.database import connect_read_only
-
-        with database(database_url) as engine, connect_read_only(engine) as conn:
-            rows = bounce_store.unknown(conn)
-        table = Table("id", "received", "source", "kind", "class", "status", "why")
-        for row in rows:
-            table.add_row(
-                str(row.id), row.received_at.isoformat(timespec="seconds"), row.source, row.kind,
-                row.failure_class or "unclassed", row.status or "", (row.diagnostic or "")[:80],
-            )  # fmt: skip
-        output_console().print(table)
-        output_console().print(f"{len(rows)} report(s) for an operator")
-
-    bounces.command("lift")(lift)
-    bounces.command("alarms")(alarms)
-
-
 def _operator(by: str | None) -> str:
     if by:
         return by
@@ -160,3 +99,63 @@ def alarms(
     output_console().print(table)
     on = sum(1 for a in rows if a.active(now))
     say(output_console(), f"{on} alarm(s) on, {len(rows) - on} over in the last {days} days")
+
+
+def register(app: typer.Typer) -> None:
+    bounces = typer.Typer(help="Bounces, complaints and auto-replies that come back after sending.")
+    app.add_typer(bounces, name="bounces")
+    bounces.command("lift")(lift)
+    bounces.command("alarms")(alarms)
+
+    @bounces.command("ingest")
+    def ingest(
+        path: str = typer.Argument("-", help="The message: a file, or - for standard input (an MTA's pipe)."),
+        source: str = typer.Option("ingest", help="Where it came from, as the lead's timeline will say."),
+        database_url: str | None = typer.Option(None, help=DATABASE_HELP),
+    ) -> None:
+        """Take one returned message (a DSN, a feedback report, an auto-reply)."""
+        from engine.core.bounce_outcome import Verdict
+        from engine.runtime.bounce_processing import process_report
+        from engine.settings import get_settings
+
+        try:
+            raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+        except OSError as exc:
+            raise fail(f"{path}: {exc.strerror}") from None
+        settings = get_settings()
+        try:
+            with database(database_url, create=True) as engine:
+                verdict, applied = process_report(
+                    engine, raw, source[:16], datetime.now(UTC), settings.bounces, settings.signing_keys
+                )
+        except typer.Exit:
+            raise typer.Exit(EX_TEMPFAIL) from None
+        if verdict is Verdict.RETRY:
+            raise typer.Exit(EX_TEMPFAIL)
+        if verdict is Verdict.NOT_RECOGNISED:
+            output_console().print("not a report: nothing recorded")
+            return
+        for item in applied:
+            output_console().print(
+                f"{item.outcome.kind} {item.outcome.failure_class or 'unclassed'} "
+                f"{item.outcome.status or ''} message {item.outbox_id or 'unmatched'}: {item.action}",
+                markup=False,
+                highlight=False,
+            )
+
+    @bounces.command("unknown")
+    def unknown(database_url: str | None = typer.Option(None, help=DATABASE_HELP)) -> None:
+        """Reports that matched no message or could not be classed, newest first."""
+        from engine.store import bounces as bounce_store
+        from engine.store.database import connect_read_only
+
+        with database(database_url) as engine, connect_read_only(engine) as conn:
+            rows = bounce_store.unknown(conn)
+        table = Table("id", "received", "source", "kind", "class", "status", "why")
+        for row in rows:
+            table.add_row(
+                str(row.id), row.received_at.isoformat(timespec="seconds"), row.source, row.kind,
+                row.failure_class or "unclassed", row.status or "", (row.diagnostic or "")[:80],
+            )  # fmt: skip
+        output_console().print(table)
+        output_console().print(f"{len(rows)} report(s) for an operator")
