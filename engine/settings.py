@@ -335,6 +335,10 @@ class BounceSettings(BaseModel):
         default=20, ge=1, description="Reports of the sender's fault from one receiving domain that raise the alarm..."
     )
     sender_fault_window_minutes: int = Field(default=60, ge=1, description="...within this many minutes.")
+    pause_domain_on_alarm: bool = Field(
+        default=False,
+        description="While a domain's alarm is on, hold marketing email to it (deferred, sent after the alarm ends).",
+    )
     receiver: BounceReceiverSettings = BounceReceiverSettings()
     providers: BounceProviders = BounceProviders()
     imap: BounceMailboxSettings = BounceMailboxSettings()

@@ -3,26 +3,109 @@
 `ingest` reads one message (a file, or standard input as an MTA's pipe transport hands it) and exits as
 such a transport expects: 0 when the report is taken or the message is no report, 75 (EX_TEMPFAIL) when
 the database cannot record it now, so that the MTA keeps the message and tries again. `unknown` lists
-what matched no message or could not be classed, for an operator to decide.
+what matched no message or could not be classed, for an operator to decide. `lift` lets a bounced
+address be mailed again (its mailbox was fixed), with a reason kept in its consent records; `alarms`
+lists the receiving domains that refused the sender, and `alarms --clear DOMAIN` ends one.
 """
 
 from __future__ import annotations
 
+import getpass
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import typer
 from rich.table import Table
 
-from engine.cli.common import DATABASE_HELP, database, fail, output_console
+from engine.cli.common import DATABASE_HELP, database, fail, lead_address, output_console, say
 
 EX_TEMPFAIL = 75
+
+
+def _operator(by: str | None) -> str:
+    if by:
+        return by
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no user name for this uid (a container)
+        return "unknown"
+
+
+def lift(
+    address: str = typer.Argument(..., help="The address whose bounce to lift."),
+    reason: str = typer.Option(..., "--reason", help="Why it may be mailed again (kept in its consent records)."),
+    by: str | None = typer.Option(None, "--by", help="Who lifts it (default: the system user running this)."),
+    database_url: str | None = typer.Option(None, help=DATABASE_HELP),
+) -> None:
+    """Mail a bounced address again (its mailbox was fixed): a hard or soft bounce suppression is lifted,
+    soft bounces count afresh. Refused for a complaint, an unsubscribe, an erasure, or an address that
+    is not bounced: those are the lead's own choices."""
+    from engine.store import consents
+
+    email = lead_address(address)
+    if not reason.strip():
+        raise fail("--reason: say why the address may be mailed again (it is kept with the lift)", 2)
+    who = _operator(by)
+    act = consents.ConsentAct("lifted", f"operator {who}"[:200], fields={"reason": reason.strip(), "by": who})
+    with database(database_url) as engine, engine.begin() as conn:
+        refusal = consents.lift_refusal(conn, email)
+        done = consents.lift_bounce(conn, email, act, datetime.now(UTC)) if refusal is None else None
+    if done is None:
+        raise fail(f"{email}: not lifted: {refusal or 'nothing to lift'}")
+    stays = f"; the lead stays {done.after}" if done.after != "subscribed" else ""
+    say(
+        output_console(),
+        f"{email}: bounce lifted by {who} ({reason.strip()}): consent {done.before} -> {done.after}{stays}",
+    )
+
+
+def alarms(
+    clear: str | None = typer.Option(None, "--clear", help="End this domain's alarm now (its held email goes)."),
+    reason: str | None = typer.Option(None, "--reason", help="With --clear: why (kept with the alarm)."),
+    by: str | None = typer.Option(None, "--by", help="With --clear: who (default: the system user running this)."),
+    days: int = typer.Option(30, "--days", min=1, help="Alarms of this many days back, and any still on."),
+    database_url: str | None = typer.Option(None, help=DATABASE_HELP),
+) -> None:
+    """Receiving domains whose reports said they refuse the sender (blocklisting, policy, authentication)."""
+    from engine.store import domain_alarms
+    from engine.store.database import connect_read_only
+
+    now = datetime.now(UTC)
+    if clear is not None:
+        if not (reason or "").strip():
+            raise fail("--clear needs --reason: say what was fixed (it is kept with the alarm)", 2)
+        who = _operator(by)
+        with database(database_url) as engine, engine.begin() as conn:
+            ended = domain_alarms.clear(conn, clear.strip().lower(), now, who, (reason or "").strip())
+        if ended is None:
+            raise fail(f"{clear}: no alarm is on for this domain")
+        say(output_console(), f"{ended.domain}: alarm cleared by {who}; its held email is due again")
+        return
+    with database(database_url) as engine, connect_read_only(engine) as conn:
+        rows = domain_alarms.listing(conn, now - timedelta(days=days))
+    table = Table("domain", "raised", "reports", "last report", "state")
+    for alarm in rows:
+        if alarm.active(now):
+            state = f"ON until {alarm.ends_at.isoformat(timespec='minutes')} unless more come"
+        elif alarm.cleared_by:
+            state = f"cleared {alarm.ended_at:%Y-%m-%dT%H:%M} by {alarm.cleared_by}: {alarm.clear_reason}"
+        else:
+            state = f"over {(alarm.ended_at or alarm.ends_at):%Y-%m-%dT%H:%M}"
+        table.add_row(
+            alarm.domain, alarm.raised_at.isoformat(timespec="minutes"), str(alarm.reports),
+            alarm.last_report_at.isoformat(timespec="minutes"), state,
+        )  # fmt: skip
+    output_console().print(table)
+    on = sum(1 for a in rows if a.active(now))
+    say(output_console(), f"{on} alarm(s) on, {len(rows) - on} over in the last {days} days")
 
 
 def register(app: typer.Typer) -> None:
     bounces = typer.Typer(help="Bounces, complaints and auto-replies that come back after sending.")
     app.add_typer(bounces, name="bounces")
+    bounces.command("lift")(lift)
+    bounces.command("alarms")(alarms)
 
     @bounces.command("ingest")
     def ingest(

@@ -19,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from engine.core.bounce_outcome import COMPLAINT
-from engine.store import metric_counts
+from engine.store import domain_alarms, metric_counts
 from engine.store.database import Connection, Engine
 from engine.store.tables import OUTBOX_STATUSES
 
@@ -37,6 +37,7 @@ class DatabaseCollector(Collector):
         self._transitions: Counter[tuple[str, str, str]] = Counter()
         self._statuses: dict[str, int] = {}
         self._statuses_until = 0.0
+        self._sender_faults = 0
 
     def collect(self) -> Iterator[Metric]:
         with self._lock, self.engine.connect() as conn:
@@ -46,7 +47,11 @@ class DatabaseCollector(Collector):
                 self._statuses = metric_counts.outbox_statuses(conn)
                 cost = time.monotonic() - started
                 self._statuses_until = started + min(20 * cost, STATUS_CACHE_MAX_S)
+                # A count over every report, as costly as the outbox's: read as often, not more.
+                self._sender_faults = domain_alarms.sender_fault_reports(conn)
             backlog = metric_counts.backlog(conn, self.now())
+            in_alarm = [a.domain for a in domain_alarms.active(conn, self.now())]
+            sender_faults = self._sender_faults
             transitions = dict(self._transitions)
             statuses = dict(self._statuses)
 
@@ -68,6 +73,20 @@ class DatabaseCollector(Collector):
             ("funnel_events_pending", "Events recorded and not yet handled by a worker.", backlog[2]),
         ):
             yield GaugeMetricFamily(name, text, value=value)
+        yield GaugeMetricFamily(
+            "funnel_domains_in_alarm",
+            "Receiving domains whose sender's-fault alarm is on (docs/bounces.md).",
+            value=len(in_alarm),
+        )
+        alarm = GaugeMetricFamily("funnel_domain_alarm", "1 for each receiving domain in alarm now.", labels=["domain"])
+        for domain in in_alarm:
+            alarm.add_metric([domain], 1)
+        yield alarm
+        yield CounterMetricFamily(
+            "funnel_sender_fault_reports",
+            "Bounce reports classed as the sender's fault (blocklisting, policy, authentication), recorded so far.",
+            value=sender_faults,
+        )
 
     def _count_new_transitions(self, conn: Connection) -> None:
         for funnel, from_stage, to_stage, n, last in metric_counts.transitions_after(conn, self._last_transition):

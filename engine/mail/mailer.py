@@ -208,6 +208,7 @@ class Mailer:
             TimingRules.parse(delivery.quiet_hours, delivery.max_per_day),
             funnel_zones or {},
             delivery.default_timezone,
+            pause_domains=settings.bounces.pause_domain_on_alarm,
         )
         smtp = settings.smtp
         self.throttle = Throttle(smtp.rate_per_s, smtp.domain_rate_per_s, smtp.domain_rates)

@@ -50,7 +50,17 @@ def compose(figures: Figures, dashboard_url: str) -> tuple[str, str, str]:
         f"Funnels on {figures.day.isoformat()}: {entered} entered, {moved} moved, {goals} converted, "
         f"{bounced} bounced, {figures.unknown_open} unknown"
     )
+    if figures.alarms:
+        subject = f"ALARM ({len(figures.alarms)} domain(s) refuse the sender) - {subject}"
     lines = [subject, ""]
+    for alarm in figures.alarms:
+        state = "still on" if alarm.ended_at is None else f"over {alarm.ended_at:%Y-%m-%d %H:%M} UTC"
+        lines.append(
+            f"ALARM: {alarm.domain} refuses the sender: {alarm.reports} reports of the sender's fault since "
+            f"{alarm.raised_at:%Y-%m-%d %H:%M} UTC, {state} (funnel bounces alarms)"
+        )
+    if figures.alarms:
+        lines.append("")
     if figures.transitions:
         lines.append("Stage transitions:")
         for (funnel, from_stage, to_stage), n in sorted(figures.transitions.items()):

@@ -36,7 +36,8 @@ from engine.runtime.replies import ReplyDesk
 from engine.runtime.webhooks_out import WebhookSender
 from engine.runtime.worker import TickResult, Worker
 from engine.settings import Settings
-from engine.store.database import create_engine_for, describe_failure, upgrade
+from engine.store import domain_alarms
+from engine.store.database import DBAPIError, create_engine_for, describe_failure, upgrade
 
 log = logging.getLogger("engine.runner")
 # How long a stop waits for the round in flight (systemd's default TimeoutStopSec is 90 s).
@@ -134,6 +135,7 @@ class Runner:
         now = self.clock()
         with self.metrics.tick_seconds.time():
             tick = await asyncio.to_thread(self.worker.tick, now)
+        await asyncio.to_thread(self.end_alarms, now)  # before sending: what an ended alarm held goes now
         with self.metrics.dispatch_seconds.time():
             mail = await self.mailer.dispatch(now, self.smtp_host, self.smtp_port, self.settings.batch_size)
         if tick.work or mail.work:
@@ -289,6 +291,18 @@ class Runner:
             await asyncio.wait_for(busy.acquire(), timeout=grace)
         except TimeoutError:
             log.warning("stopping with a round still in flight: messages in DATA will be marked unknown")
+
+    def end_alarms(self, now: datetime) -> None:
+        """Domain alarms whose end has come are ended (said once, held email released). A read first:
+        an idle engine takes no writer lock for it."""
+        try:
+            with self.engine.connect() as conn:
+                if not domain_alarms.ending(conn, now):
+                    return
+            with self.engine.begin() as conn:
+                domain_alarms.end_due(conn, now)
+        except DBAPIError:
+            pass  # the database is away: the tick says so; the alarms end on the next one
 
     async def send_digest(self) -> None:
         try:

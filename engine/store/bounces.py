@@ -7,9 +7,9 @@ report for an operator, never guessed. Then, by class (docs/bounces.md):
 
 - address gone: the message `bounced`, the address suppressed at once;
 - mailbox trouble: a soft bounce; the address is suppressed once `soft_limit` of them fall within
-  `soft_window_days` with no open or click of the lead since the first of them;
+  `soft_window_days` with no open or click of the lead (and no lift of a bounce) since the first of them;
 - the sender's fault: the message `failed`, the lead kept; counted per receiving domain, and the
-  count passing `sender_fault_alarm` within the window is said once, as a warning;
+  count passing `sender_fault_alarm` within the window raises an alarm (`engine.store.domain_alarms`);
 - complaint: an opt-out at once (consent `complained`, suppressed), and a `complained` event that the
   lead's funnels hear on the next tick, so their exit rules fire;
 - not a failure: recorded, nothing changes.
@@ -31,7 +31,7 @@ from engine.core.bounce_outcome import ADDRESS_GONE, COMPLAINT, MAILBOX_TROUBLE,
 from engine.core.own_events import COMPLAINED, engine_id
 from engine.core.return_paths import read_token
 from engine.settings import BounceSettings
-from engine.store import consents, tables
+from engine.store import consents, domain_alarms, tables
 from engine.store import leads as store
 
 log = logging.getLogger("engine.bounces")
@@ -166,7 +166,7 @@ def _act(
     if klass == SENDER_FAULT:
         _finish(conn, message, "failed", f"{outcome.source} report, the sender's fault: {reason}")
         if recipient:
-            _sender_fault_alarm(conn, recipient.rpartition("@")[2], now, settings)
+            domain_alarms.count_report(conn, recipient.rpartition("@")[2], now, settings)
         return "failed, lead kept"
     if klass == COMPLAINT:
         _complaint(conn, outcome, recipient, lead_id, now)
@@ -193,6 +193,9 @@ def _soft_bounces(
         ).scalar()
         if engaged is not None and engaged > since:
             since = engaged
+        lifted = consents.last_lift(conn, lead_id)  # a lifted bounce starts the count afresh
+        if lifted is not None and lifted >= since:
+            since = lifted + timedelta(microseconds=1)
     counted = conn.execute(
         sa.select(sa.func.count())
         .select_from(b)
@@ -203,22 +206,6 @@ def _soft_bounces(
         )
     ).scalar()
     return int(counted or 0)
-
-
-def _sender_fault_alarm(conn: sa.Connection, domain: str, now: datetime, settings: BounceSettings) -> None:
-    b = tables.bounce_reports
-    since = now - timedelta(minutes=settings.sender_fault_window_minutes)
-    counted = conn.execute(
-        sa.select(sa.func.count())
-        .select_from(b)
-        .where(b.c.recipient_domain == domain, b.c.failure_class == SENDER_FAULT, b.c.received_at >= since)
-    ).scalar()
-    if int(counted or 0) == settings.sender_fault_alarm:
-        log.warning(
-            "%d reports in %d minutes say %s refuses this sender (blocklisting, policy, authentication): "
-            "its leads are kept; look at the reports with `funnel bounces list --domain %s`",
-            counted, settings.sender_fault_window_minutes, domain, domain,
-        )  # fmt: skip
 
 
 def _complaint(

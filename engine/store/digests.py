@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from engine.core.bounce_outcome import ADDRESS_GONE, COMPLAINT, MAILBOX_TROUBLE
-from engine.store import tables
+from engine.store import domain_alarms, tables
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class Figures:
     unknown_new: int = 0
     unknown_open: int = 0
     returns: Returns = field(default_factory=Returns)
+    alarms: list[domain_alarms.Alarm] = field(default_factory=list)  # raised that day, or on at its end
 
 
 def window(day: date, zone: ZoneInfo) -> tuple[datetime, datetime]:
@@ -83,6 +84,7 @@ def gather(conn: sa.Connection, day: date, zone: ZoneInfo) -> Figures:
         ).scalar_one()
     )
     figures.returns = gather_returns(conn, start, end)
+    figures.alarms = [a for a in domain_alarms.listing(conn, start) if a.raised_at < end]
     return figures
 
 

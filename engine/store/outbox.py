@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from engine.core.outbox_item import OutboxItem
 from engine.store.leads import email_hash
-from engine.store.tables import OUTBOX_STATUSES, leads, outbox
+from engine.store.tables import OUTBOX_STATUSES, leads, outbox, suppressions
 
 LEASE = timedelta(minutes=2)
 # Not handed to the SMTP server yet: the only states a worker may act on before DATA.
@@ -103,6 +103,14 @@ def _suppressed(conn: sa.Connection, hashes: Sequence[str]) -> set[str]:
         return set()
     sql = f"SELECT email_hash FROM suppressions WHERE email_hash IN ({_marks(conn, len(hashes))})"  # noqa: S608
     return {h for (h,) in conn.exec_driver_sql(sql, tuple(hashes))}
+
+
+def suppression_reasons(conn: sa.Connection, emails: Sequence[str]) -> dict[str, str]:
+    """{address: why it is suppressed} for those of these addresses on the suppression list."""
+    hashes = {email_hash(e): e for e in emails}
+    s = suppressions
+    rows = conn.execute(sa.select(s.c.email_hash, s.c.reason).where(s.c.email_hash.in_(list(hashes))))
+    return {hashes[h]: str(reason) for h, reason in rows}
 
 
 def consent_of(conn: sa.Connection, emails: Mapping[int, str], lock: bool = False) -> dict[int, tuple[str, bool]]:

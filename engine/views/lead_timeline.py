@@ -165,6 +165,12 @@ def _email(o: Mapping[str, Any]) -> Entry:
 
 
 def _consent(c: Mapping[str, Any]) -> Entry:
+    if c["action"] == "lifted":
+        why = (c["fields"] or {}).get("reason") or "the lead confirmed its signup"
+        change = (
+            f", consent {c['status_before']} -> {c['status_after']}" if c["status_before"] != c["status_after"] else ""
+        )
+        return Entry(c["at"], "consent", None, f"bounce lifted via {c['source']}: {why}{change}")
     where = ", ".join(
         f"{label} {c[key]}" for key, label in (("form_id", "form"), ("text_version", "text"), ("ip", "from")) if c[key]
     )
