@@ -6,8 +6,9 @@ recipient's most recent message; what matches nothing, or cannot be classed, is 
 report for an operator, never guessed. Then, by class (docs/bounces.md):
 
 - address gone: the message `bounced`, the address suppressed at once;
-- mailbox trouble: a soft bounce; the address is suppressed once `soft_limit` of them fall within
-  `soft_window_days` with no open or click of the lead (and no lift of a bounce) since the first of them;
+- mailbox trouble: a soft bounce; the address is suppressed once `soft_limit` messages to it have
+  soft-bounced within `soft_window_days` (reports of one message count once), with no open, click or
+  reply of the lead (and no lift of a bounce) since the first of them;
 - the sender's fault: the message `failed`, the lead kept; counted per receiving domain, and the
   count passing `sender_fault_alarm` within the window raises an alarm (`engine.store.domain_alarms`);
 - complaint: an opt-out at once (consent `complained`, suppressed), and a `complained` event that the
@@ -35,7 +36,8 @@ from engine.store import consents, domain_alarms, tables
 from engine.store import leads as store
 
 log = logging.getLogger("engine.bounces")
-ENGAGED = ("email_opened", "email_clicked")  # what shows the address reads its mail: soft bounces count anew
+# What shows the address reads its mail: soft bounces count anew after it.
+ENGAGED = ("email_opened", "email_clicked", "email_replied")
 # Statuses a report may overturn: the relay took the message, or nobody knows whether it did.
 HANDED_OVER = ("sent", "unknown", "sending")
 
@@ -196,8 +198,10 @@ def _soft_bounces(
         lifted = consents.last_lift(conn, lead_id)  # a lifted bounce starts the count afresh
         if lifted is not None and lifted >= since:
             since = lifted + timedelta(microseconds=1)
+    # Messages, not reports: a relay or a provider may report one message delayed again at each retry
+    # (SendGrid posts a deferral per attempt), and those retries say one thing once.
     counted = conn.execute(
-        sa.select(sa.func.count())
+        sa.select(sa.func.count(sa.distinct(sa.func.coalesce(b.c.outbox_id, -b.c.id))))
         .select_from(b)
         .where(
             b.c.recipient_hash == store.email_hash(recipient),
