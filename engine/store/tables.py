@@ -169,12 +169,13 @@ class OutboxMessage(SQLModel, table=True):
         sa.Index(
             "ix_outbox_ready",
             "next_attempt_at",
+            "id",
             sqlite_where=sa.text("status IN ('queued', 'deferred')"),
             postgresql_where=sa.text("status IN ('queued', 'deferred')"),
         ),
         sa.Index(
             "ix_outbox_sending",
-            "claimed_at",
+            "id",
             sqlite_where=sa.text("status = 'sending'"),
             postgresql_where=sa.text("status = 'sending'"),
         ),
