@@ -166,6 +166,9 @@ def main() -> None:
     from engine.store import tables
     from engine.store.database import create_engine_for, upgrade
 
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from local_postgres import ServerCost, per, worker_cpu_s
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--emails", type=int, default=100_000)
     parser.add_argument("--connections", type=int, default=8)
@@ -184,6 +187,9 @@ def main() -> None:
         templates = [n for n in library.names() if n.startswith("lead-magnet/")]
         started = time.perf_counter()
         load(engine, args.emails, templates)
+        with engine.begin() as conn:
+            # Statistics for the planner, as autovacuum (PostgreSQL) or a long-running outbox would have them.
+            conn.exec_driver_sql("ANALYZE")
         print(
             f"loaded {args.emails:,} due emails in {time.perf_counter() - started:.1f} s"
             f" (peak memory so far {peak_rss_mb():.0f} MB)",
@@ -204,13 +210,19 @@ def main() -> None:
             },
         )
         mailer = Mailer(engine, settings, library, {"lead-magnet": "Lead magnet"})
+        cost = ServerCost(engine)
+        cost.start()
+        cpu = worker_cpu_s({sink.proc.pid})
         started = time.perf_counter()
         try:
             sent = asyncio.run(send_e2e(mailer, sink.port))
+            e2e_s = time.perf_counter() - started
+            # The dispatcher and its render processes, read before the render processes stop.
+            cpu = worker_cpu_s({sink.proc.pid}) - cpu
+            spent = cost.stop()
             children = children_peak_rss_mb()
         finally:
             mailer.close()
-        e2e_s = time.perf_counter() - started
         e2e_rate = sent / e2e_s
 
         with engine.begin() as conn:
@@ -254,6 +266,13 @@ def main() -> None:
         "outbox_sent": int(statuses.get("sent", 0)),
         "connections": args.connections,
         "database": url.split(":", 1)[0],
+        # What one email costs: CPU in this process and its render processes, and on PostgreSQL the
+        # server's own CPU, the round trips this process made and the statements the server ran.
+        "worker_cpu_ms_per_email": per(cpu, sent, 1000),
+        "server_cpu_ms_per_email": per(spent.server_cpu_s, sent, 1000),
+        "round_trips_per_email": per(spent.round_trips, sent) if cost.postgres else None,
+        "statements_per_email": per(spent.statements, sent),
+        "wal_bytes_per_email": per(spent.wal_bytes, sent),
         # The dispatcher (this process), and every child apart: render processes and the sink.
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "peak_rss_children_mb": sorted(round(v, 1) for v in children.values()),
@@ -261,6 +280,11 @@ def main() -> None:
     print(f"{'end to end':<12} {sent:>9,} emails in {e2e_s:6.1f} s  {e2e_rate:8.1f} emails/s")
     print(f"{'raw SMTP':<12} {args.raw:>9,} emails in {raw_s:6.1f} s  {raw_rate:8.1f} emails/s")
     print(f"ratio {figures['ratio']}, duplicates {duplicates}, lost {lost}, outbox statuses {statuses}")
+    print(
+        f"per email: {figures['worker_cpu_ms_per_email']} ms CPU in the worker, "
+        f"{figures['server_cpu_ms_per_email']} ms on the server, {figures['round_trips_per_email']} round trips, "
+        f"{figures['statements_per_email']} statements"
+    )
     print(json.dumps(figures))
     shutil.rmtree(folder, ignore_errors=True)
     if os.environ.get("BENCH_STRICT") and (duplicates or lost):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import sys
@@ -35,6 +36,7 @@ from engine.store import tables  # noqa: E402
 from engine.store.database import create_engine_for, upgrade  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from local_postgres import ServerCost, per, process_cpu_s  # noqa: E402
 from scratch_database import fresh_database, is_postgres  # noqa: E402
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -94,7 +96,7 @@ def load(engine: sa.Engine, size: int, funnel_id: str, version: str, first_step:
             )
 
 
-def bench(size: int, url: str | None, batch: int) -> dict[str, float | str | bool]:
+def bench(size: int, url: str | None, batch: int) -> dict[str, float | str | bool | None]:
     folder = Path(tempfile.mkdtemp(prefix="funnel-bench-"))
     # Each size starts from an empty database: a SQLite file of its own, or a database of its own on the server.
     fresh = fresh_database(url, f"tick_{size}") if url and is_postgres(url) else nullcontext(url)
@@ -105,7 +107,7 @@ def bench(size: int, url: str | None, batch: int) -> dict[str, float | str | boo
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _bench(size: int, db_url: str, batch: int) -> dict[str, float | str | bool]:
+def _bench(size: int, db_url: str, batch: int) -> dict[str, float | str | bool | None]:
     upgrade(db_url)
     engine = create_engine_for(db_url)
     funnel = load_funnels([ROOT / "funnels"], emails_dir=ROOT / "emails").funnels[0]
@@ -132,6 +134,9 @@ def _bench(size: int, db_url: str, batch: int) -> dict[str, float | str | bool]:
     uses_index = "ix_enrollments_wake_active" in plan
     worker = Worker(engine, {funnel.id: funnel}, batch)
     due = size // 100
+    cost = ServerCost(engine)
+    cost.start()
+    cpu = process_cpu_s(os.getpid())
     t = time.perf_counter()
     processed = 0
     while True:
@@ -140,6 +145,8 @@ def _bench(size: int, db_url: str, batch: int) -> dict[str, float | str | bool]:
             break
         processed += result.advanced
     elapsed = time.perf_counter() - t
+    cpu = process_cpu_s(os.getpid()) - cpu
+    spent = cost.stop()
     engine.dispose()
     return {
         "size": size,
@@ -150,6 +157,13 @@ def _bench(size: int, db_url: str, batch: int) -> dict[str, float | str | bool]:
         "processed": processed,
         "due_rows_per_s": round(processed / elapsed, 1) if elapsed else 0.0,
         "uses_index": uses_index,
+        # What one due row costs: CPU in this process, and on PostgreSQL the server's own CPU, the round
+        # trips this process made and the statements the server ran.
+        "worker_cpu_ms_per_row": per(cpu, processed, 1000),
+        "server_cpu_ms_per_row": per(spent.server_cpu_s, processed, 1000),
+        "round_trips_per_row": per(spent.round_trips, processed) if cost.postgres else None,
+        "statements_per_row": per(spent.statements, processed),
+        "wal_bytes_per_row": per(spent.wal_bytes, processed),
         "plan": plan,
     }
 
@@ -162,13 +176,17 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     results = []
-    print(f"{'leads':>10} {'load s':>8} {'claim ms':>9} {'due':>7} {'processed':>9} {'due rows/s':>11} index")
+    print(
+        f"{'leads':>10} {'load s':>8} {'claim ms':>9} {'due':>7} {'processed':>9} {'due rows/s':>11} index"
+        "   per row: CPU ms here, on the server, round trips, statements"
+    )
     for size in sizes:
         r = bench(size, args.database_url, args.batch)
         results.append(r)
         print(
             f"{r['size']:>10,} {r['load_s']:>8} {r['claim_ms']:>9} {r['due']:>7} {r['processed']:>9} "
-            f"{r['due_rows_per_s']:>11} {r['uses_index']}",
+            f"{r['due_rows_per_s']:>11} {r['uses_index']!s:>5}   {r['worker_cpu_ms_per_row']}, "
+            f"{r['server_cpu_ms_per_row']}, {r['round_trips_per_row']}, {r['statements_per_row']}",
             flush=True,
         )
     print("\nclaim plan at the largest size:\n" + str(results[-1]["plan"]))
@@ -183,9 +201,7 @@ def main() -> None:
     ]
     summary["claim_uses_index"] = all(bool(r["uses_index"]) for r in results)
     # Every size's figures, whatever the sizes were (`benchmarks/run --quick` uses small ones).
-    summary["sizes"] = [
-        {k: r[k] for k in ("size", "claim_ms", "due", "processed", "due_rows_per_s", "uses_index")} for r in results
-    ]
+    summary["sizes"] = [{k: v for k, v in r.items() if k not in ("load_s", "claimed", "plan")} for r in results]
     summary["peak_rss_mb"] = round(peak_rss_mb(), 1)
     print(json.dumps(summary))
 

@@ -5,6 +5,7 @@ Precedence, highest first: init arguments, environment, `.env`, `config/funnel.t
 
 from __future__ import annotations
 
+from email.utils import getaddresses
 from functools import lru_cache
 from ipaddress import ip_address
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -334,9 +335,39 @@ class BounceSettings(BaseModel):
         default=20, ge=1, description="Reports of the sender's fault from one receiving domain that raise the alarm..."
     )
     sender_fault_window_minutes: int = Field(default=60, ge=1, description="...within this many minutes.")
+    pause_domain_on_alarm: bool = Field(
+        default=False,
+        description="While a domain's alarm is on, hold marketing email to it (deferred, sent after the alarm ends).",
+    )
     receiver: BounceReceiverSettings = BounceReceiverSettings()
     providers: BounceProviders = BounceProviders()
     imap: BounceMailboxSettings = BounceMailboxSettings()
+
+
+class ReplySettings(BaseModel):
+    """Replies, when the sender routes its reply domain to the engine: each message's Reply-To is its own
+    address there (`local_part+TOKEN@domain`); a person's answer becomes an `email_replied` event and is
+    forwarded unchanged to the sender's inbox."""
+
+    domain: str | None = Field(
+        default=None,
+        description="The reply domain (its MX hands its mail to the engine); unset: Reply-To is unchanged.",
+    )
+    local_part: str = Field(
+        default="reply",
+        pattern=r"^[a-z0-9][a-z0-9._-]{0,29}$",
+        description="The local part of reply addresses before +TOKEN, lowercase (some MTAs fold case).",
+    )
+    forward: bool = Field(default=True, description="Forward what comes to the reply domain to forward_to.")
+    forward_to: str | None = Field(
+        default=None, description="The sender's real inbox; unset: sender.reply_to, else sender.address."
+    )
+    forward_from: str | None = Field(
+        default=None, description="The forwards' envelope sender (where their bounces go); unset: sender.address."
+    )
+    forward_automatic: bool = Field(
+        default=True, description="Forward auto-replies too (out of office); false: only recorded on the timeline."
+    )
 
 
 # Ids that go into URLs and database columns: short and plain.
@@ -405,6 +436,32 @@ class Settings(BaseSettings):
         default_factory=dict, description="Senders of signed inbound webhooks by name, each with its secret."
     )
     bounces: BounceSettings = BounceSettings()
+    replies: ReplySettings = ReplySettings()
+
+    @model_validator(mode="after")
+    def _replies_apart(self) -> Settings:
+        replies = self.replies
+        if replies.domain is None:
+            return self
+        domain = replies.domain.lower().rstrip(".")
+        if domain == (self.bounces.domain or "").lower().rstrip(".") and replies.local_part == self.bounces.local_part:
+            raise ValueError(
+                f"replies.local_part {replies.local_part!r} is bounces.local_part on the same domain {domain}: "
+                "replies and reports could not be told apart; choose another (e.g. reply)"
+            )
+        if replies.forward and self.forward_target.rpartition("@")[2].lower().rstrip(".") == domain:
+            raise ValueError(
+                f"replies.forward_to {self.forward_target} is at the reply domain {domain}: every forward would "
+                "come back to the engine; set the sender's real inbox"
+            )
+        return self
+
+    @property
+    def forward_target(self) -> str:
+        """Where replies are forwarded: the sender's real inbox (the first address of sender.reply_to)."""
+        named = self.replies.forward_to or self.sender.reply_to or self.sender.address
+        found = [address for _, address in getaddresses([named]) if "@" in address]
+        return found[0] if found else self.sender.address
 
     @field_validator("hooks")
     @classmethod

@@ -28,6 +28,8 @@ class Received:
     funnel_step: str  # the X-Funnel header: "<funnel>/<step>"
     subject: str
     body: str
+    raw: bytes = b""  # the bytes as the server got them
+    mail_from: str = ""  # the envelope sender
 
 
 class RecordingHandler:
@@ -45,6 +47,8 @@ class RecordingHandler:
             funnel_step=str(msg["X-Funnel"] or ""),
             subject=str(msg["Subject"] or ""),
             body=body.get_content() if body is not None else "",
+            raw=raw,
+            mail_from=str(envelope.mail_from or ""),
         )
         with self._lock:
             self._messages.append(item)

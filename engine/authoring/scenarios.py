@@ -19,7 +19,7 @@ from engine.authoring.virtualclock import LeadRun, drive, entry_event
 from engine.core.definition import EventName, Funnel, Id, Scalar, TimeZoneName
 from engine.core.durations import parse_duration
 from engine.core.journey import Event, GoalReached, Lead, RecordTransition, SendEmail, SkipEmail
-from engine.core.yamlfile import YamlSyntaxError, read_yaml
+from engine.core.yamlfile import YamlSyntaxError, located_errors, read_yaml
 
 _LOCAL = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}$")
 _RELATIVE = re.compile(r"^\+(?:\d+[wdhms])+$")
@@ -126,12 +126,7 @@ def load_scenarios(path: Path) -> ScenarioFile:
     try:
         return ScenarioFile.model_validate(doc.data)
     except ValidationError as exc:
-        lines = []
-        for e in exc.errors():
-            pos = doc.position(tuple(e["loc"]))
-            where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"]).lstrip(".")
-            lines.append(f"{path}:{pos.line}:{pos.column}: {where}: {e['msg'].removeprefix('Value error, ')}")
-        raise ScenarioError("\n".join(lines)) from None
+        raise ScenarioError("\n".join(located_errors(doc, exc.errors()))) from None
 
 
 class _Clock:

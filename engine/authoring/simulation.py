@@ -16,12 +16,12 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engine.authoring.virtualclock import LeadRun, drive, entry_event
 from engine.core.definition import Duration, EventName, Funnel, Scalar
 from engine.core.journey import Command, Event, GoalReached, Lead, RecordTransition, SendEmail, SkipEmail
-from engine.core.yamlfile import read_yaml
+from engine.core.yamlfile import YamlSyntaxError, located_errors, read_yaml
 
 DEFAULT_ZONES = ("Europe/London", "Europe/Berlin", "America/New_York", "America/Los_Angeles", "Asia/Kolkata")
 FIRST_NAMES = ("Sam", "Priya", "Jonas", "Amara", "Luis", "Mei", "Tom", "Fatima", "Olga", "Kwame")
@@ -74,8 +74,21 @@ DEFAULT_MIX = EventMix(
 )
 
 
+class MixError(Exception):
+    """An event mix file that cannot be used: the message names the file, and the line where it can."""
+
+
 def load_mix(path: Path) -> EventMix:
-    return EventMix.model_validate(read_yaml(path).data)
+    try:
+        doc = read_yaml(path)
+    except YamlSyntaxError as exc:
+        raise MixError(str(exc)) from None
+    except OSError as exc:
+        raise MixError(f"{path}: cannot read the event mix ({exc.strerror or exc})") from None
+    try:
+        return EventMix.model_validate(doc.data if doc.data is not None else {})
+    except ValidationError as exc:
+        raise MixError("\n".join(located_errors(doc, exc.errors()))) from None
 
 
 @dataclass

@@ -116,12 +116,16 @@ def simulate(
     ),
 ) -> None:
     """Run the funnel on a virtual clock with many leads; print stage counts per day and conversions."""
-    from engine.authoring.simulation import DEFAULT_MIX, load_mix
+    from engine.authoring.simulation import DEFAULT_MIX, MixError, load_mix
     from engine.authoring.simulation import simulate as run_simulation
     from engine.authoring.simulation_output import print_simulation
 
     definition = named_funnel(funnel, emails)
-    mix = load_mix(events) if events else DEFAULT_MIX
+    try:
+        mix = load_mix(events) if events else DEFAULT_MIX
+    except MixError as exc:
+        err.print(f"--events: {exc}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
     try:
         first_day = datetime.fromisoformat(start).replace(tzinfo=UTC)
     except ValueError:

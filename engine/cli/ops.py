@@ -75,7 +75,8 @@ def report(
     database_url: str | None = typer.Option(None, "--database-url", help=DATABASE_HELP),
 ) -> None:
     """Each funnel's figures: leads per stage, stage-to-stage conversion, median and p90 time in stage,
-    and per email: sent, delivered, opened, clicked, unsubscribed, bounced, failed, unknown."""
+    leads lost to bounces and complaints, and per email: sent, delivered, opened, clicked, unsubscribed,
+    bounced, failed, unknown, and hard bounces, soft bounces and complaints as shares of sent."""
     from engine.store import report_queries
     from engine.store.database import connect_read_only
     from engine.views import report as figures
@@ -117,13 +118,15 @@ def _print_report(console: Console, r: FunnelReport, since: str | None) -> None:
     exits = ", ".join(f"{reason} {n}" for reason, n in r.exited.items()) or "none"
     say(console, f"\n{r.funnel}: {r.leads} leads{cohort}: {r.active} in a stage, {r.leads - r.active} exited ({exits})")
     stages = Table(title="Stages", title_justify="left")
-    for column in ("stage", "now", "reached", "then reached", "conversion", "median time", "p90 time", "stays"):
+    stage_columns = ("stage", "now", "reached", "then reached", "conversion", "median time", "p90 time", "stays")
+    for column in (*stage_columns, "left: bounced", "left: complained"):
         stages.add_column(column, justify="left" if column in ("stage", "then reached") else "right")
     for s in r.stages:
         conversion = "-" if s.conversion is None else f"{s.conversion:.1%}"
         stages.add_row(
             s.stage, str(s.now), str(s.reached), s.next_stage or "", conversion,
             stay_in_words(s.median_minutes), stay_in_words(s.p90_minutes), str(s.stays),
+            str(s.left_bounced), str(s.left_complained),
         )  # fmt: skip
     console.print(stages)
     if not r.emails:
@@ -151,6 +154,20 @@ def _print_report(console: Console, r: FunnelReport, since: str | None) -> None:
             str(e.waiting),
         )  # fmt: skip
     console.print(emails)
+    _print_returned(console, r)
+
+
+def _print_returned(console: Console, r: FunnelReport) -> None:
+    """Per email, what came back after the relay took it, as shares of sent (what providers judge by)."""
+    from engine.views.report import returned
+
+    table = Table(title="Bounces and complaints (shares of sent)", title_justify="left")
+    for column in ("step", "sent", "hard bounces", "soft bounces", "complaints"):
+        table.add_column(column, justify="left" if column == "step" else "right")
+    for e in r.emails:
+        shares = (f"{n} ({e.rate_of_sent(n):.1%})" if e.sent else str(n) for _, n in returned(e))
+        table.add_row(e.step, str(e.sent), *shares)
+    console.print(table)
 
 
 # --------------------------------------------------------------------------------------------------

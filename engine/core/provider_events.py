@@ -34,6 +34,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from engine.core import failure_classes as classes
 from engine.core.bounce_outcome import (
     ADDRESS_GONE,
     COMPLAINT,
@@ -66,75 +67,46 @@ class Malformed(ValueError):
 
 
 # --- classification ------------------------------------------------------------------------------
-
-_STATUS = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
-
-# The words remote servers use where the enhanced code is missing or generic (5.0.0, a bare 550). The
-# sender's-fault words are looked for first: a blocklisting worded "user rejected" must not suppress.
-_SENDER_WORDS = re.compile(
-    r"block(ed|list)|black ?list|spamhaus|barracuda|\bspam\b|reputation|policy|\bspf\b|\bdkim\b|dmarc|"
-    r"reverse dns|\bptr\b|not authori[sz]ed|relay(ing)? (access )?denied|rate limit|too many|content rejected",
-    re.IGNORECASE,
-)
-_GONE_WORDS = re.compile(
-    r"(user|mailbox|recipient|address|account)( name)? (is )?(unknown|not found|does not exist|doesn't exist|"
-    r"unavailable|invalid)|no such (user|mailbox|recipient|address|domain)|unknown (user|recipient|mailbox)|"
-    r"does not exist|invalid (recipient|address|mailbox)|host or domain name not found",
-    re.IGNORECASE,
-)
-_MAILBOX_WORDS = re.compile(r"quota|mailbox (is )?full|insufficient (system )?storage|disabled|inactive", re.IGNORECASE)
+#
+# A provider's bounce is classed by the rules of a DSN (`engine.core.failure_classes`): its status and
+# diagnostic are what a DSN's `Status:` and `Diagnostic-Code:` would say, a transient event is a DSN
+# whose Action is `delayed`. The provider's own reading (its bounce type) counts only where those rules
+# find nothing specific: no specific code, and no words that cost the lead less.
 
 
 def status_in(text: str | None) -> str | None:
-    """The first enhanced status code (RFC 3463, `class.subject.detail`) in `text`, or None."""
-    if not text:
-        return None
-    found = _STATUS.search(text)
-    return ".".join(found.groups()) if found else None
+    """The enhanced status code (RFC 3463) that `text` carries, as a DSN's diagnostic is read: a specific
+    code before a generic one, one where a server writes its code before one elsewhere; or None."""
+    return classes.status_in(text) if text else None
 
 
-def _specific_class(status: str) -> str | None:
-    """The class an enhanced code says by its subject, or None when it is generic (X.0.0, 5.1.0)."""
-    found = _STATUS.fullmatch(status.strip())
-    if found is None:
-        return None
-    kind, subject, detail = (int(part) for part in found.groups())
-    if kind == 2:
-        return NOT_FAILURE
-    if subject == 7 or (subject == 1 and detail in (7, 8)):  # policy, or the sender's own address (5.1.7, 5.1.8)
-        return SENDER_FAULT
-    if subject == 0 or (subject == 1 and detail == 0):
-        return None
-    if kind == 4:
-        return MAILBOX_TROUBLE  # every other transient failure is a soft bounce
-    if subject == 1 or (subject == 4 and detail == 4):  # no such mailbox or domain; no route to the domain
-        return ADDRESS_GONE
-    if subject == 2:
-        return MAILBOX_TROUBLE
-    return SENDER_FAULT  # 5.3.x system, 5.4.x network, 5.5.x protocol, 5.6.x content: not the address
+def _specific(status: str | None) -> classes.Status | None:
+    code = classes.Status.parse(status)
+    return code if code is not None and not code.generic else None
 
 
 def failure_class(
     status: str | None, diagnostic: str | None, *, hint: str | None = None, transient: bool = False
 ) -> str | None:
-    """The class of one failure: by the enhanced code (the given one, else one in the diagnostic) when
-    it is specific; else the sender's-fault words of the diagnostic; else the provider's own reading
-    (`hint`); else the words for a gone address or a full mailbox; else a transient failure is a soft
-    bounce and anything else stays unclassified, for an operator."""
-    for code in (status, status_in(diagnostic)):
-        specific = _specific_class(code) if code else None
-        if specific is not None:
-            return specific
+    """The class of one failure, by the DSN rules (`classify`): a specific enhanced code (the given one,
+    else one in the diagnostic) decides; else the words; else a transient failure or one nothing explains
+    is a soft bounce. The provider's own reading (`hint`) takes the place of that last guess when the
+    words say nothing, and stands against the words unless they make it the sender's fault or spare an
+    address the hint would suppress (a "hard bounce" worded "mailbox full", or "user unknown" said to the
+    whole message after DATA)."""
+    given = classes.Status.parse(status)
+    if given is not None and given.klass == 2:
+        return NOT_FAILURE
     text = diagnostic or ""
-    if _SENDER_WORDS.search(text):
-        return SENDER_FAULT
-    if hint is not None:
+    code = _specific(status) or _specific(status_in(text))
+    dsn = classes.classify(str(code) if code else status, text, "delayed" if transient else "failed")
+    if code is not None or hint is None:
+        return str(dsn)
+    if classes.text_class(text) is None:
         return hint
-    if transient or _MAILBOX_WORDS.search(text):
-        return MAILBOX_TROUBLE
-    if _GONE_WORDS.search(text):
-        return ADDRESS_GONE
-    return None
+    if dsn is classes.FailureClass.SENDER_FAULT or (hint in (ADDRESS_GONE, COMPLAINT) and not dsn.suppresses):
+        return str(dsn)
+    return hint
 
 
 def _one_line(text: object) -> str | None:
@@ -446,9 +418,10 @@ def ses_outcomes(notification: str, sns_message_id: str) -> list[Outcome]:
     if event == "Bounce":
         bounce = _mapping(data, "bounce")
         hint = _SES_BOUNCE_HINTS.get((str(bounce.get("bounceType")), str(bounce.get("bounceSubType"))))
-        transient = bounce.get("bounceType") == "Transient"
         key = str(bounce.get("feedbackId") or sns_message_id)
-        return ses.failures(key, "dsn", _list(bounce, "bouncedRecipients"), hint, transient)
+        # A bounce, even a `Transient` one, is SES giving up on the message: a DSN whose Action is
+        # `failed` (as its recipients say), read by its code; without one, a soft bounce.
+        return ses.failures(key, "dsn", _list(bounce, "bouncedRecipients"), hint, False)
     if event == "DeliveryDelay":
         delay = _mapping(data, "deliveryDelay")
         hint = _SES_DELAY_HINTS.get(str(delay.get("delayType")))

@@ -60,7 +60,8 @@ class EmailStatus:
 
 @dataclass(frozen=True, slots=True)
 class Engagement:
-    """Leads who did `kind` (opened, clicked, unsubscribed) after this email."""
+    """Leads who did `kind` (opened, clicked, unsubscribed) after this email, or whose email had a report
+    of the kind `soft bounced` or `complained`."""
 
     funnel: str
     step: str
@@ -76,22 +77,14 @@ class Layout:
     emails: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class Rows:
-    stage_counts: Sequence[StageCount] = ()
-    reached: Sequence[Reached] = ()
-    followed: Sequence[Followed] = ()
-    stays: Sequence[Stays] = ()
-    email_statuses: Sequence[EmailStatus] = ()
-    engagement: Sequence[Engagement] = ()
-
-
 @dataclass(frozen=True, slots=True)
 class ExitRow:
     """`leads` who left `funnel` from `stage` for `reason`, their last email there being `after`.
 
-    `cause` is the transition's cause kind (`timeout`, `sequence_end`, `exit_rule`, ...) or `bounce`
-    for leads whose email bounced; `goal_reached` whether they had reached the funnel's goal by then."""
+    `cause` is the transition's cause kind (`timeout`, `sequence_end`, `exit_rule`, ...), `bounce` for
+    leads whose email bounced, `complaint` for leads who complained about an email (or left on an exit
+    rule for the engine's `complained` event); `goal_reached` whether they had reached the funnel's goal
+    by then."""
 
     funnel: str
     stage: str
@@ -100,3 +93,14 @@ class ExitRow:
     goal_reached: bool
     after: str | None
     leads: int
+
+
+@dataclass(frozen=True)
+class Rows:
+    stage_counts: Sequence[StageCount] = ()
+    reached: Sequence[Reached] = ()
+    followed: Sequence[Followed] = ()
+    stays: Sequence[Stays] = ()
+    email_statuses: Sequence[EmailStatus] = ()
+    engagement: Sequence[Engagement] = ()
+    losses: Sequence[ExitRow] = ()  # leads who lost their address to an email: bounced or complained

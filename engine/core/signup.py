@@ -19,9 +19,11 @@ from engine.core.localtime import is_zone
 
 # The lead said no, or the address does not work: nothing but the lead's own confirmed action lifts it.
 OPTED_OUT = ("unsubscribed", "bounced", "complained", "erased")
-# Statuses not even the lead's own confirmation lifts: a bouncing address stays bouncing, a complaint
-# stays a complaint (a form post for such a lead is ignored).
-STICKY = ("bounced", "complained", "erased")
+# Statuses not even the lead's own confirmation lifts: a complaint stays a complaint, an erased address
+# stays erased (a form post for such a lead is ignored). A bounce is a state of the mailbox, not a choice:
+# the owner's confirmation (which reached the mailbox) lifts it, and so may an operator (`lift_refusal`).
+STICKY = ("complained", "erased")
+BOUNCED = "bounced"
 
 # The field a signup page fills with the browser's time zone (a few lines of script): the lead's zone,
 # not an attribute.
@@ -93,9 +95,41 @@ def confirmation_state(
 
 
 def status_after_confirming(current: str) -> str:
-    """The owner confirmed: subscribed, lifting a pending signup or the owner's own unsubscribe, but
-    not a bounce or a complaint."""
+    """The owner confirmed: subscribed, lifting a pending signup, the owner's own unsubscribe or a
+    bounce (the confirmation email reached the mailbox), but not a complaint."""
     return current if current in STICKY else "subscribed"
+
+
+def may_confirm_to(suppression: str | None) -> bool:
+    """Whether a double opt-in confirmation may go to an address on the suppression list for this
+    reason: only a bounce, which the owner lifts by following its link. A complaint, an unsubscribe
+    kept after erasure, an erasure: never."""
+    return suppression is None or suppression == BOUNCED
+
+
+def lift_refusal(consent: str | None, suppression: str | None) -> str | None:
+    """Why an operator may not lift a bounce for an address whose lead has `consent` (None: no lead)
+    and whose suppression has `suppression` as its reason (None: not suppressed), or None if it may."""
+    if consent is None:
+        return "no lead has this address (erased, or never a lead): there is nothing to lift"
+    if "complained" in (consent, suppression):
+        return "the lead complained (reported spam): a complaint is an opt-out, lifted only by the lead's own action"
+    if "erased" in (consent, suppression):
+        return "the address was erased: it is never mailed again"
+    if suppression == "unsubscribed" or (consent == "unsubscribed" and suppression != BOUNCED):
+        return "the lead unsubscribed: only the lead opts in again (the preference page, or a signup it confirms)"
+    if BOUNCED not in (consent, suppression):
+        return "the address is not bounced: there is nothing to lift"
+    return None
+
+
+def status_after_lift(consent: str, before_bounce: str | None) -> str:
+    """The lead's consent once its bounce is lifted: a `bounced` status goes back to what it was before
+    the bounce (subscribed when no record says: the address was taken as bouncing, not as declining);
+    any other status stays (a lead that unsubscribed stays so)."""
+    if consent != BOUNCED:
+        return consent
+    return before_bounce if before_bounce in ("subscribed", "pending", "unsubscribed") else "subscribed"
 
 
 def operator_refusal(current: str | None, wanted: str) -> str | None:

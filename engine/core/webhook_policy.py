@@ -23,7 +23,9 @@ from engine.core import signatures
 from engine.core.durations import in_words
 from engine.core.secret_keys import SigningSecret
 
-EventKind = Literal["transition", "goal"]
+EventKind = Literal["transition", "goal", "alarm"]
+# What a subscription gets unless it says: the leads' story. Domain alarms ("alarm": raised and over)
+# are for an operator's pager or chat, asked for by name.
 EVENT_KINDS: tuple[EventKind, ...] = ("transition", "goal")
 # A subscription's name: a settings key and a database value. The funnel `webhook` steps use "", which
 # no configured name can be.
@@ -57,7 +59,8 @@ class WebhookSubscription(BaseModel):
         default=None, description="While the receiver switches to a new secret: signs too, as a second v1."
     )
     events: list[EventKind] = Field(
-        default_factory=lambda: list(EVENT_KINDS), description='What to send: "transition", "goal".'
+        default_factory=lambda: list(EVENT_KINDS),
+        description='What to send: "transition", "goal", "alarm" (domain alarms).',
     )
     funnels: list[str] = Field(default_factory=list, description="Only these funnels; empty: every funnel.")
     include_email: bool = Field(default=True, description="Send the lead's email address (a CRM's match key).")
@@ -325,6 +328,37 @@ def goal_event(
         "funnel": {"id": funnel_id},
         "lead": dict(lead),
         "goal": {"id": goal, "within_window": within_window},
+    }
+
+
+def alarm_event(
+    source: str,
+    alarm_id: int,
+    *,
+    domain: str,
+    reports: int,
+    raised_at: datetime,
+    ends_at: datetime,
+    ended_at: datetime | None,
+    cleared_by: str | None,
+) -> dict[str, Any]:
+    """A receiving domain refuses the sender (`source` "alarm": raised) or no longer does ("alarm_over":
+    ended by itself, or cleared by an operator). About no lead: a domain and counts only."""
+    over = source == "alarm_over"
+    return {
+        "id": event_id(source, alarm_id),
+        "type": "alarm",
+        "occurred_at": _time(ended_at if over and ended_at is not None else raised_at),
+        "alarm": {
+            "id": alarm_id,
+            "state": "over" if over else "raised",
+            "kind": "sender_fault",
+            "domain": domain,
+            "reports": reports,
+            "raised_at": _time(raised_at),
+            "ends_at": None if over else _time(ends_at),
+            "cleared_by": cleared_by if over else None,
+        },
     }
 
 

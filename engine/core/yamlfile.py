@@ -206,6 +206,17 @@ class YamlDocument:
         return pairs
 
 
+def located_errors(doc: YamlDocument, errors: list[Any]) -> list[str]:
+    """A pydantic validation error's entries as `file:line:column: where: what` lines, one each."""
+    lines = []
+    for error in errors:
+        loc = tuple(error["loc"])
+        pos = doc.position(loc)
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "the file"
+        lines.append(f"{doc.path}:{pos.line}:{pos.column}: {where}: {error['msg'].removeprefix('Value error, ')}")
+    return lines
+
+
 class YamlSyntaxError(Exception):
     def __init__(self, path: Path, position: Position, message: str) -> None:
         super().__init__(f"{path}:{position.line}:{position.column}: {message}")

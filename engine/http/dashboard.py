@@ -43,7 +43,7 @@ from engine.core.ops_auth import Session, Sessions
 from engine.http.deps import Context
 from engine.http.http_context import HttpContext
 from engine.mail.templates import Sender, TemplateLibrary
-from engine.store import dashboard_data, ops_sessions, report_queries
+from engine.store import dashboard_data, domain_alarms, ops_sessions, report_queries
 from engine.store.database import connect_read_only
 from engine.views import lead_timeline, report
 from engine.views.journey_map import html as journey_map_html
@@ -159,7 +159,8 @@ class _Views:
     """Our own templates (not the marketer's: no sandbox needed), autoescaped; an undefined name is an
     error, not an empty string."""
 
-    def __init__(self) -> None:
+    def __init__(self, alarms: Callable[[], Sequence[domain_alarms.Alarm]] = tuple) -> None:
+        self.alarms = alarms  # shown as a banner on every page of a signed-in operator
         self.env = Environment(
             loader=FileSystemLoader(str(HERE / "templates_ops")), autoescape=True, undefined=StrictUndefined
         )
@@ -172,6 +173,7 @@ class _Views:
 
     def page(self, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         context.setdefault("session", None)
+        context["alarms"] = self.alarms() if context["session"] is not None else ()
         return HTMLResponse(self.env.get_template(name).render(context), status_code, headers=SECURITY_HEADERS)
 
 
@@ -272,7 +274,7 @@ class OpsDesk:
         self.ctx = ctx
         self.ops = ctx.settings.ops
         self.sessions = Sessions(ctx.settings.secret_key.get_secret_value(), self.ops)
-        self.views = _Views()
+        self.views = _Views(lambda: _alarms(ctx))
         self.cookie = ops_auth.cookie_options(ctx.settings.base_url)
         # Checking a password takes a tenth of a second of CPU on purpose: a flood of sign-ins may queue
         # for these two threads, but not take the thread pool every other route of the app runs in. The
@@ -292,6 +294,11 @@ class OpsDesk:
             return None
         with connect_read_only(self.ctx.engine) as conn:
             return session if ops_sessions.is_open(conn, session.id, now) else None
+
+
+def _alarms(ctx: HttpContext) -> list[domain_alarms.Alarm]:
+    with connect_read_only(ctx.engine) as conn:
+        return domain_alarms.active(conn, ctx.now())
 
 
 def install(state: State, ctx: HttpContext) -> None:

@@ -158,7 +158,7 @@ async def submit(form_id: str, request: Request, ctx: Context, pages: Pages) -> 
         lead_id, current = consents.lead_consent(conn, address)
         outcome = signup.signup_outcome(current, spec.double_opt_in)
         if outcome.action == "ignore":
-            log.info("form %s: a post for a lead that bounced or complained changes nothing", form_id)
+            log.info("form %s: a post for a lead that complained or was erased changes nothing", form_id)
         elif outcome.action == "subscribe":
             created = store.create_lead(
                 conn,
@@ -244,7 +244,11 @@ def confirm(token: str, request: Request, ctx: Context) -> Response:
                 status_code=410,
             )
         if state == "confirm" and current is not None:
-            # The link proves the address: what the post carried becomes the lead's now.
+            # The link proves the address: what the post carried becomes the lead's now. It reached
+            # the mailbox, too: a bounce is lifted, recorded as such first.
+            lift = ConsentAct("lifted", f"form {form_id}", form_id, None, ip, agent, {"request": asked.id})
+            lifted = consents.lift_bounce(conn, address, lift, at)  # None: no bounce (or a complaint)
+            current = lifted.after if lifted is not None else current
             after = signup.status_after_confirming(current)
             act = ConsentAct(
                 "confirmed", f"form {form_id}", form_id, asked.text_version, ip, agent, {"request": asked.id}

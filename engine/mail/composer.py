@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
+from email.utils import formataddr
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -125,7 +126,7 @@ class Composer:
             subject=rendered.subject,
             date=now,
             message_id=mid,
-            reply_to=rendered.reply_to or sender.reply_to,
+            reply_to=self.reply_to(item, rendered, from_name),
             list_unsubscribe=unsubscribe,
             extra_headers=[("X-Funnel", f"{item.funnel_id}/{item.step}")],
             text=rendered.text,
@@ -135,6 +136,16 @@ class Composer:
         if self.dkim_key is not None and dkim.selector and dkim.domain:
             payload = dkim_sign(payload, selector=dkim.selector, domain=dkim.domain, private_key=self.dkim_key)
         return Prepared(item, payload, mid, rcpt, self.mail_from(item))
+
+    def reply_to(self, item: OutboxItem, rendered: RenderedEmail, name: str) -> str | None:
+        """The template's own Reply-To wins (its author chose who answers that email); else, with a reply
+        domain, the message's own reply address under the sender's name, the same on every retry; else
+        `sender.reply_to`."""
+        replies = self.settings.replies
+        if rendered.reply_to or replies.domain is None or item.id < 1:
+            return rendered.reply_to or self.settings.sender.reply_to
+        key = self.settings.secret_key.get_secret_value()
+        return formataddr((name, return_path(item.id, key, replies.local_part, replies.domain)))
 
     def mail_from(self, item: OutboxItem) -> str:
         """The envelope sender: with a bounce domain, one per message (its outbox row's, so every retry

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import ssl
 import traceback
+from concurrent.futures import Executor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -41,7 +42,7 @@ from engine.store import outbox
 from engine.store.database import Engine
 from engine.store.ledger import TAKEN, Ledger, RecordingFailed, screened
 from engine.store.outbox import Change
-from engine.store.screen import GO, Later, Never, Screen, Unsure
+from engine.store.screen import GO, Later, Never, Screen, Unsure, Verdict
 
 log = logging.getLogger("engine.mailer")
 
@@ -208,6 +209,7 @@ class Mailer:
             TimingRules.parse(delivery.quiet_hours, delivery.max_per_day),
             funnel_zones or {},
             delivery.default_timezone,
+            pause_domains=settings.bounces.pause_domain_on_alarm,
         )
         smtp = settings.smtp
         self.throttle = Throttle(smtp.rate_per_s, smtp.domain_rate_per_s, smtp.domain_rates)
@@ -260,23 +262,25 @@ class Mailer:
         """Send up to `limit` due messages over a pool of connections, then return."""
         result = DispatchResult()
         result.unknown += self.sweep(now)
-        ledger = Ledger(self.engine, self.screen, now)
-        recorder = asyncio.create_task(ledger.run())
-        connections = self.settings.smtp.connections
-        queue: asyncio.Queue[Prepared | None] = asyncio.Queue(maxsize=connections * 2)
-        relay_down: list[str] = []  # shared: once the relay fails a session, the round stops trying it
-        pool = [
-            asyncio.create_task(_Connection(self, ledger, result, now, host, port, relay_down).run(queue))
-            for _ in range(connections)
-        ]
-        try:
-            await self._produce(queue, ledger, now, limit, result)
-        finally:
-            for _ in pool:
-                await queue.put(None)
-            await asyncio.gather(*pool, return_exceptions=True)
-            await ledger.close()
-            await recorder
+        # Leases and flushes wait for the database in this thread, one at a time, while the loop sends.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="funnel-db") as db:
+            ledger = Ledger(self.engine, self.screen, now, db)
+            recorder = asyncio.create_task(ledger.run())
+            connections = self.settings.smtp.connections
+            queue: asyncio.Queue[Prepared | None] = asyncio.Queue(maxsize=connections * 2)
+            relay_down: list[str] = []  # shared: once the relay fails a session, the round stops trying it
+            pool = [
+                asyncio.create_task(_Connection(self, ledger, result, now, host, port, relay_down).run(queue))
+                for _ in range(connections)
+            ]
+            try:
+                await self._produce(queue, ledger, now, limit, result)
+            finally:
+                for _ in pool:
+                    await queue.put(None)
+                await asyncio.gather(*pool, return_exceptions=True)
+                await ledger.close()
+                await recorder
         result.database_error = ledger.failure
         return result
 
@@ -287,7 +291,7 @@ class Mailer:
         render processes, several batches are composed at once while the connections send."""
         processes = self.settings.render_processes
         pending: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=processes * 2 + 1 if processes else 1)
-        feeder = asyncio.create_task(self._lease_and_compose(pending, now, limit, result))
+        feeder = asyncio.create_task(self._lease_and_compose(pending, ledger.db, now, limit, result))
         try:
             while (batch := await pending.get()) is not None:
                 items, future = batch
@@ -337,6 +341,7 @@ class Mailer:
     async def _lease_and_compose(
         self,
         pending: asyncio.Queue[_Batch | None],
+        db: Executor,
         now: datetime,
         limit: int,
         result: DispatchResult,
@@ -344,12 +349,14 @@ class Mailer:
         chunk = max(20, self.settings.smtp.connections * 8)
         part = 16 if self.settings.render_processes else 1
         left = limit
+        loop = asyncio.get_running_loop()
         try:
             while left > 0 and not self.stopping:
-                leased, ready = self._lease(now, min(left, chunk), result)
-                if not leased:
+                items, verdicts, unsure = await loop.run_in_executor(db, self._lease, now, min(left, chunk))
+                if not items:
                     break
-                left -= leased
+                left -= len(items)
+                ready = self._leased(items, verdicts, unsure, result)
                 for start in range(0, len(ready), part):
                     items = ready[start : start + part]
                     await pending.put((items, self._compose_part(items, now)))
@@ -362,8 +369,11 @@ class Mailer:
             raise
         await pending.put(None)
 
-    def _lease(self, now: datetime, limit: int, result: DispatchResult) -> tuple[int, list[OutboxItem]]:
-        """Lease due messages; hold back those the screen says no to. (how many leased, the ones to send)"""
+    def _lease(
+        self, now: datetime, limit: int
+    ) -> tuple[list[OutboxItem], list[Verdict], list[tuple[OutboxItem, Change]]]:
+        """Lease due messages and hold back those the screen says no to (in the database thread): the
+        messages, their verdicts, and the failed tries of those the screen was unsure about."""
         with self.engine.begin() as conn:
             items = outbox.lease_batch(conn, now, limit, self.lease())
             verdicts = self.screen.judge(conn, items, now, fresh=False)
@@ -371,15 +381,25 @@ class Mailer:
             unsure = [(i, _try_failed(i, now, v.reason)) for i, v in zip(items, verdicts, strict=True)
                       if isinstance(v, Unsure)]  # fmt: skip
             outbox.apply(conn, [screened(i.id, v) for i, v in held] + [change for _, change in unsure])
-        for _, verdict in held:
+        return items, verdicts, unsure
+
+    @staticmethod
+    def _leased(
+        items: list[OutboxItem],
+        verdicts: list[Verdict],
+        unsure: list[tuple[OutboxItem, Change]],
+        result: DispatchResult,
+    ) -> list[OutboxItem]:
+        """Count what a lease held back; the messages to send."""
+        for verdict in verdicts:
             if isinstance(verdict, Later):
                 result.deferred += 1
-            else:
+            elif isinstance(verdict, Never):
                 result.skipped += 1
         for item, change in unsure:
             result.count(change)
             result.errors.append(_said(item, change))
-        return len(items), [i for i, v in zip(items, verdicts, strict=True) if v == GO]
+        return [i for i, v in zip(items, verdicts, strict=True) if v == GO]
 
     def _compose_part(self, items: list[OutboxItem], now: datetime) -> asyncio.Future[list[Prepared | Failed]]:
         if self.settings.render_processes:

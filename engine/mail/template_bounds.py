@@ -90,7 +90,8 @@ class RenderBudget:
             )
         if time.thread_time() > self.deadline:
             raise TemplateBound(
-                f"rendering took more than {MAX_RENDER_SECONDS:g} s of CPU time: an email template is content, not a program"
+                f"rendering took more than {MAX_RENDER_SECONDS:g} s of CPU time: an email template is content,"
+                " not a program"
             )
 
 

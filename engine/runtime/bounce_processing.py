@@ -3,7 +3,8 @@
 `funnel bounces ingest` (an MTA's pipe), the LMTP receiver and the mailbox poller hand it raw messages;
 provider webhooks hand it outcomes they read themselves. Its verdict is what the way in tells its MTA:
 taken (recorded, matched or kept for an operator), not a report (left alone), or try again later (the
-database is away: nothing is lost, the MTA or the mailbox keeps the message).
+database is away: nothing is lost, the MTA or the mailbox keeps the message). Mail to the reply domain is
+no report: `replies.ReplyDesk` takes it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from datetime import datetime
 
 from engine.core.bounce_outcome import COMPLAINT, NOT_FAILURE, Intake, Outcome, Verdict
 from engine.core.bounce_reports import Report, ReportKind, read_report
+from engine.runtime.replies import ReplyDesk
 from engine.settings import BounceSettings
 from engine.store.bounces import Applied, record_outcomes
 from engine.store.database import DBAPIError, Engine
@@ -83,10 +85,21 @@ def process_report(
     return Verdict.TAKEN, applied
 
 
-def intake(engine: Engine, settings: BounceSettings, clock: Callable[[], datetime], keys: Sequence[str] = ()) -> Intake:
-    """The processor as the LMTP receiver and the poller take it: off the event loop, in a thread."""
+def intake(
+    engine: Engine,
+    settings: BounceSettings,
+    clock: Callable[[], datetime],
+    keys: Sequence[str] = (),
+    replies: ReplyDesk | None = None,
+) -> Intake:
+    """The processor as the LMTP receiver and the poller take it: off the event loop, in a thread. With
+    `replies`, mail to the reply domain is a reply, taken by it; the rest is read as a report."""
 
     async def take(raw: bytes, source: str) -> Verdict:
+        if replies is not None:
+            taken = await replies.take(raw, source)
+            if taken is not None:
+                return taken.verdict
         verdict, _ = await asyncio.to_thread(process_report, engine, raw, source, clock(), settings, keys)
         return verdict
 

@@ -105,13 +105,20 @@ class _Session(LMTP):
 class BounceReceiver:
     """`await start()`, then `port` says where it listens; `await stop()` ends it."""
 
-    def __init__(self, settings: BounceSettings, intake: Intake, clock: Callable[[], datetime] = utc_now) -> None:
+    def __init__(
+        self,
+        settings: BounceSettings,
+        intake: Intake,
+        clock: Callable[[], datetime] = utc_now,
+        reply_domain: str | None = None,
+    ) -> None:
         self.settings = settings.receiver
-        self.domains = {d.lower().rstrip(".") for d in (settings.domain, *settings.receiver.domains) if d}
+        accepted = (settings.domain, *settings.receiver.domains, reply_domain)
+        self.domains = {d.lower().rstrip(".") for d in accepted if d}
         if not self.domains:
             raise ReceiverError(
                 "bounces.receiver.port is set but there is no domain to accept mail for: "
-                "set bounces.domain (or bounces.receiver.domains)"
+                "set bounces.domain (or bounces.receiver.domains, or replies.domain)"
             )
         self.take = Handover(intake, SOURCE, "when the MTA hands the message over again", clock)
         self.sessions: set[_Session] = set()

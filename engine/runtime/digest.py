@@ -24,9 +24,13 @@ from engine.mail.mailer import client_options
 from engine.mail.mime import build_mime
 from engine.settings import Settings
 from engine.store.database import Engine
-from engine.store.digests import Figures, gather, record_failed, record_sent, take_day
+from engine.store.digests import Figures, Returns, gather, record_failed, record_sent, take_day
 
 log = logging.getLogger("engine.digest")
+# Complaints per delivered message. Gmail and Yahoo hold bulk senders under 0.1% and block or junk them
+# past 0.3% (their 2024 sender requirements): the digest warns past the first, naming the second.
+COMPLAINT_RATE_WARN = 0.001
+COMPLAINT_RATE_BLOCKED = 0.003
 
 
 def trigger(settings: Settings) -> CronTrigger:
@@ -46,7 +50,17 @@ def compose(figures: Figures, dashboard_url: str) -> tuple[str, str, str]:
         f"Funnels on {figures.day.isoformat()}: {entered} entered, {moved} moved, {goals} converted, "
         f"{bounced} bounced, {figures.unknown_open} unknown"
     )
+    if figures.alarms:
+        subject = f"ALARM ({len(figures.alarms)} domain(s) refuse the sender) - {subject}"
     lines = [subject, ""]
+    for alarm in figures.alarms:
+        state = "still on" if alarm.ended_at is None else f"over {alarm.ended_at:%Y-%m-%d %H:%M} UTC"
+        lines.append(
+            f"ALARM: {alarm.domain} refuses the sender: {alarm.reports} reports of the sender's fault since "
+            f"{alarm.raised_at:%Y-%m-%d %H:%M} UTC, {state} (funnel bounces alarms)"
+        )
+    if figures.alarms:
+        lines.append("")
     if figures.transitions:
         lines.append("Stage transitions:")
         for (funnel, from_stage, to_stage), n in sorted(figures.transitions.items()):
@@ -63,9 +77,39 @@ def compose(figures: Figures, dashboard_url: str) -> tuple[str, str, str]:
         f"Messages with an unknown outcome: {figures.unknown_new} new, {figures.unknown_open} waiting for a "
         f"decision ({dashboard_url})"
     )
+    lines += returns_lines(figures.returns)
     text = "\n".join(lines) + "\n"
     html = '<pre style="font: 14px/1.5 monospace">' + escape(text) + "</pre>"
     return subject, text, html
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def returns_lines(r: Returns) -> list[str]:
+    """What came back in the day, and the complaint rate against what the mailbox providers allow."""
+    counts = (
+        f"{_plural(r.hard_bounces, 'hard bounce')}, {_plural(r.soft_bounces, 'soft bounce')}, "
+        f"{_plural(r.complaints, 'complaint')}"
+    )
+    limits = f"providers block bulk senders past {COMPLAINT_RATE_BLOCKED:.1%}"
+    if r.delivered:
+        rate = r.complaints / r.delivered
+        judged = (
+            f"WARN: past {COMPLAINT_RATE_WARN:.1%}; {limits}"
+            if rate > COMPLAINT_RATE_WARN
+            else f"under {COMPLAINT_RATE_WARN:.1%}; {limits}"
+        )
+        said = f"complaint rate {rate:.2%} of {r.delivered} delivered ({judged})"
+    elif r.complaints:
+        said = f"complaint rate: none delivered that day (WARN: complaints with nothing delivered; {limits})"
+    else:
+        said = "complaint rate: none delivered that day"
+    return [
+        f"Bounces and complaints: {counts}; {said}",
+        f"Bounce reports waiting for an operator: {r.kept} ({r.kept_new} new; `funnel bounces unknown` lists them)",
+    ]
 
 
 async def send(engine: Engine, settings: Settings, now: datetime, host: str, port: int) -> str:

@@ -32,10 +32,12 @@ from engine.runtime import bounce_processing, digest
 from engine.runtime.bounce_mailbox import MailboxPoller
 from engine.runtime.bounce_receiver import BounceReceiver
 from engine.runtime.outages import Outage, Say
+from engine.runtime.replies import ReplyDesk
 from engine.runtime.webhooks_out import WebhookSender
 from engine.runtime.worker import TickResult, Worker
 from engine.settings import Settings
-from engine.store.database import create_engine_for, describe_failure, upgrade
+from engine.store import domain_alarms
+from engine.store.database import DBAPIError, create_engine_for, describe_failure, upgrade
 
 log = logging.getLogger("engine.runner")
 # How long a stop waits for the round in flight (systemd's default TimeoutStopSec is 90 s).
@@ -83,10 +85,14 @@ class Runner:
         self.receiver: BounceReceiver | None = None
         self.poller: MailboxPoller | None = None
         bounces = settings.bounces
+        # Mail to the reply domain comes in the same ways; its forwards use the relay (set below).
+        self.replies = ReplyDesk(self.engine, settings, None, clock) if settings.replies.domain else None
         if bounces.receiver.port is not None or bounces.imap.host:
-            take = intake or bounce_processing.intake(self.engine, bounces, clock, settings.signing_keys)
+            take = intake or bounce_processing.intake(
+                self.engine, bounces, clock, settings.signing_keys, replies=self.replies
+            )
             if bounces.receiver.port is not None:
-                self.receiver = BounceReceiver(bounces, take, clock)
+                self.receiver = BounceReceiver(bounces, take, clock, settings.replies.domain)
             if bounces.imap.host:
                 self.poller = MailboxPoller(bounces.imap, take, clock)
         self.metrics = Metrics()
@@ -114,6 +120,8 @@ class Runner:
             self.smtp_host, self.smtp_port = "127.0.0.1", int(self.sink.port)
             # The local sink speaks plain SMTP on loopback.
             settings.smtp.security = "none"
+        if self.replies is not None:
+            self.replies.relay = (self.smtp_host, self.smtp_port)
         # Messages the relay could not take wait a minute, with no attempt spent (`mailer.RELAY_RETRY`).
         self.relay = Outage(f"relay {self.smtp_host}:{self.smtp_port}", "every minute")
 
@@ -127,6 +135,7 @@ class Runner:
         now = self.clock()
         with self.metrics.tick_seconds.time():
             tick = await asyncio.to_thread(self.worker.tick, now)
+        await asyncio.to_thread(self.end_alarms, now)  # before sending: what an ended alarm held goes now
         with self.metrics.dispatch_seconds.time():
             mail = await self.mailer.dispatch(now, self.smtp_host, self.smtp_port, self.settings.batch_size)
         if tick.work or mail.work:
@@ -282,6 +291,18 @@ class Runner:
             await asyncio.wait_for(busy.acquire(), timeout=grace)
         except TimeoutError:
             log.warning("stopping with a round still in flight: messages in DATA will be marked unknown")
+
+    def end_alarms(self, now: datetime) -> None:
+        """Domain alarms whose end has come are ended (said once, held email released). A read first:
+        an idle engine takes no writer lock for it."""
+        try:
+            with self.engine.connect() as conn:
+                if not domain_alarms.ending(conn, now):
+                    return
+            with self.engine.begin() as conn:
+                domain_alarms.end_due(conn, now)
+        except DBAPIError:
+            pass  # the database is away: the tick says so; the alarms end on the next one
 
     async def send_digest(self) -> None:
         try:

@@ -6,10 +6,11 @@ recipient's most recent message; what matches nothing, or cannot be classed, is 
 report for an operator, never guessed. Then, by class (docs/bounces.md):
 
 - address gone: the message `bounced`, the address suppressed at once;
-- mailbox trouble: a soft bounce; the address is suppressed once `soft_limit` of them fall within
-  `soft_window_days` with no open or click of the lead since the first of them;
+- mailbox trouble: a soft bounce; the address is suppressed once `soft_limit` messages to it have
+  soft-bounced within `soft_window_days` (reports of one message count once), with no open, click or
+  reply of the lead (and no lift of a bounce) since the first of them;
 - the sender's fault: the message `failed`, the lead kept; counted per receiving domain, and the
-  count passing `sender_fault_alarm` within the window is said once, as a warning;
+  count passing `sender_fault_alarm` within the window raises an alarm (`engine.store.domain_alarms`);
 - complaint: an opt-out at once (consent `complained`, suppressed), and a `complained` event that the
   lead's funnels hear on the next tick, so their exit rules fire;
 - not a failure: recorded, nothing changes.
@@ -31,11 +32,12 @@ from engine.core.bounce_outcome import ADDRESS_GONE, COMPLAINT, MAILBOX_TROUBLE,
 from engine.core.own_events import COMPLAINED, engine_id
 from engine.core.return_paths import read_token
 from engine.settings import BounceSettings
-from engine.store import consents, tables
+from engine.store import consents, domain_alarms, tables
 from engine.store import leads as store
 
 log = logging.getLogger("engine.bounces")
-ENGAGED = ("email_opened", "email_clicked")  # what shows the address reads its mail: soft bounces count anew
+# What shows the address reads its mail: soft bounces count anew after it.
+ENGAGED = ("email_opened", "email_clicked", "email_replied")
 # Statuses a report may overturn: the relay took the message, or nobody knows whether it did.
 HANDED_OVER = ("sent", "unknown", "sending")
 
@@ -177,7 +179,7 @@ def _act(
     if klass == SENDER_FAULT:
         _finish(conn, message, "failed", f"{outcome.source} report, the sender's fault: {reason}")
         if recipient:
-            _sender_fault_alarm(conn, recipient.rpartition("@")[2], now, settings)
+            domain_alarms.count_report(conn, recipient.rpartition("@")[2], now, settings)
         return "failed, lead kept"
     if klass == COMPLAINT:
         _complaint(conn, outcome, recipient, lead_id, now)
@@ -192,8 +194,10 @@ def _finish(conn: sa.Connection, message: _Message, status: str, reason: str) ->
 _ENGAGED_SINCE = sa.select(sa.func.max(tables.events.c.occurred_at)).where(
     tables.events.c.lead_id == sa.bindparam("lead_id"), tables.events.c.name.in_(ENGAGED)
 )
+# Messages, not reports: a relay or a provider may report one message delayed again at each retry
+# (SendGrid posts a deferral per attempt), and those retries say one thing once.
 _SOFT_COUNT = (
-    sa.select(sa.func.count())
+    sa.select(sa.func.count(sa.distinct(sa.func.coalesce(_b.c.outbox_id, -_b.c.id))))
     .select_from(_b)
     .where(
         _b.c.recipient_hash == sa.bindparam("digest"),
@@ -211,35 +215,11 @@ def _soft_bounces(
         engaged = conn.execute(_ENGAGED_SINCE, {"lead_id": lead_id}).scalar()
         if engaged is not None and engaged > since:
             since = engaged
+        lifted = consents.last_lift(conn, lead_id)  # a lifted bounce starts the count afresh
+        if lifted is not None and lifted >= since:
+            since = lifted + timedelta(microseconds=1)
     counted = conn.execute(_SOFT_COUNT, {"digest": store.email_hash(recipient), "since": since}).scalar()
     return int(counted or 0)
-
-
-# The alarm is said when the count reaches the threshold, so counting stops one past it, newest first:
-# during a wave of refusals from one domain (when reports come fastest) each count reads a few rows.
-_SENDER_FAULTS = sa.select(sa.func.count()).select_from(
-    sa.select(_b.c.id)
-    .where(
-        _b.c.recipient_domain == sa.bindparam("domain"),
-        _b.c.failure_class == SENDER_FAULT,
-        _b.c.received_at >= sa.bindparam("since", type_=_b.c.received_at.type),
-    )
-    .order_by(_b.c.id.desc())
-    .limit(sa.bindparam("enough"))
-    .subquery()
-)
-
-
-def _sender_fault_alarm(conn: sa.Connection, domain: str, now: datetime, settings: BounceSettings) -> None:
-    since = now - timedelta(minutes=settings.sender_fault_window_minutes)
-    enough = settings.sender_fault_alarm + 1
-    counted = conn.execute(_SENDER_FAULTS, {"domain": domain, "since": since, "enough": enough}).scalar()
-    if int(counted or 0) == settings.sender_fault_alarm:
-        log.warning(
-            "%d reports in %d minutes say %s refuses this sender (blocklisting, policy, authentication): "
-            "its leads are kept; look at the reports with `funnel bounces list --domain %s`",
-            counted, settings.sender_fault_window_minutes, domain, domain,
-        )  # fmt: skip
 
 
 def _complaint(

@@ -20,7 +20,7 @@ CONFIRM_STAGE = "opt-in"
 
 @dataclass(frozen=True, slots=True)
 class ConsentAct:
-    action: str  # given | requested | confirmed | withdrawn
+    action: str  # given | requested | confirmed | withdrawn | lifted (a bounce)
     source: str
     form_id: str | None = None
     text_version: str | None = None
@@ -228,3 +228,56 @@ def resubscribe(conn: sa.Connection, address: str, act: ConsentAct, at: datetime
     if lead_id is None or not may_resubscribe(conn, address):
         return False
     return change_status(conn, lead_id, address, "unsubscribed", "subscribed", act, at)
+
+
+def last_lift(conn: sa.Connection, lead_id: int) -> datetime | None:
+    """When the lead's bounce was last lifted (by an operator or its confirmed signup), if ever."""
+    c = tables.consent_records
+    stmt = sa.select(sa.func.max(c.c.at)).where(c.c.lead_id == lead_id, c.c.action == "lifted")
+    return conn.execute(stmt).scalar()
+
+
+def suppression_reason(conn: sa.Connection, address: str) -> str | None:
+    s = tables.suppressions
+    found = conn.execute(sa.select(s.c.reason).where(s.c.email_hash == store.email_hash(address))).scalar()
+    return str(found) if found is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class Lift:
+    lead_id: int
+    before: str
+    after: str
+
+
+def lift_refusal(conn: sa.Connection, address: str) -> str | None:
+    """Why a bounce may not be lifted for this address (`engine.core.signup.lift_refusal`), or None."""
+    _, current = lead_consent(conn, address)
+    return signup.lift_refusal(current, suppression_reason(conn, address))
+
+
+def lift_bounce(conn: sa.Connection, address: str, act: ConsentAct, at: datetime) -> Lift | None:
+    """The address may be mailed again: its bounce suppression goes, a `bounced` status returns to what
+    it was before the bounce, and a `lifted` consent record says who did it, why and when. Soft bounces
+    count afresh from here. None (nothing changes) when `lift_refusal` says no."""
+    lead_id, current = lead_consent(conn, address)
+    if lead_id is None or current is None or lift_refusal(conn, address) is not None:
+        return None
+    s = tables.suppressions
+    conn.execute(sa.delete(s).where(s.c.email_hash == store.email_hash(address), s.c.reason == signup.BOUNCED))
+    after = signup.status_after_lift(current, _status_before_bounce(conn, lead_id))
+    if after != current:
+        store.upsert_lead(conn, address, consent=after, consent_source=act.source, now=at)
+    record(conn, lead_id, act, at, (current, after))
+    return Lift(lead_id, current, after)
+
+
+def _status_before_bounce(conn: sa.Connection, lead_id: int) -> str | None:
+    c = tables.consent_records
+    found = conn.execute(
+        sa.select(c.c.status_before)
+        .where(c.c.lead_id == lead_id, c.c.status_after == signup.BOUNCED, c.c.status_before != signup.BOUNCED)
+        .order_by(c.c.id.desc())
+        .limit(1)
+    ).scalar()
+    return str(found) if found is not None else None

@@ -63,7 +63,14 @@ def erase(conn: sa.Connection, address: str, now: datetime) -> dict[str, int] | 
     marketing. Returns the rows deleted per table, or None when there was no such lead (the address is
     suppressed all the same). `address` as an entry took it (`engine.core.addresses`) or as it is stored."""
     lead_id = store.find_lead_id(conn, address)
-    store.suppress(conn, address, "erased", now=now)
+    if not store.suppress(conn, address, "erased", now=now):
+        # Suppressed already: a bounce becomes an erasure, which nothing lifts (a bounce may be lifted).
+        s = tables.suppressions
+        conn.execute(
+            sa.update(s)
+            .where(s.c.email_hash == store.email_hash(address), s.c.reason == "bounced")
+            .values(reason="erased")
+        )
     if lead_id is None:
         return None
     counts = held(conn, lead_id)

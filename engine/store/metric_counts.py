@@ -1,5 +1,6 @@
 """What `/metrics` reads from the database (`engine.http.metrics` serves it): emails by status, the
-stage transitions added since the last scrape, and what is due now.
+stage transitions added since the last scrape, and what is due now; the bounce reports and suppressions
+added since the last scrape, and the reports kept for an operator.
 """
 
 from __future__ import annotations
@@ -41,3 +42,26 @@ def backlog(conn: sa.Connection, now: datetime) -> tuple[int, int, int]:
     ).scalar_one()
     pending = conn.execute(sa.select(sa.func.count()).select_from(ev).where(ev.c.processed_at.is_(None))).scalar_one()
     return int(due), int(ready), int(pending)
+
+
+def bounce_reports_after(conn: sa.Connection, last_id: int) -> list[tuple[str, str | None, bool, int, int]]:
+    """Bounce reports (one row per recipient) with an id above `last_id`, counted by source, class (None:
+    nothing could class it) and whether they matched a message, each group with its highest id. A report
+    that matched nothing or has no class is kept for an operator (`funnel bounces unknown`)."""
+    b = tables.bounce_reports
+    matched = b.c.outbox_id.is_not(None)
+    rows = conn.execute(
+        sa.select(b.c.source, b.c.failure_class, matched, sa.func.count(), sa.func.max(b.c.id))
+        .where(b.c.id > last_id)
+        .group_by(b.c.source, b.c.failure_class, matched)
+    ).all()
+    return [(source, klass, bool(found), int(n), int(last)) for source, klass, found, n, last in rows]
+
+
+def suppressions_after(conn: sa.Connection, last_id: int) -> list[tuple[str, int, int]]:
+    """Suppressions with an id above `last_id`, counted by reason, each with its highest id."""
+    s = tables.suppressions
+    rows = conn.execute(
+        sa.select(s.c.reason, sa.func.count(), sa.func.max(s.c.id)).where(s.c.id > last_id).group_by(s.c.reason)
+    ).all()
+    return [(reason, int(n), int(last)) for reason, n, last in rows]

@@ -12,10 +12,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from engine.core.outbox_item import OutboxItem
 from engine.store.leads import email_hash
-from engine.store.tables import OUTBOX_STATUSES, leads, outbox
+from engine.store.tables import OUTBOX_STATUSES, leads, outbox, suppressions
 
 LEASE = timedelta(minutes=2)
 # Not handed to the SMTP server yet: the only states a worker may act on before DATA.
@@ -105,6 +106,14 @@ def _suppressed(conn: sa.Connection, hashes: Sequence[str]) -> set[str]:
     return {h for (h,) in conn.exec_driver_sql(sql, tuple(hashes))}
 
 
+def suppression_reasons(conn: sa.Connection, emails: Sequence[str]) -> dict[str, str]:
+    """{address: why it is suppressed} for those of these addresses on the suppression list."""
+    hashes = {email_hash(e): e for e in emails}
+    s = suppressions
+    rows = conn.execute(sa.select(s.c.email_hash, s.c.reason).where(s.c.email_hash.in_(list(hashes))))
+    return {hashes[h]: str(reason) for h, reason in rows}
+
+
 def consent_of(conn: sa.Connection, emails: Mapping[int, str], lock: bool = False) -> dict[int, tuple[str, bool]]:
     """Each lead's consent and suppression as they are at this instant (read again right before DATA),
     for `emails` {lead id: address}. A lead missing from the answer was erased. With `lock`, the leads'
@@ -114,17 +123,26 @@ def consent_of(conn: sa.Connection, emails: Mapping[int, str], lock: bool = Fals
     if not ids:
         return {}
     hashes = {lead_id: email_hash(emails[lead_id]) for lead_id in ids}
+    if conn.dialect.name == "postgresql":
+        # One statement of one text whatever the count (the server keeps it prepared): each lead with
+        # whether its hash is suppressed.
+        sql = _CONSENT_LOCKED if lock else _CONSENT
+        found = conn.exec_driver_sql(sql, (ids, [hashes[i] for i in ids])).all()
+        return {lead_id: (status, bool(suppressed)) for lead_id, status, suppressed in found}
+    # One round trip: the leads' rows, then the suppressed hashes (id -1).
     leads_sql = f"SELECT id, consent_status FROM leads WHERE id IN ({_marks(conn, len(ids))})"  # noqa: S608
-    if lock and conn.dialect.name == "postgresql":
-        rows = conn.exec_driver_sql(f"{leads_sql} ORDER BY id FOR UPDATE", tuple(ids)).all()
-        suppressed = _suppressed(conn, list(hashes.values()))
-    else:
-        # One round trip: the leads' rows, then the suppressed hashes (id -1).
-        hits = f"SELECT -1, email_hash FROM suppressions WHERE email_hash IN ({_marks(conn, len(ids))})"  # noqa: S608
-        found = conn.exec_driver_sql(f"{leads_sql} UNION ALL {hits}", (*ids, *hashes.values())).all()
-        rows = [r for r in found if r[0] != -1]
-        suppressed = {h for i, h in found if i == -1}
-    return {lead_id: (status, hashes[lead_id] in suppressed) for lead_id, status in rows}
+    hits = f"SELECT -1, email_hash FROM suppressions WHERE email_hash IN ({_marks(conn, len(ids))})"  # noqa: S608
+    found = conn.exec_driver_sql(f"{leads_sql} UNION ALL {hits}", (*ids, *hashes.values())).all()
+    suppressed = {h for i, h in found if i == -1}
+    return {lead_id: (status, hashes[lead_id] in suppressed) for lead_id, status in found if lead_id != -1}
+
+
+_CONSENT = (
+    "SELECT l.id, l.consent_status, EXISTS (SELECT 1 FROM suppressions s WHERE s.email_hash = v.hash)"
+    " FROM unnest(CAST(%s AS INTEGER[]), CAST(%s AS VARCHAR[])) AS v(id, hash) JOIN leads l ON l.id = v.id"
+    " ORDER BY l.id"
+)
+_CONSENT_LOCKED = f"{_CONSENT} FOR UPDATE OF l"
 
 
 def marketing_sent_since(conn: sa.Connection, lead_ids: Iterable[int], since: datetime) -> dict[int, list[datetime]]:
@@ -162,11 +180,27 @@ def mark_sending(conn: sa.Connection, message_ids: Mapping[int, str], now: datet
     if not message_ids:
         return set()
     ids = list(message_ids)
+    if conn.dialect.name == "postgresql":
+        # The ids and Message-IDs as two arrays: one statement text for any count, kept prepared.
+        return set(
+            conn.scalars(_MARK_SENDING_ARRAYS, {"now": now, "ids": ids, "message_ids": list(message_ids.values())})
+        )
     params: dict[str, Any] = {"now": now}
     for i, message in enumerate(ids):
         params[f"id_{i}"] = message
         params[f"message_id_{i}"] = message_ids[message]
     return set(conn.scalars(_mark_sending(len(ids)), params))
+
+
+_MARK_SENDING_ARRAYS = sa.text(
+    "UPDATE outbox SET status = 'sending', claimed_at = :now, sent_at = :now, attempts = attempts + 1,"
+    " message_id = v.message_id FROM unnest(CAST(:ids AS INTEGER[]), CAST(:message_ids AS VARCHAR[]))"
+    " AS v(id, message_id) WHERE outbox.id = v.id AND outbox.id = ANY(CAST(:ids AS INTEGER[]))"
+    " AND outbox.status IN ('queued', 'deferred') RETURNING outbox.id"
+).bindparams(sa.bindparam("now", type_=outbox.c.sent_at.type))
+# `id = ANY(ids)` says again what the join says: the rows are found by the primary key whatever the
+# planner's statistics say (taken before a campaign filled the outbox, they would have it read every
+# ready row instead).
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,28 +213,55 @@ class Change:
 
 
 def apply(conn: sa.Connection, changes: Sequence[Change]) -> int:
-    """Many outcomes at once: one executemany per shape of change. Returns how many rows changed."""
+    """Many outcomes at once: one statement per shape of change (on PostgreSQL one UPDATE for all of its
+    messages, elsewhere an executemany). Returns how many rows changed."""
     groups: dict[tuple[tuple[str, ...], tuple[str, ...]], list[Change]] = {}
     for change in changes:
         groups.setdefault((tuple(sorted(change.values)), change.expect), []).append(change)
     changed = 0
+    postgres = conn.dialect.name == "postgresql"
     for (columns, expect), members in groups.items():
-        params = [{**m.values, "message": m.id} for m in members]
-        changed += max(int(conn.execute(_outcome(columns, expect), params).rowcount or 0), 0)
+        if postgres and len(members) > 1 and len({m.id for m in members}) == len(members):
+            # Column by column as arrays: the server matches them to the rows in one statement. (A
+            # message changed twice in one batch goes row by row instead: the second change sees the first.)
+            arrays = {c: [m.values[c] for m in members] for c in columns}
+            statement = _outcomes(conn.dialect, columns, expect)
+            result = conn.execute(statement, {**arrays, "message": [m.id for m in members]})
+        else:
+            result = conn.execute(_outcome(columns, expect), [{**m.values, "message": m.id} for m in members])
+        changed += max(int(result.rowcount or 0), 0)
     return changed
+
+
+def _checked(columns: tuple[str, ...], expect: tuple[str, ...]) -> None:
+    if not set(columns) <= set(outbox.c.keys()) or not set(expect) <= set(OUTBOX_STATUSES):
+        raise ValueError(f"expected outbox columns and states, found {columns} and {expect}")
 
 
 @functools.cache
 def _outcome(columns: tuple[str, ...], expect: tuple[str, ...]) -> sa.TextClause:
     """`UPDATE outbox SET columns WHERE id = :message AND status IN expect`, each value bound with its
     column's type. Column names and states are our own constants, never input."""
-    if not set(columns) <= set(outbox.c.keys()) or not set(expect) <= set(OUTBOX_STATUSES):
-        raise ValueError(f"expected outbox columns and states, found {columns} and {expect}")
+    _checked(columns, expect)
     return _typed(
         f"UPDATE outbox SET {', '.join(f'{c} = :{c}' for c in columns)}"  # noqa: S608
         f" WHERE id = :message AND status IN ({', '.join(repr(s) for s in expect)})",
         **{c: outbox.c[c].type for c in columns},
     )
+
+
+@functools.cache
+def _outcomes(dialect: sa.Dialect, columns: tuple[str, ...], expect: tuple[str, ...]) -> sa.TextClause:
+    """PostgreSQL: the same change for many messages in one statement, each column's values an array
+    (converted element by element by the column's type), matched to the ids by position."""
+    _checked(columns, expect)
+    arrays = ", ".join(f"CAST(:{c} AS {outbox.c[c].type.compile(dialect=dialect)}[])" for c in columns)
+    return sa.text(
+        f"UPDATE outbox SET {', '.join(f'{c} = v.{c}' for c in columns)}"  # noqa: S608
+        f" FROM unnest(CAST(:message AS INTEGER[]), {arrays}) AS v(message, {', '.join(columns)})"
+        f" WHERE outbox.id = v.message AND outbox.id = ANY(CAST(:message AS INTEGER[]))"
+        f" AND outbox.status IN ({', '.join(repr(s) for s in expect)})"
+    ).bindparams(*(sa.bindparam(c, type_=postgresql.ARRAY(outbox.c[c].type)) for c in columns))
 
 
 @dataclass(frozen=True, slots=True)

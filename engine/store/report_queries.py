@@ -4,7 +4,10 @@ The report's queries count in the database and return groups, not leads: a milli
 hundred rows. Each reads its table once (a report looks at everything, so a scan is the plan); the
 one per-row lookup, the email an unsubscribe followed, goes through the outbox's (lead, ...) key.
 Time in stage comes back as a histogram of whole minutes, so `engine.views.report` can take exact
-percentiles without fetching every stay.
+percentiles without fetching every stay. What came back after the relay's 250 is read from the bounce
+reports joined to their messages: soft bounces and complaints per email (`report_outcomes`), and the
+leads each funnel lost to a bounce or a complaint (`losses`), which `exits` leaves out so that no lead
+is counted twice.
 
 The watch follows appended rows by id (stage transitions, new outbox rows) and, for email outcomes,
 the rows that are about to be sent: the head of the ready index and the messages being sent (both
@@ -20,6 +23,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from engine.core.bounce_outcome import COMPLAINT, MAILBOX_TROUBLE
 from engine.core.report_rows import (
     EmailStatus,
     Engagement,
@@ -38,6 +42,11 @@ UNSUBSCRIBED, FUNNEL_UNSUBSCRIBED = "unsubscribed", "funnel_unsubscribed"
 # Seen by the lead (or maybe): an unsubscribe is put down to the last of these before it.
 REACHED_INBOX = ("sending", "sent", "unknown")
 BOUNCED = "bounced"
+# What a report did that loses the lead's address (engine.store.bounces): it bounced, or it complained.
+SUPPRESSED_BY_REPORT = ("suppressed", "suppressed after soft bounces")
+COMPLAINED = "complained"
+# An exit whose cause is the engine's own `complained` event (an exit rule on it): its id is `complaint:...`.
+COMPLAINT_EVENT_IDS = "complaint:%"
 SETTLED = ("sent", "bounced", "failed", "unknown", "skipped")
 
 
@@ -69,7 +78,8 @@ def read_rows(conn: sa.Connection, scope: Scope) -> Rows:
         followed=followed(conn, scope),
         stays=stays(conn, scope),
         email_statuses=email_statuses(conn, scope),
-        engagement=[*engagement(conn, scope), *unsubscribes(conn, scope)],
+        engagement=[*engagement(conn, scope), *unsubscribes(conn, scope), *report_outcomes(conn, scope)],
+        losses=losses(conn, scope),
     )
 
 
@@ -219,11 +229,71 @@ def unsubscribes(conn: sa.Connection, scope: Scope) -> list[Engagement]:
     return [Engagement(f, s, "unsubscribed", n) for f, s, n in conn.execute(stmt)]
 
 
+def report_outcomes(conn: sa.Connection, scope: Scope) -> list[Engagement]:
+    """Soft bounces and complaints per email: distinct leads with a report of that class matched to the
+    email (the hard bounces are the outbox's `bounced` status, whether the relay refused the address or a
+    report said so later). Every mailbox-trouble report counts, delays included, as the soft limit does."""
+    b, o = tables.bounce_reports, tables.outbox
+    stmt = (
+        sa.select(o.c.funnel_id, o.c.step, b.c.failure_class, sa.func.count(sa.distinct(o.c.lead_id)))
+        .select_from(b.join(o, o.c.id == b.c.outbox_id))
+        .where(b.c.failure_class.in_((MAILBOX_TROUBLE, COMPLAINT)), *_cohort(scope, o.c.lead_id, o.c.funnel_id))
+        .group_by(o.c.funnel_id, o.c.step, b.c.failure_class)
+    )
+    if scope.since is not None:
+        stmt = stmt.where(b.c.received_at >= scope.since)
+    kinds = {MAILBOX_TROUBLE: "soft bounced", COMPLAINT: "complained"}
+    return [Engagement(f, s, kinds[klass], n) for f, s, klass, n in conn.execute(stmt)]
+
+
+def _lost_messages() -> sa.Subquery:
+    """Every message that cost its lead the address: (lead, funnel, message, 0 bounced | 1 complained).
+    Bounced: the outbox says `bounced` (the relay refused the address, or a report said it is gone), or a
+    report about it suppressed the address (the soft bounce that passed the limit). Complained: a
+    complaint about it."""
+    o, b = tables.outbox, tables.bounce_reports
+    bounced = sa.select(o.c.lead_id, o.c.funnel_id, o.c.id.label("message"), sa.literal(0).label("kind")).where(
+        o.c.status == BOUNCED
+    )
+    reported = sa.select(
+        o.c.lead_id,
+        o.c.funnel_id,
+        o.c.id.label("message"),
+        sa.case((b.c.action == COMPLAINED, 1), else_=0).label("kind"),
+    ).select_from(b.join(o, o.c.id == b.c.outbox_id))
+    reported = reported.where(b.c.action.in_((*SUPPRESSED_BY_REPORT, COMPLAINED)))
+    return sa.union_all(bounced, reported).subquery("lost")
+
+
+def _lost_in(funnel_id: Any, lead_id: Any) -> Any:
+    """Whether the lead lost its address to a message of this funnel (see `_lost_messages`)."""
+    o, b = tables.outbox, tables.bounce_reports
+    bounced = sa.exists().where(o.c.lead_id == lead_id, o.c.funnel_id == funnel_id, o.c.status == BOUNCED)
+    about = o.alias("about")
+    reported = (
+        sa.select(b.c.id)
+        .select_from(b.join(about, about.c.id == b.c.outbox_id))
+        .where(
+            b.c.lead_id == lead_id,
+            about.c.funnel_id == funnel_id,
+            b.c.action.in_((*SUPPRESSED_BY_REPORT, COMPLAINED)),
+        )
+        .exists()
+    )
+    return sa.or_(bounced, reported)
+
+
 def exits(conn: sa.Connection, scope: Scope) -> list[ExitRow]:
     """Leads who left each funnel, grouped by the stage they left from, the exit reason and cause, whether
     they had reached the goal, and the last email of that stage they got before leaving (the customer
-    journey map's drop-off). A lead whose email bounced is counted once, at that email (`bounces`), not
-    again when it leaves later: the bounce is where it dropped out."""
+    journey map's drop-off). Not here, but in `losses`: a lead that lost its address to an email of the
+    funnel (a bounce, a complaint), counted once at that email, not again when it leaves later; and an
+    exit caused by the engine's `complained` event (an exit rule on it, after a complaint about another
+    funnel's email)."""
+    return _exits(conn, scope, by_complaint=False)
+
+
+def _exits(conn: sa.Connection, scope: Scope, by_complaint: bool) -> list[ExitRow]:
     t, o, g = tables.stage_transitions, tables.outbox, tables.goals
     _, terms = _transitions(scope)
     last = o.alias("last_email")
@@ -242,7 +312,9 @@ def exits(conn: sa.Connection, scope: Scope) -> list[ExitRow]:
         .scalar_subquery()
     )
     reached = sa.exists().where(g.c.lead_id == t.c.lead_id, g.c.funnel_id == t.c.funnel_id, g.c.at <= t.c.at)
-    bounced = sa.exists().where(o.c.lead_id == t.c.lead_id, o.c.funnel_id == t.c.funnel_id, o.c.status == BOUNCED)
+    complained = sa.and_(
+        t.c.cause_kind == "exit_rule", sa.func.coalesce(t.c.cause_ref, "").like(COMPLAINT_EVENT_IDS)
+    )  # never NULL: NOT of it keeps every other exit
     leaving = (
         sa.select(
             t.c.funnel_id,
@@ -252,7 +324,13 @@ def exits(conn: sa.Connection, scope: Scope) -> list[ExitRow]:
             sa.case((reached, 1), else_=0).label("goal"),
             after.label("after"),
         )
-        .where(t.c.to_stage.is_(None), t.c.from_stage.is_not(None), ~bounced, *terms)
+        .where(
+            t.c.to_stage.is_(None),
+            t.c.from_stage.is_not(None),
+            complained if by_complaint else sa.not_(complained),
+            ~_lost_in(t.c.funnel_id, t.c.lead_id),
+            *terms,
+        )
         .subquery()
     )
     # Grouped outside: the correlated subquery is computed once per exit, then counted.
@@ -263,27 +341,32 @@ def exits(conn: sa.Connection, scope: Scope) -> list[ExitRow]:
         leaving.c.funnel_id, leaving.c.stage, leaving.c.reason, leaving.c.cause_kind, leaving.c.goal, leaving.c.after
     )  # fmt: skip
     return [
-        ExitRow(f, stage, reason, cause, bool(goal), step, n)
+        ExitRow(f, stage, reason, "complaint" if by_complaint else cause, bool(goal), step, n)
         for f, stage, reason, cause, goal, step, n in conn.execute(stmt)
     ]
 
 
-def bounces(conn: sa.Connection, scope: Scope) -> list[ExitRow]:
-    """Leads whose email bounced, at the first email of each funnel that bounced (after it, no marketing
-    email reaches them: the address is suppressed)."""
+def losses(conn: sa.Connection, scope: Scope) -> list[ExitRow]:
+    """Leads a funnel lost to a bounce or a complaint, by stage and email as exits are: those who lost
+    their address to an email of the funnel, at the first such email (after it no marketing email reaches
+    them: the address is suppressed), `bounced` (cause `bounce`) or `complained` (cause `complaint`); and
+    those who left it on an exit rule for the engine's `complained` event (cause `complaint`, the rule's
+    reason), after a complaint about another funnel's email."""
     o = tables.outbox
-    first = (
-        sa.select(o.c.lead_id, o.c.funnel_id, sa.func.min(o.c.id).label("id"))
-        .where(o.c.status == BOUNCED, *_cohort(scope, o.c.lead_id, o.c.funnel_id))
-        .group_by(o.c.lead_id, o.c.funnel_id)
-        .subquery()
+    lost = _lost_messages()
+    first = sa.func.row_number().over(
+        partition_by=(lost.c.lead_id, lost.c.funnel_id), order_by=(lost.c.message, lost.c.kind)
     )
+    ranked = sa.select(lost.c.message, lost.c.kind, first.label("nth")).subquery("ranked")
     stmt = (
-        sa.select(o.c.funnel_id, o.c.stage, o.c.step, sa.func.count())
-        .select_from(first.join(o, o.c.id == first.c.id))
-        .group_by(o.c.funnel_id, o.c.stage, o.c.step)
+        sa.select(o.c.funnel_id, o.c.stage, o.c.step, ranked.c.kind, sa.func.count())
+        .select_from(ranked.join(o, o.c.id == ranked.c.message))
+        .where(ranked.c.nth == 1, *_cohort(scope, o.c.lead_id, o.c.funnel_id))
+        .group_by(o.c.funnel_id, o.c.stage, o.c.step, ranked.c.kind)
     )
-    return [ExitRow(f, stage, "bounced", "bounce", False, step, n) for f, stage, step, n in conn.execute(stmt)]
+    named = {0: ("bounced", "bounce"), 1: ("complained", "complaint")}
+    at_emails = [ExitRow(f, stage, *named[int(kind)], False, step, n) for f, stage, step, kind, n in conn.execute(stmt)]
+    return [*at_emails, *_exits(conn, scope, by_complaint=True)]
 
 
 def newest_definition(conn: sa.Connection, funnel_id: str) -> dict[str, Any] | None:

@@ -15,9 +15,9 @@ import sqlalchemy as sa
 
 from engine.core.localtime import zone
 from engine.core.outbox_item import OutboxItem
-from engine.core.signup import confirmation_of
+from engine.core.signup import confirmation_of, may_confirm_to
 from engine.core.timing import TimingRules, earliest_send
-from engine.store import outbox
+from engine.store import domain_alarms, outbox
 
 GO = "go"
 
@@ -51,20 +51,25 @@ Verdict = str | Later | Never | Unsure
 def may_send(consent: str | None, suppressed: bool, transactional: bool, confirmation: bool = False) -> bool:
     """Marketing email needs a subscribed lead; a transactional one (the report the lead asked for) may
     also go to a lead whose opt-in is pending. A double opt-in confirmation may also go to a lead who
-    unsubscribed: it keeps its opt-out until it follows the link, which is how it opts in again. Never to
-    a suppressed, bounced or complained one."""
+    unsubscribed or bounced: it keeps its opt-out until it follows the link, which is how it opts in
+    again (the caller has checked that its suppression, if any, is a bounce). Never to a suppressed or
+    complained one."""
     if suppressed or consent is None:
         return False
     if confirmation:
-        return consent in ("subscribed", "pending", "unsubscribed")
+        return consent in ("subscribed", "pending", "unsubscribed", "bounced")
     return consent == "subscribed" or (transactional and consent == "pending")
 
 
 class Screen:
-    def __init__(self, rules: TimingRules, funnel_zones: Mapping[str, str], default_zone: str) -> None:
+    def __init__(
+        self, rules: TimingRules, funnel_zones: Mapping[str, str], default_zone: str, pause_domains: bool = False
+    ) -> None:
         self.rules = rules
         self.funnel_zones = funnel_zones
         self.default_zone = default_zone
+        # `bounces.pause_domain_on_alarm`: marketing email to a domain in alarm waits for the alarm's end.
+        self.pause_domains = pause_domains
 
     def zone_of(self, item: OutboxItem) -> str:
         return item.timezone or self.funnel_zones.get(item.funnel_id) or self.default_zone
@@ -81,10 +86,15 @@ class Screen:
         if self.rules.max_per_day is not None and marketing:
             # A local day is at most 26 hours long; two days back covers it in every zone.
             sent = outbox.marketing_sent_since(conn, marketing, now - timedelta(days=2))
+        paused = domain_alarms.paused(conn, now) if self.pause_domains and marketing else {}
+        lifting = self._bounce_confirmations(conn, items, consent)
         verdicts: list[Verdict] = []
         for item in items:
             try:
-                verdicts.append(self._one(item, consent, sent, now))
+                if item.id in lifting:  # its suppression is a bounce, which this email's link lifts
+                    verdicts.append(self._one(item, {item.lead_id: (consent[item.lead_id][0], False)}, sent, now))
+                    continue
+                verdicts.append(self._one(item, consent, sent, now, paused))
             except Exception as exc:
                 text = " ".join(str(exc).split())
                 verdicts.append(Unsure(f"screening: {type(exc).__name__}: {text}"))
@@ -96,12 +106,18 @@ class Screen:
         consent: Mapping[int, tuple[str, bool]],
         sent: dict[int, list[datetime]],
         now: datetime,
+        paused: Mapping[str, datetime] | None = None,
     ) -> Verdict:
         status, suppressed = consent.get(item.lead_id, (None, True))
         confirmation = item.transactional and confirmation_of(item.funnel_id, item.step) is not None
         if not may_send(status, suppressed, item.transactional, confirmation):
             return Never("no-consent")
-        if item.transactional or not self.rules.active:
+        if item.transactional:
+            return GO
+        domain = item.email.rpartition("@")[2].lower()
+        if paused and domain in paused:
+            return Later(paused[domain], domain_alarms.pause_reason(domain))
+        if not self.rules.active:
             return GO
         history = sent.setdefault(item.lead_id, [])
         when = earliest_send(now, zone(self.zone_of(item)), self.rules, history)
@@ -110,6 +126,20 @@ class Screen:
         # Two emails for one lead in one batch: the second sees the first as sent.
         history.append(now)
         return GO
+
+    def _bounce_confirmations(
+        self, conn: sa.Connection, items: Sequence[OutboxItem], consent: Mapping[int, tuple[str, bool]]
+    ) -> set[int]:
+        """The double opt-in confirmations among these whose address is suppressed for a bounce only:
+        they may go (`may_confirm_to`). Rare, so the reasons are read only when there is one."""
+        asked = [
+            i for i in items
+            if i.transactional and consent.get(i.lead_id, ("", True))[1] and confirmation_of(i.funnel_id, i.step)
+        ]  # fmt: skip
+        if not asked:
+            return set()
+        reasons = outbox.suppression_reasons(conn, [i.email for i in asked])
+        return {i.id for i in asked if i.lead_id in consent and may_confirm_to(reasons.get(i.email))}
 
     def _why(self, now: datetime, item: OutboxItem, history: Sequence[datetime]) -> str:
         quiet_only = TimingRules(self.rules.quiet_start, self.rules.quiet_end, None)

@@ -51,7 +51,7 @@ Json = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 CONSENT_STATUSES = ("subscribed", "unsubscribed", "bounced", "complained", "erased", "pending")
 OUTBOX_STATUSES = ("queued", "sending", "sent", "failed", "bounced", "unknown", "skipped", "deferred")
 WEBHOOK_STATUSES = ("queued", "sending", "sent", "failed", "unknown")
-CONSENT_ACTIONS = ("given", "requested", "confirmed", "withdrawn")
+CONSENT_ACTIONS = ("given", "requested", "confirmed", "withdrawn", "lifted")
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -169,12 +169,13 @@ class OutboxMessage(SQLModel, table=True):
         sa.Index(
             "ix_outbox_ready",
             "next_attempt_at",
+            "id",
             sqlite_where=sa.text("status IN ('queued', 'deferred')"),
             postgresql_where=sa.text("status IN ('queued', 'deferred')"),
         ),
         sa.Index(
             "ix_outbox_sending",
-            "claimed_at",
+            "id",
             sqlite_where=sa.text("status = 'sending'"),
             postgresql_where=sa.text("status = 'sending'"),
         ),
@@ -324,7 +325,7 @@ class WebhookReceipt(SQLModel, table=True):
 
 
 DELIVERY_STATUSES = ("queued", "sent", "failed")
-DELIVERY_SOURCES = ("transition", "goal", "call")
+DELIVERY_SOURCES = ("transition", "goal", "call", "alarm", "alarm_over")
 
 
 class WebhookDelivery(SQLModel, table=True):
@@ -359,7 +360,7 @@ class WebhookDelivery(SQLModel, table=True):
     subscription: str = Field(sa_type=sa.String(100), nullable=False)
     source: str = Field(sa_type=sa.String(16), nullable=False)
     source_id: int = Field(nullable=False)
-    lead_id: int = _lead_fk()
+    lead_id: int | None = Field(default=None, foreign_key="leads.id", ondelete="CASCADE")  # NULL: a domain alarm
     url: str | None = Field(default=None, sa_type=sa.Text)
     payload: dict[str, Any] = Field(default_factory=dict, sa_type=Json, nullable=False)
     status: str = Field(sa_type=sa.String(16), nullable=False)
@@ -460,6 +461,28 @@ class BounceReport(SQLModel, table=True):
     raw: bytes | None = Field(default=None, sa_type=sa.LargeBinary)
 
 
+class DomainAlarm(SQLModel, table=True):
+    """A receiving domain that refuses the sender: `bounces.sender_fault_alarm` reports of the sender's
+    fault from it within `bounces.sender_fault_window_minutes` raise one row (`engine.store.domain_alarms`).
+    It is active while `open_key` holds the domain (one open alarm per domain, by the unique key) and
+    `ends_at` (the last such report plus the window) has not come; it ends then, or when an operator
+    clears it."""
+
+    __tablename__ = "domain_alarms"
+    __table_args__ = (sa.UniqueConstraint("open_key", name="uq_domain_alarms_open_key"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    domain: str = Field(sa_type=sa.String(255), nullable=False)
+    open_key: str | None = Field(default=None, sa_type=sa.String(255))  # the domain while open, else NULL
+    raised_at: datetime = Field(sa_type=UtcDateTime, nullable=False)
+    reports: int = Field(nullable=False)  # reports of the sender's fault counted, from the window that raised it
+    last_report_at: datetime = Field(sa_type=UtcDateTime, nullable=False)
+    ends_at: datetime = Field(sa_type=UtcDateTime, nullable=False)
+    ended_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    cleared_by: str | None = Field(default=None, sa_type=sa.String(100))  # who cleared it by hand, if anyone
+    clear_reason: str | None = Field(default=None, sa_type=sa.Text)
+
+
 metadata = SQLModel.metadata
 
 leads: sa.Table = Lead.__table__  # type: ignore[attr-defined]
@@ -479,4 +502,5 @@ webhook_cursors: sa.Table = WebhookCursor.__table__  # type: ignore[attr-defined
 ops_digests: sa.Table = OpsDigest.__table__  # type: ignore[attr-defined]
 ops_sessions: sa.Table = OpsSession.__table__  # type: ignore[attr-defined]
 ops_sign_in_failures: sa.Table = OpsSignInFailure.__table__  # type: ignore[attr-defined]
+domain_alarms: sa.Table = DomainAlarm.__table__  # type: ignore[attr-defined]
 bounce_reports: sa.Table = BounceReport.__table__  # type: ignore[attr-defined]

@@ -1,5 +1,5 @@
-"""The queries of outbound webhooks: fan-out of stage transitions, goals and step calls into
-`webhook_deliveries`, claims, outcomes, and what ops look at. Each function works in the caller's
+"""The queries of outbound webhooks: fan-out of stage transitions, goals, step calls and domain alarms
+into `webhook_deliveries`, claims, outcomes, and what ops look at. Each function works in the caller's
 transaction (`engine.begin()`); `engine.runtime.webhooks_out` drives them around its HTTP requests.
 
 - **fan-out** copies new `stage_transitions` and `goals` rows (by id, after each subscription's cursor)
@@ -28,7 +28,11 @@ from engine.store import tables
 
 _SOURCES: dict[str, sa.Table] = {"transition": tables.stage_transitions, "goal": tables.goals}
 # At one instant, a transition is sent before a goal (their ids are in different tables).
-_RANK = {"transition": 0, "goal": 1, "call": 2}
+_RANK = {"transition": 0, "goal": 1, "call": 2, "alarm": 3, "alarm_over": 4}
+ALARM = "alarm"
+# Domain alarms are not read with a cursor (a few rows, updated while open): those open or ended within
+# this long, and not yet queued for the subscription, are (a subscription added later hears of them too).
+ALARM_LOOKBACK = timedelta(days=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +179,9 @@ def fan_out(conn: sa.Connection, settings: WebhookSettings, now: datetime, batch
     many deliveries were queued, and whether more rows are waiting (a batch was full)."""
     done = _Pass()
     for name, subscription in sorted(settings.subscriptions.items()):
-        for kind in sorted(set(subscription.events)):
+        if ALARM in subscription.events:
+            _fan_out_alarms(conn, name, now, batch, done)
+        for kind in sorted(set(subscription.events) - {ALARM}):
             cursor = _cursor_for_update(conn, name, kind, subscription.start, now)
             if cursor is None:
                 continue
@@ -205,8 +211,39 @@ def fan_out(conn: sa.Connection, settings: WebhookSettings, now: datetime, batch
     return _write_deliveries(conn, done), done.full
 
 
+def _alarms_unsent(name: str, source: str, now: datetime, batch: int) -> sa.Select[Any]:
+    """Domain alarms raised (`alarm`) or over (`alarm_over`) lately, not yet queued for the subscription."""
+    a, d = tables.domain_alarms, tables.webhook_deliveries
+    queued = sa.exists().where(d.c.subscription == name, d.c.source == source, d.c.source_id == a.c.id)
+    recent = sa.or_(a.c.open_key.is_not(None), a.c.ended_at >= now - ALARM_LOOKBACK)
+    stmt = sa.select(a).where(recent, ~queued).order_by(a.c.id).limit(batch)
+    return stmt.where(a.c.ended_at.is_not(None)) if source == "alarm_over" else stmt
+
+
+def _fan_out_alarms(conn: sa.Connection, name: str, now: datetime, batch: int, done: _Pass) -> None:
+    """Domain alarms become deliveries of no lead (each its own lane); the unique key makes a pass by two
+    workers at once queue each once."""
+    for source in ("alarm", "alarm_over"):
+        rows = list(conn.execute(_alarms_unsent(name, source, now, batch)))
+        done.read += len(rows)
+        done.full |= len(rows) == batch
+        for row in rows:
+            event = policy.alarm_event(
+                source, row.id, domain=row.domain, reports=row.reports, raised_at=row.raised_at,
+                ends_at=row.ends_at, ended_at=row.ended_at, cleared_by=row.cleared_by,
+            )  # fmt: skip
+            at = row.ended_at if source == "alarm_over" else row.raised_at
+            done.add((name, at, _RANK[source], row.id), _delivery(name, source, row.id, None, None, event, now))
+
+
 def _delivery(
-    subscription: str, source: str, source_id: int, lead_id: int, url: str | None, event: dict[str, Any], now: datetime
+    subscription: str,
+    source: str,
+    source_id: int,
+    lead_id: int | None,
+    url: str | None,
+    event: dict[str, Any],
+    now: datetime,
 ) -> dict[str, Any]:
     return {
         "subscription": subscription,
@@ -288,7 +325,11 @@ def has_fan_out_work(conn: sa.Connection, settings: WebhookSettings, now: dateti
     cursors = {(r.subscription, r.source): _load_cursor(r) for r in conn.execute(sa.select(c))}
     heads: dict[str, int | None] = {}
     for name, subscription in settings.subscriptions.items():
-        for kind in set(subscription.events):
+        if ALARM in subscription.events:
+            for source in ("alarm", "alarm_over"):
+                if conn.execute(_alarms_unsent(name, source, now, 1)).first() is not None:
+                    return True
+        for kind in set(subscription.events) - {ALARM}:
             cursor = cursors.get((name, kind))
             if cursor is None:
                 return True

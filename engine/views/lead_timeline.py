@@ -165,6 +165,12 @@ def _email(o: Mapping[str, Any]) -> Entry:
 
 
 def _consent(c: Mapping[str, Any]) -> Entry:
+    if c["action"] == "lifted":
+        why = (c["fields"] or {}).get("reason") or "the lead confirmed its signup"
+        change = (
+            f", consent {c['status_before']} -> {c['status_after']}" if c["status_before"] != c["status_after"] else ""
+        )
+        return Entry(c["at"], "consent", None, f"bounce lifted via {c['source']}: {why}{change}")
     where = ", ".join(
         f"{label} {c[key]}" for key, label in (("form_id", "form"), ("text_version", "text"), ("ip", "from")) if c[key]
     )
@@ -192,6 +198,10 @@ def _report(r: Mapping[str, Any]) -> Entry:
     its class and code, which message it matched and how, what it did, and the remote server's words."""
     code = f" {r['status']}" if r["status"] else ""
     matched = f"message {r['outbox_id']} by {r['matched_by']}" if r["outbox_id"] else "no message matched"
+    if r["kind"] == "reply" or (r["kind"] == "auto_reply" and r["diagnostic"]):
+        # An answer to the message's reply address (`engine.store.replies`): a person's, or a machine's.
+        who = "a reply" if r["kind"] == "reply" else f"an auto-reply ({r['diagnostic']})"
+        return Entry(r["received_at"], "report", None, f"{who} via {r['source']} to {matched} ({r['action']})")
     said = f": {r['diagnostic']}" if r["diagnostic"] else ""
     what = f"{r['kind']} report via {r['source']}, {r['failure_class'] or 'unclassed'}{code} ({matched}; {r['action']})"
     return Entry(r["received_at"], "report", None, what + said)

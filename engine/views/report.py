@@ -39,6 +39,8 @@ class StageFigures:
     stays: int  # completed stays measured
     median_minutes: int | None
     p90_minutes: int | None
+    left_bounced: int = 0  # leads lost here because an email of this stage bounced
+    left_complained: int = 0  # leads lost here to a complaint: about an email of this stage, or elsewhere
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,10 +57,16 @@ class EmailFigures:
     opened: int
     clicked: int
     unsubscribed: int
+    soft_bounced: int = 0  # leads whose email had a soft bounce report (mailbox trouble, a delay)
+    complained: int = 0  # leads who complained about this email
 
     def rate(self, count: int) -> float | None:
         """`count` as a share of the delivered emails."""
         return count / self.delivered if self.delivered else None
+
+    def rate_of_sent(self, count: int) -> float | None:
+        """`count` as a share of the emails handed to the relay (bounces and complaints are)."""
+        return count / self.sent if self.sent else None
 
 
 @dataclass(frozen=True)
@@ -115,6 +123,10 @@ def _funnel(funnel: str, counts: list[StageCount], rows: Rows, layout: Layout) -
     for s in rows.stays:
         if s.funnel == funnel:
             stays[s.stage].append((s.minutes, s.count))
+    lost: dict[tuple[str, str], int] = defaultdict(int)
+    for row in rows.losses:
+        if row.funnel == funnel:
+            lost[(row.stage, row.cause)] += row.leads
     stage_ids = _ordered(layout.stages, [*now, *reached, *stays])
     stages = []
     for i, stage in enumerate(stage_ids):
@@ -132,6 +144,8 @@ def _funnel(funnel: str, counts: list[StageCount], rows: Rows, layout: Layout) -
                 stays=sum(count for _, count in histogram),
                 median_minutes=percentile(histogram, 0.5),
                 p90_minutes=percentile(histogram, 0.9),
+                left_bounced=lost[(stage, "bounce")],
+                left_complained=lost[(stage, "complaint")],
             )
         )
     active = sum(now.values())
@@ -173,6 +187,8 @@ def _emails(funnel: str, rows: Rows, layout: Layout) -> list[EmailFigures]:
                 opened=engaged[step]["opened"],
                 clicked=engaged[step]["clicked"],
                 unsubscribed=engaged[step]["unsubscribed"],
+                soft_bounced=engaged[step]["soft bounced"],
+                complained=engaged[step]["complained"],
             )
         )
     return out
@@ -188,6 +204,8 @@ def _stage_dict(s: StageFigures) -> dict[str, object]:
         "stays": s.stays,
         "median_minutes": s.median_minutes,
         "p90_minutes": s.p90_minutes,
+        "left_bounced": s.left_bounced,
+        "left_complained": s.left_complained,
     }
 
 
@@ -205,7 +223,20 @@ def _email_dict(e: EmailFigures) -> dict[str, object]:
         "opened": e.opened,
         "clicked": e.clicked,
         "unsubscribed": e.unsubscribed,
+        "soft_bounced": e.soft_bounced,
+        "complained": e.complained,
+        **{f"{name}_rate": _rounded(e.rate_of_sent(n)) for name, n in returned(e)},
     }
+
+
+def returned(e: EmailFigures) -> tuple[tuple[str, int], ...]:
+    """What came back about an email: hard bounces, soft bounces and complaints, each a share of sent
+    (the figures mailbox providers judge a sender by)."""
+    return (("hard_bounce", e.bounced), ("soft_bounce", e.soft_bounced), ("complaint", e.complained))
+
+
+def _rounded(rate: float | None) -> float | None:
+    return None if rate is None else round(rate, 4)
 
 
 def as_dict(report: FunnelReport) -> dict[str, object]:

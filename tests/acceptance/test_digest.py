@@ -109,3 +109,27 @@ def test_the_window_is_the_local_day_and_the_trigger_its_local_time() -> None:
     settings = Settings(digest={"to": ["ops@greenleaf.example"], "at": "07:30", "timezone": "America/New_York"})
     fire = digest.trigger(settings).get_next_fire_time(None, datetime(2026, 11, 23, 13, 0, tzinfo=UTC))
     assert fire is not None and fire.astimezone(UTC) == datetime(2026, 11, 24, 12, 30, tzinfo=UTC)
+
+
+def test_the_digest_names_each_domain_in_alarm_that_day(engine: Engine) -> None:
+    from engine.core.bounce_outcome import SENDER_FAULT, Outcome
+    from engine.settings import BounceSettings
+    from engine.store.bounces import record_outcomes
+
+    for i in range(3):
+        queue_email(engine, f"u{i}@blocky.example", "welcome", YESTERDAY - timedelta(hours=1), funnel="guide")
+    with engine.begin() as conn:
+        conn.execute(sa.update(tables.outbox).values(status="sent", sent_at=YESTERDAY - timedelta(hours=1)))
+        outcomes = [Outcome(f"k{i}", "test", "dsn", SENDER_FAULT, f"u{i}@blocky.example") for i in range(3)]
+        record_outcomes(conn, outcomes, YESTERDAY, BounceSettings(sender_fault_alarm=3))
+    with RecordingSmtpServer() as smtp:
+        settings = Settings(
+            digest={"to": ["ops@greenleaf.example"], "timezone": "Europe/London"},
+            smtp={"host": smtp.host, "port": smtp.port, "security": "none"},
+        )
+        assert asyncio.run(digest.send(engine, settings, NOW, smtp.host, smtp.port)) == "digest for 2026-11-23 sent"
+        [message] = smtp.messages()
+    assert message.subject.startswith("ALARM (1 domain(s) refuse the sender) - Funnels on 2026-11-23")
+    assert "ALARM: blocky.example refuses the sender: 3 reports of the sender's fault since 2026-11-23 15:00 UTC" in (
+        message.body
+    )

@@ -1,5 +1,6 @@
-"""`benchmarks/run --quick`: every benchmark runs at small sizes (three at a time), and the results file has
-each headline figure as a positive number, the machine it ran on, and a table that lists every figure."""
+"""`benchmarks/run --quick`: every benchmark runs at small sizes (three at a time), send and tick on SQLite and on
+a PostgreSQL server the run starts itself, and the results file has each headline figure as a positive number,
+the machine it ran on, and a table that lists every figure and sets the two backends side by side."""
 
 from __future__ import annotations
 
@@ -13,12 +14,29 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent.parent
 RUN = ROOT / "benchmarks" / "run"
 
+BENCHMARKS = ("send", "send-pg", "tick", "tick-pg", "scale-pg", "http", "bounces", "import", "form", "simulate")
 # The quick sizes of the tick benchmark are 1,000, 3,000 and 10,000 leads.
-FIGURES = [
+ON_BOTH = [
     "e2e_emails_per_s",
     "raw_smtp_emails_per_s",
     "e2e_to_raw_ratio",
+    "send_worker_cpu_ms",
     *(f"tick_{what}_{size}" for size in ("1k", "3k", "10k") for what in ("claim_ms", "due_rows_per_s")),
+    "tick_worker_cpu_ms",
+]
+SERVER = ("server_cpu_ms", "round_trips", "statements", "wal_bytes")
+FIGURES = [
+    *ON_BOTH,
+    *(f"pg_{key}" for key in ON_BOTH),
+    *(f"pg_{what}_{key}" for what in ("send", "tick") for key in SERVER),
+    *(f"scale_pg_{what}_{n}w" for n in (1, 2, 3) for what in ("emails_per_s", "smallest_share")),
+    "scale_pg_worker_cpu_ms",
+    "scale_pg_server_cpu_ms",
+    "capacity_worker_cores_10m_per_h",
+    "capacity_server_cores_10m_per_h",
+    "pg_to_sqlite_e2e_emails_per_s",
+    "pg_to_sqlite_e2e_to_raw_ratio",
+    "pg_to_sqlite_tick_due_rows_per_s_10k",
     "http_events_per_s",
     "bounce_reports_per_s",
     "bounce_report_p99_ms",
@@ -26,7 +44,7 @@ FIGURES = [
     "form_to_email_ms",
     "simulate_leads_per_s",
     "simulate_emails_per_s",
-    *(f"peak_rss_mb_{name}" for name in ("send", "tick", "http", "bounces", "import", "form", "simulate")),
+    *(f"peak_rss_mb_{name}" for name in BENCHMARKS),
     "peak_rss_mb",
 ]
 
@@ -41,22 +59,26 @@ def test_quick_run_reports_every_figure(tmp_path: Path) -> None:
 
     data = json.loads(out.read_text())
     assert data["mode"] == "quick" and data["ok"] is True
-    assert {name: b["status"] for name, b in data["benchmarks"].items()} == {
-        name: "ok" for name in ("send", "tick", "http", "bounces", "import", "form", "simulate")
-    }
+    assert {name: b["status"] for name, b in data["benchmarks"].items()} == {name: "ok" for name in BENCHMARKS}
     figures = data["figures"]
     assert sorted(figures) == sorted(FIGURES)
     for key, value in figures.items():
         assert isinstance(value, int | float) and value > 0, (key, value)
     assert figures["peak_rss_mb"] == max(v for k, v in figures.items() if k.startswith("peak_rss_mb_"))
     machine = data["machine"]
-    for key in ("cpu", "cores", "ram_gib", "os", "python", "sqlite", "date", "git_commit"):
+    for key in ("cpu", "cores", "ram_gib", "os", "python", "sqlite", "postgresql", "date", "git_commit"):
         assert machine[key], key
+    # Every worker sent a share of the emails; the target for PostgreSQL is stated and judged.
+    for run in data["benchmarks"]["scale-pg"]["report"]["runs"]:
+        assert len(run["shares"]) == run["workers"] and sum(run["shares"]) == pytest.approx(1.0, abs=0.01), run
+    target = data["targets"]["pg_to_sqlite_e2e_emails_per_s"]
+    assert target["target"] == 0.7 and target["value"] == figures["pg_to_sqlite_e2e_emails_per_s"]
     assert isinstance(machine["git_dirty"], bool)
 
     table = out.with_suffix(".md").read_text()
     for key in FIGURES:
         assert f"`{key}`" in table, key
+    assert "| figure, both backends in this run | SQLite | PostgreSQL | PostgreSQL / SQLite | unit |" in table
     assert table in done.stdout
     # Nothing of where the checkout sits on this machine goes into the results.
     assert str(ROOT) not in out.read_text() + table

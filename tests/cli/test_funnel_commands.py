@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
@@ -42,6 +44,28 @@ def test_simulate_prints_one_leads_timeline_in_local_time() -> None:
     assert "Timeline of lead-000003@sim.example" in result.stdout
     assert "transition  (new) -> inquiry" in result.stdout
     assert "Your report" in result.stdout  # the delivery email, by its subject
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        (
+            "per_email:\n  - {event: email_opened, probability: 2}\n",
+            "mix.yaml:2:40: per_email[0].probability: Input should be less",
+        ),
+        ("per_email: [\n", "mix.yaml:2:1: invalid YAML"),
+        ("opens: 0.5\n", "mix.yaml:1:8: opens: Extra inputs are not permitted"),
+        ("- 1\n", "mix.yaml:1:1: the file: Input should be a valid dictionary"),
+    ],
+)
+def test_a_bad_event_mix_is_named_with_its_line_and_no_traceback(tmp_path: Path, text: str, said: str) -> None:
+    mix = tmp_path / "mix.yaml"
+    mix.write_text(text)
+    for events, expected in ((mix, said), (tmp_path / "missing.yaml", "missing.yaml: cannot read the event mix")):
+        result = funnel("simulate", "lead-magnet", "-n", "5", "-d", "2", "--events", str(events))
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert expected in result.stderr and "Traceback" not in result.stderr
+        assert "simulated" not in result.stdout
 
 
 def test_shipped_scenarios_pass() -> None:

@@ -75,19 +75,42 @@ def test_the_senders_fault_fails_the_message_and_keeps_the_lead(db: Engine) -> N
 
 
 def test_soft_bounces_suppress_only_past_the_limit_within_the_window_and_an_open_resets_them(db: Engine) -> None:
-    lead_id, message = sent(db, "full@example.com")
+    lead_id, _ = sent(db, "full@example.com", step="s0")
+    messages = {key: sent(db, "full@example.com", step=key)[1] for key in "abcde"}
     day = timedelta(days=1)
-    assert apply(db, report("a", MAILBOX_TROUBLE, "full@example.com"), at=T0) == ["soft bounce"]
-    assert apply(db, report("b", MAILBOX_TROUBLE, "full@example.com"), at=T0 + 10 * day) == ["soft bounce"]  # 1st gone
+
+    def soft(key: str, at: datetime) -> list[str]:
+        return apply(
+            db,
+            report(key, MAILBOX_TROUBLE, "full@example.com", message_id=f"<{key}.full@example.com@shop.test>"),
+            at=at,
+        )
+
+    assert soft("a", T0) == ["soft bounce"]
+    assert soft("b", T0 + 10 * day) == ["soft bounce"]  # the first is out of the window
     with db.begin() as conn:
         store.record_events(conn, [store.NewEvent("o1", lead_id, "email_opened", T0 + 11 * day)], now=T0 + 11 * day)
-    assert apply(db, report("c", MAILBOX_TROUBLE, "full@example.com"), at=T0 + 12 * day) == ["soft bounce"]
-    assert apply(db, report("d", MAILBOX_TROUBLE, "full@example.com"), at=T0 + 13 * day) == ["soft bounce"]
-    assert not state(db, "full@example.com", message)[0]
-    assert apply(db, report("e", MAILBOX_TROUBLE, "full@example.com"), at=T0 + 14 * day) == [
+    assert soft("c", T0 + 12 * day) == ["soft bounce"]
+    assert soft("d", T0 + 13 * day) == ["soft bounce"]
+    assert not state(db, "full@example.com", messages["d"])[0]
+    assert soft("e", T0 + 14 * day) == ["suppressed after soft bounces"]
+    assert state(db, "full@example.com", messages["e"])[0]
+
+
+def test_reports_of_one_message_delayed_again_and_again_are_one_soft_bounce(db: Engine) -> None:
+    _, message = sent(db, "slow@example.com")
+    retries = [report(f"delay-{i}", MAILBOX_TROUBLE, "slow@example.com", kind="delay") for i in range(6)]
+    assert apply(db, *retries) == ["soft bounce"] * 6
+    assert state(db, "slow@example.com", message) == (False, "sent", "subscribed")
+    sent(db, "slow@example.com", step="s2")
+    _, third = sent(db, "slow@example.com", step="s3")
+    assert apply(db, report("d2", MAILBOX_TROUBLE, None, message_id="<s2.slow@example.com@shop.test>")) == [
+        "soft bounce"
+    ]
+    assert apply(db, report("d3", MAILBOX_TROUBLE, None, message_id="<s3.slow@example.com@shop.test>")) == [
         "suppressed after soft bounces"
     ]
-    assert state(db, "full@example.com", message)[0]
+    assert state(db, "slow@example.com", third)[0]
 
 
 def test_a_complaint_opts_out_and_tells_the_funnels(db: Engine) -> None:
@@ -115,8 +138,12 @@ def test_what_matches_nothing_or_cannot_be_classed_is_kept_and_a_report_twice_is
 @given(st.lists(st.sampled_from([SENDER_FAULT, MAILBOX_TROUBLE, NOT_FAILURE, None]), min_size=1, max_size=8))
 def test_no_run_of_harmless_reports_below_the_soft_limit_suppresses(db: Engine, classes: list[str | None]) -> None:
     email = f"h{abs(hash(tuple(map(str, classes))))}@example.com"
-    _, message = sent(db, email, step=f"s{abs(hash(email))}")
-    outcomes = [report(f"{email}-{i}", c, email) for i, c in enumerate(classes)]
+    steps = [f"s{i}-{abs(hash(email))}" for i in range(len(classes))]
+    message = [sent(db, email, step=step)[1] for step in steps][-1]
+    outcomes = [
+        report(f"{email}-{i}", c, email, message_id=f"<{step}.{email}@shop.test>")
+        for i, (c, step) in enumerate(zip(classes, steps, strict=True))
+    ]
     apply(db, *outcomes)
     soft = sum(c == MAILBOX_TROUBLE for c in classes)
     assert state(db, email, message)[0] == (soft >= RULES.soft_limit)

@@ -143,6 +143,41 @@ def test_outcomes_apply_in_one_batch_each_only_from_its_expected_state(db: Engin
     assert by_step["queued-later"].next_attempt_at == T0 + 90 * MIN
 
 
+def test_a_batch_of_one_shape_gives_each_message_its_own_values(db: Engine) -> None:
+    """Changes of one shape go to the database together (on PostgreSQL as one statement): each message
+    gets its own values, times and NULLs included, and a message changed twice in one batch ends as the
+    second change says, as when they are applied one after the other."""
+    lead_id, ids = _messages(db)
+    with db.begin() as conn:
+        outbox.lease_batch(conn, T0 + 90 * MIN, limit=10)  # claimed_at set on the three pending ones
+        retry = {"status": "deferred", "claimed_at": None, "last_error": None}
+        changed = outbox.apply(
+            conn,
+            [
+                outbox.Change(ids["queued-due"], {**retry, "next_attempt_at": T0 + 5 * MIN, "attempts": 1}),
+                outbox.Change(ids["deferred-due"], {**retry, "next_attempt_at": T0 + 7 * MIN, "attempts": 3}),
+                outbox.Change(ids["queued-later"], {**retry, "next_attempt_at": T0 + 9 * MIN, "attempts": 2}),
+            ],
+        )
+        assert changed == 3
+        twice = [
+            outbox.Change(ids["queued-due"], {"status": "failed", "last_error": "first"}, ("deferred",)),
+            outbox.Change(ids["queued-due"], {"status": "bounced", "last_error": "second"}, ("failed",)),
+            outbox.Change(ids["deferred-due"], {"status": "failed", "last_error": "only"}, ("deferred",)),
+        ]
+        assert outbox.apply(conn, twice) == 3
+    o = tables.outbox
+    columns = (o.c.step, o.c.status, o.c.next_attempt_at, o.c.attempts, o.c.claimed_at, o.c.last_error)
+    with db.connect() as conn:
+        rows = conn.execute(sa.select(*columns).where(o.c.lead_id == lead_id, o.c.status != "sent")).all()
+    got = {row.step: tuple(row)[1:] for row in rows if row.step != "skipped"}
+    assert got == {
+        "queued-due": ("bounced", T0 + 5 * MIN, 1, None, "second"),
+        "deferred-due": ("failed", T0 + 7 * MIN, 3, None, "only"),
+        "queued-later": ("deferred", T0 + 9 * MIN, 2, None, None),
+    }
+
+
 def test_consent_and_daily_history_are_read_for_a_whole_batch(db: Engine) -> None:
     lead_id, ids = _messages(db)
     with db.begin() as conn:

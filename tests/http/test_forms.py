@@ -463,3 +463,68 @@ def test_both_signup_pages_fill_the_zone_with_a_script_from_this_app(serve: Any)
     assert script.headers["content-type"].startswith("text/javascript")
     assert script.headers["x-content-type-options"] == "nosniff"
     assert "resolvedOptions().timeZone" in script.text and 'input[name="timezone"]' in script.text
+
+
+def bounce(served: Served, email: str, status: str = "subscribed") -> None:
+    """The address bounced: suppressed, as a report or the relay's 550 leaves it (and `status` for a lead
+    an import marked bounced)."""
+    from engine.store import leads as store
+
+    with served.engine.begin() as conn:
+        store.upsert_lead(conn, email, attributes={"first_name": "Hal"}, consent=status)
+        store.suppress(conn, email, "bounced")
+
+
+def suppression(served: Served, email: str) -> str | None:
+    from engine.store.consents import suppression_reason
+
+    with served.engine.connect() as conn:
+        return suppression_reason(conn, email)
+
+
+@pytest.mark.parametrize("status", ["subscribed", "bounced"])
+def test_a_bounced_lead_that_confirms_a_signup_again_is_lifted_and_a_post_alone_lifts_nothing(
+    serve: Any, status: str
+) -> None:
+    served = serve(forms={"report": DOUBLE})
+    bounce(served, "hal@example.com", status)
+    assert (
+        post(served, "report", {"email": "hal@example.com", "first_name": "Mallory", "consent": "on"}).status_code
+        == 303
+    )
+    # The post is a request: the bounce stands, nothing of the lead changed.
+    assert (lead(served, "hal@example.com").consent_status, suppression(served, "hal@example.com")) == (
+        status,
+        "bounced",
+    )
+    assert lead(served, "hal@example.com").attributes == {"first_name": "Hal"}
+    with RecordingSmtpServer() as smtp:
+        [confirmation] = deliver(served, smtp, funnels=False)  # its confirmation goes to the bounced address
+    assert confirmation.rcpt == ("hal@example.com",) and confirmation.funnel_step.startswith("form:report/confirm-")
+    [requested] = [r for r in rows(served, tables.consent_records) if r.action == "requested"]
+    assert httpx.post(confirm_link(served, requested.id, "hal@example.com"), timeout=10).status_code == 303
+    assert (lead(served, "hal@example.com").consent_status, suppression(served, "hal@example.com")) == (
+        "subscribed",
+        None,
+    )
+    acts = [(r.action, r.status_before, r.status_after) for r in rows(served, tables.consent_records)]
+    assert acts[1:] == [("lifted", status, "subscribed"), ("confirmed", "subscribed", "subscribed")]
+
+
+def test_a_complained_or_erased_address_gets_no_confirmation_and_stays_suppressed(serve: Any) -> None:
+    from engine.store import leads as store
+
+    served = serve(forms={"report": DOUBLE})
+    with served.engine.begin() as conn:
+        store.upsert_lead(conn, "kat@example.com", consent="complained")
+        store.suppress(conn, "kat@example.com", "complained")
+    served.client().put("/v1/leads/lee@example.com", json={"consent": "subscribed"})
+    bounce(served, "lee@example.com")
+    assert served.client().delete("/v1/leads/lee@example.com").status_code in (200, 204)
+    assert suppression(served, "lee@example.com") == "erased"  # the bounce became an erasure
+    for address in ("kat@example.com", "lee@example.com"):
+        assert post(served, "report", {"email": address, "consent": "on"}).status_code == 303
+    with RecordingSmtpServer() as smtp:
+        assert deliver(served, smtp, funnels=False) == []
+    assert lead(served, "kat@example.com").consent_status == "complained"
+    assert (suppression(served, "kat@example.com"), suppression(served, "lee@example.com")) == ("complained", "erased")

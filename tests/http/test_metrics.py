@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -75,3 +76,33 @@ def test_metrics_count_transitions_emails_and_backlog(served: Served, tmp_path: 
     again = scrape(served)
     assert (again[entered], again[moved]) == (4, 4)
     assert again[("funnel_outbox_ready", ())] == 5
+
+
+def test_metrics_show_domains_in_alarm_and_reports_of_the_senders_fault(serve: Any) -> None:
+    import sqlalchemy as sa
+
+    from engine.core.bounce_outcome import SENDER_FAULT, Outcome
+    from engine.settings import BounceSettings
+    from engine.store import tables
+    from engine.store.bounces import record_outcomes
+    from tests.http.conftest import Clock
+
+    served = serve(clock=Clock(NOW))
+    before = scrape(served)
+    assert before[("funnel_domains_in_alarm", ())] == 0
+    assert before[("funnel_sender_fault_reports_total", ())] == 0
+    with served.engine.begin() as conn:
+        for i in range(3):
+            lead_id = store.upsert_lead(conn, f"u{i}@blocky.example", now=NOW)
+            conn.execute(
+                sa.insert(tables.outbox).values(
+                    lead_id=lead_id, funnel_id="f", step="s", template="t", stage="s", transactional=False,
+                    status="sent", due_at=NOW, attempts=1, created_at=NOW, sent_at=NOW,
+                )
+            )  # fmt: skip
+        outcomes = [Outcome(f"k{i}", "test", "dsn", SENDER_FAULT, f"u{i}@blocky.example") for i in range(3)]
+        record_outcomes(conn, outcomes, NOW, BounceSettings(sender_fault_alarm=3))
+    after = scrape(served)
+    assert after[("funnel_domains_in_alarm", ())] == 1
+    assert after[("funnel_domain_alarm", (("domain", "blocky.example"),))] == 1
+    assert after[("funnel_sender_fault_reports_total", ())] == 3

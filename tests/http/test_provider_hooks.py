@@ -887,3 +887,19 @@ def test_by_default_the_app_records_a_providers_outcomes_in_the_store(
         server.should_exit = True
         thread.join(timeout=10)
         engine.dispose()
+
+
+def test_a_providers_bounce_is_classed_as_the_same_failure_in_a_dsn(hooks: Hooks) -> None:
+    """Where Postmark's "hard bounce" and the DSN rules disagreed, the DSN rules decide: a "user unknown"
+    said to the whole message after DATA (a content filter's answer) and a full mailbox keep the address."""
+    after_data = {**POSTMARK_BOUNCE, "ID": 11, "Details": "smtp;550 user unknown (in reply to end of DATA command)"}
+    full = {**POSTMARK_BOUNCE, "ID": 12, "Details": "Mailbox is full"}
+    gone = {**POSTMARK_BOUNCE, "ID": 13, "Details": "smtp;550 5.0.0 refused (#5.1.1)"}  # the specific code
+    auth = basic(POSTMARK_USER, POSTMARK_PASSWORD)
+    for payload in (after_data, full, gone):
+        assert hooks.post("postmark", json.dumps(payload).encode(), auth).json() == {"outcomes": 1}
+    assert [(o.report_key, o.failure_class, o.status) for o in hooks.outcomes] == [
+        ("postmark:11", MAILBOX_TROUBLE, None),
+        ("postmark:12", MAILBOX_TROUBLE, None),
+        ("postmark:13", ADDRESS_GONE, "5.1.1"),
+    ]

@@ -7,7 +7,7 @@ message by the signed return path (VERP) and acts on it.
   lead's next email is never sent;
 - a full mailbox (5.2.2): a soft bounce, the address kept;
 - a receiving server that refuses the sender as blocklisted (5.7.1): the message fails, the lead is
-  kept and its next email goes out.
+  kept and its next email goes out; the refusals passing the threshold raise that domain's alarm.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from engine.mail.templates import TemplateLibrary
 from engine.runtime.bounce_processing import intake
 from engine.runtime.bounce_receiver import BounceReceiver
 from engine.settings import BounceReceiverSettings, BounceSettings, Settings, SmtpSettings
+from engine.store import domain_alarms, tables
 from engine.store import leads as store
-from engine.store import tables
 from engine.store.database import create_engine_for, upgrade
 from engine.views import lead_timeline
 from tests.acceptance.conftest import queue_email
@@ -73,13 +73,19 @@ def reports(engine: sa.Engine) -> dict[str, tuple[str | None, str | None, str | 
         return {r.email: (r.failure_class, r.status, r.action, r.matched_by) for r in rows}
 
 
+def alarmed(engine: sa.Engine) -> list[tuple[str, int]]:
+    with engine.connect() as conn:
+        return [(a.domain, a.reports) for a in domain_alarms.active(conn, NOW)]
+
+
 def count_reports(engine: sa.Engine) -> int:
     with engine.connect() as conn:
         return int(conn.execute(sa.select(sa.func.count()).select_from(tables.bounce_reports)).scalar_one())
 
 
 async def send_and_hear_back(engine: sa.Engine, dovecot: Dovecot, expected_reports: int) -> None:
-    bounces = BounceSettings(domain=BOUNCE_DOMAIN, receiver=BounceReceiverSettings(port=0))
+    # Two refusals of the sender from one domain within the hour raise its alarm.
+    bounces = BounceSettings(domain=BOUNCE_DOMAIN, receiver=BounceReceiverSettings(port=0), sender_fault_alarm=2)
     settings = Settings(bounces=bounces)
     receiver = BounceReceiver(bounces, intake(engine, bounces, lambda: NOW, settings.signing_keys))
     await receiver.start()
@@ -121,6 +127,7 @@ def test_postfixs_own_reports_suppress_a_dead_address_only(engine: sa.Engine, do
         suppressed = {a for a in ("ghost", "full", "ann") if store.is_suppressed(conn, f"{a}@mail.example.com")}
         assert suppressed == {"ghost"}
         assert not store.is_suppressed(conn, "x@blocked.example.com")
+    assert alarmed(engine) == []  # one refusal of the sender is below the threshold
 
     # The sequence goes on: the dead address gets no second email; the lead refused for the sender's
     # reputation does.
@@ -138,3 +145,4 @@ def test_postfixs_own_reports_suppress_a_dead_address_only(engine: sa.Engine, do
     )
     assert after[("ghost@mail.example.com", "second")] == "skipped"
     assert after[("x@blocked.example.com", "second")] == "failed"  # refused again, and tried: not suppressed
+    assert alarmed(engine) == [("blocked.example.com", 2)]  # the second refusal passes the threshold

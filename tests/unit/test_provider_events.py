@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from engine.core import provider_events as events
 from engine.core.bounce_outcome import ADDRESS_GONE, MAILBOX_TROUBLE, NOT_FAILURE, SENDER_FAULT
+from engine.core.failure_classes import classify
 from engine.http.provider_hooks import Replays
 
 AWS_CERTIFICATE = b"""-----BEGIN CERTIFICATE-----
@@ -196,7 +197,6 @@ def test_certificate_urls_of_every_partition_are_taken() -> None:
         ("4.2.2", "over quota", None, True, MAILBOX_TROUBLE),
         ("4.4.1", "no answer", None, True, MAILBOX_TROUBLE),
         ("5.7.1", "blocked using a blocklist", ADDRESS_GONE, False, SENDER_FAULT),  # the code beats the hint
-        ("4.7.0", "try again later: rate limited", None, True, SENDER_FAULT),
         ("5.1.7", "bad sender's mailbox address syntax", None, False, SENDER_FAULT),
         ("5.3.4", "message too big", None, False, SENDER_FAULT),
         ("5.6.0", "content refused", None, False, SENDER_FAULT),
@@ -207,14 +207,47 @@ def test_certificate_urls_of_every_partition_are_taken() -> None:
         ("5.0.0", "500 unknown recipient", None, False, ADDRESS_GONE),
         (None, "552 mailbox is full", None, False, MAILBOX_TROUBLE),
         (None, "421 try again later", None, True, MAILBOX_TROUBLE),
-        ("5.0.0", "550 rejected", None, False, None),  # nothing says what failed: for an operator
-        (None, None, None, False, None),
     ],
 )
 def test_failures_are_classified_by_what_failed(
     status: str | None, diagnostic: str | None, hint: str | None, transient: bool, expected: str | None
 ) -> None:
     assert events.failure_class(status, diagnostic, hint=hint, transient=transient) == expected
+
+
+@pytest.mark.parametrize(
+    ("status", "diagnostic", "hint", "transient", "expected", "before"),
+    [
+        # A transient failure is a soft bounce whatever its subject, as a DSN whose Action is `delayed`.
+        ("4.7.0", "try again later: rate limited", None, True, MAILBOX_TROUBLE, SENDER_FAULT),
+        # A failure nothing explains is a soft bounce, as in a DSN, not a report for an operator.
+        ("5.0.0", "550 rejected", None, False, MAILBOX_TROUBLE, None),
+        (None, None, None, False, MAILBOX_TROUBLE, None),
+        # 5.4.7, delivery time expired: the mailbox never answered, not the sender's fault.
+        ("5.4.7", "delivery time expired", None, False, MAILBOX_TROUBLE, SENDER_FAULT),
+        # 5.1.0, other address status, is about the address.
+        ("5.1.0", "550 5.1.0 address rejected", None, False, ADDRESS_GONE, None),
+        # The specific code in the text, not the first one.
+        ("5.0.0", "550 5.0.0 refused (#5.1.1)", None, False, ADDRESS_GONE, None),
+        # "User unknown" said to the whole message after DATA is a content filter's answer.
+        ("5.0.0", "550 user unknown (in reply to end of DATA command)", None, False, MAILBOX_TROUBLE, ADDRESS_GONE),
+        ("5.0.0", "550 user unknown (in reply to end of DATA command)", ADDRESS_GONE, False, MAILBOX_TROUBLE,
+         ADDRESS_GONE),
+        # "Too many messages" is a full mailbox, not a rate limit on the sender.
+        ("5.0.0", "552 too many messages in this mailbox", None, False, MAILBOX_TROUBLE, SENDER_FAULT),
+        # A provider's "hard bounce" worded as a full mailbox spares the address.
+        (None, "Mailbox is full", ADDRESS_GONE, False, MAILBOX_TROUBLE, ADDRESS_GONE),
+    ],
+)  # fmt: skip
+def test_a_providers_failure_is_classed_as_the_same_failure_in_a_dsn(
+    status: str | None, diagnostic: str | None, hint: str | None, transient: bool, expected: str, before: str | None
+) -> None:
+    """Where the providers' own classifier and the DSN rules disagreed, the DSN rules now decide."""
+    found = events.failure_class(status, diagnostic, hint=hint, transient=transient)
+    assert found == expected != before
+    if hint is None:  # what the same words make of a DSN
+        action = "delayed" if transient else "failed"
+        assert found == str(classify(status, diagnostic or "", action))
 
 
 def test_an_enhanced_code_is_found_in_text_but_not_in_numbers() -> None:
@@ -282,7 +315,7 @@ def test_ses_delays_rejections_and_suppressed_complaints() -> None:
     ]
     assert got == [
         ("delay", MAILBOX_TROUBLE, "ann@example.com", "ses:sns-1"),
-        ("delay", SENDER_FAULT, "bob@example.com", "ses:sns-1"),
+        ("delay", MAILBOX_TROUBLE, "bob@example.com", "ses:sns-1"),  # a delay: a soft bounce, as in a DSN
         ("dsn", SENDER_FAULT, "ann@example.com", "ses:sns-1"),
         ("dsn", SENDER_FAULT, "bob@example.com", "ses:sns-1"),
         ("complaint", None, "ann@example.com", "ses:f1"),  # SES did not send: not the lead's complaint now
@@ -299,3 +332,27 @@ def test_mailgun_and_sendgrid_unsubscribe_lists_are_left_for_an_operator() -> No
     [from_sendgrid] = events.sendgrid_outcomes(json.dumps(sendgrid).encode())
     assert (from_mailgun.failure_class, from_sendgrid.failure_class) == (None, None)
     assert from_sendgrid.report_key.startswith("sendgrid:")  # no event id: a digest of the event
+
+
+def test_an_ses_transient_bounce_is_ses_giving_up_read_by_its_code() -> None:
+    """SES's `Transient` bounce is final (a DSN whose Action is failed): its code decides, as in a DSN."""
+    bounce = {
+        "notificationType": "Bounce",
+        "mail": MAIL,
+        "bounce": {
+            "bounceType": "Transient",
+            "bounceSubType": "General",
+            "feedbackId": "f2",
+            "bouncedRecipients": [
+                {"emailAddress": "ann@example.com", "status": "5.7.1", "diagnosticCode": "smtp; 554 5.7.1 blocked"},
+                {"emailAddress": "bob@example.com", "status": "4.4.7", "diagnosticCode": "smtp; expired"},
+                {"emailAddress": "cy@example.com"},
+            ],
+        },
+    }
+    got = [(o.recipient, o.failure_class) for o in events.ses_outcomes(json.dumps(bounce), "sns-2")]
+    assert got == [
+        ("ann@example.com", SENDER_FAULT),
+        ("bob@example.com", MAILBOX_TROUBLE),
+        ("cy@example.com", MAILBOX_TROUBLE),  # nothing explains it: a soft bounce
+    ]

@@ -18,10 +18,13 @@ from engine.core.signup import (
     confirmation_of,
     confirmation_refusal,
     confirmation_state,
+    lift_refusal,
+    may_confirm_to,
     may_restart,
     operator_refusal,
     signup_outcome,
     status_after_confirming,
+    status_after_lift,
 )
 from engine.store.tables import CONSENT_STATUSES
 
@@ -41,7 +44,7 @@ statuses = st.sampled_from(CONSENT_STATUSES)
         ("unsubscribed", False, SignupOutcome("confirm", None)),
         ("subscribed", True, SignupOutcome("confirm", None)),
         ("subscribed", False, SignupOutcome("confirm", None)),
-        ("bounced", True, SignupOutcome("ignore", None)),
+        ("bounced", True, SignupOutcome("confirm", None)),  # the owner's confirmation lifts a bounce
         ("complained", False, SignupOutcome("ignore", None)),
         ("erased", False, SignupOutcome("ignore", None)),
     ],
@@ -76,13 +79,42 @@ def test_confirmation_state() -> None:
     assert confirmation_state(T, T + 9 * DAY, DAY, already_confirmed=True) == "done"
 
 
-def test_a_confirmation_lifts_a_pending_signup_or_an_unsubscribe_but_not_a_bounce_or_complaint() -> None:
-    assert [status_after_confirming(s) for s in ("pending", "unsubscribed", "subscribed")] == ["subscribed"] * 3
-    assert [status_after_confirming(s) for s in ("bounced", "complained", "erased")] == [
-        "bounced",
-        "complained",
-        "erased",
-    ]
+def test_a_confirmation_lifts_a_pending_signup_an_unsubscribe_or_a_bounce_but_not_a_complaint() -> None:
+    lifted = ("pending", "unsubscribed", "subscribed", "bounced")
+    assert [status_after_confirming(s) for s in lifted] == ["subscribed"] * 4
+    assert [status_after_confirming(s) for s in ("complained", "erased")] == ["complained", "erased"]
+
+
+@pytest.mark.parametrize(
+    ("consent", "suppression", "refused"),
+    [
+        ("subscribed", "bounced", None),
+        ("bounced", None, None),
+        ("bounced", "bounced", None),
+        ("unsubscribed", "bounced", None),  # the bounce goes; the lead stays unsubscribed
+        ("complained", "complained", "complained"),
+        ("subscribed", "complained", "complained"),
+        ("unsubscribed", None, "unsubscribed"),
+        ("subscribed", "unsubscribed", "unsubscribed"),
+        ("subscribed", "erased", "erased"),
+        (None, "bounced", "no lead"),
+        ("subscribed", None, "not bounced"),
+        ("pending", None, "not bounced"),
+    ],
+)
+def test_an_operator_lifts_only_a_bounce(consent: str | None, suppression: str | None, refused: str | None) -> None:
+    why = lift_refusal(consent, suppression)
+    assert (why is None) if refused is None else (why is not None and refused in why)
+
+
+def test_a_lifted_bounced_status_goes_back_to_what_it_was_and_others_stay() -> None:
+    assert status_after_lift("bounced", "pending") == "pending"
+    assert status_after_lift("bounced", None) == "subscribed"
+    assert status_after_lift("bounced", "complained") == "subscribed"
+    assert status_after_lift("unsubscribed", None) == "unsubscribed"
+    assert [may_confirm_to(r) for r in (None, "bounced", "complained", "unsubscribed", "erased")] == [
+        True, True, False, False, False
+    ]  # fmt: skip
 
 
 @given(current=st.none() | statuses, wanted=statuses)

@@ -59,7 +59,7 @@ class Live:
 # The map out
 # --------------------------------------------------------------------------------------------------
 
-DropKind = Literal["unsubscribed", "bounced", "timed out", "goal missed", "left"]
+DropKind = Literal["unsubscribed", "bounced", "complained", "timed out", "goal missed", "left"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,6 +394,8 @@ def drop_kind(row: ExitRow, has_goal: bool) -> DropKind | None:
     (the goal reached, or the last stage's sequence run to its end with nothing left to miss)."""
     if row.cause == "bounce":
         return "bounced"
+    if row.cause == "complaint":
+        return "complained"
     if row.reason == "unsubscribed":
         return "unsubscribed"
     if row.cause == "goal" or row.reason == "goal-reached":
@@ -405,7 +407,7 @@ def drop_kind(row: ExitRow, has_goal: bool) -> DropKind | None:
     return "left"
 
 
-_KIND_ORDER = ("unsubscribed", "bounced", "timed out", "goal missed", "left")
+_KIND_ORDER = ("unsubscribed", "bounced", "complained", "timed out", "goal missed", "left")
 
 
 def _drop_offs(funnel: Funnel, rows: Sequence[ExitRow]) -> dict[str, list[DropOff]]:

@@ -20,7 +20,7 @@ def read_live(conn: Connection, funnel_id: str, at: datetime) -> Live:
     scope = report_queries.Scope(funnel_id)
     rows = report_queries.read_rows(conn, scope)
     built = report.build(rows, report_queries.layouts(conn, [funnel_id]))
-    exits = [*report_queries.exits(conn, scope), *report_queries.bounces(conn, scope)]
+    exits = [*report_queries.exits(conn, scope), *rows.losses]
     return Live(built[0] if built else None, exits, at)
 
 

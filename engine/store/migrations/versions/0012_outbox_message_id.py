@@ -2,8 +2,8 @@
 Message-ID (no VERP token): without it each such report read the whole outbox (0.34 ms of CPU per
 report at 10,000 messages, growing with the outbox). Partial: only messages that went out have one.
 
-Revision ID: 0010
-Revises: 0009
+Revision ID: 0012
+Revises: 0011
 Create Date: 2026-12-05
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0010"
-down_revision: str | None = "0009"
+revision: str = "0012"
+down_revision: str | None = "0011"
 branch_labels: str | None = None
 depends_on: str | None = None
 
