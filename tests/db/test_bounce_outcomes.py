@@ -4,10 +4,8 @@ complaint opts out and tells the funnels; what matches nothing is kept; a report
 
 from __future__ import annotations
 
-import logging
 from datetime import UTC, datetime, timedelta
 
-import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -147,28 +145,3 @@ def test_no_run_of_harmless_reports_below_the_soft_limit_suppresses(db: Engine, 
     apply(db, *outcomes)
     soft = sum(c == MAILBOX_TROUBLE for c in classes)
     assert state(db, email, message)[0] == (soft >= RULES.soft_limit)
-
-
-def test_the_senders_fault_alarm_is_said_once_when_a_domain_reaches_the_threshold_within_the_window(
-    db: Engine, caplog: pytest.LogCaptureFixture
-) -> None:
-    rules = BounceSettings(sender_fault_alarm=3, sender_fault_window_minutes=60)
-    for n in range(6):
-        sent(db, f"lead{n}@blocked.example")
-    sent(db, "other@elsewhere.example")
-
-    def refused(key: str, email: str, at: datetime) -> None:
-        with db.begin() as conn:
-            record_outcomes(conn, [report(key, SENDER_FAULT, email, status="5.7.1")], at, rules)
-
-    caplog.set_level(logging.WARNING, logger="engine.bounces")
-    refused("old", "lead0@blocked.example", T0 - timedelta(hours=2))  # outside the window
-    refused("x", "other@elsewhere.example", T0)  # another domain
-    refused("a", "lead1@blocked.example", T0)
-    refused("b", "lead2@blocked.example", T0)
-    assert not caplog.records
-    refused("c", "lead3@blocked.example", T0 + timedelta(minutes=1))
-    refused("d", "lead4@blocked.example", T0 + timedelta(minutes=2))  # past the threshold: said already
-    refused("e", "lead5@blocked.example", T0 + timedelta(minutes=3))
-    said = [r.getMessage() for r in caplog.records]
-    assert len(said) == 1 and said[0].startswith("3 reports in 60 minutes say blocked.example refuses"), said
