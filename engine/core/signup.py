@@ -19,10 +19,14 @@ from engine.core.localtime import is_zone
 
 # The lead said no, or the address does not work: nothing but the lead's own confirmed action lifts it.
 OPTED_OUT = ("unsubscribed", "bounced", "complained", "erased")
-# Statuses not even the lead's own confirmation lifts: a complaint stays a complaint, an erased address
-# stays erased (a form post for such a lead is ignored). A bounce is a state of the mailbox, not a choice:
-# the owner's confirmation (which reached the mailbox) lifts it, and so may an operator (`lift_refusal`).
+# Statuses a signup's confirmation does not lift, and for which a form post sends nothing: an erased
+# address stays erased; a complaint is taken back only on the lead's own signed preference page, so no
+# post by anyone sends a confirmation email to someone who reported our email as spam. A bounce is a
+# state of the mailbox, not a choice: the owner's confirmation (which reached the mailbox) lifts it, and
+# so may an operator (`lift_refusal`).
 STICKY = ("complained", "erased")
+# Opt-outs the lead may take back itself from its signed preference page.
+RESTARTABLE = ("unsubscribed", "complained")
 BOUNCED = "bounced"
 
 # The field a signup page fills with the browser's time zone (a few lines of script): the lead's zone,

@@ -153,7 +153,7 @@ def preferences_page(token: str, ctx: Context) -> HTMLResponse:
     with ctx.engine.connect() as conn:
         lead_id, consent = consents.lead_consent(conn, address)
         active = _active_funnels(conn, address)
-        restartable = consent == "unsubscribed" and consents.may_resubscribe(conn, address)
+        restartable = consent in signup.RESTARTABLE and consents.may_resubscribe(conn, address)
         never_confirmed = lead_id is not None and not signup.may_restart(consents.opted_out_from(conn, lead_id))
     body = f"<p>Email preferences for <strong>{html.escape(address)}</strong>.</p>"
     if lead_id is None:
@@ -164,6 +164,8 @@ def preferences_page(token: str, ctx: Context) -> HTMLResponse:
         for funnel_id, name in active.items():
             body += _button(f"funnel:{funnel_id}", f"Stop emails about {name}")
         body += _button("all", "Stop all marketing email")
+    elif restartable and consent == "complained":
+        body += "<p>You reported our email as spam, so we send you none.</p>" + _button("resubscribe", "Start again")
     elif restartable:
         body += "<p>You get no marketing email from us.</p>" + _button("resubscribe", "Start again")
     elif consent == "unsubscribed" and never_confirmed:

@@ -159,17 +159,18 @@ def change_status(
     return True
 
 
-def opted_out_from(conn: sa.Connection, lead_id: int) -> str | None:
-    """The status the lead had when it last unsubscribed, as its consent records say; None when no
-    record says (an opt-out that came in with an import, or from before records kept statuses)."""
+def opted_out_from(conn: sa.Connection, lead_id: int, opt_out: str = "unsubscribed") -> str | None:
+    """The status the lead had when it last took `opt_out` (unsubscribed, complained), as its consent
+    records say; None when no record says (an opt-out that came in with an import, or from before
+    records kept statuses)."""
     c = tables.consent_records
     found = conn.execute(
         sa.select(c.c.status_before)
         .where(
             c.c.lead_id == lead_id,
-            c.c.status_after == "unsubscribed",
+            c.c.status_after == opt_out,
             c.c.status_before.is_not(None),
-            c.c.status_before != "unsubscribed",
+            c.c.status_before != opt_out,
         )
         .order_by(c.c.id.desc())
         .limit(1)
@@ -212,22 +213,30 @@ def leave_funnel(conn: sa.Connection, lead_id: int, funnel_id: str, act: Consent
 
 
 def may_resubscribe(conn: sa.Connection, address: str) -> bool:
-    """Whether the preference page may start marketing email again for this address: it unsubscribed
-    after being subscribed (not while its signup was still unconfirmed), and is not suppressed."""
+    """Whether the preference page may start marketing email again for this address: it unsubscribed,
+    or complained (reported our email as spam), after being subscribed (not while its signup was still
+    unconfirmed), and is suppressed for nothing else. The page's signed link proves the address, and
+    pressing its button is the lead's own act: the one thing that lifts a complaint."""
     lead_id, current = lead_consent(conn, address)
-    if lead_id is None or current != "unsubscribed" or store.is_suppressed(conn, address):
+    if lead_id is None or current not in signup.RESTARTABLE:
         return False
-    return signup.may_restart(opted_out_from(conn, lead_id))
+    if suppression_reason(conn, address) not in (None, *(("complained",) if current == "complained" else ())):
+        return False
+    return signup.may_restart(opted_out_from(conn, lead_id, current))
 
 
 def resubscribe(conn: sa.Connection, address: str, act: ConsentAct, at: datetime) -> bool:
     """Marketing email again, asked for from the preference page (its signed link proves the address).
-    Not for a bounced or complained address, nor one suppressed for another reason, nor a lead that
-    never confirmed its signup (only its confirmation subscribes it)."""
-    lead_id = store.find_lead_id(conn, address)
-    if lead_id is None or not may_resubscribe(conn, address):
+    Not for a bounced address (its confirmed signup or an operator lifts that), one suppressed for
+    another reason, nor a lead that never confirmed its signup (only its confirmation subscribes it).
+    A complaint lifted this way takes its suppression with it."""
+    lead_id, current = lead_consent(conn, address)
+    if lead_id is None or current is None or not may_resubscribe(conn, address):
         return False
-    return change_status(conn, lead_id, address, "unsubscribed", "subscribed", act, at)
+    if current == "complained":
+        s = tables.suppressions
+        conn.execute(sa.delete(s).where(s.c.email_hash == store.email_hash(address), s.c.reason == "complained"))
+    return change_status(conn, lead_id, address, current, "subscribed", act, at)
 
 
 def last_lift(conn: sa.Connection, lead_id: int) -> datetime | None:

@@ -12,10 +12,13 @@ import pytest
 import sqlalchemy as sa
 
 from engine.authoring.validation import load_funnels
+from engine.core.bounce_outcome import COMPLAINT, Outcome
 from engine.mail.links import Links
 from engine.runtime.worker import Worker
+from engine.settings import BounceSettings
 from engine.store import leads as store
 from engine.store import tables
+from engine.store.bounces import record_outcomes
 from tests.http.conftest import NOW, Served
 
 FUNNEL = """\
@@ -177,3 +180,49 @@ def test_only_the_exact_one_click_field_is_one_click(enrolled: tuple[Served, Wor
     assert answer.status_code == 200 and "no more emails about Recycling report" in answer.text
     assert consent(served) == "subscribed"
     assert statuses(served) == {"recycling": "skipped", "water": "queued"}
+
+
+def complain(served: Served, key: str) -> None:
+    """An abuse report about the lead's first email, which the relay took."""
+    with served.engine.begin() as conn:
+        o = tables.outbox
+        conn.execute(sa.update(o).where(o.c.funnel_id == "recycling").values(status="sent", sent_at=NOW))
+        outcome = Outcome(key, "test", "complaint", COMPLAINT, "ana@example.com", raw=b"arf")
+        [applied] = record_outcomes(conn, [outcome], NOW, BounceSettings())
+    assert applied.action == "complained"
+
+
+def test_a_complaint_is_taken_back_only_by_the_leads_own_start_again(enrolled: tuple[Served, Worker]) -> None:
+    served, _ = enrolled
+    complain(served, "arf-1")
+    assert consent(served) == "complained"
+    with served.engine.connect() as conn:
+        assert store.is_suppressed(conn, "ana@example.com")
+
+    url = Links(served.settings).preferences_url("ana@example.com")
+    page = httpx.get(url, timeout=10)
+    assert "You reported our email as spam" in page.text and "Start again" in page.text
+    assert consent(served) == "complained"  # the GET changed nothing
+
+    again = httpx.post(url, data={"scope": "resubscribe"}, timeout=10, follow_redirects=True)
+    assert again.status_code == 200 and "You get marketing email from us" in again.text
+    assert consent(served) == "subscribed"
+    with served.engine.connect() as conn:
+        assert not store.is_suppressed(conn, "ana@example.com")
+        records = conn.execute(sa.select(tables.consent_records).order_by(tables.consent_records.c.id)).all()
+    assert [(r.status_before, r.status_after, r.source) for r in records][-1] == (
+        "complained",
+        "subscribed",
+        "preferences page",
+    )
+
+
+def test_a_complained_address_also_suppressed_for_a_bounce_cannot_start_again(enrolled: tuple[Served, Worker]) -> None:
+    served, _ = enrolled
+    with served.engine.begin() as conn:
+        store.suppress(conn, "ana@example.com", "bounced", now=NOW)
+    complain(served, "arf-2")
+    url = Links(served.settings).preferences_url("ana@example.com")
+    assert "Start again" not in httpx.get(url, timeout=10).text
+    httpx.post(url, data={"scope": "resubscribe"}, timeout=10)
+    assert consent(served) == "complained"
