@@ -239,11 +239,15 @@ def resubscribe(conn: sa.Connection, address: str, act: ConsentAct, at: datetime
     return change_status(conn, lead_id, address, current, "subscribed", act, at)
 
 
+# Built once: every soft bounce asks it.
+_LAST_LIFT = sa.select(sa.func.max(tables.consent_records.c.at)).where(
+    tables.consent_records.c.lead_id == sa.bindparam("lead_id"), tables.consent_records.c.action == "lifted"
+)
+
+
 def last_lift(conn: sa.Connection, lead_id: int) -> datetime | None:
     """When the lead's bounce was last lifted (by an operator or its confirmed signup), if ever."""
-    c = tables.consent_records
-    stmt = sa.select(sa.func.max(c.c.at)).where(c.c.lead_id == lead_id, c.c.action == "lifted")
-    return conn.execute(stmt).scalar()
+    return conn.execute(_LAST_LIFT, {"lead_id": lead_id}).scalar()
 
 
 def suppression_reason(conn: sa.Connection, address: str) -> str | None:

@@ -54,12 +54,23 @@ def _columns() -> tuple[sa.Column[object], ...]:
             a.clear_reason)  # fmt: skip
 
 
+# Built once: every report of the sender's fault asks for the domain's open alarm, and counts into it.
+_OPEN = sa.select(*_columns()).where(tables.domain_alarms.c.open_key == sa.bindparam("domain"))
+_OPEN_LOCKED = _OPEN.with_for_update()
+_ONE_MORE = (
+    sa.update(tables.domain_alarms)
+    .where(tables.domain_alarms.c.id == sa.bindparam("alarm_id"))
+    .values(
+        reports=tables.domain_alarms.c.reports + 1,
+        last_report_at=sa.bindparam("now", type_=tables.domain_alarms.c.last_report_at.type),
+        ends_at=sa.bindparam("ends", type_=tables.domain_alarms.c.ends_at.type),
+    )
+)
+
+
 def _open(conn: sa.Connection, domain: str) -> Alarm | None:
-    a = tables.domain_alarms
-    stmt = sa.select(*_columns()).where(a.c.open_key == domain)
-    if conn.dialect.name == "postgresql":
-        stmt = stmt.with_for_update()
-    row = conn.execute(stmt).first()
+    stmt = _OPEN_LOCKED if conn.dialect.name == "postgresql" else _OPEN
+    row = conn.execute(stmt, {"domain": domain}).first()
     return Alarm(*row) if row is not None else None
 
 
@@ -73,11 +84,7 @@ def count_report(conn: sa.Connection, domain: str, now: datetime, settings: Boun
         _end(conn, current, current.ends_at)  # over before this report came: this one counts afresh
         current = None
     if current is not None:
-        conn.execute(
-            sa.update(a)
-            .where(a.c.id == current.id)
-            .values(reports=a.c.reports + 1, last_report_at=now, ends_at=now + window)
-        )
+        conn.execute(_ONE_MORE, {"alarm_id": current.id, "now": now, "ends": now + window})
         return None
     # Reports before the domain's last alarm ended (an operator cleared it) were heard already.
     ended = conn.execute(sa.select(sa.func.max(a.c.ended_at)).where(a.c.domain == domain)).scalar()
