@@ -310,15 +310,22 @@ SESSIONS = f"SELECT count(*) {OTHERS}"
 
 class CuttingHandler(ScriptedHandler):
     """At RCPT for `cut@...`, the database server ends every session of the engine's database (a
-    PostgreSQL restart, a failover), right before the engine claims that message."""
+    PostgreSQL restart, a failover), right before the engine claims that message. It waits first until
+    the message before it is recorded `sent`: the engine writes outcomes in the background and retries a
+    write that fails, so a write still under way would meet the cut instead of the claim, and the
+    claim would find the database back."""
 
-    def __init__(self, admin: sa.Engine, database: str) -> None:
+    def __init__(self, admin: sa.Engine, database: str, watch: sa.Engine) -> None:
         super().__init__()
-        self.admin, self.database = admin, database
+        self.admin, self.database, self.watch = admin, database, watch
         self.armed = True
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
         if self.armed and address.startswith("cut@"):
+            for _ in range(200):
+                if outcome(self.watch).get("ok@example.com", ("",))[0] == "sent":
+                    break
+                await asyncio.sleep(0.05)
             with self.admin.connect() as conn:
                 conn.exec_driver_sql(TERMINATE, (self.database,))
                 for _ in range(100):
@@ -335,7 +342,8 @@ def test_a_database_failure_while_claiming_spends_no_attempt_and_is_reported_onc
     the round reports the database failure (the runner says it once, as an outage), and the message goes
     once the lease has run out. The outcomes already in hand are written when the database is back."""
     engine = create_engine_for(postgres_url)
-    handler = CuttingHandler(postgres_admin, sa.make_url(postgres_url).database or "")
+    watch = sa.create_engine(sa.make_url(postgres_url), poolclass=sa.NullPool)  # no pooled session to cut
+    handler = CuttingHandler(postgres_admin, sa.make_url(postgres_url).database or "", watch)
     port = _free_port("127.0.0.1")
     controller = Controller(handler, hostname="127.0.0.1", port=port, ready_timeout=60)
     controller.start()
@@ -351,6 +359,7 @@ def test_a_database_failure_while_claiming_spends_no_attempt_and_is_reported_onc
     finally:
         controller.stop()
         engine.dispose()
+        watch.dispose()
     assert isinstance(first.database_error, sa.exc.DBAPIError)
     assert after_first["ok@example.com"][0] == "sent"
     assert after_first["cut@example.com"][:2] == ("queued", 0)
