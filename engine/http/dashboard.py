@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, TypeVar
 from urllib.parse import quote
 
 import anyio
@@ -56,6 +56,7 @@ from engine.views.journey_map import model as journey_map
 from engine.views.journey_map.sources import read_live, sample_subjects, templates_of
 
 log = logging.getLogger("engine.dashboard")
+T = TypeVar("T")
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
@@ -64,6 +65,7 @@ POLL_SECONDS = 0.5
 KEEP_ALIVE_SECONDS = 15.0
 DAYS = 30
 FIGURES_MIN_AGE_S = 5.0
+KEPT_COUNT_MIN_AGE_S = 1.0
 KEPT_PER_PAGE = 50
 RAW_SHOWN = 64 * 1024  # bytes of a kept report's raw message a page shows; the rest stays in the database
 
@@ -197,26 +199,28 @@ class _Figures:
     per_day: Mapping[str, int]
 
 
-class _Recent:
-    """The overview's figures, read again only once older than twenty times what reading them cost (and
-    at least `FIGURES_MIN_AGE_S`): counting every enrollment and transition takes about a second per
-    20,000 leads on SQLite, and a dashboard left open, or opened by several people, must not keep the
-    database busy counting. One reader at a time; the others wait for its figures."""
+class _Recent(Generic[T]):
+    """What `read` gives, read again only once older than twenty times what reading it cost (and at
+    least `min_age` seconds). The overview's figures count every enrollment and transition (about a
+    second per 20,000 leads on SQLite), and the navigation's count of kept reports every bounce report:
+    a dashboard left open, or opened by several people, must not keep the database busy counting. One
+    reader at a time; the others wait for its value."""
 
-    def __init__(self, read: Callable[[], _Figures]) -> None:
+    def __init__(self, read: Callable[[], T], min_age: float = FIGURES_MIN_AGE_S) -> None:
         self._read = read
+        self._min_age = min_age
         self._lock = threading.Lock()
-        self._figures: _Figures | None = None
+        self._value: T | None = None
         self._until = 0.0
 
-    def get(self) -> _Figures:
+    def get(self) -> T:
         with self._lock:
             started = time.monotonic()
-            if self._figures is None or started >= self._until:
-                self._figures = self._read()
+            if self._value is None or started >= self._until:
+                self._value = self._read()
                 cost = time.monotonic() - started
-                self._until = time.monotonic() + max(FIGURES_MIN_AGE_S, 20 * cost)
-            return self._figures
+                self._until = time.monotonic() + max(self._min_age, 20 * cost)
+            return self._value
 
 
 def _cursor(text: str | None) -> tuple[int, int] | None:
@@ -286,14 +290,16 @@ class OpsDesk:
         self.ctx = ctx
         self.ops = ctx.settings.ops
         self.sessions = Sessions(ctx.settings.secret_key.get_secret_value(), self.ops)
-        self.views = _Views(lambda: _alarms(ctx), lambda: _kept_count(ctx))
+        # The count of kept reports in the navigation; `/ops/bounces` itself counts afresh.
+        self.kept_count = _Recent(lambda: _kept_count(ctx), KEPT_COUNT_MIN_AGE_S)
+        self.views = _Views(lambda: _alarms(ctx), self.kept_count.get)
         self.cookie = ops_auth.cookie_options(ctx.settings.base_url)
         # Checking a password takes a tenth of a second of CPU on purpose: a flood of sign-ins may queue
         # for these two threads, but not take the thread pool every other route of the app runs in. The
         # lockout is checked in the same turn, so attempts sent at once cannot all pass it before any is
         # counted.
         self.password_checks = anyio.CapacityLimiter(2)
-        self.figures = _Recent(lambda: _read_figures(ctx))
+        self.figures: _Recent[_Figures] = _Recent(lambda: _read_figures(ctx))
         self.library = TemplateLibrary(ctx.settings.emails_dir)
         self.subjects_of: dict[str, dict[str, str]] = {}  # funnel version -> subjects (rendering them takes a while)
 

@@ -126,7 +126,7 @@ def test_kept_reports_are_listed_and_each_shows_its_raw_message(ops: Dashboard) 
     assert client.get("/ops/bounces?page=0").status_code == 422
     for path in ("/ops/", "/ops/outbox", "/ops/leads"):
         assert (
-            'href="/ops/bounces">Kept reports <span class="pill flag" data-kept="2">2</span>' in client.get(path).text
+            'href="/ops/bounces">Kept reports <span class="pill count" data-kept="2">2</span>' in client.get(path).text
         )
     assert len(_kept_ids(ops)) == 2  # reading changed nothing
 
