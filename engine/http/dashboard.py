@@ -1,7 +1,8 @@
 """The ops dashboard under `/ops`, behind a login (`engine.ops_auth`): where leads are in each funnel and
 how many go on (the figures of `funnel report`), transitions per day, a live feed of transitions and
 email outcomes, lead search and a lead's timeline (invariant 9: why is this lead in this stage?), and the
-outbox's `unknown` messages, for an operator to decide (invariant 3: never resent blindly).
+outbox's `unknown` messages, for an operator to decide (invariant 3: never resent blindly), and the
+bounce and complaint reports kept for an operator because they matched no message or could not be classed.
 
 Server-rendered pages (Jinja, autoescaped) with one small script and one style sheet, both served from
 here: nothing is fetched from another host, so the dashboard works where the internet is not. Charts
@@ -12,6 +13,8 @@ are inline SVG drawn on the server. The live feed is server-sent events, polled 
     GET  /ops/feed              the live feed (the page), /ops/feed/stream (the events)
     GET  /ops/leads?q=PREFIX    lead search; /ops/leads/{id}: the lead's timeline
     GET  /ops/outbox            `unknown` messages; POST /ops/outbox/{id}: mark as sent, or send again
+    GET  /ops/bounces           reports kept for an operator (`funnel bounces unknown`); /ops/bounces/{id}: one,
+                                with its raw message as text (invariant 15: never guessed, never deleted)
     GET  /ops/funnels/{id}/map  the funnel's customer journey map with live figures (`funnel map --live`)
 """
 
@@ -20,17 +23,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, TypeVar
 from urllib.parse import quote
 
 import anyio
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from pydantic import ValidationError
@@ -43,7 +48,7 @@ from engine.core.ops_auth import Session, Sessions
 from engine.http.deps import Context
 from engine.http.http_context import HttpContext
 from engine.mail.templates import Sender, TemplateLibrary
-from engine.store import dashboard_data, domain_alarms, ops_sessions, report_queries
+from engine.store import bounces, dashboard_data, domain_alarms, ops_sessions, report_queries
 from engine.store.database import connect_read_only
 from engine.views import lead_timeline, report
 from engine.views.journey_map import html as journey_map_html
@@ -51,6 +56,7 @@ from engine.views.journey_map import model as journey_map
 from engine.views.journey_map.sources import read_live, sample_subjects, templates_of
 
 log = logging.getLogger("engine.dashboard")
+T = TypeVar("T")
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
@@ -59,6 +65,9 @@ POLL_SECONDS = 0.5
 KEEP_ALIVE_SECONDS = 15.0
 DAYS = 30
 FIGURES_MIN_AGE_S = 5.0
+KEPT_COUNT_MIN_AGE_S = 1.0
+KEPT_PER_PAGE = 50
+RAW_SHOWN = 64 * 1024  # bytes of a kept report's raw message a page shows; the rest stays in the database
 
 # Everything from this origin, nothing inline that could run: a page showing lead data cannot be made
 # to run a script, and it cannot be framed.
@@ -159,8 +168,11 @@ class _Views:
     """Our own templates (not the marketer's: no sandbox needed), autoescaped; an undefined name is an
     error, not an empty string."""
 
-    def __init__(self, alarms: Callable[[], Sequence[domain_alarms.Alarm]] = tuple) -> None:
+    def __init__(
+        self, alarms: Callable[[], Sequence[domain_alarms.Alarm]] = tuple, kept: Callable[[], int] = int
+    ) -> None:
         self.alarms = alarms  # shown as a banner on every page of a signed-in operator
+        self.kept = kept  # the count of kept bounce reports, in the navigation
         self.env = Environment(
             loader=FileSystemLoader(str(HERE / "templates_ops")), autoescape=True, undefined=StrictUndefined
         )
@@ -174,6 +186,8 @@ class _Views:
     def page(self, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         context.setdefault("session", None)
         context["alarms"] = self.alarms() if context["session"] is not None else ()
+        if "kept_reports" not in context:
+            context["kept_reports"] = self.kept() if context["session"] is not None else 0
         return HTMLResponse(self.env.get_template(name).render(context), status_code, headers=SECURITY_HEADERS)
 
 
@@ -185,26 +199,28 @@ class _Figures:
     per_day: Mapping[str, int]
 
 
-class _Recent:
-    """The overview's figures, read again only once older than twenty times what reading them cost (and
-    at least `FIGURES_MIN_AGE_S`): counting every enrollment and transition takes about a second per
-    20,000 leads on SQLite, and a dashboard left open, or opened by several people, must not keep the
-    database busy counting. One reader at a time; the others wait for its figures."""
+class _Recent(Generic[T]):
+    """What `read` gives, read again only once older than twenty times what reading it cost (and at
+    least `min_age` seconds). The overview's figures count every enrollment and transition (about a
+    second per 20,000 leads on SQLite), and the navigation's count of kept reports every bounce report:
+    a dashboard left open, or opened by several people, must not keep the database busy counting. One
+    reader at a time; the others wait for its value."""
 
-    def __init__(self, read: Callable[[], _Figures]) -> None:
+    def __init__(self, read: Callable[[], T], min_age: float = FIGURES_MIN_AGE_S) -> None:
         self._read = read
+        self._min_age = min_age
         self._lock = threading.Lock()
-        self._figures: _Figures | None = None
+        self._value: T | None = None
         self._until = 0.0
 
-    def get(self) -> _Figures:
+    def get(self) -> T:
         with self._lock:
             started = time.monotonic()
-            if self._figures is None or started >= self._until:
-                self._figures = self._read()
+            if self._value is None or started >= self._until:
+                self._value = self._read()
                 cost = time.monotonic() - started
-                self._until = time.monotonic() + max(FIGURES_MIN_AGE_S, 20 * cost)
-            return self._figures
+                self._until = time.monotonic() + max(self._min_age, 20 * cost)
+            return self._value
 
 
 def _cursor(text: str | None) -> tuple[int, int] | None:
@@ -274,14 +290,16 @@ class OpsDesk:
         self.ctx = ctx
         self.ops = ctx.settings.ops
         self.sessions = Sessions(ctx.settings.secret_key.get_secret_value(), self.ops)
-        self.views = _Views(lambda: _alarms(ctx))
+        # The count of kept reports in the navigation; `/ops/bounces` itself counts afresh.
+        self.kept_count = _Recent(lambda: _kept_count(ctx), KEPT_COUNT_MIN_AGE_S)
+        self.views = _Views(lambda: _alarms(ctx), self.kept_count.get)
         self.cookie = ops_auth.cookie_options(ctx.settings.base_url)
         # Checking a password takes a tenth of a second of CPU on purpose: a flood of sign-ins may queue
         # for these two threads, but not take the thread pool every other route of the app runs in. The
         # lockout is checked in the same turn, so attempts sent at once cannot all pass it before any is
         # counted.
         self.password_checks = anyio.CapacityLimiter(2)
-        self.figures = _Recent(lambda: _read_figures(ctx))
+        self.figures: _Recent[_Figures] = _Recent(lambda: _read_figures(ctx))
         self.library = TemplateLibrary(ctx.settings.emails_dir)
         self.subjects_of: dict[str, dict[str, str]] = {}  # funnel version -> subjects (rendering them takes a while)
 
@@ -299,6 +317,11 @@ class OpsDesk:
 def _alarms(ctx: HttpContext) -> list[domain_alarms.Alarm]:
     with connect_read_only(ctx.engine) as conn:
         return domain_alarms.active(conn, ctx.now())
+
+
+def _kept_count(ctx: HttpContext) -> int:
+    with connect_read_only(ctx.engine) as conn:
+        return bounces.kept_count(conn)
 
 
 def install(state: State, ctx: HttpContext) -> None:
@@ -590,6 +613,52 @@ def decide(message_id: int, post: PostedForm, ctx: Context) -> Response:
             ctx.nudge()
     outcome = decision if changed else "stale"
     return RedirectResponse(f"/ops/outbox?done={message_id}&decision={outcome}", status_code=303)
+
+
+# --------------------------------------------------------------------------------------------------
+# Kept bounce reports: read only (never deleted, never guessed)
+# --------------------------------------------------------------------------------------------------
+
+# Bytes that would not show as themselves, or could make the text read otherwise than it is: C0 controls
+# but tab and line ends, DEL, C1 controls, and Unicode's direction overrides and isolates.
+_HIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def raw_text(raw: bytes) -> str:
+    """A raw message as text to show: read as UTF-8 (as 8-bit mail mostly is, and ASCII is); a byte that
+    is not UTF-8 is written `\\xNN`, and so is every character that would not show as itself."""
+    text = raw.decode("utf-8", errors="backslashreplace")
+    return _HIDDEN.sub(
+        lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", text
+    )
+
+
+@router.get("/bounces")
+def kept_reports(session: PageSession, desk: Desk, page: Annotated[int, Query(ge=1)] = 1) -> HTMLResponse:
+    with connect_read_only(desk.ctx.engine) as conn:
+        total = bounces.kept_count(conn)
+        reports = bounces.kept(conn, KEPT_PER_PAGE, (page - 1) * KEPT_PER_PAGE)
+    pages = max(1, math.ceil(total / KEPT_PER_PAGE))
+    return desk.views.page(
+        "bounces.html",
+        session=session,
+        reports=reports,
+        total=total,
+        kept_reports=total,
+        page=page,
+        pages=pages,
+        first=(page - 1) * KEPT_PER_PAGE + 1,
+        last=(page - 1) * KEPT_PER_PAGE + len(reports),
+    )
+
+
+@router.get("/bounces/{report_id}")
+def kept_report(report_id: int, session: PageSession, desk: Desk) -> HTMLResponse:
+    with connect_read_only(desk.ctx.engine) as conn:
+        detail = bounces.kept_report(conn, report_id, RAW_SHOWN)
+    if detail is None:
+        raise HTTPException(status_code=404, detail=f"no kept bounce report {report_id}")
+    return desk.views.page("bounce.html", session=session, detail=detail, raw=raw_text(detail.raw_head))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -240,14 +240,111 @@ def _complaint(
     store.record_events(conn, [event], now=now)
 
 
+def _kept() -> sa.ColumnElement[bool]:
+    """What is kept for an operator: a report that matched no message, or that could not be classed."""
+    b = tables.bounce_reports
+    return sa.or_(b.c.outbox_id.is_(None), b.c.failure_class.is_(None))
+
+
 def unknown(conn: sa.Connection, limit: int = 100) -> list[sa.Row[tuple[object, ...]]]:
     """Reports that matched no message or could not be classed, newest first."""
     b = tables.bounce_reports
     return list(
         conn.execute(
             sa.select(b.c.id, b.c.received_at, b.c.source, b.c.kind, b.c.failure_class, b.c.status, b.c.diagnostic)
-            .where(sa.or_(b.c.outbox_id.is_(None), b.c.failure_class.is_(None)))
+            .where(_kept())
             .order_by(b.c.received_at.desc(), b.c.id.desc())
             .limit(limit)
         )
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# Kept reports as the dashboard shows them (`/ops/bounces`): read only, nothing here changes a report
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class KeptReport:
+    """A kept report as the dashboard lists it. The recipient is its domain only (the report row keeps
+    no address in clear); `lead_id` and `lead_email` are the lead the recipient is, when the engine knows
+    it. Every text here but `lead_email` came in the report: untrusted."""
+
+    id: int
+    received_at: datetime
+    source: str
+    kind: str
+    failure_class: str | None
+    status: str | None
+    recipient_domain: str | None
+    diagnostic: str | None
+    outbox_id: int | None
+    lead_id: int | None
+    lead_email: str | None
+    raw_size: int
+
+    @property
+    def why(self) -> str:
+        """Why it was kept: 'unmatched', 'unclassed', or both."""
+        return ", ".join(
+            w for w, yes in (("unmatched", self.outbox_id is None), ("unclassed", self.failure_class is None)) if yes
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class KeptDetail:
+    report: KeptReport
+    report_key: str
+    matched_by: str | None
+    action: str | None
+    raw_head: bytes  # the raw message's first bytes, up to the cap asked for; all of it stays in the database
+
+
+def _kept_select() -> sa.Select[Any]:
+    b, leads = tables.bounce_reports, tables.leads
+    return (
+        sa.select(
+            b.c.id,
+            b.c.received_at,
+            b.c.source,
+            b.c.kind,
+            b.c.failure_class,
+            b.c.status,
+            b.c.recipient_domain,
+            b.c.diagnostic,
+            b.c.outbox_id,
+            b.c.lead_id,
+            leads.c.email,
+            sa.func.coalesce(sa.func.length(b.c.raw), 0),
+        )
+        .select_from(b.outerjoin(leads, leads.c.id == b.c.lead_id))
+        .where(_kept())
+    )
+
+
+def kept_count(conn: sa.Connection) -> int:
+    """How many reports are kept for an operator, all of them."""
+    b = tables.bounce_reports
+    return int(conn.execute(sa.select(sa.func.count()).select_from(b).where(_kept())).scalar() or 0)
+
+
+def kept(conn: sa.Connection, limit: int = 50, offset: int = 0) -> list[KeptReport]:
+    """Kept reports, newest first: `limit` of them after the first `offset`."""
+    b = tables.bounce_reports
+    stmt = _kept_select().order_by(b.c.received_at.desc(), b.c.id.desc()).limit(limit).offset(offset)
+    return [KeptReport(*row) for row in conn.execute(stmt)]
+
+
+def kept_report(conn: sa.Connection, report_id: int, raw_cap: int) -> KeptDetail | None:
+    """One kept report with its raw message's first `raw_cap` bytes (read so in the database: a report
+    of megabytes does not cross to the app for a page that shows a part of it). None when there is no
+    such report, or it is not kept (it matched a message and was classed: it holds no raw message)."""
+    b = tables.bounce_reports
+    head = sa.func.substr(b.c.raw, 1, raw_cap)
+    found = conn.execute(
+        _kept_select().add_columns(b.c.report_key, b.c.matched_by, b.c.action, head).where(b.c.id == report_id)
+    ).first()
+    if found is None:
+        return None
+    *listed, report_key, matched_by, action, raw_head = found
+    return KeptDetail(KeptReport(*listed), str(report_key), matched_by, action, bytes(raw_head or b""))

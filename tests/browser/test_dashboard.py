@@ -1,6 +1,7 @@
 """The ops dashboard in Chromium: sign-in required, the funnel chart shows the database's counts, the live
-feed shows a transition made while it is open, lead search leads to a timeline, and an `unknown` email
-can be marked as sent. Each page loads with no console error and no request leaving the app."""
+feed shows a transition made while it is open, lead search leads to a timeline, an `unknown` email
+can be marked as sent, and a kept bounce report opens to its raw message shown as text. Each page loads
+with no console error and no request leaving the app."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from engine.core.bounce_outcome import Verdict
+from engine.runtime.bounce_processing import process_report
+from engine.settings import BounceSettings
 from engine.store import tables
 from tests.browser.conftest import USER, Dashboard, Watched, sign_in
 
@@ -194,3 +198,25 @@ def test_an_unknown_email_is_flagged_and_mark_as_sent_settles_it(
     assert status == "sent"
     assert note is not None and re.match(rf"marked sent by {USER} at \S+Z \(was: worker stopped", note)
     screenshot(page, "outbox-decided")
+
+
+def test_a_kept_report_opens_to_its_raw_message_shown_as_text(
+    ops: Dashboard, browser_page: Watched, screenshot: Callable[[Any, str], Path]
+) -> None:
+    raw = (Path(__file__).parent.parent / "data" / "bounces" / "flufl.bounce" / "dumbass_01.eml").read_bytes()
+    raw = raw.replace(b"\n\n", b"\n\n<script>window.ran = 1</script><b onmouseover=alert(1)>bold</b>\n", 1)
+    verdict, applied = process_report(ops.engine, raw, "lmtp", ops.clock(), BounceSettings())
+    assert verdict == Verdict.TAKEN and [a.action for a in applied] == ["kept for an operator"]
+    sign_in(browser_page.page, "/ops/")
+    page = browser_page.page
+    assert page.inner_text("header.top nav a[href='/ops/bounces']") == "Kept reports 1"
+    page.click("header.top nav a[href='/ops/bounces']")
+    row = page.wait_for_selector("table.kept tbody tr")
+    assert "lmtp" in row.inner_text() and "unclassed" in row.inner_text() and "unmatched" in row.inner_text()
+    assert page.get_attribute("header.top nav a[href='/ops/bounces']", "aria-current") == "page"
+    screenshot(page, "kept-reports")
+    row.query_selector("a").click()
+    shown = page.wait_for_selector("pre.raw").inner_text()
+    assert "<script>window.ran = 1</script><b onmouseover=alert(1)>bold</b>" in shown
+    assert page.query_selector("main b") is None and page.evaluate("window.ran") is None
+    screenshot(page, "kept-report")

@@ -24,7 +24,7 @@ from engine.core.ops_auth import LOGIN_COOKIE, SESSION_COOKIE, OpsSettings, Sess
 from engine.store import tables
 from tests.browser.conftest import NOW, PASSWORD, USER, USER_HASH, Dashboard
 
-PAGES = ("/ops/", "/ops/feed", "/ops/leads?q=a", "/ops/leads/1", "/ops/outbox")
+PAGES = ("/ops/", "/ops/feed", "/ops/leads?q=a", "/ops/leads/1", "/ops/outbox", "/ops/bounces")
 
 
 def _field(html: str, name: str) -> str:
