@@ -14,7 +14,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent.parent
 RUN = ROOT / "benchmarks" / "run"
 
-BENCHMARKS = ("send", "send-pg", "tick", "tick-pg", "scale-pg", "http", "bounces", "import", "form", "simulate")
+BENCHMARKS = (
+    "send", "send-pg", "tick", "tick-pg", "scale-pg", "http", "bounces", "experiments", "import", "form", "simulate"
+)  # fmt: skip
 # The quick sizes of the tick benchmark are 1,000, 3,000 and 10,000 leads.
 ON_BOTH = [
     "e2e_emails_per_s",
@@ -40,6 +42,8 @@ FIGURES = [
     "http_events_per_s",
     "bounce_reports_per_s",
     "bounce_report_p99_ms",
+    *(f"experiments_{key}" for key in ("aa_false_positive_rate", "ab_power", "predicted_power")),
+    "experiments_naive_false_positive_rate",
     "import_rows_per_s",
     "form_to_email_ms",
     "simulate_leads_per_s",
