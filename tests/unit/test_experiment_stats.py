@@ -85,6 +85,15 @@ def test_power_formula_against_exact_binomial_sums(p1: float, p2: float, n: int)
         assert power(p1, p2 - p1, n, 0.05) == pytest.approx(exact, abs=0.02)
 
 
+def test_interval_matches_newcombes_worked_example() -> None:
+    # Newcombe 1998, "Interval estimation for the difference between independent proportions", Statistics in
+    # Medicine 17:873-890, example (a): 56/70 against 48/80, the simple asymptotic (Wald) 95 % interval for
+    # the difference is 0.0575 to 0.3425.
+    (c,) = decide(arms((80, 48), (70, 56)), "a", Rule(alpha=0.05, min_per_arm=70)).comparisons
+    assert c.lift == pytest.approx(0.2)
+    assert (round(c.low, 4), round(c.high, 4)) == (0.0575, 0.3425)
+
+
 def test_holm_matches_the_step_down_worked_example() -> None:
     # Sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 is 0.02, 0.03, 0.06, 0.04; made monotone: 0.06 for both
     # last ones (R: p.adjust(c(0.01, 0.04, 0.03, 0.005), "holm") gives 0.03 0.06 0.06 0.02).
