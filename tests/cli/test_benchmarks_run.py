@@ -4,17 +4,21 @@ the machine it ran on, and a table that lists every figure and sets the two back
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 RUN = ROOT / "benchmarks" / "run"
 
-BENCHMARKS = ("send", "send-pg", "tick", "tick-pg", "scale-pg", "http", "bounces", "import", "form", "simulate")
+BENCHMARKS = (
+    "send", "send-pg", "tick", "tick-pg", "scale-pg", "http", "bounces", "experiments", "import", "form", "simulate"
+)  # fmt: skip
 # The quick sizes of the tick benchmark are 1,000, 3,000 and 10,000 leads.
 ON_BOTH = [
     "e2e_emails_per_s",
@@ -40,6 +44,8 @@ FIGURES = [
     "http_events_per_s",
     "bounce_reports_per_s",
     "bounce_report_p99_ms",
+    *(f"experiments_{key}" for key in ("aa_false_positive_rate", "ab_power", "predicted_power")),
+    "experiments_naive_false_positive_rate",
     "import_rows_per_s",
     "form_to_email_ms",
     "simulate_leads_per_s",
@@ -103,3 +109,41 @@ def test_arguments_are_checked_before_anything_runs(tmp_path: Path, args: list[s
     for words in said:
         assert words in done.stderr
     assert not (tmp_path / "r.json").exists()
+
+
+def _experiments_module() -> Any:
+    spec = importlib.util.spec_from_file_location("experiments_benchmark", ROOT / "benchmarks" / "experiments.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_experiments_keep_false_positives_at_alpha_when_looked_at_every_batch(tmp_path: Path) -> None:
+    """300 A/A and 300 A/B experiments, looked at after every 100 leads: the run's check passes, and the same
+    A/A experiments judged by a z-test at every look (what the method avoids) fail it."""
+    out = tmp_path / "r.json"
+    done = subprocess.run(
+        [sys.executable, str(RUN), "--quick", "--only", "experiments", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    bench = json.loads(out.read_text())["benchmarks"]["experiments"]
+    assert bench["status"] == "ok" and bench["problems"] == []
+    report = bench["report"]
+    assert report["experiments"] == 300 and report["alpha"] == 0.05 and report["elapsed_s"] < 10
+    tolerance = 3 * (0.05 * 0.95 / 300) ** 0.5
+    assert report["aa_false_positive_rate"] <= 0.05 + tolerance
+    assert abs(report["ab_power"] - report["predicted_power"]) <= 3 * (0.8 * 0.2 / 300) ** 0.5
+    assert report["naive_false_positive_rate"] > 0.05 + tolerance
+
+    check = _experiments_module().check
+    assert check(report) == []
+    assert (
+        "A/A false positive rate" in check({**report, "aa_false_positive_rate": report["naive_false_positive_rate"]})[0]
+    )
+    assert "A/B power" in check({**report, "ab_power": report["predicted_power"] - 0.1})[0]
