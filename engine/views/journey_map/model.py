@@ -27,6 +27,7 @@ from engine.core.definition import (
     Outcome,
     Persona,
     SendStep,
+    SplitStep,
     Stage,
     UpdateStep,
     WaitForStep,
@@ -367,6 +368,9 @@ def _steps(funnel: Funnel, stage: Stage, subjects: Mapping[str, str]) -> tuple[S
         elif isinstance(step, BranchStep):
             kind, label = "branch", f"if {words.condition(step.branch.if_)}"
             ways = [(go(step.branch.then), "yes"), (go(step.branch.else_), "no")]
+        elif isinstance(step, SplitStep):
+            kind, label = "branch", f"split: experiment {step.split.id}"
+            ways = [(go(Outcome(goto=arm.goto)), f"arm {arm.id}") for arm in step.split.arms]
         elif isinstance(step, UpdateStep):
             kind, label, ways = "update", f"update: {_update_words(step)}", [(following, "")]
         elif isinstance(step, MoveStep):
