@@ -31,14 +31,6 @@ def experiments(funnel: Funnel) -> Iterator[tuple[Loc, Any, Experiment]]:
                 yield (*loc, "split"), step, step.split
 
 
-def arm_templates(step: SendStep) -> list[str]:
-    """The templates a send step may queue: its own, and its arms' (in arm order, without repeats)."""
-    names = [step.send]
-    if step.experiment is not None:
-        names += [arm.send for arm in step.experiment.arms if arm.send is not None]
-    return list(dict.fromkeys(names))
-
-
 def check_experiments(funnel: Funnel, describe: Any, data: Any, emails_dir: Path | None) -> list[Found]:
     """`describe(loc, data)` names a place as the other graph checks do."""
     found: list[Found] = []
@@ -117,7 +109,7 @@ def _metric(
                 )
             ]
     if metric.click is not None and metric.click != "*" and emails_dir is not None and emails_dir.is_dir():
-        templates = arm_templates(step) if isinstance(step, SendStep) else _funnel_templates(funnel)
+        templates = step.templates if isinstance(step, SendStep) else _funnel_templates(funnel)
         links = _links(emails_dir, templates)
         if metric.click not in links:
             shown = ", ".join(sorted(links)) or "none"
@@ -144,7 +136,7 @@ def known_events(funnel: Funnel) -> set[str]:
 
 
 def _funnel_templates(funnel: Funnel) -> list[str]:
-    names = [t for s in funnel.stages for st in s.steps if isinstance(st, SendStep) for t in arm_templates(st)]
+    names = [t for s in funnel.stages for st in s.steps if isinstance(st, SendStep) for t in st.templates]
     return list(dict.fromkeys(names))
 
 

@@ -18,7 +18,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from engine.authoring.experiment_checks import arm_templates
 from engine.authoring.simulation_experiments import ExperimentFigures, funnel_experiments, lead_arms, merged
 from engine.authoring.virtualclock import LeadRun, drive, entry_event
 from engine.core.definition import Duration, EventName, Funnel, Id, Scalar, SendStep
@@ -220,7 +219,7 @@ def email_links(funnel: Funnel, emails_dir: Path | None) -> dict[str, tuple[str,
     links: dict[str, tuple[str, ...]] = {}
     for stage in funnel.stages:
         for step in stage.steps:
-            for template in arm_templates(step) if isinstance(step, SendStep) else ():
+            for template in step.templates if isinstance(step, SendStep) else ():
                 if template in links or not library.exists(template):
                     continue
                 try:

@@ -374,6 +374,14 @@ class SendStep(Model):
         description="A variant send: each arm's `send` template (the step's own if absent) goes to its share.",
     )
 
+    @property
+    def templates(self) -> list[str]:
+        """The templates the step may queue: its own, then its arms' (in arm order, without repeats)."""
+        names = [self.send]
+        if self.experiment is not None:
+            names += [arm.send for arm in self.experiment.arms if arm.send is not None]
+        return list(dict.fromkeys(names))
+
 
 class SplitStep(Model):
     id: Id

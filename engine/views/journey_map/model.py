@@ -191,7 +191,7 @@ def build(funnel: Funnel, subjects: Mapping[str, str], live: Live | None = None)
             Touchpoint(
                 step=step.id,
                 template=step.send,
-                subject=subjects.get(step.send),
+                subject=_subject(step, subjects),
                 when=tuple(delays.get(step.id, ())),
                 transactional=step.transactional,
                 figures=email_figures.get(step.id),
@@ -337,6 +337,12 @@ def _end(funnel: Funnel, stage: Stage) -> Target | None:
 # -- steps as a graph ---------------------------------------------------------------------------------
 
 
+def _subject(step: SendStep, subjects: Mapping[str, str]) -> str | None:
+    """The email's subject; a variant send's subjects, one per template, joined by " | "."""
+    found = [subjects[t] for t in step.templates if t in subjects]
+    return " | ".join(found) if found else None
+
+
 def _steps(funnel: Funnel, stage: Stage, subjects: Mapping[str, str]) -> tuple[StepView, ...]:
     views = []
     end = _end(funnel, stage)
@@ -354,7 +360,7 @@ def _steps(funnel: Funnel, stage: Stage, subjects: Mapping[str, str]) -> tuple[S
 
         ways: list[tuple[Target | None, str]]
         if isinstance(step, SendStep):
-            subject = subjects.get(step.send)
+            subject = _subject(step, subjects)
             kind, label, ways = "send", f"email {step.id}" + (f": {subject}" if subject else ""), [(following, "")]
         elif isinstance(step, WaitStep):
             kind, label, ways = "wait", f"wait {in_words(step.wait)}", [(following, "")]
