@@ -7,10 +7,11 @@ A lead's arm is a hash of (lead key, funnel id, step id, the experiment's salt) 
   across a restart and across any edit that keeps the funnel id, the step id, the salt, the arms and
   their weights (other steps, other experiments, templates and the metric do not matter);
 - the arm's id does not enter the hash, but the order of the arms does: reordering arms moves leads
-  (their intervals move), renaming an arm does not. Adding an arm of weight w to arms of total weight W
-  shrinks every interval by W / (W + w), so about w / (W + w) of new assignments move (into the new
-  arm, and a few between neighbours, at most a share of 1 - W / (W + w) of leads per old arm boundary);
-  a new salt reassigns everyone.
+  (their intervals move), renaming an arm does not. Adding an arm moves the leads whose number leaves
+  their arm's interval: appended last with weight w to arms of total weight W, it takes w / (W + w) of
+  new assignments and shifts the old boundaries too (a third equal arm added to two equal arms moves half
+  of the leads: a third into the new arm, a sixth from the first arm to the second);
+- a new salt reassigns everyone.
 
 Once an experiment is decided and promoted, `promoted` (experiment id -> winning arm) sends new
 assignments to the winner; a lead already assigned keeps its arm, because the core assigns a lead once,
