@@ -16,8 +16,9 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from engine.authoring.virtualclock import LeadRun, drive, entry_event
-from engine.core.definition import EventName, Funnel, Id, Scalar, TimeZoneName
+from engine.core.definition import EventName, Funnel, Id, Scalar, TemplateName, TimeZoneName
 from engine.core.durations import parse_duration
+from engine.core.experiments import AssignArm
 from engine.core.journey import Event, GoalReached, Lead, RecordTransition, SendEmail, SkipEmail
 from engine.core.yamlfile import YamlSyntaxError, located_errors, read_yaml
 
@@ -58,6 +59,8 @@ class ScenarioEvent(_Model):
 
 class Expectation(_Model):
     email: Id | None = None
+    template: TemplateName | None = None  # with `email`: the template it was sent with (a variant send's arm)
+    arm: Id | None = None  # with `email`: the experiment arm the lead was assigned at that step
     no_email: Id | None = None
     stage: Id | None = None
     exited: Id | None = None
@@ -75,6 +78,8 @@ class Expectation(_Model):
         for when in (self.at, self.by):
             if when is not None:
                 _when(when)
+        if (self.template is not None or self.arm is not None) and self.email is None:
+            raise ValueError("expected 'template' and 'arm' only with 'email'")
         if self.stage is not None and self.at is None:
             raise ValueError("expected 'at' with 'stage' (the time at which the lead is in that stage)")
         if self.at is not None and self.by is not None:
@@ -182,6 +187,14 @@ def _check(e: Expectation, run: LeadRun, clock: _Clock) -> str | None:
             why = f" (skipped: {skipped[0].reason})" if skipped else ""
             return f"email '{step}' should be sent, found it never sent{why}"
         when = sent[0].at
+        if e.template is not None and sent[0].template != e.template:
+            return f"email '{step}' expected with template '{e.template}', found '{sent[0].template}'"
+        if e.arm is not None:
+            arms = [c.arm for c in commands if isinstance(c, AssignArm) and c.step == step]
+            if arms[:1] != [e.arm]:
+                return (
+                    f"email '{step}' expected in arm '{e.arm}', found {repr(arms[0]) if arms else 'no experiment arm'}"
+                )
         if e.at is not None and when != clock(e.at):
             return f"email '{step}' expected at {clock.show(clock(e.at))}, found at {clock.show(when)}"
         if e.by is not None and when > clock(e.by):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
@@ -18,8 +18,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from engine.authoring.simulation_experiments import ExperimentFigures, funnel_experiments, lead_arms, merged
 from engine.authoring.virtualclock import LeadRun, drive, entry_event
-from engine.core.definition import Duration, EventName, Funnel, Scalar
+from engine.core.definition import Duration, EventName, Funnel, Id, Scalar, SendStep
 from engine.core.journey import Command, Event, GoalReached, Lead, RecordTransition, SendEmail, SkipEmail
 from engine.core.yamlfile import YamlSyntaxError, located_errors, read_yaml
 
@@ -41,6 +42,8 @@ class EmailReaction(_Model):
     max_delay: Duration = timedelta(days=1)
     properties: dict[str, Scalar] = Field(default_factory=dict)
     only_after_open: bool = False
+    # Only the email of this step (standing in for the entry of the same event without `step`); every email if absent.
+    step: Id | None = None
 
 
 class LeadAction(_Model):
@@ -53,9 +56,44 @@ class LeadAction(_Model):
     properties: dict[str, Scalar] = Field(default_factory=dict)
 
 
+class ArmMix(_Model):
+    """How the leads of one experiment arm behave differently: each entry replaces the base entry for the
+    same event (and `step`), or adds one (engine.authoring.simulation_experiments)."""
+
+    per_email: list[EmailReaction] = Field(default_factory=list)
+    per_lead: list[LeadAction] = Field(default_factory=list)
+
+
 class EventMix(_Model):
     per_email: list[EmailReaction] = Field(default_factory=list)
     per_lead: list[LeadAction] = Field(default_factory=list)
+    arms: dict[Id, dict[Id, ArmMix]] = Field(
+        default_factory=dict, description="Experiment id -> arm id -> that arm's behaviour."
+    )
+
+    def for_arms(self, arms: Mapping[str, str]) -> EventMix:
+        """The mix of a lead in these arms (experiment id -> arm id)."""
+        per_email, per_lead = self.per_email, self.per_lead
+        for experiment, arm in arms.items():
+            override = self.arms.get(experiment, {}).get(arm)
+            if override is not None:
+                per_email = merged(per_email, override.per_email)
+                per_lead = merged(per_lead, override.per_lead)
+        return EventMix(per_email=per_email, per_lead=per_lead)
+
+    def problems(self, funnel: Funnel) -> list[str]:
+        """Experiments or arms the mix names that the funnel does not have."""
+        known = funnel_experiments(funnel)
+        out = []
+        for experiment, arms in self.arms.items():
+            if experiment not in known:
+                out.append(f"arms.{experiment}: unknown experiment: expected one of {', '.join(known) or 'none'}")
+                continue
+            ids = [a.id for a in known[experiment][1].arms]
+            out += [
+                f"arms.{experiment}.{a}: unknown arm: expected one of {', '.join(ids)}" for a in arms if a not in ids
+            ]
+        return out
 
 
 DEFAULT_MIX = EventMix(
@@ -105,6 +143,7 @@ class SimulationResult:
     goals: int
     goals_within: int
     time_in_stage: dict[str, list[float]]  # completed stays, in days
+    experiments: ExperimentFigures = field(default_factory=ExperimentFigures)
     elapsed_s: float = 0.0
     sample: LeadRun | None = None
     final: Counter[str] = field(default_factory=Counter)
@@ -140,7 +179,11 @@ class _Reactions:
             return []
         out: list[Event] = []
         opened_at: datetime | None = None
+        # An entry for this step's email stands in for the general entry of the same event.
+        specific = {r.event for r in self.mix.per_email if r.step == command.step}
         for r in self.mix.per_email:
+            if r.step != command.step and (r.step is not None or r.event in specific):
+                continue
             if self.rng.random() >= r.probability:
                 continue
             span = (r.max_delay - r.min_delay).total_seconds()
@@ -176,8 +219,9 @@ def email_links(funnel: Funnel, emails_dir: Path | None) -> dict[str, tuple[str,
     links: dict[str, tuple[str, ...]] = {}
     for stage in funnel.stages:
         for step in stage.steps:
-            template = getattr(step, "send", None)
-            if template and template not in links and library.exists(template):
+            for template in step.templates if isinstance(step, SendStep) else ():
+                if template in links or not library.exists(template):
+                    continue
                 try:
                     rendered = library.render(template, sample_context())
                 except TemplateError:
@@ -219,6 +263,7 @@ def simulate(
         goals=0,
         goals_within=0,
         time_in_stage={s: [] for s in funnel.stage_ids()},
+        experiments=ExperimentFigures.empty(funnel),
     )
     boundaries = [start + timedelta(days=d + 1) for d in range(days)]
     for number in range(1, leads + 1):
@@ -233,16 +278,18 @@ def simulate(
             },
         )
         enter_at = start + timedelta(seconds=rng.random() * arrival_days * 86400)
+        lead_mix = mix.for_arms(lead_arms(funnel, lead.id)) if mix.arms else mix
         scripted = []
-        for i, action in enumerate(mix.per_lead):
+        for i, action in enumerate(lead_mix.per_lead):
             if rng.random() < action.probability:
                 span = (action.before - action.after).total_seconds()
                 at = enter_at + action.after + timedelta(seconds=rng.random() * max(span, 0))
                 scripted.append(Event(f"sim-{number}-a{i}", action.event, at, dict(action.properties)))
-        reactions = _Reactions(mix, rng, links, number)
+        reactions = _Reactions(lead_mix, rng, links, number)
         entry = entry_event(funnel, lead, enter_at, f"sim-{number}-entry")
         run = drive(funnel, lead, entry, enter_at, scripted, until, reactions)
         _aggregate(result, run, boundaries, until)
+        result.experiments.add(funnel, run)
         if each_lead is not None:
             each_lead(number, run)
         if sample_lead == number:

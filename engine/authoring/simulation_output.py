@@ -10,7 +10,9 @@ from rich.console import Console
 from rich.table import Table
 
 from engine.authoring.simulation import SimulationResult
+from engine.authoring.simulation_experiments import funnel_experiments
 from engine.authoring.virtual_timeline import SubjectOf, timeline_lines
+from engine.core.durations import format_duration
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -39,7 +41,26 @@ def summary(result: SimulationResult) -> dict[str, object]:
         "emails_skipped": sum(result.skipped.values()),
         "goals": result.goals,
         "goals_within_window": result.goals_within,
+        "experiments": result.experiments.summary(),
     }
+
+
+def _print_experiments(console: Console, result: SimulationResult) -> None:
+    for exp_id, arms in result.experiments.arms.items():
+        _, experiment = funnel_experiments(result.funnel)[exp_id]
+        metric = experiment.metric
+        what = {"goal": "the goal", "event": f"event {metric.event}", "stage": f"stage {metric.stage}"}.get(
+            metric.kind, "a click" if metric.click == "*" else f"a click on {metric.click}"
+        )
+        table = Table(title=f"Experiment {exp_id}: {what} within {format_duration(metric.within)} of assignment")
+        for col in ("arm", "weight", "leads", "conversions", "rate"):
+            table.add_column(col, justify="left" if col == "arm" else "right")
+        for arm in experiment.arms:
+            f = arms[arm.id]
+            rate = f"{f.conversions / f.leads:.1%}" if f.leads else "-"
+            name = arm.id + (" (holdout)" if arm.holdout else "")
+            table.add_row(name, f"{arm.weight:g}", str(f.leads), str(f.conversions), rate)
+        console.print(table)
 
 
 def print_simulation(
@@ -85,6 +106,7 @@ def print_simulation(
                     f"{stage.id} / {step.id}", str(result.emails.get(step.id, 0)), str(result.skipped.get(step.id, 0))
                 )
     console.print(emails)
+    _print_experiments(console, result)
     goal = result.funnel.goal
     if goal is not None:
         console.print(

@@ -23,6 +23,7 @@ from pydantic import BaseModel, Tag, ValidationError
 from pydantic.json_schema import GenerateJsonSchema
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from engine.authoring.experiment_checks import check_experiments
 from engine.core.definition import (
     EVENT_PATTERN,
     ID_PATTERN,
@@ -39,6 +40,7 @@ from engine.core.definition import (
     OnEndMove,
     Outcome,
     SendStep,
+    SplitStep,
     Stage,
     WaitFor,
     WaitForStep,
@@ -139,6 +141,7 @@ def load_funnels(
         if funnel is None or doc is None:
             continue
         found = check_graph(funnel, doc.data)
+        found += check_experiments(funnel, describe, doc.data, emails_dir)
         if targets is not None:
             found += check_webhook_urls(funnel, doc.data, targets)
         graph_errors = [_error(doc, loc, msg, key=key) for loc, msg, key in found]
@@ -747,6 +750,11 @@ def _outcomes(step: Any, loc: Loc) -> list[tuple[Loc, Outcome]]:
             ((*loc, "wait_for", "on_event"), step.wait_for.on_event),
             ((*loc, "wait_for", "on_timeout"), step.wait_for.on_timeout),
         ]
+    if isinstance(step, SplitStep):
+        # A split arm without `goto` is reported by the experiment checks; here it is not a way anywhere.
+        return [
+            ((*loc, "split", "arms", i), Outcome(goto=arm.goto)) for i, arm in enumerate(step.split.arms) if arm.goto
+        ]
     return []
 
 
@@ -844,7 +852,7 @@ class _InstantMoves:
                 out += self.follow(step.wait_for.on_timeout, (*loc, "wait_for", "on_timeout"), loc, index, nxt)
         elif isinstance(step, WaitUntilStep):
             pass  # always a later time (engine.core.localtime.next_local_time)
-        elif isinstance(step, BranchStep):
+        elif isinstance(step, BranchStep | SplitStep):
             for o_loc, outcome in _outcomes(step, loc):
                 out += self.follow(outcome, o_loc, loc, index, nxt)
         elif isinstance(step, MoveStep):
@@ -968,6 +976,18 @@ def _cycles(graph: dict[Node_, list[tuple[Node_, Loc, bool]]]) -> list[set[Node_
     return result
 
 
+def _sends(funnel: Funnel) -> Iterator[tuple[Loc, str]]:
+    """Every template a send step names, with its place: the step's own and its arms'."""
+    for s_index, stage in enumerate(funnel.stages):
+        for st_index, step in enumerate(stage.steps):
+            if isinstance(step, SendStep):
+                loc: Loc = ("stages", s_index, "steps", st_index)
+                yield (*loc, "send"), step.send
+                for a_index, arm in enumerate(step.experiment.arms if step.experiment else ()):
+                    if arm.send is not None:
+                        yield (*loc, "experiment", "arms", a_index, "send"), arm.send
+
+
 class _Templates:
     """Email template lookups: `x/y` is `emails/x/y.md` or `emails/x/y.html`."""
 
@@ -981,36 +1001,32 @@ class _Templates:
         if self.emails_dir is None:
             return []
         out: list[FunnelError] = []
-        for s_index, stage in enumerate(funnel.stages):
-            for st_index, step in enumerate(stage.steps):
-                if not isinstance(step, SendStep):
-                    continue
-                loc: Loc = ("stages", s_index, "steps", st_index, "send")
-                where = describe(loc, doc.data)
-                if not self.emails_dir.is_dir():
-                    if not self.reported_missing_dir:
-                        self.reported_missing_dir = True
-                        out.append(
-                            _error(
-                                doc,
-                                loc,
-                                f"{where}: email templates folder '{self.emails_dir}' not found: expected"
-                                f" a folder holding '{step.send}.md' or '{step.send}.html', found none",
-                            )
-                        )
-                    continue
-                candidates = [self.emails_dir / f"{step.send}{suffix}" for suffix in TEMPLATE_SUFFIXES]
-                if not any(c.is_file() for c in candidates):
+        for loc, template in _sends(funnel):
+            where = describe(loc, doc.data)
+            if not self.emails_dir.is_dir():
+                if not self.reported_missing_dir:
+                    self.reported_missing_dir = True
                     out.append(
                         _error(
                             doc,
                             loc,
-                            f"{where}: email template '{step.send}' not found: expected"
-                            f" {' or '.join(str(c) for c in candidates)}, found neither",
+                            f"{where}: email templates folder '{self.emails_dir}' not found: expected"
+                            f" a folder holding '{template}.md' or '{template}.html', found none",
                         )
                     )
-                elif step.send not in self.checked:
-                    out.extend(self._render_check(step.send))
+                continue
+            candidates = [self.emails_dir / f"{template}{suffix}" for suffix in TEMPLATE_SUFFIXES]
+            if not any(c.is_file() for c in candidates):
+                out.append(
+                    _error(
+                        doc,
+                        loc,
+                        f"{where}: email template '{template}' not found: expected"
+                        f" {' or '.join(str(c) for c in candidates)}, found neither",
+                    )
+                )
+            elif template not in self.checked:
+                out.extend(self._render_check(template))
         return out
 
     def _render_check(self, name: str) -> list[FunnelError]:

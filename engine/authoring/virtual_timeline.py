@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 from engine.authoring.virtualclock import LeadRun, Moment
 from engine.core.definition import Funnel
+from engine.core.experiments import AssignArm
 from engine.core.journey import CallWebhook, GoalReached, Lead, RecordTransition, SendEmail, SkipEmail, UpdateLead
 from engine.mail.templates import Sender, TemplateError, TemplateLibrary, lead_fields, sample_context
 from engine.views.journey_map import words as words
@@ -65,6 +66,8 @@ def timeline_lines(run: LeadRun, zone: ZoneInfo, subject: SubjectOf | None = Non
             lines.append(f"{when}  webhook     {c.step}")
         elif isinstance(c, GoalReached):
             lines.append(f"{when}  goal        {c.goal}" + ("" if c.within_window else " (outside its window)"))
+        elif isinstance(c, AssignArm):
+            lines.append(f"{when}  experiment  {c.experiment}: arm {c.arm}" + (" (holdout)" if c.holdout else ""))
     return lines
 
 
@@ -120,6 +123,9 @@ def _moment(m: Moment, lead: Lead, zone: ZoneInfo, subject: SubjectOf | None) ->
         return out | {"kind": "webhook", "step": c.step}
     if isinstance(c, GoalReached):
         return out | {"kind": "goal", "goal": c.goal, "within_window": c.within_window}
+    if isinstance(c, AssignArm):
+        return out | {"kind": "experiment", "step": c.step, "experiment": c.experiment, "arm": c.arm,
+                      "template": c.template, "holdout": c.holdout}  # fmt: skip
     raise AssertionError(f"unknown moment {m!r}")  # pragma: no cover - the command union is closed
 
 

@@ -126,6 +126,10 @@ def simulate(
     except MixError as exc:
         err.print(f"--events: {exc}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
+    for problem in mix.problems(definition):
+        err.print(f"--events: {events}: {problem}", markup=False, highlight=False, soft_wrap=True)
+    if mix.problems(definition):
+        raise typer.Exit(2)
     try:
         first_day = datetime.fromisoformat(start).replace(tzinfo=UTC)
     except ValueError:

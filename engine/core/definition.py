@@ -125,6 +125,10 @@ Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 Scalar = Union[str, int, float, bool]
 
 
+def _absent_if_none(value: Any) -> bool:
+    return value is None
+
+
 class Model(BaseModel):
     # No infinite or NaN numbers: a lead's attributes and the stored definitions are JSON, which has neither.
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
@@ -267,6 +271,94 @@ class Outcome(Model):
         return self
 
 
+# --------------------------------------------------------------------------------------------------
+# Experiments: a variant send (one `send` step, two or more templates) and a split step (two or more
+# paths). How a lead is assigned is engine.core.experiments; how a winner is decided, docs/experiments.md.
+# --------------------------------------------------------------------------------------------------
+
+
+class Arm(Model):
+    """One arm: a template (variant send), the first step of a path (split), or the split's holdout."""
+
+    id: Id
+    weight: float = Field(default=1, description="Relative share of leads; positive. Default 1.")
+    send: TemplateName | None = Field(default=None, description="Variant send: this arm's template.")
+    goto: Id | None = Field(default=None, description="Split: the step of this stage where the arm's path starts.")
+    holdout: bool = Field(default=False, description="Split: gets nothing from the split and goes on at `goto`.")
+
+    @field_validator("weight")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError(f"expected a positive weight such as 1 or 0.5, found {value:g}")
+        return value
+
+
+class Metric(Model):
+    """What an experiment counts, per lead, within `within` of its assignment: exactly one of the funnel's
+    goal, a named event, a click on a named link (`*`: any link) or reaching a stage."""
+
+    goal: Literal[True] | None = None
+    event: EventName | None = None
+    click: Annotated[str, StringConstraints(pattern=r"^(\*|[a-z][a-z0-9]*(-[a-z0-9]+)*)$")] | None = None
+    stage: Id | None = None
+    within: Duration = Field(description="Counted only this soon after the lead's assignment, e.g. `3d`.")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Metric:
+        used = [k for k in ("goal", "event", "click", "stage") if getattr(self, k) is not None]
+        if len(used) != 1:
+            raise ValueError(
+                "expected exactly one of goal, event, click, stage next to 'within', found "
+                + (", ".join(used) if used else "none")
+            )
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("goal", "event", "click", "stage") if getattr(self, k) is not None)
+
+
+class Decide(Model):
+    """The decision rule: see docs/experiments.md#how-a-winner-is-decided."""
+
+    alpha: float = Field(default=0.05, gt=0, lt=1, description="Significance level, e.g. 0.05.")
+    min_per_arm: int = Field(ge=1, le=10_000_000, description="Leads each arm needs before anything is decided.")
+    promote: Literal["auto", "manual"] = Field(
+        description="`auto`: new leads go to the winner from then on; `manual`: an operator promotes."
+    )
+    if_no_winner: Literal["keep_control", "keep_split", "best_observed"] = Field(
+        default="keep_control",
+        description="`keep_control`: the first arm; `keep_split`: keep assigning by weight; `best_observed`.",
+    )
+
+
+class Experiment(Model):
+    id: Id = Field(description="Unique within the funnel; names the experiment in reports and timelines.")
+    salt: Annotated[str, StringConstraints(min_length=1, max_length=63)] | None = Field(
+        default=None, description="Mixed into the assignment hash; the experiment's id if absent."
+    )
+    arms: list[Arm] = Field(description="Two or more; the first is the control.")
+    metric: Metric
+    decide: Decide
+
+    @field_validator("arms")
+    @classmethod
+    def _arms(cls, arms: list[Arm]) -> list[Arm]:
+        if len(arms) < 2:
+            raise ValueError(f"expected at least two arms, found {len(arms)}")
+        seen: set[str] = set()
+        for arm in arms:
+            if arm.id in seen:
+                raise ValueError(f"expected unique arm ids, found {arm.id!r} twice")
+            seen.add(arm.id)
+        return arms
+
+    @property
+    def hash_salt(self) -> str:
+        return self.salt if self.salt is not None else self.id
+
+
 class SendStep(Model):
     id: Id
     send: TemplateName
@@ -275,6 +367,25 @@ class SendStep(Model):
         description="A transactional email (e.g. delivering what the lead asked for) ignores send windows"
         " and frequency caps; it still needs consent.",
     )
+    # Left out of the dump when absent, so funnels without experiments keep their version hash.
+    experiment: Experiment | None = Field(
+        default=None,
+        exclude_if=_absent_if_none,
+        description="A variant send: each arm's `send` template (the step's own if absent) goes to its share.",
+    )
+
+    @property
+    def templates(self) -> list[str]:
+        """The templates the step may queue: its own, then its arms' (in arm order, without repeats)."""
+        names = [self.send]
+        if self.experiment is not None:
+            names += [arm.send for arm in self.experiment.arms if arm.send is not None]
+        return list(dict.fromkeys(names))
+
+
+class SplitStep(Model):
+    id: Id
+    split: Experiment = Field(description="Arms with `goto`: the step of this stage where each path starts.")
 
 
 class WaitStep(Model):
@@ -360,7 +471,7 @@ class ExitStep(Model):
     exit: Id = Field(description="The exit reason recorded, e.g. `not-a-fit`.")
 
 
-_STEP_KEYS = ("send", "wait", "wait_until", "wait_for", "branch", "update", "move_to", "webhook", "exit")
+_STEP_KEYS = ("send", "wait", "wait_until", "wait_for", "branch", "split", "update", "move_to", "webhook", "exit")
 _STEP_CLASSES: dict[type, str] = {}
 
 
@@ -377,6 +488,7 @@ Step = Annotated[
         Annotated[WaitUntilStep, Tag("wait_until")],
         Annotated[WaitForStep, Tag("wait_for")],
         Annotated[BranchStep, Tag("branch")],
+        Annotated[SplitStep, Tag("split")],
         Annotated[UpdateStep, Tag("update")],
         Annotated[MoveStep, Tag("move_to")],
         Annotated[WebhookStep, Tag("webhook")],
@@ -395,6 +507,7 @@ _STEP_CLASSES.update(
         WaitUntilStep: "wait_until",
         WaitForStep: "wait_for",
         BranchStep: "branch",
+        SplitStep: "split",
         UpdateStep: "update",
         MoveStep: "move_to",
         WebhookStep: "webhook",
@@ -418,10 +531,6 @@ class OnEndMove(Model):
 # --------------------------------------------------------------------------------------------------
 
 Note = Annotated[str, StringConstraints(min_length=1, max_length=500)]
-
-
-def _absent_if_none(value: Any) -> bool:
-    return value is None
 
 
 class Persona(Model):

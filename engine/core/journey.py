@@ -28,6 +28,7 @@ from engine.core.definition import (
     OnEndMove,
     Outcome,
     SendStep,
+    SplitStep,
     Stage,
     UpdateStep,
     WaitForStep,
@@ -35,6 +36,7 @@ from engine.core.definition import (
     WaitUntilStep,
     WebhookStep,
 )
+from engine.core.experiments import AssignArm, choose
 from engine.core.localtime import next_local_time, window_open_at, zone
 from engine.core.own_events import FUNNEL_UNSUBSCRIBED, MANUAL_ENROLL, OPERATOR, UNSUBSCRIBED
 
@@ -173,7 +175,10 @@ class GoalReached:
     within_window: bool
 
 
-Command = SendEmail | SkipEmail | RecordTransition | CallWebhook | UpdateLead | GoalReached
+Command = SendEmail | SkipEmail | RecordTransition | CallWebhook | UpdateLead | GoalReached | AssignArm
+
+# No experiment decided: every assignment comes from the hash (engine.core.experiments).
+NOTHING_PROMOTED: Mapping[str, str] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +231,14 @@ def may_reenter(funnel: Funnel, previous: Enrollment | None, now: datetime) -> b
     return cooldown is None or previous.exited_at is None or now - previous.exited_at >= cooldown
 
 
-def enroll(funnel: Funnel, lead: Lead, at: datetime, cause: Cause, previous: Enrollment | None = None) -> Decision:
+def enroll(
+    funnel: Funnel,
+    lead: Lead,
+    at: datetime,
+    cause: Cause,
+    previous: Enrollment | None = None,
+    promoted: Mapping[str, str] = NOTHING_PROMOTED,
+) -> Decision:
     """Put a lead in the funnel's entry stage and run its first steps. Emails already sent in an
     earlier enrollment stay sent: at most one email per (lead, funnel, step), even across re-entry."""
     stage = funnel.entry.stage or funnel.stages[0].id
@@ -244,7 +256,7 @@ def enroll(funnel: Funnel, lead: Lead, at: datetime, cause: Cause, previous: Enr
         sent=previous.sent if previous else frozenset(),
         goal_reached_at=previous.goal_reached_at if previous else None,
     )
-    run = _Run(funnel, lead, state).at_clock(at)
+    run = _Run(funnel, lead, state, promoted).at_clock(at)
     run.emit(RecordTransition(None, stage, cause, at))
     run.enter_stage(stage, at)
     run.execute(at)
@@ -256,25 +268,38 @@ def enroll(funnel: Funnel, lead: Lead, at: datetime, cause: Cause, previous: Enr
 # --------------------------------------------------------------------------------------------------
 
 
-def on_clock(funnel: Funnel, lead: Lead, state: Enrollment, now: datetime) -> Decision:
-    """Everything that falls due up to `now`, in time order."""
-    run = _Run(funnel, lead, state).at_clock(now)
+def on_clock(
+    funnel: Funnel, lead: Lead, state: Enrollment, now: datetime, promoted: Mapping[str, str] = NOTHING_PROMOTED
+) -> Decision:
+    """Everything that falls due up to `now`, in time order. `promoted`: experiment id -> the arm new
+    assignments go to once the experiment is decided (leads already assigned keep theirs)."""
+    run = _Run(funnel, lead, state, promoted).at_clock(now)
     run.catch_up(now)
     return run.decision()
 
 
-def on_event(funnel: Funnel, lead: Lead, state: Enrollment, event: Event) -> Decision:
+def on_event(
+    funnel: Funnel, lead: Lead, state: Enrollment, event: Event, promoted: Mapping[str, str] = NOTHING_PROMOTED
+) -> Decision:
     """React to an event at its time, after first doing what fell due before it."""
-    run = _Run(funnel, lead, state).at_clock(event.at)
+    run = _Run(funnel, lead, state, promoted).at_clock(event.at)
     run.catch_up(event.at)
     if run.state.status == "active":
         run.handle_event(event)
     return run.decision()
 
 
-def move(funnel: Funnel, lead: Lead, state: Enrollment, stage: str, at: datetime, ref: str | None) -> Decision:
+def move(
+    funnel: Funnel,
+    lead: Lead,
+    state: Enrollment,
+    stage: str,
+    at: datetime,
+    ref: str | None,
+    promoted: Mapping[str, str] = NOTHING_PROMOTED,
+) -> Decision:
     """A manual move by an operator, recorded with cause `manual`."""
-    run = _Run(funnel, lead, state).at_clock(at)
+    run = _Run(funnel, lead, state, promoted).at_clock(at)
     run.catch_up(at)
     if run.state.status == "active":
         run.transition(stage, Cause("manual", ref), at)
@@ -290,8 +315,11 @@ def move(funnel: Funnel, lead: Lead, state: Enrollment, stage: str, at: datetime
 class _Run:
     """One decision's working copy; mutable locally, the result is frozen."""
 
-    def __init__(self, funnel: Funnel, lead: Lead, state: Enrollment) -> None:
+    def __init__(
+        self, funnel: Funnel, lead: Lead, state: Enrollment, promoted: Mapping[str, str] = NOTHING_PROMOTED
+    ) -> None:
         self.funnel = funnel
+        self.promoted = promoted
         self.lead = lead
         self.state = state
         self.commands: list[Command] = []
@@ -505,6 +533,8 @@ class _Run:
             elif isinstance(step, BranchStep):
                 taken = step.branch.then if evaluate(step.branch.if_, self.lead) else step.branch.else_
                 self._follow(taken, Cause("step", step.id), at)
+            elif isinstance(step, SplitStep):
+                self._split(step, at)
             elif isinstance(step, UpdateStep):
                 self._update(step, at)
                 self._advance(at)
@@ -518,8 +548,16 @@ class _Run:
             else:  # pragma: no cover - the definition's union is closed
                 raise AssertionError(f"unknown step {step!r}")
 
+    def _split(self, step: SplitStep, at: datetime) -> None:
+        """Take the lead down its arm's path (a holdout goes on where its `goto` says)."""
+        chosen = choose(step.split, self.lead.id, self.funnel.id, step.id, self.promoted)
+        arm = chosen.arm
+        self.emit(AssignArm(step.id, chosen.experiment, arm.id, at, None, arm.holdout, chosen.promoted))
+        self._follow(Outcome(goto=arm.goto), Cause("step", step.id), at)
+
     def _send(self, step: SendStep, at: datetime, window_checked: bool) -> bool:
-        """Command the email, or record why not. False when the send must wait for its window."""
+        """Command the email, or record why not. False when the send must wait for its window. A variant
+        send assigns the lead its arm once the email is queued, and queues the arm's template."""
         s = self.state
         window = self.funnel.send_window
         if window is not None and not step.transactional and not window_checked:
@@ -527,15 +565,23 @@ class _Run:
             if opens != at:
                 self._wait()
                 return False
+        chosen = (
+            None
+            if step.experiment is None
+            else choose(step.experiment, self.lead.id, self.funnel.id, step.id, self.promoted)
+        )
+        template = step.send if chosen is None else chosen.arm.send or step.send
         if self.now - at > self.funnel.allowed_lateness:
-            self.emit(SkipEmail(step.id, step.send, s.stage, at, "late"))
+            self.emit(SkipEmail(step.id, template, s.stage, at, "late"))
             return True
         if step.id in s.sent:
-            self.emit(SkipEmail(step.id, step.send, s.stage, at, "already-sent"))
+            self.emit(SkipEmail(step.id, template, s.stage, at, "already-sent"))
         elif self.lead.consent != "subscribed":
-            self.emit(SkipEmail(step.id, step.send, s.stage, at, "no-consent"))
+            self.emit(SkipEmail(step.id, template, s.stage, at, "no-consent"))
         else:
-            self.emit(SendEmail(step.id, step.send, s.stage, at, step.transactional))
+            if chosen is not None:
+                self.emit(AssignArm(step.id, chosen.experiment, chosen.arm.id, at, template, False, chosen.promoted))
+            self.emit(SendEmail(step.id, template, s.stage, at, step.transactional))
             self.state = replace(s, sent=s.sent | {step.id})
         return True
 

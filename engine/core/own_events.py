@@ -6,7 +6,8 @@ so that nobody can write what only the engine witnesses:
 - a name in `RESERVED_NAMES`: an operator's act (`manual_enroll`), a lead's own opt-out
   (`unsubscribed`, `funnel_unsubscribed`), a change the engine made (`lead_updated`, `lead_imported`),
   an operator's decision on a message (`email_decided`), a complaint (`complained`), a lead's answer to
-  an email at its signed reply address (`email_replied`);
+  an email at its signed reply address (`email_replied`), the journey putting the lead in an experiment's
+  arm (`experiment_assigned`);
 - an id of the form `<kind>:...` for a kind in `ID_KINDS`: the engine's ids are derived from what it
   saw (`form:<form>:<consent record>`, `click:<lead>:<funnel>:<step>:<link>`, ...), so an outside event
   holding one first would make the engine's own event a duplicate, dropped (a signup that never gets
@@ -30,20 +31,23 @@ LEAD_IMPORTED = "lead_imported"  # `funnel import --funnel`: {source: csv, funne
 EMAIL_DECIDED = "email_decided"  # an operator decided what became of an `unknown` message
 COMPLAINED = "complained"  # the lead reported an email as spam (a feedback report, a provider's event)
 EMAIL_REPLIED = "email_replied"  # a person answered an email at its reply address: {funnel, step, message}
+# The journey put the lead in an experiment's arm: {funnel, step, experiment, arm, template?, holdout?}
+EXPERIMENT_ASSIGNED = "experiment_assigned"
 RESERVED_NAMES = frozenset(
     {MANUAL_ENROLL, FUNNEL_UNSUBSCRIBED, UNSUBSCRIBED, LEAD_UPDATED, LEAD_IMPORTED, EMAIL_DECIDED, COMPLAINED,
-     EMAIL_REPLIED}
+     EMAIL_REPLIED, EXPERIMENT_ASSIGNED}
 )  # fmt: skip
 
 # Sources. `OPERATOR` is the `funnel lead` commands and the /ops dashboard.
 OPERATOR = "ops"
+ENGINE = "engine"  # what the journey itself records (experiment assignments)
 SOURCES = frozenset({OPERATOR, "form", "import", "click", "open", "unsubscribe", "preferences", "demo", "complaint",
-                     "reply"})  # fmt: skip
+                     "reply", ENGINE})  # fmt: skip
 
 # The kinds of the engine's event ids: every id the engine makes is `engine_id(kind, ...)`.
 ID_KINDS = frozenset(
     {"form", "click", "open", "import", "manual-enroll", "lead-updated", "unsubscribe", "funnel-unsubscribe", "ops",
-     "demo", "complaint", "reply"}
+     "demo", "complaint", "reply", "experiment"}
 )  # fmt: skip
 
 

@@ -16,7 +16,9 @@ the same statements: one per kind of row (an executemany), never one per decisio
   (or the same lead and funnel, for a cancel), so `outbox_rounds` groups them into rounds of three
   statements that keep that order; a batch needs more than one round only when a message is touched
   again after something of another kind touched it;
-- webhook calls and goals: `ON CONFLICT DO NOTHING` on their keys (the first one stays).
+- webhook calls and goals: `ON CONFLICT DO NOTHING` on their keys (the first one stays);
+- experiment assignments: an `experiment_assigned` event of the lead, already processed (it moves no
+  journey; the lead's timeline shows it), keyed by (lead, funnel, step, experiment) so the first stays.
 
 The database keeps the promises: at most one outbox row per (lead, funnel, step) by its unique key, and
 writing a decision twice changes nothing more than writing it once. Every lead a batch touches is
@@ -34,6 +36,8 @@ from typing import Any, Literal
 import sqlalchemy as sa
 
 from engine.core import journey
+from engine.core.experiments import AssignArm
+from engine.core.own_events import ENGINE, EXPERIMENT_ASSIGNED, engine_id
 from engine.store import leads as store
 from engine.store import tables
 
@@ -60,6 +64,7 @@ _ENROLLMENT = (
 )
 _WEBHOOK = "ON CONFLICT (lead_id, funnel_id, step) DO NOTHING"
 _GOAL = "ON CONFLICT (lead_id, funnel_id, goal) DO NOTHING"
+_ASSIGNED = "ON CONFLICT (event_id) DO NOTHING"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +98,7 @@ class Plan:
     outbox: list[OutboxChange] = field(default_factory=list)
     webhooks: list[dict[str, Any]] = field(default_factory=list)
     goals: list[dict[str, Any]] = field(default_factory=list)
+    assignments: list[dict[str, Any]] = field(default_factory=list)
 
 
 def apply_decisions(conn: sa.Connection, decisions: Sequence[tuple[int, journey.Decision]], now: datetime) -> Written:
@@ -116,6 +122,7 @@ def apply_decisions(conn: sa.Connection, decisions: Sequence[tuple[int, journey.
             conn.execute(store.CANCEL_MARKETING, list(rows))
     store.insert_rows(conn, tables.webhook_calls, plan.webhooks, _WEBHOOK)
     store.insert_rows(conn, tables.goals, plan.goals, _GOAL)
+    store.insert_rows(conn, tables.events, plan.assignments, _ASSIGNED)
     return Written(queued=queued, transitions=len(plan.transitions))
 
 
@@ -169,8 +176,30 @@ def _plan_command(plan: Plan, lead_id: int, state: journey.Enrollment, c: journe
         plan.goals.append(
             {"lead_id": lead_id, "funnel_id": funnel, "goal": c.goal, "at": c.at, "within_window": c.within_window}
         )
+    elif isinstance(c, AssignArm):
+        plan.assignments.append(_assignment(lead_id, funnel, c, now))
     else:  # pragma: no cover - mypy sees every command above
         raise TypeError(f"no writer for the command {c!r}")
+
+
+def _assignment(lead_id: int, funnel: str, c: AssignArm, now: datetime) -> dict[str, Any]:
+    properties: dict[str, Any] = {"funnel": funnel, "step": c.step, "experiment": c.experiment, "arm": c.arm}
+    if c.template is not None:
+        properties["template"] = c.template
+    if c.holdout:
+        properties["holdout"] = True
+    if c.promoted:
+        properties["promoted"] = True
+    return {
+        "event_id": engine_id("experiment", lead_id, funnel, c.step, c.experiment),
+        "lead_id": lead_id,
+        "name": EXPERIMENT_ASSIGNED,
+        "properties": properties,
+        "occurred_at": c.at,
+        "received_at": now,
+        "processed_at": now,
+        "source": ENGINE,
+    }
 
 
 def _enrollment_row(lead_id: int, s: journey.Enrollment, now: datetime) -> dict[str, Any]:

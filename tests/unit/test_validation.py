@@ -362,7 +362,7 @@ def test_a_step_with_two_actions_or_none_says_which(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     messages = [(e.line, e.column, e.message) for e in load(path).errors]
-    actions = "send, wait, wait_until, wait_for, branch, update, move_to, webhook, exit"
+    actions = "send, wait, wait_until, wait_for, branch, split, update, move_to, webhook, exit"
     assert messages == [
         (10, 9, f"stage 'inquiry' step 'report': expected exactly one of {actions}, found 'send' and 'wait'"),
         (13, 9, f"stage 'inquiry' step 'nothing': expected exactly one of {actions}, found none"),

@@ -27,6 +27,7 @@ from engine.core.definition import (
     Outcome,
     Persona,
     SendStep,
+    SplitStep,
     Stage,
     UpdateStep,
     WaitForStep,
@@ -190,7 +191,7 @@ def build(funnel: Funnel, subjects: Mapping[str, str], live: Live | None = None)
             Touchpoint(
                 step=step.id,
                 template=step.send,
-                subject=subjects.get(step.send),
+                subject=_subject(step, subjects),
                 when=tuple(delays.get(step.id, ())),
                 transactional=step.transactional,
                 figures=email_figures.get(step.id),
@@ -336,6 +337,12 @@ def _end(funnel: Funnel, stage: Stage) -> Target | None:
 # -- steps as a graph ---------------------------------------------------------------------------------
 
 
+def _subject(step: SendStep, subjects: Mapping[str, str]) -> str | None:
+    """The email's subject; a variant send's subjects, one per template, joined by " | "."""
+    found = [subjects[t] for t in step.templates if t in subjects]
+    return " | ".join(found) if found else None
+
+
 def _steps(funnel: Funnel, stage: Stage, subjects: Mapping[str, str]) -> tuple[StepView, ...]:
     views = []
     end = _end(funnel, stage)
@@ -353,7 +360,7 @@ def _steps(funnel: Funnel, stage: Stage, subjects: Mapping[str, str]) -> tuple[S
 
         ways: list[tuple[Target | None, str]]
         if isinstance(step, SendStep):
-            subject = subjects.get(step.send)
+            subject = _subject(step, subjects)
             kind, label, ways = "send", f"email {step.id}" + (f": {subject}" if subject else ""), [(following, "")]
         elif isinstance(step, WaitStep):
             kind, label, ways = "wait", f"wait {in_words(step.wait)}", [(following, "")]
@@ -367,6 +374,9 @@ def _steps(funnel: Funnel, stage: Stage, subjects: Mapping[str, str]) -> tuple[S
         elif isinstance(step, BranchStep):
             kind, label = "branch", f"if {words.condition(step.branch.if_)}"
             ways = [(go(step.branch.then), "yes"), (go(step.branch.else_), "no")]
+        elif isinstance(step, SplitStep):
+            kind, label = "branch", f"split: experiment {step.split.id}"
+            ways = [(go(Outcome(goto=arm.goto)), f"arm {arm.id}") for arm in step.split.arms]
         elif isinstance(step, UpdateStep):
             kind, label, ways = "update", f"update: {_update_words(step)}", [(following, "")]
         elif isinstance(step, MoveStep):

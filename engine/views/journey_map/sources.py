@@ -25,7 +25,9 @@ def read_live(conn: Connection, funnel_id: str, at: datetime) -> Live:
 
 
 def templates_of(funnel: Funnel) -> list[str]:
-    return sorted({step.send for stage in funnel.stages for step in stage.steps if isinstance(step, SendStep)})
+    return sorted(
+        {t for stage in funnel.stages for step in stage.steps if isinstance(step, SendStep) for t in step.templates}
+    )
 
 
 def sample_subjects(library: TemplateLibrary, names: Iterable[str], sender: Sender) -> dict[str, str]:

@@ -12,6 +12,7 @@ from engine.core.definition import (
     NotCondition,
     Outcome,
     SendStep,
+    SplitStep,
     Stage,
     UpdateStep,
     WaitForStep,
@@ -68,6 +69,9 @@ def when_sent(stage: Stage) -> dict[str, list[str]]:
             w = step.wait_for
             follow(w.on_event, (f"on {words.event(w.event, w.where)}",), known)
             follow(w.on_timeout, (f"{in_words(w.timeout)} without {w.event}",), known)
+        elif isinstance(step, SplitStep):
+            for arm in step.split.arms:
+                follow(Outcome(goto=arm.goto), (), known)
         elif isinstance(step, BranchStep):
             key, held = _literal(step.branch.if_)
             for outcome, value in ((step.branch.then, held), (step.branch.else_, not held)):

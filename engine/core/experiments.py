@@ -1,0 +1,94 @@
+"""Which arm of an experiment a lead gets. Pure and deterministic: no clock, no randomness.
+
+A lead's arm is a hash of (lead key, funnel id, step id, the experiment's salt) read as a number in
+[0, 1), placed on the arms' cumulative weights in the order the file lists them. So:
+
+- the same lead always lands in the same arm: in `funnel simulate`, in `funnel test`, in the engine,
+  across a restart and across any edit that keeps the funnel id, the step id, the salt, the arms and
+  their weights (other steps, other experiments, templates and the metric do not matter);
+- the arm's id does not enter the hash, but the order of the arms does: reordering arms moves leads
+  (their intervals move), renaming an arm does not. Adding an arm moves the leads whose number leaves
+  their arm's interval: appended last with weight w to arms of total weight W, it takes w / (W + w) of
+  new assignments and shifts the old boundaries too (a third equal arm added to two equal arms moves half
+  of the leads: a third into the new arm, a sixth from the first arm to the second);
+- a new salt reassigns everyone.
+
+Once an experiment is decided and promoted, `promoted` (experiment id -> winning arm) sends new
+assignments to the winner; a lead already assigned keeps its arm, because the core assigns a lead once,
+when it runs the step, and never asks again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from engine.core.addresses import lookup_key
+from engine.core.definition import Arm, Experiment
+
+_SCALE = float(1 << 64)
+
+
+def unit_hash(lead_key: str, funnel_id: str, step_id: str, salt: str) -> float:
+    """A uniform number in [0, 1) from the parts: the first 8 bytes of SHA-256 of them, joined by NUL."""
+    digest = hashlib.sha256("\0".join((lead_key, funnel_id, step_id, salt)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / _SCALE
+
+
+def assign(lead_key: str, funnel_id: str, step_id: str, salt: str, arms: Sequence[tuple[str, float]]) -> str:
+    """The arm (by id) whose cumulative weight interval holds the lead's hash."""
+    if not arms:
+        raise ValueError("expected at least one arm, found none")
+    total = sum(weight for _, weight in arms)
+    point = unit_hash(lead_key, funnel_id, step_id, salt) * total
+    edge = 0.0
+    for arm_id, weight in arms:
+        edge += weight
+        if point < edge:
+            return arm_id
+    return arms[-1][0]  # rounding at the very top of the last interval
+
+
+def lead_key(lead_id: str) -> str:
+    """What identifies a lead in the hash: its address as the engine stores and looks it up
+    (`addresses.lookup_key`), so the engine, `funnel simulate` and `funnel test` agree however a scenario
+    writes it."""
+    return lookup_key(lead_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    experiment: str
+    arm: Arm
+    promoted: bool  # the arm came from a promotion, not from the hash
+
+
+def choose(
+    experiment: Experiment, lead_id: str, funnel_id: str, step_id: str, promoted: Mapping[str, str]
+) -> Assignment:
+    """The arm a lead assigned now gets: the promoted winner if there is one (and it is still an arm),
+    else the arm its hash falls in."""
+    by_id = {arm.id: arm for arm in experiment.arms}
+    winner = promoted.get(experiment.id)
+    if winner is not None and winner in by_id:
+        return Assignment(experiment.id, by_id[winner], True)
+    arm_id = assign(
+        lead_key(lead_id), funnel_id, step_id, experiment.hash_salt, [(a.id, a.weight) for a in experiment.arms]
+    )
+    return Assignment(experiment.id, by_id[arm_id], False)
+
+
+@dataclass(frozen=True, slots=True)
+class AssignArm:
+    """A command: record that the lead entered an experiment's arm (the lead's timeline shows it; the
+    metric's window starts at `at`). `template` is the arm's email for a variant send."""
+
+    step: str
+    experiment: str
+    arm: str
+    at: datetime
+    template: str | None = None
+    holdout: bool = False
+    promoted: bool = False
