@@ -101,17 +101,19 @@ class ExperimentRounds:
 
     def _look(self, funnel: Funnel, step: str, experiment: Experiment, now: datetime) -> None:
         key = (funnel.id, experiment.id)
-        with self.engine.begin() as conn:
+        # Counted on a read connection: on SQLite a write transaction would hold the one writer meanwhile.
+        with self.engine.connect() as conn:
             found, decision = state(conn, funnel, step, experiment, now)
-            outcome = automatic(experiment, decision, found)
-            if outcome is None:
-                if decision.state in ("winner", "no_winner"):
-                    self.told.add(key)
-                    log.info(
-                        "experiment %s/%s %s (promote: manual): an operator decides with `funnel experiment "
-                        "promote` or `stop`: %s", funnel.id, experiment.id, decision.state, decision.reason,
-                    )  # fmt: skip
-                return
+        outcome = automatic(experiment, decision, found)
+        if outcome is None:
+            if decision.state in ("winner", "no_winner"):
+                self.told.add(key)
+                log.info(
+                    "experiment %s/%s %s (promote: manual): an operator decides with `funnel experiment promote` "
+                    "or `stop`: %s", funnel.id, experiment.id, decision.state, decision.reason,
+                )  # fmt: skip
+            return
+        with self.engine.begin() as conn:
             written = store.record(
                 conn, funnel.id, experiment.id, outcome.arm, "auto", now, "engine", outcome.reason,
                 figures(found, decision),

@@ -52,7 +52,8 @@ def tallies(
     first = _first_success(metric, funnel, step)
     rows = conn.execute(
         sa.select(ev.c.properties, ev.c.occurred_at, first.label("first")).where(
-            ev.c.name == EXPERIMENT_ASSIGNED,
+            # A literal, so that PostgreSQL plans with the partial index on assignments.
+            ev.c.name == sa.literal_column(f"'{EXPERIMENT_ASSIGNED}'"),
             ev.c.properties["funnel"].as_string() == funnel,
             ev.c.properties["experiment"].as_string() == experiment,
             ev.c.occurred_at <= now - metric.within,

@@ -1,5 +1,6 @@
 """How each experiment was decided: one row per (funnel, experiment) at most, the unique key making the
-first decision the only one, whichever worker or operator writes it first.
+first decision the only one, whichever worker or operator writes it first; and an index on the
+assignments (`experiment_assigned` events), which the engine counts every minute per experiment.
 
 Revision ID: 0013
 Revises: 0012
@@ -17,6 +18,8 @@ down_revision: str | None = "0012"
 branch_labels: str | None = None
 depends_on: str | None = None
 
+ASSIGNED = "name = 'experiment_assigned'"
+
 
 def upgrade() -> None:
     op.create_table(
@@ -33,7 +36,15 @@ def upgrade() -> None:
         sa.UniqueConstraint("funnel_id", "experiment", name="uq_experiment_decisions_funnel_experiment"),
         sa.CheckConstraint("how IN ('auto', 'manual', 'stopped')", name="ck_experiment_decisions_how"),
     )
+    op.create_index(
+        "ix_events_experiment_assigned",
+        "events",
+        ["occurred_at"],
+        sqlite_where=sa.text(ASSIGNED),
+        postgresql_where=sa.text(ASSIGNED),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_events_experiment_assigned", table_name="events")
     op.drop_table("experiment_decisions")
