@@ -14,6 +14,7 @@ import typer
 
 from engine.cli.bounces import register as register_bounces
 from engine.cli.common import console, err, event_time, loaded_funnels, named_funnel, named_funnels, parse_time
+from engine.cli.experiments import register as register_experiments
 from engine.cli.imports import register as register_import
 from engine.cli.maps import register as register_map
 from engine.cli.ops import register as register_ops
@@ -600,6 +601,7 @@ register_ops(app)
 register_map(app)
 register_outbox(app)
 register_bounces(app)
+register_experiments(app)
 
 apikey_app = typer.Typer(help="Keys for the HTTP API.", no_args_is_help=True)
 app.add_typer(apikey_app, name="apikey")

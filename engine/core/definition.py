@@ -329,7 +329,7 @@ class Decide(Model):
     )
     if_no_winner: Literal["keep_control", "keep_split", "best_observed"] = Field(
         default="keep_control",
-        description="`keep_control`: the first arm; `keep_split`: keep assigning by weight; `best_observed`.",
+        description="`keep_control`: the control (first arm or holdout); `keep_split`: by weight; `best_observed`.",
     )
 
 

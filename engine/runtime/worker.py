@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from engine.core import journey
 from engine.core.definition import Funnel
 from engine.core.versions import migrate_enrollment
+from engine.runtime.experiment_rounds import ExperimentRounds
 from engine.store import leads as store
 from engine.store.database import READ_ONLY, Connection, Engine, data_version
 from engine.store.decisions import apply_decisions
@@ -73,6 +74,8 @@ class Worker:
         self.funnels = dict(funnels)
         self.batch_size = batch_size
         self._old: dict[tuple[str, str], Funnel | None] = {}  # earlier definitions, for edits
+        # Decided experiments: the arm new leads get (`promoted` to the journey); decides what is due.
+        self.experiments = ExperimentRounds(engine, self.funnels)
 
     def publish(self, now: datetime | None = None) -> None:
         """Record the loaded definitions (content-hashed) so `funnel plan` and ops can compare versions."""
@@ -84,7 +87,9 @@ class Worker:
                 store.wake_outdated(conn, funnel.id, funnel.version, now or datetime.now(UTC))
 
     def tick(self, now: datetime) -> TickResult:
-        """One pass: pending events first (they may change what is due), then due enrollments."""
+        """One pass: experiments due a decision, pending events (they may change what is due), then due
+        enrollments."""
+        self.experiments.round(now)
         result = TickResult()
         result.add(self.process_events(now))
         result.add(self.process_due(now))
@@ -184,14 +189,17 @@ class Worker:
         if state is not None and state.status == "active":
             state, edited = self._current(conn, funnel, state, now, result)
             at = max(at, state.stage_entered_at, state.due)
-            decision = edited(journey.on_event(funnel, lead, state, replace(row.event, at=at)))
+            promoted = self.experiments.arms_for(funnel.id)
+            decision = edited(journey.on_event(funnel, lead, state, replace(row.event, at=at), promoted))
         else:
             cause = journey.entry_trigger(funnel, lead, row.event)
             if cause is None or not journey.may_reenter(funnel, state, at):
                 return lead
             if state is not None and state.exited_at is not None:
                 at = max(at, state.exited_at)
-            decision = journey.enroll(funnel, lead, at, cause, previous=state)
+            decision = journey.enroll(
+                funnel, lead, at, cause, previous=state, promoted=self.experiments.arms_for(funnel.id)
+            )
             result.enrolled += 1
         assert decision.enrollment is not None
         states[(row.lead_id, funnel.id)] = decision.enrollment
@@ -219,7 +227,12 @@ class Worker:
                     result.errors.append(f"no funnel {item.enrollment.funnel!r} loaded for a due enrollment")
                     continue
                 state, edited = self._current(conn, funnel, item.enrollment, now, result)
-                decisions.append((item.lead_id, edited(journey.on_clock(funnel, lead, state, now))))
+                decisions.append(
+                    (
+                        item.lead_id,
+                        edited(journey.on_clock(funnel, lead, state, now, self.experiments.arms_for(funnel.id))),
+                    )
+                )
                 result.advanced += 1
             written = apply_decisions(conn, decisions, now)
             result.transitions += written.transitions

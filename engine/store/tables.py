@@ -48,6 +48,7 @@ class UtcDateTime(sa.types.TypeDecorator[datetime]):
 # JSONB on PostgreSQL (compact, comparable), JSON text on SQLite.
 Json = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 
+ASSIGNED = "name = 'experiment_assigned'"
 CONSENT_STATUSES = ("subscribed", "unsubscribed", "bounced", "complained", "erased", "pending")
 OUTBOX_STATUSES = ("queued", "sending", "sent", "failed", "bounced", "unknown", "skipped", "deferred")
 WEBHOOK_STATUSES = ("queued", "sending", "sent", "failed", "unknown")
@@ -129,6 +130,13 @@ class Event(SQLModel, table=True):
             postgresql_where=sa.text("processed_at IS NULL"),
         ),
         sa.Index("ix_events_lead", "lead_id", "occurred_at"),
+        # Experiments count their assignments every minute: without it, a read of every event.
+        sa.Index(
+            "ix_events_experiment_assigned",
+            "occurred_at",
+            sqlite_where=sa.text(ASSIGNED),
+            postgresql_where=sa.text(ASSIGNED),
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -483,6 +491,30 @@ class DomainAlarm(SQLModel, table=True):
     clear_reason: str | None = Field(default=None, sa_type=sa.Text)
 
 
+class ExperimentDecision(SQLModel, table=True):
+    """How an experiment ended: one row per (funnel, experiment) at most, so that it is decided once even
+    with several workers deciding at the same time (`engine.store.experiment_decisions`). `arm`: where new
+    leads go from then on (NULL: on by weight, as before); `how`: `auto` (the engine, at the horizon),
+    `manual` (an operator promoted an arm) or `stopped` (an operator ended it); `figures`: the counts and
+    the test's state when it was decided."""
+
+    __tablename__ = "experiment_decisions"
+    __table_args__ = (
+        sa.UniqueConstraint("funnel_id", "experiment", name="uq_experiment_decisions_funnel_experiment"),
+        sa.CheckConstraint("how IN ('auto', 'manual', 'stopped')", name="ck_experiment_decisions_how"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    funnel_id: str = Field(sa_type=sa.String(100), nullable=False)
+    experiment: str = Field(sa_type=sa.String(100), nullable=False)
+    arm: str | None = Field(default=None, sa_type=sa.String(100))
+    how: str = Field(sa_type=sa.String(16), nullable=False)
+    decided_at: datetime = Field(sa_type=UtcDateTime, nullable=False)
+    decided_by: str = Field(sa_type=sa.String(200), nullable=False)
+    reason: str = Field(sa_type=sa.Text, nullable=False)
+    figures: dict[str, Any] = Field(default_factory=dict, sa_type=Json, nullable=False)
+
+
 metadata = SQLModel.metadata
 
 leads: sa.Table = Lead.__table__  # type: ignore[attr-defined]
@@ -504,3 +536,4 @@ ops_sessions: sa.Table = OpsSession.__table__  # type: ignore[attr-defined]
 ops_sign_in_failures: sa.Table = OpsSignInFailure.__table__  # type: ignore[attr-defined]
 domain_alarms: sa.Table = DomainAlarm.__table__  # type: ignore[attr-defined]
 bounce_reports: sa.Table = BounceReport.__table__  # type: ignore[attr-defined]
+experiment_decisions: sa.Table = ExperimentDecision.__table__  # type: ignore[attr-defined]

@@ -1,0 +1,164 @@
+"""Experiments in the database: per arm, the leads whose metric window has closed and the ones of them that
+converted within it (read from the `experiment_assigned` events the decision writer records), and each
+experiment's decision, written once: the unique key on (funnel, experiment) makes the first writer win,
+whether a worker deciding at the horizon or an operator promoting or stopping it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from engine.core.definition import Metric
+from engine.core.own_events import EXPERIMENT_ASSIGNED
+from engine.store import tables
+
+CLICKED = "email_clicked"
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """One arm: leads assigned by the hash whose window has closed, and those that converted within it."""
+
+    leads: int = 0
+    conversions: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """A recorded decision: `arm` is where new leads go (None: on by weight)."""
+
+    funnel: str
+    experiment: str
+    arm: str | None
+    how: str
+    decided_at: datetime
+    decided_by: str
+    reason: str
+    figures: dict[str, Any]
+
+
+def tallies(
+    conn: sa.Connection, funnel: str, step: str, experiment: str, metric: Metric, now: datetime
+) -> dict[str, Tally]:
+    """Per arm (by id), the experiment's leads whose window (`metric.within` after their assignment) has
+    closed by `now`, and how many of them met the metric within it. Leads sent to an arm by a promotion
+    are not counted: they were not assigned at random."""
+    ev = tables.events
+    first = _first_success(metric, funnel, step)
+    rows = conn.execute(
+        sa.select(ev.c.properties, ev.c.occurred_at, first.label("first")).where(
+            # A literal, so that PostgreSQL plans with the partial index on assignments.
+            ev.c.name == sa.literal_column(f"'{EXPERIMENT_ASSIGNED}'"),
+            ev.c.properties["funnel"].as_string() == funnel,
+            ev.c.properties["experiment"].as_string() == experiment,
+            ev.c.occurred_at <= now - metric.within,
+        )
+    ).all()
+    leads: dict[str, int] = {}
+    converted: dict[str, int] = {}
+    for properties, assigned_at, success in rows:
+        if properties.get("promoted") or properties.get("step") != step:
+            continue
+        arm = str(properties.get("arm"))
+        leads[arm] = leads.get(arm, 0) + 1
+        if success is not None and success <= assigned_at + metric.within:
+            converted[arm] = converted.get(arm, 0) + 1
+    return {arm: Tally(n, converted.get(arm, 0)) for arm, n in leads.items()}
+
+
+def _first_success(metric: Metric, funnel: str, step: str) -> Any:
+    """The time of the lead's first success at or after its assignment (correlated with the assignment)."""
+    assigned = tables.events
+    if metric.goal is not None:
+        g = tables.goals
+        return _earliest(
+            g.c.at, g.c.lead_id == assigned.c.lead_id, g.c.funnel_id == funnel, g.c.at >= assigned.c.occurred_at
+        )
+    if metric.stage is not None:
+        t = tables.stage_transitions
+        return _earliest(
+            t.c.at, t.c.lead_id == assigned.c.lead_id, t.c.funnel_id == funnel, t.c.to_stage == metric.stage,
+            t.c.at >= assigned.c.occurred_at,
+        )  # fmt: skip
+    other = tables.events.alias("success")
+    where = [other.c.lead_id == assigned.c.lead_id, other.c.occurred_at >= assigned.c.occurred_at]
+    if metric.event is not None:
+        where.append(other.c.name == metric.event)
+    else:
+        where.append(other.c.name == CLICKED)
+        if metric.click != "*":
+            where.append(other.c.properties["link"].as_string() == metric.click)
+    return _earliest(other.c.occurred_at, *where, click_in=(funnel, step) if metric.click else None, events=other)
+
+
+def _earliest(column: Any, *where: Any, click_in: tuple[str, str] | None = None, events: Any = None) -> Any:
+    conditions = list(where)
+    if click_in is not None:
+        # A variant send counts the clicks in its own email; a split, clicks in any email after it. Both
+        # carry the step: a split's assignment is of the split step, whose clicks no email has, so a split
+        # is told by its assignment having no template.
+        assigned = tables.events
+        own = sa.and_(
+            events.c.properties["funnel"].as_string() == click_in[0],
+            events.c.properties["step"].as_string() == click_in[1],
+        )
+        conditions.append(sa.or_(assigned.c.properties["template"].as_string().is_(None), own))
+    return sa.select(sa.func.min(column)).where(*conditions).correlate(tables.events).scalar_subquery()
+
+
+def record(
+    conn: sa.Connection,
+    funnel: str,
+    experiment: str,
+    arm: str | None,
+    how: str,
+    at: datetime,
+    by: str,
+    reason: str,
+    figures: dict[str, Any],
+) -> bool:
+    """Record the experiment's decision unless one is recorded already (then nothing changes): whether
+    this one was written. Two writers at once: the unique key lets one in, the other writes nothing."""
+    d = tables.experiment_decisions
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = (
+        dialect.insert(d)
+        .values(
+            funnel_id=funnel,
+            experiment=experiment,
+            arm=arm,
+            how=how,
+            decided_at=at,
+            decided_by=by[:200],
+            reason=reason,
+            figures=figures,
+        )
+        .on_conflict_do_nothing(index_elements=["funnel_id", "experiment"])
+        .returning(d.c.id)
+    )
+    return conn.execute(stmt).scalar_one_or_none() is not None
+
+
+def settled(conn: sa.Connection, funnel: str | None = None) -> list[Settled]:
+    """The decisions recorded, of one funnel or all, in the order they were made."""
+    d = tables.experiment_decisions
+    stmt = sa.select(
+        d.c.funnel_id, d.c.experiment, d.c.arm, d.c.how, d.c.decided_at, d.c.decided_by, d.c.reason, d.c.figures
+    ).order_by(d.c.id)
+    if funnel is not None:
+        stmt = stmt.where(d.c.funnel_id == funnel)
+    return [Settled(*row) for row in conn.execute(stmt)]
+
+
+def promoted(conn: sa.Connection) -> dict[str, dict[str, str]]:
+    """Funnel id -> experiment id -> the arm new leads get, for every decided experiment that names one."""
+    out: dict[str, dict[str, str]] = {}
+    for s in settled(conn):
+        if s.arm is not None:
+            out.setdefault(s.funnel, {})[s.experiment] = s.arm
+    return out
