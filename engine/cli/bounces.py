@@ -13,7 +13,6 @@ DOMAIN` ends one.
 from __future__ import annotations
 
 import asyncio
-import getpass
 import logging
 import sys
 from datetime import UTC, datetime, timedelta
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from engine.cli.common import DATABASE_HELP, database, fail, lead_address, output_console, say
+from engine.cli.common import DATABASE_HELP, database, fail, lead_address, operator_name, output_console, say
 
 if TYPE_CHECKING:
     from engine.runtime.bounce_mailbox import MailboxPoller, PollResult
@@ -31,15 +30,6 @@ if TYPE_CHECKING:
     from engine.store.database import Engine
 
 EX_TEMPFAIL = 75
-
-
-def _operator(by: str | None) -> str:
-    if by:
-        return by
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no user name for this uid (a container)
-        return "unknown"
 
 
 def lift(
@@ -56,7 +46,7 @@ def lift(
     email = lead_address(address)
     if not reason.strip():
         raise fail("--reason: say why the address may be mailed again (it is kept with the lift)", 2)
-    who = _operator(by)
+    who = operator_name(by)
     act = consents.ConsentAct("lifted", f"operator {who}"[:200], fields={"reason": reason.strip(), "by": who})
     with database(database_url) as engine, engine.begin() as conn:
         refusal = consents.lift_refusal(conn, email)
@@ -85,7 +75,7 @@ def alarms(
     if clear is not None:
         if not (reason or "").strip():
             raise fail("--clear needs --reason: say what was fixed (it is kept with the alarm)", 2)
-        who = _operator(by)
+        who = operator_name(by)
         with database(database_url) as engine, engine.begin() as conn:
             ended = domain_alarms.clear(conn, clear.strip().lower(), now, who, (reason or "").strip())
         if ended is None:
@@ -158,13 +148,17 @@ def register(app: typer.Typer) -> None:
     _register_poll(bounces)
 
     @bounces.command("unknown")
-    def unknown(database_url: str | None = typer.Option(None, help=DATABASE_HELP)) -> None:
+    def unknown(
+        limit: int = typer.Option(100, "--limit", min=1, help="Show at most this many, newest first."),
+        database_url: str | None = typer.Option(None, help=DATABASE_HELP),
+    ) -> None:
         """Reports that matched no message or could not be classed, newest first."""
         from engine.store import bounces as bounce_store
         from engine.store.database import connect_read_only
 
         with database(database_url) as engine, connect_read_only(engine) as conn:
-            rows = bounce_store.unknown(conn)
+            rows = bounce_store.unknown(conn, limit)
+            total = bounce_store.kept_count(conn)
         table = Table("id", "received", "source", "kind", "class", "status", "why")
         for row in rows:
             table.add_row(
@@ -172,7 +166,8 @@ def register(app: typer.Typer) -> None:
                 row.failure_class or "unclassed", row.status or "", (row.diagnostic or "")[:80],
             )  # fmt: skip
         output_console().print(table)
-        output_console().print(f"{len(rows)} report(s) for an operator")
+        shown = f"{len(rows)} shown, the newest (--limit); " if len(rows) < total else ""
+        output_console().print(f"{shown}{total} report(s) for an operator (also on the dashboard: /ops/bounces)")
 
 
 def _register_poll(bounces: typer.Typer) -> None:

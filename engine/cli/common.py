@@ -1,9 +1,11 @@
 """What the commands of `funnel` share: its consoles, the funnels a command names, times from the
-command line, the database a command opens, and how a command says a problem and exits.
+command line, the database a command opens, the operator a command records, and how a command says a
+problem and exits.
 """
 
 from __future__ import annotations
 
+import getpass
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +27,16 @@ console = Console(emoji=False)  # ":fire:" in a funnel file is text, not an emoj
 if hasattr(sys.stdout, "reconfigure"):
     sys.stdout.reconfigure(line_buffering=True)
 err = Console(stderr=True, emoji=False)
+
+
+def operator_name(by: str | None) -> str:
+    """Who an operator's act (a lift, a promotion) is recorded as: `--by`, else the system user."""
+    if by:
+        return by
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no user name for this uid (a container)
+        return "unknown"
 
 
 def loaded_funnels(paths: list[Path], emails: Path) -> list[Funnel]:

@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from engine.cli.bounces import _operator as operator_name
-from engine.cli.common import DATABASE_HELP, database, fail, output_console, say
+from engine.cli.common import DATABASE_HELP, database, fail, operator_name, output_console, say
 
 if TYPE_CHECKING:
     from engine.core.definition import Experiment, Funnel
