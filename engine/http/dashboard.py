@@ -38,11 +38,9 @@ import anyio
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
-from pydantic import ValidationError
 from starlette.datastructures import State
 
 from engine.core import ops_auth
-from engine.core.definition import Funnel
 from engine.core.durations import stay_in_words
 from engine.core.ops_auth import Session, Sessions
 from engine.http.deps import Context
@@ -50,7 +48,7 @@ from engine.http.http_context import HttpContext
 from engine.mail.templates import Sender, TemplateLibrary
 from engine.store import bounces, dashboard_data, domain_alarms, ops_sessions, report_queries
 from engine.store.database import connect_read_only
-from engine.views import lead_timeline, report
+from engine.views import experiment_figures, lead_timeline, report
 from engine.views.journey_map import html as journey_map_html
 from engine.views.journey_map import model as journey_map
 from engine.views.journey_map.sources import read_live, sample_subjects, templates_of
@@ -670,11 +668,8 @@ def kept_report(report_id: int, session: PageSession, desk: Desk) -> HTMLRespons
 def funnel_map(funnel_id: str, session: PageSession, desk: Desk) -> HTMLResponse:
     """The map of the definition the engine runs (the newest published), with the figures of now."""
     with connect_read_only(desk.ctx.engine) as conn:
-        stored = report_queries.newest_definition(conn, funnel_id)
-        try:
-            definition = Funnel.model_validate(stored) if stored is not None else None
-        except ValidationError:
-            definition = None  # published by an engine of another shape; `funnel map FILE` still draws it
+        # None too when published by an engine of another shape; `funnel map FILE` still draws it.
+        definition = experiment_figures.published(conn, [funnel_id]).get(funnel_id)
         if definition is None:
             raise HTTPException(status_code=404)
         live = read_live(conn, funnel_id, desk.ctx.now())
