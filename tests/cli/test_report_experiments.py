@@ -94,31 +94,36 @@ class Seeded:
     root: Path
 
 
+def seed(engine: Engine, root: Path, now: datetime) -> None:
+    """Funnels `ab` and `plain` in root/funnels, published and run by the worker: the early leads signed
+    up five days before `now` and clicked (`clicks`) within the hour, the late ones sign up at `now`; the
+    worker's tick at `now` decides `subject` at its horizon (auto), and the late leads get its winner."""
+    (root / "funnels").mkdir(exist_ok=True)
+    (root / "funnels" / "ab.yaml").write_text(AB)
+    (root / "funnels" / "plain.yaml").write_text(PLAIN)
+    loaded = {f.id: f for f in load_funnels([root / "funnels"], emails_dir=None).funnels}
+    start = now - timedelta(days=5)
+    worker = Worker(engine, loaded)
+    worker.publish(start)  # as `funnel run` does: the report reads the definitions the engine runs
+    signed_up(engine, EARLY, start)
+    worker.run_until_idle(start)
+    with engine.begin() as conn:
+        for address in filter(clicks, EARLY):
+            lead_id = store.find_lead_id(conn, address)
+            assert lead_id is not None
+            properties = {"funnel": "ab", "step": "welcome", "link": "offer"}
+            event = store.NewEvent(f"click-{address}", lead_id, "email_clicked", start + timedelta(hours=1),
+                                   properties, "test")  # fmt: skip
+            store.record_events(conn, [event], now=start + timedelta(hours=1))
+    signed_up(engine, LATE, now)
+    worker.run_until_idle(now)
+
+
 @pytest.fixture
 def seeded(db_url: str, tmp_path: Path) -> Seeded:
-    (tmp_path / "funnels").mkdir()
-    (tmp_path / "funnels" / "ab.yaml").write_text(AB)
-    (tmp_path / "funnels" / "plain.yaml").write_text(PLAIN)
-    loaded = {f.id: f for f in load_funnels([tmp_path / "funnels"], emails_dir=None).funnels}
-    now = datetime.now(UTC)
-    start = now - timedelta(days=5)
     engine = create_engine_for(db_url)
     try:
-        worker = Worker(engine, loaded)
-        worker.publish(start)  # as `funnel run` does: the report reads the definitions the engine runs
-        signed_up(engine, EARLY, start)
-        worker.run_until_idle(start)
-        with engine.begin() as conn:
-            for address in filter(clicks, EARLY):
-                lead_id = store.find_lead_id(conn, address)
-                assert lead_id is not None
-                properties = {"funnel": "ab", "step": "welcome", "link": "offer"}
-                event = store.NewEvent(f"click-{address}", lead_id, "email_clicked", start + timedelta(hours=1),
-                                       properties, "test")  # fmt: skip
-                store.record_events(conn, [event], now=start + timedelta(hours=1))
-        signed_up(engine, LATE, now)
-        # The first tick decides `subject` at its horizon (auto); the late leads then get its winner.
-        worker.run_until_idle(now)
+        seed(engine, tmp_path, datetime.now(UTC))
     finally:
         engine.dispose()
     promoted = funnel(tmp_path, db_url, "experiment", "promote", "ab", "pace", "soon", "--reason", "brand voice",
