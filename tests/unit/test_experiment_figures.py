@@ -4,6 +4,8 @@ while `collecting` no lift is shown at all."""
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from rich.console import Console
 
 from engine.cli.experiments import print_experiment
@@ -42,7 +44,7 @@ def test_while_running_the_lift_is_shown_and_marked_as_not_a_decision() -> None:
     assert running.state == "running" and running.not_a_decision
     data = as_dict(running)
     assert (data["state"], data["not_a_decision"], data["horizon"], data["decision"]) == ("running", True, 3841, None)
-    plain, teaser = data["arms"]  # type: ignore[misc]
+    plain, teaser = cast(list[dict[str, Any]], data["arms"])
     assert (plain["lift"], teaser["lift"], teaser["relative_lift"]) == (None, 0.1, 1.0)
     assert teaser["lift_low"] < 0.1 < teaser["lift_high"]
     text = printed(running)
@@ -55,6 +57,6 @@ def test_while_running_the_lift_is_shown_and_marked_as_not_a_decision() -> None:
 def test_while_collecting_no_lift_is_shown() -> None:
     collecting = figures([ArmCounts("plain", 99, 20), ArmCounts("teaser", 210, 42)], planned=3841)
     assert collecting.state == "collecting" and not collecting.not_a_decision
-    assert [a["lift"] for a in as_dict(collecting)["arms"]] == [None, None]  # type: ignore[attr-defined]
+    assert [a["lift"] for a in cast(list[dict[str, Any]], as_dict(collecting)["arms"])] == [None, None]
     text = printed(collecting)
     assert "not a decision" not in text and "pts" not in text and "collecting: 1 arm(s) below" in text
