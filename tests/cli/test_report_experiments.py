@@ -21,41 +21,13 @@ from engine.core.experiments import assign, lead_key
 from engine.runtime.worker import Worker
 from engine.store import leads as store
 from engine.store.database import create_engine_for
+from tests.cli.test_experiment_commands import AB as COMMANDS_AB
 from tests.cli.test_experiment_commands import funnel
 from tests.cli.test_report_returns import run, table
 
-AB = """\
-id: ab
-name: Two experiments
-entry:
-  triggers:
-    - event: signed_up
-stages:
-  - id: nurture
-    steps:
-      - id: welcome
-        send: drip/welcome
-        experiment:
-          id: subject
-          arms:
-            - {id: plain}
-            - {id: teaser, send: drip/teaser}
-          metric: {click: "*", within: 3d}
-          decide: {min_per_arm: 4, promote: auto}
-      - id: pace
-        split:
-          id: pace
-          arms:
-            - {id: soon, goto: tip}
-            - {id: none, holdout: true, goto: done}
-          metric: {click: "*", within: 1d}
-          decide: {min_per_arm: 4, promote: manual}
-      - id: tip
-        send: drip/tip
-      - id: done
-        wait: 1d
-    on_end: stay
-"""
+# The experiments of `funnel experiment`'s tests, with horizons a few leads reach.
+AB = COMMANDS_AB.replace("min_per_arm: 100", "min_per_arm: 4").replace("within: 7d", "within: 1d")
+assert AB.count("min_per_arm: 4") == 2 and "within: 1d" in AB
 
 PLAIN = """\
 id: plain
