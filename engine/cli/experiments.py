@@ -4,7 +4,8 @@
 control with its interval, the state of the test and, once decided, when, how, by whom and why. `promote`
 sends new leads to an arm (any arm, with who and why kept), `stop` ends an experiment (new leads go to the
 control, or to the arm given). Either is refused once the experiment is decided: the first decision holds.
-Leads already assigned keep their arm.
+Leads already assigned keep their arm. The figures are `engine.views.experiment_figures`', and
+`print_experiment` prints them for `show` and `funnel report` alike.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """What ops ask the database: `funnel report`, `funnel lead show|export|forget`, `funnel watch`, and
 `funnel demo-month` to fill a database with a month of made-up leads to ask about.
 
-Thin: the figures are `engine.views.report`'s, the SQL `engine.store.report_queries`'s, one lead's story
+Thin: the figures are `engine.views.report`'s (an experiment's, `engine.views.experiment_figures`'), the SQL `engine.store.report_queries`'s, one lead's story
 `engine.views.lead_timeline`'s, the month `engine.runtime.month`'s.
 """
 
