@@ -1,8 +1,9 @@
 """What ops ask the database: `funnel report`, `funnel lead show|export|forget`, `funnel watch`, and
 `funnel demo-month` to fill a database with a month of made-up leads to ask about.
 
-Thin: the figures are `engine.views.report`'s (an experiment's, `engine.views.experiment_figures`'), the SQL `engine.store.report_queries`'s, one lead's story
-`engine.views.lead_timeline`'s, the month `engine.runtime.month`'s.
+Thin: the figures are `engine.views.report`'s (an experiment's, `engine.views.experiment_figures`'), the
+SQL `engine.store.report_queries`'s, one lead's story `engine.views.lead_timeline`'s, the month
+`engine.runtime.month`'s.
 """
 
 from __future__ import annotations
