@@ -15,7 +15,8 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from engine.authoring.virtualclock import LeadRun
-from engine.core.definition import Experiment, Funnel, SendStep, SplitStep
+from engine.core.definition import Experiment, Funnel
+from engine.core.experiment_outcome import experiments_of
 from engine.core.experiments import AssignArm, choose
 from engine.core.journey import NOTHING_PROMOTED, GoalReached, RecordTransition
 
@@ -24,14 +25,7 @@ T = TypeVar("T")
 
 def funnel_experiments(funnel: Funnel) -> dict[str, tuple[str, Experiment]]:
     """Experiment id -> (its step id, the experiment), in file order."""
-    out: dict[str, tuple[str, Experiment]] = {}
-    for stage in funnel.stages:
-        for step in stage.steps:
-            if isinstance(step, SendStep) and step.experiment is not None:
-                out[step.experiment.id] = (step.id, step.experiment)
-            elif isinstance(step, SplitStep):
-                out[step.split.id] = (step.id, step.split)
-    return out
+    return {experiment.id: (step, experiment) for step, experiment in experiments_of(funnel)}
 
 
 def lead_arms(funnel: Funnel, lead_id: str) -> dict[str, str]:

@@ -4,7 +4,8 @@
 control with its interval, the state of the test and, once decided, when, how, by whom and why. `promote`
 sends new leads to an arm (any arm, with who and why kept), `stop` ends an experiment (new leads go to the
 control, or to the arm given). Either is refused once the experiment is decided: the first decision holds.
-Leads already assigned keep their arm.
+Leads already assigned keep their arm. The figures are `engine.views.experiment_figures`', and
+`print_experiment` prints them for `show` and `funnel report` alike.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from rich.table import Table
 from engine.cli.common import DATABASE_HELP, database, fail, operator_name, output_console, say
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from engine.core.definition import Experiment, Funnel
-    from engine.core.experiment_stats import ArmCounts, Decision
-    from engine.store.experiment_decisions import Settled
+    from engine.views.experiment_figures import ExperimentFigures
 
 experiment_app = typer.Typer(help="Experiments: their state, and promoting or stopping one.")
 
@@ -37,7 +39,7 @@ def _funnels(refs: list[str]) -> list[Funnel]:
 
 
 def _experiment(funnel_ref: str, experiment_id: str) -> tuple[Funnel, str, Experiment]:
-    from engine.runtime.experiment_rounds import experiments_of
+    from engine.core.experiment_outcome import experiments_of
 
     found = _funnels([funnel_ref])
     if len(found) != 1:
@@ -51,32 +53,23 @@ def _experiment(funnel_ref: str, experiment_id: str) -> tuple[Funnel, str, Exper
     return funnel, step, experiment
 
 
-def _decided_words(s: Settled) -> str:
-    goes = f"new leads get {s.arm}" if s.arm is not None else "new leads are split by weight"
-    return f"decided ({s.how}) {s.decided_at.isoformat(timespec='minutes')} by {s.decided_by}: {goes}"
-
-
 def list_experiments(
     funnels: list[str] = typer.Argument(None, help="Funnel files, folders or ids (default: funnels/)."),
     database_url: str | None = typer.Option(None, help=DATABASE_HELP),
 ) -> None:
     """Every experiment of the funnels with its state now."""
-    from engine.runtime.experiment_rounds import experiments_of, state
-    from engine.store import experiment_decisions as store
     from engine.store.database import connect_read_only
+    from engine.views import experiment_figures as figures
 
     loaded = _funnels(funnels or [])
     now = datetime.now(UTC)
     table = Table("funnel", "experiment", "step", "arms", "leads counted", "state")
     with database(database_url) as engine, connect_read_only(engine) as conn:
-        decided = {(s.funnel, s.experiment): s for s in store.settled(conn)}
-        for funnel in loaded:
-            for step, experiment in experiments_of(funnel):
-                found, decision = state(conn, funnel, step, experiment, now)
-                settled = decided.get((funnel.id, experiment.id))
-                shown = _decided_words(settled) if settled else decision.state
-                leads = " / ".join(f"{c.leads:,}" for c in found)
-                table.add_row(funnel.id, experiment.id, step, ", ".join(c.arm for c in found), leads, shown)
+        found = [e for funnel in loaded for e in figures.read(conn, funnel, now)]
+    for e in found:
+        shown = figures.decided_words(e.decided) if e.decided else e.state
+        leads = " / ".join(f"{a.leads:,}" for a in e.arms)
+        table.add_row(e.funnel, e.id, e.step, ", ".join(a.arm for a in e.arms), leads, shown)
     output_console().print(table)
 
 
@@ -85,54 +78,56 @@ def show(
     experiment_id: str = typer.Argument(..., metavar="EXPERIMENT", help="The experiment's id."),
     database_url: str | None = typer.Option(None, help=DATABASE_HELP),
 ) -> None:
-    """An experiment's arms (leads whose window has closed, conversions, rate, lift over the control with
-    its interval), the state of its test and its decision."""
-    from engine.core.durations import format_duration
-    from engine.core.experiment_outcome import control
-    from engine.runtime.experiment_rounds import state
-    from engine.store import experiment_decisions as store
+    """An experiment's arms (leads assigned, leads whose window has closed, conversions, rate, lift over
+    the control with its interval), the state of its test and its decision."""
     from engine.store.database import connect_read_only
+    from engine.views import experiment_figures as figures
 
-    funnel, step, experiment = _experiment(funnel_ref, experiment_id)
-    now = datetime.now(UTC)
+    funnel, _, experiment = _experiment(funnel_ref, experiment_id)
     with database(database_url) as engine, connect_read_only(engine) as conn:
-        found, decision = state(conn, funnel, step, experiment, now)
-        settled = next((s for s in store.settled(conn, funnel.id) if s.experiment == experiment.id), None)
+        found = next(e for e in figures.read(conn, funnel, datetime.now(UTC)) if e.id == experiment.id)
     out = output_console()
-    kind = "variant send" if experiment.arms[0].goto is None else "split"
-    head = f"{funnel.id} / {experiment.id}: {kind} at step {step}; metric {_metric_words(experiment)}"
-    rule = f"promote: {experiment.decide.promote}; control: {control(experiment)}"
-    say(out, f"{head} within {format_duration(experiment.metric.within)}; {rule}")
-    out.print(_arms_table(found, decision, control(experiment)))
-    say(out, f"test: {decision.reason}")
-    if settled is None:
-        say(out, "decision: none yet")
-        return
-    say(out, f"decision: {_decided_words(settled)}")
-    say(out, f"why: {settled.reason}")
-    arms = settled.figures.get("arms") or {}
-    if arms:
-        at_time = ", ".join(f"{arm} {f['conversions']:,}/{f['leads']:,}" for arm, f in arms.items())
+    print_experiment(out, found)
+    settled = found.decided
+    if settled is not None and settled.figures.get("arms"):
+        at_time = ", ".join(f"{arm} {f['conversions']:,}/{f['leads']:,}" for arm, f in settled.figures["arms"].items())
         say(out, f"figures when decided: {at_time} (state {settled.figures.get('state')})")
 
 
-def _metric_words(experiment: Experiment) -> str:
-    m = experiment.metric
-    return f"{m.kind}: {'true' if m.goal else getattr(m, m.kind)}"
+def print_experiment(out: Console, e: ExperimentFigures) -> None:
+    """An experiment as `show` and `funnel report` print it: what it tests, its arms, its state, and once
+    decided when, how, by whom, why and where new leads go."""
+    from engine.views.experiment_figures import decided_words
+
+    rule = e.experiment.decide
+    head = f"{e.funnel} / {e.id}: {e.kind} at step {e.step}; metric {e.metric} within {e.within}"
+    say(out, f"{head}; promote: {rule.promote}; control: {e.control}")
+    out.print(_arms_table(e))
+    say(out, f"test: {e.reason}")
+    if e.not_a_decision:
+        say(out, "lifts and intervals: not a decision (the test runs once, at the horizon)")
+    if e.decided is None:
+        say(out, "decision: none yet")
+        return
+    say(out, f"decision: {decided_words(e.decided)}")
+    say(out, f"why: {e.decided.reason}")
 
 
-def _arms_table(found: list[ArmCounts], decision: Decision, control_arm: str) -> Table:
-    compared = {c.arm: c for c in decision.comparisons}
-    table = Table("arm", "leads", "conversions", "rate", "lift over control", "interval", "adjusted p")
-    for c in found:
-        row = compared.get(c.arm)
-        if c.arm == control_arm:
+def _arms_table(e: ExperimentFigures) -> Table:
+    from engine.views.experiment_figures import interval_words, lift_words
+
+    table = Table("arm", "assigned", "leads counted", "conversions", "rate", "lift over control", "interval",
+                  "adjusted p", title=f"Experiment {e.id}: {e.state}", title_justify="left")  # fmt: skip
+    for a in e.arms:
+        c = a.comparison
+        if a.control:
             cells = ["(control)", "", ""]
-        elif row is None:
+        elif c is None:
             cells = ["-", "-", "-"]  # collecting: no comparison is shown yet
         else:
-            cells = [f"{row.lift:+.2%}", f"{row.low:+.2%} to {row.high:+.2%}", f"{row.adjusted_p:.3g}"]
-        table.add_row(c.arm, f"{c.leads:,}", f"{c.conversions:,}", f"{c.rate:.2%}", *cells)
+            cells = [lift_words(c), interval_words(c), f"{c.adjusted_p:.3g}"]
+        assigned = f"{a.assigned:,}" + (f" (+{a.promoted:,} promoted)" if a.promoted else "")
+        table.add_row(a.arm, assigned, f"{a.leads:,}", f"{a.conversions:,}", f"{a.rate:.2%}", *cells)
     return table
 
 
@@ -165,8 +160,9 @@ def _decide(
     funnel_ref: str, experiment_id: str, arm: str | None, how: str, reason: str, by: str | None, url: str | None
 ) -> None:
     from engine.core.experiment_outcome import control
-    from engine.runtime.experiment_rounds import figures, state
+    from engine.runtime.experiment_rounds import figures
     from engine.store import experiment_decisions as store
+    from engine.views.experiment_figures import decided_words
 
     if not reason.strip():
         raise fail("--reason: say why (it is kept with the decision)", 2)
@@ -178,14 +174,14 @@ def _decide(
     who = operator_name(by)
     now = datetime.now(UTC)
     with database(url) as engine, engine.begin() as conn:
-        found, decision = state(conn, funnel, step, experiment, now)
+        found, decision = store.state(conn, funnel.id, step, experiment, now)
         written = store.record(
             conn, funnel.id, experiment.id, chosen, how, now, who, reason.strip(), figures(found, decision)
         )
         earlier = next(s for s in store.settled(conn, funnel.id) if s.experiment == experiment.id)
     if not written:
         raise fail(
-            f"{funnel.id} / {experiment.id}: already {_decided_words(earlier)} ({earlier.reason}); a decision "
+            f"{funnel.id} / {experiment.id}: already {decided_words(earlier)} ({earlier.reason}); a decision "
             "is final: to test again, start a new experiment (a new id)"
         )
     verb = "promoted" if how == "manual" else "stopped"

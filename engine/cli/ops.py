@@ -1,8 +1,9 @@
 """What ops ask the database: `funnel report`, `funnel lead show|export|forget`, `funnel watch`, and
 `funnel demo-month` to fill a database with a month of made-up leads to ask about.
 
-Thin: the figures are `engine.views.report`'s, the SQL `engine.store.report_queries`'s, one lead's story
-`engine.views.lead_timeline`'s, the month `engine.runtime.month`'s.
+Thin: the figures are `engine.views.report`'s (an experiment's, `engine.views.experiment_figures`'), the
+SQL `engine.store.report_queries`'s, one lead's story `engine.views.lead_timeline`'s, the month
+`engine.runtime.month`'s.
 """
 
 from __future__ import annotations
@@ -76,9 +77,12 @@ def report(
 ) -> None:
     """Each funnel's figures: leads per stage, stage-to-stage conversion, median and p90 time in stage,
     leads lost to bounces and complaints, and per email: sent, delivered, opened, clicked, unsubscribed,
-    bounced, failed, unknown, and hard bounces, soft bounces and complaints as shares of sent."""
+    bounced, failed, unknown, and hard bounces, soft bounces and complaints as shares of sent. Then each
+    experiment: per arm leads assigned and counted, conversions, rate, the lift over the control with its
+    interval, the test's state and, once decided, when, how, by whom and why (all leads, whatever --since)."""
     from engine.store import report_queries
     from engine.store.database import connect_read_only
+    from engine.views import experiment_figures
     from engine.views import report as figures
 
     if as_json and as_csv:
@@ -87,8 +91,10 @@ def report(
     scope = report_queries.Scope(funnel, cohort)
     with database(database_url) as engine, connect_read_only(engine) as conn:
         rows = report_queries.read_rows(conn, scope)
-        layouts = report_queries.layouts(conn, {r.funnel for r in rows.stage_counts})
-    reports = figures.build(rows, layouts)
+        funnel_ids = {r.funnel for r in rows.stage_counts}
+        layouts = report_queries.layouts(conn, funnel_ids)
+        experiments = experiment_figures.read_published(conn, funnel_ids, datetime.now(UTC))
+    reports = figures.build(rows, layouts, experiments)
     if as_json:
         typer.echo(json.dumps({"since": since, "funnels": [figures.as_dict(r) for r in reports]}))
     elif as_csv:
@@ -129,6 +135,11 @@ def _print_report(console: Console, r: FunnelReport, since: str | None) -> None:
             str(s.left_bounced), str(s.left_complained),
         )  # fmt: skip
     console.print(stages)
+    _print_emails(console, r)
+    _print_experiments(console, r, since)
+
+
+def _print_emails(console: Console, r: FunnelReport) -> None:
     if not r.emails:
         return
     emails = Table(title="Emails (shares of delivered)", title_justify="left")
@@ -155,6 +166,16 @@ def _print_report(console: Console, r: FunnelReport, since: str | None) -> None:
         )  # fmt: skip
     console.print(emails)
     _print_returned(console, r)
+
+
+def _print_experiments(console: Console, r: FunnelReport, since: str | None) -> None:
+    from engine.cli.experiments import print_experiment
+
+    if r.experiments:
+        all_leads = " (every lead assigned, whatever --since)" if since else ""
+        say(console, f"\nExperiments{all_leads}")
+    for e in r.experiments:
+        print_experiment(console, e)
 
 
 def _print_returned(console: Console, r: FunnelReport) -> None:

@@ -10,11 +10,21 @@ the arm new leads go to out (docs/experiments.md, "Deciding and promoting").
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from engine.core.definition import Experiment
+from engine.core.definition import Experiment, Funnel, SendStep, SplitStep
 from engine.core.experiment_stats import ArmCounts, Decision, Rule
+
+
+def experiments_of(funnel: Funnel) -> Iterator[tuple[str, Experiment]]:
+    """(step id, experiment) of each experiment of the funnel, in file order."""
+    for stage in funnel.stages:
+        for step in stage.steps:
+            if isinstance(step, SendStep) and step.experiment is not None:
+                yield step.id, step.experiment
+            elif isinstance(step, SplitStep):
+                yield step.id, step.split
 
 
 def control(experiment: Experiment) -> str:

@@ -16,6 +16,8 @@ are inline SVG drawn on the server. The live feed is server-sent events, polled 
     GET  /ops/bounces           reports kept for an operator (`funnel bounces unknown`); /ops/bounces/{id}: one,
                                 with its raw message as text (invariant 15: never guessed, never deleted)
     GET  /ops/funnels/{id}/map  the funnel's customer journey map with live figures (`funnel map --live`)
+    GET  /ops/experiments       each experiment's arms, lift over the control, state and decision (the figures
+                                of `funnel report` and `funnel experiment show`)
 """
 
 from __future__ import annotations
@@ -38,11 +40,9 @@ import anyio
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
-from pydantic import ValidationError
 from starlette.datastructures import State
 
 from engine.core import ops_auth
-from engine.core.definition import Funnel
 from engine.core.durations import stay_in_words
 from engine.core.ops_auth import Session, Sessions
 from engine.http.deps import Context
@@ -50,7 +50,7 @@ from engine.http.http_context import HttpContext
 from engine.mail.templates import Sender, TemplateLibrary
 from engine.store import bounces, dashboard_data, domain_alarms, ops_sessions, report_queries
 from engine.store.database import connect_read_only
-from engine.views import lead_timeline, report
+from engine.views import experiment_figures, lead_timeline, report
 from engine.views.journey_map import html as journey_map_html
 from engine.views.journey_map import model as journey_map
 from engine.views.journey_map.sources import read_live, sample_subjects, templates_of
@@ -176,7 +176,13 @@ class _Views:
         self.env = Environment(
             loader=FileSystemLoader(str(HERE / "templates_ops")), autoescape=True, undefined=StrictUndefined
         )
-        self.env.filters.update(when=_when, share=_share, duration=stay_in_words)
+        self.env.filters.update(
+            when=_when,
+            share=_share,
+            duration=stay_in_words,
+            lift=experiment_figures.lift_words,
+            interval=experiment_figures.interval_words,
+        )
         # Asset URLs carry a hash of their content: cached for long, never stale after an upgrade.
         self.env.globals["asset"] = {
             name: f"/ops/static/{name}?v={hashlib.sha256((STATIC / name).read_bytes()).hexdigest()[:10]}"
@@ -300,6 +306,7 @@ class OpsDesk:
         # counted.
         self.password_checks = anyio.CapacityLimiter(2)
         self.figures: _Recent[_Figures] = _Recent(lambda: _read_figures(ctx))
+        self.experiments: _Recent[_Experiments] = _Recent(lambda: _read_experiments(ctx))
         self.library = TemplateLibrary(ctx.settings.emails_dir)
         self.subjects_of: dict[str, dict[str, str]] = {}  # funnel version -> subjects (rendering them takes a while)
 
@@ -670,11 +677,8 @@ def kept_report(report_id: int, session: PageSession, desk: Desk) -> HTMLRespons
 def funnel_map(funnel_id: str, session: PageSession, desk: Desk) -> HTMLResponse:
     """The map of the definition the engine runs (the newest published), with the figures of now."""
     with connect_read_only(desk.ctx.engine) as conn:
-        stored = report_queries.newest_definition(conn, funnel_id)
-        try:
-            definition = Funnel.model_validate(stored) if stored is not None else None
-        except ValidationError:
-            definition = None  # published by an engine of another shape; `funnel map FILE` still draws it
+        # None too when published by an engine of another shape; `funnel map FILE` still draws it.
+        definition = experiment_figures.published(conn, [funnel_id]).get(funnel_id)
         if definition is None:
             raise HTTPException(status_code=404)
         live = read_live(conn, funnel_id, desk.ctx.now())
@@ -685,6 +689,38 @@ def funnel_map(funnel_id: str, session: PageSession, desk: Desk) -> HTMLResponse
         subjects = desk.subjects_of[definition.version] = sample_subjects(desk.library, templates_of(definition), who)
     page = journey_map_html.render(journey_map.build(definition, subjects, live), back="/ops/")
     return HTMLResponse(page, headers=MAP_HEADERS)
+
+
+# --------------------------------------------------------------------------------------------------
+# Experiments
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Experiments:
+    at: datetime
+    funnels: Sequence[tuple[str, Sequence[experiment_figures.ExperimentFigures]]]  # (name, its experiments)
+
+
+def _read_experiments(ctx: HttpContext) -> _Experiments:
+    """Counted like the overview's figures, at most every few seconds: each experiment reads its assignments."""
+    now = ctx.now()
+    with connect_read_only(ctx.engine) as conn:
+        names = dashboard_data.funnel_names(conn)
+        found = experiment_figures.read_published(conn, names, now)
+    return _Experiments(now, [(names[f], found[f]) for f in sorted(found)])
+
+
+@router.get("/experiments")
+def experiments(session: PageSession, desk: Desk) -> HTMLResponse:
+    found = desk.experiments.get()
+    return desk.views.page(
+        "experiments.html",
+        session=session,
+        funnels=found.funnels,
+        now=found.at,
+        decided=experiment_figures.decided_words,
+    )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -10,13 +10,13 @@ lead once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from engine.core.definition import Experiment, Funnel, SendStep, SplitStep
-from engine.core.experiment_outcome import automatic, control, rule
-from engine.core.experiment_stats import ArmCounts, Decision, decide
+from engine.core.definition import Experiment, Funnel
+from engine.core.experiment_outcome import automatic, experiments_of
+from engine.core.experiment_stats import ArmCounts, Decision
 from engine.store import experiment_decisions as store
 from engine.store.database import Engine
 
@@ -24,32 +24,6 @@ log = logging.getLogger("engine.experiments")
 
 EVERY = timedelta(minutes=1)
 NOTHING: Mapping[str, str] = {}
-
-
-def experiments_of(funnel: Funnel) -> Iterator[tuple[str, Experiment]]:
-    """(step id, experiment) of each experiment of the funnel, in file order."""
-    for stage in funnel.stages:
-        for step in stage.steps:
-            if isinstance(step, SendStep) and step.experiment is not None:
-                yield step.id, step.experiment
-            elif isinstance(step, SplitStep):
-                yield step.id, step.split
-
-
-def counts(conn: Any, funnel: Funnel, step: str, experiment: Experiment, now: datetime) -> list[ArmCounts]:
-    """Every arm's counts, in the file's order (an arm with no lead yet at 0)."""
-    found = store.tallies(conn, funnel.id, step, experiment.id, experiment.metric, now)
-    return [
-        ArmCounts(arm.id, found.get(arm.id, store.Tally()).leads, found.get(arm.id, store.Tally()).conversions)
-        for arm in experiment.arms
-    ]
-
-
-def state(
-    conn: Any, funnel: Funnel, step: str, experiment: Experiment, now: datetime
-) -> tuple[list[ArmCounts], Decision]:
-    found = counts(conn, funnel, step, experiment, now)
-    return found, decide(found, control(experiment), rule(experiment))
 
 
 def figures(found: list[ArmCounts], decision: Decision) -> dict[str, Any]:
@@ -103,7 +77,7 @@ class ExperimentRounds:
         key = (funnel.id, experiment.id)
         # Counted on a read connection: on SQLite a write transaction would hold the one writer meanwhile.
         with self.engine.connect() as conn:
-            found, decision = state(conn, funnel, step, experiment, now)
+            found, decision = store.state(conn, funnel.id, step, experiment, now)
         outcome = automatic(experiment, decision, found)
         if outcome is None:
             if decision.state in ("winner", "no_winner"):

@@ -1,5 +1,6 @@
 """Experiments in the database: per arm, the leads whose metric window has closed and the ones of them that
-converted within it (read from the `experiment_assigned` events the decision writer records), and each
+converted within it (read from the `experiment_assigned` events the decision writer records), the test's
+state on those counts (`state`, what the worker decides on and what every report shows), and each
 experiment's decision, written once: the unique key on (funnel, experiment) makes the first writer win,
 whether a worker deciding at the horizon or an operator promoting or stopping it.
 """
@@ -13,7 +14,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from engine.core.definition import Metric
+from engine.core.definition import Experiment, Metric
+from engine.core.experiment_outcome import control, rule
+from engine.core.experiment_stats import ArmCounts, Decision, decide
 from engine.core.own_events import EXPERIMENT_ASSIGNED
 from engine.store import tables
 
@@ -40,6 +43,52 @@ class Settled:
     decided_by: str
     reason: str
     figures: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Assigned:
+    """One arm: every lead given it so far, window closed or not: by the hash, or by a decision."""
+
+    by_hash: int = 0
+    promoted: int = 0
+
+
+def counts(conn: sa.Connection, funnel: str, step: str, experiment: Experiment, now: datetime) -> list[ArmCounts]:
+    """Every arm's counts for the test, in the file's order (an arm with no lead yet at 0)."""
+    found = tallies(conn, funnel, step, experiment.id, experiment.metric, now)
+    return [
+        ArmCounts(arm.id, found.get(arm.id, Tally()).leads, found.get(arm.id, Tally()).conversions)
+        for arm in experiment.arms
+    ]
+
+
+def state(
+    conn: sa.Connection, funnel: str, step: str, experiment: Experiment, now: datetime
+) -> tuple[list[ArmCounts], Decision]:
+    """The counts and the test's state on them now (`engine.core.experiment_stats.decide`)."""
+    found = counts(conn, funnel, step, experiment, now)
+    return found, decide(found, control(experiment), rule(experiment))
+
+
+def assigned(conn: sa.Connection, funnel: str, step: str, experiment: str) -> dict[str, Assigned]:
+    """Per arm (by id), the leads assigned to it so far, whether their window has closed or not."""
+    ev = tables.events
+    rows = conn.execute(
+        sa.select(ev.c.properties).where(
+            ev.c.name == sa.literal_column(f"'{EXPERIMENT_ASSIGNED}'"),
+            ev.c.properties["funnel"].as_string() == funnel,
+            ev.c.properties["experiment"].as_string() == experiment,
+        )
+    ).scalars()
+    by_hash: dict[str, int] = {}
+    promoted: dict[str, int] = {}
+    for properties in rows:
+        if properties.get("step") != step:
+            continue
+        arm = str(properties.get("arm"))
+        into = promoted if properties.get("promoted") else by_hash
+        into[arm] = into.get(arm, 0) + 1
+    return {arm: Assigned(by_hash.get(arm, 0), promoted.get(arm, 0)) for arm in {*by_hash, *promoted}}
 
 
 def tallies(

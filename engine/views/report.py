@@ -1,5 +1,6 @@
 """`funnel report`'s figures, from the plain rows `engine.store.report_queries` reads: where leads are, how many
-went from one stage to the next, how long they stayed, and what each email did.
+went from one stage to the next, how long they stayed, and what each email did; with each funnel, its
+experiments' figures (`engine.views.experiment_figures`, read apart: they count from the assignments).
 
 Pure: no database, no clock. The rows are already counted by the database (a report over a million
 leads reads a few hundred rows); this module only puts them together, in the funnel's own order.
@@ -13,6 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from engine.core.report_rows import Layout, Rows, StageCount
+from engine.views import experiment_figures
+from engine.views.experiment_figures import ExperimentFigures
 
 # Handed to the relay and taken, or maybe taken, or refused for its address: what "sent" means in the
 # report. A `failed` message never went out (refused for good, or never composed or handed over): it is
@@ -77,6 +80,7 @@ class FunnelReport:
     exited: Mapping[str, int]
     stages: Sequence[StageFigures]
     emails: Sequence[EmailFigures] = field(default_factory=tuple)
+    experiments: Sequence[ExperimentFigures] = field(default_factory=tuple)
 
 
 def percentile(histogram: Iterable[tuple[int, int]], q: float) -> int | None:
@@ -101,15 +105,25 @@ def _ordered(known: Sequence[str], seen: Iterable[str]) -> list[str]:
     return [*known, *extra]
 
 
-def build(rows: Rows, layouts: Mapping[str, Layout]) -> list[FunnelReport]:
-    """One report per funnel that has enrollments, sorted by funnel id."""
+def build(
+    rows: Rows,
+    layouts: Mapping[str, Layout],
+    experiments: Mapping[str, Sequence[ExperimentFigures]] | None = None,
+) -> list[FunnelReport]:
+    """One report per funnel that has enrollments, sorted by funnel id; `experiments` (funnel id -> its
+    experiments' figures, `engine.views.experiment_figures`) go with their funnel."""
     by_funnel: dict[str, list[StageCount]] = defaultdict(list)
     for row in rows.stage_counts:
         by_funnel[row.funnel].append(row)
-    return [_funnel(f, counts, rows, layouts.get(f, Layout())) for f, counts in sorted(by_funnel.items())]
+    tested = experiments or {}
+    return [
+        _funnel(f, counts, rows, layouts.get(f, Layout()), tested.get(f, ())) for f, counts in sorted(by_funnel.items())
+    ]
 
 
-def _funnel(funnel: str, counts: list[StageCount], rows: Rows, layout: Layout) -> FunnelReport:
+def _funnel(
+    funnel: str, counts: list[StageCount], rows: Rows, layout: Layout, experiments: Sequence[ExperimentFigures]
+) -> FunnelReport:
     now: dict[str, int] = defaultdict(int)
     exited: dict[str, int] = defaultdict(int)
     for c in counts:
@@ -156,6 +170,7 @@ def _funnel(funnel: str, counts: list[StageCount], rows: Rows, layout: Layout) -
         exited=dict(sorted(exited.items())),
         stages=stages,
         emails=_emails(funnel, rows, layout),
+        experiments=tuple(experiments),
     )
 
 
@@ -248,6 +263,7 @@ def as_dict(report: FunnelReport) -> dict[str, object]:
         "exited": dict(report.exited),
         "stages": [_stage_dict(s) for s in report.stages],
         "emails": [_email_dict(e) for e in report.emails],
+        "experiments": [experiment_figures.as_dict(e) for e in report.experiments],
     }
 
 
@@ -265,4 +281,6 @@ def csv_rows(report: FunnelReport) -> list[tuple[str, str, str, str, object]]:
         for figure, value in figures.items():
             if figure not in ("stage", "step"):
                 out.append((f, section, name, figure, "" if value is None else value))
+    for experiment in report.experiments:
+        out += experiment_figures.csv_rows(experiment)
     return out
