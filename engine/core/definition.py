@@ -331,6 +331,27 @@ class Decide(Model):
         default="keep_control",
         description="`keep_control`: the control (first arm or holdout); `keep_split`: by weight; `best_observed`.",
     )
+    baseline: float | None = Field(
+        default=None, gt=0, lt=1, description="Planning: the control's expected conversion rate, e.g. 0.05."
+    )
+    min_detectable_effect: float | None = Field(
+        default=None, gt=0, lt=1, description="Planning: the smallest absolute lift worth finding, e.g. 0.01."
+    )
+    power: float = Field(
+        default=0.8, gt=0, lt=1, description="Planning: the chance of finding that lift when it is real."
+    )
+
+    @model_validator(mode="after")
+    def _planned(self) -> Decide:
+        if (self.baseline is None) != (self.min_detectable_effect is None):
+            raise ValueError("expected both baseline and min_detectable_effect (to plan the horizon), or neither")
+        planned = (self.baseline or 0) + (self.min_detectable_effect or 0)
+        if planned >= 1:
+            raise ValueError(
+                f"expected baseline + min_detectable_effect below 1, found "
+                f"{self.baseline:g} + {self.min_detectable_effect:g}"
+            )
+        return self
 
 
 class Experiment(Model):

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from engine.core.definition import Experiment, Funnel, SendStep, SplitStep
-from engine.core.experiment_stats import ArmCounts, Decision, Rule
+from engine.core.experiment_stats import ArmCounts, Decision, Rule, planned_per_arm
 
 
 def experiments_of(funnel: Funnel) -> Iterator[tuple[str, Experiment]]:
@@ -33,7 +33,14 @@ def control(experiment: Experiment) -> str:
 
 
 def rule(experiment: Experiment) -> Rule:
-    return Rule(alpha=experiment.decide.alpha, min_per_arm=experiment.decide.min_per_arm)
+    """The file's rule; a stated baseline and minimum detectable effect plan the horizon (never below
+    `min_per_arm`), for as many comparisons to the control as the experiment has."""
+    d = experiment.decide
+    planned = None
+    if d.baseline is not None and d.min_detectable_effect is not None:
+        comparisons = len(experiment.arms) - 1
+        planned = planned_per_arm(d.baseline, d.min_detectable_effect, d.alpha, d.power, comparisons)
+    return Rule(alpha=d.alpha, min_per_arm=d.min_per_arm, planned_per_arm=planned)
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,3 +50,29 @@ def test_the_control_of_a_split_with_a_holdout_is_the_holdout() -> None:
 def test_nothing_is_recorded_while_running_or_for_a_manual_experiment() -> None:
     assert outcome(experiment(), (10, 16, 10), leads=50) is None  # collecting
     assert outcome(experiment(promote="manual"), (100, 160, 100)) is None
+
+
+def test_a_stated_baseline_and_effect_plan_the_horizon() -> None:
+    def planned(**decide: object) -> int:
+        exp = Experiment.model_validate(
+            {
+                "id": "e",
+                "arms": [{"id": "a", "send": "t/a"}, {"id": "b", "send": "t/b"}],
+                "metric": {"click": "*", "within": "3d"},
+                "decide": {"min_per_arm": 100, "promote": "auto", **decide},
+            }
+        )
+        return rule(exp).horizon
+
+    # docs/experiments.md's table: 5 % baseline, +1 point, alpha 0.05, power 0.8, two arms: 8,158 per arm.
+    assert planned(baseline=0.05, min_detectable_effect=0.01) == 8158
+    assert planned(baseline=0.10, min_detectable_effect=0.02) == 3841
+    assert planned() == 100
+    # Never below the stated minimum.
+    assert planned(baseline=0.2, min_detectable_effect=0.5, min_per_arm=5000) == 5000
+    for bad, words in [
+        ({"baseline": 0.05}, "both baseline and min_detectable_effect"),
+        ({"baseline": 0.7, "min_detectable_effect": 0.4}, "below 1"),
+    ]:
+        with pytest.raises(ValueError, match=words):
+            planned(**bad)
