@@ -5,8 +5,9 @@ lead gets a step's email twice, and the leads assigned before keep their arm.
 
 The engine looks at an experiment at most once a minute, first at its first tick. So the leads' history
 comes first, through one worker whose clock is five days back (their metric windows have closed by now);
-then three workers start together, and each looks at its first tick: the first to commit decides, the
-others find the decision recorded. Leads keep signing up all the while."""
+then three workers start together, and each looks at its first tick, before it handles any event: the
+first to commit decides, the others find the decision recorded. Leads that signed up while no worker ran,
+and leads signing up after the decision, all get the winner."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import pytest
 import sqlalchemy as sa
 
 from engine.core.experiments import assign, lead_key
+from engine.store import leads as store
 from engine.store.tables import events, experiment_decisions, leads
 from tests.acceptance.conftest import Project, iso, write_emails
 from tests.smtp_server import RecordingSmtpServer, _free_port
@@ -51,7 +53,8 @@ SUBJECT = {"plain": "Welcome for you", "teaser": "Teaser for you"}
 DECIDED = "experiment ab/subject decided (auto)"
 WORKERS = 3
 AFTER = 12  # leads signing up once the decision is seen
-WAIT_S = 60.0
+WAITING = 6  # leads that signed up while no worker ran
+WAIT_S = 120.0  # about 20 s on an idle machine
 
 
 def arm_of(address: str) -> str:
@@ -146,7 +149,15 @@ def test_three_workers_decide_once_and_every_later_lead_gets_the_winner(
     finally:
         stop([first])
 
-    # Three workers start together; leads sign up while they decide, and after.
+    # Three workers start together; leads sign up while none runs, while they decide, and after. Each
+    # worker's first tick looks at the experiment before it handles an event, so even the leads waiting
+    # when they start are handled with the decision in view.
+    waiting = list(itertools.islice((f"waiting{i}@example.com" for i in itertools.count()), WAITING))
+    with engine.begin() as conn:
+        now = datetime.now(UTC)
+        for address in waiting:
+            lead_id = store.upsert_lead(conn, address, now=now)
+            store.record_events(conn, [store.NewEvent(f"signup-{address}", lead_id, "signed_up", now)], now=now)
     ports = [_free_port("127.0.0.1") for _ in range(WORKERS)]
     api = Api(ports, key)
     logs += [project.root / f"worker{i}.log" for i in range(WORKERS)]
@@ -167,7 +178,7 @@ def test_three_workers_decide_once_and_every_later_lead_gets_the_winner(
         after = list(itertools.islice((a for a in fresh if arm_of(a) == "plain"), AFTER))
         for address in after:
             api.post(signup(address))
-        total = len(early) + len(during) + len(after)
+        total = len(early) + len(waiting) + len(during) + len(after)
         wait("every lead's email", lambda: len(smtp.messages()) >= total, deadline)
         time.sleep(1.0)  # a second email, if any, would arrive now
         alive = [p.poll() is None for p in procs]
@@ -194,7 +205,8 @@ def test_three_workers_decide_once_and_every_later_lead_gets_the_winner(
     errors = [line for log in logs for line in log.read_text().splitlines() if "ERROR" in line or "Traceback" in line]
     print(
         f"\n{WORKERS} workers: decided in {len(decided)} row(s), logged {len(told)} time(s); leads {len(early)} "
-        f"before, {len(during)} during, {len(after)} after; {len(got)} emails in {elapsed:.1f} s"
+        f"before, {len(waiting)} waiting, {len(during)} during, {len(after)} after; {len(got)} emails in "
+        f"{elapsed:.1f} s"
     )
     assert all(alive) and errors == []
     (row,) = decided
@@ -207,10 +219,11 @@ def test_three_workers_decide_once_and_every_later_lead_gets_the_winner(
         a: (arm, False) for a, arm in arms.items()
     }
     assert {a: subjects[a] for a in early} == {a: SUBJECT[arm] for a, arm in arms.items()}
-    # After: the winner, by the promotion.
-    assert {a: (subjects[a], assigned[a]["arm"], assigned[a].get("promoted")) for a in after} == {
-        a: (SUBJECT["teaser"], "teaser", True) for a in after
+    # Waiting, and after: the winner, by the promotion.
+    assert {a: (subjects[a], assigned[a]["arm"], assigned[a].get("promoted")) for a in waiting + after} == {
+        a: (SUBJECT["teaser"], "teaser", True) for a in waiting + after
     }
+    assert any(arm_of(a) == "plain" for a in waiting)  # the hash alone would not have given them all the teaser
     # During: either, but the email is the arm's the lead was put in.
     assert {a: subjects[a] for a in during} == {a: SUBJECT[assigned[a]["arm"]] for a in during}
 
