@@ -72,7 +72,7 @@ def test_an_assignment_lands_in_the_leads_timeline_once(db: Engine) -> None:
     assert not any("experiment_assigned" in t for t in texts)  # told in words, not as a raw event
 
 
-def test_a_holdout_and_a_stop_that_keeps_the_split_read_in_words(db: Engine) -> None:
+def test_a_holdout_and_a_decision_that_keeps_the_split_read_in_words(db: Engine) -> None:
     later = T0 + timedelta(days=1)
     with db.begin() as conn:
         lead_id = store.upsert_lead(conn, "h@example.com", attributes={}, tags=[], now=T0)
@@ -82,7 +82,7 @@ def test_a_holdout_and_a_stop_that_keeps_the_split_read_in_words(db: Engine) -> 
     )
     with db.begin() as conn:
         apply_decisions(conn, [(lead_id, decision)], T0)
-        experiment_decisions.record(conn, "guide", "pace", None, "stopped", later, "sam", "summer break", {})
+        experiment_decisions.record(conn, "guide", "pace", None, "auto", later, "engine", "no_winner: keep_split", {})
         experiment_decisions.record(conn, "guide", "subject", "plain", "manual", later, "olivia", "brand", {})
     with db.connect() as conn:
         timeline = lead_timeline.read(conn, "h@example.com")
@@ -94,7 +94,8 @@ def test_a_holdout_and_a_stop_that_keeps_the_split_read_in_words(db: Engine) -> 
             later,
             "experiment",
             "guide",
-            "experiment pace stopped by sam: new leads go on being split by weight; why: summer break; "
+            "experiment pace decided (auto) by engine: new leads go on being split by weight; why: no_winner: "
+            "keep_split; "
             "this lead keeps its arm none",
         ),
     ]  # the decision of `subject`, an experiment it was not in, is not there
