@@ -110,6 +110,7 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
         p.wait(timeout=30)
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_three_workers_decide_once_and_every_later_lead_gets_the_winner(
     tmp_path: Path, postgres_url: str, smtp: RecordingSmtpServer
