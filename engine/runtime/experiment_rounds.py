@@ -5,6 +5,11 @@ with `promote: auto` the outcome is recorded once (`engine.store.experiment_deci
 wins, however many workers decide at once) and logged; with `promote: manual` it is logged once and left
 to an operator (`funnel experiment promote`). Leads already assigned keep their arm: the journey assigns a
 lead once.
+
+Several workers share one database and each keeps the decided arms in memory, so each reads them again
+in the transaction that claims its work (`refresh`), after the claim: an event recorded after a decision
+was committed, by any worker or an operator, is decided with that decision in view, never with a map read
+before it.
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ class ExperimentRounds:
         if not self.watched:
             return
         with self.engine.connect() as conn:
-            self._refresh(conn)
+            self.refresh(conn)
         for funnel, step, experiment in self.watched:
             key = (funnel.id, experiment.id)
             last = self.looked.get(key)
@@ -65,7 +70,10 @@ class ExperimentRounds:
             self.looked[key] = now
             self._look(funnel, step, experiment, now)
 
-    def _refresh(self, conn: Any) -> None:
+    def refresh(self, conn: Any) -> None:
+        """Read the recorded decisions again (one small query; nothing for funnels without experiments)."""
+        if not self.watched:
+            return
         decided = store.settled(conn)
         self.decided = {(s.funnel, s.experiment) for s in decided}
         self.promoted = {}
@@ -92,6 +100,6 @@ class ExperimentRounds:
                 conn, funnel.id, experiment.id, outcome.arm, "auto", now, "engine", outcome.reason,
                 figures(found, decision),
             )  # fmt: skip
-            self._refresh(conn)  # another worker's decision, if it came first, is the one that holds
+            self.refresh(conn)  # another worker's decision, if it came first, is the one that holds
         if written:
             log.info("experiment %s/%s decided (auto): %s", funnel.id, experiment.id, outcome.reason)

@@ -138,6 +138,8 @@ class Worker:
         pending = store.claim_pending_events(conn, self.batch_size)
         if not pending:
             return None
+        # After the claim: these events were recorded before it, so a decision committed before them is seen.
+        self.experiments.refresh(conn)
         # A per-lead mutex: two workers holding two events of a lead not yet enrolled would both
         # find no enrollment row to lock and both enrol it. Taken in id order, so two workers
         # never wait on each other in a cycle.
@@ -214,6 +216,7 @@ class Worker:
             claimed = store.claim_due_enrollments(conn, now, self.batch_size, list(self.funnels))
             if not claimed:
                 return result
+            self.experiments.refresh(conn)
             leads = store.load_leads(conn, [c.lead_id for c in claimed], lock=True)
             decisions: list[tuple[int, journey.Decision]] = []
             for item in claimed:

@@ -4,18 +4,24 @@ export of everything held about the lead (GDPR art. 15 and 20), and erasure (art
 What the database holds about the lead (its row, and its rows in every table with a `lead_id`) is read,
 counted and erased by `engine.store.lead_data`; this module tells it as a story, and exports it as
 JSON-able data. Only the suppression survives erasure: a hash of the address, so it is never mailed again.
+
+Experiments are told in words: the lead's assignment (an `experiment_assigned` event), and, once the
+experiment is decided, its decision at the decision's time. The decision is one row per experiment
+(`engine.store.experiment_decisions`), not a row per lead: it is read for the experiments the lead was in.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from engine.store import lead_data
+from engine.core.own_events import EXPERIMENT_ASSIGNED
+from engine.store import experiment_decisions, lead_data
 from engine.store import leads as store
 from engine.store.database import Connection
+from engine.store.experiment_decisions import Settled
 
 # Counting and erasing what is held about a lead are the store's; `erase` is named here too, beside
 # the export, for the callers that ask this module about a lead.
@@ -33,14 +39,17 @@ _TIMELINE_TABLES = (
     "bounce_reports",
 )
 
-# Within one instant, the cause before its effects: the event, then the move, then the emails.
-_ORDER = {"report": 0, "consent": 1, "event": 2, "transition": 3, "goal": 4, "email": 5, "webhook": 6}
+# Within one instant, the cause before its effects: the event, then the move, then the arm the lead is
+# put in, then the email of that arm.
+_ORDER = {
+    "report": 0, "consent": 1, "event": 2, "transition": 3, "goal": 4, "experiment": 5, "email": 6, "webhook": 7
+}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
 class Entry:
     at: datetime
-    kind: str  # report | consent | event | transition | goal | email | webhook
+    kind: str  # report | consent | event | transition | goal | experiment | email | webhook
     funnel: str | None
     what: str  # one line for people
 
@@ -114,8 +123,11 @@ def read(conn: Connection, address: str) -> Timeline | None:
     events = found["events"]
     by_event_id = {e["event_id"]: (e["name"], e["properties"]) for e in events}
     transitions = found["stage_transitions"]
+    assigned = [e for e in events if e["name"] == EXPERIMENT_ASSIGNED]
     entries = [
-        *(_event(e) for e in events),
+        *(_event(e) for e in events if e["name"] != EXPERIMENT_ASSIGNED),
+        *(_assignment(e) for e in assigned),
+        *_decisions(assigned, decisions_of(conn, assigned)),
         *(_transition(t, by_event_id) for t in transitions),
         *(_email(o) for o in found["outbox"]),
         *(_consent(c) for c in found["consent_records"]),
@@ -143,6 +155,48 @@ def _event(e: Mapping[str, Any]) -> Entry:
     funnel = e["properties"].get("funnel") if isinstance(e["properties"].get("funnel"), str) else None
     source = f" from {e['source']}" if e["source"] else ""
     return Entry(e["occurred_at"], "event", funnel, f"event {e['name']}" + (f" ({props})" if props else "") + source)
+
+
+def _assignment(e: Mapping[str, Any]) -> Entry:
+    p = e["properties"]
+    notes = [
+        *([f"email {p['template']}"] if p.get("template") else []),
+        *(["the holdout"] if p.get("holdout") else []),
+        *(["the promoted arm: the experiment was decided before"] if p.get("promoted") else []),
+    ]
+    what = f"put in arm {p.get('arm')} of experiment {p.get('experiment')} at step {p.get('step')}"
+    return Entry(e["occurred_at"], "experiment", p.get("funnel"), what + (f" ({'; '.join(notes)})" if notes else ""))
+
+
+def decisions_of(conn: Connection, assigned: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], Settled]:
+    """The decisions of the experiments these assignments are in, by (funnel, experiment)."""
+    keys = {(a["properties"].get("funnel"), a["properties"].get("experiment")) for a in assigned}
+    if not keys:
+        return {}
+    return {(s.funnel, s.experiment): s for s in experiment_decisions.settled(conn) if (s.funnel, s.experiment) in keys}
+
+
+_HOW = {"auto": "decided (auto)", "manual": "promoted (manual)", "stopped": "stopped"}
+
+
+def _decisions(assigned: Sequence[Mapping[str, Any]], decided: Mapping[tuple[str, str], Settled]) -> list[Entry]:
+    """For each experiment the lead was assigned in and that is decided, one entry at the decision's time:
+    how, where new leads go, by whom, why, and what it means for this lead's arm."""
+    entries = []
+    for a in assigned:
+        p = a["properties"]
+        s = decided.get((p.get("funnel"), p.get("experiment")))
+        if s is None:
+            continue
+        goes = f"new leads get {s.arm}" if s.arm is not None else "new leads go on being split by weight"
+        if p.get("promoted") or a["occurred_at"] >= s.decided_at:
+            mine = f"this lead reached it after the decision, in arm {p.get('arm')}"
+        else:
+            mine = f"this lead keeps its arm {p.get('arm')}"
+        how = _HOW.get(s.how, s.how)
+        what = f"experiment {s.experiment} {how} by {s.decided_by}: {goes}; why: {s.reason}; {mine}"
+        entries.append(Entry(s.decided_at, "experiment", s.funnel, what))
+    return entries
 
 
 def _transition(t: Mapping[str, Any], events: Mapping[str, tuple[str, Mapping[str, Any]]]) -> Entry:
@@ -220,16 +274,23 @@ def _plain(value: Any) -> Any:
 
 
 def export(conn: Connection, address: str, now: datetime) -> dict[str, Any] | None:
-    """Everything held about the lead, as JSON-able data: its row, and its rows in every other table."""
+    """Everything held about the lead, as JSON-able data: its row, and its rows in every other table; the
+    decisions of the experiments it was in; and its timeline in words."""
     lead_id = store.find_lead_id(conn, address)
-    if lead_id is None:
+    found = read(conn, address)
+    if lead_id is None or found is None:
         return None
     lead = lead_data.lead(conn, lead_id)
     rows = lead_data.rows(conn, lead_id, lead_data.lead_table_names())
+    assigned = [e for e in rows["events"] if e["name"] == EXPERIMENT_ASSIGNED]
     data: dict[str, Any] = {
         "exported_at": now,
         "lead": lead,
         **rows,
         "suppression": lead_data.suppression(conn, address),
+        # Not rows of the lead's own (one row per experiment), but they decide what its experiments did next.
+        "experiment_decisions": [asdict(s) for s in decisions_of(conn, assigned).values()],
+        # The lead's story in words, as `funnel lead show` tells it.
+        "timeline": [{"at": e.at, "kind": e.kind, "funnel": e.funnel, "what": e.what} for e in found.entries],
     }
     return {key: _plain(value) for key, value in data.items()}

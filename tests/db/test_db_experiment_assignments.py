@@ -4,7 +4,7 @@ assignment written twice stays one row."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -12,8 +12,8 @@ from sqlalchemy.engine import Engine
 from engine.core import journey
 from engine.core.experiments import AssignArm
 from engine.core.journey import Cause
+from engine.store import experiment_decisions, tables
 from engine.store import leads as store
-from engine.store import tables
 from engine.store.decisions import apply_decisions
 from engine.views import lead_timeline
 
@@ -68,4 +68,35 @@ def test_an_assignment_lands_in_the_leads_timeline_once(db: Engine) -> None:
     }
     assert timeline is not None
     texts = [e.what for e in timeline.entries]
-    assert any("event experiment_assigned" in t and "arm=question" in t for t in texts), texts
+    assert texts.count("put in arm question of experiment subject at step welcome (email guide/welcome-question)") == 1
+    assert not any("experiment_assigned" in t for t in texts)  # told in words, not as a raw event
+
+
+def test_a_holdout_and_a_decision_that_keeps_the_split_read_in_words(db: Engine) -> None:
+    later = T0 + timedelta(days=1)
+    with db.begin() as conn:
+        lead_id = store.upsert_lead(conn, "h@example.com", attributes={}, tags=[], now=T0)
+        store.upsert_lead(conn, "other@example.com", attributes={}, tags=[], now=T0)
+    decision = journey.Decision(
+        STATE, journey.Lead("h@example.com"), (AssignArm("pace", "pace", "none", T0, None, True),)
+    )
+    with db.begin() as conn:
+        apply_decisions(conn, [(lead_id, decision)], T0)
+        experiment_decisions.record(conn, "guide", "pace", None, "auto", later, "engine", "no_winner: keep_split", {})
+        experiment_decisions.record(conn, "guide", "subject", "plain", "manual", later, "olivia", "brand", {})
+    with db.connect() as conn:
+        timeline = lead_timeline.read(conn, "h@example.com")
+        other = lead_timeline.read(conn, "other@example.com")
+    assert timeline is not None and other is not None
+    assert [(e.at, e.kind, e.funnel, e.what) for e in timeline.entries] == [
+        (T0, "experiment", "guide", "put in arm none of experiment pace at step pace (the holdout)"),
+        (
+            later,
+            "experiment",
+            "guide",
+            "experiment pace decided (auto) by engine: new leads go on being split by weight; why: no_winner: "
+            "keep_split; "
+            "this lead keeps its arm none",
+        ),
+    ]  # the decision of `subject`, an experiment it was not in, is not there
+    assert other.entries == []

@@ -15,9 +15,10 @@ from sqlalchemy.engine import Engine
 
 from engine.core import journey
 from engine.core.definition import Funnel, Metric
-from engine.core.experiments import AssignArm
+from engine.core.experiments import AssignArm, choose
 from engine.core.journey import Cause
-from engine.runtime.experiment_rounds import ExperimentRounds
+from engine.runtime.experiment_rounds import ExperimentRounds, experiments_of
+from engine.runtime.worker import Worker
 from engine.store import experiment_decisions as decisions
 from engine.store import leads as store
 from engine.store import tables
@@ -231,3 +232,27 @@ def test_two_workers_deciding_at_the_same_moment_record_one_decision_and_agree(
     assert [r.arms_for("guide") for r in rounds] == [{"subject": "teaser"}, {"subject": "teaser"}]
     logged = [m for m in caplog.messages if "decided (auto)" in m]
     assert len(logged) == 1 and "guide/subject" in logged[0] and "new leads get teaser" in logged[0]
+
+
+def test_a_worker_that_read_the_decisions_before_another_decided_gives_a_later_lead_the_winner(db: Engine) -> None:
+    """Each worker keeps the decided arms in memory; it reads them again when it claims work, so a lead
+    signing up after a decision recorded elsewhere (another worker, an operator) gets the winner."""
+    funnel = Funnel.model_validate(FUNNEL)
+    ((step, experiment),) = experiments_of(funnel)
+    addresses = (f"n{i}@example.com" for i in range(100))
+    address = next(a for a in addresses if choose(experiment, a, "guide", step, {}).arm.id == "plain")
+    worker = Worker(db, {"guide": funnel})
+    worker.tick(NOW)  # its round reads the decisions: none yet
+    assert worker.experiments.arms_for("guide") == {}
+    with db.begin() as conn:  # decided elsewhere, after that read
+        assert decisions.record(conn, "guide", "subject", "teaser", "manual", NOW, "olivia", "brand voice", {})
+        lead_id = store.upsert_lead(conn, address, now=NOW)
+        store.record_events(conn, [store.NewEvent("s1", lead_id, "signed_up", NOW)], now=NOW)
+    assert worker.process_events(NOW).events == 1
+    with db.connect() as conn:
+        sent = conn.execute(sa.select(tables.outbox.c.template)).scalars().all()
+        (properties,) = conn.execute(
+            sa.select(tables.events.c.properties).where(tables.events.c.name == "experiment_assigned")
+        ).scalars()
+    assert sent == ["guide/teaser"]
+    assert (properties["arm"], properties.get("promoted")) == ("teaser", True)
