@@ -33,8 +33,8 @@ from engine.core.addresses import lookup_key
 from engine.core.definition import (
     Arm,
     BranchStep,
-    Experiment,
     ExitStep,
+    Experiment,
     MoveStep,
     Outcome,
     SplitStep,
