@@ -60,7 +60,7 @@ def in_flight(conn: sa.Connection, funnel: str) -> list[ArmPlace]:
     stmt = _assigned(funnel).add_columns(e.c.version, e.c.stage, e.c.step, e.c.phase)
     stmt = stmt.join(e, sa.and_(e.c.lead_id == tables.events.c.lead_id, e.c.funnel_id == funnel))
     stmt = stmt.where(e.c.status == "active")
-    places: dict[tuple[int, str], tuple[Any, ...]] = {}
+    places: dict[tuple[int, str], tuple[str, str, str, str, str, str | None, str]] = {}
     for lead_id, properties, version, stage, step, phase in conn.execute(stmt):
         experiment = str(properties.get("experiment"))
         places[(lead_id, experiment)] = (
@@ -73,7 +73,8 @@ def in_flight(conn: sa.Connection, funnel: str) -> list[ArmPlace]:
             phase,
         )
     counted = Counter(places.values())
-    return [ArmPlace(*place, leads=n) for place, n in sorted(counted.items(), key=lambda kv: repr(kv[0]))]
+    ordered = sorted(counted.items(), key=lambda kv: repr(kv[0]))
+    return [ArmPlace(v, x, step, arm, stage, at, phase, n) for (v, x, step, arm, stage, at, phase), n in ordered]
 
 
 __all__ = ["ArmPlace", "in_flight", "leads_per_arm"]
