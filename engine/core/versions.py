@@ -136,7 +136,8 @@ def _arm_path(old: Funnel | None, stage: str, step: str) -> _OnPath | None:
         paths = split_paths(old_stage, split)
         for arm, path in paths.items():
             if step in path:
-                others = {s for a, p in paths.items() if a != arm for s in p}
+                # A step two arms' paths share (one falls into the other's) is the lead's own too.
+                others = {s for a, p in paths.items() if a != arm for s in p} - set(path)
                 later = tuple(s for s in order[order.index(step) + 1 :] if s not in others)
                 return _OnPath(split.id, arm, later)
     return None
@@ -147,9 +148,10 @@ def _path_step(on_path: _OnPath, new: Funnel, stage: str) -> str | None:
     has and that is not on another arm's path there."""
     new_stage = new.stage(stage)
     others: set[str] = set()
+    own: set[str] = set()
     for split in splits_of(new_stage):
         for arm, path in split_paths(new_stage, split).items():
-            if (split.id, arm) != (on_path.split, on_path.arm):
-                others.update(path)
+            (own if (split.id, arm) == (on_path.split, on_path.arm) else others).update(path)
+    others -= own
     present = {s.id for s in new_stage.steps}
     return next((s for s in on_path.later if s in present and s not in others), None)

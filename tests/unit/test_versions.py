@@ -198,3 +198,22 @@ def test_a_removed_step_of_a_kept_arm_goes_on_along_the_same_path() -> None:
         SPLIT.replace("      - {id: summary, send: summary}\n", "").replace("goto: summary", "goto: daily-tip-2")
     )
     assert migrate_enrollment(_at(old, "summary"), plain, old, T0).change == "step-removed"
+
+
+def test_a_step_two_paths_share_is_still_the_leads_own() -> None:
+    # weekly's path runs on into daily-tip (no goto past it): daily-tip is on both arms' paths.
+    text = (
+        SPLIT.replace(
+            "      - {id: weekly-done, branch: {if: {has_tag: x}, then: {goto: summary}, else: {goto: summary}}}\n", ""
+        )
+        .replace("      - {id: daily-wait, wait: 1d}\n", "")
+        .replace("goto: daily-wait", "goto: daily-tip")
+    )
+    old = funnel(text)
+    new = funnel(
+        text.replace("      - {id: weekly-tip, send: weekly}\n", "")
+        .replace("      - {id: weekly-wait, wait: 7d}\n", "")
+        .replace("goto: weekly-wait", "goto: daily-tip")
+    )
+    migration = migrate_enrollment(_at(old, "weekly-wait"), new, old, T0)
+    assert (migration.change, migration.enrollment.step) == ("arm-step-removed", "daily-tip")
