@@ -39,8 +39,9 @@ class ExperimentLine:
 
     @property
     def sentence(self) -> str:
-        who = f"{_leads(self.leads)} assigned to arm {self.arm}" if self.arm is not None else None
-        return f"{who}: {self.says}" if who else self.says
+        if self.arm is not None:
+            return f"{_leads(self.leads)} assigned to arm {self.arm}: {self.says}"
+        return f"{self.says} ({_leads(self.leads)} assigned in flight)" if self.leads else self.says
 
 
 @dataclass(frozen=True)

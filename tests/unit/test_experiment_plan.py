@@ -49,7 +49,7 @@ def test_an_unchanged_experiment_says_its_leads_keep_their_arm() -> None:
     old = funnel(VARIANT)
     new = funnel(VARIANT.replace("id: tip, send: drip/tip", "id: tip, send: drip/other-tip"))
     lines = experiment_plan(variant_places(old), {old.version: old}, new)
-    assert sentences(lines) == [("unchanged", "leads already assigned keep their arm")]
+    assert sentences(lines) == [("unchanged", "leads already assigned keep their arm (7 leads assigned in flight)")]
     assert lines[0].leads == 7
 
 
@@ -76,7 +76,7 @@ def test_changed_weights_keep_assigned_leads_and_split_new_ones_by_the_new_weigh
         (
             "weights-changed",
             "weights plain/teaser 50/50 -> 80/20: leads already assigned keep their arm, new leads split"
-            " plain/teaser 80/20",
+            " plain/teaser 80/20 (7 leads assigned in flight)",
         )
     ]
     assert lines[0].leads == 7
@@ -87,9 +87,7 @@ def test_a_new_salt_or_id_is_a_new_experiment_and_a_lost_winner_is_said() -> Non
     salted = funnel(VARIANT.replace("id: subject", "id: subject\n          salt: round-2"))
     (line,) = experiment_plan(variant_places(old), {old.version: old}, salted)
     assert (line.change, line.leads) == ("salt-changed", 7)
-    assert (
-        line.sentence == "salt subject -> round-2: leads already assigned keep their arm; new leads are assigned afresh"
-    )
+    assert line.says == "salt subject -> round-2: leads already assigned keep their arm; new leads are assigned afresh"
     renamed = funnel(VARIANT.replace("id: subject", "id: subject-2"))
     (line,) = experiment_plan(variant_places(old), {old.version: old}, renamed)
     assert line.change == "id-changed" and "a decision on subject does not carry over" in line.sentence
