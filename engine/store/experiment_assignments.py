@@ -2,8 +2,8 @@
 leads of each arm (for the journey map), and the leads still in the funnel per arm and per place (for
 `funnel plan`, which says what an edit does to them).
 
-A lead that re-entered the funnel may have been assigned twice; its latest assignment is the one that
-holds.
+A lead that re-entered the funnel may have been assigned twice; for `funnel plan` its latest assignment
+is the one that holds.
 """
 
 from __future__ import annotations
@@ -43,15 +43,19 @@ def _assigned(funnel: str) -> sa.Select[Any]:
     )
 
 
-def _latest(rows: Any) -> dict[tuple[int, str], dict[str, Any]]:
-    """(lead, experiment) -> the properties of its latest assignment (rows come oldest first)."""
-    return {(row[0], str(row[1].get("experiment"))): row[1] for row in rows}
-
-
 def leads_per_arm(conn: sa.Connection, funnel: str) -> dict[tuple[str, str], int]:
-    """(experiment, arm) -> the leads ever assigned to it, promoted ones included."""
-    latest = _latest(conn.execute(_assigned(funnel)))
-    return dict(Counter((experiment, str(p.get("arm"))) for (_, experiment), p in latest.items()))
+    """(experiment, arm) -> the leads ever assigned to it, promoted ones included, counted by the
+    database (a lead re-entering after a promotion may count in two arms: it was in both)."""
+    ev = tables.events
+    experiment = ev.c.properties["experiment"].as_string()
+    arm = ev.c.properties["arm"].as_string()
+    stmt = (
+        sa.select(experiment, arm, sa.func.count(sa.distinct(ev.c.lead_id)))
+        .where(ev.c.name == sa.literal_column(f"'{EXPERIMENT_ASSIGNED}'"))
+        .where(ev.c.properties["funnel"].as_string() == funnel)
+        .group_by(experiment, arm)
+    )
+    return {(str(e), str(a)): int(n) for e, a, n in conn.execute(stmt)}
 
 
 def in_flight(conn: sa.Connection, funnel: str) -> list[ArmPlace]:

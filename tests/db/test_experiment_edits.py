@@ -104,6 +104,8 @@ def test_a_removed_split_arm_sends_its_leads_where_the_plan_says(db: Engine) -> 
     with db.connect() as conn:
         assigned = experiment_assignments.in_flight(conn, "s")
         positions = store.positions(conn, "s")
+        per_arm = experiment_assignments.leads_per_arm(conn, "s")
+    assert per_arm == Counter(("nurture-pace", arm) for arm in arms.values())  # what the journey map shows
     lines = experiment_plan(assigned, {old.version: old}, new)
     weekly = [a for a, arm in arms.items() if arm == "weekly"]
     (line,) = [x for x in lines if x.arm == "weekly"]
