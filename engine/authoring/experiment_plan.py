@@ -34,7 +34,7 @@ class ExperimentLine:
     arm: str | None
     leads: int
     change: str  # unchanged | experiment-added | experiment-removed | id-changed | salt-changed |
-    # weights-changed | arm-added | arm-removed | decision-lost
+    # weights-changed | arms-reordered | arm-added | arm-removed | decision-lost
     says: str
 
     @property
@@ -159,13 +159,21 @@ def _edited(
     kept_before = [(a, w) for a, w in old_arms if a in new_ids]
     kept_after = [(a, w) for a, w in new_arms if a in dict(old_arms)]
     order_before, order_after = [a for a, _ in kept_before], [a for a, _ in kept_after]
-    if order_before != order_after or (kept_after and _shares(kept_before) != _shares(kept_after)):
-        names = "/".join(a for a, _ in kept_after)
+    leads_kept = sum(a.leads for a in places if a.arm in new_ids)
+    if order_before != order_after:
         says = (
-            f"weights {names} {_shares(kept_before)} -> {_shares(kept_after)}: leads already assigned keep"
-            f" their arm, new leads split {'/'.join(a for a, _ in new_arms)} {_shares(new_arms)}"
+            f"arms reordered {'/'.join(order_before)} -> {'/'.join(order_after)}: leads already assigned keep"
+            " their arm; new leads are placed by the new order (the hash's intervals move)"
         )
-        out.append((p, None, sum(a.leads for a in places if a.arm in new_ids), "weights-changed", says))
+        out.append((p, None, leads_kept, "arms-reordered", says))
+    was = dict(old_arms)
+    before_shares = _shares([(a, was[a]) for a in order_after]) if kept_after else ""
+    if kept_after and before_shares != _shares(kept_after):
+        says = (
+            f"weights {'/'.join(order_after)} {before_shares} -> {_shares(kept_after)}: leads already assigned"
+            f" keep their arm, new leads split {'/'.join(a for a, _ in new_arms)} {_shares(new_arms)}"
+        )
+        out.append((p, None, leads_kept, "weights-changed", says))
     for arm, weight in new_arms:
         if arm not in dict(old_arms):
             share = 100 * weight / sum(w for _, w in new_arms)

@@ -143,3 +143,16 @@ def test_a_removed_split_arm_says_where_its_leads_go_by_the_engines_own_rule() -
             " nothing changes for them",
         ),
     ]
+
+
+def test_reordered_arms_are_said_apart_from_weights() -> None:
+    old = funnel(VARIANT)
+    new = funnel(
+        VARIANT.replace(
+            "            - {id: plain}\n            - {id: teaser, send: drip/teaser}\n",
+            "            - {id: teaser, send: drip/teaser}\n            - {id: plain}\n",
+        )
+    )
+    (line,) = experiment_plan(variant_places(old), {old.version: old}, new)
+    assert (line.change, line.leads) == ("arms-reordered", 7)
+    assert line.says.startswith("arms reordered plain/teaser -> teaser/plain: leads already assigned keep their arm")
