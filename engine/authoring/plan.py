@@ -26,7 +26,7 @@ class PlanLine:
     stage: str
     step: str | None
     leads: int
-    change: str  # unchanged | step-changed | renamed | step-removed | stage-removed
+    change: str  # unchanged | step-changed | renamed | step-removed | arm-step-removed | stage-removed
     goes_to: str  # "stays" or "stage / step"
 
 

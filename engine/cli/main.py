@@ -388,12 +388,15 @@ def plan(
     emails: Path = typer.Option(Path("emails"), help="Folder of email templates."),
 ) -> None:
     """Before publishing an edited funnel: how many leads wait at each changed or removed step and
-    stage, and where they will go."""
+    stage, and where they will go; for each edited experiment, what happens to the leads assigned to
+    each arm and to the leads to come."""
     from rich.table import Table
 
+    from engine.authoring.experiment_plan import experiment_plan
     from engine.authoring.plan import plan as make_plan
     from engine.cli.common import database
     from engine.core.definition import Funnel as FunnelModel
+    from engine.store import experiment_assignments, experiment_decisions
     from engine.store import leads as store
     from engine.store.database import connect_read_only
 
@@ -405,6 +408,8 @@ def plan(
             if p.version not in old:
                 raw = store.get_funnel_definition(conn, p.funnel_id, p.version)
                 old[p.version] = FunnelModel.model_validate(raw) if raw else None
+        assigned = {d.id: experiment_assignments.in_flight(conn, d.id) for d in edited}
+        promoted = experiment_decisions.promoted(conn)
     for definition in edited:
         lines = make_plan(positions, old, definition)
         table = Table(title=f"{definition.id}: leads in flight against version {definition.version}")
@@ -420,6 +425,9 @@ def plan(
         console.print(table)
         total = sum(line.leads for line in lines)
         console.print(f"{definition.id}: {total} lead(s) in flight, {affected} affected by the edit")
+        for said in experiment_plan(assigned[definition.id], old, definition, promoted.get(definition.id)):
+            text = f"{definition.id}: experiment {said.experiment} (step {said.step}): {said.sentence}"
+            console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 def _sent_as(template: str, settings: Any) -> tuple[str, str, bool]:

@@ -16,6 +16,10 @@ A lead's arm is a hash of (lead key, funnel id, step id, the experiment's salt) 
 Once an experiment is decided and promoted, `promoted` (experiment id -> winning arm) sends new
 assignments to the winner; a lead already assigned keeps its arm, because the core assigns a lead once,
 when it runs the step, and never asks again.
+
+A split's arms are paths of steps of its stage (`split_paths`): what a lead on one arm's path may get and
+a lead on another may not. An edit of the funnel uses them so that a lead is never moved into another
+arm's path (engine.core.versions).
 """
 
 from __future__ import annotations
@@ -26,7 +30,17 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from engine.core.addresses import lookup_key
-from engine.core.definition import Arm, Experiment
+from engine.core.definition import (
+    Arm,
+    BranchStep,
+    ExitStep,
+    Experiment,
+    MoveStep,
+    Outcome,
+    SplitStep,
+    Stage,
+    WaitForStep,
+)
 
 _SCALE = float(1 << 64)
 
@@ -92,3 +106,51 @@ class AssignArm:
     template: str | None = None
     holdout: bool = False
     promoted: bool = False
+
+
+def split_paths(stage: Stage, split: SplitStep) -> dict[str, tuple[str, ...]]:
+    """Per arm (by id), the steps of its path in the stage's order: the steps its `goto` leads to and not
+    every arm's does. The steps every arm reaches are where the paths meet, no arm's own; a holdout's
+    path is usually empty (its `goto` is where the paths meet)."""
+    reach = {arm.id: _reachable(stage, arm.goto) for arm in split.split.arms}
+    common = frozenset.intersection(*reach.values()) if reach else frozenset()
+    order = [s.id for s in stage.steps]
+    return {arm: tuple(s for s in order if s in steps and s not in common) for arm, steps in reach.items()}
+
+
+def splits_of(stage: Stage) -> list[SplitStep]:
+    return [step for step in stage.steps if isinstance(step, SplitStep)]
+
+
+def _reachable(stage: Stage, start: str | None) -> frozenset[str]:
+    """The steps of the stage a lead starting at `start` may run, following the sequence and `goto`s."""
+    order = [s.id for s in stage.steps]
+    by_id = {s.id: s for s in stage.steps}
+    seen: set[str] = set()
+    todo = [start] if start is not None else []
+    while todo:
+        current = todo.pop()
+        if current in seen or current not in by_id:
+            continue
+        seen.add(current)
+        index = order.index(current)
+        following = order[index + 1] if index + 1 < len(order) else None
+        todo += [t for t in _ways(by_id[current], following) if t is not None]
+    return frozenset(seen)
+
+
+def _ways(step: object, following: str | None) -> list[str | None]:
+    def go(outcome: Outcome) -> str | None:
+        if outcome.goto is not None:
+            return outcome.goto
+        return following if outcome.move_to is None and outcome.exit is None else None
+
+    if isinstance(step, BranchStep):
+        return [go(step.branch.then), go(step.branch.else_)]
+    if isinstance(step, WaitForStep):
+        return [go(step.wait_for.on_event), go(step.wait_for.on_timeout)]
+    if isinstance(step, SplitStep):
+        return [arm.goto for arm in step.split.arms]
+    if isinstance(step, MoveStep | ExitStep):
+        return []
+    return [following]

@@ -4,6 +4,11 @@ Pure. Leads keep their place by stage and step id. A removed step hands the lead
 its stage that still exists (by the old order when the old definition is known); a removed stage hands
 it to the next stage of the old order that still exists, else the new funnel's entry stage. Waits in
 progress keep their start: an edited wait duration counts from when the lead began waiting.
+
+A lead inside a split arm's path whose step was removed goes on along its own path (the path's next
+step still there), else where the paths meet: never into another arm's path, whose emails are another
+treatment (docs/experiments.md, "Editing a live experiment"). An experiment's assignments need nothing
+else here: a variant send assigns when it queues its email, and a lead keeps the arm it was given.
 """
 
 from __future__ import annotations
@@ -12,13 +17,14 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from engine.core.definition import Funnel
+from engine.core.experiments import split_paths, splits_of
 from engine.core.journey import Cause, Enrollment, RecordTransition
 
 
 @dataclass(frozen=True)
 class Migration:
     enrollment: Enrollment
-    change: str  # "kept", "renamed", "step-removed", "stage-removed"
+    change: str  # "kept", "renamed", "step-removed", "arm-step-removed" (on a split arm's path), "stage-removed"
     detail: str = ""
     transition: RecordTransition | None = None  # a stage change made by the edit, to be recorded
 
@@ -100,6 +106,52 @@ def _place(state: Enrollment, new: Funnel, old: Funnel | None, resume: datetime)
         return Migration(replace(state, version=new.version), "kept")
     except KeyError:
         pass
-    nxt = _surviving_step(old, new, state.stage, state.step)
+    on_path = _arm_path(old, state.stage, state.step)
+    if on_path is None:
+        nxt = _surviving_step(old, new, state.stage, state.step)
+        change = "step-removed"
+    else:
+        nxt = _path_step(on_path, new, state.stage)
+        change = "arm-step-removed"
     moved = replace(state, version=new.version, step=nxt, phase="ready" if nxt else "ended", due=resume, wake_at=resume)
-    return Migration(moved, "step-removed", f"{state.step} -> {nxt or 'end of stage'}")
+    return Migration(moved, change, f"{state.step} -> {nxt or 'end of stage'}")
+
+
+@dataclass(frozen=True)
+class _OnPath:
+    split: str  # the split step's id
+    arm: str
+    later: tuple[str, ...]  # the old stage's steps after the lead's, other arms' paths left out
+
+
+def _arm_path(old: Funnel | None, stage: str, step: str) -> _OnPath | None:
+    """The split arm whose path held `step` in the old definition, if one did."""
+    if old is None or stage not in old.stage_ids():
+        return None
+    old_stage = old.stage(stage)
+    order = [s.id for s in old_stage.steps]
+    if step not in order:
+        return None
+    for split in splits_of(old_stage):
+        paths = split_paths(old_stage, split)
+        for arm, path in paths.items():
+            if step in path:
+                # A step two arms' paths share (one falls into the other's) is the lead's own too.
+                others = {s for a, p in paths.items() if a != arm for s in p} - set(path)
+                later = tuple(s for s in order[order.index(step) + 1 :] if s not in others)
+                return _OnPath(split.id, arm, later)
+    return None
+
+
+def _path_step(on_path: _OnPath, new: Funnel, stage: str) -> str | None:
+    """The first step after the lead's, of its own path or where the paths meet, that the new definition
+    has and that is not on another arm's path there."""
+    new_stage = new.stage(stage)
+    others: set[str] = set()
+    own: set[str] = set()
+    for split in splits_of(new_stage):
+        for arm, path in split_paths(new_stage, split).items():
+            (own if (split.id, arm) == (on_path.split, on_path.arm) else others).update(path)
+    others -= own
+    present = {s.id for s in new_stage.steps}
+    return next((s for s in on_path.later if s in present and s not in others), None)

@@ -121,3 +121,93 @@ def test_the_dashboard_map_shows_the_database_figures(
 
     missing = page.request.get("/ops/funnels/no-such-funnel/map")
     assert missing.status == 404
+
+
+EXPERIMENTS = """\
+id: ab
+name: Experiments
+entry:
+  triggers:
+    - event: signed_up
+stages:
+  - id: nurture
+    steps:
+      - id: welcome
+        send: drip/welcome
+        experiment:
+          id: subject
+          arms:
+            - {id: plain}
+            - {id: teaser, send: drip/teaser}
+          metric: {click: "*", within: 3d}
+          decide: {min_per_arm: 100, promote: manual}
+      - id: pace
+        split:
+          id: nurture-pace
+          arms:
+            - {id: weekly, goto: weekly-wait, weight: 2}
+            - {id: daily, goto: daily-tip}
+            - {id: none, holdout: true, goto: summary}
+          metric: {event: purchase_completed, within: 30d}
+          decide: {min_per_arm: 100, promote: manual}
+      - {id: weekly-wait, wait: 7d}
+      - {id: weekly-tip, send: drip/weekly}
+      - {id: daily-tip, send: drip/daily}
+      - {id: summary, send: drip/summary}
+    on_end: stay
+"""
+
+
+def test_the_dashboard_map_marks_experiments_with_each_arms_leads_and_the_decision(
+    ops: Dashboard, browser_page: Watched, screenshot: Callable[[Any, str], Path]
+) -> None:
+    from engine.core.definition import Funnel
+    from engine.core.yamlfile import load_yaml_text
+    from engine.runtime.worker import Worker
+    from engine.store import experiment_decisions
+
+    ab = Funnel.model_validate(load_yaml_text(EXPERIMENTS))
+    worker = Worker(ops.engine, {ab.id: ab})
+    at = ops.clock()
+    worker.publish(at)
+    with ops.engine.begin() as conn:
+        for i in range(16):
+            lead = store.upsert_lead(conn, f"ab{i}@example.com", now=at)
+            store.record_events(conn, [store.NewEvent(f"ab-{i}", lead, "signed_up", at)], now=at)
+    worker.run_until_idle(at)
+    with ops.engine.begin() as conn:
+        assert experiment_decisions.record(conn, "ab", "subject", "teaser", "manual", at, "olivia", "brand voice", {})
+        ev = tables.events
+        rows = conn.execute(sa.select(ev.c.properties).where(ev.c.name == "experiment_assigned")).scalars().all()
+    assigned = Counter((p["experiment"], p["arm"]) for p in rows)
+    assert sum(assigned.values()) == 32 and len(assigned) == 5  # every lead in both; every arm has some
+
+    page = browser_page.page
+    sign_in(page, "/ops/")
+    page.goto("/ops/funnels/ab/map")
+    page.wait_for_selector("tr.experiments")
+    shown = {
+        (e.get_attribute("data-experiment"), li.get_attribute("data-arm")): int(li.get_attribute("data-leads"))
+        for e in page.query_selector_all("tr.experiments div.experiment")
+        for li in e.query_selector_all("li[data-arm]")
+    }
+    assert shown == {key: assigned[key] for key in shown} and set(shown) == set(assigned)
+    split = page.query_selector("div.experiment[data-experiment=nurture-pace]")
+    assert split is not None and split.get_attribute("data-type") == "split"
+    arms = {
+        li.get_attribute("data-arm"): (li.get_attribute("data-share"), li.get_attribute("data-holdout"))
+        for li in split.query_selector_all("li[data-arm]")
+    }
+    assert arms == {"weekly": ("0.5000", "false"), "daily": ("0.2500", "false"), "none": ("0.2500", "true")}
+    assert "Not a branch" in split.inner_text()
+    variant = page.query_selector("div.experiment[data-experiment=subject]")
+    assert variant is not None and variant.get_attribute("data-winner") == "teaser"
+    assert "decided (manual)" in variant.inner_text() and "new leads get teaser" in variant.inner_text()
+    card = {
+        li.get_attribute("data-arm"): li.get_attribute("data-leads")
+        for li in page.query_selector_all(".email[data-step=welcome] li[data-arm]")
+    }
+    assert card == {arm: str(assigned[("subject", arm)]) for arm in ("plain", "teaser")}
+    colour = page.eval_on_selector("div.experiment", "e => getComputedStyle(e).borderLeftColor")
+    assert colour == "rgb(178, 107, 0)", "the experiment's own style applied under the page's policy"
+    screenshot(page, "dashboard-journey-map-experiments")

@@ -76,3 +76,35 @@ def test_plan_with_no_edit_affects_nobody(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "0 lead(s) in flight, 0 affected" in result.stdout
+
+
+def test_plan_says_what_an_experiment_edit_does_to_the_leads_assigned(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "funnels", tmp_path / "funnels")
+    shutil.copytree(ROOT / "emails", tmp_path / "emails")
+    url = f"sqlite:///{tmp_path / 'funnel.db'}"
+    upgrade(url)
+    engine = create_engine_for(url)
+    live = load_funnels([tmp_path / "funnels"], emails_dir=tmp_path / "emails").funnels[0]
+    worker = Worker(engine, {live.id: live})
+    worker.publish()
+    with engine.begin() as conn:
+        for i in range(7):
+            lead = store.upsert_lead(conn, f"lead{i}@example.com", timezone="Europe/London", now=SIGNUP)
+            new = store.NewEvent(f"signup-{i}", lead, "form_submitted", SIGNUP, {"form": "cost-of-not-recycling"})
+            store.record_events(conn, [new], now=SIGNUP)
+    worker.run_until_idle(SIGNUP)
+    monday = datetime(2026, 11, 23, 9, 1, tzinfo=UTC)
+    worker.run_until_idle(monday)  # the first nurture email went out: every lead has its arm
+    engine.dispose()
+
+    path = tmp_path / "funnels" / "lead-magnet.yaml"
+    path.write_text(path.read_text().replace("- {id: statement}", "- {id: statement, weight: 4}"))
+    env = {**os.environ, "FUNNEL_DATABASE_URL": url, "COLUMNS": "200"}
+    result = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "plan"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert (
+        "lead-magnet: experiment benefits-subject (step nurture-benefits): weights statement/question 50/50 -> 80/20:"
+        " leads already assigned keep their arm, new leads split statement/question 80/20 (7 leads assigned in flight)"
+    ) in result.stdout

@@ -265,3 +265,107 @@ def test_markdown_with_figures(example: Funnel) -> None:
     assert "| **Leads now** | 2 | 0 | 0 | 0 | 0 |" in text
     assert "| **On to next stage** | 33% to comparison | - | - | - | - |" in text
     assert "| unsubscribed | unsubscribed | deliver-report | 1 |" in text
+
+
+EXPERIMENTS = """
+id: ab
+name: A/B
+entry: {triggers: [{event: signed_up}]}
+stages:
+  - id: nurture
+    steps:
+      - id: welcome
+        send: drip/welcome
+        experiment:
+          id: subject
+          arms:
+            - {id: plain}
+            - {id: teaser, send: drip/teaser, weight: 3}
+          metric: {click: "*", within: 3d}
+          decide: {min_per_arm: 100, promote: auto}
+      - id: pace
+        split:
+          id: nurture-pace
+          arms:
+            - {id: weekly, goto: weekly-wait, weight: 2}
+            - {id: daily, goto: daily-tip}
+            - {id: none, holdout: true, goto: summary}
+          metric: {goal: true, within: 30d}
+          decide: {min_per_arm: 100, promote: manual}
+      - {id: weekly-wait, wait: 7d}
+      - {id: weekly-tip, send: drip/weekly, }
+      - {id: weekly-done, branch: {if: {has_tag: x}, then: {goto: summary}, else: {goto: summary}}}
+      - {id: daily-tip, send: drip/daily}
+      - {id: summary, send: drip/summary}
+    on_end: stay
+goal: {event: bought}
+"""
+HOSTILE = "<script>x</script> | **bold**"
+
+
+def experiment_map(live: Live | None = None) -> journey_map.JourneyMap:
+    subjects = {"drip/welcome": "Welcome", "drip/teaser": HOSTILE}
+    return journey_map.build(funnel(EXPERIMENTS), subjects, live)
+
+
+def test_a_split_is_marked_as_an_experiment_with_its_arms_shares_and_holdout() -> None:
+    (column,) = experiment_map().columns
+    steps = {s.id: s for s in column.steps}
+    assert steps["pace"].kind == "split" and steps["pace"].label == "experiment nurture-pace: split into 3 arms"
+    assert [label for _, label in steps["pace"].next] == [
+        "arm weekly 50%",
+        "arm daily 25%",
+        "arm none 25% (control, holdout)",
+    ]
+    assert steps["welcome"].kind == "variant"
+    variant, split = column.experiments
+    assert (variant.kind, variant.step, split.kind, split.step) == ("variant send", "welcome", "split", "pace")
+    assert [(a.id, a.share, a.template, a.subject) for a in variant.arms] == [
+        ("plain", 0.25, "drip/welcome", "Welcome"),
+        ("teaser", 0.75, "drip/teaser", HOSTILE),
+    ]
+    assert [(a.id, a.path, a.holdout, a.control) for a in split.arms] == [
+        ("weekly", ("weekly-wait", "weekly-tip", "weekly-done"), False, False),
+        ("daily", ("daily-tip",), False, False),
+        ("none", (), True, True),
+    ]
+    assert column.touchpoints[0].experiment is variant
+    assert variant.state == "" and all(a.leads is None for a in variant.arms)
+
+
+def test_live_arms_show_their_leads_and_a_decided_experiment_its_winner() -> None:
+    from engine.views.journey_map.experiments import Decided
+
+    live = Live(
+        None,
+        [],
+        AT,
+        {("subject", "plain"): 12, ("subject", "teaser"): 30, ("nurture-pace", "weekly"): 7},
+        {"subject": Decided("teaser", "auto", AT, "engine")},
+    )
+    m = experiment_map(live)
+    variant, split = m.columns[0].experiments
+    assert [(a.leads, a.winner) for a in variant.arms] == [(12, False), (30, True)]
+    assert variant.state == "decided (auto) 2026-11-02 by engine: new leads get teaser"
+    assert [a.leads for a in split.arms] == [7, 0, 0] and split.state == "not decided yet"
+    md = journey_map_md.render(m)
+    assert "| teaser (winner) | 75% | &lt;script&gt;x&lt;/script&gt; \\| **bold** (drip/teaser) | 30 |" in md
+    assert "| none (control, holdout) | 25% | nothing from the split, then on at summary | 0 |" in md
+    assert "| weekly | 50% | the path weekly-wait → weekly-tip → weekly-done | 7 |" in md
+    assert "Decided (auto) 2026-11-02 by engine: new leads get teaser." in md
+    assert "<script>" not in md
+    graph = "\n".join(journey_map_md.mermaid(m))
+    assert 'n_pace[/"experiment nurture-pace: split into 3 arms"\\]' in graph
+    assert '-->|"arm weekly 50%: 7 leads"| n_weekly_wait' in graph
+    assert "class n_welcome,n_pace experiment" in graph
+    assert "<script>" not in graph
+
+
+def test_the_html_map_escapes_what_experiments_show_and_marks_arms() -> None:
+    from engine.views.journey_map import html as journey_map_html
+
+    live = Live(None, [], AT, {("subject", "teaser"): 30}, {})
+    page = journey_map_html.render(experiment_map(live))
+    assert "<script>x</script>" not in page and "&lt;script&gt;x&lt;/script&gt;" in page
+    assert 'data-experiment="nurture-pace" data-type="split" data-step="pace"' in page
+    assert 'data-arm="none" data-weight="1" data-share="0.2500" data-holdout="true" data-control="true"' in page

@@ -9,6 +9,7 @@ import re
 from collections.abc import Iterable, Sequence
 
 from engine.core.durations import stay_in_words
+from engine.views.journey_map.experiments import ExperimentView, arm_words
 from engine.views.journey_map.model import ANY_STAGE, Column, JourneyMap, Move, StepView, Target, Touchpoint
 
 
@@ -39,6 +40,8 @@ def render(m: JourneyMap) -> str:
         if c.description:
             out += [_text(c.description), ""]
         out += [*_email_table(c, m.live is not None), ""]
+        for e in c.experiments:
+            out += [*_experiment_table(e), ""]
         if c.drop_offs:
             out += ["| Dropped out | Reason | After email | Leads |", "|---|---|---|--:|"]
             out += [f"| {d.kind} | {d.reason} | {d.after or '(before any)'} | {d.leads} |" for d in c.drop_offs]
@@ -69,6 +72,7 @@ def _stage_table(m: JourneyMap) -> list[str]:
         ("Preferred content", [_items(c.notes.content if c.notes else ()) for c in cols]),
         ("Our goal", [_text(c.notes.goal) if c.notes and c.notes.goal else "" for c in cols]),
         ("Emails", [_items(_touchpoint(t) for t in c.touchpoints) for c in cols]),
+        ("Experiments", [_items(_experiment(e) for e in c.experiments) for c in cols]),
         ("In", [_items(_move_in(x) for x in c.ins) for c in cols]),
         ("Out", [_items(_move_out(x) for x in c.outs) for c in cols]),
     ]
@@ -96,6 +100,35 @@ def _conversion(c: Column) -> str:
 def _touchpoint(t: Touchpoint) -> str:
     subject = _text(t.subject) if t.subject else f"`{t.template}`"
     return f"{subject} ({t.step}; {_text(' or '.join(t.when) or 'not reached')})"
+
+
+def _experiment(e: ExperimentView) -> str:
+    arms = ", ".join(arm_words(a) for a in e.arms)
+    state = f"; {e.state}" if e.state else ""
+    return _text(f"experiment {e.id} ({e.kind} at {e.step}): {arms}{state}")
+
+
+def _experiment_table(e: ExperimentView) -> list[str]:
+    """One experiment: what it is, what it counts, and per arm its share, what it gets and its leads."""
+    what = "split: each arm a path of steps" if e.kind == "split" else "variant send: each arm a template"
+    head = [f"**Experiment `{e.id}`** at step `{e.step}` ({what}); counts {_text(e.metric)}.", ""]
+    if e.state:
+        head[0] += f" {_text(e.state[0].upper() + e.state[1:])}."
+    live = any(a.leads is not None for a in e.arms)
+    rows = ["| Arm | Share | Gets | Leads |" if live else "| Arm | Share | Gets |", "|---|--:|---|--:|"]
+    if not live:
+        rows[1] = "|---|--:|---|"
+    for a in e.arms:
+        marks = [m for m, on in (("control", a.control), ("holdout", a.holdout), ("winner", a.winner)) if on]
+        name = a.id + (f" ({', '.join(marks)})" if marks else "")
+        if e.kind == "split":
+            gets = "nothing from the split" if a.holdout else "the path " + " → ".join(a.path or (a.goto or "",))
+            gets += f", then on at {a.goto}" if a.holdout and a.goto else ""
+        else:
+            gets = f"{a.subject} ({a.template})" if a.subject else str(a.template)
+        cells = [name, f"{a.share:.0%}", _text(gets)] + ([str(a.leads)] if live else [])
+        rows.append("| " + " | ".join(cells) + " |")
+    return head + rows
 
 
 def _move_in(x: Move) -> str:
@@ -158,6 +191,8 @@ _SHAPES = {
     "webhook": ('[/"', '"/]'),
     "move": ('>"', '"]'),
     "exit": ('>"', '"]'),
+    "split": ('[/"', '"\\]'),
+    "variant": ('[\\"', '"\\]'),
 }
 
 
@@ -198,6 +233,13 @@ def mermaid(m: JourneyMap) -> list[str]:
     if any(x.source == ANY_STAGE for x in m.moves):
         lines.append('  anywhere(("any stage"))')
     lines += [f'  {node}(["{_label(label)}"])' for node, label in ends.items()]
+    marked = [_node_id(s.id) for c in m.columns for s in c.steps if s.kind in ("split", "variant")]
+    if marked:
+        # Experiments stand out from ordinary branches and sends.
+        lines += [
+            "  classDef experiment fill:#fff4d6,stroke:#b26b00,stroke-width:2px",
+            f"  class {','.join(marked)} experiment",
+        ]
     return lines + edges
 
 

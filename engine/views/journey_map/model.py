@@ -1,8 +1,9 @@
 """The customer journey map of a funnel (`funnel map`): for its persona, the stages as columns in order,
 and in each the persona's question and needs, the emails that answer (subject, and when they go), the
-moves in and out with their triggers, the steps as a graph, and with live figures the leads there, the
-conversion to the next stage, the median stay, each email's open and click rates, and where leads drop
-out (why, and after which email).
+moves in and out with their triggers, the steps as a graph, its experiments (a split marked as one, not
+as a branch, and every experiment's arms with their shares), and with live figures the leads there, the
+conversion to the next stage, the median stay, each email's open and click rates, where leads drop out
+(why, and after which email), the leads of each experiment arm and the experiment's decision.
 
 Pure: the funnel definition, the email subjects and optionally the figures read from the database go
 in; a `JourneyMap` comes out. The renderers (`html`, `markdown`) only lay it out, so
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -39,6 +40,7 @@ from engine.core.durations import in_words
 from engine.core.own_events import FUNNEL_UNSUBSCRIBED
 from engine.core.report_rows import ExitRow
 from engine.views.journey_map import words
+from engine.views.journey_map.experiments import Decided, ExperimentView, arm_words, experiment_views
 from engine.views.journey_map.timing import when_sent
 from engine.views.report import EmailFigures, FunnelReport, StageFigures
 
@@ -54,6 +56,8 @@ class Live:
     report: FunnelReport | None  # None: no lead has entered the funnel yet
     exits: Sequence[ExitRow]
     at: datetime
+    assigned: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (experiment, arm) -> leads
+    decided: Mapping[str, Decided] = field(default_factory=dict)  # experiment -> its recorded decision
 
 
 # --------------------------------------------------------------------------------------------------
@@ -85,6 +89,7 @@ class Touchpoint:
     transactional: bool
     figures: EmailFigures | None = None
     dropped_after: int = 0  # leads whose last email in the stage this was when they dropped out
+    experiment: ExperimentView | None = None  # a variant send: its arms
 
     @property
     def open_rate(self) -> float | None:
@@ -137,6 +142,7 @@ class Column:
     end: Target | None  # where the sequence's end leads; None for a stage without steps that stays
     figures: StageFigures | None = None
     drop_offs: tuple[DropOff, ...] = ()
+    experiments: tuple[ExperimentView, ...] = ()  # variant sends and splits, in step order
 
     @property
     def pain_point(self) -> str | None:
@@ -187,6 +193,8 @@ def build(funnel: Funnel, subjects: Mapping[str, str], live: Live | None = None)
         for d in stage_drops:
             after[d.after] += d.leads
         delays = when_sent(stage)
+        experiments = experiment_views(stage, subjects, live.assigned if live else None, live.decided if live else {})
+        at_step = {e.step: e for e in experiments}
         touchpoints = tuple(
             Touchpoint(
                 step=step.id,
@@ -196,6 +204,7 @@ def build(funnel: Funnel, subjects: Mapping[str, str], live: Live | None = None)
                 transactional=step.transactional,
                 figures=email_figures.get(step.id),
                 dropped_after=after.get(step.id, 0),
+                experiment=at_step.get(step.id),
             )
             for step in stage.steps
             if isinstance(step, SendStep)
@@ -207,7 +216,7 @@ def build(funnel: Funnel, subjects: Mapping[str, str], live: Live | None = None)
                 description=stage.description,
                 notes=stage.journey,
                 touchpoints=touchpoints,
-                steps=_steps(funnel, stage, subjects),
+                steps=_steps(funnel, stage, subjects, at_step),
                 ins=tuple(m for m in moves if m.target == stage.id and m.source != stage.id),
                 outs=tuple(
                     m
@@ -218,6 +227,7 @@ def build(funnel: Funnel, subjects: Mapping[str, str], live: Live | None = None)
                 end=_end(funnel, stage),
                 figures=stage_figures.get(stage.id) if live else None,
                 drop_offs=tuple(stage_drops),
+                experiments=experiments,
             )
         )
     window = funnel.send_window
@@ -343,7 +353,9 @@ def _subject(step: SendStep, subjects: Mapping[str, str]) -> str | None:
     return " | ".join(found) if found else None
 
 
-def _steps(funnel: Funnel, stage: Stage, subjects: Mapping[str, str]) -> tuple[StepView, ...]:
+def _steps(
+    funnel: Funnel, stage: Stage, subjects: Mapping[str, str], experiments: Mapping[str, ExperimentView]
+) -> tuple[StepView, ...]:
     views = []
     end = _end(funnel, stage)
     for i, step in enumerate(stage.steps):
@@ -362,6 +374,10 @@ def _steps(funnel: Funnel, stage: Stage, subjects: Mapping[str, str]) -> tuple[S
         if isinstance(step, SendStep):
             subject = _subject(step, subjects)
             kind, label, ways = "send", f"email {step.id}" + (f": {subject}" if subject else ""), [(following, "")]
+            if step.id in experiments:
+                e = experiments[step.id]
+                arms = "; ".join(f"{arm_words(a)} · {a.subject or a.template}" for a in e.arms)
+                kind, label = "variant", f"email {step.id}, experiment {e.id} (variant send): {arms}"
         elif isinstance(step, WaitStep):
             kind, label, ways = "wait", f"wait {in_words(step.wait)}", [(following, "")]
         elif isinstance(step, WaitUntilStep):
@@ -375,8 +391,9 @@ def _steps(funnel: Funnel, stage: Stage, subjects: Mapping[str, str]) -> tuple[S
             kind, label = "branch", f"if {words.condition(step.branch.if_)}"
             ways = [(go(step.branch.then), "yes"), (go(step.branch.else_), "no")]
         elif isinstance(step, SplitStep):
-            kind, label = "branch", f"split: experiment {step.split.id}"
-            ways = [(go(Outcome(goto=arm.goto)), f"arm {arm.id}") for arm in step.split.arms]
+            e = experiments[step.id]
+            kind, label = "split", f"experiment {e.id}: split into {len(e.arms)} arms"
+            ways = [(go(Outcome(goto=a.goto)), f"arm {arm_words(a)}") for a in e.arms]
         elif isinstance(step, UpdateStep):
             kind, label, ways = "update", f"update: {_update_words(step)}", [(following, "")]
         elif isinstance(step, MoveStep):

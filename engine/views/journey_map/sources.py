@@ -1,6 +1,6 @@
 """Where the customer journey map's inputs come from, for `funnel map` and the dashboard alike: the
-live figures from the database (the report's own queries, and the exits for drop-off) and the email
-subjects from the templates."""
+live figures from the database (the report's own queries, the exits for drop-off, the leads of each
+experiment arm and the experiments' decisions) and the email subjects from the templates."""
 
 from __future__ import annotations
 
@@ -9,19 +9,26 @@ from datetime import datetime
 
 from engine.core.definition import Funnel, SendStep
 from engine.mail.templates import Sender, TemplateError, TemplateLibrary, sample_context
-from engine.store import report_queries
+from engine.store import experiment_assignments, experiment_decisions, report_queries
 from engine.store.database import Connection
 from engine.views import report
+from engine.views.journey_map.experiments import Decided
 from engine.views.journey_map.model import Live
 
 
 def read_live(conn: Connection, funnel_id: str, at: datetime) -> Live:
-    """The funnel's figures as `funnel report` computes them, and who left it where and why."""
+    """The funnel's figures as `funnel report` computes them, who left it where and why, and its
+    experiments' arms and decisions."""
     scope = report_queries.Scope(funnel_id)
     rows = report_queries.read_rows(conn, scope)
     built = report.build(rows, report_queries.layouts(conn, [funnel_id]))
     exits = [*report_queries.exits(conn, scope), *rows.losses]
-    return Live(built[0] if built else None, exits, at)
+    assigned = experiment_assignments.leads_per_arm(conn, funnel_id)
+    decided = {
+        d.experiment: Decided(d.arm, d.how, d.decided_at, d.decided_by)
+        for d in experiment_decisions.settled(conn, funnel_id)
+    }
+    return Live(built[0] if built else None, exits, at, assigned, decided)
 
 
 def templates_of(funnel: Funnel) -> list[str]:
