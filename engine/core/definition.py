@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from engine.core.durations import format_duration, parse_duration
+from engine.core.languages import LanguageError, canonical
 
 ID_PATTERN = r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$"
 MAX_ID_LENGTH = 63
@@ -713,6 +714,56 @@ def _timezone(value: Any) -> Any:
     return value
 
 
+def _language(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return canonical(value)
+        except LanguageError as e:
+            raise ValueError(str(e)) from None
+    return value
+
+
+LanguageTag = Annotated[
+    str,
+    BeforeValidator(_language),
+    Field(description="A BCP 47 language tag, e.g. `en-GB`, `de`, `fr-CA`."),
+]
+
+
+class Languages(Model):
+    """The languages a funnel writes in. Each email's default template is in `default`; a translation of
+    `emails/NAME.md` is `emails/DIR/LANG/FILE.md` beside it (e.g. `lead-magnet/de/report-delivery.md`). A
+    lead reads the first of its language's lookup chain (`fr-CA`, `fr`, then `default`) that the email
+    has (engine.core.languages)."""
+
+    default: LanguageTag = Field(default="en", description="The language of the templates without a language folder.")
+    others: list[LanguageTag] = Field(
+        default_factory=list, max_length=50, description="Other languages with translations, e.g. `[de, fr]`."
+    )
+    complete: list[LanguageTag] = Field(
+        default_factory=list,
+        description="Languages of `others` every email must exist in: `funnel validate` refuses a gap.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Languages:
+        seen: set[str] = set()
+        for tag in self.others:
+            if tag == self.default:
+                raise ValueError(f"expected the other languages without the default {tag!r}")
+            if tag in seen:
+                raise ValueError(f"expected each language once, found {tag!r} twice")
+            seen.add(tag)
+        stray = [tag for tag in self.complete if tag not in seen]
+        if stray:
+            raise ValueError(f"expected complete languages among `others`, found {', '.join(map(repr, stray))}")
+        return self
+
+    @property
+    def declared(self) -> tuple[str, ...]:
+        return (self.default, *self.others)
+
+
 TimeZoneName = Annotated[
     str,
     BeforeValidator(_timezone),
@@ -728,6 +779,11 @@ class Funnel(Model):
         default=None, exclude_if=_absent_if_none, description="Who the funnel is for (`funnel map`)."
     )
     timezone: TimeZoneName = "UTC"
+    languages: Languages | None = Field(
+        default=None,
+        exclude_if=_absent_if_none,
+        description="The languages the funnel's emails and pages exist in; absent: one language.",
+    )
     send_window: SendWindow | None = None
     allowed_lateness: Duration = Field(
         default=timedelta(days=1),

@@ -5,13 +5,19 @@ A template is `emails/<name>.md` or `emails/<name>.html`, with YAML front matter
 an optional `emails/<name>.txt` is its hand-written plain-text part. The body is rendered first and
 placed in a layout (`emails/_layouts/<layout>.html`) through its `{{ content }}` slot; partials in
 `emails/_partials/` are included with `{% include %}`. Sending (MIME, SMTP) is not done here.
+
+A translation of `emails/DIR/NAME.md` is `emails/DIR/LANG/NAME.md`, LANG a BCP 47 tag in canonical case
+(`de`, `fr-CA`): a file in a folder named like a language tag, beside the template it translates, is a
+translation, not a template of its own.
+`pick` chooses the one a lead reads (engine.core.languages: its language's lookup chain, among the
+languages the funnel declares).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from selectolax.lexbor import LexborHTMLParser, LexborNode
 
 from engine.core.definition import ID_PATTERN, TEMPLATE_PATTERN
+from engine.core.languages import LanguageError, canonical, first_available
 from engine.core.yamlfile import YamlSyntaxError, read_yaml
 from engine.mail.folder_loader import FolderLoader, OutsideFolder, template_frame
 from engine.mail.markdown import RAW_HTML_OMITTED, Markdown, Values
@@ -268,6 +275,22 @@ class _Loader(FolderLoader):
 _FRONT = re.compile(r"\A---[ \t]*\r?\n(.*?)^---[ \t]*\r?$\n?", re.DOTALL | re.MULTILINE)
 
 
+def _is_language_folder(part: str) -> bool:
+    # Only a tag written exactly in canonical case (`de`, `fr-CA`), so `FR` is an ordinary folder.
+    try:
+        return canonical(part) == part
+    except LanguageError:
+        return False
+
+
+def _untranslated(name: str) -> str:
+    """`name` without its language folder, to check the rest against the template name pattern."""
+    parts = name.split("/")
+    if len(parts) > 1 and _is_language_folder(parts[-2]):
+        del parts[-2]
+    return "/".join(parts)
+
+
 def _blank_front_matter(text: str) -> str:
     match = _FRONT.match(text)
     if match is None:
@@ -343,13 +366,47 @@ class TemplateLibrary:
             rel = path.relative_to(self.emails_dir)
             if path.suffix in BODY_SUFFIXES and path.is_file() and not rel.parts[0].startswith("_"):
                 found.add(rel.with_suffix("").as_posix())
-        return sorted(found)
+        return sorted(name for name in found if self.original(name) is None)
+
+    def original(self, name: str) -> str | None:
+        """The template `name` translates, when it is a translation: in a folder named like a language
+        tag (in canonical case) beside the template it translates. Otherwise None (a folder `faq/` with
+        no `faq.md`-style sibling is not mistaken for Faroese)."""
+        parts = name.split("/")
+        if len(parts) < 2 or not _is_language_folder(parts[-2]):
+            return None
+        del parts[-2]
+        base = "/".join(parts)
+        return base if self._body_file(base) is not None else None
 
     def exists(self, name: str) -> bool:
         return self._body_file(name) is not None
 
+    # -- translations --------------------------------------------------------------------------
+
+    @staticmethod
+    def translation(name: str, language: str) -> str:
+        """The name of `name`'s translation into `language` (which may not exist)."""
+        folder, _, file = name.rpartition("/")
+        return f"{folder}/{language}/{file}" if folder else f"{language}/{file}"
+
+    def translated_into(self, name: str, languages: Sequence[str]) -> list[str]:
+        """Those of `languages` that `name` has a translation into, in their order."""
+        return [lang for lang in languages if self.exists(self.translation(name, lang))]
+
+    def pick(self, name: str, language: str | None, languages: Sequence[str]) -> tuple[str, str]:
+        """(the template, its language) a lead whose language is `language` reads for `name`, where
+        `languages` are the funnel's, its default first: the first of the lead's lookup chain that
+        `name` exists in; the default template when none is."""
+        default = languages[0] if languages else ""
+        if not language or not languages:
+            return name, default
+        have = [default, *self.translated_into(name, languages[1:])]
+        chosen = first_available(language, default, have)
+        return (name if chosen == default else self.translation(name, chosen)), chosen
+
     def _body_file(self, name: str) -> str | None:
-        if not re.fullmatch(TEMPLATE_PATTERN, name):
+        if not re.fullmatch(TEMPLATE_PATTERN, _untranslated(name)):
             return None
         for suffix in BODY_SUFFIXES:
             if (self.emails_dir / f"{name}{suffix}").is_file():

@@ -77,6 +77,8 @@ class Lead(SQLModel, table=True):
     tags: list[str] = Field(default_factory=list, sa_type=Json, nullable=False)
     score: int = Field(default=0, nullable=False)
     timezone: str | None = Field(default=None, sa_type=sa.String(64))
+    # A BCP 47 tag in canonical case (engine.core.languages); None: the funnel's default language.
+    language: str | None = Field(default=None, sa_type=sa.String(64))
     consent_status: str = Field(default="subscribed", sa_type=sa.String(16), nullable=False)
     consent_source: str | None = Field(default=None, sa_type=sa.String(200))
     consent_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
@@ -214,6 +216,8 @@ class OutboxMessage(SQLModel, table=True):
     created_at: datetime = Field(sa_type=UtcDateTime, nullable=False)
     sent_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     skip_reason: str | None = Field(default=None, sa_type=sa.String(32))
+    # The language the message was written in (its template's translation), once it is rendered.
+    language: str | None = Field(default=None, sa_type=sa.String(64))
 
 
 class WebhookCall(SQLModel, table=True):
