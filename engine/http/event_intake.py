@@ -108,10 +108,19 @@ def _language_tag(value: str) -> str:
 
 
 # A lead's language, as `PUT /v1/leads` and events take it: kept in canonical case (`fr_ca` is `fr-CA`).
+# RFC 5646's rules (each variant once, ...) are more than a JSON Schema pattern says well: the schema
+# names the format (`language-tag`, RFC 5646 §2.1) and the 422 says what is wrong with a tag.
 LanguageTag = Annotated[
     str,
     AfterValidator(_language_tag),
-    WithJsonSchema({"type": "string", "maxLength": MAX_TAG_LENGTH, "examples": ["de", "fr-CA", "zh-Hant-TW"]}),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "language-tag",
+            "maxLength": MAX_TAG_LENGTH,
+            "examples": ["de", "fr-CA", "zh-Hant-TW"],
+        }
+    ),
 ]
 # The engine's own ids, names and sources (`engine.own_events`), which no client may write; the schema says so.
 _OWN_IDS: JsonDict = {"not": {"pattern": f"^({'|'.join(sorted(own_events.ID_KINDS))}):"}}
