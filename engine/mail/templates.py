@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from selectolax.lexbor import LexborHTMLParser, LexborNode
 
 from engine.core.definition import ID_PATTERN, TEMPLATE_PATTERN
-from engine.core.languages import LanguageError, canonical, first_available
+from engine.core.languages import LanguageError, canonical, first_available, lookup_chain
 from engine.core.yamlfile import YamlSyntaxError, read_yaml
 from engine.mail.folder_loader import FolderLoader, OutsideFolder, template_frame
 from engine.mail.markdown import RAW_HTML_OMITTED, Markdown, Values
@@ -414,6 +414,19 @@ class TemplateLibrary:
             have = self._translations[key] = (default, *self.translated_into(name, languages[1:]))
         chosen = first_available(language, default, have)
         return (name if chosen == default else self.translation(name, chosen)), chosen
+
+    def tried(self, name: str, language: str, languages: Sequence[str]) -> list[tuple[str, str | None]]:
+        """What `pick` goes through for a lead of `language`: each language of its lookup chain, in order,
+        with its file (as errors name it; None: no file), up to the one it takes, last. A file in a
+        language not among `languages` (the default first) is passed over, as `pick` passes it over."""
+        default = languages[0]
+        out: list[tuple[str, str | None]] = []
+        for candidate in lookup_chain(language, default):
+            found = self._body_file(name if candidate == default else self.translation(name, candidate))
+            out.append((candidate, self.display(found) if found else None))
+            if found and candidate in languages:
+                break
+        return out
 
     def _body_file(self, name: str) -> str | None:
         if not re.fullmatch(TEMPLATE_PATTERN, _untranslated(name)):
