@@ -24,7 +24,9 @@ def register(app: typer.Typer) -> None:
 
 
 def import_leads(
-    path: Path = typer.Argument(..., help="CSV file: an 'email' column; optional tags (a;b), timezone, consent."),
+    path: Path = typer.Argument(
+        ..., help="CSV file: an 'email' column; optional tags (a;b), timezone, consent, language."
+    ),
     funnel: str | None = typer.Option(
         None, "--funnel", help="Enroll each imported lead in this funnel (id or file) via a lead_imported event."
     ),

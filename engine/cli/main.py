@@ -430,29 +430,77 @@ def plan(
             console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
-def _sent_as(template: str, settings: Any) -> tuple[str, str, bool]:
-    """(funnel, step, transactional) of the first step of the project's funnels that sends `template`,
-    or of the form whose confirmation email it is: the message is then built as that step's, List-Unsubscribe
-    only on marketing email. An email nothing sends yet is shown as marketing email."""
+def _sent_as(template: str, settings: Any, funnel_id: str | None = None) -> tuple[str, str, bool]:
+    """(funnel, step, transactional) of the first step of the project's funnels (or of `funnel_id`) that
+    sends `template`, or of the form whose confirmation email it is: the message is then built as that
+    step's, List-Unsubscribe only on marketing email. An email nothing sends yet is shown as marketing
+    email (of `funnel_id` when given)."""
     from engine.authoring.validation import load_funnels
     from engine.core.signup import CONFIRM_FUNNEL_PREFIX, CONFIRM_STEP_PREFIX
 
     for funnel in load_funnels([settings.funnels_dir], emails_dir=None).funnels:
+        if funnel_id is not None and funnel.id != funnel_id:
+            continue
         for stage in funnel.stages:
             for step in stage.steps:
                 if getattr(step, "send", None) == template:
                     return funnel.id, step.id, bool(getattr(step, "transactional", False))
+    if funnel_id is not None:
+        return funnel_id, "preview", False
     for form_id, form in sorted(settings.forms.items()):
         if form.confirm_template == template:
             return f"{CONFIRM_FUNNEL_PREFIX}{form_id}", f"{CONFIRM_STEP_PREFIX}0", True
     return "preview", "preview", False
 
 
+def _funnel_languages(settings: Any, funnel_id: str) -> tuple[str, ...] | None:
+    """The languages of the project's funnel `funnel_id`, its default first (None: one language); exit 2
+    when there is no such funnel."""
+    from engine.authoring.validation import load_funnels
+
+    for funnel in load_funnels([settings.funnels_dir], emails_dir=None).funnels:
+        if funnel.id == funnel_id:
+            return funnel.languages.declared if funnel.languages is not None else None
+    err.print(f"--funnel: no funnel {funnel_id!r} in {settings.funnels_dir}", markup=False, highlight=False)
+    raise typer.Exit(2)
+
+
+def _language_option(tag: str) -> str:
+    from engine.core.languages import LanguageError, canonical
+
+    try:
+        return canonical(tag)
+    except LanguageError as exc:
+        err.print(f"--language: {exc}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _said_chain(tag: str, tried: list[tuple[str, str | None]], languages: tuple[str, ...]) -> str:
+    """`fr-CA: fr-CA (no file) -> fr: emails/x/fr/y.md`: the lookup chain `pick` went through."""
+    steps = []
+    for language, file in tried:
+        if file is None:
+            steps.append(f"{language} (no file)")
+        elif language not in languages:
+            steps.append(f"{language} ({file}, not a language of the funnel)")
+        else:
+            steps.append(f"{language}: {file}")
+    return f"{tag}: " + " -> ".join(steps)
+
+
 def _preview_message(
-    template: str, lead: str | None, emails: Path, to: str | None = None, message_id: str | None = None
+    template: str,
+    lead: str | None,
+    emails: Path,
+    to: str | None = None,
+    message_id: str | None = None,
+    language: str | None = None,
+    funnel: str | None = None,
 ) -> tuple[RenderedEmail, bytes]:
     """The message a lead would get from `template`, built by the mailer's own code, as the exact bytes:
-    as the funnel step that sends it (transactional or not), with `message_id` if given."""
+    as the funnel step that sends it (transactional or not), with `message_id` if given. With `language`,
+    the lead reads that language, in the translation the funnel (`funnel`, else the one that sends
+    `template`) has for it; the chain tried is said first."""
     from engine.core.addresses import AddressError
     from engine.core.outbox_item import OutboxItem
     from engine.core.yamlfile import read_yaml
@@ -473,11 +521,26 @@ def _preview_message(
     if not library.exists(template):
         err.print(f"no template {template!r}: expected {emails}/{template}.md or .html")
         raise typer.Exit(1)
-    funnel_id, step, transactional = _sent_as(template, settings)
+    funnel_id, step, transactional = _sent_as(template, settings, funnel)
+    languages: dict[str, tuple[str, ...]] = {}
+    if language is not None:
+        declared = _funnel_languages(settings, funnel_id)
+        if declared is None:
+            where = f"funnel {funnel_id!r}" if funnel_id != "preview" else f"no funnel sends {template!r}, and --funnel"
+            err.print(f"--language: {where} declares no `languages:`", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
+        languages[funnel_id] = declared
+        console.print(
+            _said_chain(language, library.tried(template, language, declared), declared),
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     item = OutboxItem(
-        0, 0, email, "subscribed", attributes, funnel_id, step, template, "preview", transactional, 0, False
-    )
-    mailer = Mailer(None, settings, library)  # type: ignore[arg-type]  # rendering needs no database
+        0, 0, email, "subscribed", attributes, funnel_id, step, template, "preview", transactional, 0, False,
+        language=language,
+    )  # fmt: skip
+    mailer = Mailer(None, settings, library, funnel_languages=languages)  # type: ignore[arg-type]  # no database
     try:
         rendered = mailer.render(item)
     except TemplateError as exc:
@@ -496,9 +559,18 @@ def preview(
     lead: str | None = typer.Option(None, "--lead", help="A YAML file (email, attributes) or an address."),
     out: Path = typer.Option(Path("out/preview"), "--out", help="Folder for the files."),
     emails: Path = typer.Option(Path("emails"), help="Folder of email templates."),
+    language: str | None = typer.Option(
+        None,
+        "--language",
+        help="The lead's language (a BCP 47 tag, e.g. fr-CA): says the files tried, renders the one used.",
+    ),
+    funnel: str | None = typer.Option(
+        None, "--funnel", help="The funnel (id) whose languages count (default: the funnel that sends TEMPLATE)."
+    ),
 ) -> None:
     """Render one email as a lead would get it: writes the HTML, the text part, the headers and the .eml."""
-    rendered, payload = _preview_message(template, lead, emails)
+    tag = _language_option(language) if language is not None else None
+    rendered, payload = _preview_message(template, lead, emails, language=tag, funnel=funnel)
     message = BytesParser(policy=email_policy.default).parsebytes(payload)
     out.mkdir(parents=True, exist_ok=True)
     stem = template.replace("/", "--")

@@ -223,8 +223,11 @@ def lead_show(
     console = output_console()
     tags = ", ".join(lead["tags"]) or "none"
     zone_set = lead["timezone"] or "not set"
+    language = lead["language"] or "not set (the funnel's default)"
     say(
-        console, f"{found.email}: consent {lead['consent_status']}, tags {tags}, score {lead['score']}, zone {zone_set}"
+        console,
+        f"{found.email}: consent {lead['consent_status']}, tags {tags}, score {lead['score']}, zone {zone_set},"
+        f" language {language}",
     )
     if lead["attributes"]:
         say(console, "attributes: " + ", ".join(f"{k}={v}" for k, v in sorted(lead["attributes"].items())))

@@ -66,6 +66,7 @@ class Lead:
     tags: frozenset[str] = frozenset()
     score: int = 0
     consent: str = "subscribed"
+    language: str | None = None  # a BCP 47 tag (engine.core.languages); None: the funnel's default
 
 
 @dataclass(frozen=True, slots=True)

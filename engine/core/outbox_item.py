@@ -24,6 +24,7 @@ class OutboxItem:
     attempts: int
     suppressed: bool
     timezone: str | None = None
+    language: str | None = None  # the lead's, read with the row: the translation is chosen when composing
 
     @property
     def domain(self) -> str:

@@ -29,6 +29,7 @@ from engine.http.event_intake import (
     Accepted,
     Address,
     EventsBody,
+    LanguageTag,
     StorableObject,
     StorableText,
     Zone,
@@ -75,6 +76,11 @@ class LeadIn(BaseModel):
     attributes: StorableObject = Field(default_factory=dict)
     tags: list[Annotated[StorableText, Field(min_length=1, max_length=100)]] = Field(default_factory=list)
     timezone: Zone | None = Field(default=None, description="An IANA zone, e.g. Europe/Berlin.")
+    language: LanguageTag | None = Field(
+        default=None,
+        description="A BCP 47 tag, e.g. de or fr-CA: the language the lead's emails are written in, where the"
+        " funnel has a translation (else the nearest one of its lookup chain, then the funnel's default).",
+    )
     consent: Literal["subscribed", "unsubscribed", "pending"] | None = None
     consent_source: StorableText | None = Field(default=None, max_length=200)
 
@@ -102,6 +108,7 @@ class EmailOut(BaseModel):
     template: str
     status: str
     sent_at: datetime | None
+    language: str | None = Field(description="The language the email was written in, once sent.")
 
 
 class LeadOut(BaseModel):
@@ -109,6 +116,7 @@ class LeadOut(BaseModel):
     attributes: dict[str, Any]
     tags: list[str]
     timezone: str | None
+    language: str | None
     consent: str
     funnels: list[EnrollmentOut] = Field(description="The lead's place in each funnel.")
     timeline: list[TransitionOut] = Field(description="Every stage transition with its cause, oldest first.")
@@ -140,6 +148,7 @@ def lead_view(conn: sa.Connection, address: str) -> LeadOut:
         attributes=dict(lead.attributes),
         tags=sorted(lead.tags),
         timezone=lead.timezone,
+        language=lead.language,
         consent=lead.consent,
         funnels=[
             EnrollmentOut(
@@ -157,7 +166,14 @@ def lead_view(conn: sa.Connection, address: str) -> LeadOut:
             for t in store.get_transitions(conn, lead_id)
         ],
         emails=[
-            EmailOut(funnel=m.funnel_id, step=m.step, template=m.template, status=m.status, sent_at=m.sent_at)
+            EmailOut(
+                funnel=m.funnel_id,
+                step=m.step,
+                template=m.template,
+                status=m.status,
+                sent_at=m.sent_at,
+                language=m.language,
+            )
             for m in store.get_outbox(conn, lead_id)
         ],
     )
@@ -175,7 +191,7 @@ def lead_view(conn: sa.Connection, address: str) -> LeadOut:
     },
 )
 def put_lead(email: Address, body: LeadIn, ctx: Context) -> LeadOut:
-    """Create or update a lead: attributes merged, tags added, time zone and consent set when given.
+    """Create or update a lead: attributes merged, tags added, time zone, language and consent set when given.
     Funnels hear of the change as a `lead_updated` event (their condition triggers look again).
     Consent can be withdrawn here, never given back to a lead who opted out, nor to one whose signup
     is unconfirmed: only the lead can do that (the preference page, or a signup it confirms). Every
@@ -195,6 +211,7 @@ def put_lead(email: Address, body: LeadIn, ctx: Context) -> LeadOut:
             attributes=body.attributes,
             tags=body.tags,
             timezone=body.timezone,
+            language=body.language,
             consent=body.consent if new_lead else None,
             consent_source=source if new_lead and body.consent is not None else None,
             now=at,

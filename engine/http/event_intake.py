@@ -30,6 +30,7 @@ from pydantic.config import JsonDict
 from typing_extensions import TypeAliasType
 
 from engine.core import addresses, event_times, localtime, own_events, storable
+from engine.core.languages import MAX_TAG_LENGTH, LanguageError, canonical
 from engine.core.storable import FIRST_YEAR, LAST_YEAR
 from engine.store import ingest
 from engine.store import leads as store
@@ -97,6 +98,30 @@ def _known_zone(value: str) -> str:
 
 # A lead's time zone, as `PUT /v1/leads` and events take it.
 Zone = Annotated[str, AfterValidator(_known_zone), WithJsonSchema({"type": "string", "enum": ZONES})]
+
+
+def _language_tag(value: str) -> str:
+    try:
+        return canonical(value)
+    except LanguageError as e:
+        raise ValueError(str(e)) from None
+
+
+# A lead's language, as `PUT /v1/leads` and events take it: kept in canonical case (`fr_ca` is `fr-CA`).
+# RFC 5646's rules (each variant once, ...) are more than a JSON Schema pattern says well: the schema
+# names the format (`language-tag`, RFC 5646 §2.1) and the 422 says what is wrong with a tag.
+LanguageTag = Annotated[
+    str,
+    AfterValidator(_language_tag),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "language-tag",
+            "maxLength": MAX_TAG_LENGTH,
+            "examples": ["de", "fr-CA", "zh-Hant-TW"],
+        }
+    ),
+]
 # The engine's own ids, names and sources (`engine.own_events`), which no client may write; the schema says so.
 _OWN_IDS: JsonDict = {"not": {"pattern": f"^({'|'.join(sorted(own_events.ID_KINDS))}):"}}
 _OWN_NAMES: JsonDict = {"not": {"enum": [*sorted(own_events.RESERVED_NAMES)]}}
@@ -131,6 +156,11 @@ class EventIn(BaseModel):
     timezone: Zone | None = Field(
         default=None,
         description="The lead's IANA time zone, e.g. Europe/Berlin: set on the lead (new or not) with a new event.",
+    )
+    language: LanguageTag | None = Field(
+        default=None,
+        description="The lead's language, a BCP 47 tag such as de or fr-CA: set on the lead (new or not) with a"
+        " new event. The emails are written in it where the funnel has a translation (else the nearest one).",
     )
 
     @field_validator("occurred_at", mode="before")
@@ -173,8 +203,9 @@ def record_items(conn: Connection, items: Sequence[EventIn], source: str, at: da
     fresh = [item for event_id, item in first.items() if event_id not in recorded]
     lead_ids = ingest.lead_ids(conn, [item.email for item in fresh], at) if fresh else {}
     zones = {lead_ids[item.email]: item.timezone for item in fresh if item.timezone is not None}
-    if zones:  # the last new event of a lead that names a zone sets it
-        ingest.set_timezones(conn, zones, lead_ids.values(), at)
+    languages = {lead_ids[item.email]: item.language for item in fresh if item.language is not None}
+    if zones or languages:  # the last new event of a lead that names a zone (a language) sets it
+        ingest.set_lead_settings(conn, zones, languages, lead_ids.values(), at)
     new = [
         store.NewEvent(
             item.id,

@@ -6,6 +6,7 @@ process or in render processes beside it.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import formataddr
@@ -29,6 +30,7 @@ class Prepared:
     message_id: str
     rcpt: str  # the envelope recipient: the address in its ASCII form, as in the To header
     mail_from: str  # the envelope sender: the message's own return path with a bounce domain (`return_paths`)
+    language: str | None = None  # the translation's language; None: the funnel has one language
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,11 +63,17 @@ def message_id(item: OutboxItem, domain: str) -> str:
 
 class Composer:
     def __init__(
-        self, settings: Settings, templates: TemplateLibrary | Path, funnel_names: dict[str, str] | None = None
+        self,
+        settings: Settings,
+        templates: TemplateLibrary | Path,
+        funnel_names: dict[str, str] | None = None,
+        funnel_languages: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.settings = settings
         self.templates = templates if isinstance(templates, TemplateLibrary) else TemplateLibrary(templates)
         self.funnel_names = funnel_names or {}
+        # {funnel id: its languages, the default first} for the funnels that declare `languages:`.
+        self.funnel_languages = {k: tuple(v) for k, v in (funnel_languages or {}).items() if v}
         self.links = Links(settings)
         s = settings.sender
         self.sender = Sender(s.name, s.postal_address, s.website)
@@ -73,9 +81,18 @@ class Composer:
         dkim = settings.dkim
         self.dkim_key = load_dkim_key(dkim.private_key_file) if dkim.enabled and dkim.private_key_file else None
 
+    def written(self, item: OutboxItem) -> tuple[str, str | None]:
+        """(the template, its language) the item's lead reads: chosen from the lead's language as the row
+        was read just now, so a language changed mid-funnel changes what is sent next. (template, None)
+        for a funnel of one language."""
+        languages = self.funnel_languages.get(item.funnel_id)
+        if not languages:
+            return item.template, None
+        return self.templates.pick(item.template, item.language, languages)
+
     def context(self, item: OutboxItem) -> dict[str, Any]:
         context = {
-            "lead": lead_fields(item.email, item.attributes),
+            "lead": lead_fields(item.email, item.attributes, item.language),
             "sender": self.sender,
             "funnel": {"id": item.funnel_id, "name": self.funnel_names.get(item.funnel_id, item.funnel_id)},
             "unsubscribe_url": self.links.unsubscribe_url(item.email, item.funnel_id),
@@ -88,7 +105,7 @@ class Composer:
         return context
 
     def render(self, item: OutboxItem) -> RenderedEmail:
-        return self.templates.render(item.template, self.context(item))
+        return self.templates.render(self.written(item)[0], self.context(item))
 
     def compose(
         self, item: OutboxItem, now: datetime, rendered: RenderedEmail | None = None, mid: str | None = None
@@ -98,6 +115,7 @@ class Composer:
         recipient is the lead's address as the entries take it: a row stored before the address rules
         with a Unicode domain goes out in ASCII, one the rules refuse fails here, alone."""
         rcpt = addresses.normalise(item.email)
+        template, language = self.written(item)
         context = self.context(item)
         if rendered is None:
             track = None
@@ -106,7 +124,7 @@ class Composer:
                 def track(name: str, url: str) -> str:
                     return self.links.click_url(item.email, item.funnel_id, item.step, name, url)
 
-            rendered = self.templates.render(item.template, context, track)
+            rendered = self.templates.render(template, context, track)
         html = rendered.html
         if self.settings.track_opens and item.funnel_id and item.step:
             html = _with_pixel(html, self.links.open_url(item.email, item.funnel_id, item.step))
@@ -135,7 +153,7 @@ class Composer:
         dkim = self.settings.dkim
         if self.dkim_key is not None and dkim.selector and dkim.domain:
             payload = dkim_sign(payload, selector=dkim.selector, domain=dkim.domain, private_key=self.dkim_key)
-        return Prepared(item, payload, mid, rcpt, self.mail_from(item))
+        return Prepared(item, payload, mid, rcpt, self.mail_from(item), language)
 
     def reply_to(self, item: OutboxItem, rendered: RenderedEmail, name: str) -> str | None:
         """The template's own Reply-To wins (its author chose who answers that email); else, with a reply

@@ -200,10 +200,11 @@ class Mailer:
         templates: TemplateLibrary,
         funnel_names: dict[str, str] | None = None,
         funnel_zones: dict[str, str] | None = None,
+        funnel_languages: dict[str, tuple[str, ...]] | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
-        self.composer = Composer(settings, templates, funnel_names)
+        self.composer = Composer(settings, templates, funnel_names, funnel_languages)
         delivery = settings.delivery
         self.screen = Screen(
             TimingRules.parse(delivery.quiet_hours, delivery.max_per_day),
@@ -224,7 +225,13 @@ class Mailer:
 
     def _new_pool(self) -> RenderPool:
         settings, composer = self.settings, self.composer
-        return RenderPool(settings.render_processes, settings, composer.templates.emails_dir, composer.funnel_names)
+        return RenderPool(
+            settings.render_processes,
+            settings,
+            composer.templates.emails_dir,
+            composer.funnel_names,
+            composer.funnel_languages,
+        )
 
     def _pool(self) -> RenderPool:
         if self.pool is None:
@@ -506,7 +513,7 @@ class _Connection:
             self._drop()
             return
         try:
-            verdict = await self.ledger.claim(item, p.message_id)
+            verdict = await self.ledger.claim(item, p.message_id, p.language)
         except Exception:
             await self._reset()
             raise

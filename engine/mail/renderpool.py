@@ -21,9 +21,11 @@ from engine.settings import Settings
 _composer: Composer | None = None
 
 
-def _start(settings: Settings, emails_dir: Path, funnel_names: dict[str, str]) -> None:
+def _start(
+    settings: Settings, emails_dir: Path, funnel_names: dict[str, str], funnel_languages: dict[str, tuple[str, ...]]
+) -> None:
     global _composer
-    _composer = Composer(settings, emails_dir, funnel_names)
+    _composer = Composer(settings, emails_dir, funnel_names, funnel_languages)
 
 
 def _compose(items: list[OutboxItem], now: datetime) -> list[Prepared | Failed]:
@@ -33,12 +35,19 @@ def _compose(items: list[OutboxItem], now: datetime) -> list[Prepared | Failed]:
 
 
 class RenderPool:
-    def __init__(self, processes: int, settings: Settings, emails_dir: Path, funnel_names: dict[str, str]) -> None:
+    def __init__(
+        self,
+        processes: int,
+        settings: Settings,
+        emails_dir: Path,
+        funnel_names: dict[str, str],
+        funnel_languages: dict[str, tuple[str, ...]] | None = None,
+    ) -> None:
         self.executor = ProcessPoolExecutor(
             max_workers=processes,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start,
-            initargs=(settings, emails_dir, funnel_names),
+            initargs=(settings, emails_dir, funnel_names, funnel_languages or {}),
         )
 
     async def compose_many(self, items: list[OutboxItem], now: datetime) -> list[Prepared | Failed]:

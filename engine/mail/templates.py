@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from selectolax.lexbor import LexborHTMLParser, LexborNode
 
 from engine.core.definition import ID_PATTERN, TEMPLATE_PATTERN
-from engine.core.languages import LanguageError, canonical, first_available
+from engine.core.languages import LanguageError, canonical, first_available, lookup_chain
 from engine.core.yamlfile import YamlSyntaxError, read_yaml
 from engine.mail.folder_loader import FolderLoader, OutsideFolder, template_frame
 from engine.mail.markdown import RAW_HTML_OMITTED, Markdown, Values
@@ -163,9 +163,13 @@ class TrustedURL(str):
     __slots__ = ()
 
 
-def lead_fields(email: str, attributes: Mapping[str, Any]) -> dict[str, Any]:
-    """The `lead` a template sees: its email and its attributes side by side (`lead.company`)."""
-    return {**attributes, "email": email}
+def lead_fields(email: str, attributes: Mapping[str, Any], language: str | None = None) -> dict[str, Any]:
+    """The `lead` a template sees: its email, its language (a BCP 47 tag, when it has one) and its
+    attributes side by side (`lead.company`)."""
+    fields = {**attributes, "email": email}
+    if language is not None:
+        fields["language"] = language
+    return fields
 
 
 def sample_context(sender: Sender | None = None) -> dict[str, Any]:
@@ -340,6 +344,9 @@ class TemplateLibrary:
         self.emails_dir = emails_dir
         self.loader = _Loader(emails_dir)
         self._cache: dict[str, EmailTemplate] = {}
+        # Which translations each template has, per funnel's languages: found once, like the templates,
+        # so that choosing one costs no file check per email.
+        self._translations: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = {}
         self._env = _Sandbox(
             loader=self.loader,
             # Subjects and preheaders (`#` names) are header text, not HTML.
@@ -401,9 +408,25 @@ class TemplateLibrary:
         default = languages[0] if languages else ""
         if not language or not languages:
             return name, default
-        have = [default, *self.translated_into(name, languages[1:])]
+        key = (name, tuple(languages))
+        have = self._translations.get(key)
+        if have is None:
+            have = self._translations[key] = (default, *self.translated_into(name, languages[1:]))
         chosen = first_available(language, default, have)
         return (name if chosen == default else self.translation(name, chosen)), chosen
+
+    def tried(self, name: str, language: str, languages: Sequence[str]) -> list[tuple[str, str | None]]:
+        """What `pick` goes through for a lead of `language`: each language of its lookup chain, in order,
+        with its file (as errors name it; None: no file), up to the one it takes, last. A file in a
+        language not among `languages` (the default first) is passed over, as `pick` passes it over."""
+        default = languages[0]
+        out: list[tuple[str, str | None]] = []
+        for candidate in lookup_chain(language, default):
+            found = self._body_file(name if candidate == default else self.translation(name, candidate))
+            out.append((candidate, self.display(found) if found else None))
+            if found and candidate in languages:
+                break
+        return out
 
     def _body_file(self, name: str) -> str | None:
         if not re.fullmatch(TEMPLATE_PATTERN, _untranslated(name)):

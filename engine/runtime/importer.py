@@ -38,6 +38,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from engine.core import addresses, journey, signup, storable
 from engine.core.addresses import AddressError
 from engine.core.definition import Funnel
+from engine.core.languages import LanguageError, canonical
 from engine.core.own_events import LEAD_IMPORTED, engine_id
 from engine.core.signup import OPTED_OUT
 from engine.store import imports, ingest
@@ -48,7 +49,7 @@ from engine.store.tables import CONSENT_STATUSES
 BATCH_SIZE = 1000
 MAX_REPORTED = 50
 EVENT_NAME = LEAD_IMPORTED
-KNOWN_COLUMNS = ("email", "tags", "timezone", "consent")
+KNOWN_COLUMNS = ("email", "tags", "timezone", "consent", "language")
 
 
 class ImportFileError(Exception):
@@ -69,6 +70,7 @@ class LeadRow(NamedTuple):
     tags: tuple[str, ...]
     timezone: str | None
     consent: str | None
+    language: str | None = None  # a BCP 47 tag in canonical case
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +127,13 @@ def _zone_ok(name: str) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=1024)
+def _language(cell: str) -> str:
+    """The cell's tag in canonical case (`FR_ca` -> `fr-CA`); a file repeats the same few, checked once.
+    Raises LanguageError with what was found."""
+    return canonical(cell)
+
+
 def column_name(header: str) -> str:
     """`First Name` and `first-name` both become `first_name`, the name templates use."""
     return re.sub(r"[\s-]+", "_", header.strip().lower())
@@ -166,6 +175,7 @@ class RowReader:
         self._email = self.columns.index("email")
         self._timezone = self.columns.index("timezone") if "timezone" in self.columns else None
         self._consent = self.columns.index("consent") if "consent" in self.columns else None
+        self._language = self.columns.index("language") if "language" in self.columns else None
         self._tags = self.columns.index("tags") if "tags" in self.columns else None
         self._attributes = [(i, c) for i, c in enumerate(self.columns) if c and c not in KNOWN_COLUMNS]
 
@@ -215,10 +225,16 @@ class RowReader:
             consent = fields[self._consent].strip().lower() or None
             if consent is not None and consent not in CONSENT_STATUSES:
                 return BadRow(line, f"consent {consent!r} is not one of {', '.join(CONSENT_STATUSES)}")
+        language = None
+        if self._language is not None and (cell := fields[self._language].strip()):
+            try:
+                language = _language(cell)
+            except LanguageError as exc:
+                return BadRow(line, f"language: {exc}")
         tags = _tags(fields[self._tags]) if self._tags is not None else ()
         # An empty cell says nothing: it never blanks an attribute the lead already has.
         attributes = {col: value for i, col in self._attributes if (value := fields[i].strip())}
-        return LeadRow(line, email, attributes, tags, timezone, consent)
+        return LeadRow(line, email, attributes, tags, timezone, consent, language)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -265,6 +281,7 @@ def _merge(into: LeadRow, row: LeadRow) -> LeadRow:
         tuple(dict.fromkeys((*into.tags, *row.tags))),
         row.timezone or into.timezone,
         row.consent or into.consent,
+        row.language or into.language,
     )
 
 
@@ -308,15 +325,16 @@ def write_batch(conn: Connection, rows: Sequence[LeadRow], options: ImportOption
             result.suppressed += is_suppressed
             inserts.append(
                 {"email": email, "attributes": row.attributes, "tags": sorted(row.tags), "score": 0,
-                 "timezone": row.timezone, "consent_status": new_consent, "consent_source": options.source,
-                 "consent_at": now, "created_at": now, "updated_at": now}
+                 "timezone": row.timezone, "language": row.language, "consent_status": new_consent,
+                 "consent_source": options.source, "consent_at": now, "created_at": now, "updated_at": now}
             )  # fmt: skip
             final_consent[email] = new_consent
             continue
-        lead_id, old_attributes, old_tags, old_timezone, old_consent = old
+        lead_id, old_attributes, old_tags, old_timezone, old_consent, old_language = old
         attributes = {**old_attributes, **row.attributes}
         tags = sorted(set(old_tags) | set(row.tags))
         timezone = row.timezone or old_timezone
+        language = row.language or old_language
         consent = _consent_after(old_consent, row.consent, is_suppressed)
         if is_suppressed:
             result.suppressed += 1
@@ -325,10 +343,12 @@ def write_batch(conn: Connection, rows: Sequence[LeadRow], options: ImportOption
         elif old_consent == "pending" and row.consent == "subscribed":
             result.kept_pending += 1
         final_consent[email] = consent or old_consent
-        if attributes == old_attributes and tags == sorted(old_tags) and timezone == old_timezone and consent is None:
+        same = attributes == old_attributes and tags == sorted(old_tags)
+        if same and timezone == old_timezone and language == old_language and consent is None:
             result.unchanged += 1
             continue
-        update = {"lead": lead_id, "new_attributes": attributes, "new_tags": tags, "new_timezone": timezone, "at": now}
+        update = {"lead": lead_id, "new_attributes": attributes, "new_tags": tags, "new_timezone": timezone,
+                  "new_language": language, "at": now}  # fmt: skip
         if consent is None:
             kept.append(update)
         else:

@@ -107,6 +107,7 @@ class Runner:
             TemplateLibrary(settings.emails_dir),
             {f.id: f.name for f in funnels},
             {f.id: f.timezone for f in funnels},
+            {f.id: f.languages.declared for f in funnels if f.languages is not None},
         )
         self.webhooks = WebhookSender(
             self.engine, settings.webhooks, clock, batch_size=settings.batch_size, targets=settings.webhook_targets()

@@ -13,19 +13,27 @@ import sqlalchemy as sa
 from engine.store import leads as store
 from engine.store import tables
 
-ExistingLead = tuple[int, dict[str, Any], list[str], str | None, str]
-"""id, attributes, tags, time zone and consent status of a lead already in the database."""
+ExistingLead = tuple[int, dict[str, Any], list[str], str | None, str, str | None]
+"""id, attributes, tags, time zone, consent status and language of a lead already in the database."""
 
 
 def existing_leads(conn: sa.Connection, emails: Sequence[str]) -> dict[str, ExistingLead]:
     leads = tables.leads
     stmt = sa.select(
-        leads.c.email, leads.c.id, leads.c.attributes, leads.c.tags, leads.c.timezone, leads.c.consent_status
+        leads.c.email,
+        leads.c.id,
+        leads.c.attributes,
+        leads.c.tags,
+        leads.c.timezone,
+        leads.c.consent_status,
+        leads.c.language,
     )
     return {
-        email: (lead_id, attributes, tags, timezone, consent)
+        email: (lead_id, attributes, tags, timezone, consent, language)
         for chunk in store.chunks(list(emails))
-        for email, lead_id, attributes, tags, timezone, consent in conn.execute(stmt.where(leads.c.email.in_(chunk)))
+        for email, lead_id, attributes, tags, timezone, consent, language in conn.execute(
+            stmt.where(leads.c.email.in_(chunk))
+        )
     }
 
 
@@ -53,6 +61,7 @@ def _lead_update(consent: bool) -> sa.Update:
             attributes=sa.bindparam("new_attributes"),
             tags=sa.bindparam("new_tags"),
             timezone=sa.bindparam("new_timezone"),
+            language=sa.bindparam("new_language"),
             updated_at=sa.bindparam("at"),
         )
     )

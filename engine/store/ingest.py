@@ -81,17 +81,27 @@ def lead_ids(conn: sa.Connection, emails: Iterable[str], now: datetime) -> dict[
     return found
 
 
-def set_timezones(conn: sa.Connection, zones: Mapping[int, str], batch: Iterable[int], now: datetime) -> None:
-    """Set leads' time zones (events that carry one). On PostgreSQL every lead of the batch is locked
-    first, in id order like every per-lead lock: the batch's events then wait for no lead another
-    transaction holds while this one holds some, so two batches never wait on each other in a cycle."""
+def set_lead_settings(
+    conn: sa.Connection,
+    zones: Mapping[int, str],
+    languages: Mapping[int, str],
+    batch: Iterable[int],
+    now: datetime,
+) -> None:
+    """Set leads' time zones and languages (events that carry them). On PostgreSQL every lead of the
+    batch is locked first, in id order like every per-lead lock: the batch's events then wait for no
+    lead another transaction holds while this one holds some, so two batches never wait on each other
+    in a cycle."""
     store.lock_leads(conn, batch)
-    conn.execute(
-        sa.update(tables.leads)
-        .where(tables.leads.c.id == sa.bindparam("lead_id"))
-        .values(timezone=sa.bindparam("zone"), updated_at=now),
-        [{"lead_id": lead_id, "zone": zone} for lead_id, zone in sorted(zones.items())],
-    )
+    leads = tables.leads
+    for column, values in (("timezone", zones), ("language", languages)):
+        if values:
+            conn.execute(
+                sa.update(leads)
+                .where(leads.c.id == sa.bindparam("lead_id"))
+                .values({column: sa.bindparam("value"), "updated_at": now}),
+                [{"lead_id": lead_id, "value": value} for lead_id, value in sorted(values.items())],
+            )
 
 
 # --------------------------------------------------------------------------------------------------

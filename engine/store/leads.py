@@ -30,6 +30,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 
 from engine.core import addresses, journey
 from engine.core.definition import Funnel
+from engine.core.languages import canonical
 from engine.store import tables
 from engine.store.tables import CONSENT_STATUSES
 
@@ -117,13 +118,17 @@ def upsert_lead(
     consent: str | None = None,
     consent_source: str | None = None,
     now: datetime | None = None,
+    language: str | None = None,
 ) -> int:
     """Create the lead or update it; returns its id. Attributes are merged (given keys win), tags are
-    added, timezone and consent are set when given. A new lead without `consent` is subscribed. The
-    address is found as `addresses.lookup_key` says; a new lead needs one `addresses.normalise` takes
-    (else `AddressError`)."""
+    added, timezone, language and consent are set when given. A new lead without `consent` is
+    subscribed. The address is found as `addresses.lookup_key` says; a new lead needs one
+    `addresses.normalise` takes (else `AddressError`). A language is kept in canonical case (a tag
+    `languages.canonical` refuses raises its LanguageError)."""
     if consent is not None and consent not in CONSENT_STATUSES:
         raise ValueError(f"expected consent to be one of {', '.join(CONSENT_STATUSES)}, found {consent!r}")
+    if language is not None:
+        language = canonical(language)
     address = addresses.lookup_key(email)
     now = _now(now)
     leads = tables.leads
@@ -144,6 +149,7 @@ def upsert_lead(
                 consent=consent or "subscribed",
                 consent_source=consent_source,
                 now=now,
+                language=language,
             )
             if inserted is not None:
                 return inserted
@@ -155,6 +161,8 @@ def upsert_lead(
             values["tags"] = sorted(set(row.tags) | set(tags))
         if timezone is not None:
             values["timezone"] = timezone
+        if language is not None:
+            values["language"] = language
         conn.execute(sa.update(leads).where(leads.c.id == row.id).values(**values))
         return int(row.id)
     raise RuntimeError(f"could not insert or find lead {address!r}")  # pragma: no cover
@@ -170,6 +178,7 @@ def create_lead(
     tags: Iterable[str] | None = None,
     timezone: str | None = None,
     now: datetime | None = None,
+    language: str | None = None,
 ) -> int | None:
     """Make a new lead; returns its id, or None when the address has a lead already (then nothing of
     that lead changes: for input that may only ever create)."""
@@ -185,6 +194,7 @@ def create_lead(
             tags=sorted(set(tags or ())),
             score=0,
             timezone=timezone,
+            language=canonical(language) if language is not None else None,
             consent_status=consent,
             consent_source=consent_source,
             consent_at=now,
@@ -211,6 +221,7 @@ def _to_lead(row: sa.Row[Any]) -> journey.Lead:
         tags=frozenset(row.tags),
         score=row.score,
         consent=row.consent_status,
+        language=row.language,
     )
 
 
@@ -544,6 +555,7 @@ class OutboxItem:
     created_at: datetime
     sent_at: datetime | None
     skip_reason: str | None
+    language: str | None  # the language it was written in, once sent
 
 
 def _to_outbox(row: sa.Row[Any]) -> OutboxItem:

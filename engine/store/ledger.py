@@ -48,6 +48,7 @@ class RecordingFailed(Exception):
 class _Claim:
     item: OutboxItem
     message_id: str
+    language: str | None
     verdict: asyncio.Future[Verdict]
 
 
@@ -67,10 +68,11 @@ class Ledger:
         self._conn: sa.Connection | None = None  # used in the database thread only
         self.failure: Exception | None = None  # the database's last failure this round, if any
 
-    async def claim(self, item: OutboxItem, message_id: str) -> Verdict:
-        """GO once the message is committed as `sending`; else why not (recorded already)."""
+    async def claim(self, item: OutboxItem, message_id: str, language: str | None = None) -> Verdict:
+        """GO once the message is committed as `sending` (with the language it was written in); else why
+        not (recorded already)."""
         future: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
-        self._claims.append(_Claim(item, message_id, future))
+        self._claims.append(_Claim(item, message_id, language, future))
         self._wake.set()
         return await future
 
@@ -178,7 +180,7 @@ class Ledger:
         `Unsure` verdict goes back to the connection, which records the failed try."""
         verdicts = self.screen.judge(conn, [c.item for c in claims], self.now, fresh=True)
         go = {c.item.id: c.message_id for c, v in zip(claims, verdicts, strict=True) if v == GO}
-        marked = outbox.mark_sending(conn, go, self.now)
+        marked = outbox.mark_sending(conn, go, self.now, {c.item.id: c.language for c in claims})
         follow: list[Change] = []
         final: list[Verdict] = []
         for claim, verdict in zip(claims, verdicts, strict=True):

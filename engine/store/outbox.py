@@ -47,7 +47,7 @@ _LEASE = {
 }
 _LEASED = (
     sa.text(
-        "SELECT o.id, o.lead_id, l.email, l.consent_status, l.attributes, l.timezone, o.funnel_id, o.step,"
+        "SELECT o.id, o.lead_id, l.email, l.consent_status, l.attributes, l.timezone, l.language, o.funnel_id, o.step,"
         " o.template, o.stage, o.transactional, o.attempts"
         " FROM outbox o JOIN leads l ON l.id = o.lead_id WHERE o.id IN :ids ORDER BY o.id"
     )
@@ -85,6 +85,7 @@ def lease_batch(conn: sa.Connection, now: datetime, limit: int, lease: timedelta
             attempts=r.attempts,
             suppressed=hashes[r.email] in suppressed,
             timezone=r.timezone,
+            language=r.language,
         )
         for r in rows
     ]
@@ -163,39 +164,54 @@ def marketing_sent_since(conn: sa.Connection, lead_ids: Iterable[int], since: da
 
 @functools.cache
 def _mark_sending(count: int) -> sa.TextClause:
-    """Queued/deferred -> sending for `count` messages, each with its Message-ID, in one statement."""
+    """Queued/deferred -> sending for `count` messages, each with its Message-ID and language, in one
+    statement."""
     cases = " ".join(f"WHEN :id_{i} THEN :message_id_{i}" for i in range(count))
+    languages = " ".join(f"WHEN :id_{i} THEN :language_{i}" for i in range(count))
     ids = ", ".join(f":id_{i}" for i in range(count))
     return _typed(
         "UPDATE outbox SET status = 'sending', claimed_at = :now, sent_at = :now, attempts = attempts + 1,"  # noqa: S608
-        f" message_id = CASE id {cases} END WHERE id IN ({ids}) AND status IN ('queued', 'deferred') RETURNING id",
+        f" message_id = CASE id {cases} END, language = CASE id {languages} END"
+        f" WHERE id IN ({ids}) AND status IN ('queued', 'deferred') RETURNING id",
         now=outbox.c.sent_at.type,
     )
 
 
-def mark_sending(conn: sa.Connection, message_ids: Mapping[int, str], now: datetime) -> set[int]:
-    """Queued/deferred -> sending, with each one's Message-ID, all in one statement. Only the returned
-    ids may be sent: a message that someone else got to first is not among them. `sent_at` is when
-    DATA began."""
+def mark_sending(
+    conn: sa.Connection,
+    message_ids: Mapping[int, str],
+    now: datetime,
+    languages: Mapping[int, str | None] | None = None,
+) -> set[int]:
+    """Queued/deferred -> sending, with each one's Message-ID and the language it was written in (None:
+    a funnel of one language), all in one statement. Only the returned ids may be sent: a message that
+    someone else got to first is not among them. `sent_at` is when DATA began."""
     if not message_ids:
         return set()
     ids = list(message_ids)
+    written = languages or {}
     if conn.dialect.name == "postgresql":
-        # The ids and Message-IDs as two arrays: one statement text for any count, kept prepared.
-        return set(
-            conn.scalars(_MARK_SENDING_ARRAYS, {"now": now, "ids": ids, "message_ids": list(message_ids.values())})
-        )
-    params: dict[str, Any] = {"now": now}
+        # The ids, Message-IDs and languages as arrays: one statement text for any count, kept prepared.
+        params = {
+            "now": now,
+            "ids": ids,
+            "message_ids": list(message_ids.values()),
+            "languages": [written.get(i) for i in ids],
+        }
+        return set(conn.scalars(_MARK_SENDING_ARRAYS, params))
+    params_: dict[str, Any] = {"now": now}
     for i, message in enumerate(ids):
-        params[f"id_{i}"] = message
-        params[f"message_id_{i}"] = message_ids[message]
-    return set(conn.scalars(_mark_sending(len(ids)), params))
+        params_[f"id_{i}"] = message
+        params_[f"message_id_{i}"] = message_ids[message]
+        params_[f"language_{i}"] = written.get(message)
+    return set(conn.scalars(_mark_sending(len(ids)), params_))
 
 
 _MARK_SENDING_ARRAYS = sa.text(
     "UPDATE outbox SET status = 'sending', claimed_at = :now, sent_at = :now, attempts = attempts + 1,"
-    " message_id = v.message_id FROM unnest(CAST(:ids AS INTEGER[]), CAST(:message_ids AS VARCHAR[]))"
-    " AS v(id, message_id) WHERE outbox.id = v.id AND outbox.id = ANY(CAST(:ids AS INTEGER[]))"
+    " message_id = v.message_id, language = v.language FROM unnest(CAST(:ids AS INTEGER[]),"
+    " CAST(:message_ids AS VARCHAR[]), CAST(:languages AS VARCHAR[])) AS v(id, message_id, language)"
+    " WHERE outbox.id = v.id AND outbox.id = ANY(CAST(:ids AS INTEGER[]))"
     " AND outbox.status IN ('queued', 'deferred') RETURNING outbox.id"
 ).bindparams(sa.bindparam("now", type_=outbox.c.sent_at.type))
 # `id = ANY(ids)` says again what the join says: the rows are found by the primary key whatever the

@@ -214,7 +214,9 @@ def _email(o: Mapping[str, Any]) -> Entry:
     detail = o["skip_reason"] if o["status"] == "skipped" else o["last_error"]
     at = o["sent_at"] or o["due_at"]
     kind = " (transactional)" if o["transactional"] else ""
-    text = f"email {o['step']}: {o['template']}{kind}, {outcome}" + (f": {detail}" if detail else "")
+    # The language it was written in (its translation's), once composed for sending.
+    written = f" in {o['language']}" if o.get("language") else ""
+    text = f"email {o['step']}: {o['template']}{written}{kind}, {outcome}" + (f": {detail}" if detail else "")
     return Entry(at, "email", o["funnel_id"], text)
 
 

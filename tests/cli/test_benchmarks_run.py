@@ -24,6 +24,8 @@ ON_BOTH = [
     "e2e_emails_per_s",
     "raw_smtp_emails_per_s",
     "e2e_to_raw_ratio",
+    "e2e_three_languages_emails_per_s",
+    "three_languages_to_one_ratio",
     "send_worker_cpu_ms",
     *(f"tick_{what}_{size}" for size in ("1k", "3k", "10k") for what in ("claim_ms", "due_rows_per_s")),
     "tick_worker_cpu_ms",

@@ -242,6 +242,36 @@ def test_an_existing_lead_is_updated_merging_attributes_and_tags(db: str, tmp_pa
     assert sorted(ann.tags) == ["a", "b", "c", "d"]
 
 
+def test_a_language_column_sets_each_leads_language_in_canonical_case(db: str, tmp_path: Path) -> None:
+    first = tmp_path / "first.csv"
+    first.write_text("email,language\nann@example.com,FR_ca\nbob@example.com,de\ncy@example.com,\n")
+    result = run(str(first), "--database-url", db)
+    assert result.exit_code == 0, result.output
+    assert {e: r.language for e, r in leads(db).items()} == {
+        "ann@example.com": "fr-CA",
+        "bob@example.com": "de",
+        "cy@example.com": None,
+    }
+    assert "language" not in leads(db)["ann@example.com"].attributes  # a lead's field, not an attribute
+    # A second file: a new language changes the lead, an empty cell keeps the one it has.
+    second = tmp_path / "second.csv"
+    second.write_text("email,language\nann@example.com,\nbob@example.com,sw\ncy@example.com,\n")
+    again = run(str(second), "--database-url", db)
+    assert again.exit_code == 0, again.output
+    assert "updated 1, unchanged 2" in again.stdout
+    assert {e: r.language for e, r in leads(db).items()}["ann@example.com"] == "fr-CA"
+    assert leads(db)["bob@example.com"].language == "sw"
+
+
+def test_a_bad_language_is_a_bad_row_named_with_what_was_found(db: str, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("email,language\nann@example.com,de\nbob@example.com,english\n")
+    result = run(str(bad), "--database-url", db)
+    assert result.exit_code != 0
+    assert "bad.csv:3: language: expected a language tag such as 'de' or 'fr-CA', found 'english'" in result.output
+    assert nothing_written(db)
+
+
 def test_a_file_without_an_email_column_is_refused(db: str, tmp_path: Path) -> None:
     path = tmp_path / "leads.csv"
     path.write_text("name,company\nAnn,Acme\n")

@@ -599,3 +599,32 @@ def test_a_lead_stored_before_the_address_rules_can_still_be_shown_and_erased(tm
         assert again.exit_code == 2 and "SMTPUTF8" in again.output
     finally:
         engine.dispose()
+
+
+def test_lead_show_and_export_say_the_leads_language_and_each_emails(tmp_path: Path) -> None:
+    from engine.store.database import upgrade
+    from tests.acceptance.conftest import queue_email
+
+    url = f"sqlite:///{tmp_path / 'funnel.db'}"
+    upgrade(url)
+    now = datetime.now(UTC)
+    engine = create_engine_for(url)
+    try:
+        queue_email(engine, "zoe@example.com", "welcome", now, funnel="drip", template="drip/welcome")
+        queue_email(engine, "zoe@example.com", "tip", now, funnel="drip", template="drip/tip")
+        with engine.begin() as conn:
+            store.upsert_lead(conn, "zoe@example.com", language="fr-CA", now=now)
+            first = min(r["id"] for r in (dict(m._mapping) for m in conn.execute(sa.select(tables.outbox))))
+            assert outbox.mark_sending(conn, {first: "<1@example.com>"}, now, {first: "fr"}) == {first}
+    finally:
+        engine.dispose()
+    shown = run("lead", "show", "zoe@example.com", "--utc", "--database-url", url)
+    assert shown.exit_code == 0, shown.output
+    assert "language fr-CA" in shown.output
+    assert "email welcome: drip/welcome in fr, being sent" in shown.output
+    assert "email tip: drip/tip, waiting" in shown.output  # not composed yet: no language
+    out = tmp_path / "export.json"
+    assert run("lead", "export", "zoe@example.com", "--output", str(out), "--database-url", url).exit_code == 0
+    data = json.loads(out.read_text())
+    assert data["lead"]["language"] == "fr-CA"
+    assert [(o["step"], o["language"]) for o in data["outbox"]] == [("welcome", "fr"), ("tip", None)]

@@ -151,3 +151,73 @@ def test_a_template_past_the_bounds_is_refused_with_its_file_and_line_at_once(tm
     assert result.stderr.startswith(
         f"{report.as_posix()}:{text.count(chr(10)) + 2}: more than 100,000 loop iterations and calls in one email"
     ), result.stderr
+
+
+LANGUAGES_FUNNEL = """\
+id: drip
+name: Drip
+languages:
+  default: en
+  others: [de, fr]
+entry:
+  triggers:
+    - event: signed_up
+stages:
+  - id: nurture
+    steps:
+      - id: welcome
+        send: lead-magnet/x
+    on_end: exit
+"""
+
+
+def _translated_project(root: Path) -> None:
+    from tests.acceptance.conftest import LAYOUT
+
+    (root / "funnels").mkdir()
+    (root / "funnels" / "drip.yaml").write_text(LANGUAGES_FUNNEL)
+    emails = root / "emails"
+    (emails / "_layouts").mkdir(parents=True)
+    (emails / "_layouts" / "base.html").write_text(LAYOUT)
+    for folder, subject in (("lead-magnet", "Welcome"), ("lead-magnet/fr", "Bienvenue"), ("lead-magnet/es", "Hola")):
+        (emails / folder).mkdir(parents=True, exist_ok=True)
+        (emails / folder / "x.md").write_text(f'---\nsubject: "{subject}"\n---\n{subject}, {{{{ lead.email }}}}.\n')
+
+
+def _preview_in(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FUNNEL_")}
+    env["FUNNEL_FUNNELS_DIR"] = str(root / "funnels")
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli", "preview", "lead-magnet/x", "--out", str(root / "out"), *args],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_preview_in_a_language_says_the_chain_tried_and_renders_the_file_used(tmp_path: Path) -> None:
+    _translated_project(tmp_path)
+    french = _preview_in(tmp_path, "--language", "FR_ca")
+    assert french.returncode == 0, french.stderr
+    assert french.stdout.splitlines()[0] == "fr-CA: fr-CA (no file) -> fr: emails/lead-magnet/fr/x.md"
+    message = message_from_bytes((tmp_path / "out" / "lead-magnet--x.eml").read_bytes(), policy=strict)
+    assert message["Subject"] == "Bienvenue"
+    # A translation of a language the funnel does not declare is not read: the default is.
+    spanish = _preview_in(tmp_path, "--language", "es-MX", "--funnel", "drip")
+    assert spanish.returncode == 0, spanish.stderr
+    assert spanish.stdout.splitlines()[0] == (
+        "es-MX: es-MX (no file) -> es (emails/lead-magnet/es/x.md, not a language of the funnel)"
+        " -> en: emails/lead-magnet/x.md"
+    )
+    assert message_from_bytes((tmp_path / "out" / "lead-magnet--x.eml").read_bytes())["Subject"] == "Welcome"
+    bad = _preview_in(tmp_path, "--language", "french")
+    assert (
+        bad.returncode == 2
+        and "--language: expected a language tag such as 'de' or 'fr-CA', found 'french'" in bad.stderr
+    )
+    unknown = _preview_in(tmp_path, "--language", "de", "--funnel", "nope")
+    assert unknown.returncode == 2 and "--funnel: no funnel 'nope'" in unknown.stderr

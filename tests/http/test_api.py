@@ -234,3 +234,25 @@ def test_an_event_may_carry_the_leads_time_zone(served: Served) -> None:
     with served.engine.connect() as conn:
         zones = dict(conn.execute(sa.select(tables.leads.c.email, tables.leads.c.timezone)).all())
     assert zones == {"ann@example.com": "America/Chicago", "bob@example.com": None}
+
+
+def test_an_event_may_carry_the_leads_language(served: Served) -> None:
+    """`language` on an event sets the lead's language in canonical case, as `timezone` sets its zone; a
+    tag that is not BCP 47 refuses the whole batch naming the item, the field and what was found."""
+    with served.client() as client:
+        first = client.post("/v1/events", json={"id": "l1", "type": "page_viewed", "email": "ann@example.com",
+                                                "language": "FR_ca"})  # fmt: skip
+        refused = client.post("/v1/events", json=[
+            {"id": "l2", "type": "page_viewed", "email": "bob@example.com", "language": "de"},
+            {"id": "l3", "type": "page_viewed", "email": "bob@example.com", "language": "deutsch"},
+        ])  # fmt: skip
+        shown = client.get("/v1/leads/ann@example.com").json()
+    assert first.json()["accepted"] == 1
+    assert shown["language"] == "fr-CA"
+    assert refused.status_code == 422
+    (error,) = [e for e in refused.json()["detail"] if e["loc"][-1] == "language"]
+    assert error["loc"][-2:] == [1, "language"]
+    assert "expected a language tag such as 'de' or 'fr-CA', found 'deutsch'" in error["msg"]
+    with served.engine.connect() as conn:
+        languages = dict(conn.execute(sa.select(tables.leads.c.email, tables.leads.c.language)).all())
+    assert languages == {"ann@example.com": "fr-CA"}

@@ -55,6 +55,22 @@ def test_bad_input_is_refused_with_the_field_named(served: Served) -> None:
     assert missing.status_code == 404
 
 
+def test_a_lead_language_is_kept_in_canonical_case_and_a_bad_one_is_refused(served: Served) -> None:
+    with served.client() as client:
+        set_ = client.put("/v1/leads/a@example.com", json={"language": "zh_hant_tw"})
+        kept = client.put("/v1/leads/a@example.com", json={"attributes": {"first_name": "Ann"}})
+        # Not a language of any funnel here: kept all the same (the lead may join another funnel).
+        other = client.put("/v1/leads/b@example.com", json={"language": "sw"})
+        bad = client.put("/v1/leads/a@example.com", json={"language": "english"})
+        shown = client.get("/v1/leads/a@example.com").json()
+    assert set_.status_code == 200 and set_.json()["language"] == "zh-Hant-TW"
+    assert kept.json()["language"] == "zh-Hant-TW"  # an update without a language leaves it
+    assert other.json()["language"] == "sw"
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"][-1] == "language"
+    assert "found 'english'" in bad.json()["detail"][0]["msg"]
+    assert shown["language"] == "zh-Hant-TW"
+
+
 def test_erasure_removes_everything_but_a_suppression_and_nothing_more_is_sent(served: Served) -> None:
     queue_email(served.engine, "gone@example.com", "welcome", NOW)
     with served.client() as client:

@@ -47,6 +47,18 @@ schemathesis.openapi.format(
     st.datetimes(datetime(1900, 1, 2), datetime(2026, 11, 22), timezones=_OFFSETS).map(lambda d: d.isoformat()),
 )
 
+# A lead's `language` is a BCP 47 tag (`format: language-tag`): valid ones are tags RFC 5646 takes, in any
+# case and with `_` for `-` as browsers and systems write them.
+schemathesis.openapi.format(
+    "language-tag",
+    st.one_of(
+        st.sampled_from(
+            ["de", "fr-CA", "FR_ca", "zh-Hant-TW", "sr-Latn", "es-419", "en-GB-oxendict", "de-u-co-phonebk"]
+        ),
+        st.from_regex(r"\A[a-z]{2,3}(-[A-Z]{2})?\Z"),
+    ),
+)
+
 
 @pytest.fixture
 def api_schema(served: Served, request: pytest.FixtureRequest) -> OpenApiSchema:
