@@ -115,12 +115,15 @@ def _visitor_language(request: Request, pages: _Pages, form_id: str) -> str:
     return pages.languages_of(form_id).for_visitor(asked, request.headers.get("accept-language"))
 
 
-def _with_language(url: str, language: str) -> str:
-    return f"{url}{'&' if '?' in url else '?'}lang={language}"
+def _linked(url: str, language: str | None, request: Request, pages: _Pages, form_id: str) -> str:
+    """`url` of a page to show in `language`: with `?lang=` when the browser alone would get another."""
+    browser = pages.languages_of(form_id).for_visitor(None, request.headers.get("accept-language"))
+    return url if language is None or language == browser else f"{url}{'&' if '?' in url else '?'}lang={language}"
 
 
 def _signup_page(
     ctx: HttpContext,
+    request: Request,
     pages: _Pages,
     form_id: str,
     spec: FormSettings,
@@ -133,7 +136,7 @@ def _signup_page(
         "form": {
             "id": form_id,
             # The post comes back in the page's language (engine.http.form_languages).
-            "action": _with_language(f"/forms/{form_id}", language),
+            "action": _linked(f"/forms/{form_id}", language, request, pages, form_id),
             "language": language,
             "language_field": LANGUAGE_FIELD,
             "consent_text": spec.consent_text,
@@ -169,7 +172,9 @@ def zone_script() -> Response:
 def show(form_id: str, request: Request, ctx: Context, pages: Pages) -> HTMLResponse:
     spec = _form_of(ctx, form_id)
     language = _visitor_language(request, pages, form_id)
-    return HTMLResponse(_signup_page(ctx, pages, form_id, spec, language, {}, {}), headers={"Vary": "Accept-Language"})
+    return HTMLResponse(
+        _signup_page(ctx, request, pages, form_id, spec, language, {}, {}), headers={"Vary": "Accept-Language"}
+    )
 
 
 @router.post("/forms/{form_id}")
@@ -182,14 +187,14 @@ async def submit(form_id: str, request: Request, ctx: Context, pages: Pages) -> 
     page_language = _visitor_language(request, pages, form_id)
     language = pages.languages_of(form_id).posted(values.pop(LANGUAGE_FIELD, None), page_language)
     own_page = f"/forms/{form_id}/{'check-inbox' if spec.double_opt_in else 'thanks'}"
-    done_page = spec.redirect or _with_language(own_page, language)
+    done_page = spec.redirect or _linked(own_page, language, request, pages, form_id)
     if values.get(spec.honeypot):
         log.info("form %s: honeypot filled, post ignored", form_id)
         return RedirectResponse(done_page, status_code=303)
     address, errors = _check(values, spec, catalogues().texts(language))
     if address is None or errors:
         shown = {k: v for k, v in values.items() if k != spec.honeypot}
-        return HTMLResponse(_signup_page(ctx, pages, form_id, spec, language, shown, errors), status_code=422)
+        return HTMLResponse(_signup_page(ctx, request, pages, form_id, spec, language, shown, errors), status_code=422)
     attributes = {k: values[k] for k in spec.fields if values.get(k)}
     if values.get("name"):
         attributes.setdefault("name", values["name"])
@@ -281,7 +286,7 @@ def confirm_page(token: str, ctx: Context) -> HTMLResponse:
 
 
 @router.post("/confirm/{token}")
-def confirm(token: str, request: Request, ctx: Context) -> Response:
+def confirm(token: str, request: Request, ctx: Context, pages: Pages) -> Response:
     address, form_id, spec, request_id = _confirmation(ctx, token)
     ip, agent = _client(request)
     at = ctx.now()
@@ -298,7 +303,7 @@ def confirm(token: str, request: Request, ctx: Context) -> Response:
             _ = catalogues().texts(language)
             again = _(
                 "Please {link}sign up again{end}: we will send you a new link.",
-                link=Markup('<a href="{}">').format(_with_language(f"/forms/{form_id}", _.language)),
+                link=Markup('<a href="{}">').format(_linked(f"/forms/{form_id}", language, request, pages, form_id)),
                 end=Markup("</a>"),
             )
             return HTMLResponse(page(_("This link has expired"), f"<p>{again}</p>", _.language), status_code=410)
@@ -329,7 +334,7 @@ def confirm(token: str, request: Request, ctx: Context) -> Response:
         ctx.nudge()
     own_page = f"/forms/{form_id}/confirmed"
     return RedirectResponse(
-        spec.confirmed_redirect or (_with_language(own_page, language) if language else own_page), status_code=303
+        spec.confirmed_redirect or _linked(own_page, language, request, pages, form_id), status_code=303
     )
 
 
