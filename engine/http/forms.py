@@ -397,8 +397,12 @@ def _emit(
     store.record_events(conn, [event], now=at)
 
 
-def _check(values: dict[str, str], spec: FormSettings, _: PageTexts) -> tuple[str | None, dict[str, str]]:
-    """The normalised address and the errors by field (shown next to each field), in the page's language."""
+def _check(
+    values: dict[str, str], spec: FormSettings, texts: PageTexts | None = None
+) -> tuple[str | None, dict[str, str]]:
+    """The normalised address and the errors by field (shown next to each field), in the page's language
+    (`texts`; English without)."""
+    _ = texts or catalogues().texts(None)
     errors: dict[str, str] = {}
     address: str | None = None
     raw = values.get("email", "")
