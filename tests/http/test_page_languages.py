@@ -195,6 +195,21 @@ def test_every_catalogue_translates_every_message() -> None:
         assert all(texts(m) != m or m in ("Name",) for m in wanted if "{" not in m), language
 
 
+def test_the_template_holds_every_message_of_the_code() -> None:
+    """engine.pot is what `pybabel extract` finds now: a text added to a page is in the catalogues."""
+    from babel.messages.extract import extract_from_dir
+    from babel.messages.pofile import read_po
+
+    found = {
+        message
+        for _, _, message, _, _ in extract_from_dir(
+            ROOT / "engine" / "http", [("**.py", "python")], keywords={"_": None}
+        )
+    }
+    template = {m.id for m in read_po((ROOT / "engine" / "locale" / "engine.pot").open("rb")) if m.id}
+    assert found == template
+
+
 def test_a_reader_gets_the_first_catalogue_of_its_lookup_chain() -> None:
     loaded = Catalogues.load()
     assert loaded.texts("fr-CA").language == "fr"
