@@ -34,6 +34,7 @@ from starlette.datastructures import State
 
 from engine.core import addresses, signup, storable
 from engine.core.addresses import AddressError
+from engine.core.languages import canonical, is_tag
 from engine.core.own_events import engine_id
 from engine.http.catalogues import PageTexts, catalogues
 from engine.http.deps import Context
@@ -111,7 +112,7 @@ def _form_of(ctx: HttpContext, form_id: str) -> FormSettings:
 
 
 def _visitor_language(request: Request, pages: _Pages, form_id: str) -> str:
-    asked = request.query_params.get(LANGUAGE_FIELD) or request.query_params.get("lang")
+    asked = request.query_params.get("lang")
     return pages.languages_of(form_id).for_visitor(asked, request.headers.get("accept-language"))
 
 
@@ -238,7 +239,9 @@ def after(form_id: str, outcome: str, request: Request, ctx: Context, pages: Pag
     """The engine's own thank-you pages, for forms that name no page of their own; in the language the
     signup's redirect names (`?lang=`), else the browser's."""
     _form_of(ctx, form_id)
-    _ = catalogues().texts(_visitor_language(request, pages, form_id))
+    # The language a confirmation link's lead has may be none of the form's: its redirect names it.
+    asked = request.query_params.get("lang")
+    _ = catalogues().texts(canonical(asked) if asked and is_tag(asked) else _visitor_language(request, pages, form_id))
     texts = {
         "thanks": (_("Thank you"), _("It is on its way to your inbox.")),
         "check-inbox": (
