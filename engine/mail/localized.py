@@ -21,6 +21,8 @@ error. Inputs are bounded before Babel sees them, so no filter can be made to wr
 
 from __future__ import annotations
 
+import decimal
+import math
 import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime, time, tzinfo
@@ -42,6 +44,9 @@ MAX_PATTERN = 64
 # Larger than any amount of money or count an email shows; past it a number is a mistake, and a
 # `1e999999` would be written out as a million digits.
 MAX_MAGNITUDE = Decimal(10) ** 15
+# Significant digits kept of a Decimal, and the smallest power of ten written (as 10^-MAX_DIGITS).
+MAX_DIGITS = 34
+_DIGITS = decimal.Context(prec=MAX_DIGITS)
 # The longest text taken as a number or a date (an ISO 8601 datetime with an offset is 32).
 MAX_TEXT = 40
 WIDTHS = ("short", "medium", "long", "full")
@@ -120,24 +125,31 @@ def _number(value: object, filter_name: str) -> Decimal | int | float:
     (lead attributes from a form are texts)."""
     if isinstance(value, bool):
         raise FormatError(f"{filter_name}: expected a number, found {_shown(value)}")
-    if isinstance(value, int | float | Decimal):
-        number: Decimal | int | float = value
-        checked = Decimal(value) if isinstance(value, int) else value
-    elif isinstance(value, str) and len(value) <= MAX_TEXT:
+    number: Decimal | int | float
+    if isinstance(value, int | float):
+        number = value
+        too_big = (isinstance(value, float) and not math.isfinite(value)) or abs(value) >= MAX_MAGNITUDE
+    elif isinstance(value, Decimal | str) and (not isinstance(value, str) or len(value) <= MAX_TEXT):
         try:
-            number = checked = Decimal(value.strip())
+            number = Decimal(value.strip()) if isinstance(value, str) else value
         except InvalidOperation:
             raise FormatError(f"{filter_name}: expected a number, found {_shown(value)}") from None
+        too_big = not number.is_finite() or abs(number) >= MAX_MAGNITUDE
+        if not too_big:
+            number = _bounded_decimal(number)
     else:
         raise FormatError(f"{filter_name}: expected a number, found {_shown(value)}")
-    if isinstance(checked, int):  # a huge int is compared without turning it into a Decimal
-        too_big = abs(checked) >= MAX_MAGNITUDE
-    else:
-        dec = Decimal(checked) if isinstance(checked, float) else checked
-        too_big = not dec.is_finite() or abs(dec) >= MAX_MAGNITUDE
     if too_big:
         raise FormatError(f"{filter_name}: expected a finite number under 10^15, found {_shown(value)}")
     return number
+
+
+def _bounded_decimal(number: Decimal) -> Decimal:
+    """`number` with at most `MAX_DIGITS` significant digits, and 0 when it is smaller than any email
+    shows: a pattern of significant digits (`@@@`) would write `1e-999999` with a million zeros."""
+    if number and number.adjusted() < -MAX_DIGITS:
+        return Decimal(0)
+    return _DIGITS.plus(number)
 
 
 def _pattern(value: object, filter_name: str, widths: tuple[str, ...] = ()) -> str | None:
@@ -173,6 +185,8 @@ def _babel(filter_name: str, call: Callable[[], str]) -> str:
         return call()
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise FormatError(f"{filter_name}: {exc}") from None
+    except ArithmeticError:  # decimal's, for a pattern with more decimals than its precision holds
+        raise FormatError(f"{filter_name}: the pattern asks for more decimals than a number is written with") from None
 
 
 # --------------------------------------------------------------------------------------------------

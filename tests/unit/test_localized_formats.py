@@ -134,3 +134,13 @@ def test_bad_input_is_a_located_template_error(
 def test_a_lead_zone_gone_from_the_database_is_utc(library: TemplateLibrary) -> None:
     lead = {"language": "en-GB", "timezone": "Mars/Olympus"}
     assert _render(library, 'at | format_time("short")', lead, at=WHEN) == "17:05"
+
+
+def test_what_a_number_writes_is_bounded(library: TemplateLibrary) -> None:
+    # Significant-digit patterns write a tiny number's zeros: it is taken as 0 below 10^-34.
+    assert len(_render(library, 'v | format_decimal("@@@")', {"language": "de"}, v="1e-999999")) < 10
+    assert _render(library, 'v | format_decimal("@@@")', {"language": "de"}, v="1.5e-3") == "0,00150"
+    long = Decimal("0." + "3" * 10_000)  # a Decimal the engine hands in keeps 34 significant digits
+    assert _render(library, 'v | format_decimal("0.##########")', v=long) == "0.3333333333"
+    with pytest.raises(TemplateError, match="more decimals"):
+        _render(library, 'v | format_decimal("0.' + "#" * 50 + '")', v=long)
