@@ -1,6 +1,9 @@
 """The pages leads reach from their emails: tracked links, the open pixel, unsubscribe. No login: each
 URL carries a token signed for its purpose (invariant 11); a tampered or foreign token gets 404.
 
+A page is in its lead's language: the token names the address, the address its lead, the lead its
+language, which picks a catalogue along its lookup chain (engine.http.catalogues).
+
 Invariant 5: an unsubscribe takes effect at once; the mailer reads consent again right before DATA.
 """
 
@@ -11,9 +14,11 @@ import html
 import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from markupsafe import Markup, escape
 
 from engine.core import signup
 from engine.core.own_events import engine_id
+from engine.http.catalogues import PageTexts, catalogues
 from engine.http.deps import Context
 from engine.http.http_context import HttpContext
 from engine.mail import mime
@@ -94,24 +99,40 @@ def _act(request: Request, source: str, fields: dict[str, str] | None = None, ac
     return ConsentAct(action, source, ip=ip, user_agent=request.headers.get("user-agent"), fields=fields)
 
 
+def lead_texts(conn: sa.Connection, address: str) -> PageTexts:
+    """The engine's texts in the language of the address's lead (English for none)."""
+    return catalogues().texts(store.language_of(conn, address))
+
+
+def _para(text: Markup) -> Markup:
+    return Markup("<p>{}</p>").format(text)
+
+
+def _strong(text: str) -> Markup:
+    return Markup("<strong>{}</strong>").format(text)
+
+
 @router.get("/u/{token}", response_class=HTMLResponse)
 def unsubscribe_page(token: str, ctx: Context) -> HTMLResponse:
     """Only a page: link scanners fetch URLs, and a GET must change nothing. It offers to stop this
     funnel's emails or all marketing email."""
     address, funnel_id = _address_in(ctx, "unsubscribe", token)
-    sender = html.escape(ctx.settings.sender.name)
+    sender = ctx.settings.sender.name
     preferences = ctx.links.preferences_url(address)
     with ctx.engine.connect() as conn:
         active = _active_funnels(conn, address)
-    options = ""
+        _ = lead_texts(conn, address)
+    options = Markup()
     if funnel_id is not None and funnel_id in active:
-        options += _button("funnel", f"Only emails about {active[funnel_id]}")
-    options += _button("all", f"All marketing email from {ctx.settings.sender.name}")
+        options += _button("funnel", _("Only emails about {funnel}", funnel=active[funnel_id]))
+    options += _button("all", _("All marketing email from {sender}", sender=sender))
+    everything = _("All email preferences")
+    question = _("Which emails should {address} stop getting from {sender}?", address=_strong(address), sender=sender)
     return HTMLResponse(
         page(
-            "Unsubscribe",
-            f"<p>Which emails should <strong>{html.escape(address)}</strong> stop getting from {sender}?</p>"
-            f'{options}<p><a href="{html.escape(preferences)}">All email preferences</a></p>',
+            _("Unsubscribe"),
+            f'<p>{question}</p>{options}<p><a href="{html.escape(preferences)}">{everything}</a></p>',
+            _.language,
         )
     )
 
@@ -128,6 +149,7 @@ async def unsubscribe(token: str, request: Request, ctx: Context) -> Response:
     scope = fields.get("scope", "all")
     at = ctx.now()
     with ctx.engine.begin() as conn:
+        _ = lead_texts(conn, address)
         if scope == "funnel" and funnel_id is not None and not one_click:
             name = _active_funnels(conn, address).get(funnel_id)
             lead_id = store.find_lead_id(conn, address)
@@ -135,52 +157,63 @@ async def unsubscribe(token: str, request: Request, ctx: Context) -> Response:
                 consents.leave_funnel(
                     conn, lead_id, funnel_id, _act(request, "unsubscribe page", {"funnel": funnel_id}), at
                 )
-                done = f"<p>{html.escape(address)} will get no more emails about {html.escape(name)}.</p>"
-                return HTMLResponse(page("Unsubscribed", done))
+                done = _(
+                    "{address} will get no more emails about {funnel}.",
+                    address=address,
+                    funnel=name,
+                )
+                return HTMLResponse(page(_("Unsubscribed"), f"<p>{done}</p>", _.language))
         consents.unsubscribe(conn, address, _act(request, "one-click" if one_click else "unsubscribe page"), at)
     ctx.nudge()
     if one_click:
         return JSONResponse({"unsubscribed": True})
-    return HTMLResponse(
-        page("Unsubscribed", f"<p>{html.escape(address)} will get no more marketing email from us.</p>")
-    )
+    done = _("{address} will get no more marketing email from us.", address=address)
+    return HTMLResponse(page(_("Unsubscribed"), f"<p>{done}</p>", _.language))
 
 
 @router.get("/p/{token}", response_class=HTMLResponse)
 def preferences_page(token: str, ctx: Context) -> HTMLResponse:
     """What this address gets from us, and a button per choice (a GET changes nothing)."""
-    address, _ = _address_in(ctx, "preferences", token)
+    address, _funnel = _address_in(ctx, "preferences", token)
     with ctx.engine.connect() as conn:
         lead_id, consent = consents.lead_consent(conn, address)
         active = _active_funnels(conn, address)
         restartable = consent in signup.RESTARTABLE and consents.may_resubscribe(conn, address)
         never_confirmed = lead_id is not None and not signup.may_restart(consents.opted_out_from(conn, lead_id))
-    body = f"<p>Email preferences for <strong>{html.escape(address)}</strong>.</p>"
+        _ = lead_texts(conn, address)
+    body = _para(_("Email preferences for {address}.", address=_strong(address)))
     if lead_id is None:
-        body += "<p>We hold nothing about this address, and send it no email.</p>"
+        body += _para(_("We hold nothing about this address, and send it no email."))
     elif consent == "subscribed":
-        body += "<p>You get marketing email from us"
-        body += (": " + ", ".join(html.escape(n) for n in active.values()) + ".</p>") if active else ".</p>"
+        if active:
+            names = ", ".join(active.values())
+            body += _para(_("You get marketing email from us: {funnels}.", funnels=names))
+        else:
+            body += _para(_("You get marketing email from us."))
         for funnel_id, name in active.items():
-            body += _button(f"funnel:{funnel_id}", f"Stop emails about {name}")
-        body += _button("all", "Stop all marketing email")
+            body += _button(f"funnel:{funnel_id}", _("Stop emails about {funnel}", funnel=name))
+        body += _button("all", _("Stop all marketing email"))
     elif restartable and consent == "complained":
-        body += "<p>You reported our email as spam, so we send you none.</p>" + _button("resubscribe", "Start again")
+        body += _para(_("You reported our email as spam, so we send you none.")) + _button(
+            "resubscribe", _("Start again")
+        )
     elif restartable:
-        body += "<p>You get no marketing email from us.</p>" + _button("resubscribe", "Start again")
+        body += _para(_("You get no marketing email from us.")) + _button("resubscribe", _("Start again"))
     elif consent == "unsubscribed" and never_confirmed:
         # Only a confirmed signup subscribes an address that was never confirmed.
-        body += (
-            "<p>You get no marketing email from us. Your address was never confirmed: to hear from us, "
-            "sign up again and follow the link in the email we send.</p>"
+        body += _para(
+            _(
+                "You get no marketing email from us. Your address was never confirmed: to hear from us, "
+                "sign up again and follow the link in the email we send."
+            )
         )
     elif consent == "unsubscribed":
-        body += "<p>You get no marketing email from us.</p>"
+        body += _para(_("You get no marketing email from us."))
     elif consent == "pending":
-        body += "<p>Your address is not confirmed yet: we send it nothing until it is.</p>"
+        body += _para(_("Your address is not confirmed yet: we send it nothing until it is."))
     else:
-        body += "<p>We send this address no marketing email.</p>"
-    return HTMLResponse(page("Email preferences", body))
+        body += _para(_("We send this address no marketing email."))
+    return HTMLResponse(page(_("Email preferences"), body, _.language))
 
 
 @router.post("/p/{token}")
@@ -213,11 +246,11 @@ async def _form(request: Request) -> dict[str, str]:
     return {name: value for name, value in form.items() if isinstance(value, str)}
 
 
-def _button(scope: str, label: str) -> str:
-    return (
-        f'<form method="post"><input type="hidden" name="scope" value="{html.escape(scope)}">'
-        f'<button type="submit">{html.escape(label)}</button></form>'
-    )
+def _button(scope: str, label: Markup) -> Markup:
+    """A button posting `scope`; `label` is HTML (a catalogue's text, escaped by it)."""
+    return Markup(
+        '<form method="post"><input type="hidden" name="scope" value="{}"><button type="submit">{}</button></form>'
+    ).format(scope, label)
 
 
 def _active_funnels(conn: sa.Connection, address: str) -> dict[str, str]:
@@ -233,12 +266,13 @@ def _active_funnels(conn: sa.Connection, address: str) -> dict[str, str]:
     return found
 
 
-def page(title: str, body: str) -> str:
-    """A plain page of the engine's own (forms and pages without a template of their own)."""
+def page(title: str, body: str, language: str = "en") -> str:
+    """A plain page of the engine's own (forms and pages without a template of their own), in `language`
+    (a canonical tag: the one its texts were taken in). `title` is text or Markup (a catalogue's)."""
     return (
-        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f'<!doctype html><html lang="{html.escape(language)}"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{html.escape(title)}</title></head>"
+        f"<title>{escape(title)}</title></head>"
         '<body style="font-family: sans-serif; max-width: 36em; margin: 3em auto; line-height: 1.5">'
-        f"<h1>{html.escape(title)}</h1>{body}</body></html>"
+        f"<h1>{escape(title)}</h1>{body}</body></html>"
     )

@@ -34,6 +34,7 @@ from engine.core.definition import ID_PATTERN, TEMPLATE_PATTERN
 from engine.core.languages import LanguageError, canonical, first_available, lookup_chain
 from engine.core.yamlfile import YamlSyntaxError, read_yaml
 from engine.mail.folder_loader import FolderLoader, OutsideFolder, template_frame
+from engine.mail.localized import FILTERS as LOCALIZED_FILTERS
 from engine.mail.markdown import RAW_HTML_OMITTED, Markdown, Values
 from engine.mail.mime import mailboxes
 from engine.mail.template_bounds import MAX_TEXT_CHARS, BoundedSandbox, check_written, render_budget, too_much_written
@@ -357,6 +358,8 @@ class TemplateLibrary:
             auto_reload=False,
             keep_trailing_newline=True,
         )
+        # Dates, numbers and money in the reader's language (engine.mail.localized: the context values they read).
+        self._env.filters.update(LOCALIZED_FILTERS)
         self._markdown = Markdown()
         self._inliner = css_inline.CSSInliner(load_remote_stylesheets=False, keep_at_rules=True)
 

@@ -666,3 +666,21 @@ def wake_outdated(conn: sa.Connection, funnel_id: str, version: str, now: dateti
         .values(wake_at=now)
     )
     return int(result.rowcount or 0)
+
+
+# --------------------------------------------------------------------------------------------------
+# A lead's language (engine.core.languages)
+# --------------------------------------------------------------------------------------------------
+
+
+def language_of(conn: sa.Connection, email: str) -> str | None:
+    """The language of the address's lead (a canonical BCP 47 tag); None for no lead or no language."""
+    leads = tables.leads
+    found = conn.execute(sa.select(leads.c.language).where(leads.c.email == addresses.lookup_key(email))).scalar()
+    return str(found) if found is not None else None
+
+
+def set_language(conn: sa.Connection, lead_id: int, language: str, now: datetime | None = None) -> None:
+    """Set a lead's language; `language` is a canonical tag the caller has checked against the funnel's."""
+    leads = tables.leads
+    conn.execute(sa.update(leads).where(leads.c.id == lead_id).values(language=language, updated_at=_now(now)))
