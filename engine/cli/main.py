@@ -61,6 +61,8 @@ def validate(
         console.print(
             f"[green]ok[/green] {funnel.id} ({len(funnel.stages)} stages, {steps} steps, version {funnel.version})"
         )
+    for note in result.notes:
+        console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
     # The forms belong to the project: they are checked with its funnels, not beside a file or folder
     # checked on its own (which funnel a form feeds is only known when all of them are loaded).
     everything = not paths or any(Path(p).resolve() == settings.funnels_dir.resolve() for p in paths)
