@@ -41,7 +41,8 @@ def read_as(library: TemplateLibrary, funnel: Funnel, template: str, language: s
 def falls_back_line(library: TemplateLibrary, funnel: Funnel, template: str, language: str) -> str:
     """The note for a language `template` has no translation into: what its leads read instead."""
     _, instead = read_as(library, funnel, template, language)
-    missing = library.display(f"{library.translation(template, language)}.md")
+    suffix = ".html" if (library.emails_dir / f"{template}.html").is_file() else ".md"
+    missing = library.display(f"{library.translation(template, language)}{suffix}")
     return f"{template}: {language} falls back to {instead} (no {missing})"
 
 
