@@ -155,3 +155,25 @@ def test_a_folder_named_like_an_undeclared_tag_without_originals_is_an_ordinary_
     folder.mkdir()
     (folder / "notice.md").write_text("---\nsubject: Notice\n---\nHello.\n", encoding="utf-8")
     assert load(project).ok
+
+
+def test_the_example_translations_render_and_ask_for_no_field_their_default_does_not() -> None:
+    """The example project's German and French emails, the signup confirmation included (sent for a
+    form, not by a funnel step, so not among what validate checks per funnel)."""
+    root = Path(__file__).resolve().parents[2]
+    library = TemplateLibrary(root / "emails")
+    translations = sorted(
+        name
+        for path in (root / "emails").rglob("*.md")
+        if library.original(name := path.relative_to(root / "emails").with_suffix("").as_posix()) is not None
+    )
+    assert {t.split("/")[-2] for t in translations} == {"de", "fr"}
+    assert "forms/de/confirm-subscription" in translations and "forms/fr/confirm-subscription" in translations
+    for name in translations:
+        assert library.check(name) == [], name
+        original = library.original(name)
+        assert original is not None
+        assert set(lead_fields_used(library, name)) <= set(lead_fields_used(library, original)), name
+    result = load_funnels([root / "funnels"], emails_dir=root / "emails")
+    assert result.ok, result.errors
+    assert not any("report-delivery" in note or "hidden-costs" in note for note in result.notes)
