@@ -249,7 +249,8 @@ def _read(e: Expectation, sent: SendEmail, run: LeadRun, subjects: Subjects | No
         return f"email '{sent.step}': 'language' and 'subject' need the email templates, found none"
     read, language = subjects.read_as(sent.template, run.language)
     if e.language is not None and language != e.language:
-        return f"email '{sent.step}' expected in {e.language}, found it read in {language} ({read})"
+        found = language or "the one language of a funnel without `languages:`"
+        return f"email '{sent.step}' expected in {e.language}, found it read in {found} ({read})"
     said = subjects(sent.template, run.lead, run.language)
     if e.subject is not None and said != e.subject:
         return f"email '{sent.step}' expected with subject {e.subject!r}, found {said!r} ({read})"

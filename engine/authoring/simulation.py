@@ -236,7 +236,7 @@ def email_links(funnel: Funnel, emails_dir: Path | None) -> dict[str, tuple[str,
 
 class _Reader:
     """The language a lead reads each email in: the engine's pick (`read_as`), once per template and tag.
-    Without templates, the lead's own tag."""
+    Without templates, the lead's own tag; `-` for a funnel in one language."""
 
     def __init__(self, funnel: Funnel, emails_dir: Path | None) -> None:
         from engine.mail.templates import TemplateLibrary
@@ -250,7 +250,7 @@ class _Reader:
             return language
         key = (template, language)
         if key not in self.known:
-            self.known[key] = read_as(self.library, self.funnel, template, language)[1] or language
+            self.known[key] = read_as(self.library, self.funnel, template, language)[1] or "-"
         return self.known[key]
 
 

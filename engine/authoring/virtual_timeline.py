@@ -72,8 +72,9 @@ def timeline_lines(run: LeadRun, zone: ZoneInfo, subject: SubjectOf | None = Non
         if isinstance(c, SendEmail):
             said = subject(c.template, run.lead, run.language) if subject else None
             line = f"{when}  email       {c.step}" + (f' "{said}"' if said else f" [{c.template}]")
-            if subject and run.language is not None:
-                line += f" ({subject.read_as(c.template, run.language)[1] or run.language})"
+            read_in = subject.read_as(c.template, run.language)[1] if subject and run.language is not None else ""
+            if read_in:  # a funnel in one language says nothing: every lead reads that one
+                line += f" ({read_in})"
             lines.append(line)
         elif isinstance(c, SkipEmail):
             lines.append(f"{when}  skipped     {c.step} [{c.template}] ({c.reason})")
