@@ -41,6 +41,7 @@ def find_funnels(
             found.funnels.append(match[0])
             found.files.append(source)
             found.sources[ref] = source
+            found.notes += [n for n in folder.notes if n.startswith(f"{source}: ") and n not in found.notes]
             continue
         found.errors.extend(e for e in folder.errors if e not in found.errors)
         known = ", ".join(sorted(f.id for f in folder.funnels)) or "none"
@@ -61,3 +62,4 @@ def _add(into: LoadResult, more: LoadResult) -> None:
     into.files.extend(more.files)
     into.errors.extend(more.errors)
     into.sources.update(more.sources)
+    into.notes.extend(more.notes)

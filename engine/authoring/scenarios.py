@@ -7,20 +7,24 @@ what it does later, and what must happen (which email at which local time, which
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from engine.authoring.virtualclock import LeadRun, drive, entry_event
-from engine.core.definition import EventName, Funnel, Id, Scalar, TemplateName, TimeZoneName
+from engine.core.definition import EventName, Funnel, Id, LanguageTag, Scalar, TemplateName, TimeZoneName
 from engine.core.durations import parse_duration
 from engine.core.experiments import AssignArm
 from engine.core.journey import Event, GoalReached, Lead, RecordTransition, SendEmail, SkipEmail
 from engine.core.yamlfile import YamlSyntaxError, located_errors, read_yaml
+
+if TYPE_CHECKING:
+    from engine.authoring.virtual_timeline import Subjects
 
 _LOCAL = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}$")
 _RELATIVE = re.compile(r"^\+(?:\d+[wdhms])+$")
@@ -41,6 +45,7 @@ class _Model(BaseModel):
 class ScenarioLead(_Model):
     email: str = "lead@example.com"
     timezone: TimeZoneName | None = None
+    language: LanguageTag | None = None  # None: the funnel's default language
     attributes: dict[str, Any] = Field(default_factory=dict)
     tags: list[Id] = Field(default_factory=list)
     score: int = 0
@@ -61,6 +66,8 @@ class Expectation(_Model):
     email: Id | None = None
     template: TemplateName | None = None  # with `email`: the template it was sent with (a variant send's arm)
     arm: Id | None = None  # with `email`: the experiment arm the lead was assigned at that step
+    language: LanguageTag | None = None  # with `email`: the language the lead read it in
+    subject: str | None = None  # with `email`: its subject as the lead read it (rendered)
     no_email: Id | None = None
     stage: Id | None = None
     exited: Id | None = None
@@ -78,8 +85,9 @@ class Expectation(_Model):
         for when in (self.at, self.by):
             if when is not None:
                 _when(when)
-        if (self.template is not None or self.arm is not None) and self.email is None:
-            raise ValueError("expected 'template' and 'arm' only with 'email'")
+        details = (self.template, self.arm, self.language, self.subject)
+        if any(d is not None for d in details) and self.email is None:
+            raise ValueError("expected 'template', 'arm', 'language' and 'subject' only with 'email'")
         if self.stage is not None and self.at is None:
             raise ValueError("expected 'at' with 'stage' (the time at which the lead is in that stage)")
         if self.at is not None and self.by is not None:
@@ -152,7 +160,8 @@ class _Clock:
         return instant.astimezone(self.zone).strftime("%Y-%m-%d %H:%M %a")
 
 
-def run_scenario(funnel: Funnel, scenario: Scenario, file: Path) -> Outcome:
+def run_scenario(funnel: Funnel, scenario: Scenario, file: Path, subjects: Subjects | None = None) -> Outcome:
+    """`subjects` (the funnel's templates) checks the language and subject each email was read in."""
     zone = ZoneInfo(scenario.lead.timezone or funnel.timezone)
     clock = _Clock(zone)
     start = clock(scenario.start)
@@ -170,12 +179,12 @@ def run_scenario(funnel: Funnel, scenario: Scenario, file: Path) -> Outcome:
     entry = entry_event(funnel, lead, start, "scenario-entry") if scenario.enter == "event" else None
     if scenario.enter == "event" and entry is None:
         return Outcome(file, scenario.name, ("the funnel has no event entry trigger; use `enter: manual`",))
-    run = drive(funnel, lead, entry, start, events, clock(scenario.until))
-    failures = tuple(f for f in (_check(e, run, clock) for e in scenario.expect) if f)
+    run = drive(funnel, lead, entry, start, events, clock(scenario.until), language=scenario.lead.language)
+    failures = tuple(f for f in (_check(e, run, clock, subjects) for e in scenario.expect) if f)
     return Outcome(file, scenario.name, failures, run)
 
 
-def _check(e: Expectation, run: LeadRun, clock: _Clock) -> str | None:
+def _check(e: Expectation, run: LeadRun, clock: _Clock, subjects: Subjects | None) -> str | None:
     commands = list(run.commands())
     if e.email is not None or e.no_email is not None:
         step = e.email or e.no_email
@@ -189,6 +198,9 @@ def _check(e: Expectation, run: LeadRun, clock: _Clock) -> str | None:
         when = sent[0].at
         if e.template is not None and sent[0].template != e.template:
             return f"email '{step}' expected with template '{e.template}', found '{sent[0].template}'"
+        read = _read(e, sent[0], run, subjects)
+        if read is not None:
+            return read
         if e.arm is not None:
             arms = [c.arm for c in commands if isinstance(c, AssignArm) and c.step == step]
             if arms[:1] != [e.arm]:
@@ -229,6 +241,22 @@ def _check(e: Expectation, run: LeadRun, clock: _Clock) -> str | None:
     return None
 
 
+def _read(e: Expectation, sent: SendEmail, run: LeadRun, subjects: Subjects | None) -> str | None:
+    """The failure of an email's `language` or `subject`, read as the engine picks the translation."""
+    if e.language is None and e.subject is None:
+        return None
+    if subjects is None:
+        return f"email '{sent.step}': 'language' and 'subject' need the email templates, found none"
+    read, language = subjects.read_as(sent.template, run.language)
+    if e.language is not None and language != e.language:
+        found = language or "the one language of a funnel without `languages:`"
+        return f"email '{sent.step}' expected in {e.language}, found it read in {found} ({read})"
+    said = subjects(sent.template, run.lead, run.language)
+    if e.subject is not None and said != e.subject:
+        return f"email '{sent.step}' expected with subject {e.subject!r}, found {said!r} ({read})"
+    return None
+
+
 def _stage_at(commands: list[Any], at: datetime) -> str | None:
     where: str | None = None
     for c in commands:
@@ -247,9 +275,13 @@ def scenario_files(paths: list[Path]) -> list[Path]:
     return files
 
 
-def run_file(path: Path, funnels: dict[str, Funnel]) -> list[Outcome]:
+def run_file(
+    path: Path, funnels: dict[str, Funnel], subjects_of: Callable[[Funnel], Subjects] | None = None
+) -> list[Outcome]:
+    """`subjects_of(funnel)`: its templates as leads read them, for `language` and `subject` expectations."""
     spec = load_scenarios(path)
     funnel = funnels.get(spec.funnel)
     if funnel is None:
         raise ScenarioError(f"{path}:1:1: funnel: expected one of {', '.join(sorted(funnels))}, found {spec.funnel!r}")
-    return [run_scenario(funnel, s, path) for s in spec.scenarios]
+    subjects = subjects_of(funnel) if subjects_of is not None else None
+    return [run_scenario(funnel, s, path, subjects) for s in spec.scenarios]

@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engine.authoring.simulation_experiments import ExperimentFigures, funnel_experiments, lead_arms, merged
+from engine.authoring.translations import read_as
 from engine.authoring.virtualclock import LeadRun, drive, entry_event
 from engine.core.definition import Duration, EventName, Funnel, Id, Scalar, SendStep
 from engine.core.journey import Command, Event, GoalReached, Lead, RecordTransition, SendEmail, SkipEmail
@@ -148,6 +149,9 @@ class SimulationResult:
     sample: LeadRun | None = None
     final: Counter[str] = field(default_factory=Counter)
     pairs: Counter[tuple[str, str]] = field(default_factory=Counter)  # (a, b): reached a, later b
+    # With lead languages: leads per language tag, and emails per (step, language read in).
+    lead_languages: Counter[str] = field(default_factory=Counter)
+    read_in: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     def conversion(self) -> list[tuple[str, str, float]]:
         """For each stage and the next in order: the share of leads who reached the first and later
@@ -230,6 +234,26 @@ def email_links(funnel: Funnel, emails_dir: Path | None) -> dict[str, tuple[str,
     return links
 
 
+class _Reader:
+    """The language a lead reads each email in: the engine's pick (`read_as`), once per template and tag.
+    Without templates, the lead's own tag; `-` for a funnel in one language."""
+
+    def __init__(self, funnel: Funnel, emails_dir: Path | None) -> None:
+        from engine.mail.templates import TemplateLibrary
+
+        self.funnel = funnel
+        self.library = TemplateLibrary(emails_dir) if emails_dir is not None and emails_dir.is_dir() else None
+        self.known: dict[tuple[str, str], str] = {}
+
+    def __call__(self, template: str, language: str) -> str:
+        if self.library is None:
+            return language
+        key = (template, language)
+        if key not in self.known:
+            self.known[key] = read_as(self.library, self.funnel, template, language)[1] or "-"
+        return self.known[key]
+
+
 def simulate(
     funnel: Funnel,
     leads: int,
@@ -242,14 +266,18 @@ def simulate(
     arrival_days: float = 1.0,
     sample_lead: int | None = None,
     each_lead: Callable[[int, LeadRun], None] | None = None,
+    languages: Sequence[str] = (),
 ) -> SimulationResult:
-    """`each_lead(number, run)`, when given, sees every lead's run as it is done (`--timelines`)."""
+    """`each_lead(number, run)`, when given, sees every lead's run as it is done (`--timelines`).
+    `languages` (canonical tags): each lead takes one at random, drawn apart from its behaviour so that
+    the same seed gives the same journeys in any language; emails are counted by the language read."""
     import time as _time
 
     started = _time.perf_counter()
     start = start or datetime(2026, 11, 2, tzinfo=UTC)
     until = start + timedelta(days=days)
     links = email_links(funnel, emails_dir)
+    reader = _Reader(funnel, emails_dir)
     result = SimulationResult(
         funnel=funnel,
         leads=leads,
@@ -287,8 +315,14 @@ def simulate(
                 scripted.append(Event(f"sim-{number}-a{i}", action.event, at, dict(action.properties)))
         reactions = _Reactions(lead_mix, rng, links, number)
         entry = entry_event(funnel, lead, enter_at, f"sim-{number}-entry")
-        run = drive(funnel, lead, entry, enter_at, scripted, until, reactions)
+        language = random.Random(f"{seed}:{number}:language").choice(languages) if languages else None
+        run = drive(funnel, lead, entry, enter_at, scripted, until, reactions, language)
         _aggregate(result, run, boundaries, until)
+        if language is not None:
+            result.lead_languages[language] += 1
+            for c in run.commands():
+                if isinstance(c, SendEmail):
+                    result.read_in[(c.step, reader(c.template, language))] += 1
         result.experiments.add(funnel, run)
         if each_lead is not None:
             each_lead(number, run)

@@ -42,7 +42,30 @@ def summary(result: SimulationResult) -> dict[str, object]:
         "goals": result.goals,
         "goals_within_window": result.goals_within,
         "experiments": result.experiments.summary(),
-    }
+    } | (_languages_summary(result) if result.lead_languages else {})
+
+
+def _languages_summary(result: SimulationResult) -> dict[str, object]:
+    read: dict[str, int] = {}
+    for (_, language), n in sorted(result.read_in.items()):
+        read[language] = read.get(language, 0) + n
+    return {"lead_languages": dict(sorted(result.lead_languages.items())), "emails_by_language": read}
+
+
+def _print_languages(console: Console, result: SimulationResult) -> None:
+    """Each email by the language its leads read it in (a translation, or the one they fall back to)."""
+    read = sorted({language for _, language in result.read_in})
+    leads = ", ".join(f"{tag} {n}" for tag, n in sorted(result.lead_languages.items()))
+    table = Table(title=f"Emails by the language read (leads: {leads})")
+    table.add_column("step")
+    for language in read:
+        table.add_column(language, justify="right")
+    for stage in result.funnel.stages:
+        for step in stage.steps:
+            if hasattr(step, "send"):
+                counts = [str(result.read_in.get((step.id, language), 0)) for language in read]
+                table.add_row(f"{stage.id} / {step.id}", *counts)
+    console.print(table)
 
 
 def _print_experiments(console: Console, result: SimulationResult) -> None:
@@ -106,6 +129,8 @@ def print_simulation(
                     f"{stage.id} / {step.id}", str(result.emails.get(step.id, 0)), str(result.skipped.get(step.id, 0))
                 )
     console.print(emails)
+    if result.lead_languages:
+        _print_languages(console, result)
     _print_experiments(console, result)
     goal = result.funnel.goal
     if goal is not None:

@@ -24,6 +24,7 @@ from pydantic.json_schema import GenerateJsonSchema
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from engine.authoring.experiment_checks import check_experiments
+from engine.authoring.translations import check_translations
 from engine.core.definition import (
     EVENT_PATTERN,
     ID_PATTERN,
@@ -81,6 +82,8 @@ class LoadResult:
     files: list[Path] = field(default_factory=list)
     errors: list[FunnelError] = field(default_factory=list)
     sources: dict[str, Path] = field(default_factory=dict)  # funnel id -> the file it came from
+    # Worth knowing, not wrong: e.g. a language an email has no translation into (its leads read another).
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -146,6 +149,7 @@ def load_funnels(
             found += check_webhook_urls(funnel, doc.data, targets)
         graph_errors = [_error(doc, loc, msg, key=key) for loc, msg, key in found]
         graph_errors += templates.check(funnel, doc)
+        result.notes += templates.take_notes()
         result.errors.extend(sorted(graph_errors, key=lambda e: (e.line, e.column)))
         if not graph_errors:
             checked.append((funnel, doc))
@@ -996,11 +1000,13 @@ class _Templates:
         self.reported_missing_dir = False
         self.checked: set[str] = set()
         self.library: TemplateLibrary | None = None
+        self.notes: list[str] = []
 
     def check(self, funnel: Funnel, doc: YamlDocument) -> list[FunnelError]:
         if self.emails_dir is None:
             return []
         out: list[FunnelError] = []
+        found: dict[str, Loc] = {}  # each template that exists -> the first step sending it
         for loc, template in _sends(funnel):
             where = describe(loc, doc.data)
             if not self.emails_dir.is_dir():
@@ -1025,18 +1031,43 @@ class _Templates:
                         f" {' or '.join(str(c) for c in candidates)}, found neither",
                     )
                 )
-            elif template not in self.checked:
+                continue
+            found.setdefault(template, loc)
+            if template not in self.checked:
                 out.extend(self._render_check(template))
-        return out
+        return out + self._languages(funnel, doc, found)
+
+    def _languages(self, funnel: Funnel, doc: YamlDocument, found: dict[str, Loc]) -> list[FunnelError]:
+        """The translations of the templates found (engine.authoring.translations): errors at their
+        files, or at the step sending the template when a `complete` language lacks it; notes kept."""
+        if not found:
+            return []
+        out: list[FunnelError] = []
+        for problem in check_translations(self._library(), funnel, found):
+            if not problem.error:
+                self.notes.append(f"{doc.path}: {problem.message}")
+            elif problem.path is not None:
+                out.append(FunnelError(Path(problem.path), problem.line, 1, problem.message))
+            else:
+                loc = found[problem.template]
+                out.append(_error(doc, loc, f"{describe(loc, doc.data)}: {problem.message}"))
+        return list(dict.fromkeys(out))
+
+    def take_notes(self) -> list[str]:
+        notes, self.notes = self.notes, []
+        return notes
+
+    def _library(self) -> TemplateLibrary:
+        assert self.emails_dir is not None
+        if self.library is None:
+            self.library = TemplateLibrary(self.emails_dir)
+        return self.library
 
     def _render_check(self, name: str) -> list[FunnelError]:
         """Render the template for sample leads (strict undefined): a variable with no value and no
         fallback, a syntax error or a missing unsubscribe link is found here, not when sending."""
-        assert self.emails_dir is not None
         self.checked.add(name)
-        if self.library is None:
-            self.library = TemplateLibrary(self.emails_dir)
-        return [FunnelError(Path(e.path), e.line, 1, e.message) for e in self.library.check(name)]
+        return [FunnelError(Path(e.path), e.line, 1, e.message) for e in self._library().check(name)]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -5,11 +5,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from engine.authoring.translations import read_as
 from engine.authoring.virtualclock import LeadRun, Moment
 from engine.core.definition import Funnel
 from engine.core.experiments import AssignArm
@@ -17,29 +18,45 @@ from engine.core.journey import CallWebhook, GoalReached, Lead, RecordTransition
 from engine.mail.templates import Sender, TemplateError, TemplateLibrary, lead_fields, sample_context
 from engine.views.journey_map import words as words
 
-# (template, lead) -> the subject that lead reads, or None when there is nothing to show.
-SubjectOf = Callable[[str, Lead], str | None]
-
 
 class Subjects:
-    """Each email's subject rendered for the lead it goes to, from the configured sender. A subject that
-    does not render is shown as written (`funnel validate` says what is wrong with it)."""
+    """Each email's subject rendered for the lead it goes to, in the translation that lead reads
+    (`read_as`, the engine's choice), from the configured sender. A subject that does not render is
+    shown as written (`funnel validate` says what is wrong with it)."""
 
     def __init__(self, library: TemplateLibrary, sender: Sender, funnel: Funnel | None = None) -> None:
         self.library = library
+        self.funnel = funnel
         self.context = sample_context(sender)
         if funnel is not None:
             self.context["funnel"] = {"id": funnel.id, "name": funnel.name}
+        self._read: dict[tuple[str, str | None], tuple[str, str]] = {}
 
-    def __call__(self, template: str, lead: Lead) -> str | None:
+    def read_as(self, template: str, language: str | None) -> tuple[str, str]:
+        """(the translation, its language) a lead of `language` reads; without a funnel, the template
+        itself and "" (one language)."""
+        key = (template, language)
+        if key not in self._read:
+            funnel = self.funnel
+            self._read[key] = (
+                read_as(self.library, funnel, template, language) if funnel is not None else (template, "")
+            )
+        return self._read[key]
+
+    def __call__(self, template: str, lead: Lead, language: str | None = None) -> str | None:
+        name, _ = self.read_as(template, language)
         context = {**self.context, "lead": lead_fields(lead.id, lead.attributes)}
         try:
-            return self.library.render_subject(template, context)
+            return self.library.render_subject(name, context)
         except TemplateError:
             try:
-                return self.library.subject(template)
+                return self.library.subject(name)
             except TemplateError:
                 return None
+
+
+# The subject each lead reads (simulate's and test's timelines).
+SubjectOf = Subjects
 
 
 def timeline_lines(run: LeadRun, zone: ZoneInfo, subject: SubjectOf | None = None) -> list[str]:
@@ -53,8 +70,12 @@ def timeline_lines(run: LeadRun, zone: ZoneInfo, subject: SubjectOf | None = Non
             continue
         c = m.command
         if isinstance(c, SendEmail):
-            said = subject(c.template, run.lead) if subject else None
-            lines.append(f"{when}  email       {c.step}" + (f' "{said}"' if said else f" [{c.template}]"))
+            said = subject(c.template, run.lead, run.language) if subject else None
+            line = f"{when}  email       {c.step}" + (f' "{said}"' if said else f" [{c.template}]")
+            read_in = subject.read_as(c.template, run.language)[1] if subject and run.language is not None else ""
+            if read_in:  # a funnel in one language says nothing: every lead reads that one
+                line += f" ({read_in})"
+            lines.append(line)
         elif isinstance(c, SkipEmail):
             lines.append(f"{when}  skipped     {c.step} [{c.template}] ({c.reason})")
         elif isinstance(c, RecordTransition):
@@ -77,19 +98,22 @@ def timeline_record(number: int, run: LeadRun, zone: ZoneInfo, subject: SubjectO
         "lead": number,
         "email": run.lead.id,
         "timezone": zone.key,
+        "language": run.language,
         "attributes": dict(run.lead.attributes),
         "ended": _ended(run),
-        "timeline": [_moment(m, run.lead, zone, subject) for m in run.moments],
+        "timeline": [_moment(m, run, zone, subject) for m in run.moments],
     }
 
 
-def _moment(m: Moment, lead: Lead, zone: ZoneInfo, subject: SubjectOf | None) -> dict[str, Any]:
+def _moment(m: Moment, run: LeadRun, zone: ZoneInfo, subject: SubjectOf | None) -> dict[str, Any]:
+    lead = run.lead
     out: dict[str, Any] = {"at": _utc(m.at), "local": m.at.astimezone(zone).strftime("%Y-%m-%d %H:%M %a")}
     if m.event is not None:
         return out | {"kind": "event", "event": m.event.name, "properties": _shown(m.event.properties)}
     c = m.command
     if isinstance(c, SendEmail):
-        said = subject(c.template, lead) if subject else None
+        said = subject(c.template, lead, run.language) if subject else None
+        read, language = subject.read_as(c.template, run.language) if subject else (c.template, "")
         return out | {
             "kind": "email",
             "step": c.step,
@@ -97,6 +121,8 @@ def _moment(m: Moment, lead: Lead, zone: ZoneInfo, subject: SubjectOf | None) ->
             "stage": c.stage,
             "subject": said,
             "transactional": c.transactional,
+            "read": read,  # the translation the lead reads (the template itself in the default language)
+            "language": language or None,
         }
     if isinstance(c, SkipEmail):
         return out | {"kind": "skipped", "step": c.step, "template": c.template, "stage": c.stage, "reason": c.reason}

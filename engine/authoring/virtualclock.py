@@ -29,6 +29,9 @@ class LeadRun:
     lead: Lead
     moments: list[Moment] = field(default_factory=list)
     state: Enrollment | None = None
+    # The lead's language tag (canonical), None for the funnel's default: the core decides the same for
+    # every language; which translation each email is read in is the templates' (`read_as`).
+    language: str | None = None
 
     def commands(self) -> Iterable[Command]:
         return (m.command for m in self.moments if m.command is not None)
@@ -47,9 +50,10 @@ def drive(
     events: Iterable[Event],
     until: datetime,
     react: Reaction | None = None,
+    language: str | None = None,
 ) -> LeadRun:
     """Enter the lead at `enter_at` (by `entry`, or manually) and run the clock to `until`."""
-    run = LeadRun(lead)
+    run = LeadRun(lead, language=language)
     queue: list[tuple[datetime, int, Event]] = []
     seq = 0
     for ev in events:

@@ -61,6 +61,8 @@ def validate(
         console.print(
             f"[green]ok[/green] {funnel.id} ({len(funnel.stages)} stages, {steps} steps, version {funnel.version})"
         )
+    for note in result.notes:
+        console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
     # The forms belong to the project: they are checked with its funnels, not beside a file or folder
     # checked on its own (which funnel a form feeds is only known when all of them are loaded).
     everything = not paths or any(Path(p).resolve() == settings.funnels_dir.resolve() for p in paths)
@@ -115,6 +117,12 @@ def simulate(
     timelines: Path | None = typer.Option(
         None, "--timelines", help="Write every lead's timeline to this file, one JSON object a line."
     ),
+    language: list[str] = typer.Option(
+        None,
+        "--language",
+        help="A lead language (BCP 47 tag, e.g. fr-CA); repeat for a mix: each lead takes one at random,"
+        " and emails are counted by the language read. Default: the funnel's default language.",
+    ),
 ) -> None:
     """Run the funnel on a virtual clock with many leads; print stage counts per day and conversions."""
     from engine.authoring.simulation import DEFAULT_MIX, MixError, load_mix
@@ -139,6 +147,7 @@ def simulate(
     if lead is not None and not 1 <= lead <= leads:
         err.print(f"--lead: expected a lead number from 1 to {leads}, found {lead}")
         raise typer.Exit(2)
+    tags = _language_tags(language or [])
     with _timeline_writer(timelines, emails, definition) as each_lead:
         result = run_simulation(
             definition,
@@ -151,8 +160,19 @@ def simulate(
             arrival_days=arrivals,
             sample_lead=lead,
             each_lead=each_lead,
+            languages=tags,
         )
     print_simulation(console, result, _subjects(emails, definition) if lead else None, as_json=as_json)
+
+
+def _language_tags(given: list[str]) -> list[str]:
+    from engine.core.languages import LanguageError, canonical
+
+    try:
+        return [canonical(tag) for tag in given]
+    except LanguageError as exc:
+        err.print(f"--language: {exc}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
 
 
 @contextmanager
@@ -201,7 +221,7 @@ def test_scenarios(
     passed = failed = 0
     for file in files:
         try:
-            outcomes = run_file(file, funnels)
+            outcomes = run_file(file, funnels, lambda funnel: _subjects(emails, funnel))
         except ScenarioError as exc:
             err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
             failed += 1

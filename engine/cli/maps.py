@@ -45,6 +45,12 @@ def journey_map(
     ),
     emails: Path | None = typer.Option(None, help="Folder of email templates (default: the configured one)."),
     database_url: str | None = typer.Option(None, "--database-url", help="With --live. Default: the configured one."),
+    language: str | None = typer.Option(
+        None,
+        "--language",
+        help="With --live: the figures of the leads of this language only (a BCP 47 tag; `de` covers `de-AT`;"
+        " leads without a language count as the funnel's default language's).",
+    ),
 ) -> None:
     """Draw the funnel's customer journey map: its persona, the stages as columns with the persona's question
     and needs, the emails (subjects, when they go), the moves in and out with their triggers and, with
@@ -56,7 +62,7 @@ def journey_map(
     from engine.views.journey_map import markdown as journey_map_md
     from engine.views.journey_map import model as builder
     from engine.views.journey_map import png as journey_map_png
-    from engine.views.journey_map.sources import sample_subjects, templates_of
+    from engine.views.journey_map.sources import sample_subjects, templates_of, translations_of
 
     if fmt is Format.png and out == Path("-"):
         raise _fail("--out -: a PNG goes to a file, not to the terminal", 2)
@@ -64,15 +70,16 @@ def journey_map(
     browser = journey_map_png.find_browser() if fmt is Format.png else None
     if fmt is Format.png and browser is None:
         raise _fail(f"funnel map --format png needs a headless browser: {journey_map_png.INSTALL_HINT}")
+    tag = _language(language, live)
     settings = get_settings()
     emails = emails or settings.emails_dir
     definition = named_funnel(funnel, emails, settings.funnels_dir)
     s = settings.sender
-    subjects = sample_subjects(
-        TemplateLibrary(emails), templates_of(definition), Sender(s.name, s.postal_address, s.website)
-    )
-    figures = _read_live(definition.id, database_url) if live else None
-    drawn = builder.build(definition, subjects, figures)
+    library = TemplateLibrary(emails)
+    subjects = sample_subjects(library, templates_of(definition), Sender(s.name, s.postal_address, s.website))
+    default = definition.languages.default if definition.languages is not None else None
+    figures = _read_live(definition.id, database_url, tag, default) if live else None
+    drawn = builder.build(definition, subjects, figures, translations_of(library, definition), tag)
     target = out or Path(f"{definition.id}.map.{fmt.value}")
     if fmt is Format.png:
         html = journey_map_html.render(drawn)
@@ -93,13 +100,28 @@ def journey_map(
     _say(f"wrote {target}")
 
 
-def _read_live(funnel_id: str, database_url: str | None) -> Live:
+def _language(text: str | None, live: bool) -> str | None:
+    from engine.core.languages import LanguageError, canonical
+
+    if text is None:
+        return None
+    if not live:
+        raise _fail("--language: the figures of one language need --live", 2)
+    try:
+        return canonical(text)
+    except LanguageError as exc:
+        raise _fail(f"--language: {exc}", 2) from None
+
+
+def _read_live(
+    funnel_id: str, database_url: str | None, language: str | None = None, default: str | None = None
+) -> Live:
     from engine.cli.common import database
     from engine.store.database import connect_read_only
     from engine.views.journey_map.sources import read_live
 
     with database(database_url) as engine, connect_read_only(engine) as conn:
-        return read_live(conn, funnel_id, datetime.now(UTC))
+        return read_live(conn, funnel_id, datetime.now(UTC), language, default)
 
 
 def _say(text: str) -> None:

@@ -71,6 +71,12 @@ def _known_address(conn: Connection, text: str) -> str:
 def report(
     funnel: str | None = typer.Option(None, "--funnel", help="Only this funnel (id)."),
     since: str | None = typer.Option(None, "--since", help="Only leads who entered on or after this UTC date."),
+    language: str | None = typer.Option(
+        None,
+        "--language",
+        help="Only leads of this language (a BCP 47 tag; `de` covers `de-AT` too). With --funnel, leads"
+        " without a language count as its default language's.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="One JSON object: a list of funnels' figures."),
     as_csv: bool = typer.Option(False, "--csv", help="CSV, one figure a row: funnel, section, item, figure, value."),
     database_url: str | None = typer.Option(None, "--database-url", help=DATABASE_HELP),
@@ -88,15 +94,18 @@ def report(
     if as_json and as_csv:
         raise fail("--json and --csv: choose one", 2)
     cohort = None if since is None else _utc(since, "--since")
-    scope = report_queries.Scope(funnel, cohort)
+    tag = _language(language)
     with database(database_url) as engine, connect_read_only(engine) as conn:
+        unset = default_language(conn, funnel) if tag is not None and funnel is not None else None
+        scope = report_queries.Scope(funnel, cohort, tag, unset)
         rows = report_queries.read_rows(conn, scope)
         funnel_ids = {r.funnel for r in rows.stage_counts}
         layouts = report_queries.layouts(conn, funnel_ids)
         experiments = experiment_figures.read_published(conn, funnel_ids, datetime.now(UTC))
     reports = figures.build(rows, layouts, experiments)
     if as_json:
-        typer.echo(json.dumps({"since": since, "funnels": [figures.as_dict(r) for r in reports]}))
+        language_key = {"language": tag} if tag is not None else {}
+        typer.echo(json.dumps({"since": since, **language_key, "funnels": [figures.as_dict(r) for r in reports]}))
     elif as_csv:
         out = csv.writer(sys.stdout, lineterminator="\n")
         out.writerow(("funnel", "section", "item", "figure", "value"))
@@ -107,20 +116,45 @@ def report(
         if not reports:
             say(
                 console,
-                f"no leads in {'funnel ' + funnel if funnel else 'any funnel'}" + (f" since {since}" if since else ""),
+                f"no leads in {'funnel ' + funnel if funnel else 'any funnel'}"
+                + (f" in {tag}" if tag else "")
+                + (f" since {since}" if since else ""),
             )
         for r in reports:
-            _print_report(console, r, since)
+            _print_report(console, r, since, tag)
 
 
 def _share(count: int, whole: int) -> str:
     return f"{count} ({count / whole:.0%})" if whole else str(count)
 
 
-def _print_report(console: Console, r: FunnelReport, since: str | None) -> None:
+def _language(text: str | None) -> str | None:
+    from engine.core.languages import LanguageError, canonical
+
+    if text is None:
+        return None
+    try:
+        return canonical(text)
+    except LanguageError as exc:
+        raise fail(f"--language: {exc}", 2) from None
+
+
+def default_language(conn: Connection, funnel: str) -> str | None:
+    """The default language of the funnel's newest definition (what a lead without a language reads)."""
+    from engine.core.languages import LanguageError, canonical
+    from engine.store import report_queries
+
+    languages = (report_queries.newest_definition(conn, funnel) or {}).get("languages") or {}
+    try:
+        return canonical(languages.get("default", "en")) if languages else None
+    except (LanguageError, AttributeError):
+        return None
+
+
+def _print_report(console: Console, r: FunnelReport, since: str | None, language: str | None = None) -> None:
     from engine.core.durations import stay_in_words
 
-    cohort = f", entered since {since}" if since else ""
+    cohort = (f", in {language}" if language else "") + (f", entered since {since}" if since else "")
     exits = ", ".join(f"{reason} {n}" for reason, n in r.exited.items()) or "none"
     say(console, f"\n{r.funnel}: {r.leads} leads{cohort}: {r.active} in a stage, {r.leads - r.active} exited ({exits})")
     stages = Table(title="Stages", title_justify="left")
@@ -166,6 +200,20 @@ def _print_emails(console: Console, r: FunnelReport) -> None:
         )  # fmt: skip
     console.print(emails)
     _print_returned(console, r)
+    _print_languages(console, r)
+
+
+def _print_languages(console: Console, r: FunnelReport) -> None:
+    """Per email, how many were sent in each language (`-`: sent before languages were recorded)."""
+    languages = sorted({lang for e in r.emails for lang in e.sent_by_language})
+    if not languages:
+        return
+    table = Table(title="Sent per language", title_justify="left")
+    for column in ("step", *languages):
+        table.add_column(column, justify="left" if column == "step" else "right")
+    for e in r.emails:
+        table.add_row(e.step, *(str(e.sent_by_language.get(lang, 0)) for lang in languages))
+    console.print(table)
 
 
 def _print_experiments(console: Console, r: FunnelReport, since: str | None) -> None:

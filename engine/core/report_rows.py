@@ -40,6 +40,18 @@ class Followed:
 
 
 @dataclass(frozen=True, slots=True)
+class EmailLanguage:
+    """`count` emails of `step` in `status`, written in `language` (None: not recorded, e.g. an email
+    rendered before the engine recorded languages, or not rendered yet)."""
+
+    funnel: str
+    step: str
+    language: str | None
+    status: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
 class Stays:
     """`count` completed stays in `stage` that lasted `minutes` (rounded to the minute)."""
 
@@ -104,3 +116,4 @@ class Rows:
     email_statuses: Sequence[EmailStatus] = ()
     engagement: Sequence[Engagement] = ()
     losses: Sequence[ExitRow] = ()  # leads who lost their address to an email: bounced or complained
+    email_languages: Sequence[EmailLanguage] = ()

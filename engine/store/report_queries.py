@@ -25,6 +25,7 @@ import sqlalchemy as sa
 
 from engine.core.bounce_outcome import COMPLAINT, MAILBOX_TROUBLE
 from engine.core.report_rows import (
+    EmailLanguage,
     EmailStatus,
     Engagement,
     ExitRow,
@@ -52,15 +53,38 @@ SETTLED = ("sent", "bounced", "failed", "unknown", "skipped")
 
 @dataclass(frozen=True, slots=True)
 class Scope:
-    """Which leads a report covers: one funnel or all, and the cohort that entered on or after `since`."""
+    """Which leads a report covers: one funnel or all, the cohort that entered on or after `since`, and
+    the leads of one `language` (RFC 4647 basic filtering: `de` covers `de` and `de-AT`; canonical tags).
+    `unset_reads` is the language a lead without one reads (the funnel's default): those leads count
+    when it falls under `language`."""
 
     funnel: str | None = None
     since: datetime | None = None
+    language: str | None = None
+    unset_reads: str | None = None
+
+
+def _speaks(language: str, tag: Any) -> Any:
+    # `_` and `%` cannot occur in a canonical tag, so LIKE matches the prefix and a dash, nothing more.
+    return sa.or_(tag == language, tag.like(f"{language}-%"))
+
+
+def _of_language(scope: Scope, lead_id: sa.ColumnElement[Any]) -> list[Any]:
+    """WHERE terms keeping the leads of `scope.language`, if it is given."""
+    if scope.language is None:
+        return []
+    lead = tables.leads
+    spoken = _speaks(scope.language, lead.c.language)
+    unset = scope.unset_reads
+    if unset is not None and (unset == scope.language or unset.startswith(f"{scope.language}-")):
+        spoken = sa.or_(spoken, lead.c.language.is_(None))
+    return [sa.exists().where(lead.c.id == lead_id, spoken)]
 
 
 def _cohort(scope: Scope, lead_id: sa.ColumnElement[Any], funnel_id: sa.ColumnElement[Any]) -> list[Any]:
-    """WHERE terms keeping rows of the funnel in scope and of leads who entered it since `since`."""
-    terms: list[Any] = []
+    """WHERE terms keeping rows of the funnel in scope, of leads who entered it since `since`, of the
+    language in scope."""
+    terms: list[Any] = _of_language(scope, lead_id)
     if scope.funnel is not None:
         terms.append(funnel_id == scope.funnel)
     if scope.since is not None:
@@ -80,6 +104,7 @@ def read_rows(conn: sa.Connection, scope: Scope) -> Rows:
         email_statuses=email_statuses(conn, scope),
         engagement=[*engagement(conn, scope), *unsubscribes(conn, scope), *report_outcomes(conn, scope)],
         losses=losses(conn, scope),
+        email_languages=email_languages(conn, scope),
     )
 
 
@@ -92,6 +117,7 @@ def stage_counts(conn: sa.Connection, scope: Scope) -> list[StageCount]:
         stmt = stmt.where(e.c.funnel_id == scope.funnel)
     if scope.since is not None:
         stmt = stmt.where(e.c.entered_at >= scope.since)
+    stmt = stmt.where(*_of_language(scope, e.c.lead_id))
     return [StageCount(*row) for row in conn.execute(stmt)]
 
 
@@ -172,6 +198,17 @@ def email_statuses(conn: sa.Connection, scope: Scope) -> list[EmailStatus]:
         .group_by(o.c.funnel_id, o.c.step, o.c.template, o.c.status)
     )
     return [EmailStatus(*row) for row in conn.execute(stmt)]
+
+
+def email_languages(conn: sa.Connection, scope: Scope) -> list[EmailLanguage]:
+    """The emails of each step by the language they were written in (`outbox.language`) and status."""
+    o = tables.outbox
+    stmt = (
+        sa.select(o.c.funnel_id, o.c.step, o.c.language, o.c.status, sa.func.count())
+        .where(*_cohort(scope, o.c.lead_id, o.c.funnel_id))
+        .group_by(o.c.funnel_id, o.c.step, o.c.language, o.c.status)
+    )
+    return [EmailLanguage(*row) for row in conn.execute(stmt)]
 
 
 def _named(events: Sequence[str]) -> Any:

@@ -62,6 +62,8 @@ class EmailFigures:
     unsubscribed: int
     soft_bounced: int = 0  # leads whose email had a soft bounce report (mailbox trouble, a delay)
     complained: int = 0  # leads who complained about this email
+    # Sent (handed to the relay) per language the email was written in; empty when none was recorded.
+    sent_by_language: Mapping[str, int] = field(default_factory=dict)
 
     def rate(self, count: int) -> float | None:
         """`count` as a share of the delivered emails."""
@@ -185,6 +187,7 @@ def _emails(funnel: str, rows: Rows, layout: Layout) -> list[EmailFigures]:
     for e in rows.engagement:
         if e.funnel == funnel and e.step in statuses:
             engaged[e.step][e.kind] += e.leads
+    languages = _sent_by_language(funnel, rows)
     out = []
     for step in _ordered([s for s in layout.emails if s in statuses], statuses):
         by = statuses[step]
@@ -204,9 +207,27 @@ def _emails(funnel: str, rows: Rows, layout: Layout) -> list[EmailFigures]:
                 unsubscribed=engaged[step]["unsubscribed"],
                 soft_bounced=engaged[step]["soft bounced"],
                 complained=engaged[step]["complained"],
+                sent_by_language=languages.get(step, {}),
             )
         )
     return out
+
+
+# The key of emails sent without a recorded language (before the engine recorded them).
+UNRECORDED = "-"
+
+
+def _sent_by_language(funnel: str, rows: Rows) -> dict[str, dict[str, int]]:
+    """Step -> language -> emails sent; for the funnel's steps only once some email has a language."""
+    found: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    recorded = False
+    for row in rows.email_languages:
+        if row.funnel == funnel and row.status in HANDED_OVER:
+            found[row.step][row.language or UNRECORDED] += row.count
+            recorded = recorded or row.language is not None
+    if not recorded:
+        return {}
+    return {step: dict(sorted(by.items())) for step, by in found.items()}
 
 
 def _stage_dict(s: StageFigures) -> dict[str, object]:
@@ -241,6 +262,7 @@ def _email_dict(e: EmailFigures) -> dict[str, object]:
         "soft_bounced": e.soft_bounced,
         "complained": e.complained,
         **{f"{name}_rate": _rounded(e.rate_of_sent(n)) for name, n in returned(e)},
+        **({"sent_by_language": dict(e.sent_by_language)} if e.sent_by_language else {}),
     }
 
 
@@ -279,7 +301,9 @@ def csv_rows(report: FunnelReport) -> list[tuple[str, str, str, str, object]]:
     items += [("email", e.step, _email_dict(e)) for e in report.emails]
     for section, name, figures in items:
         for figure, value in figures.items():
-            if figure not in ("stage", "step"):
+            if isinstance(value, dict):
+                out += [(f, section, name, f"{figure}.{key}", n) for key, n in value.items()]
+            elif figure not in ("stage", "step"):
                 out.append((f, section, name, figure, "" if value is None else value))
     for experiment in report.experiments:
         out += experiment_figures.csv_rows(experiment)

@@ -18,6 +18,12 @@ def render(m: JourneyMap) -> str:
     if m.description:
         out += [_text(m.description), ""]
     out += [_live_line(m), ""]
+    if m.languages:
+        out += [
+            f"Languages: {', '.join(m.languages)} (the default first). Each email says the ones it is written in;"
+            " a ~~struck-through~~ language reads another one of its lookup chain.",
+            "",
+        ]
     if m.persona is not None:
         p = m.persona
         out += [f"## Persona: {_text(p.name)} (`{p.id}`)", ""]
@@ -39,7 +45,7 @@ def render(m: JourneyMap) -> str:
         out += [f"### {_text(c.title)} (`{c.stage}`)", ""]
         if c.description:
             out += [_text(c.description), ""]
-        out += [*_email_table(c, m.live is not None), ""]
+        out += [*_email_table(c, m.live is not None, m.languages), ""]
         for e in c.experiments:
             out += [*_experiment_table(e), ""]
         if c.drop_offs:
@@ -58,8 +64,10 @@ def _live_line(m: JourneyMap) -> str:
     if r is None:
         return f"Version `{m.version}`. Figures as of {at}: no lead has entered this funnel yet."
     exited = ", ".join(f"{n} {reason}" for reason, n in r.exited.items()) or "none"
+    whose = f" of the leads in {m.language}" if m.language else ""
     return (
-        f"Version `{m.version}`. Figures as of {at}: {r.leads} leads entered, {r.active} in a stage, exited: {exited}."
+        f"Version `{m.version}`. Figures{whose} as of {at}: {r.leads} leads entered, {r.active} in a stage,"
+        f" exited: {exited}."
     )
 
 
@@ -71,7 +79,7 @@ def _stage_table(m: JourneyMap) -> list[str]:
         ("Feelings", [_items(c.notes.feelings if c.notes else ()) for c in cols]),
         ("Preferred content", [_items(c.notes.content if c.notes else ()) for c in cols]),
         ("Our goal", [_text(c.notes.goal) if c.notes and c.notes.goal else "" for c in cols]),
-        ("Emails", [_items(_touchpoint(t) for t in c.touchpoints) for c in cols]),
+        ("Emails", [_items(_touchpoint(t, m.languages) for t in c.touchpoints) for c in cols]),
         ("Experiments", [_items(_experiment(e) for e in c.experiments) for c in cols]),
         ("In", [_items(_move_in(x) for x in c.ins) for c in cols]),
         ("Out", [_items(_move_out(x) for x in c.outs) for c in cols]),
@@ -97,9 +105,16 @@ def _conversion(c: Column) -> str:
     return f"{f.conversion:.0%} to {f.next_stage}"
 
 
-def _touchpoint(t: Touchpoint) -> str:
+def _touchpoint(t: Touchpoint, languages: Sequence[str]) -> str:
     subject = _text(t.subject) if t.subject else f"`{t.template}`"
-    return f"{subject} ({t.step}; {_text(' or '.join(t.when) or 'not reached')})"
+    return f"{subject} ({t.step}; {_text(' or '.join(t.when) or 'not reached')}){_languages(t, languages)}"
+
+
+def _languages(t: Touchpoint, languages: Sequence[str]) -> str:
+    """` [en-GB de ~~fr~~]`: the funnel's languages, struck through where the email is not written in it."""
+    if not languages:
+        return ""
+    return " [" + " ".join(lang if lang in t.languages else f"~~{lang}~~" for lang in languages) + "]"
 
 
 def _experiment(e: ExperimentView) -> str:
@@ -141,13 +156,14 @@ def _move_out(x: Move) -> str:
     return _text(f"{target}: {x.trigger}")
 
 
-def _email_table(c: Column, live: bool) -> list[str]:
+def _email_table(c: Column, live: bool, languages: Sequence[str] = ()) -> list[str]:
     if not c.touchpoints:
         return ["No emails in this stage."]
     if not live:
         head = ["| Email | Subject | When |", "|---|---|---|"]
         return head + [
-            f"| {t.step} | {_text(t.subject or t.template)} | {_text(' or '.join(t.when))} |" for t in c.touchpoints
+            f"| {t.step} | {_text(t.subject or t.template)}{_languages(t, languages)} | {_text(' or '.join(t.when))} |"
+            for t in c.touchpoints
         ]
     head = [
         "| Email | Subject | When | Delivered | Opened | Clicked | Dropped out after |",
@@ -158,7 +174,8 @@ def _email_table(c: Column, live: bool) -> list[str]:
         f = t.figures
         pain = " (most)" if c.pain_point == t.step else ""
         lines.append(
-            f"| {t.step} | {_text(t.subject or t.template)} | {_text(' or '.join(t.when))} | {f.delivered if f else 0}"
+            f"| {t.step} | {_text(t.subject or t.template)}{_languages(t, languages)} | {_text(' or '.join(t.when))}"
+            f" | {f.delivered if f else 0}"
             f" | {_rate(t.open_rate)} | {_rate(t.click_rate)} | {t.dropped_after}{pain} |"
         )
     return head + lines

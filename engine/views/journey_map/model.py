@@ -90,6 +90,8 @@ class Touchpoint:
     figures: EmailFigures | None = None
     dropped_after: int = 0  # leads whose last email in the stage this was when they dropped out
     experiment: ExperimentView | None = None  # a variant send: its arms
+    # The funnel's languages the email exists in (every template of a variant send); empty in one language.
+    languages: tuple[str, ...] = ()
 
     @property
     def open_rate(self) -> float | None:
@@ -166,6 +168,8 @@ class JourneyMap:
     moves: tuple[Move, ...]  # every move between stages and out, for the diagram
     columns: tuple[Column, ...]
     live: Live | None = None
+    languages: tuple[str, ...] = ()  # the funnel's, its default first; empty for a funnel in one language
+    language: str | None = None  # the figures are those of the leads of this language only
 
     @property
     def leads(self) -> int | None:
@@ -179,8 +183,16 @@ class JourneyMap:
 # --------------------------------------------------------------------------------------------------
 
 
-def build(funnel: Funnel, subjects: Mapping[str, str], live: Live | None = None) -> JourneyMap:
-    """The map of `funnel`. `subjects`: template name -> subject; `live`: figures to show, if any."""
+def build(
+    funnel: Funnel,
+    subjects: Mapping[str, str],
+    live: Live | None = None,
+    translations: Mapping[str, Sequence[str]] | None = None,
+    language: str | None = None,
+) -> JourneyMap:
+    """The map of `funnel`. `subjects`: template name -> subject; `live`: figures to show, if any, of the
+    leads of `language` only when it is given; `translations`: template name -> the languages it exists in."""
+    languages = funnel.languages.declared if funnel.languages is not None else ()
     moves = _moves(funnel)
     report = live.report if live else None
     stage_figures = {s.stage: s for s in report.stages} if report else {}
@@ -205,6 +217,7 @@ def build(funnel: Funnel, subjects: Mapping[str, str], live: Live | None = None)
                 figures=email_figures.get(step.id),
                 dropped_after=after.get(step.id, 0),
                 experiment=at_step.get(step.id),
+                languages=_languages(step, languages, translations or {}),
             )
             for step in stage.steps
             if isinstance(step, SendStep)
@@ -250,7 +263,16 @@ def build(funnel: Funnel, subjects: Mapping[str, str], live: Live | None = None)
         moves=tuple(moves),
         columns=tuple(columns),
         live=live,
+        languages=languages,
+        language=language,
     )
+
+
+def _languages(step: SendStep, declared: Sequence[str], translations: Mapping[str, Sequence[str]]) -> tuple[str, ...]:
+    """The declared languages every template of the step exists in, in the funnel's order."""
+    if not declared:
+        return ()
+    return tuple(lang for lang in declared if all(lang in translations.get(t, ()) for t in step.templates))
 
 
 def _goal(funnel: Funnel) -> str | None:

@@ -16,10 +16,13 @@ from engine.views.journey_map.experiments import Decided
 from engine.views.journey_map.model import Live
 
 
-def read_live(conn: Connection, funnel_id: str, at: datetime) -> Live:
+def read_live(
+    conn: Connection, funnel_id: str, at: datetime, language: str | None = None, default: str | None = None
+) -> Live:
     """The funnel's figures as `funnel report` computes them, who left it where and why, and its
-    experiments' arms and decisions."""
-    scope = report_queries.Scope(funnel_id)
+    experiments' arms and decisions; of the leads of `language` only when it is given (as `funnel report
+    --language` counts them: a lead without a language reads the funnel's `default`)."""
+    scope = report_queries.Scope(funnel_id, language=language, unset_reads=default)
     rows = report_queries.read_rows(conn, scope)
     built = report.build(rows, report_queries.layouts(conn, [funnel_id]))
     exits = [*report_queries.exits(conn, scope), *rows.losses]
@@ -35,6 +38,15 @@ def templates_of(funnel: Funnel) -> list[str]:
     return sorted(
         {t for stage in funnel.stages for step in stage.steps if isinstance(step, SendStep) for t in step.templates}
     )
+
+
+def translations_of(library: TemplateLibrary, funnel: Funnel) -> dict[str, tuple[str, ...]]:
+    """Each template the funnel sends -> the languages it exists in: the default, then its translations
+    (the files `TemplateLibrary.pick` chooses among). Empty for a funnel in one language."""
+    if funnel.languages is None:
+        return {}
+    default, others = funnel.languages.default, funnel.languages.others
+    return {t: (default, *library.translated_into(t, others)) for t in templates_of(funnel)}
 
 
 def sample_subjects(library: TemplateLibrary, names: Iterable[str], sender: Sender) -> dict[str, str]:
@@ -54,4 +66,4 @@ def sample_subjects(library: TemplateLibrary, names: Iterable[str], sender: Send
     return out
 
 
-__all__ = ["read_live", "sample_subjects", "templates_of"]
+__all__ = ["read_live", "sample_subjects", "templates_of", "translations_of"]
