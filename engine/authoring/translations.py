@@ -9,8 +9,9 @@ What validate says about each declared language and each template the funnel sen
   of that language lack;
 - a missing translation is a note naming the language the lead reads instead (by `pick`, so
   `fr-CA falls back to fr` where French exists), or an error where the language is `complete`;
-- beside those templates, a translation into a language the funnel does not declare (never sent), and
-  a file in a declared language's folder whose original does not exist (never sent either), are errors.
+- beside those templates, a translation into a language the funnel does not declare is a note (this
+  funnel never sends it; `emails/` is shared, and another funnel may declare that language), and a file
+  in a declared language's folder whose original does not exist (never sent) is an error.
 """
 
 from __future__ import annotations
@@ -156,17 +157,17 @@ def _language_folder(part: str) -> bool:
 def _undeclared(funnel: Funnel, language: str) -> str:
     if funnel.languages is None:
         return (
-            f"a translation into {language}, which no lead reads: expected `languages:` in funnel"
-            f" '{funnel.id}' to declare {language}, found a funnel in one language"
+            f"a translation into {language}, which this funnel's leads do not read: funnel '{funnel.id}' is"
+            f" in one language (declare {language} in `languages:` to send it)"
         )
     if language == funnel.languages.default:
         return (
-            f"a translation into {language}, the default language, which no lead reads: expected the"
-            " default's text in the template itself, found it in a language folder"
+            f"a translation into {language}, the default language, which this funnel's leads do not read:"
+            " the default's text is the template itself, not a language folder"
         )
     return (
-        f"a translation into {language}, which no lead reads: expected one of the languages funnel"
-        f" '{funnel.id}' declares ({', '.join(funnel.languages.others)}), found {language}"
+        f"a translation into {language}, which this funnel's leads do not read: funnel '{funnel.id}'"
+        f" declares {', '.join(funnel.languages.others)} (declare {language} to send it)"
     )
 
 
@@ -186,7 +187,8 @@ def _strays(library: TemplateLibrary, funnel: Funnel, templates: Sequence[str]) 
                 original = library.original(name)
                 shown = library.display(file.relative_to(library.emails_dir).as_posix())
                 if original is not None and sub.name not in languages:
-                    out.append(TranslationProblem(original, _undeclared(funnel, sub.name), True, shown))
+                    said = f"{shown}: {_undeclared(funnel, sub.name)}"
+                    out.append(TranslationProblem(original, said, False, shown))
                 elif original is None and sub.name in languages:
                     base = library.display(f"{'/'.join((*name.split('/')[:-2], file.stem))}.md")
                     out.append(
