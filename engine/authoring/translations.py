@@ -27,6 +27,9 @@ from engine.core.definition import Funnel
 from engine.core.languages import LanguageError, canonical
 from engine.mail.templates import BODY_SUFFIXES, TemplateLibrary
 
+# Known of every lead that reads a translation: its address, and its language (which chose it).
+ALWAYS_KNOWN = frozenset({"email", "language"})
+
 
 def declared(funnel: Funnel) -> tuple[str, ...]:
     """The funnel's languages, default first; empty for a funnel in one language."""
@@ -143,7 +146,7 @@ def _extra_fields(library: TemplateLibrary, template: str, translation: str) -> 
             line,
         )
         for field, line in sorted(found.items(), key=lambda item: item[1])
-        if field not in original
+        if field not in original and field not in ALWAYS_KNOWN
     ]
 
 

@@ -561,13 +561,14 @@ def _preview_message(
         language=language,
     )  # fmt: skip
     mailer = Mailer(None, settings, library, funnel_languages=languages)  # type: ignore[arg-type]  # no database
+    now = datetime.now(UTC)
     try:
-        rendered = mailer.render(item)
+        rendered = mailer.render(item, now)
     except TemplateError as exc:
         err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     try:
-        return rendered, mailer.compose(item, datetime.now(UTC), rendered, message_id).payload
+        return rendered, mailer.compose(item, now, rendered, message_id).payload
     except AddressError as exc:  # the lead's address, as a sent email's would be checked
         err.print(f"--lead/--to: {exc}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None

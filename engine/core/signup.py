@@ -9,11 +9,12 @@ only by the lead's own confirmed action; a pending lead becomes subscribed only 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from engine.core.definition import EventTrigger, Funnel
 from engine.core.durations import in_words
 from engine.core.localtime import is_zone
 
@@ -188,3 +189,30 @@ def lead_fields(posted: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
     attributes = {name: value for name, value in posted.items() if name != ZONE_FIELD}
     zone = posted.get(ZONE_FIELD)
     return attributes, zone if is_zone(zone) else None
+
+
+def feeds(funnel: Funnel, form_id: str, event: str) -> bool:
+    """Whether `funnel` enters leads on the form's `event` with `where: {form: <form_id>}` (or a list
+    naming it): the funnel a form feeds, whose languages its page and confirmation email are in."""
+    for trigger in funnel.entry.triggers:
+        if isinstance(trigger, EventTrigger) and trigger.event == event:
+            wanted = trigger.where.get("form")
+            if wanted == form_id or (isinstance(wanted, list) and form_id in wanted):
+                return True
+    return False
+
+
+def outbox_languages(funnels: Iterable[Funnel], form_events: Mapping[str, str]) -> dict[str, tuple[str, ...]]:
+    """The languages (default first) of each outbox funnel id in several languages: a funnel's own id,
+    and `form:<id>` (a form's confirmation emails, `CONFIRM_FUNNEL_PREFIX`) in the languages of the first
+    funnel with languages the form feeds (`form_events`: form id -> its event)."""
+    found: dict[str, tuple[str, ...]] = {}
+    listed = list(funnels)
+    for funnel in listed:
+        if funnel.languages is not None:
+            found[funnel.id] = funnel.languages.declared
+    for form_id, event in form_events.items():
+        fed = next((f for f in listed if f.languages is not None and feeds(f, form_id, event)), None)
+        if fed is not None and fed.languages is not None:
+            found[f"{CONFIRM_FUNNEL_PREFIX}{form_id}"] = fed.languages.declared
+    return found

@@ -23,8 +23,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from engine.core.definition import EventTrigger, Funnel
+from engine.core.definition import Funnel
 from engine.core.languages import LanguageError, canonical, first_available, from_accept_language, lookup_chain
+from engine.core.signup import feeds
 from engine.core.yamlfile import YamlSyntaxError, read_yaml
 
 log = logging.getLogger("engine.forms")
@@ -84,18 +85,9 @@ def read_form_languages(funnels_dir: Path, form_events: Mapping[str, str]) -> di
             continue
         languages = FormLanguages(funnel.languages.default, tuple(funnel.languages.others))
         for form_id, event in form_events.items():
-            if form_id not in found and _listens(funnel, form_id, event):
+            if form_id not in found and feeds(funnel, form_id, event):
                 found[form_id] = languages
     return found
-
-
-def _listens(funnel: Funnel, form_id: str, event: str) -> bool:
-    for trigger in funnel.entry.triggers:
-        if isinstance(trigger, EventTrigger) and trigger.event == event:
-            wanted = trigger.where.get("form")
-            if wanted == form_id or (isinstance(wanted, list) and form_id in wanted):
-                return True
-    return False
 
 
 def _funnels(folder: Path) -> Iterable[Funnel]:

@@ -90,9 +90,18 @@ class Composer:
             return item.template, None
         return self.templates.pick(item.template, item.language, languages)
 
-    def context(self, item: OutboxItem) -> dict[str, Any]:
+    def context(self, item: OutboxItem, now: datetime | None = None) -> dict[str, Any]:
+        languages = self.funnel_languages.get(item.funnel_id)
+        lead = lead_fields(item.email, item.attributes, item.language)
+        if item.timezone and "timezone" not in lead:
+            lead["timezone"] = item.timezone  # what the date filters convert to
         context = {
-            "lead": lead_fields(item.email, item.attributes, item.language),
+            # The language the email is written in (the translation's, or the funnel's default): what
+            # the layout's `lang`, its partials and the formatting filters follow.
+            "email_language": self.written(item)[1] if languages else None,
+            "lead": lead,
+            # When the email is written (UTC), for dates in it: `{{ now | add_days(30) | format_date }}`.
+            "now": now,
             "sender": self.sender,
             "funnel": {"id": item.funnel_id, "name": self.funnel_names.get(item.funnel_id, item.funnel_id)},
             "unsubscribe_url": self.links.unsubscribe_url(item.email, item.funnel_id),
@@ -104,8 +113,8 @@ class Composer:
             context["confirm_url"] = self.links.confirm_url(item.email, form_id, request_id)
         return context
 
-    def render(self, item: OutboxItem) -> RenderedEmail:
-        return self.templates.render(self.written(item)[0], self.context(item))
+    def render(self, item: OutboxItem, now: datetime) -> RenderedEmail:
+        return self.templates.render(self.written(item)[0], self.context(item, now))
 
     def compose(
         self, item: OutboxItem, now: datetime, rendered: RenderedEmail | None = None, mid: str | None = None
@@ -116,7 +125,7 @@ class Composer:
         with a Unicode domain goes out in ASCII, one the rules refuse fails here, alone."""
         rcpt = addresses.normalise(item.email)
         template, language = self.written(item)
-        context = self.context(item)
+        context = self.context(item, now)
         if rendered is None:
             track = None
             if self.settings.track_clicks:

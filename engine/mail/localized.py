@@ -25,7 +25,7 @@ import decimal
 import math
 import re
 from collections.abc import Callable, Mapping
-from datetime import UTC, date, datetime, time, tzinfo
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -49,6 +49,8 @@ MAX_DIGITS = 34
 _DIGITS = decimal.Context(prec=MAX_DIGITS)
 # The longest text taken as a number or a date (an ISO 8601 datetime with an offset is 32).
 MAX_TEXT = 40
+# add_days: ten years either way, far past any deadline an email states.
+MAX_DAYS = 3660
 WIDTHS = ("short", "medium", "long", "full")
 _CURRENCY = re.compile(r"[A-Z]{3}")
 
@@ -280,7 +282,19 @@ def format_percent(context: Context, value: object, format: object = None) -> st
     return _babel("format_percent", lambda: babel.numbers.format_percent(number, pattern, locale=locale))
 
 
-FILTERS: dict[str, Callable[..., str]] = {
+def add_days(value: object, days: object) -> date | datetime:
+    """`value` (a date or a date and time) `days` later: `{{ now | add_days(30) | format_date }}`, a
+    deadline written in the reader's language. Bounded to ±3,660 days (ten years)."""
+    moment = _moment(value, "add_days")
+    if isinstance(moment, time):
+        raise FormatError(f"add_days: expected a date, found a time {_shown(value)}")
+    if isinstance(days, bool) or not isinstance(days, int) or abs(days) > MAX_DAYS:
+        raise FormatError(f"add_days: expected a whole number of days within ±{MAX_DAYS}, found {_shown(days)}")
+    return moment + timedelta(days=days)
+
+
+FILTERS: dict[str, Callable[..., object]] = {
+    "add_days": add_days,
     "format_date": format_date,
     "format_datetime": format_datetime,
     "format_time": format_time,

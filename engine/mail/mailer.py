@@ -238,8 +238,8 @@ class Mailer:
             self.pool = self._new_pool()
         return self.pool
 
-    def render(self, item: OutboxItem) -> RenderedEmail:
-        return self.composer.render(item)
+    def render(self, item: OutboxItem, now: datetime) -> RenderedEmail:
+        return self.composer.render(item, now)
 
     def compose(
         self, item: OutboxItem, now: datetime, rendered: RenderedEmail | None = None, mid: str | None = None

@@ -20,6 +20,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -185,6 +186,7 @@ def sample_context(sender: Sender | None = None) -> dict[str, Any]:
         "unsubscribe_url": "https://example.com/u/sample-token",
         "preferences_url": "https://example.com/p/sample-token",
         "confirm_url": "https://example.com/confirm/sample-token",
+        "now": datetime(2026, 3, 14, 17, 5, tzinfo=UTC),
     }
 
 
@@ -431,6 +433,12 @@ class TemplateLibrary:
                 break
         return out
 
+    def language_of(self, name: str) -> str | None:
+        """The language a translation is in (its folder); None for a template in its default language.
+        Templates, layouts and partials read it as `email_language` (the render path may give the
+        funnel's default for the latter), e.g. to include `_partials/<language>/footer.html`."""
+        return name.split("/")[-2] if self.original(name) is not None else None
+
     def _body_file(self, name: str) -> str | None:
         if not re.fullmatch(TEMPLATE_PATTERN, _untranslated(name)):
             return None
@@ -492,7 +500,7 @@ class TemplateLibrary:
         `RenderedEmail.links` keeps the original URLs."""
         template = self.load(name)
         recorder = _LinkRecorder(track)
-        values = _template_values(context, recorder)
+        values = _template_values({"email_language": self.language_of(name), **context}, recorder)
         with self._located(template.source, template.front_lines), render_budget():
             subject = _one_line(template.subject.render(values))
             preheader = _one_line(template.preheader.render(values)) if template.preheader else ""
@@ -528,7 +536,7 @@ class TemplateLibrary:
         """The subject alone, as the lead of `context` reads it (a timeline's line), rendered under the
         same bounds as the whole email."""
         template = self.load(name)
-        values = _template_values(context, _LinkRecorder())
+        values = _template_values({"email_language": self.language_of(name), **context}, _LinkRecorder())
         with self._located(template.source, template.front_lines), render_budget():
             return _one_line(template.subject.render(values))
 
@@ -541,6 +549,10 @@ class TemplateLibrary:
             return [exc]
         full = sample_context(sender)
         bare = {**full, "lead": lead_fields(full["lead"]["email"], {})}
+        language = self.language_of(name)
+        if language is not None:  # whoever reads a translation has a language
+            full["lead"] = {**full["lead"], "language": language}
+            bare["lead"] = {**bare["lead"], "language": language}
         errors: dict[str, TemplateError] = {}
         # Includes behind an `{% if %}` that the sample leads do not reach are checked too.
         parts = (loaded.body, loaded.subject, loaded.preheader, loaded.layout, loaded.text)

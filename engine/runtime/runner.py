@@ -21,6 +21,7 @@ import uvicorn
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from engine.core import signup
 from engine.core.bounce_outcome import Intake
 from engine.core.definition import Funnel
 from engine.http.api import create_app
@@ -107,7 +108,7 @@ class Runner:
             TemplateLibrary(settings.emails_dir),
             {f.id: f.name for f in funnels},
             {f.id: f.timezone for f in funnels},
-            {f.id: f.languages.declared for f in funnels if f.languages is not None},
+            signup.outbox_languages(funnels, {form_id: spec.event for form_id, spec in settings.forms.items()}),
         )
         self.webhooks = WebhookSender(
             self.engine, settings.webhooks, clock, batch_size=settings.batch_size, targets=settings.webhook_targets()

@@ -47,7 +47,7 @@ def _tracked_links(served: Served, email: str) -> dict[str, str]:
         False,
     )
     html = composer.compose(item, datetime(2026, 11, 23, tzinfo=UTC)).payload.decode()
-    rendered = composer.render(item)
+    rendered = composer.render(item, datetime(2026, 11, 23, tzinfo=UTC))
     assert dict(rendered.links)["pricing"] == "https://greenleaf.example/pricing"
     # The message body is quoted-printable: undo its soft breaks and '=3D' before looking for URLs.
     body = html.replace("=\r\n", "").replace("=3D", "=")

@@ -144,3 +144,16 @@ def test_what_a_number_writes_is_bounded(library: TemplateLibrary) -> None:
     assert _render(library, 'v | format_decimal("0.##########")', v=long) == "0.3333333333"
     with pytest.raises(TemplateError, match="more decimals"):
         _render(library, 'v | format_decimal("0.' + "#" * 50 + '")', v=long)
+
+
+@pytest.mark.parametrize(("language", "expected"), [("de", "13. April 2026"), ("en-GB", "13 April 2026")])
+def test_a_deadline_days_after_now_in_the_readers_words(library: TemplateLibrary, language: str, expected: str) -> None:
+    now = datetime(2026, 3, 14, 17, 5, tzinfo=UTC)
+    shown = _render(library, 'now | add_days(30) | format_date("long")', {"language": language}, now=now)
+    assert shown == expected
+
+
+@pytest.mark.parametrize("days", ["30", 4000, True, 1.5])
+def test_add_days_refuses_what_is_not_a_bounded_whole_number(library: TemplateLibrary, days: object) -> None:
+    with pytest.raises(TemplateError, match="add_days: expected a whole number of days"):
+        _render(library, "now | add_days(days)", now=datetime(2026, 3, 14, tzinfo=UTC), days=days)

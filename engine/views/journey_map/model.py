@@ -201,9 +201,7 @@ def build(
     columns = []
     for stage in funnel.stages:
         stage_drops = drops.get(stage.id, [])
-        after: dict[str | None, int] = defaultdict(int)
-        for d in stage_drops:
-            after[d.after] += d.leads
+        after = _dropped_after(stage_drops)
         delays = when_sent(stage)
         experiments = experiment_views(stage, subjects, live.assigned if live else None, live.decided if live else {})
         at_step = {e.step: e for e in experiments}
@@ -243,7 +241,6 @@ def build(
                 experiments=experiments,
             )
         )
-    window = funnel.send_window
     return JourneyMap(
         funnel=funnel.id,
         name=funnel.name,
@@ -252,12 +249,7 @@ def build(
         version=funnel.version,
         entry_stage=funnel.entry.stage or funnel.stages[0].id,
         entry=tuple(words.trigger(t) for t in funnel.entry.triggers),
-        send_window=(
-            f"{words.weekdays(window.days)}s {window.start:%H:%M}-{window.end:%H:%M} ({funnel.timezone},"
-            " or the lead's own time zone)"
-            if window is not None
-            else None
-        ),
+        send_window=_send_window(funnel),
         goal=_goal(funnel),
         exits=tuple(m for m in moves if m.source == ANY_STAGE and m.target is None),
         moves=tuple(moves),
@@ -265,6 +257,23 @@ def build(
         live=live,
         languages=languages,
         language=language,
+    )
+
+
+def _dropped_after(drops: Sequence[DropOff]) -> dict[str | None, int]:
+    after: dict[str | None, int] = defaultdict(int)
+    for d in drops:
+        after[d.after] += d.leads
+    return after
+
+
+def _send_window(funnel: Funnel) -> str | None:
+    window = funnel.send_window
+    if window is None:
+        return None
+    return (
+        f"{words.weekdays(window.days)}s {window.start:%H:%M}-{window.end:%H:%M} ({funnel.timezone},"
+        " or the lead's own time zone)"
     )
 
 
