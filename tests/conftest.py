@@ -9,6 +9,7 @@ server refuses to run as root. Migrations run once into a template database; eac
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
@@ -24,6 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine, make_url
 
 from engine.store.database import create_engine_for, upgrade
+from tests.faults.tally import Tally
 from tests.required import missing
 
 POSTGRES_URL_ENV = "FUNNEL_TEST_POSTGRES_URL"
@@ -204,3 +206,41 @@ def db(db_url: str) -> Iterator[Engine]:
     engine = create_engine_for(db_url)
     yield engine
     engine.dispose()
+
+
+# -- the fault-injection summary ----------------------------------------------------------------------
+# Scenarios in tests/faults attach their tallies to their reports (tests/faults/conftest.py); they are
+# gathered here, in the process that prints the run's summary.
+
+_TALLIES: list[Tally] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when != "call":
+        return
+    for name, value in report.user_properties:
+        if name == "fault_tally" and isinstance(value, dict):
+            _TALLIES.append(Tally(**value))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not _TALLIES:
+        return
+    full = os.environ.get("FUNNEL_FAULTS", "short").lower() == "full"
+    columns = ("faults", "leads", "expected", "delivered", "duplicated", "lost", "unknown", "strays")
+    mode = "full" if full else "short"
+    tr = terminalreporter
+    tr.section(f"fault injection summary ({mode})")
+    width = max(len("scenario"), *(len(t.scenario) for t in _TALLIES))
+    tr.write_line(f"{'scenario':<{width}}  " + "  ".join(f"{c:>10}" for c in columns))
+    for t in _TALLIES:
+        tr.write_line(f"{t.scenario:<{width}}  " + "  ".join(f"{getattr(t, c):>10,}" for c in columns))
+    totals = {c: sum(getattr(t, c) for t in _TALLIES) for c in columns}
+    tr.write_line(f"{'total':<{width}}  " + "  ".join(f"{totals[c]:>10,}" for c in columns))
+    for t in _TALLIES:
+        for note in t.notes:
+            tr.write_line(f"  {t.scenario}: {note}")
+    target = os.environ.get("FUNNEL_FAULTS_JSON")
+    if target:
+        payload = {"mode": mode, "scenarios": [t.as_dict() for t in _TALLIES], "totals": totals}
+        Path(target).write_text(json.dumps(payload, indent=2) + "\n")

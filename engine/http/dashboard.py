@@ -53,7 +53,7 @@ from engine.store.database import connect_read_only
 from engine.views import experiment_figures, lead_timeline, report
 from engine.views.journey_map import html as journey_map_html
 from engine.views.journey_map import model as journey_map
-from engine.views.journey_map.sources import read_live, sample_subjects, templates_of
+from engine.views.journey_map.sources import read_live, sample_subjects, templates_of, translations_of
 
 log = logging.getLogger("engine.dashboard")
 T = TypeVar("T")
@@ -309,6 +309,7 @@ class OpsDesk:
         self.experiments: _Recent[_Experiments] = _Recent(lambda: _read_experiments(ctx))
         self.library = TemplateLibrary(ctx.settings.emails_dir)
         self.subjects_of: dict[str, dict[str, str]] = {}  # funnel version -> subjects (rendering them takes a while)
+        self.translations_of: dict[str, dict[str, tuple[str, ...]]] = {}  # funnel version -> template -> languages
 
     def session_of(self, request: Request) -> Session | None:
         """The request's session: a cookie that reads well, for a session the database still holds open
@@ -687,7 +688,10 @@ def funnel_map(funnel_id: str, session: PageSession, desk: Desk) -> HTMLResponse
         sender = desk.ctx.settings.sender
         who = Sender(sender.name, sender.postal_address, sender.website)
         subjects = desk.subjects_of[definition.version] = sample_subjects(desk.library, templates_of(definition), who)
-    page = journey_map_html.render(journey_map.build(definition, subjects, live), back="/ops/")
+    translations = desk.translations_of.get(definition.version)
+    if translations is None:
+        translations = desk.translations_of[definition.version] = translations_of(desk.library, definition)
+    page = journey_map_html.render(journey_map.build(definition, subjects, live, translations), back="/ops/")
     return HTMLResponse(page, headers=MAP_HEADERS)
 
 

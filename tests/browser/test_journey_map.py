@@ -211,3 +211,51 @@ def test_the_dashboard_map_marks_experiments_with_each_arms_leads_and_the_decisi
     colour = page.eval_on_selector("div.experiment", "e => getComputedStyle(e).borderLeftColor")
     assert colour == "rgb(178, 107, 0)", "the experiment's own style applied under the page's policy"
     screenshot(page, "dashboard-journey-map-experiments")
+
+
+POLYGLOT = """\
+id: polyglot
+name: In three languages
+languages: {default: en-GB, others: [de, fr]}
+entry:
+  triggers:
+    - event: signed_up
+stages:
+  - id: inquiry
+    steps:
+      - {id: report, send: lead-magnet/report-delivery}
+      - {id: later, wait: 1d}
+      - {id: story, send: lead-magnet/case-study-cafe}
+    on_end: stay
+"""
+
+
+def test_the_dashboard_map_shows_which_languages_each_email_is_written_in(
+    ops: Dashboard, browser_page: Watched
+) -> None:
+    from engine.core.definition import Funnel
+    from engine.core.yamlfile import load_yaml_text
+    from engine.runtime.worker import Worker
+
+    funnel = Funnel.model_validate(load_yaml_text(POLYGLOT))
+    Worker(ops.engine, {funnel.id: funnel}).publish(ops.clock())
+    emails = ROOT / "emails" / "lead-magnet"
+    expected = {
+        step: " ".join(
+            lang for lang in ("en-GB", "de", "fr") if lang == "en-GB" or (emails / lang / f"{name}.md").is_file()
+        )
+        for step, name in (("report", "report-delivery"), ("story", "case-study-cafe"))
+    }
+    assert expected == {"report": "en-GB de fr", "story": "en-GB"}  # the example's translations, as shipped
+
+    page = browser_page.page
+    sign_in(page, "/ops/")
+    page.goto("/ops/funnels/polyglot/map")
+    page.wait_for_selector("table.map")
+    shown = {
+        card.get_attribute("data-step"): card.query_selector(".langs").get_attribute("data-languages")
+        for card in page.query_selector_all(".email[data-step]")
+    }
+    assert shown == expected
+    missing = [s.inner_text() for s in page.query_selector_all(".email[data-step=story] .lang.missing")]
+    assert missing == ["de", "fr"]
