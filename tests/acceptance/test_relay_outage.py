@@ -74,5 +74,8 @@ def test_the_relay_going_down_and_coming_back_is_said_once_each(
     }, said
     text = dict(said)
     assert "Connect call failed" in text["down"][0] or "refused" in text["down"][0].lower(), text["down"]
-    assert "working again" in text["back"][0], text["back"]
+    # The reminder says what waits: the three messages queued so far, the first due 65 s before.
+    assert "failures: 3; 3 messages waiting, the oldest for 1 minute 5 seconds" in text["a-minute-on"][0], said
+    assert "working again after 2 minutes 30 seconds" in text["back"][0], text["back"]
+    assert "messages waiting" in text["back"][0], text["back"]
     assert {m.rcpt[0] for m in handler.messages()} >= {"down@example.com", "back@example.com"}
