@@ -213,6 +213,7 @@ class Runner:
         await self.webhooks.aclose()
         for error in webhooks.errors:
             log.error("%s", error)
+        self._say(self.summary.flush(self.clock()))
         return total
 
     async def run_forever(self) -> None:
