@@ -342,6 +342,7 @@ class Runner:
             log_level="warning",
             log_config=None,  # uvicorn's records go through the scrubbing handler of `engine.runtime.logs`
             lifespan="off",
+            timeout_keep_alive=self.settings.http.keep_alive_s,
         )
         # Access lines are a library's, logged from `log_level_libraries` (off by default); the level
         # uvicorn set above is for its own start, stop and errors.
