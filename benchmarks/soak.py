@@ -314,6 +314,7 @@ def soak(minutes: float, signups_per_s: float, events_per_s: float, outage_s: fl
         "outage_log_lines": sum(1 for line in lines if f"relay 127.0.0.1:{sink.port}" in line),
         "http_p99_ms": round(latencies[int(0.99 * (len(latencies) - 1))], 1) if latencies else None,
         "log_bytes_per_min": round(len(text.encode()) / minutes),
+        "rss_mb_by_minute": [round(mb, 1) for at, mb in samples.rss if at % 60 < SAMPLE_S],
         "signups": load.signups,
         "confirmed": load.confirmed,
         "events": load.events,
