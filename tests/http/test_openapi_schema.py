@@ -20,6 +20,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
+from schemathesis.specs.openapi.checks import negative_data_rejection
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
 from engine.core.addresses import AddressError, normalise
@@ -85,7 +86,13 @@ schema = schemathesis.pytest.from_fixture("api_schema")
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 def test_every_operation_answers_as_its_schema_says(case: schemathesis.Case[Any]) -> None:
-    case.call_and_validate()
+    if case.operation.label == "POST /v1/events":
+        # schemathesis 4.32 judges a negative case by the branch it mutated alone: `"source": null` made a
+        # string is "schema-violating" to it though `anyOf` takes any string there, and the app rightly
+        # takes it. Refused bodies of this operation are the fault suite's fuzzing (tests/faults).
+        case.call_and_validate(excluded_checks=[negative_data_rejection])
+    else:
+        case.call_and_validate()
 
 
 def _document(served: Served) -> dict[str, Any]:
