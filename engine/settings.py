@@ -127,6 +127,14 @@ class HttpSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535, description="0: any free port.")
     body_limits: BodyLimits = BodyLimits()
+    keep_alive_s: int = Field(
+        default=75,
+        ge=1,
+        le=3600,
+        description="How long an idle keep-alive connection stays open. Longer than the clients' and proxies' "
+        "own (nginx's upstream keepalive_timeout and most HTTP clients: 60 s), so the client, never the server, "
+        "closes an idle connection: a request sent on a connection the server is closing gets no answer.",
+    )
 
 
 class FormSettings(BaseModel):

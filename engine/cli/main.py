@@ -677,6 +677,7 @@ def api(
             host=host or settings.http.host,
             port=settings.http.port if port is None else port,
             log_config=None,  # uvicorn's records go through our scrubbing handler
+            timeout_keep_alive=settings.http.keep_alive_s,
         )
 
 

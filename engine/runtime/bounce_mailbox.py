@@ -129,7 +129,7 @@ class MailboxPoller:
             await asyncio.to_thread(_close, client)
         self._say(self.mailbox.recovered(self.clock()))
         if result.taken or result.left:
-            log.info(
+            log.debug(
                 "%s %s: taken=%d left=%d retried=%d",
                 self.where, self.settings.mailbox, result.taken, result.left, result.retried,
             )  # fmt: skip

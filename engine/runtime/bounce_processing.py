@@ -77,7 +77,7 @@ def process_report(
         return Verdict.RETRY, []
     for item in applied:
         if item.action != "duplicate":
-            log.info(
+            log.debug(
                 "%s report (%s, %s): message %s, %s",
                 item.outcome.kind, source, item.outcome.failure_class or "unclassed", item.outbox_id or "unmatched",
                 item.action,

@@ -67,7 +67,7 @@ class ReplyDesk:
             log.warning("reply: the database cannot record it now (%s); it is kept for later", exc.orig)
             return Taken(Verdict.RETRY, "database away")
         if recorded.action != "duplicate":
-            log.info("reply (%s): message %s, %s", source, recorded.outbox_id or "unmatched", recorded.action)
+            log.debug("reply (%s): message %s, %s", source, recorded.outbox_id or "unmatched", recorded.action)
         if recorded.forwarded or not self._forwards(reply):
             return Taken(Verdict.TAKEN, recorded.action, recorded.outbox_id, recorded.forwarded)
         return await self._forward(reply, raw, recorded)

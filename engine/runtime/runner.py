@@ -4,7 +4,8 @@ APScheduler only drives the loop (invariant 8): a missed or doubled tick changes
 tick asks the database what is due. There is no scheduler job per lead.
 
 An outage of the database or of the relay is said as a state change (invariant 17, `engine.runtime.outages`):
-once when it starts, at most once a minute while it lasts, once when it is over.
+once when it starts, at most once a minute while it lasts, once when it is over. The rounds themselves are
+DEBUG lines; INFO gets one summary a minute (`engine.runtime.summary`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,23 +28,26 @@ from engine.core.bounce_outcome import Intake
 from engine.core.definition import Funnel
 from engine.http.api import create_app
 from engine.http.metrics import Metrics
-from engine.mail.mailer import DispatchResult, Mailer, check_ca_file, reason
+from engine.mail.mailer import RELAY_RETRY, DispatchResult, Mailer, check_ca_file, reason
 from engine.mail.mailsink import start_sink
 from engine.mail.templates import TemplateLibrary
-from engine.runtime import bounce_processing, digest
+from engine.runtime import bounce_processing, digest, memory
 from engine.runtime.bounce_mailbox import MailboxPoller
 from engine.runtime.bounce_receiver import BounceReceiver
-from engine.runtime.outages import Outage, Say
+from engine.runtime.outages import Backlog, Outage, Say
 from engine.runtime.replies import ReplyDesk
+from engine.runtime.summary import Counts, Summary
 from engine.runtime.webhooks_out import WebhookSender
 from engine.runtime.worker import TickResult, Worker
 from engine.settings import Settings
-from engine.store import domain_alarms
+from engine.store import domain_alarms, outbox
 from engine.store.database import DBAPIError, create_engine_for, describe_failure, upgrade
 
 log = logging.getLogger("engine.runner")
 # How long a stop waits for the round in flight (systemd's default TimeoutStopSec is 90 s).
 STOP_GRACE_S = 30.0
+# How often freed memory goes back to the system (`engine.runtime.memory`): a few ms each time.
+GIVE_BACK_EVERY_S = 10.0
 # A tick due while one runs finds the lock held and asks for one more round; APScheduler need not say so.
 logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
 logging.getLogger("apscheduler.executors").setLevel(logging.ERROR)
@@ -97,6 +102,8 @@ class Runner:
             if bounces.imap.host:
                 self.poller = MailboxPoller(bounces.imap, take, clock)
         self.metrics = Metrics()
+        self.summary = Summary(clock())  # the INFO line a minute; each round's is DEBUG
+        self.give_back_at = time.monotonic() + GIVE_BACK_EVERY_S
         # Ticks fail on a full disk or a database server restarting; the engine keeps ticking, so every
         # tick retries and it recovers by itself once the cause is gone.
         self.database = Outage("database", "every tick")
@@ -125,7 +132,17 @@ class Runner:
         if self.replies is not None:
             self.replies.relay = (self.smtp_host, self.smtp_port)
         # Messages the relay could not take wait a minute, with no attempt spent (`mailer.RELAY_RETRY`).
-        self.relay = Outage(f"relay {self.smtp_host}:{self.smtp_port}", "every minute")
+        self.relay = Outage(f"relay {self.smtp_host}:{self.smtp_port}", "every minute", backlog=self.mail_backlog)
+
+    def mail_backlog(self, now: datetime) -> Backlog | None:
+        """The messages waiting for the relay (deferred by it for `RELAY_RETRY` included), for the lines
+        of its outage; None when the database cannot say."""
+        try:
+            with self.engine.connect() as conn:
+                count, oldest = outbox.waiting(conn, now + RELAY_RETRY)
+        except DBAPIError:
+            return None
+        return Backlog(count, oldest)
 
     def close(self) -> None:
         self.mailer.close()
@@ -140,8 +157,14 @@ class Runner:
         await asyncio.to_thread(self.end_alarms, now)  # before sending: what an ended alarm held goes now
         with self.metrics.dispatch_seconds.time():
             mail = await self.mailer.dispatch(now, self.smtp_host, self.smtp_port, self.settings.batch_size)
+        self.summary.add(
+            Counts(
+                tick.events, tick.enrolled, tick.transitions, mail.sent, mail.deferred, mail.failed, mail.unknown,
+                mail.skipped,
+            )
+        )  # fmt: skip
         if tick.work or mail.work:
-            log.info(
+            log.debug(
                 "tick events=%d advanced=%d enrolled=%d transitions=%d sent=%d deferred=%d failed=%d unknown=%d",
                 tick.events,
                 tick.advanced,
@@ -164,6 +187,10 @@ class Runner:
         elif tick.work or mail.work:
             # A tick with nothing to write proves nothing about a disk that was full.
             self._say(self.database.recovered(now))
+        self._say(self.summary.due(now))
+        if time.monotonic() >= self.give_back_at:
+            self.give_back_at = time.monotonic() + GIVE_BACK_EVERY_S
+            await asyncio.to_thread(memory.give_back)
         if tick.work:
             self.webhooks.wake()  # new transitions, goals or step calls: no need to wait for the poll
         return Totals(tick, mail)
@@ -195,6 +222,7 @@ class Runner:
         await self.webhooks.aclose()
         for error in webhooks.errors:
             log.error("%s", error)
+        self._say(self.summary.flush(self.clock()))
         return total
 
     async def run_forever(self) -> None:
@@ -275,6 +303,7 @@ class Runner:
                 await asyncio.gather(serving, return_exceptions=True)
             await asyncio.gather(sending, return_exceptions=True)
             await self.webhooks.aclose()
+            self._say(self.summary.flush(self.clock()))
 
     async def _stop_report_intake(self, polling: asyncio.Task[None] | None) -> None:
         if self.receiver is not None:
@@ -322,6 +351,7 @@ class Runner:
             log_level="warning",
             log_config=None,  # uvicorn's records go through the scrubbing handler of `engine.runtime.logs`
             lifespan="off",
+            timeout_keep_alive=self.settings.http.keep_alive_s,
         )
         # Access lines are a library's, logged from `log_level_libraries` (off by default); the level
         # uvicorn set above is for its own start, stop and errors.

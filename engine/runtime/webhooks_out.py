@@ -7,6 +7,11 @@ nothing: the lease ends and another worker sends again. So a receiver may get a 
 least once) and deduplicates by the `Funnel-Delivery` header. The decisions (payloads, retries,
 cursors) are `engine.core.webhook_policy`'s, where a request may go `engine.core.webhook_targets`'s (enforced on
 every connection by `engine.runtime.webhook_network`); docs/webhooks.md tells a receiver what to expect.
+
+An endpoint that stops answering (refused, timed out, 5xx) is an outage of that endpoint (invariant 17,
+`engine.runtime.outages`): one ERROR when it starts, at most one WARNING a minute while it lasts (with the
+deliveries waiting for it), one INFO when it answers again; not a line per attempt. The database failing
+under the sender is one outage too, not a traceback per delivery.
 """
 
 from __future__ import annotations
@@ -26,9 +31,10 @@ from engine.core import webhook_policy as policy
 from engine.core.redaction import origin
 from engine.core.webhook_policy import STEP_CALLS, WebhookSettings
 from engine.core.webhook_targets import Targets
+from engine.runtime.outages import Backlog, Outage, Say
 from engine.runtime.webhook_network import GuardedTransport, TargetRefused
-from engine.store.database import DatabaseError, Engine, connect_read_only
-from engine.store.webhook_deliveries import Claimed, claim, fan_out, has_fan_out_work, record
+from engine.store.database import DatabaseError, Engine, connect_read_only, describe_failure
+from engine.store.webhook_deliveries import Claimed, claim, fan_out, has_fan_out_work, pending, record
 
 log = logging.getLogger("engine.webhooks_out")
 
@@ -84,6 +90,10 @@ class WebhookSender:
         self.totals = WebhookResult()  # counts since start, for metrics
         self._client: httpx.AsyncClient | None = None
         self._wake: asyncio.Event | None = None
+        # Per endpoint (its origin): whether it answers, and the deliveries given up while it did not.
+        self.endpoints: dict[str, Outage] = {}
+        self.given_up: dict[str, int] = {}
+        self.database = Outage("webhook sender's database", "every round")
 
     @property
     def lanes(self) -> list[str]:
@@ -173,9 +183,54 @@ class WebhookSender:
             jitter=self.jitter(),
             policy=self.settings.retry,
         )
+        self._watch(item, outcome, decided, now)
         if not await asyncio.to_thread(self._record, item, decided, now):
             log.warning("webhook delivery %d: lease ran out before its outcome was written", item.id)
         return decided
+
+    def _watch(self, item: Claimed, outcome: policy.Outcome, decided: policy.Next, now: datetime) -> None:
+        """Follow the endpoint's state by what this attempt met: no answer or a 5xx is the endpoint
+        failing; any other answer is it working."""
+        where = origin(self._target(item)[0])
+        lane = item.subscription or "funnel step"
+        if isinstance(outcome, policy.Unanswered):
+            problem = None if outcome.permanent else outcome.reason
+        else:
+            problem = f"answered {outcome.status}" if outcome.status >= 500 else None
+        endpoint = self.endpoints.get(where)
+        if problem is None:
+            if endpoint is not None:
+                self._say(endpoint.recovered(now))
+                self.given_up.pop(where, None)
+            return
+        if endpoint is None:
+            endpoint = self.endpoints[where] = Outage(
+                f"webhook endpoint {where} ({lane})", "with each delivery's backoff", backlog=self._backlog(item)
+            )
+        if isinstance(decided, policy.Failed):
+            self.given_up[where] = self.given_up.get(where, 0) + 1
+        given_up = self.given_up.get(where, 0)
+        gave = f", {given_up} deliveries given up" if given_up else ""
+        self._say(endpoint.failed(f"webhook endpoint {where} ({lane}): {problem}{gave}", now))
+
+    def _backlog(self, item: Claimed) -> Callable[[datetime], Backlog | None]:
+        def waiting(_: datetime) -> Backlog | None:
+            try:
+                with connect_read_only(self.engine) as conn:
+                    count = pending(conn, [item.subscription]).get(item.subscription, 0)
+            except DatabaseError:
+                return None
+            return Backlog(count, None, "deliveries")
+
+        return waiting
+
+    def _down(self, item: Claimed) -> bool:
+        endpoint = self.endpoints.get(origin(self._target(item)[0]))
+        return endpoint is not None and endpoint.since is not None
+
+    def _say(self, line: Say | None) -> None:
+        if line is not None:
+            log.log(line.level, "%s", line.text)
 
     def _count(self, item: Claimed, outcome: policy.Next, result: WebhookResult) -> None:
         if isinstance(outcome, policy.Delivered):
@@ -185,6 +240,8 @@ class WebhookSender:
             result.retried += 1
             return
         result.failed += 1
+        if not outcome.permanent and self._down(item):
+            return  # given up because its endpoint is down: the endpoint's outage lines count it
         url, _ = self._target(item)
         lane = item.subscription or "funnel step"
         message = (
@@ -283,7 +340,8 @@ class WebhookSender:
             if error is not None:
                 # The outcome could not be written (the database went away): the lease runs out and the
                 # delivery is sent again.
-                log.error("webhook delivery %d: %s", item.id, error, exc_info=error)
+                if not self._database_failed(error):
+                    log.error("webhook delivery %d: %s", item.id, error, exc_info=error)
                 continue
             result = WebhookResult()
             self._count(item, task.result(), result)
@@ -294,10 +352,22 @@ class WebhookSender:
     async def _guarded(self, step: Callable[[], Awaitable[bool | None]]) -> bool:
         # A database hiccup must not end the sender: it is logged and the next round tries again.
         try:
-            return bool(await step())
-        except DatabaseError:
-            log.exception("webhook sender: database error")
+            done = bool(await step())
+        except DatabaseError as exc:
+            if not self._database_failed(exc):
+                log.exception("webhook sender: database error")
             return False
+        self._say(self.database.recovered(self.clock()))
+        return done
+
+    def _database_failed(self, exc: BaseException) -> bool:
+        """Say a failure the database caused as part of its outage; False when it is not the database's."""
+        problem = describe_failure(self.engine, exc)
+        if problem is None:
+            return False
+        self._say(self.database.failed(problem, self.clock()))
+        log.debug("webhook sender: database failure", exc_info=exc)
+        return True
 
     async def aclose(self) -> None:
         if self._client is not None:

@@ -56,6 +56,18 @@ _LEASED = (
 )
 
 
+def waiting(conn: sa.Connection, horizon: datetime) -> tuple[int, datetime | None]:
+    """Messages ready to go by `horizon` (queued or deferred), and when the oldest of them was due: the
+    relay's backlog while it is down. The count reads the partial index `ix_outbox_ready`."""
+    o = outbox
+    count, oldest = conn.execute(
+        sa.select(sa.func.count(), sa.func.min(o.c.due_at)).where(
+            sa.text("status IN ('queued', 'deferred')"), o.c.next_attempt_at <= horizon
+        )
+    ).one()
+    return int(count), oldest
+
+
 def lease_batch(conn: sa.Connection, now: datetime, limit: int, lease: timedelta = LEASE) -> list[OutboxItem]:
     """Queued or deferred messages that are due and not leased by a live worker, oldest first.
 

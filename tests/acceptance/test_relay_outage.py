@@ -7,18 +7,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from aiosmtpd.controller import Controller
 
+from engine.authoring.validation import load_funnels
 from engine.runtime.runner import Runner
 from engine.settings import Settings
+from engine.store import apikeys
 from tests.acceptance.conftest import queue_email
 from tests.smtp_server import RecordingHandler, _free_port
 
-EMAILS = Path(__file__).resolve().parent.parent / "fixtures" / "emails"
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+EMAILS = FIXTURES / "emails"
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 
 
@@ -74,5 +81,71 @@ def test_the_relay_going_down_and_coming_back_is_said_once_each(
     }, said
     text = dict(said)
     assert "Connect call failed" in text["down"][0] or "refused" in text["down"][0].lower(), text["down"]
-    assert "working again" in text["back"][0], text["back"]
+    # The reminder says what waits: the three messages queued so far, the first due 65 s before.
+    assert "failures: 3; 3 messages waiting, the oldest for 1 minute 5 seconds" in text["a-minute-on"][0], said
+    assert "working again after 2 minutes 30 seconds" in text["back"][0], text["back"]
+    assert "messages waiting" in text["back"][0], text["back"]
     assert {m.rcpt[0] for m in handler.messages()} >= {"down@example.com", "back@example.com"}
+
+
+def test_a_relay_refusing_for_60_s_under_steady_signups_is_at_most_4_lines(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two signups a second through the real HTTP app (the events API), a tick a second, the relay's port
+    refusing connections for the first 65 s of the engine's clock, then a real SMTP server on it."""
+    loaded = load_funnels([FIXTURES / "valid" / "nurture.yaml"], FIXTURES / "emails")
+    assert not loaded.errors, loaded.errors
+    relay_port, http_port = _free_port("127.0.0.1"), _free_port("127.0.0.1")
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path / 'funnel.db'}",
+        data_dir=tmp_path / "data",
+        emails_dir=FIXTURES / "emails",
+        base_url=f"http://127.0.0.1:{http_port}",
+        http={"port": http_port},
+        smtp={"host": "127.0.0.1", "port": relay_port, "security": "none", "timeout_s": 2.0, "rate_per_s": 1000},
+    )
+    clock = [T0]
+    runner = Runner(settings, loaded.funnels, lambda: clock[0])
+    with runner.engine.begin() as conn:
+        key = apikeys.create(conn, "load", T0)
+    server = runner.http_server()
+    serving = threading.Thread(target=server.run, daemon=True)
+    serving.start()
+    while not server.started:
+        assert serving.is_alive(), "the HTTP app did not start"
+        time.sleep(0.02)
+    handler = RecordingHandler()
+    relay = Controller(handler, hostname="127.0.0.1", port=relay_port, ready_timeout=60)
+    signups = 0
+
+    async def two_minutes(client: httpx.Client) -> None:
+        nonlocal signups
+        for second in range(130):
+            clock[0] = T0 + timedelta(seconds=second)
+            if second == 65:  # a reminder a minute into the outage, then back
+                relay.start()
+            if second < 90:
+                for _ in range(2):
+                    event = {"id": f"s{signups}", "type": "form_submitted", "email": f"lead{signups}@example.com",
+                             "properties": {"form": "report"}}  # fmt: skip
+                    assert client.post("/v1/events", json=event).status_code == 200
+                    signups += 1
+            await runner.step()
+
+    try:
+        with (
+            caplog.at_level(logging.INFO),
+            httpx.Client(base_url=settings.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=10) as client,
+        ):
+            asyncio.run(two_minutes(client))
+    finally:
+        server.should_exit = True
+        serving.join(timeout=10)
+        relay.stop()
+        runner.close()
+
+    about = [f"{r.levelname} {r.getMessage()}" for r in caplog.records if f"127.0.0.1:{relay_port}" in r.getMessage()]
+    assert len(about) <= 4, about
+    assert [line.split(" ", 1)[0] for line in about] == ["ERROR", "WARNING", "INFO"], about
+    received = Counter(rcpt for m in handler.messages() for rcpt in m.rcpt)
+    assert len(received) == signups == 180 and set(received.values()) == {1}  # every one, once

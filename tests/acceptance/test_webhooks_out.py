@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import subprocess
 import sys
@@ -319,6 +320,38 @@ def test_a_failing_receiver_is_retried_with_backoff_then_delivered(funnel_engine
     assert (row.status, row.attempts, row.last_error, row.finished_at) == ("sent", 3, None, NOW + timedelta(seconds=30))
     with env.engine.connect() as conn:
         assert pending(conn) == {}
+
+
+def test_an_endpoint_down_is_said_once_when_it_fails_once_a_minute_and_once_when_it_is_back(
+    funnel_engine: Scene, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    env = funnel_engine
+    crm = sender(env, settings(receiver, crm={"events": ["transition"]}))
+    run_once(crm)
+    receiver.reply = lambda _: Reply(503)
+    for n in range(5):
+        env.event(f"lead{n}@example.com", "signed_up")
+
+    async def rounds() -> None:
+        # Five deliveries failing, retried at 10, 30 and 70 s (the backoff), answered at 150 s.
+        for second in range(0, 170, 10):
+            env.clock.at = NOW + timedelta(seconds=second)
+            if second == 150:
+                receiver.reply = lambda _: Reply()
+            await crm.run_once()
+        await crm.aclose()
+
+    with caplog.at_level(logging.INFO, logger="engine"):
+        asyncio.run(rounds())
+
+    where = receiver.url("").rstrip("/")
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if where in r.getMessage()]
+    assert [level for level, _ in said] == ["ERROR", "WARNING", "INFO"], said
+    assert said[0][1] == f"webhook endpoint {where} (crm): answered 503; retrying with each delivery's backoff"
+    assert said[1][1].endswith("still failing after 1 minute 10 seconds, failures: 16; 5 deliveries waiting"), said
+    assert said[2][1].startswith(f"webhook endpoint {where} (crm) working again after 2 minutes 30 seconds"), said
+    assert len(receiver.paths("/crm")) == 25  # 25 attempts, three lines
+    assert {r.status for r in env.deliveries(subscription="crm")} == {"sent"}
 
 
 def test_a_lead_waits_for_its_earlier_delivery_while_other_leads_go_on(

@@ -71,7 +71,8 @@ LATER_ROUNDS = [timedelta(minutes=5 * 4**i) for i in range(size(1, 3))]
 FINISH = (timedelta(hours=2), timedelta(days=1), timedelta(days=3))
 SETTLE_TIMEOUT_S = size(40, 150)
 assert LEADS % WAVES == 0
-TICK_LINE = re.compile(r"tick events=\d+ .* unknown=(\d+)")
+# The minute summaries, and the last one each process says as it stops.
+SUMMARY_LINE = re.compile(r"in the last [^:]*: events=\d+ .* unknown=(\d+)")
 
 
 def address(n: int) -> str:
@@ -209,7 +210,7 @@ def test_a_flaky_relay_loses_nothing_and_sends_nothing_twice(
     tally = count("smtp: flaky relay", faults=faults, leads=LEADS, expected=expected, received=received, outbox=by_key)
     kept = sum(1 for _, k in dropped if k)
     codes = Counter(f"{r.code}@{r.command}" for r in refusals)
-    reported = sum(int(n) for n in TICK_LINE.findall(log.read_text()))
+    reported = sum(int(n) for n in SUMMARY_LINE.findall(log.read_text()))
     tally.notes.append(
         f"{flaps} flaps, {len(refusals)} refusals ({', '.join(f'{k} x{v}' for k, v in sorted(codes.items()))}), "
         f"{len(dropped)} dropped after DATA ({kept} kept by the relay); "

@@ -119,7 +119,7 @@ def poller(dovecot: Dovecot, user: str, intake: Intake, **changes: object) -> Ma
 def test_reports_are_moved_the_rest_stays_untouched_and_a_second_poll_takes_nothing_new(
     dovecot: Dovecot, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="engine")
+    caplog.set_level(logging.DEBUG, logger="engine")
     deliver(dovecot, "ann", DSN, NEWSLETTER, ARF, AUTO_REPLY)
     before = folder(dovecot, "ann")
     intake = Intake()
