@@ -383,6 +383,57 @@ FormId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,90}$")
 HookName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,99}$")]
 
 
+class RetentionSettings(BaseModel):
+    """How long each kind of record is kept (`engine.store.retention`). None keeps it for ever (the
+    default: "retention: off" at start), so nothing is deleted until the operator chooses. What the
+    engine needs to be right is kept whatever these say: see docs/operations.md, "Retention"."""
+
+    events_days: int | None = Field(
+        default=None,
+        ge=7,
+        description="Raw events (page views, opens, clicks, custom events). At least 7: an event's id is its "
+        "sender's idempotency key, honoured while the event is kept, and senders retry for days.",
+    )
+    outbox_days: int | None = Field(
+        default=None, ge=1, description="Emails sent, failed, bounced or skipped, with what they hold of the message."
+    )
+    transitions_days: int | None = Field(default=None, ge=1, description="Stage transitions with their causes.")
+    webhook_deliveries_days: int | None = Field(
+        default=None, ge=1, description="Outbound webhook deliveries that were sent or gave up."
+    )
+    forget_inactive_days: int | None = Field(
+        default=None,
+        ge=30,
+        description="Erase leads who have left every funnel and done nothing for this long, as `funnel lead "
+        "forget` does (the suppression hash stays). Off by default.",
+    )
+    every_minutes: int = Field(default=60, ge=1, description="How often `funnel run` prunes.")
+    batch_size: int = Field(
+        default=500, ge=1, le=10_000, description="Rows per transaction: short locks, a bounded SQLite WAL."
+    )
+
+    @property
+    def on(self) -> bool:
+        return any(days is not None for days in self.ages().values()) or self.forget_inactive_days is not None
+
+    def ages(self) -> dict[str, int | None]:
+        return {
+            "events": self.events_days,
+            "outbox": self.outbox_days,
+            "transitions": self.transitions_days,
+            "webhook deliveries": self.webhook_deliveries_days,
+        }
+
+    def describe(self) -> str:
+        """One line for the start and `funnel validate`: what is kept how long."""
+        if not self.on:
+            return "retention: off (nothing is deleted by age)"
+        parts = [f"{kind} {days} d" for kind, days in self.ages().items() if days is not None]
+        if self.forget_inactive_days is not None:
+            parts.append(f"inactive leads forgotten after {self.forget_inactive_days} d")
+        return "retention: " + ", ".join(parts) + "; the rest kept for ever"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FUNNEL_",
@@ -445,6 +496,7 @@ class Settings(BaseSettings):
     )
     bounces: BounceSettings = BounceSettings()
     replies: ReplySettings = ReplySettings()
+    retention: RetentionSettings = RetentionSettings()
 
     @model_validator(mode="after")
     def _replies_apart(self) -> Settings:

@@ -63,6 +63,7 @@ def validate(
         )
     for note in result.notes:
         console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+    console.print(settings.retention.describe(), markup=False, highlight=False, soft_wrap=True)
     # The forms belong to the project: they are checked with its funnels, not beside a file or folder
     # checked on its own (which funnel a form feeds is only known when all of them are loaded).
     everything = not paths or any(Path(p).resolve() == settings.funnels_dir.resolve() for p in paths)
@@ -322,6 +323,7 @@ def run(
         )
         shown = shown_url(settings.effective_database_url)
         console.print(f"database: {shown}\nemails go to {where}", markup=False, soft_wrap=True)
+        console.print(settings.retention.describe(), markup=False, highlight=False, soft_wrap=True)
         if demo:
             count = _demo_signups(runner, runner.clock())
             console.print(f"demo: {count} sample signup(s) recorded")
@@ -752,7 +754,7 @@ def apikey_revoke(prefix: str = typer.Argument(..., help="The key prefix `funnel
     console.print(f"revoked {prefix}")
 
 
-db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema and upkeep.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
 
@@ -765,6 +767,53 @@ def db_upgrade() -> None:
     url = get_settings().effective_database_url
     upgrade(url)
     console.print(f"database at revision {current_revision(url)}")
+
+
+@db_app.command("prune")
+def db_prune(
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what would go now; change nothing."),
+    database_url: str | None = typer.Option(None, "--database-url", help="Default: the settings' database."),
+) -> None:
+    """Delete what the retention settings say is past its age, now (`funnel run` does it every
+    `retention.every_minutes`): the leads' figures are rolled up first, so reports do not change."""
+    from datetime import UTC, datetime
+
+    from engine.runtime.pruning import prune, said
+    from engine.settings import get_settings
+    from engine.store.database import create_engine_for, upgrade
+
+    settings = get_settings()
+    retention = settings.retention
+    console.print(retention.describe(), markup=False, highlight=False, soft_wrap=True)
+    if not retention.on:
+        return
+    url = database_url or settings.effective_database_url
+    upgrade(url)
+    engine = create_engine_for(url)
+    try:
+        done = prune(engine, retention, datetime.now(UTC), dry_run=dry_run)
+    finally:
+        engine.dispose()
+    console.print(("would prune: " if dry_run else "pruned: ") + said(done), markup=False, soft_wrap=True)
+
+
+@db_app.command("vacuum")
+def db_vacuum(
+    database_url: str | None = typer.Option(None, "--database-url", help="Default: the settings' database."),
+) -> None:
+    """Give the space of deleted rows back to the file system (SQLite: VACUUM, which rewrites the file
+    and needs as much free disk; PostgreSQL: VACUUM ANALYZE, autovacuum does the rest). Not needed for
+    the database to stop growing: both reuse freed space for new rows."""
+    from engine.settings import get_settings
+    from engine.store.database import create_engine_for, vacuum
+
+    url = database_url or get_settings().effective_database_url
+    engine = create_engine_for(url)
+    try:
+        before, after = vacuum(engine)
+    finally:
+        engine.dispose()
+    console.print(f"vacuumed: {before:,} bytes before, {after:,} after" if before else "vacuumed")
 
 
 def main() -> None:

@@ -5,8 +5,9 @@ views (`engine.views.report`, `engine.views.journey_map`). Pure: no database.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import astuple, dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,3 +118,47 @@ class Rows:
     engagement: Sequence[Engagement] = ()
     losses: Sequence[ExitRow] = ()  # leads who lost their address to an email: bounced or complained
     email_languages: Sequence[EmailLanguage] = ()
+    exits: Sequence[ExitRow] = ()  # only the journey map reads them (`engine.store.report_queries.exits`)
+
+
+# The lists of `Rows` by name, with the row type each holds: how rows are stored in rollups and read back.
+KINDS: dict[str, type] = {
+    "stage_counts": StageCount,
+    "reached": Reached,
+    "followed": Followed,
+    "stays": Stays,
+    "email_statuses": EmailStatus,
+    "engagement": Engagement,
+    "losses": ExitRow,
+    "email_languages": EmailLanguage,
+    "exits": ExitRow,
+}
+
+
+def entries(rows: Rows) -> list[tuple[str, tuple[Any, ...], int]]:
+    """Every row as (kind, its fields but the count, the count): the count is each row's last field."""
+    found = []
+    for kind in KINDS:
+        for row in getattr(rows, kind):
+            values = astuple(row)
+            found.append((kind, values[:-1], int(values[-1])))
+    return found
+
+
+def from_entries(found: Iterable[tuple[str, Sequence[Any], int]]) -> Rows:
+    """The rows of (kind, fields, count) entries, as `entries` wrote them."""
+    lists: dict[str, list[Any]] = {kind: [] for kind in KINDS}
+    for kind, key, count in found:
+        lists[kind].append(KINDS[kind](*key, count))
+    return Rows(**lists)
+
+
+def merged(*parts: Rows) -> Rows:
+    """The rows of several disjoint sets of leads as one: rows with the same fields add their counts.
+    Every count in `Rows` is of rows or of distinct leads per group, and no lead is in two parts, so
+    the sums are what one query over all of them would have counted."""
+    sums: dict[tuple[str, tuple[Any, ...]], int] = {}
+    for part in parts:
+        for kind, key, count in entries(part):
+            sums[(kind, key)] = sums.get((kind, key), 0) + count
+    return from_entries((kind, key, count) for (kind, key), count in sums.items())

@@ -31,7 +31,7 @@ from engine.http.metrics import Metrics
 from engine.mail.mailer import RELAY_RETRY, DispatchResult, Mailer, check_ca_file, reason
 from engine.mail.mailsink import start_sink
 from engine.mail.templates import TemplateLibrary
-from engine.runtime import bounce_processing, digest, memory
+from engine.runtime import bounce_processing, digest, memory, pruning
 from engine.runtime.bounce_mailbox import MailboxPoller
 from engine.runtime.bounce_receiver import BounceReceiver
 from engine.runtime.outages import Backlog, Outage, Say
@@ -46,6 +46,8 @@ from engine.store.database import DBAPIError, create_engine_for, describe_failur
 log = logging.getLogger("engine.runner")
 # How long a stop waits for the round in flight (systemd's default TimeoutStopSec is 90 s).
 STOP_GRACE_S = 30.0
+# The first prune waits for the start's first rounds (a backlog after downtime goes out first).
+PRUNE_FIRST_AFTER_S = 10.0
 # How often freed memory goes back to the system (`engine.runtime.memory`): a few ms each time.
 GIVE_BACK_EVERY_S = 10.0
 # A tick due while one runs finds the lock held and asks for one more round; APScheduler need not say so.
@@ -259,10 +261,7 @@ class Runner:
             coalesce=True,
             id="tick",
         )
-        if self.settings.digest.to:
-            scheduler.add_job(
-                self.send_digest, digest.trigger(self.settings), id="digest", coalesce=True, misfire_grace_time=3600
-            )
+        self._schedule_upkeep(scheduler)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -304,6 +303,25 @@ class Runner:
             await asyncio.gather(sending, return_exceptions=True)
             await self.webhooks.aclose()
             self._say(self.summary.flush(self.clock()))
+
+    def _schedule_upkeep(self, scheduler: AsyncIOScheduler) -> None:
+        """The daily digest and the retention prune, when the settings ask for them."""
+        retention = self.settings.retention
+        if retention.on:
+            scheduler.add_job(
+                asyncio.to_thread,
+                "interval",
+                args=(pruning.run_once, self.engine, retention, self.clock),
+                minutes=retention.every_minutes,
+                next_run_time=datetime.now(UTC) + timedelta(seconds=PRUNE_FIRST_AFTER_S),
+                id="prune",
+                coalesce=True,
+                max_instances=1,
+            )
+        if self.settings.digest.to:
+            scheduler.add_job(
+                self.send_digest, digest.trigger(self.settings), id="digest", coalesce=True, misfire_grace_time=3600
+            )
 
     async def _stop_report_intake(self, polling: asyncio.Task[None] | None) -> None:
         if self.receiver is not None:

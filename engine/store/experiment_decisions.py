@@ -7,6 +7,7 @@ whether a worker deciding at the horizon or an operator promoting or stopping it
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -121,7 +122,45 @@ def tallies(
 
 
 def _first_success(metric: Metric, funnel: str, step: str) -> Any:
-    """The time of the lead's first success at or after its assignment (correlated with the assignment)."""
+    """The time of the lead's first success at or after its assignment (correlated with the assignment):
+    the outcome written when its lead was rolled up, if it was (its evidence may be pruned), else what
+    the goals, transitions and events say."""
+    assigned, o = tables.events, tables.experiment_outcomes
+    stamped = sa.select(o.c.converted_at).where(o.c.assignment_id == assigned.c.id).correlate(assigned)
+    return sa.case(
+        (sa.exists(stamped), stamped.scalar_subquery()),
+        else_=_evidence(metric, funnel, step),
+    )
+
+
+def stamp_outcomes(
+    conn: sa.Connection, lead_ids: Sequence[int], experiments: Mapping[str, Sequence[tuple[str, Experiment]]]
+) -> int:
+    """Write the outcome of these leads' assignments not written yet, for the experiments of each
+    funnel (`experiments`: funnel id -> (step id, Experiment)); how many were written."""
+    ev, o = tables.events, tables.experiment_outcomes
+    written = 0
+    for funnel, found in experiments.items():
+        for step, experiment in found:
+            first = _evidence(experiment.metric, funnel, step)
+            rows = conn.execute(
+                sa.select(ev.c.id, first).where(
+                    ev.c.lead_id.in_(lead_ids),
+                    ev.c.name == sa.literal_column(f"'{EXPERIMENT_ASSIGNED}'"),
+                    ev.c.properties["funnel"].as_string() == funnel,
+                    ev.c.properties["experiment"].as_string() == experiment.id,
+                    ev.c.properties["step"].as_string() == step,
+                    ~sa.exists().where(o.c.assignment_id == ev.c.id),
+                )
+            ).all()
+            if rows:
+                conn.execute(o.insert(), [{"assignment_id": i, "converted_at": at} for i, at in rows])
+                written += len(rows)
+    return written
+
+
+def _evidence(metric: Metric, funnel: str, step: str) -> Any:
+    """The first success at or after the assignment in the goals, transitions and events."""
     assigned = tables.events
     if metric.goal is not None:
         g = tables.goals

@@ -16,8 +16,9 @@ partial indexes), looked up again by id until they settle. No poll scans a table
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -25,6 +26,7 @@ import sqlalchemy as sa
 
 from engine.core.bounce_outcome import COMPLAINT, MAILBOX_TROUBLE
 from engine.core.report_rows import (
+    KINDS,
     EmailLanguage,
     EmailStatus,
     Engagement,
@@ -35,6 +37,8 @@ from engine.core.report_rows import (
     Rows,
     StageCount,
     Stays,
+    from_entries,
+    merged,
 )
 from engine.store import tables
 
@@ -48,6 +52,8 @@ SUPPRESSED_BY_REPORT = ("suppressed", "suppressed after soft bounces")
 COMPLAINED = "complained"
 # An exit whose cause is the engine's own `complained` event (an exit rule on it): its id is `complaint:...`.
 COMPLAINT_EVENT_IDS = "complaint:%"
+# A rollup's language for leads without one (a unique key cannot hold NULL as one value on PostgreSQL).
+NO_LANGUAGE = ""
 SETTLED = ("sent", "bounced", "failed", "unknown", "skipped")
 
 
@@ -62,6 +68,12 @@ class Scope:
     since: datetime | None = None
     language: str | None = None
     unset_reads: str | None = None
+    # Rolling up (engine.store.rollups): only these leads' raw rows, and no rollups.
+    leads: tuple[int, ...] | None = None
+    # Whether some enrollments are rolled up: then their rows up to then count in `report_rollups`, not
+    # here. Set by `read_rows` and `exits` from the rollups table (small), so a database that never
+    # pruned pays nothing for it.
+    rolled: bool = False
 
 
 def _speaks(language: str, tag: Any) -> Any:
@@ -81,10 +93,17 @@ def _of_language(scope: Scope, lead_id: sa.ColumnElement[Any]) -> list[Any]:
     return [sa.exists().where(lead.c.id == lead_id, spoken)]
 
 
-def _cohort(scope: Scope, lead_id: sa.ColumnElement[Any], funnel_id: sa.ColumnElement[Any]) -> list[Any]:
+def _cohort(scope: Scope, lead_id: sa.ColumnElement[Any], funnel_id: sa.ColumnElement[Any], stamped: Any) -> list[Any]:
     """WHERE terms keeping rows of the funnel in scope, of leads who entered it since `since`, of the
-    language in scope."""
+    language in scope, that no rollup counts already (`stamped`: when the engine wrote the row)."""
     terms: list[Any] = _of_language(scope, lead_id)
+    if scope.leads is not None:
+        terms.append(lead_id.in_(scope.leads))
+    if scope.rolled:
+        e = tables.enrollments
+        terms.append(
+            ~sa.exists().where(e.c.lead_id == lead_id, e.c.funnel_id == funnel_id, e.c.rolled_up_at >= stamped)
+        )
     if scope.funnel is not None:
         terms.append(funnel_id == scope.funnel)
     if scope.since is not None:
@@ -96,6 +115,28 @@ def _cohort(scope: Scope, lead_id: sa.ColumnElement[Any], funnel_id: sa.ColumnEl
 
 
 def read_rows(conn: sa.Connection, scope: Scope) -> Rows:
+    """The report's rows: what the raw tables hold plus what was rolled up before pruning them."""
+    scope = replace(scope, rolled=_any_rolled_up(conn))
+    raw = raw_rows(conn, scope)
+    return merged(raw, _rolled_up(conn, scope, tuple(KINDS))) if scope.rolled else raw
+
+
+def exits(conn: sa.Connection, scope: Scope) -> list[ExitRow]:
+    """Leads who left each funnel, grouped by the stage they left from, the exit reason and cause, whether
+    they had reached the goal, and the last email of that stage they got before leaving (the customer
+    journey map's drop-off). Not here, but in `losses`: a lead that lost its address to an email of the
+    funnel (a bounce, a complaint), counted once at that email, not again when it leaves later; and an
+    exit caused by the engine's `complained` event (an exit rule on it, after a complaint about another
+    funnel's email)."""
+    scope = replace(scope, rolled=_any_rolled_up(conn))
+    raw = _exits(conn, scope, by_complaint=False)
+    if not scope.rolled:
+        return raw
+    return list(merged(Rows(exits=raw), _rolled_up(conn, scope, ("exits",))).exits)
+
+
+def raw_rows(conn: sa.Connection, scope: Scope, with_exits: bool = False) -> Rows:
+    """The report's rows in the raw tables alone (`with_exits`: the journey map's exits too)."""
     return Rows(
         stage_counts=stage_counts(conn, scope),
         reached=reached(conn, scope),
@@ -105,7 +146,30 @@ def read_rows(conn: sa.Connection, scope: Scope) -> Rows:
         engagement=[*engagement(conn, scope), *unsubscribes(conn, scope), *report_outcomes(conn, scope)],
         losses=losses(conn, scope),
         email_languages=email_languages(conn, scope),
+        exits=_exits(conn, scope, by_complaint=False) if with_exits else (),
     )
+
+
+def _any_rolled_up(conn: sa.Connection) -> bool:
+    return conn.execute(sa.select(tables.report_rollups.c.id).limit(1)).first() is not None
+
+
+def _rolled_up(conn: sa.Connection, scope: Scope, kinds: tuple[str, ...]) -> Rows:
+    """The rolled-up rows of `kinds` in scope: of its funnel, of the days since `since` (a UTC date, so
+    whole days), of leads of its language (a lead without one counted as `unset_reads`)."""
+    r = tables.report_rollups
+    stmt = sa.select(r.c.kind, r.c.key, sa.func.sum(r.c.count)).where(r.c.kind.in_(kinds)).group_by(r.c.kind, r.c.key)
+    if scope.funnel is not None:
+        stmt = stmt.where(r.c.funnel_id == scope.funnel)
+    if scope.since is not None:
+        stmt = stmt.where(r.c.day >= scope.since.date().isoformat())
+    if scope.language is not None:
+        spoken = _speaks(scope.language, r.c.language)
+        unset = scope.unset_reads
+        if unset is not None and (unset == scope.language or unset.startswith(f"{scope.language}-")):
+            spoken = sa.or_(spoken, r.c.language == NO_LANGUAGE)
+        stmt = stmt.where(spoken)
+    return from_entries((kind, json.loads(key), int(n)) for kind, key, n in conn.execute(stmt))
 
 
 def stage_counts(conn: sa.Connection, scope: Scope) -> list[StageCount]:
@@ -117,13 +181,15 @@ def stage_counts(conn: sa.Connection, scope: Scope) -> list[StageCount]:
         stmt = stmt.where(e.c.funnel_id == scope.funnel)
     if scope.since is not None:
         stmt = stmt.where(e.c.entered_at >= scope.since)
+    if scope.leads is not None:
+        stmt = stmt.where(e.c.lead_id.in_(scope.leads))
     stmt = stmt.where(*_of_language(scope, e.c.lead_id))
     return [StageCount(*row) for row in conn.execute(stmt)]
 
 
 def _transitions(scope: Scope) -> tuple[sa.Table, list[Any]]:
     t = tables.stage_transitions
-    terms = _cohort(scope, t.c.lead_id, t.c.funnel_id)
+    terms = _cohort(scope, t.c.lead_id, t.c.funnel_id, t.c.at)
     if scope.since is not None:
         terms.append(t.c.at >= scope.since)
     return t, terms
@@ -194,7 +260,7 @@ def email_statuses(conn: sa.Connection, scope: Scope) -> list[EmailStatus]:
     o = tables.outbox
     stmt = (
         sa.select(o.c.funnel_id, o.c.step, o.c.template, o.c.status, sa.func.count())
-        .where(*_cohort(scope, o.c.lead_id, o.c.funnel_id))
+        .where(*_cohort(scope, o.c.lead_id, o.c.funnel_id, o.c.created_at))
         .group_by(o.c.funnel_id, o.c.step, o.c.template, o.c.status)
     )
     return [EmailStatus(*row) for row in conn.execute(stmt)]
@@ -205,7 +271,7 @@ def email_languages(conn: sa.Connection, scope: Scope) -> list[EmailLanguage]:
     o = tables.outbox
     stmt = (
         sa.select(o.c.funnel_id, o.c.step, o.c.language, o.c.status, sa.func.count())
-        .where(*_cohort(scope, o.c.lead_id, o.c.funnel_id))
+        .where(*_cohort(scope, o.c.lead_id, o.c.funnel_id, o.c.created_at))
         .group_by(o.c.funnel_id, o.c.step, o.c.language, o.c.status)
     )
     return [EmailLanguage(*row) for row in conn.execute(stmt)]
@@ -223,7 +289,7 @@ def engagement(conn: sa.Connection, scope: Scope) -> list[Engagement]:
     # Grouped outside: PostgreSQL does not see two bound JSON keys as the same expression.
     tracked = sa.select(
         funnel.label("funnel"), ev.c.properties["step"].as_string().label("step"), ev.c.name, ev.c.lead_id
-    ).where(_named((OPENED, CLICKED)), *_cohort(scope, ev.c.lead_id, funnel))
+    ).where(_named((OPENED, CLICKED)), *_cohort(scope, ev.c.lead_id, funnel, ev.c.received_at))
     if scope.since is not None:
         tracked = tracked.where(ev.c.occurred_at >= scope.since)
     sub = tracked.subquery()
@@ -253,14 +319,16 @@ def unsubscribes(conn: sa.Connection, scope: Scope) -> list[Engagement]:
         .correlate(ev)
         .scalar_subquery()
     )
-    leaving = sa.select(ev.c.lead_id, last_email.label("email_id")).where(_named((UNSUBSCRIBED, FUNNEL_UNSUBSCRIBED)))
+    leaving = sa.select(ev.c.lead_id, ev.c.received_at, last_email.label("email_id")).where(
+        _named((UNSUBSCRIBED, FUNNEL_UNSUBSCRIBED))
+    )
     if scope.since is not None:
         leaving = leaving.where(ev.c.occurred_at >= scope.since)
     sub = leaving.subquery()
     stmt = (
         sa.select(o.c.funnel_id, o.c.step, sa.func.count(sa.distinct(sub.c.lead_id)))
         .select_from(sub.join(o, o.c.id == sub.c.email_id))
-        .where(*_cohort(scope, o.c.lead_id, o.c.funnel_id))
+        .where(*_cohort(scope, o.c.lead_id, o.c.funnel_id, sub.c.received_at))
         .group_by(o.c.funnel_id, o.c.step)
     )
     return [Engagement(f, s, "unsubscribed", n) for f, s, n in conn.execute(stmt)]
@@ -274,7 +342,10 @@ def report_outcomes(conn: sa.Connection, scope: Scope) -> list[Engagement]:
     stmt = (
         sa.select(o.c.funnel_id, o.c.step, b.c.failure_class, sa.func.count(sa.distinct(o.c.lead_id)))
         .select_from(b.join(o, o.c.id == b.c.outbox_id))
-        .where(b.c.failure_class.in_((MAILBOX_TROUBLE, COMPLAINT)), *_cohort(scope, o.c.lead_id, o.c.funnel_id))
+        .where(
+            b.c.failure_class.in_((MAILBOX_TROUBLE, COMPLAINT)),
+            *_cohort(scope, o.c.lead_id, o.c.funnel_id, b.c.received_at),
+        )
         .group_by(o.c.funnel_id, o.c.step, b.c.failure_class)
     )
     if scope.since is not None:
@@ -318,16 +389,6 @@ def _lost_in(funnel_id: Any, lead_id: Any) -> Any:
         .exists()
     )
     return sa.or_(bounced, reported)
-
-
-def exits(conn: sa.Connection, scope: Scope) -> list[ExitRow]:
-    """Leads who left each funnel, grouped by the stage they left from, the exit reason and cause, whether
-    they had reached the goal, and the last email of that stage they got before leaving (the customer
-    journey map's drop-off). Not here, but in `losses`: a lead that lost its address to an email of the
-    funnel (a bounce, a complaint), counted once at that email, not again when it leaves later; and an
-    exit caused by the engine's `complained` event (an exit rule on it, after a complaint about another
-    funnel's email)."""
-    return _exits(conn, scope, by_complaint=False)
 
 
 def _exits(conn: sa.Connection, scope: Scope, by_complaint: bool) -> list[ExitRow]:
@@ -398,7 +459,7 @@ def losses(conn: sa.Connection, scope: Scope) -> list[ExitRow]:
     stmt = (
         sa.select(o.c.funnel_id, o.c.stage, o.c.step, ranked.c.kind, sa.func.count())
         .select_from(ranked.join(o, o.c.id == ranked.c.message))
-        .where(ranked.c.nth == 1, *_cohort(scope, o.c.lead_id, o.c.funnel_id))
+        .where(ranked.c.nth == 1, *_cohort(scope, o.c.lead_id, o.c.funnel_id, o.c.created_at))
         .group_by(o.c.funnel_id, o.c.stage, o.c.step, ranked.c.kind)
     )
     named = {0: ("bounced", "bounce"), 1: ("complained", "complaint")}

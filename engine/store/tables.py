@@ -118,6 +118,28 @@ class Enrollment(SQLModel, table=True):
     exit_reason: str | None = Field(default=None, sa_type=sa.String(100))
     exited_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     updated_at: datetime = Field(sa_type=UtcDateTime, nullable=False)
+    # When this enrollment's report figures went into `report_rollups`: its rows stamped at or before
+    # it count there, not in the raw tables (engine.store.rollups).
+    rolled_up_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+
+
+class ReportRollup(SQLModel, table=True):
+    """The report's figures of enrollments whose raw rows may be pruned, summed per funnel, day of entry
+    (UTC), lead language ('' for none) and report row: `kind` names the row type, `key` its fields but
+    the count, as a JSON array (engine.store.rollups)."""
+
+    __tablename__ = "report_rollups"
+    __table_args__ = (
+        sa.UniqueConstraint("funnel_id", "day", "language", "kind", "key", name="uq_report_rollups_group"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    funnel_id: str = Field(sa_type=sa.String(100), nullable=False)
+    day: str = Field(sa_type=sa.String(10), nullable=False)  # YYYY-MM-DD: compares as it sorts
+    language: str = Field(sa_type=sa.String(64), nullable=False)
+    kind: str = Field(sa_type=sa.String(32), nullable=False)
+    key: str = Field(sa_type=sa.Text, nullable=False)
+    count: int = Field(sa_type=sa.BigInteger, nullable=False)
 
 
 class Event(SQLModel, table=True):
@@ -150,6 +172,17 @@ class Event(SQLModel, table=True):
     received_at: datetime = Field(sa_type=UtcDateTime, nullable=False)
     processed_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     source: str | None = Field(default=None, sa_type=sa.String(100))
+
+
+class ExperimentOutcome(SQLModel, table=True):
+    """An assignment's outcome, written when its lead is rolled up (engine.store.rollups): when the lead
+    first met the experiment's metric after it (None: not by then), so the experiment's counts stay
+    what they were once the transitions and events that told it are pruned."""
+
+    __tablename__ = "experiment_outcomes"
+
+    assignment_id: int = Field(primary_key=True, foreign_key="events.id", ondelete="CASCADE")
+    converted_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
 
 
 class StageTransition(SQLModel, table=True):
@@ -541,3 +574,5 @@ ops_sign_in_failures: sa.Table = OpsSignInFailure.__table__  # type: ignore[attr
 domain_alarms: sa.Table = DomainAlarm.__table__  # type: ignore[attr-defined]
 bounce_reports: sa.Table = BounceReport.__table__  # type: ignore[attr-defined]
 experiment_decisions: sa.Table = ExperimentDecision.__table__  # type: ignore[attr-defined]
+report_rollups: sa.Table = ReportRollup.__table__  # type: ignore[attr-defined]
+experiment_outcomes: sa.Table = ExperimentOutcome.__table__  # type: ignore[attr-defined]
