@@ -8,6 +8,7 @@ is the one that holds.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ import sqlalchemy as sa
 
 from engine.core.own_events import EXPERIMENT_ASSIGNED
 from engine.store import tables
+from engine.store.experiment_decisions import FORGOTTEN
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +57,14 @@ def leads_per_arm(conn: sa.Connection, funnel: str) -> dict[tuple[str, str], int
         .where(ev.c.properties["funnel"].as_string() == funnel)
         .group_by(experiment, arm)
     )
-    return {(str(e), str(a)): int(n) for e, a, n in conn.execute(stmt)}
+    found = Counter({(str(e), str(a)): int(n) for e, a, n in conn.execute(stmt)})
+    # The leads retention erased are counted without them (`engine.store.rollups`).
+    r = tables.report_rollups
+    rolled = sa.select(r.c.key, r.c.count).where(r.c.funnel_id == funnel, r.c.kind == FORGOTTEN)
+    for key, n in conn.execute(rolled):
+        experiment_id, _, arm_id, *_ = json.loads(key)
+        found[(str(experiment_id), str(arm_id))] += int(n)
+    return dict(found)
 
 
 def in_flight(conn: sa.Connection, funnel: str) -> list[ArmPlace]:

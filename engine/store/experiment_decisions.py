@@ -7,6 +7,7 @@ whether a worker deciding at the horizon or an operator promoting or stopping it
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +23,7 @@ from engine.core.own_events import EXPERIMENT_ASSIGNED
 from engine.store import tables
 
 CLICKED = "email_clicked"
+Experiments = Mapping[str, Sequence[tuple[str, Experiment]]]  # funnel id -> (step id, experiment)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +91,9 @@ def assigned(conn: sa.Connection, funnel: str, step: str, experiment: str) -> di
         arm = str(properties.get("arm"))
         into = promoted if properties.get("promoted") else by_hash
         into[arm] = into.get(arm, 0) + 1
+    for f in forgotten(conn, funnel, step, experiment):
+        into = promoted if f.promoted else by_hash
+        into[f.arm] = into.get(f.arm, 0) + f.count
     return {arm: Assigned(by_hash.get(arm, 0), promoted.get(arm, 0)) for arm in {*by_hash, *promoted}}
 
 
@@ -118,7 +123,70 @@ def tallies(
         leads[arm] = leads.get(arm, 0) + 1
         if success is not None and success <= assigned_at + metric.within:
             converted[arm] = converted.get(arm, 0) + 1
+    for f in forgotten(conn, funnel, step, experiment):
+        if not f.promoted and (f.closes is None or f.closes <= now):
+            leads[f.arm] = leads.get(f.arm, 0) + f.count
+            converted[f.arm] = converted.get(f.arm, 0) + (f.count if f.converted else 0)
     return {arm: Tally(n, converted.get(arm, 0)) for arm, n in leads.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Forgotten:
+    """Assignments of leads erased by retention (`engine.store.rollups`), counted without them: arm,
+    whether a decision sent them there, whether they converted within the window, and when the window
+    closes if it had not at their erasure (None: closed)."""
+
+    arm: str
+    promoted: bool
+    converted: bool
+    closes: datetime | None
+    count: int
+
+
+FORGOTTEN = "experiment"  # their kind in `report_rollups`
+
+
+def forgotten(conn: sa.Connection, funnel: str, step: str, experiment: str) -> list[Forgotten]:
+    r = tables.report_rollups
+    found = conn.execute(
+        sa.select(r.c.key, sa.func.sum(r.c.count))
+        .where(r.c.funnel_id == funnel, r.c.kind == FORGOTTEN)
+        .group_by(r.c.key)
+    ).all()
+    out = []
+    for key, n in found:
+        of, at_step, arm, promoted, converted, closes = json.loads(key)
+        if (of, at_step) == (experiment, step):
+            out.append(Forgotten(arm, promoted, converted, datetime.fromisoformat(closes) if closes else None, int(n)))
+    return out
+
+
+def forgotten_keys(
+    conn: sa.Connection,
+    lead_ids: Sequence[int],
+    experiments: Mapping[str, Sequence[tuple[str, Experiment]]],
+    at: datetime,
+) -> list[tuple[str, str, list[Any]]]:
+    """(funnel, day of assignment, key) of each assignment of these leads, for `forgotten` to count once
+    the leads are erased; their outcomes are written (`stamp_outcomes`) before."""
+    ev, o = tables.events, tables.experiment_outcomes
+    rows = conn.execute(
+        sa.select(ev.c.properties, ev.c.occurred_at, o.c.converted_at)
+        .select_from(ev.join(o, o.c.assignment_id == ev.c.id))
+        .where(ev.c.lead_id.in_(lead_ids), ev.c.name == sa.literal_column(f"'{EXPERIMENT_ASSIGNED}'"))
+    ).all()
+    keys = []
+    for properties, assigned_at, converted_at in rows:
+        funnel, step, name = properties.get("funnel"), properties.get("step"), properties.get("experiment")
+        experiment = next((x for s, x in experiments.get(str(funnel), ()) if (s, x.id) == (step, name)), None)
+        if experiment is None:
+            continue  # no longer in the funnel: nothing shows it
+        closes = assigned_at + experiment.metric.within
+        converted = converted_at is not None and converted_at <= closes
+        still_open = closes.isoformat() if closes > at else None
+        key = [name, step, str(properties.get("arm")), bool(properties.get("promoted")), converted, still_open]
+        keys.append((str(funnel), assigned_at.date().isoformat(), key))
+    return keys
 
 
 def _first_success(metric: Metric, funnel: str, step: str) -> Any:
@@ -133,9 +201,7 @@ def _first_success(metric: Metric, funnel: str, step: str) -> Any:
     )
 
 
-def stamp_outcomes(
-    conn: sa.Connection, lead_ids: Sequence[int], experiments: Mapping[str, Sequence[tuple[str, Experiment]]]
-) -> int:
+def stamp_outcomes(conn: sa.Connection, lead_ids: Sequence[int], experiments: Experiments) -> int:
     """Write the outcome of these leads' assignments not written yet, for the experiments of each
     funnel (`experiments`: funnel id -> (step id, Experiment)); how many were written."""
     ev, o = tables.events, tables.experiment_outcomes

@@ -118,7 +118,7 @@ def read_rows(conn: sa.Connection, scope: Scope) -> Rows:
     """The report's rows: what the raw tables hold plus what was rolled up before pruning them."""
     scope = replace(scope, rolled=_any_rolled_up(conn))
     raw = raw_rows(conn, scope)
-    return merged(raw, _rolled_up(conn, scope, tuple(KINDS))) if scope.rolled else raw
+    return merged(raw, _rolled_up(conn, scope, tuple(k for k in KINDS if k != "exits"))) if scope.rolled else raw
 
 
 def exits(conn: sa.Connection, scope: Scope) -> list[ExitRow]:

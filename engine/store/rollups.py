@@ -33,6 +33,7 @@ from engine.core.definition import Experiment, Funnel
 from engine.core.experiment_outcome import experiments_of
 from engine.core.report_rows import entries
 from engine.store import experiment_decisions, report_queries, tables
+from engine.store.experiment_decisions import FORGOTTEN
 from engine.store.report_queries import NO_LANGUAGE, Scope
 
 GROUP = ("funnel_id", "day", "language", "kind", "key")
@@ -63,10 +64,22 @@ def roll_up(conn: sa.Connection, lead_ids: Sequence[int], at: datetime, with_sta
             {"funnel_id": funnel_id, "day": day, "language": language, "kind": kind, "key": _key(key), "count": n}
             for kind, key, n in entries(rows)
         ]
+    experiments = _experiments(conn, {funnel_id for funnel_id, _, _ in groups})
+    experiment_decisions.stamp_outcomes(conn, lead_ids, experiments)
+    if with_stages:  # their assignments go too: the experiments count them without them
+        values += [
+            {
+                "funnel_id": f,
+                "day": day,
+                "language": NO_LANGUAGE,
+                "kind": FORGOTTEN,
+                "key": _key(tuple(key)),
+                "count": 1,
+            }
+            for f, day, key in experiment_decisions.forgotten_keys(conn, lead_ids, experiments, at)
+        ]
     for start in range(0, len(values), 500):
         _add(conn, values[start : start + 500])
-    funnels = {funnel_id for funnel_id, _, _ in groups}
-    experiment_decisions.stamp_outcomes(conn, lead_ids, _experiments(conn, funnels))
     conn.execute(sa.update(e).where(e.c.lead_id.in_(lead_ids)).values(rolled_up_at=at))
     return len(values)
 
