@@ -84,8 +84,22 @@ def settled(quiet_since: datetime, limit: int) -> sa.Select[Any]:
     )
 
 
+# PostgreSQL advisory lock key of rolling up ("rollup" in ASCII): one writer of rollups at a time.
+ROLLING_UP = 0x726F6C6C7570
+
+
+def _alone(conn: sa.Connection) -> bool:
+    """Whether this transaction is the only one rolling up. Two workers rolling up the same lead at once
+    would count it twice; deletes need no such care (a row goes once). SQLite has one writer anyway."""
+    if conn.dialect.name != "postgresql":
+        return True
+    return bool(conn.execute(sa.select(sa.func.pg_try_advisory_xact_lock(ROLLING_UP))).scalar_one())
+
+
 def roll_up_settled(conn: sa.Connection, quiet_since: datetime, now: datetime, limit: int) -> int:
-    """Roll up a batch of settled leads; how many."""
+    """Roll up a batch of settled leads; how many (0 while another worker is rolling up)."""
+    if not _alone(conn):
+        return 0
     leads = list(conn.execute(settled(quiet_since, limit)).scalars())
     rollups.roll_up(conn, leads, now)
     return len(leads)
@@ -185,7 +199,10 @@ def inactive(quiet_since: datetime, limit: int) -> sa.Select[Any]:
 
 
 def forget_inactive(conn: sa.Connection, quiet_since: datetime, now: datetime, limit: int) -> int:
-    """Erase a batch of inactive leads, their figures rolled up first; how many."""
+    """Erase a batch of inactive leads, their figures rolled up first; how many (0 while another worker
+    is rolling up)."""
+    if not _alone(conn):
+        return 0
     found = conn.execute(inactive(quiet_since, limit)).all()
     rollups.roll_up(conn, [lead_id for lead_id, _ in found], now, with_stages=True)
     for _, address in found:
