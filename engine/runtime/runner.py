@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -31,7 +30,7 @@ from engine.http.metrics import Metrics
 from engine.mail.mailer import RELAY_RETRY, DispatchResult, Mailer, check_ca_file, reason
 from engine.mail.mailsink import start_sink
 from engine.mail.templates import TemplateLibrary
-from engine.runtime import bounce_processing, digest, memory
+from engine.runtime import bounce_processing, digest
 from engine.runtime.bounce_mailbox import MailboxPoller
 from engine.runtime.bounce_receiver import BounceReceiver
 from engine.runtime.outages import Backlog, Outage, Say
@@ -46,8 +45,6 @@ from engine.store.database import DBAPIError, create_engine_for, describe_failur
 log = logging.getLogger("engine.runner")
 # How long a stop waits for the round in flight (systemd's default TimeoutStopSec is 90 s).
 STOP_GRACE_S = 30.0
-# How often freed memory goes back to the system (`engine.runtime.memory`): a few ms each time.
-GIVE_BACK_EVERY_S = 10.0
 # A tick due while one runs finds the lock held and asks for one more round; APScheduler need not say so.
 logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
 logging.getLogger("apscheduler.executors").setLevel(logging.ERROR)
@@ -103,7 +100,6 @@ class Runner:
                 self.poller = MailboxPoller(bounces.imap, take, clock)
         self.metrics = Metrics()
         self.summary = Summary(clock())  # the INFO line a minute; each round's is DEBUG
-        self.give_back_at = time.monotonic() + GIVE_BACK_EVERY_S
         # Ticks fail on a full disk or a database server restarting; the engine keeps ticking, so every
         # tick retries and it recovers by itself once the cause is gone.
         self.database = Outage("database", "every tick")
@@ -188,9 +184,6 @@ class Runner:
             # A tick with nothing to write proves nothing about a disk that was full.
             self._say(self.database.recovered(now))
         self._say(self.summary.due(now))
-        if time.monotonic() >= self.give_back_at:
-            self.give_back_at = time.monotonic() + GIVE_BACK_EVERY_S
-            await asyncio.to_thread(memory.give_back)
         if tick.work:
             self.webhooks.wake()  # new transitions, goals or step calls: no need to wait for the poll
         return Totals(tick, mail)
