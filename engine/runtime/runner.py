@@ -114,7 +114,12 @@ class Runner:
             signup.outbox_languages(funnels, {form_id: spec.event for form_id, spec in settings.forms.items()}),
         )
         self.webhooks = WebhookSender(
-            self.engine, settings.webhooks, clock, batch_size=settings.batch_size, targets=settings.webhook_targets()
+            self.engine,
+            settings.webhooks,
+            clock,
+            batch_size=settings.batch_size,
+            targets=settings.webhook_targets(),
+            database_failed=self.database_failed,  # one database, one outage: the runner's
         )
         self.webhooks.start(clock())  # fix where new subscriptions start, before the first tick
         self.sink = None
