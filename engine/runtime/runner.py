@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -31,7 +30,7 @@ from engine.http.metrics import Metrics
 from engine.mail.mailer import RELAY_RETRY, DispatchResult, Mailer, check_ca_file, reason
 from engine.mail.mailsink import start_sink
 from engine.mail.templates import TemplateLibrary
-from engine.runtime import bounce_processing, digest, memory, pruning
+from engine.runtime import bounce_processing, digest, pruning
 from engine.runtime.bounce_mailbox import MailboxPoller
 from engine.runtime.bounce_receiver import BounceReceiver
 from engine.runtime.outages import Backlog, Outage, Say
@@ -48,8 +47,6 @@ log = logging.getLogger("engine.runner")
 STOP_GRACE_S = 30.0
 # The first prune waits for the start's first rounds (a backlog after downtime goes out first).
 PRUNE_FIRST_AFTER_S = 10.0
-# How often freed memory goes back to the system (`engine.runtime.memory`): a few ms each time.
-GIVE_BACK_EVERY_S = 10.0
 # A tick due while one runs finds the lock held and asks for one more round; APScheduler need not say so.
 logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
 logging.getLogger("apscheduler.executors").setLevel(logging.ERROR)
@@ -105,7 +102,6 @@ class Runner:
                 self.poller = MailboxPoller(bounces.imap, take, clock)
         self.metrics = Metrics()
         self.summary = Summary(clock())  # the INFO line a minute; each round's is DEBUG
-        self.give_back_at = time.monotonic() + GIVE_BACK_EVERY_S
         # Ticks fail on a full disk or a database server restarting; the engine keeps ticking, so every
         # tick retries and it recovers by itself once the cause is gone.
         self.database = Outage("database", "every tick")
@@ -120,7 +116,12 @@ class Runner:
             signup.outbox_languages(funnels, {form_id: spec.event for form_id, spec in settings.forms.items()}),
         )
         self.webhooks = WebhookSender(
-            self.engine, settings.webhooks, clock, batch_size=settings.batch_size, targets=settings.webhook_targets()
+            self.engine,
+            settings.webhooks,
+            clock,
+            batch_size=settings.batch_size,
+            targets=settings.webhook_targets(),
+            database_failed=self.database_failed,  # one database, one outage: the runner's
         )
         self.webhooks.start(clock())  # fix where new subscriptions start, before the first tick
         self.sink = None
@@ -190,9 +191,6 @@ class Runner:
             # A tick with nothing to write proves nothing about a disk that was full.
             self._say(self.database.recovered(now))
         self._say(self.summary.due(now))
-        if time.monotonic() >= self.give_back_at:
-            self.give_back_at = time.monotonic() + GIVE_BACK_EVERY_S
-            await asyncio.to_thread(memory.give_back)
         if tick.work:
             self.webhooks.wake()  # new transitions, goals or step calls: no need to wait for the poll
         return Totals(tick, mail)

@@ -11,7 +11,9 @@ every connection by `engine.runtime.webhook_network`); docs/webhooks.md tells a 
 An endpoint that stops answering (refused, timed out, 5xx) is an outage of that endpoint (invariant 17,
 `engine.runtime.outages`): one ERROR when it starts, at most one WARNING a minute while it lasts (with the
 deliveries waiting for it), one INFO when it answers again; not a line per attempt. The database failing
-under the sender is one outage too, not a traceback per delivery.
+under the sender is an outage too, not a traceback per delivery: in `funnel run` the runner's (one database,
+one outage per process, said once whoever meets it first; the runner, whose ticks write, says when it is
+back), alone the sender's own.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ class WebhookSender:
         batch_size: int = 500,
         jitter: Callable[[], float] = random.random,
         targets: Targets | None = None,
+        database_failed: Callable[[BaseException], bool] | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
@@ -93,7 +96,10 @@ class WebhookSender:
         # Per endpoint (its origin): whether it answers, and the deliveries given up while it did not.
         self.endpoints: dict[str, Outage] = {}
         self.given_up: dict[str, int] = {}
+        # The database's outage: the caller's (`database_failed` says a failure as part of it and answers
+        # whether the database caused it), or the sender's own.
         self.database = Outage("webhook sender's database", "every round")
+        self.database_failed = database_failed or self._database_failed
 
     @property
     def lanes(self) -> list[str]:
@@ -340,7 +346,7 @@ class WebhookSender:
             if error is not None:
                 # The outcome could not be written (the database went away): the lease runs out and the
                 # delivery is sent again.
-                if not self._database_failed(error):
+                if not self.database_failed(error):
                     log.error("webhook delivery %d: %s", item.id, error, exc_info=error)
                 continue
             result = WebhookResult()
@@ -354,10 +360,10 @@ class WebhookSender:
         try:
             done = bool(await step())
         except DatabaseError as exc:
-            if not self._database_failed(exc):
+            if not self.database_failed(exc):
                 log.exception("webhook sender: database error")
             return False
-        self._say(self.database.recovered(self.clock()))
+        self._say(self.database.recovered(self.clock()))  # nothing when the outage is the caller's
         return done
 
     def _database_failed(self, exc: BaseException) -> bool:
