@@ -121,7 +121,8 @@ def main() -> None:
     growth = (tail[-1] - tail[0]) / tail[0] * 100 if len(tail) > 1 and tail[0] else 0.0
     end_used = kept.by_ten[-1][1] if kept.by_ten else 0.0
     print(f"without retention: {end_used * 1e6 / leads:,.0f} bytes a lead; with: a plateau of {plateau:.2f} MB")
-    print(f"pruning took {pruned.prune_s:.1f} s over {args.days} prunes; the whole run {time.perf_counter() - started:.0f} s")
+    took = time.perf_counter() - started
+    print(f"pruning took {pruned.prune_s:.1f} s over {args.days} prunes; the whole run {took:.0f} s")
     print(
         json.dumps(
             {
