@@ -178,11 +178,14 @@ def _funnel(
 
 def _emails(funnel: str, rows: Rows, layout: Layout) -> list[EmailFigures]:
     statuses: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    templates: dict[str, str] = {}
+    # A step whose arms send different templates names the one most of its emails used (then the first
+    # by name): the rows' order depends on the database and on what has been rolled up, the figure must not.
+    used: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for row in rows.email_statuses:
         if row.funnel == funnel:
             statuses[row.step][row.status] += row.count
-            templates.setdefault(row.step, row.template)
+            used[row.step][row.template] += row.count
+    templates = {step: min(by, key=lambda t: (-by[t], t)) for step, by in used.items()}
     engaged: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for e in rows.engagement:
         if e.funnel == funnel and e.step in statuses:

@@ -125,6 +125,20 @@ def test_email_figures_account_for_every_message(by_step: dict[str, dict[str, in
         assert e.rate(e.opened) == (opens / e.delivered if e.delivered else None)
 
 
+@given(st.permutations([("t/a", "sent", 5), ("t/b", "sent", 3), ("t/b", "failed", 1), ("t/c", "sent", 4)]))
+def test_a_step_sending_several_templates_names_the_most_used_whatever_the_rows_order(
+    order: list[tuple[str, str, int]],
+) -> None:
+    """An experiment's arms may send different templates from one step; the rows come in the database's
+    order, which changes when retention rolls some of them up."""
+    rows = Rows(
+        stage_counts=[StageCount("f", "inquiry", "active", None, 1)],
+        email_statuses=[EmailStatus("f", "welcome", t, status, n) for t, status, n in order],
+    )
+    (report,) = build(rows, {"f": LAYOUT})
+    assert [(e.step, e.template, e.delivered) for e in report.emails] == [("welcome", "t/a", 12)]
+
+
 def test_stages_the_definition_no_longer_has_come_after_its_own() -> None:
     rows = Rows(
         stage_counts=[StageCount("f", "retired", "active", None, 2), StageCount("f", "inquiry", "active", None, 1)],
