@@ -18,7 +18,7 @@ from engine.core import addresses, signup
 from engine.core.outbox_item import OutboxItem
 from engine.core.return_paths import return_path
 from engine.mail.links import Links
-from engine.mail.mime import build_mime, dkim_sign, load_dkim_key, mailboxes
+from engine.mail.mime import build_mime, dkim_sign, load_dkim_key, senders
 from engine.mail.templates import RenderedEmail, Sender, TemplateLibrary, lead_fields
 from engine.settings import Settings
 
@@ -144,7 +144,7 @@ class Composer:
             unsubscribe = (context["unsubscribe_url"], f"mailto:{sender.address}?subject=unsubscribe")
         from_name, from_address = sender.name, sender.address
         if rendered.from_:
-            (override,) = mailboxes(rendered.from_)
+            (override,) = senders(rendered.from_)
             from_name, from_address = override[0] or sender.name, override[1]
         payload = build_mime(
             from_name=from_name,

@@ -78,7 +78,7 @@ def build_mime(
 ) -> bytes:
     """The message as sent: `list_unsubscribe` is (https URL, mailto URL); `to` and `reply_to` are address lists
     ("a@b.c" or "Name <a@b.c>, ..."). Raises ValueError for a header that cannot be written safely."""
-    sender = mailboxes(from_address)
+    sender = senders(from_address)
     if len(sender) != 1 or sender[0][0]:
         raise ValueError(f"from_address {from_address!r}: expected one bare address such as news@example.com")
     headers = [
@@ -89,7 +89,7 @@ def build_mime(
         f"Message-ID: {_message_id(message_id)}{CRLF}",
     ]
     if reply_to:
-        headers.append(_address_field("Reply-To", mailboxes(reply_to)))
+        headers.append(_address_field("Reply-To", senders(reply_to)))
     if list_unsubscribe is not None:
         headers.append(_list_unsubscribe(*list_unsubscribe))
         headers.append(f"List-Unsubscribe-Post: {ONE_CLICK}{CRLF}")
@@ -228,9 +228,15 @@ def _address_field(name: str, mailboxes: Sequence[tuple[str, str]]) -> str:
     raise ValueError(f"{name}: an address longer than a line")
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=256)
+def senders(value: str) -> tuple[tuple[str, str], ...]:
+    """`mailboxes`, cached: the few From and Reply-To values repeat in every message. Recipients do not
+    go through it: a cache of every address mailed would only fill up."""
+    return mailboxes(value)
+
+
 def mailboxes(value: str) -> tuple[tuple[str, str], ...]:
-    """(display name, ASCII addr-spec) for each address; cached because senders and reply-to repeat."""
+    """(display name, ASCII addr-spec) for each address."""
     if _LINE_BREAK.search(value):
         raise ValueError(f"address {value!r}: contains a line break")
     value = value.strip()

@@ -23,6 +23,8 @@ from engine.core.own_events import EXPERIMENT_ASSIGNED
 from engine.store import tables
 
 CLICKED = "email_clicked"
+# Built once, not per call: a fresh alias is new column objects that SQLAlchemy's statement cache keeps.
+_SUCCESS = tables.events.alias("success")
 Experiments = Mapping[str, Sequence[tuple[str, Experiment]]]  # funnel id -> (step id, experiment)
 
 
@@ -239,7 +241,7 @@ def _evidence(metric: Metric, funnel: str, step: str) -> Any:
             t.c.at, t.c.lead_id == assigned.c.lead_id, t.c.funnel_id == funnel, t.c.to_stage == metric.stage,
             t.c.at >= assigned.c.occurred_at,
         )  # fmt: skip
-    other = tables.events.alias("success")
+    other = _SUCCESS
     where = [other.c.lead_id == assigned.c.lead_id, other.c.occurred_at >= assigned.c.occurred_at]
     if metric.event is not None:
         where.append(other.c.name == metric.event)

@@ -33,6 +33,10 @@ ALARM = "alarm"
 # Domain alarms are not read with a cursor (a few rows, updated while open): those open or ended within
 # this long, and not yet queued for the subscription, are (a subscription added later hears of them too).
 ALARM_LOOKBACK = timedelta(days=1)
+# Built once: an alias made per claim (one a tick) is a new set of column objects each time, which
+# SQLAlchemy keeps around as it caches the statement, so a long-running sender would slowly grow.
+_CANDIDATE = tables.webhook_deliveries.alias("candidate")
+_EARLIER = tables.webhook_deliveries.alias("earlier")
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,7 +357,7 @@ def claim(conn: sa.Connection, subscription: str, now: datetime, limit: int, lea
     """Lease up to `limit` due deliveries of `subscription`, each the first unfinished one of its lead
     (an earlier one still `queued`, waiting for a retry or in flight elsewhere, holds the lane)."""
     d = tables.webhook_deliveries
-    candidate, earlier = d.alias("candidate"), d.alias("earlier")
+    candidate, earlier = _CANDIDATE, _EARLIER
     blocked = sa.exists().where(
         earlier.c.subscription == candidate.c.subscription,
         earlier.c.lead_id == candidate.c.lead_id,

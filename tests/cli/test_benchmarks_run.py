@@ -18,7 +18,7 @@ RUN = ROOT / "benchmarks" / "run"
 
 BENCHMARKS = (
     "send", "send-pg", "tick", "tick-pg", "scale-pg", "http", "bounces", "experiments", "import", "form", "simulate",
-    "soak",
+    "retention", "soak",
 )  # fmt: skip
 # The quick sizes of the tick benchmark are 1,000, 3,000 and 10,000 leads.
 ON_BOTH = [
@@ -34,8 +34,9 @@ ON_BOTH = [
 SERVER = ("server_cpu_ms", "round_trips", "statements", "wal_bytes")
 SOAK = ("rss_growth_mb_per_min", "rss_mb_last", "fds_max", "wal_mb_max", "db_bytes_per_lead", "info_lines_per_min",
         "outage_log_lines", "http_p99_ms")  # fmt: skip
-# A figure that may be zero or below: memory may shrink over a short run.
-ANY_SIGN = {"soak_rss_growth_mb_per_min"}
+RETENTION = ("bytes_per_lead", "plateau_mb", "plateau_growth_pct", "for_ever_bytes_per_day", "prune_s")
+# Figures that may be zero or below: memory may shrink over a short run, a plateau may dip.
+ANY_SIGN = {"soak_rss_growth_mb_per_min", "retention_plateau_growth_pct", "retention_for_ever_bytes_per_day"}
 FIGURES = [
     *ON_BOTH,
     *(f"pg_{key}" for key in ON_BOTH),
@@ -58,6 +59,7 @@ FIGURES = [
     "simulate_leads_per_s",
     "simulate_emails_per_s",
     *(f"soak_{key}" for key in SOAK),
+    *(f"retention_{key}" for key in RETENTION),
     *(f"peak_rss_mb_{name}" for name in BENCHMARKS),
     "peak_rss_mb",
 ]
