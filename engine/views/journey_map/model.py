@@ -364,7 +364,9 @@ def _outcomes(step: Any) -> list[tuple[Outcome, str]]:
 
 
 def _end(funnel: Funnel, stage: Stage) -> Target | None:
-    """Where running past the stage's last step leads."""
+    """Where running past the stage's last step leads: nowhere when that step leaves the stage itself."""
+    if stage.steps and isinstance(stage.steps[-1], ExitStep | MoveStep):
+        return None
     if isinstance(stage.on_end, OnEndMove):
         return ("stage", stage.on_end.move_to)
     if stage.on_end == "stay":
