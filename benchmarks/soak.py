@@ -1,14 +1,23 @@
 """A soak: `funnel run` as an operator starts it (its own process, SQLite, the example project) under steady
-HTTP load for N minutes, an SMTP sink process as its relay, and one relay outage in the middle; then a drain
-and a clean stop. What months unattended would suffer from is measured: memory, file descriptors, the WAL,
+HTTP load for N minutes, an SMTP sink process as its relay, and one relay outage early in the run; then a
+drain and a clean stop. What months unattended would suffer from is measured: memory, file descriptors, the WAL,
 the database's size per lead, the log's volume, the outage's lines, and the promise of every email once.
 
     python benchmarks/soak.py [--minutes 3] [--signups-per-s 2] [--events-per-s 5] [--outage-s 60]
 
 The load, one client at the stated rates: the example form's double opt-in signups (the sink hands each
 confirmation link back; the load confirms it), and custom events for confirmed leads on the events API.
-The relay (benchmarks/smtp_sink.py) is stopped for `--outage-s` in the middle of the run (its port refuses
-connections), then started again on the same port.
+The relay (benchmarks/smtp_sink.py) is stopped for `--outage-s` from a twelfth of the way in (15 s into a
+3-minute run; its port refuses connections), then started again on the same port.
+
+Memory is judged by its slope over the second half, so that half is meant to show the engine at work, not
+its start nor the outage. Both are one-off: measured in the engine (`malloc`'s and Python's own figures),
+the memory the first minutes add is the allocator's free space filling up to a level (glibc keeps what
+threads free in their arenas), and the outage's backlog, sent when the relay is back, adds a step (a
+thread more in the pool, its arena); nothing in use keeps growing. So the outage comes early: the messages
+it defers are sent a minute after (`mailer.RELAY_RETRY`), by about 2 minutes 15 seconds into a 3-minute
+run, and from 4 minutes on the outage and its backlog lie wholly in the first half. The run of 8 minutes
+in BENCHMARKS.md shows the growth levelling off.
 
 Prints a few lines and, as its last line, one JSON object: `minutes`, `sent` (the outbox's sent emails),
 `at_sink` (distinct messages the sink received), `duplicates` (copies beyond the first), `lost` (sent
@@ -255,7 +264,7 @@ def soak(minutes: float, signups_per_s: float, events_per_s: float, outage_s: fl
     sampler = threading.Thread(target=samples.run, daemon=True)
     load = Load(url, key, sink.links, signups_per_s, events_per_s)
     seconds = minutes * 60
-    outage_from = max(0.0, seconds / 2 - outage_s / 2)
+    outage_from = seconds / 12  # early: see the docstring
     state = {"down": False, "done": False}
 
     def on_second(elapsed: float) -> None:
@@ -321,6 +330,7 @@ def soak(minutes: float, signups_per_s: float, events_per_s: float, outage_s: fl
         "requests": len(latencies),
         "http_errors": len(load.errors),
         "outage_s": outage_s,
+        "outage_from_s": round(outage_from),
         "signups_per_s": signups_per_s,
         "events_per_s": events_per_s,
         "leads": leads,
@@ -338,7 +348,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--signups-per-s", type=float, default=2.0)
     parser.add_argument("--events-per-s", type=float, default=5.0)
-    parser.add_argument("--outage-s", type=float, default=60.0, help="How long the relay is away, mid-run.")
+    parser.add_argument("--outage-s", type=float, default=60.0, help="How long the relay is away, early in the run.")
     args = parser.parse_args()
     outage = min(args.outage_s, args.minutes * 60 / 2)
     f = soak(args.minutes, args.signups_per_s, args.events_per_s, outage)
