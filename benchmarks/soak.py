@@ -16,8 +16,8 @@ the memory the first minutes add is the allocator's free space filling up to a l
 threads free in their arenas), and the outage's backlog, sent when the relay is back, adds a step (a
 thread more in the pool, its arena); nothing in use keeps growing. So the outage comes early: the messages
 it defers are sent a minute after (`mailer.RELAY_RETRY`), by about 2 minutes 15 seconds into a 3-minute
-run, and from 4 minutes on the outage and its backlog lie wholly in the first half. The run of 8 minutes
-in BENCHMARKS.md shows the growth levelling off.
+run, and from 4 minutes on the outage and its backlog lie wholly in the first half. The runs of 8 and 20
+minutes in BENCHMARKS.md show the growth levelling off.
 
 Prints a few lines and, as its last line, one JSON object: `minutes`, `sent` (the outbox's sent emails),
 `at_sink` (distinct messages the sink received), `duplicates` (copies beyond the first), `lost` (sent
