@@ -17,21 +17,22 @@ from engine.core.secret_keys import DEFAULT_SECRET_KEY, key_problem, new_key
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize(
-    ("key", "words"),
-    [
-        ("", "empty"),
-        ("k", "1 character"),
-        ("a-long-random-value-for-this-test", "33 characters"),
-        (secrets.token_hex(16), "32 characters"),  # 128 random bits, however long it looks
-        ("0123456789" * 7, "70 characters"),  # digits carry 3.3 bits each: 78 are needed
-        ("ab" * 40, "2 different characters"),
-        ("x" * 64, "1 different character"),
-        ("correct horse battery staple correct horse battery staple", "space"),
-        ("clé-" + secrets.token_urlsafe(40), "printable ASCII"),
-        (DEFAULT_SECRET_KEY, "public default"),
-    ],
-)
+GUESSABLE = [
+    ("", "empty"),
+    ("k", "1 character"),
+    ("a-long-random-value-for-this-test", "33 characters"),
+    (secrets.token_hex(16), "32 characters"),  # 128 random bits, however long it looks
+    ("0123456789" * 7, "70 characters"),  # digits carry 3.3 bits each: 78 are needed
+    ("ab" * 40, "2 different characters"),
+    ("x" * 64, "1 different character"),
+    ("correct horse battery staple correct horse battery staple", "space"),
+    ("clé-" + secrets.token_urlsafe(40), "printable ASCII"),
+    (DEFAULT_SECRET_KEY, "public default"),
+]
+
+
+# Named by the reason, not by a random key: every process that collects them names them alike.
+@pytest.mark.parametrize(("key", "words"), GUESSABLE, ids=[words for _, words in GUESSABLE])
 def test_a_key_anyone_could_guess_is_refused_with_the_reason(key: str, words: str) -> None:
     problem = key_problem(key)
     assert problem is not None and words in problem
@@ -45,6 +46,7 @@ def test_a_key_anyone_could_guess_is_refused_with_the_reason(key: str, words: st
         secrets.token_hex(32),  # openssl rand -hex 32
         "openssl-rand-base64-32:" + "K7gNU3sdo+OL0wNhqoVWhr3g6s1xYv72ol/pe/Unols=",
     ],
+    ids=["funnel secret", "hex", "base64 with a prefix"],  # the same names in every process that collects them
 )
 def test_a_key_of_32_random_bytes_is_accepted_however_it_is_written(key: str) -> None:
     assert key_problem(key) is None
