@@ -17,8 +17,9 @@ threads free in their arenas), and the outage's backlog, sent at twice the usual
 back, lifts that level once more; nothing in use keeps growing. So the outage and its backlog are placed
 wholly in the first half: the messages it defers are tried again a minute later (`mailer.RELAY_RETRY`),
 so by default the outage lasts 60 s when the run is long enough (8 minutes and more) and less in shorter
-runs (20 s in a 3-minute run), ending a minute and 5 s before the half. `--outage-s` sets it. The runs of
-8 and 20 minutes in BENCHMARKS.md have the full minute and show the growth levelling off.
+runs (20 s in a 3-minute run), so that the retry a minute after it ends 5 s before the half. `--outage-s`
+sets it. The runs of 8 and 20 minutes in BENCHMARKS.md have the full minute and show the growth levelling
+off.
 
 Prints a few lines and, as its last line, one JSON object: `minutes`, `sent` (the outbox's sent emails),
 `at_sink` (distinct messages the sink received), `duplicates` (copies beyond the first), `lost` (sent

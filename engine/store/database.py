@@ -83,8 +83,8 @@ def _sqlite_engine(url: URL, **kwargs: Any) -> Engine:
     if database and database != ":memory:" and not database.startswith("file:"):
         Path(database).parent.mkdir(parents=True, exist_ok=True)
     # The driver keeps each connection's last prepared statements (128 by default). A list bound to
-    # `IN (...)` is a new statement for each length, so a long-running engine would fill that cache slowly
-    # for its first hours, its memory with it. A smaller cache costs nothing measurable (benchmarks/tick.py).
+    # `IN (...)` is a new statement for each length, so a long-running engine would fill that cache slowly,
+    # its memory with it (benchmarks/soak.py). A smaller cache costs nothing measurable (benchmarks/tick.py).
     connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "cached_statements": SQLITE_CACHED_STATEMENTS}
     engine = sa.create_engine(url, connect_args=connect_args, **kwargs)
 
